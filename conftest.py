@@ -1,0 +1,128 @@
+"""Fixtures shared by every test: users in each role, an enrolled machine, batches."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def admin_user(django_user_model):
+    return django_user_model.objects.create_superuser("admin", "", "admin-pass")
+
+
+@pytest.fixture
+def operator(django_user_model):
+    from django.contrib.auth.models import Group
+
+    user = django_user_model.objects.create_user("olga", password="olga-pass")
+    user.groups.add(Group.objects.get_or_create(name="operator")[0])
+    return user
+
+
+@pytest.fixture
+def viewer(django_user_model):
+    from django.contrib.auth.models import Group
+
+    user = django_user_model.objects.create_user("victor", password="victor-pass")
+    user.groups.add(Group.objects.get_or_create(name="viewer")[0])
+    return user
+
+
+@pytest.fixture
+def machine(db):
+    from dashboard.fleet.models import Machine
+
+    return Machine.objects.create(name="gpu-01")
+
+
+@pytest.fixture
+def agent_token(machine) -> str:
+    return machine.issue_token()
+
+
+def make_sample(seq: int, ts: float | None = None, gpus: int = 2, cpu: float = 25.0, util: float = 50.0) -> dict:
+    """A realistic 10 s window as the agent sends it (H100-like GPUs)."""
+    ts = ts if ts is not None else time.time()
+
+    def stats(v: float, spread: float = 1.0, hi: float | None = None) -> dict:
+        top = v + spread if hi is None else min(hi, v + spread)
+        return {"min": max(0.0, v - spread), "mean": v, "max": top}
+
+    return {
+        "seq": seq,
+        "ts": ts,
+        "interval_s": 10.0,
+        "count": 10,
+        "system": {
+            "cpu_percent": stats(cpu, 5, 100),
+            "load1": stats(1.5, 0.2),
+            "mem_used_bytes": stats(64e9, 1e8),
+            "mem_total_bytes": 256 * 2**30,
+            "swap_used_bytes": stats(0, 0),
+            "swap_total_bytes": 0,
+            "disk_read_bytes_per_s": stats(1e6, 1e5),
+            "disk_write_bytes_per_s": stats(2e6, 1e5),
+            "net_rx_bytes_per_s": stats(5e5, 1e4),
+            "net_tx_bytes_per_s": stats(4e5, 1e4),
+            "mem_wired_bytes": None,
+            "mem_compressed_bytes": None,
+            "cpu_per_core_percent": [cpu] * 8,
+        },
+        "gpus": [
+            {
+                "index": i,
+                "uuid": f"GPU-{i:08d}-test",
+                "util_percent": stats(util, 10, 100),
+                "mem_util_percent": stats(util / 2, 5, 100),
+                "mem_used_bytes": stats(40e9, 1e8),
+                "mem_total_bytes": 85520809984,
+                "power_watts": stats(350, 20),
+                "power_limit_watts": 700.0,
+                "temp_c": stats(55, 2),
+                "sm_clock_mhz": stats(1980, 0),
+                "mem_clock_mhz": stats(2619, 0),
+                "throttle_reasons": 0,
+                "ecc_errors": 0,
+                "xid_errors": 0,
+                "processes": [{"pid": 4242, "name": "python3", "user": "alice", "mem_used_bytes": 40_000_000_000}],
+            }
+            for i in range(gpus)
+        ],
+    }
+
+
+def make_inventory(gpus: int = 2) -> dict:
+    return {
+        "hostname": "gpu-01.example",
+        "os": "Linux 6.1.0 (Debian GNU/Linux 12)",
+        "cpu_model": "AMD EPYC 7763 64-Core Processor",
+        "cpu_cores": 64,
+        "cpu_threads": 128,
+        "mem_total_bytes": 256 * 2**30,
+        "accelerators": [
+            {
+                "index": i,
+                "vendor": "nvidia",
+                "name": "NVIDIA H100 80GB HBM3",
+                "uuid": f"GPU-{i:08d}-test",
+                "mem_total_bytes": 85520809984,
+                "power_limit_watts": 700.0,
+                "driver": "590.48.01",
+            }
+            for i in range(gpus)
+        ],
+    }
+
+
+def make_batch(seqs, ts: float | None = None, inventory: bool = True, gpus: int = 2, **kw) -> dict:
+    now = ts if ts is not None else time.time()
+    seqs = list(seqs)
+    samples = [make_sample(s, now - 10 * (len(seqs) - 1 - i), gpus=gpus, **kw) for i, s in enumerate(seqs)]
+    return {"agent_version": "0.1.0", "dropped": 0, "inventory": make_inventory(gpus) if inventory else None, "samples": samples}

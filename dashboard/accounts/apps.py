@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class AccountsConfig(AppConfig):
+    name = "dashboard.accounts"
+    verbose_name = "Accounts"

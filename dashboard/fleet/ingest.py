@@ -1,0 +1,172 @@
+"""Storing a validated batch: idempotent by (machine, seq), all or nothing.
+
+Rows are written with one multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING seq`` per table
+(PostgreSQL and SQLite both speak it): a replayed batch is harmless, and we learn which samples
+were new without building a model instance per row (NOTES.md: most of bulk_create's time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone as dt_timezone
+from typing import Any, Iterable, Sequence
+
+from django.db import connection, transaction
+from django.db.models import F
+from django.db.models.functions import Greatest
+from django.utils import timezone
+
+from hwprobe.schema import GPU_METRICS, SYSTEM_METRICS, Metric
+
+from .models import Accelerator, GpuSample, Machine, SystemSample, metric_columns
+from .payload import Batch, Inventory, Sample
+
+# Keep each statement's parameters under SQLite's 32,766 limit.
+MAX_PARAMS = 30_000
+
+
+@dataclass
+class IngestResult:
+    accepted: int
+    duplicates: int
+    last_seq: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"accepted": self.accepted, "duplicates": self.duplicates, "last_seq": self.last_seq}
+
+
+def _flatten(payload: Any, metrics: tuple[Metric, ...]) -> list[Any]:
+    values: list[Any] = []
+    for metric in metrics:
+        value = getattr(payload, metric.name)
+        if metric.kind == "gauge":
+            values.extend((None, None, None) if value is None else (value.min, value.mean, value.max))
+        else:
+            values.append(value)
+    return values
+
+
+def _insert_returning_seq(model, columns: Sequence[str], rows: list[list[Any]], conflict: Sequence[str]) -> set[int]:
+    """Insert rows, skipping ones that already exist; return the seqs actually inserted."""
+    if not rows:
+        return set()
+    qn = connection.ops.quote_name
+    table = qn(model._meta.db_table)
+    cols = ", ".join(qn(c) for c in columns)
+    one = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    per_statement = max(1, MAX_PARAMS // len(columns))
+    inserted: set[int] = set()
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), per_statement):
+            chunk = rows[start : start + per_statement]
+            sql = (
+                f"INSERT INTO {table} ({cols}) VALUES {', '.join([one] * len(chunk))} "
+                f"ON CONFLICT ({', '.join(qn(c) for c in conflict)}) DO NOTHING RETURNING {qn('seq')}"
+            )
+            cursor.execute(sql, [v for row in chunk for v in row])
+            inserted.update(r[0] for r in cursor.fetchall())
+    return inserted
+
+
+def _ts(sample: Sample) -> datetime:
+    return datetime.fromtimestamp(sample.ts, tz=dt_timezone.utc)
+
+
+def _latest(sample: Sample) -> dict[str, Any]:
+    """The newest sample in the compact form the fleet page and the process table read."""
+
+    def summary(payload: Any, metrics: Iterable[Metric]) -> dict[str, Any]:
+        out = {}
+        for metric in metrics:
+            value = getattr(payload, metric.name)
+            out[metric.name] = value.mean if metric.kind == "gauge" and value is not None else value
+        return out
+
+    system = summary(sample.system, SYSTEM_METRICS)
+    system["cpu_per_core_percent"] = sample.system.cpu_per_core_percent
+    gpus = []
+    for gpu in sorted(sample.gpus, key=lambda g: g.index):
+        entry = {"index": gpu.index, "uuid": gpu.uuid, **summary(gpu, GPU_METRICS)}
+        entry["processes"] = [p.model_dump() for p in gpu.processes]
+        gpus.append(entry)
+    return {"seq": sample.seq, "ts": sample.ts, "system": system, "gpus": gpus}
+
+
+def _apply_inventory(machine: Machine, inventory: Inventory) -> None:
+    Machine.objects.filter(pk=machine.pk).update(
+        hostname=inventory.hostname,
+        os=inventory.os,
+        cpu_model=inventory.cpu_model,
+        cpu_cores=inventory.cpu_cores,
+        cpu_threads=inventory.cpu_threads,
+        mem_total_bytes=inventory.mem_total_bytes,
+    )
+    seen = []
+    for acc in inventory.accelerators:
+        seen.append(acc.index)
+        Accelerator.objects.update_or_create(
+            machine=machine,
+            index=acc.index,
+            defaults={
+                "vendor": acc.vendor,
+                "name": acc.name,
+                "uuid": acc.uuid or "",
+                "mem_total_bytes": acc.mem_total_bytes,
+                "power_limit_watts": acc.power_limit_watts,
+                "parent_uuid": acc.parent_uuid or "",
+                "mig_profile": acc.mig_profile or "",
+                "driver": acc.driver or "",
+            },
+        )
+    Accelerator.objects.filter(machine=machine).exclude(index__in=seen).delete()
+
+
+SYSTEM_INSERT = ["machine_id", "seq", "ts", "interval_s", "count", "received_at"] + [
+    c for m in SYSTEM_METRICS for c in metric_columns(m)
+]
+GPU_INSERT = ["machine_id", "seq", "gpu_index", "ts", "interval_s", "count", "received_at"] + [
+    c for m in GPU_METRICS for c in metric_columns(m)
+]
+
+
+def store_batch(machine: Machine, batch: Batch, now: datetime | None = None) -> IngestResult:
+    """Store what is new in ``batch`` for ``machine``; samples already stored are skipped."""
+    now = now or timezone.now()
+    adapt = connection.ops.adapt_datetimefield_value
+    received = adapt(now)
+    with transaction.atomic():
+        system_rows = []
+        for s in batch.samples:
+            head = [machine.pk, s.seq, adapt(_ts(s)), s.interval_s, s.count, received]
+            system_rows.append(head + _flatten(s.system, SYSTEM_METRICS))
+        new = _insert_returning_seq(SystemSample, SYSTEM_INSERT, system_rows, ("machine_id", "seq"))
+
+        gpu_rows = []
+        for s in batch.samples:
+            if s.seq not in new:
+                continue
+            for g in s.gpus:
+                head = [machine.pk, s.seq, g.index, adapt(_ts(s)), s.interval_s, s.count, received]
+                gpu_rows.append(head + _flatten(g, GPU_METRICS))
+        _insert_returning_seq(GpuSample, GPU_INSERT, gpu_rows, ("machine_id", "seq", "gpu_index"))
+
+        if batch.inventory is not None:
+            _apply_inventory(machine, batch.inventory)
+
+        newest = max(batch.samples, key=lambda s: s.seq)
+        updates: dict[str, Any] = {
+            "last_seen_at": now,
+            "last_seq": Greatest(F("last_seq"), newest.seq),
+            "spool_dropped": Greatest(F("spool_dropped"), batch.dropped),
+        }
+        if batch.agent_version:
+            updates["agent_version"] = batch.agent_version
+        if newest.seq in new and newest.seq >= machine.last_seq:
+            updates["latest"] = _latest(newest)
+        Machine.objects.filter(pk=machine.pk).update(**updates)
+
+    return IngestResult(
+        accepted=len(new),
+        duplicates=len(batch.samples) - len(new),
+        last_seq=max(newest.seq, machine.last_seq),
+    )

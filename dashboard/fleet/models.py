@@ -1,0 +1,213 @@
+"""Machines, their agent tokens and accelerators, and the telemetry they send.
+
+Samples are stored in typed columns, one row per machine and window (``SystemSample``) and one
+per accelerator and window (``GpuSample``); the columns come from ``hwprobe.schema`` so that the
+agent and the server cannot drift apart. Rollups hold the same columns per minute and per hour.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+from django.utils import timezone
+
+from dashboard import tokens
+from hwprobe.schema import GPU_METRICS, STATS, SYSTEM_METRICS, Metric
+
+machine_name = RegexValidator(
+    r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+    "Use letters, digits, '.', '_' and '-' (a hostname works), at most 64 characters.",
+)
+
+
+class Machine(models.Model):
+    class Policy(models.TextChoices):
+        SHARED = "shared", "Training and serving may share"
+        DEDICATED = "dedicated", "One kind of job at a time"
+
+    name = models.CharField(max_length=64, unique=True, validators=[machine_name])
+    hostname = models.CharField(max_length=255, blank=True)
+    os = models.CharField(max_length=255, blank=True)
+    cpu_model = models.CharField(max_length=255, blank=True)
+    cpu_cores = models.PositiveIntegerField(null=True, blank=True)
+    cpu_threads = models.PositiveIntegerField(null=True, blank=True)
+    mem_total_bytes = models.BigIntegerField(null=True, blank=True)
+    agent_version = models.CharField(max_length=32, blank=True)
+    policy = models.CharField(max_length=16, choices=Policy.choices, default=Policy.SHARED)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    last_seq = models.BigIntegerField(default=0)
+    # The agent's cumulative count of samples its spool had to discard (never reset by us).
+    spool_dropped = models.BigIntegerField(default=0)
+    # The newest sample as received (means and last values), for cards and the process table.
+    latest = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def is_online(self, now: datetime | None = None) -> bool:
+        if self.last_seen_at is None:
+            return False
+        now = now or timezone.now()
+        return now - self.last_seen_at <= timedelta(seconds=settings.OFFLINE_AFTER_S)
+
+    def issue_token(self, label: str = "") -> str:
+        """Create a new agent token for this machine and return it: it is never shown again."""
+        token, prefix, digest = tokens.new_token("hwa")
+        AgentToken.objects.create(machine=self, prefix=prefix, digest=digest, label=label)
+        return token
+
+
+class AgentToken(models.Model):
+    machine = models.ForeignKey(Machine, on_delete=models.CASCADE, related_name="tokens")
+    label = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=tokens.PREFIX_LEN, unique=True)
+    digest = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"hwa_{self.prefix}_… ({self.machine})"
+
+    @classmethod
+    def authenticate(cls, token: str) -> AgentToken | None:
+        prefix = tokens.split(token, "hwa")
+        if prefix is None:
+            return None
+        found = cls.objects.select_related("machine").filter(prefix=prefix, revoked_at=None).first()
+        if found is None or not tokens.matches(token, found.digest):
+            return None
+        return found
+
+    def revoke(self) -> None:
+        self.revoked_at = timezone.now()
+        self.save(update_fields=["revoked_at"])
+
+
+class Accelerator(models.Model):
+    """One device as the agent enumerates it: a GPU, a MIG device, or Apple's integrated GPU."""
+
+    machine = models.ForeignKey(Machine, on_delete=models.CASCADE, related_name="accelerators")
+    index = models.PositiveSmallIntegerField()
+    vendor = models.CharField(max_length=32)
+    name = models.CharField(max_length=255)
+    uuid = models.CharField(max_length=128, blank=True)
+    mem_total_bytes = models.BigIntegerField(null=True, blank=True)
+    power_limit_watts = models.FloatField(null=True, blank=True)
+    parent_uuid = models.CharField(max_length=128, blank=True)
+    mig_profile = models.CharField(max_length=64, blank=True)
+    driver = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ["machine", "index"]
+        constraints = [models.UniqueConstraint(fields=["machine", "index"], name="accelerator_unique_index")]
+
+    def __str__(self) -> str:
+        return f"{self.machine} #{self.index} {self.name}"
+
+
+def metric_columns(metric: Metric) -> list[str]:
+    """The column names that hold one metric: ``x_min, x_mean, x_max`` or just ``x``."""
+    if metric.kind == "gauge":
+        return [f"{metric.name}_{stat}" for stat in STATS]
+    return [metric.name]
+
+
+def _metric_fields(metrics: tuple[Metric, ...]) -> dict[str, models.Field]:
+    fields: dict[str, models.Field] = {}
+    for metric in metrics:
+        for column in metric_columns(metric):
+            fields[column] = models.BigIntegerField(null=True) if metric.integer else models.FloatField(null=True)
+    return fields
+
+
+def _abstract(name: str, metrics: tuple[Metric, ...]) -> type[models.Model]:
+    # One abstract base per metric list, so raw samples and rollups share their columns.
+    attrs: dict = {"__module__": __name__, "Meta": type("Meta", (), {"abstract": True})}
+    attrs.update(_metric_fields(metrics))
+    return type(name, (models.Model,), attrs)
+
+
+SystemMetrics = _abstract("SystemMetrics", SYSTEM_METRICS)
+GpuMetrics = _abstract("GpuMetrics", GPU_METRICS)
+
+SYSTEM_COLUMNS = [c for m in SYSTEM_METRICS for c in metric_columns(m)]
+GPU_COLUMNS = [c for m in GPU_METRICS for c in metric_columns(m)]
+
+
+class SystemSample(SystemMetrics):
+    machine = models.ForeignKey(Machine, on_delete=models.CASCADE, related_name="+")
+    seq = models.BigIntegerField()
+    ts = models.DateTimeField()  # end of the window
+    interval_s = models.FloatField()
+    count = models.PositiveIntegerField()  # 1 s snapshots in the window
+    received_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["machine", "seq"], name="systemsample_unique_seq")]
+        indexes = [
+            models.Index(fields=["machine", "ts"], name="systemsample_machine_ts"),
+            models.Index(fields=["received_at"], name="systemsample_received"),
+        ]
+
+
+class GpuSample(GpuMetrics):
+    machine = models.ForeignKey(Machine, on_delete=models.CASCADE, related_name="+")
+    seq = models.BigIntegerField()
+    gpu_index = models.PositiveSmallIntegerField()
+    ts = models.DateTimeField()
+    interval_s = models.FloatField()
+    count = models.PositiveIntegerField()
+    received_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["machine", "seq", "gpu_index"], name="gpusample_unique_seq")
+        ]
+        indexes = [
+            models.Index(fields=["machine", "ts"], name="gpusample_machine_ts"),
+            models.Index(fields=["received_at"], name="gpusample_received"),
+        ]
+
+
+class SystemRollup(SystemMetrics):
+    """Min of mins, mean of means, max of maxes over a minute or an hour."""
+
+    machine = models.ForeignKey(Machine, on_delete=models.CASCADE, related_name="+")
+    resolution_s = models.PositiveIntegerField()  # 60 or 3600
+    bucket = models.DateTimeField()  # start of the minute or hour, UTC
+    count = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["machine", "resolution_s", "bucket"], name="systemrollup_unique")
+        ]
+
+
+class GpuRollup(GpuMetrics):
+    machine = models.ForeignKey(Machine, on_delete=models.CASCADE, related_name="+")
+    gpu_index = models.PositiveSmallIntegerField()
+    resolution_s = models.PositiveIntegerField()
+    bucket = models.DateTimeField()
+    count = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["machine", "resolution_s", "bucket", "gpu_index"], name="gpurollup_unique"
+            )
+        ]
+
+
+class RollupState(models.Model):
+    """How far rollups have caught up: raw rows received before ``watermark`` are rolled up."""
+
+    name = models.CharField(max_length=32, primary_key=True)
+    watermark = models.DateTimeField()

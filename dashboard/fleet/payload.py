@@ -1,0 +1,198 @@
+"""Validation of the agent's batches (docs/design.md, "Wire format").
+
+Models are built from ``hwprobe.schema`` so every metric the agent may send is checked for type,
+range and finiteness. Unknown fields are ignored, so a newer agent can talk to an older server.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+
+from hwprobe.schema import GPU_METRICS, SYSTEM_METRICS, Metric
+
+MAX_SAMPLES = 1000
+MAX_DEVICES = 64
+MAX_SEQ = 2**63 - 1
+EARLIEST_TS = 946684800.0  # 2000-01-01: anything older is a broken clock, not history
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Name = Annotated[str, Field(max_length=255)]
+
+
+class Strict(BaseModel):
+    # strict: "5" is not 5 and true is not 1; extra fields from newer agents are ignored.
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
+
+
+class Stats(Strict):
+    min: Finite
+    mean: Finite
+    max: Finite
+
+    @model_validator(mode="after")
+    def ordered(self) -> Stats:
+        # Tolerate float rounding in the agent's mean.
+        slack = 1e-9 * max(1.0, abs(self.max))
+        if not (self.min - slack <= self.mean <= self.max + slack):
+            raise ValueError("must satisfy min <= mean <= max")
+        return self
+
+
+def _bounded_stats(metric: Metric) -> Any:
+    lo = 0.0 if (metric.non_negative or metric.percent) else -273.15
+    hi = 100.0 if metric.percent else 1e18
+    bounds = {"ge": lo, "le": hi}
+
+    class BoundedStats(Stats):
+        min: Annotated[float, Field(allow_inf_nan=False, **bounds)]
+        mean: Annotated[float, Field(allow_inf_nan=False, **bounds)]
+        max: Annotated[float, Field(allow_inf_nan=False, **bounds)]
+
+    return BoundedStats
+
+
+def _metric_type(metric: Metric) -> Any:
+    if metric.kind == "gauge":
+        return _bounded_stats(metric) | None
+    if metric.integer:
+        return Annotated[int, Field(ge=0, le=MAX_SEQ)] | None
+    return Annotated[float, Field(ge=0, le=1e18, allow_inf_nan=False)] | None
+
+
+def _model(name: str, metrics: tuple[Metric, ...], **extra: Any) -> type[Strict]:
+    fields = {m.name: (_metric_type(m), None) for m in metrics}
+    fields.update(extra)
+    return create_model(name, __base__=Strict, **fields)
+
+
+class Process(Strict):
+    pid: Annotated[int, Field(ge=0, le=2**32)]
+    name: Annotated[str, Field(max_length=255)] | None = None
+    user: Annotated[str, Field(max_length=255)] | None = None
+    mem_used_bytes: Annotated[int, Field(ge=0, le=MAX_SEQ)] | None = None
+
+
+SystemPayload = _model(
+    "SystemPayload",
+    SYSTEM_METRICS,
+    cpu_per_core_percent=(list[Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]] | None, Field(None, max_length=4096)),
+)
+GpuPayload = _model(
+    "GpuPayload",
+    GPU_METRICS,
+    index=(Annotated[int, Field(ge=0, le=255)], ...),
+    uuid=(Annotated[str, Field(max_length=128)] | None, None),
+    processes=(list[Process], Field(default_factory=list, max_length=1024)),
+)
+
+
+class Sample(Strict):
+    seq: Annotated[int, Field(ge=1, le=MAX_SEQ)]
+    ts: Finite
+    interval_s: Annotated[float, Field(gt=0, le=86400, allow_inf_nan=False)]
+    count: Annotated[int, Field(ge=0, le=86400)]
+    system: SystemPayload = Field(default_factory=SystemPayload)  # type: ignore[valid-type]
+    gpus: list[GpuPayload] = Field(default_factory=list, max_length=MAX_DEVICES)  # type: ignore[valid-type]
+
+    @field_validator("ts")
+    @classmethod
+    def plausible_time(cls, ts: float) -> float:
+        from django.conf import settings
+
+        if ts < EARLIEST_TS:
+            raise ValueError("is before 2000-01-01: check the agent's clock")
+        if ts > time.time() + settings.INGEST_MAX_FUTURE_S:
+            raise ValueError("is in the future: check the agent's clock")
+        return ts
+
+    @model_validator(mode="after")
+    def distinct_devices(self) -> Sample:
+        indexes = [g.index for g in self.gpus]
+        if len(indexes) != len(set(indexes)):
+            raise ValueError("gpus: a device index appears twice")
+        return self
+
+
+class InventoryAccelerator(Strict):
+    index: Annotated[int, Field(ge=0, le=255)]
+    vendor: Annotated[str, Field(max_length=32)] = "unknown"
+    name: Name = ""
+    uuid: Annotated[str, Field(max_length=128)] | None = None
+    mem_total_bytes: Annotated[int, Field(ge=0, le=MAX_SEQ)] | None = None
+    power_limit_watts: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)] | None = None
+    parent_uuid: Annotated[str, Field(max_length=128)] | None = None
+    mig_profile: Annotated[str, Field(max_length=64)] | None = None
+    driver: Annotated[str, Field(max_length=64)] | None = None
+
+
+class Inventory(Strict):
+    hostname: Name = ""
+    os: Name = ""
+    cpu_model: Name = ""
+    cpu_cores: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+    cpu_threads: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+    mem_total_bytes: Annotated[int, Field(ge=0, le=MAX_SEQ)] | None = None
+    accelerators: list[InventoryAccelerator] = Field(default_factory=list, max_length=MAX_DEVICES)
+
+    @model_validator(mode="after")
+    def distinct_devices(self) -> Inventory:
+        indexes = [a.index for a in self.accelerators]
+        if len(indexes) != len(set(indexes)):
+            raise ValueError("accelerators: a device index appears twice")
+        return self
+
+
+class Batch(Strict):
+    agent_version: Annotated[str, Field(max_length=32)] = ""
+    dropped: Annotated[int, Field(ge=0, le=MAX_SEQ)] = 0
+    inventory: Inventory | None = None
+    samples: list[Sample] = Field(min_length=1, max_length=MAX_SAMPLES)
+
+    @model_validator(mode="after")
+    def distinct_seqs(self) -> Batch:
+        seqs = [s.seq for s in self.samples]
+        if len(seqs) != len(set(seqs)):
+            raise ValueError("samples: a seq appears twice in one batch")
+        return self
+
+
+class PayloadError(ValueError):
+    """A batch we refuse; ``str()`` is one readable sentence naming the field."""
+
+
+def _where(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after", "function-before") or "[" in str(part):
+            continue  # pydantic's internal steps for unions and validators
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def parse_batch(body: bytes) -> Batch:
+    """Validate a JSON body; raise PayloadError with the first problem found."""
+    try:
+        return Batch.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        # Unions report one error per branch; the None branch's complaint says nothing useful.
+        useful = [e for e in errors if e["type"] != "none_required"] or errors
+        first = useful[0]
+        where = _where(tuple(first["loc"]))
+        message = first["msg"].removeprefix("Value error, ")
+        if not where:  # a batch-level check names its own field in the message
+            where, _, message = message.partition(": ") if ": " in message else ("body", "", message)
+        elif message.startswith(("gpus: ", "accelerators: ")):
+            suffix, _, message = message.partition(": ")
+            where = f"{where}.{suffix}"
+        if first["type"] == "json_invalid":
+            message = f"is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})"
+        more = f" (and {len(useful) - 1} more problem(s))" if len(useful) > 1 else ""
+        raise PayloadError(f"{where}: {message}{more}") from None
+

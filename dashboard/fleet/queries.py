@@ -1,0 +1,97 @@
+"""Read-side functions shared by the JSON API and the HTML pages."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db.models import Avg, Prefetch
+from django.utils import timezone
+
+from .models import Accelerator, GpuRollup, Machine, SystemRollup
+
+SPARKLINE_MINUTES = 60
+
+
+def accelerator_dict(a: Accelerator) -> dict[str, Any]:
+    return {
+        "index": a.index,
+        "vendor": a.vendor,
+        "name": a.name,
+        "uuid": a.uuid or None,
+        "mem_total_bytes": a.mem_total_bytes,
+        "power_limit_watts": a.power_limit_watts,
+        "parent_uuid": a.parent_uuid or None,
+        "mig_profile": a.mig_profile or None,
+        "driver": a.driver or None,
+    }
+
+
+def accelerator_summary(accelerators: list[Accelerator]) -> str:
+    """'8 × H100 80GB HBM3' style text; several models are listed one after the other."""
+    counts: dict[str, int] = defaultdict(int)
+    for a in accelerators:
+        if not a.parent_uuid:  # MIG slices are part of their parent GPU
+            counts[a.name.replace("NVIDIA ", "")] += 1
+    return ", ".join(f"{n} × {name}" for name, n in counts.items())
+
+
+def machine_dict(m: Machine, now: datetime, sparkline: dict | None = None) -> dict[str, Any]:
+    accelerators = list(m.accelerators.all())
+    return {
+        "name": m.name,
+        "hostname": m.hostname,
+        "os": m.os,
+        "cpu_model": m.cpu_model,
+        "cpu_cores": m.cpu_cores,
+        "cpu_threads": m.cpu_threads,
+        "mem_total_bytes": m.mem_total_bytes,
+        "agent_version": m.agent_version,
+        "policy": m.policy,
+        "online": m.is_online(now),
+        "last_seen": m.last_seen_at.isoformat() if m.last_seen_at else None,
+        "last_seq": m.last_seq,
+        "spool_dropped": m.spool_dropped,
+        "accelerators": [accelerator_dict(a) for a in accelerators],
+        "accelerator_summary": accelerator_summary(accelerators),
+        "latest": m.latest,
+        "sparkline": sparkline or {"t": [], "cpu_percent": [], "gpu_util_percent": []},
+    }
+
+
+def sparklines(machine_ids: list[int], now: datetime) -> dict[int, dict[str, list]]:
+    """Per machine, the last hour of minute means: CPU % and GPU utilisation averaged over devices."""
+    since = now - timedelta(minutes=SPARKLINE_MINUTES)
+    out: dict[int, dict[str, list]] = {}
+    cpu = (
+        SystemRollup.objects.filter(machine_id__in=machine_ids, resolution_s=60, bucket__gte=since)
+        .order_by("machine_id", "bucket")
+        .values_list("machine_id", "bucket", "cpu_percent_mean")
+    )
+    gpu_rows = (
+        GpuRollup.objects.filter(machine_id__in=machine_ids, resolution_s=60, bucket__gte=since)
+        .values("machine_id", "bucket")
+        .annotate(u=Avg("util_percent_mean"))
+        .order_by()
+    )
+    gpu = {(r["machine_id"], r["bucket"]): r["u"] for r in gpu_rows}
+    for machine_id, bucket, value in cpu:
+        line = out.setdefault(machine_id, {"t": [], "cpu_percent": [], "gpu_util_percent": []})
+        line["t"].append(int(bucket.timestamp()) * 1000 + 30_000)
+        line["cpu_percent"].append(value)
+        line["gpu_util_percent"].append(gpu.get((machine_id, bucket)))
+    return out
+
+
+def fleet_overview(now: datetime | None = None) -> list[dict[str, Any]]:
+    """Every machine with inventory, online state, latest values and a sparkline."""
+    now = now or timezone.now()
+    machines = list(Machine.objects.prefetch_related(Prefetch("accelerators")).order_by("name"))
+    lines = sparklines([m.pk for m in machines], now)
+    return [machine_dict(m, now, lines.get(m.pk)) for m in machines]
+
+
+def machine_detail(machine: Machine, now: datetime | None = None) -> dict[str, Any]:
+    now = now or timezone.now()
+    return machine_dict(machine, now, sparklines([machine.pk], now).get(machine.pk))

@@ -1,0 +1,148 @@
+"""Time series for charts: pick the resolution from the range, return about a chart's width of points.
+
+Ranges up to ``RAW_MAX`` read raw windows, up to ``MINUTE_MAX`` minute rollups, beyond that hour
+rollups, so a 7-day chart reads at most 168 rows per device.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone as dt_timezone
+from typing import Any
+
+from django.utils.dateparse import parse_datetime
+
+from hwprobe.schema import GPU_METRICS, SYSTEM_METRICS, Metric
+
+from .models import Accelerator, GpuRollup, GpuSample, Machine, SystemRollup, SystemSample
+
+UTC = dt_timezone.utc
+RAW_MAX = timedelta(hours=3)
+MINUTE_MAX = timedelta(days=3)
+TARGET_POINTS = 600
+NICE_STEPS = (10, 20, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+
+METRICS: dict[str, tuple[str, Metric]] = {f"system.{m.name}": ("system", m) for m in SYSTEM_METRICS}
+METRICS.update({f"gpu.{m.name}": ("gpu", m) for m in GPU_METRICS})
+
+_DURATION = re.compile(r"^(\d+)(s|m|h|d|w)$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class SeriesError(ValueError):
+    pass
+
+
+def parse_time(value: str, now: datetime, name: str = "since") -> datetime:
+    """A duration back from now (``90s``, ``30m``, ``1h``, ``24h``, ``7d``, ``2w``) or an ISO 8601 time."""
+    value = value.strip()
+    match = _DURATION.match(value)
+    if match:
+        return now - timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+    try:
+        parsed = parse_datetime(value)
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise SeriesError(f"{name}: expected a duration such as 1h, 24h or 7d, or an ISO 8601 time; got {value!r}")
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed
+
+
+def resolution_for(span: timedelta) -> int:
+    """0 for raw windows, else the rollup resolution in seconds."""
+    if span <= RAW_MAX:
+        return 0
+    if span <= MINUTE_MAX:
+        return 60
+    return 3600
+
+
+def step_for(span: timedelta, resolution: int) -> int:
+    """A round step in seconds giving at most about TARGET_POINTS points."""
+    wanted = span.total_seconds() / TARGET_POINTS
+    for step in NICE_STEPS:
+        if step >= wanted and step >= resolution:
+            return step
+    return NICE_STEPS[-1]
+
+
+def _device_name(acc: Accelerator | None, index: int) -> str:
+    if acc is None:
+        return f"GPU {index}"
+    short = acc.name.replace("NVIDIA ", "")
+    return f"GPU {index} · {short}" + (f" ({acc.mig_profile})" if acc.mig_profile else "")
+
+
+def machine_series(machine: Machine, metric_name: str, since: datetime, until: datetime) -> dict[str, Any]:
+    """Points of one metric for one machine, one series per device, times in epoch milliseconds."""
+    if metric_name not in METRICS:
+        raise SeriesError(f"metric: unknown metric {metric_name!r}; known: {', '.join(sorted(METRICS))}")
+    if until <= since:
+        raise SeriesError("since: must be before until")
+    scope, metric = METRICS[metric_name]
+    span = until - since
+    resolution = resolution_for(span)
+    step = step_for(span, resolution or 10)
+    gauge = metric.kind == "gauge"
+    columns = [f"{metric.name}_{s}" for s in ("min", "mean", "max")] if gauge else [metric.name]
+
+    if scope == "system":
+        model = SystemSample if resolution == 0 else SystemRollup
+    else:
+        model = GpuSample if resolution == 0 else GpuRollup
+    time_field = "ts" if resolution == 0 else "bucket"
+    qs = model.objects.filter(machine=machine, **{f"{time_field}__gte": since, f"{time_field}__lt": until})
+    if resolution:
+        qs = qs.filter(resolution_s=resolution)
+    keys = ["gpu_index"] if scope == "gpu" else []
+    rows = qs.order_by(time_field).values_list(*keys, time_field, *columns)
+
+    # Downsample into fixed steps: min of mins, mean of means, max of maxes.
+    buckets: dict[int, dict[int, list]] = {}
+    for row in rows:
+        device = row[0] if keys else -1
+        t, values = row[len(keys)], row[len(keys) + 1 :]
+        if all(v is None for v in values):
+            continue
+        epoch = int(t.timestamp())
+        b = epoch - epoch % step
+        acc = buckets.setdefault(device, {}).setdefault(b, [None, 0.0, 0, None])
+        lo, mean, hi = (values if gauge else (values[0], values[0], values[0]))
+        if lo is not None:
+            acc[0] = lo if acc[0] is None else min(acc[0], lo)
+        if mean is not None:
+            acc[1] += mean
+            acc[2] += 1
+        if hi is not None:
+            acc[3] = hi if acc[3] is None else max(acc[3], hi)
+
+    accelerators = {a.index: a for a in machine.accelerators.all()} if scope == "gpu" else {}
+    series = []
+    for device in sorted(buckets):
+        points = buckets[device]
+        times = sorted(points)
+        entry: dict[str, Any] = {
+            "device": None if device < 0 else device,
+            "name": metric.label if device < 0 else _device_name(accelerators.get(device), device),
+            # The point stands at the middle of its step, where its values were measured.
+            "t": [(b + step // 2) * 1000 for b in times],
+            "mean": [round(points[b][1] / points[b][2], 6) if points[b][2] else None for b in times],
+        }
+        if gauge:
+            entry["min"] = [points[b][0] for b in times]
+            entry["max"] = [points[b][3] for b in times]
+        series.append(entry)
+
+    return {
+        "machine": machine.name,
+        "metric": metric_name,
+        "label": metric.label,
+        "unit": metric.unit,
+        "resolution_s": resolution or None,
+        "step_s": step,
+        "since": since.isoformat(),
+        "until": until.isoformat(),
+        "series": series,
+    }

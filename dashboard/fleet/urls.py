@@ -1,0 +1,2 @@
+# Placeholder until the pages land (owned by the pages work).
+urlpatterns: list = []

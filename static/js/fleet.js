@@ -1,0 +1,31 @@
+// Fleet overview: re-fetch the server-rendered machine list and swap it in; draw sparklines.
+"use strict";
+
+(function () {
+  const root = document.getElementById("machines");
+  if (!root) return;
+
+  function drawSparklines() {
+    const colors = Charts.theme().colors;
+    root.querySelectorAll("[data-sparkline]").forEach((el) => {
+      const values = JSON.parse(el.dataset.sparkline);
+      if (values.some((v) => v !== null)) Charts.sparkline(el, values, colors[0]);
+    });
+  }
+
+  async function refresh() {
+    const url = new URL(window.location.href);
+    url.searchParams.set("partial", "1");
+    const response = await fetch(url, { headers: { "X-Requested-With": "fetch" }, credentials: "same-origin" });
+    if (response.redirected || !response.ok) return;  // logged out, or a server error: keep what we show
+    root.innerHTML = await response.text();
+    drawSparklines();
+    Charts.tickAgo(root);
+  }
+
+  drawSparklines();
+  Charts.tickAgo(root);
+  setInterval(() => { if (!document.hidden) Charts.tickAgo(root); }, 1000);
+  // The first render came with the page: start polling after one period.
+  setTimeout(() => Charts.poll(refresh, 10000, 60000), 10000);
+})();
