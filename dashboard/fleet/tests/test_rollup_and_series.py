@@ -1,0 +1,115 @@
+"""Rollups against raw data, and the series API's choice of resolution."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone as dt_timezone
+
+import pytest
+from conftest import make_batch
+from django.test.utils import CaptureQueriesContext
+from django.db import connection
+
+from dashboard.fleet import rollup
+from dashboard.fleet.ingest import store_batch
+from dashboard.fleet.models import GpuRollup, SystemRollup
+from dashboard.fleet.payload import Batch
+from dashboard.fleet.series import SeriesError, machine_series, parse_time, resolution_for
+
+UTC = dt_timezone.utc
+T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC).timestamp()
+
+
+def ingest(machine, seqs, t_end, **kw):
+    store_batch(machine, Batch.model_validate(make_batch(seqs, ts=t_end, **kw)))
+
+
+@pytest.mark.django_db
+def test_minute_rollups_take_min_of_mins_mean_of_means_max_of_maxes(machine):
+    # 6 windows at T0+10 .. T0+60 s: five land in the 10:00 minute, the last at 10:01:00.
+    store_batch(machine, Batch.model_validate({"samples": [
+        {**make_batch([i], ts=T0 + 10 * i, cpu=10.0 * i)["samples"][0]} for i in range(1, 7)
+    ]}))
+    rollup.catch_up()
+    first = SystemRollup.objects.get(machine=machine, resolution_s=60, bucket=datetime(2026, 11, 20, 10, 0, tzinfo=UTC))
+    assert first.count == 50  # five windows of ten 1 s snapshots
+    assert first.cpu_percent_mean == pytest.approx(30.0)  # mean of 10, 20, 30, 40, 50
+    assert first.cpu_percent_min == 5.0 and first.cpu_percent_max == 55.0
+    hour = SystemRollup.objects.get(machine=machine, resolution_s=3600)
+    assert hour.count == 60 and hour.cpu_percent_max == 65.0
+    assert GpuRollup.objects.filter(machine=machine, resolution_s=60).count() == 4  # 2 minutes x 2 GPUs
+
+
+@pytest.mark.django_db
+def test_rolling_up_twice_gives_the_same_rows(machine):
+    ingest(machine, range(1, 13), T0 + 120)
+    rollup.catch_up()
+    before = sorted(SystemRollup.objects.values_list("bucket", "resolution_s", "count", "cpu_percent_mean"))
+    rollup.RollupState.objects.all().delete()  # forget the watermark: everything is redone
+    rollup.catch_up()
+    rollup.catch_up()
+    after = sorted(SystemRollup.objects.values_list("bucket", "resolution_s", "count", "cpu_percent_mean"))
+    assert before == after
+
+
+@pytest.mark.django_db
+def test_a_late_batch_is_folded_into_its_old_buckets(machine):
+    ingest(machine, [1, 2], T0 + 20)
+    rollup.catch_up()
+    ingest(machine, [3], T0 + 30, cpu=90.0)  # replayed from a spool later
+    rollup.catch_up()
+    minute = SystemRollup.objects.get(machine=machine, resolution_s=60)
+    assert minute.count == 30 and minute.cpu_percent_max == 95.0
+
+
+def test_durations_and_iso_times_parse_the_same_way():
+    now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+    assert parse_time("1h", now) == now - timedelta(hours=1)
+    assert parse_time("7d", now) == now - timedelta(days=7)
+    assert parse_time("2026-11-26T10:00:00Z", now) == datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+    assert parse_time("2026-11-26T10:00:00", now).tzinfo is not None
+    with pytest.raises(SeriesError, match="duration"):
+        parse_time("yesterday", now)
+
+
+def test_a_seven_day_range_never_reads_raw_rows():
+    assert resolution_for(timedelta(hours=1)) == 0
+    assert resolution_for(timedelta(hours=24)) == 60
+    assert resolution_for(timedelta(days=7)) == 3600
+
+
+@pytest.mark.django_db
+def test_series_reads_raw_rows_for_an_hour_with_one_series_per_gpu(machine):
+    ingest(machine, range(1, 31), T0 + 300)
+    data = machine_series(machine, "gpu.util_percent", datetime.fromtimestamp(T0, UTC), datetime.fromtimestamp(T0 + 3600, UTC))
+    assert data["unit"] == "%" and data["resolution_s"] is None
+    assert [s["device"] for s in data["series"]] == [0, 1]
+    assert len(data["series"][0]["t"]) == 30 and data["series"][0]["mean"][0] == 50.0
+    assert data["series"][0]["name"] == "GPU 0 · H100 80GB HBM3"
+
+
+@pytest.mark.django_db
+def test_series_for_a_week_reads_hour_rollups(machine):
+    ingest(machine, range(1, 31), T0 + 300)
+    rollup.catch_up()
+    until = datetime.fromtimestamp(T0 + 3600, UTC)
+    with CaptureQueriesContext(connection) as queries:
+        data = machine_series(machine, "system.cpu_percent", until - timedelta(days=7), until)
+    assert data["resolution_s"] == 3600
+    assert len(data["series"]) == 1 and data["series"][0]["max"] == [30.0]
+    sql = " ".join(q["sql"] for q in queries.captured_queries)
+    assert "fleet_systemrollup" in sql and "fleet_systemsample" not in sql
+
+
+@pytest.mark.django_db
+def test_series_api_answers_json_and_explains_bad_parameters(client, machine, viewer):
+    ingest(machine, range(1, 4), None)
+    client.force_login(viewer)
+    r = client.get(f"/api/v1/machines/{machine.name}/series", {"metric": "system.mem_used_bytes", "since": "1h"})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["unit"] == "B" and len(body["series"][0]["t"]) == 3
+    bad = client.get(f"/api/v1/machines/{machine.name}/series", {"metric": "gpu.bogus"})
+    assert bad.status_code == 400 and "unknown metric" in bad.json()["error"]
+    bad = client.get(f"/api/v1/machines/{machine.name}/series", {"metric": "gpu.util_percent", "since": "soon"})
+    assert bad.status_code == 400 and bad.json()["error"].startswith("since:")
+    assert client.get("/api/v1/machines/nope/series", {"metric": "gpu.util_percent"}).status_code == 404
