@@ -126,3 +126,17 @@ def make_batch(seqs, ts: float | None = None, inventory: bool = True, gpus: int 
     seqs = list(seqs)
     samples = [make_sample(s, now - 10 * (len(seqs) - 1 - i), gpus=gpus, **kw) for i, s in enumerate(seqs)]
     return {"agent_version": "0.1.0", "dropped": 0, "inventory": make_inventory(gpus) if inventory else None, "samples": samples}
+
+
+@pytest.fixture
+def process_env(transactional_db, settings) -> dict[str, str]:
+    """Environment for a server, worker or agent process that must see this test's database."""
+    import os
+
+    db = settings.DATABASES["default"]
+    if "sqlite" in db["ENGINE"]:
+        url = f"sqlite:///{db['NAME']}"
+    else:
+        url = f"postgres://{db.get('USER') or 'postgres'}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+    env = dict(os.environ, DATABASE_URL=url, PYTHONUNBUFFERED="1", DEBUG="1")
+    return env

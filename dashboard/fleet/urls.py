@@ -1,2 +1,10 @@
-# Placeholder until the pages land (owned by the pages work).
-urlpatterns: list = []
+from django.urls import path
+
+from . import views
+
+app_name = "fleet"
+
+urlpatterns = [
+    path("", views.overview, name="overview"),
+    path("machines/<str:name>/", views.machine, name="machine"),
+]

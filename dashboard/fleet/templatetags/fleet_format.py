@@ -1,0 +1,57 @@
+"""Formatting for people: raw numbers stay raw everywhere else (STYLE.md, units in names)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django import template
+from django.utils import timezone
+
+register = template.Library()
+
+_BYTE_UNITS = (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10))
+
+
+@register.filter
+def binary_bytes(value: float | None) -> str:
+    """1.5 GiB style; '–' when unknown."""
+    if value is None:
+        return "–"
+    for unit, size in _BYTE_UNITS:
+        if abs(value) >= size:
+            scaled = value / size
+            return f"{scaled:.0f} {unit}" if scaled >= 100 else f"{scaled:.1f} {unit}"
+    return f"{value:.0f} B"
+
+
+@register.filter
+def percent_of(value: float | None, total: float | None) -> float:
+    """value / total as a percentage clamped to 0-100, for bar widths; 0 when either is unknown."""
+    if value is None or not total:
+        return 0.0
+    return max(0.0, min(100.0, 100.0 * value / total))
+
+
+@register.filter
+def clamp_percent(value: float | None) -> float:
+    return 0.0 if value is None else max(0.0, min(100.0, value))
+
+
+@register.filter
+def ago(moment: datetime | None) -> str:
+    """'12 s ago', '3 min ago', '2 h ago', '4 d ago' (static/js/charts.js says the same)."""
+    if moment is None:
+        return "never"
+    s = max(0, round((timezone.now() - moment).total_seconds()))
+    if s < 90:
+        return f"{s} s ago"
+    if s < 5400:
+        return f"{round(s / 60)} min ago"
+    if s < 129600:
+        return f"{round(s / 3600)} h ago"
+    return f"{round(s / 86400)} d ago"
+
+
+@register.filter
+def epoch_ms(moment: datetime | None) -> int | str:
+    return "" if moment is None else int(moment.timestamp() * 1000)
