@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
@@ -29,13 +30,17 @@ def _gpus(m: dict[str, Any]) -> list[dict[str, Any]]:
 def _present(m: dict[str, Any]) -> dict[str, Any]:
     latest = m["latest"] or {}
     system = latest.get("system") or {}
+    gpus = _gpus(m)
     return {
         **m,
         "last_seen_at": parse_datetime(m["last_seen"]) if m["last_seen"] else None,
         "system": system,
         "mem_total": system.get("mem_total_bytes") or m["mem_total_bytes"],
-        "gpus": _gpus(m),
-        "sparkline": {"cpu": m["sparkline"]["cpu_percent"], "gpu": m["sparkline"]["gpu_util_percent"]},
+        "gpus": gpus,
+        "processes": [{"gpu": g["index"], **p} for g in gpus for p in g.get("processes") or []],
+        "sparkline_json": json.dumps(
+            {"cpu": m["sparkline"]["cpu_percent"], "gpu": m["sparkline"]["gpu_util_percent"] if m["accelerators"] else []}
+        ),
     }
 
 

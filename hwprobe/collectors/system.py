@@ -91,7 +91,7 @@ def _rate(now: float | None, before: float | None, seconds: float) -> float | No
     """Counter delta per second; None without a previous reading or when the counter went back."""
     if now is None or before is None or seconds <= 0 or now < before:
         return None
-    return (now - before) / seconds
+    return round((now - before) / seconds, 1)
 
 
 class SystemCollector:
@@ -145,7 +145,7 @@ class SystemCollector:
         mem = ps.virtual_memory()
         swap = ps.swap_memory()
         try:
-            load1: float | None = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+            load1: float | None = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
         except OSError:
             load1 = None
         now = self._clock()
@@ -161,6 +161,8 @@ class SystemCollector:
                 "cpu_percent": None if first else float(total),
                 "cpu_per_core_percent": None if first else [float(p) for p in per_core],
                 "load1": load1,
+                # total - available counts what programs hold, not the page cache they could
+                # get back; psutil's own "used" differs between platforms.
                 "mem_used_bytes": mem.total - mem.available,
                 "mem_total_bytes": mem.total,
                 "swap_used_bytes": swap.used,

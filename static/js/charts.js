@@ -94,13 +94,14 @@ window.Charts = (function () {
     return traces;
   }
 
-  function sparkline(el, values, color) {
-    const t = theme();
-    const c = color || t.colors[0];
-    Plotly.react(el, [{
-      y: values, type: "scatter", mode: "lines", line: { color: c, width: 1.4 },
-      fill: "tozeroy", fillcolor: withAlpha(c, 0.15), hoverinfo: "skip",
-    }], {
+  // lines: [{name, values (0-100), color}], drawn without axes on a fixed 0-100 scale.
+  function sparkline(el, lines) {
+    const data = lines.map((line, i) => ({
+      y: line.values, type: "scatter", mode: "lines", name: line.name,
+      line: { color: line.color, width: 1.4 },
+      fill: i === 0 ? "tozeroy" : "none", fillcolor: withAlpha(line.color, 0.12), hoverinfo: "skip",
+    }));
+    Plotly.react(el, data, {
       paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)",
       margin: { l: 0, r: 0, t: 2, b: 2 }, showlegend: false,
       xaxis: { visible: false, fixedrange: true },

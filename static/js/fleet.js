@@ -9,7 +9,11 @@
     const colors = Charts.theme().colors;
     root.querySelectorAll("[data-sparkline]").forEach((el) => {
       const values = JSON.parse(el.dataset.sparkline);
-      if (values.some((v) => v !== null)) Charts.sparkline(el, values, colors[0]);
+      const lines = [];
+      if (values.cpu.some((v) => v !== null)) lines.push({ name: "CPU", values: values.cpu, color: colors[0] });
+      if (values.gpu.some((v) => v !== null)) lines.push({ name: "GPU", values: values.gpu, color: colors[1] });
+      if (lines.length) Charts.sparkline(el, lines);
+      else el.hidden = true;
     });
   }
 

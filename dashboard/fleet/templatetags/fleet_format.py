@@ -55,3 +55,9 @@ def ago(moment: datetime | None) -> str:
 @register.filter
 def epoch_ms(moment: datetime | None) -> int | str:
     return "" if moment is None else int(moment.timestamp() * 1000)
+
+
+@register.filter
+def percent(value: float | None) -> str:
+    """'42 %'; '–' when unknown."""
+    return "–" if value is None else f"{value:.0f} %"

@@ -1,0 +1,403 @@
+#!/usr/bin/env python3
+"""Ingest throughput: the HTTP API against a raw COPY of the same rows into the same tables.
+
+    .venv/bin/python bench/ingest.py [--seconds 30] [--machines 20] [--clients 8] [--windows 10]
+
+1. Creates and migrates its own PostgreSQL database (hwdash_bench_ingest), enrolls N machines.
+2. Baseline: one psycopg COPY per table, in one transaction, of the rows the ingest would write
+   for the same kind of batches (1 system row + 8 GPU rows per sample), rows/s and samples/s.
+3. Where the time goes, in this process, for the same batches: JSON encoding (client side),
+   pydantic validation, store_batch (SQL vs Python), the whole Django stack (test client).
+4. The HTTP API: gunicorn dashboard.wsgi with 2 sync workers; several agent-like client threads,
+   each posting for its own machines with their own tokens, for --seconds; accepted samples,
+   requests/s, latency p50/p99.
+5. A table with the ratio API/COPY. Prints figures, asserts nothing. gunicorn and the database
+   are cleaned up at the end, Ctrl-C included.
+
+A "sample" is one machine window; its "rows" are 1 system + 8 GPU rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone as dt_timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (  # noqa: E402
+    ROOT,
+    bench_database,
+    bench_env,
+    make_batch,
+    median,
+    percentile,
+    say,
+    setup_django,
+    table,
+)
+
+DB_NAME = "hwdash_bench_ingest"
+GPUS = 8
+ROWS_PER_SAMPLE = 1 + GPUS
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+# --- enrolment --------------------------------------------------------------------------------
+
+def enroll(n: int) -> list[tuple[int, str]]:
+    """N machines with one agent token each: [(machine_id, token)]."""
+    from dashboard.fleet.models import Machine
+
+    out = []
+    for i in range(n):
+        m = Machine.objects.create(name=f"bench-{i:03d}")
+        out.append((m.pk, m.issue_token(label="bench")))
+    return out
+
+
+# --- 1. COPY baseline -------------------------------------------------------------------------
+
+def _flatten(d: dict, metrics) -> list:
+    values: list = []
+    for metric in metrics:
+        v = d.get(metric.name)
+        if metric.kind == "gauge":
+            values.extend((None, None, None) if v is None else (v["min"], v["mean"], v["max"]))
+        else:
+            values.append(v)
+    return values
+
+
+def copy_rows(machine_ids: list[int], windows: int):
+    """The rows store_batch would write for ``windows`` samples per machine (seqs 1..windows)."""
+    from hwprobe.schema import GPU_METRICS, SYSTEM_METRICS
+
+    now = time.time()
+    received = datetime.now(dt_timezone.utc)
+    system_rows, gpu_rows = [], []
+    for mid in machine_ids:
+        for start in range(1, windows + 1, 100):
+            seqs = range(start, min(windows, start + 99) + 1)
+            for s in make_batch(seqs, now - 10 * (windows - start), gpus=GPUS)["samples"]:
+                ts = datetime.fromtimestamp(s["ts"], tz=dt_timezone.utc)
+                system_rows.append([mid, s["seq"], ts, s["interval_s"], s["count"], received, *_flatten(s["system"], SYSTEM_METRICS)])
+                for g in s["gpus"]:
+                    gpu_rows.append([mid, s["seq"], g["index"], ts, s["interval_s"], s["count"], received, *_flatten(g, GPU_METRICS)])
+    return system_rows, gpu_rows
+
+
+def copy_baseline(url: str, machine_ids: list[int], windows: int) -> dict:
+    import psycopg
+
+    from dashboard.fleet.ingest import GPU_INSERT, SYSTEM_INSERT
+    from dashboard.fleet.models import GpuSample, SystemSample
+
+    system_rows, gpu_rows = copy_rows(machine_ids, windows)
+    st, gt = SystemSample._meta.db_table, GpuSample._meta.db_table
+    with psycopg.connect(url) as conn:
+        t0 = time.perf_counter()
+        with conn.transaction():
+            with conn.cursor() as cur:
+                with cur.copy(f"COPY {st} ({', '.join(SYSTEM_INSERT)}) FROM STDIN") as copy:
+                    for row in system_rows:
+                        copy.write_row(row)
+                with cur.copy(f"COPY {gt} ({', '.join(GPU_INSERT)}) FROM STDIN") as copy:
+                    for row in gpu_rows:
+                        copy.write_row(row)
+        elapsed = time.perf_counter() - t0
+        # Start the API phase from the same (empty) tables.
+        conn.execute(f"TRUNCATE {st}, {gt}")
+        conn.commit()
+    rows = len(system_rows) + len(gpu_rows)
+    return {"seconds": elapsed, "samples": len(system_rows), "rows": rows}
+
+
+# --- 2. where the time goes, in-process -------------------------------------------------------
+
+def breakdown(windows: int, batches: int) -> dict:
+    """Milliseconds per batch of ``windows`` samples for each stage, medians over ``batches``."""
+    from django.db import connection
+    from django.test import Client
+
+    from dashboard.fleet.ingest import store_batch
+    from dashboard.fleet.models import GpuSample, Machine, SystemSample
+    from dashboard.fleet.payload import parse_batch
+
+    machine = Machine.objects.create(name="bench-profile")
+    token = machine.issue_token()
+    client = Client()
+    sql_time = [0.0]
+
+    def timing_wrapper(execute, sql, params, many, context):
+        t0 = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            sql_time[0] += time.perf_counter() - t0
+
+    out: dict[str, list[float]] = {k: [] for k in ("encode", "validate", "store", "store_sql", "django_full")}
+    seq = 1
+    for i in range(batches):
+        batch = make_batch(range(seq, seq + windows), time.time(), gpus=GPUS, inventory=(i == 0))
+        seq += windows
+        t0 = time.perf_counter()
+        body = json.dumps(batch).encode()
+        out["encode"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        parsed = parse_batch(body)
+        out["validate"].append(time.perf_counter() - t0)
+        machine.refresh_from_db()
+        sql_time[0] = 0.0
+        with connection.execute_wrapper(timing_wrapper):
+            t0 = time.perf_counter()
+            store_batch(machine, parsed)
+            out["store"].append(time.perf_counter() - t0)
+        out["store_sql"].append(sql_time[0])
+
+        # The same batch again through Django's whole stack (auth, middleware, ninja, JSON reply):
+        # a fresh seq range so it is stored, not skipped as a duplicate.
+        batch = make_batch(range(seq, seq + windows), time.time(), gpus=GPUS)
+        seq += windows
+        body = json.dumps(batch).encode()
+        t0 = time.perf_counter()
+        resp = client.post("/api/v1/ingest", body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}")
+        out["django_full"].append(time.perf_counter() - t0)
+        assert resp.status_code == 200, resp.content
+    SystemSample.objects.filter(machine=machine).delete()
+    GpuSample.objects.filter(machine=machine).delete()
+    machine.delete()
+    connection.close()
+    return {k: median(v) * 1000 for k, v in out.items()}
+
+
+# --- 3. the HTTP API --------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_gunicorn(url: str, port: int, workers: int) -> subprocess.Popen:
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    proc = subprocess.Popen(
+        [str(gunicorn), "dashboard.wsgi", "--workers", str(workers), "--bind", f"127.0.0.1:{port}",
+         "--log-level", "warning", "--timeout", "60"],
+        cwd=ROOT,
+        env=bench_env(url, ALLOWED_HOSTS="127.0.0.1"),
+    )
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {proc.returncode}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/api/v1/machines")
+            conn.getresponse().read()
+            conn.close()
+            return proc
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("gunicorn did not answer within 30 s")
+
+
+def stop_gunicorn(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()  # the master stops its workers
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class AgentClient(threading.Thread):
+    """Posts batches for its machines in turn over one keep-alive http.client connection."""
+
+    def __init__(self, port: int, machines: list[tuple[int, str]], windows: int, start: threading.Event, stop: threading.Event):
+        super().__init__(daemon=True)
+        self.port, self.machines, self.windows = port, machines, windows
+        self.start_evt, self.stop_evt = start, stop
+        self.next_seq = {mid: 1 for mid, _ in machines}
+        self.latencies: list[float] = []
+        self.accepted = 0
+        self.requests = 0
+        self.errors: list[str] = []
+        self.ready = threading.Event()
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+    def post(self, mid: int, token: str, inventory: bool) -> tuple[float, int]:
+        seq = self.next_seq[mid]
+        self.next_seq[mid] = seq + self.windows
+        body = json.dumps(make_batch(range(seq, seq + self.windows), time.time(), gpus=GPUS, inventory=inventory)).encode()
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        t0 = time.perf_counter()
+        try:
+            self.conn.request("POST", "/api/v1/ingest", body, headers)
+            resp = self.conn.getresponse()
+            data = resp.read()
+        except (http.client.HTTPException, OSError):
+            # Sync gunicorn workers close the connection after each reply: reconnect, once.
+            self.conn.close()
+            self.conn.request("POST", "/api/v1/ingest", body, headers)
+            resp = self.conn.getresponse()
+            data = resp.read()
+        elapsed = time.perf_counter() - t0
+        if resp.status != 200:
+            self.errors.append(f"{resp.status} {data[:200]!r}")
+            return elapsed, 0
+        return elapsed, json.loads(data)["accepted"]
+
+    def run(self) -> None:
+        try:
+            for mid, token in self.machines:  # warm-up: the first batch of an agent carries inventory
+                self.post(mid, token, inventory=True)
+            self.ready.set()
+            self.start_evt.wait()
+            i = 0
+            while not self.stop_evt.is_set():
+                mid, token = self.machines[i % len(self.machines)]
+                i += 1
+                elapsed, accepted = self.post(mid, token, inventory=False)
+                if self.stop_evt.is_set():
+                    break  # finished after the window closed: not counted
+                self.latencies.append(elapsed)
+                self.accepted += accepted
+                self.requests += 1
+        except Exception as exc:  # reported, not raised: one client must not hang the others
+            self.errors.append(repr(exc))
+            self.ready.set()
+        finally:
+            self.conn.close()
+
+
+def api_run(port: int, machines: list[tuple[int, str]], clients: int, windows: int, seconds: float) -> dict:
+    start, stop = threading.Event(), threading.Event()
+    groups = [machines[i::clients] for i in range(clients)]
+    threads = [AgentClient(port, g, windows, start, stop) for g in groups if g]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.ready.wait(timeout=120)
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    start.set()
+    try:
+        time.sleep(seconds)
+    finally:
+        stop.set()
+    elapsed = time.perf_counter() - t0
+    client_cpu = time.process_time() - cpu0
+    for t in threads:
+        t.join(timeout=70)
+    latencies = [x for t in threads for x in t.latencies]
+    errors = [e for t in threads for e in t.errors]
+    return {
+        "seconds": elapsed,
+        "requests": sum(t.requests for t in threads),
+        "samples": sum(t.accepted for t in threads),
+        "p50": percentile(latencies, 50),
+        "p99": percentile(latencies, 99),
+        "client_cpu": client_cpu,
+        "errors": errors,
+    }
+
+
+# --- main -------------------------------------------------------------------------------------
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=30.0, help="how long the clients post (default 30)")
+    parser.add_argument("--machines", type=int, default=20, help="machines enrolled (default 20)")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent client threads (default 8)")
+    parser.add_argument("--windows", type=int, default=10, help="samples per batch (default 10)")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers (default 2)")
+    parser.add_argument("--copy-windows", type=int, default=1000, help="samples per machine in the COPY baseline (default 1000)")
+    parser.add_argument("--profile-batches", type=int, default=40, help="batches timed in the in-process breakdown (default 40)")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _sigterm)
+
+    gunicorn = None
+    try:
+        with bench_database(DB_NAME) as url:
+            setup_django(url)
+            machines = enroll(args.machines)
+            say(f"enrolled {len(machines)} machines")
+
+            copy = copy_baseline(url, [m for m, _ in machines], args.copy_windows)
+            copy_rows_s = copy["rows"] / copy["seconds"]
+            say(f"COPY: {copy['rows']:,} rows ({copy['samples']:,} samples) in {copy['seconds']:.2f} s")
+
+            prof = breakdown(args.windows, args.profile_batches)
+            say("in-process breakdown done")
+
+            port = free_port()
+            try:
+                gunicorn = start_gunicorn(url, port, args.workers)
+                say(f"gunicorn on 127.0.0.1:{port}, {args.workers} sync workers; {args.clients} clients for {args.seconds:.0f} s")
+                api = api_run(port, machines, args.clients, args.windows, args.seconds)
+            finally:  # before the database is dropped
+                stop_gunicorn(gunicorn)
+                gunicorn = None
+
+            from dashboard.fleet.models import GpuSample, SystemSample
+
+            stored = SystemSample.objects.count()
+            stored_gpu = GpuSample.objects.count()
+
+        api_rows_s = api["samples"] * ROWS_PER_SAMPLE / api["seconds"]
+        print()
+        print(f"Ingest, {GPUS} GPUs per machine; API: {args.clients} clients, {args.windows} windows a batch, "
+              f"{args.workers} gunicorn sync workers, {api['seconds']:.0f} s")
+        print(table(
+            [
+                ["COPY (one transaction)", f"{copy_rows_s:,.0f}", f"{copy['samples'] / copy['seconds']:,.0f}", "", "", "100%"],
+                ["HTTP API", f"{api_rows_s:,.0f}", f"{api['samples'] / api['seconds']:,.0f}",
+                 f"{api['p50'] * 1000:.1f}", f"{api['p99'] * 1000:.1f}", f"{api_rows_s / copy_rows_s:.0%}"],
+            ],
+            ["path", "rows/s", "samples/s", "p50 ms", "p99 ms", "of COPY"],
+        ))
+        print(f"requests: {api['requests']:,} ({api['requests'] / api['seconds']:.1f}/s), samples accepted: {api['samples']:,}, "
+              f"errors: {len(api['errors'])}; rows in the database afterwards: {stored:,} system + {stored_gpu:,} GPU "
+              f"(includes warm-up batches)")
+        print(f"client threads used {api['client_cpu'] / api['seconds']:.0%} of a core (same 2 cores as the server)")
+        for e in api["errors"][:5]:
+            print(f"  error: {e}")
+        total = prof["django_full"]
+        print()
+        print(f"Where a batch's time goes ({args.windows} samples x {GPUS} GPUs, in-process, median of {args.profile_batches}):")
+        print(table(
+            [
+                ["JSON encode (agent side)", f"{prof['encode']:.2f}", ""],
+                ["pydantic parse + validate", f"{prof['validate']:.2f}", f"{prof['validate'] / total:.0%}"],
+                ["store_batch: SQL (round trips)", f"{prof['store_sql']:.2f}", f"{prof['store_sql'] / total:.0%}"],
+                ["store_batch: Python", f"{prof['store'] - prof['store_sql']:.2f}", f"{(prof['store'] - prof['store_sql']) / total:.0%}"],
+                ["rest of Django (auth, middleware, ninja, reply)",
+                 f"{total - prof['validate'] - prof['store']:.2f}", f"{(total - prof['validate'] - prof['store']) / total:.0%}"],
+                ["whole request (test client)", f"{total:.2f}", "100%"],
+            ],
+            ["stage", "ms/batch", "share"],
+        ))
+        return 0
+    except KeyboardInterrupt:
+        say("interrupted; cleaning up")
+        return 130
+    finally:
+        stop_gunicorn(gunicorn)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""A real server (gunicorn) and a real agent process: samples arrive, and survive a server outage."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dashboard.fleet.models import Machine, SystemSample
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, env: dict, port: int):
+        self.env, self.port, self.proc = env, port, None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "dashboard.wsgi", "-b", f"127.0.0.1:{self.port}", "-w", "1", "--log-level", "warning"],
+            cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("server did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+
+
+@pytest.fixture
+def server(process_env):
+    s = Server(process_env, free_port())
+    s.start()
+    yield s
+    s.stop()
+
+
+def start_agent(env, server, token, spool: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "hwprobe", "run", "--server", server.url, "--token", token,
+         "--interval", "0.25", "--send-every", "1", "--spool", str(spool)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def stop_agent(agent: subprocess.Popen) -> str:
+    agent.send_signal(signal.SIGTERM)
+    out, _ = agent.communicate(timeout=30)
+    assert agent.returncode == 0, out
+    return out
+
+
+@pytest.mark.integration
+def test_a_real_agent_reports_to_a_real_server(process_env, server, machine, tmp_path):
+    token = machine.issue_token()
+    agent = start_agent(process_env, server, token, tmp_path / "spool.sqlite")
+    try:
+        wait_for(lambda: SystemSample.objects.filter(machine=machine).count() >= 3, 40, "three samples")
+    finally:
+        stop_agent(agent)
+    machine.refresh_from_db()
+    assert machine.hostname == socket.gethostname()
+    assert machine.is_online() and machine.latest["system"]["cpu_percent"] is not None
+    row = SystemSample.objects.filter(machine=machine).order_by("seq").last()
+    assert row.mem_used_bytes_mean > 0 and row.mem_total_bytes > 0
+
+
+@pytest.mark.integration
+def test_samples_taken_while_the_server_is_down_arrive_exactly_once(process_env, server, machine, tmp_path):
+    token = machine.issue_token()
+    agent = start_agent(process_env, server, token, tmp_path / "spool.sqlite")
+    try:
+        wait_for(lambda: SystemSample.objects.filter(machine=machine).exists(), 40, "the first sample")
+        server.stop()
+        down_from = SystemSample.objects.filter(machine=machine).count()
+        time.sleep(5)  # the agent keeps sampling into its spool
+        server.start()
+        wait_for(lambda: SystemSample.objects.filter(machine=machine).count() >= down_from + 6, 60, "the spooled samples")
+    finally:
+        stop_agent(agent)
+    seqs = list(SystemSample.objects.filter(machine=machine).order_by("seq").values_list("seq", flat=True))
+    assert seqs == list(range(1, len(seqs) + 1)), "a gap or a duplicate in the stored seqs"
+    times = list(SystemSample.objects.filter(machine=machine).order_by("seq").values_list("ts", flat=True))
+    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:])]
+    assert max(gaps) < 2.5, f"a hole in the timeline: {max(gaps)} s"
+    assert Machine.objects.get(pk=machine.pk).spool_dropped == 0

@@ -1,0 +1,134 @@
+"""The pages in a real browser: log in, see the fleet, see a machine's charts drawn from the API.
+
+Drives Debian's chromium through Playwright (never `playwright install`); saves the screenshots the
+README shows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from conftest import make_inventory, make_sample
+
+from dashboard.fleet import rollup
+from dashboard.fleet.ingest import store_batch
+from dashboard.fleet.models import Machine
+from dashboard.fleet.payload import parse_batch
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+SCREENSHOTS = Path(__file__).resolve().parents[3] / "docs" / "screenshots"
+ZONE = "Australia/Adelaide"  # +09:30/+10:30: a half-hour offset catches times shown in UTC
+CHARTS = ("chart-cpu", "chart-ram", "chart-gpu-util", "chart-gpu-mem", "chart-gpu-power", "chart-gpu-temp")
+
+
+def send(machine: Machine, samples: list[dict], gpus: int, **kw) -> None:
+    batch = {"agent_version": "0.1.0", "dropped": 0, "inventory": make_inventory(gpus), "samples": samples}
+    store_batch(machine, parse_batch(json.dumps(batch).encode()), **kw)
+
+
+def an_hour_of_samples(gpus: int) -> list[dict]:
+    now = time.time()
+    samples = []
+    for i in range(360):  # 10 s windows
+        wave = math.sin(i / 25)
+        sample = make_sample(i + 1, now - 10 * (359 - i), gpus=gpus, cpu=40 + 25 * wave, util=60 + 30 * wave)
+        for g, gpu in enumerate(sample["gpus"]):
+            level = 0.5 + 0.4 * math.sin(i / 25 + g)
+            gpu["util_percent"] = {"min": max(0, 100 * level - 15), "mean": 100 * level, "max": min(100, 100 * level + 15)}
+            gpu["power_watts"] = {"min": 150 + 450 * level - 30, "mean": 150 + 450 * level, "max": 150 + 450 * level + 30}
+            gpu["temp_c"] = {"min": 40 + 35 * level - 1, "mean": 40 + 35 * level, "max": 40 + 35 * level + 1}
+            used = 20e9 + 50e9 * level
+            gpu["mem_used_bytes"] = {"min": used - 1e8, "mean": used, "max": used + 1e8}
+        samples.append(sample)
+    return samples
+
+
+@pytest.fixture
+def fleet(transactional_db, django_user_model):
+    django_user_model.objects.create_user("victor", password="victor-pass")
+    gpu_box = Machine.objects.create(name="gpu-01")
+    send(gpu_box, an_hour_of_samples(gpus=4), gpus=4)
+    cpu_box = Machine.objects.create(name="cpu-02")
+    stale = time.time() - 900
+    send(cpu_box, [make_sample(1, stale, gpus=0)], gpus=0, now=datetime.fromtimestamp(stale, ZoneInfo("UTC")))
+    Machine.objects.create(name="gpu-03")  # enrolled, agent not started yet
+    rollup.catch_up()
+
+
+@pytest.fixture
+def page(live_server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 900}, timezone_id=ZONE, color_scheme="light")
+        page = context.new_page()
+        page.errors = []
+        page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+        page.on("console", lambda msg: msg.type == "error" and page.errors.append(msg.text))
+        yield page
+        browser.close()
+
+
+def log_in(page, base: str) -> None:
+    page.goto(base + "/")
+    page.fill("#id_username", "victor")
+    page.fill("#id_password", "victor-pass")
+    page.click("button[type=submit]")
+    page.wait_for_url(base + "/")
+
+
+def test_a_user_logs_in_and_sees_the_fleet_and_a_machines_charts(fleet, live_server, page):
+    log_in(page, live_server.url)
+
+    page.wait_for_selector(".machine[data-machine='gpu-01'] .sparkline .main-svg")
+    cards = page.locator(".machine")
+    assert cards.count() == 3
+    gpu_card = page.locator(".machine[data-machine='gpu-01']")
+    assert "4 × H100 80GB HBM3" in gpu_card.inner_text()
+    assert gpu_card.locator(".dot.online").count() == 1
+    assert page.locator(".machine[data-machine='cpu-02'] .dot.offline").count() == 1
+    assert "last seen 15 min ago" in page.locator(".machine[data-machine='cpu-02']").inner_text()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "fleet.png"), full_page=True)
+
+    page.click("text=gpu-01")
+    page.wait_for_url(live_server.url + "/machines/gpu-01/")
+    for chart in CHARTS:
+        page.wait_for_function(
+            "id => { const el = document.getElementById(id); return el && el.data && el.data.length && el.data[0].x.length > 0; }",
+            arg=chart,
+        )
+        assert page.evaluate(f"document.getElementById('{chart}').data[0].x.length") > 0
+
+    # One trace per GPU on the GPU charts (mean lines carry the legend).
+    names = page.evaluate("document.getElementById('chart-gpu-util').data.filter(t => t.showlegend !== false).map(t => t.name)")
+    assert names == [f"GPU {i} · H100 80GB HBM3" for i in range(4)]
+    # Times are wall-clock strings in the browser's zone, and the axis says which zone.
+    layout_title = page.evaluate("document.getElementById('chart-cpu').layout.xaxis.title.text")
+    assert layout_title == f"Time ({ZONE})"
+    first_ms = page.evaluate("fetch('/api/v1/machines/gpu-01/series?metric=system.cpu_percent&since=1h').then(r => r.json()).then(j => j.series[0].t[0])")
+    first_x = page.evaluate("document.getElementById('chart-cpu').data[0].x[0]")
+    assert first_x == datetime.fromtimestamp(first_ms / 1000, ZoneInfo(ZONE)).strftime("%Y-%m-%d %H:%M:%S")
+    # Byte axes in binary units, percentages on a fixed 0-100 scale.
+    assert page.evaluate("document.getElementById('chart-gpu-mem').layout.yaxis.title.text") == "Memory used (GiB)"
+    assert page.evaluate("document.getElementById('chart-ram').layout.yaxis.title.text") == "RAM used (GiB)"
+    assert page.evaluate("document.getElementById('chart-cpu').layout.yaxis.range") == [0, 101]
+    assert "alice" in page.locator("#machine-processes").inner_text()
+    page.wait_for_timeout(500)  # let the last relayout settle before the picture
+    page.screenshot(path=str(SCREENSHOTS / "machine.png"), full_page=True)
+
+    page.click("button[data-range='24h']")
+    assert "range=24h" in page.url
+    page.wait_for_function("document.getElementById('chart-cpu').layout.uirevision === '24h'")
+    assert page.errors == []

@@ -1,0 +1,115 @@
+"""Training and serving jobs, their attempts, logs, and the audit trail of who did what."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from dashboard.fleet.models import Machine
+
+
+class Job(models.Model):
+    class Kind(models.TextChoices):
+        TRAIN = "train", "Training"
+        SERVE = "serve", "Serving"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        PLACED = "placed", "Placed"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+        LOST = "lost", "Lost"
+
+    ACTIVE = (Status.PLACED, Status.RUNNING)
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.LOST)
+
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    argv = models.JSONField(null=True, blank=True)  # the command as an argument list
+    shell = models.TextField(blank=True)  # a shell string instead, only where the host allows it
+    workdir = models.CharField(max_length=1024, blank=True)
+    env = models.JSONField(default=dict, blank=True)
+    gpus = models.PositiveSmallIntegerField(default=1)
+    gpu_memory_gb = models.FloatField(default=0)  # needed per GPU
+    target = models.ForeignKey(Machine, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    priority = models.IntegerField(default=0)  # higher first
+    max_runtime_s = models.PositiveIntegerField(null=True, blank=True)
+    preemptible = models.BooleanField(default=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="jobs")
+
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    status_message = models.CharField(max_length=500, blank=True)  # why it waits, why it failed
+    machine = models.ForeignKey(Machine, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
+    assigned_gpus = models.JSONField(default=list, blank=True)  # accelerator indexes
+    attempt = models.PositiveIntegerField(default=0)
+    exit_code = models.IntegerField(null=True, blank=True)
+    pgid = models.IntegerField(null=True, blank=True)  # the job's process group on its machine
+    cancel_requested = models.BooleanField(default=False)
+    preempt_requested = models.BooleanField(default=False)
+
+    created_at = models.DateTimeField(default=timezone.now)
+    placed_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "-priority", "created_at"], name="job_queue_order")]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.name}"
+
+    @property
+    def command_display(self) -> str:
+        import shlex
+
+        return self.shell or shlex.join(self.argv or [])
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+
+class JobAttempt(models.Model):
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="attempts")
+    number = models.PositiveIntegerField()
+    machine = models.ForeignKey(Machine, null=True, on_delete=models.SET_NULL, related_name="+")
+    gpus = models.JSONField(default=list)
+    placed_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=16, blank=True)  # succeeded, failed, preempted, lost...
+    exit_code = models.IntegerField(null=True, blank=True)
+    message = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["job", "number"]
+        constraints = [models.UniqueConstraint(fields=["job", "number"], name="jobattempt_unique")]
+
+
+class JobLog(models.Model):
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="log_chunks")
+    attempt = models.PositiveIntegerField()
+    seq = models.PositiveIntegerField()
+    stream = models.CharField(max_length=6)  # stdout or stderr
+    text = models.TextField()
+    ts = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["job", "attempt", "seq"]
+        constraints = [models.UniqueConstraint(fields=["job", "attempt", "seq"], name="joblog_unique")]
+
+
+class AuditEvent(models.Model):
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    action = models.CharField(max_length=32)  # job.submit, job.cancel, ...
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit")
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at"]

@@ -1,0 +1,198 @@
+"""Automatic placement: which machine and GPUs a queued job gets, or why it waits.
+
+Free memory per GPU is what the machine's latest telemetry says is free (so processes started
+outside the dashboard count), minus what jobs placed there but not yet visible in telemetry
+reserve. The machine rows are locked for the whole pass, so two schedulers running at once are
+serialised and never hand out the same memory twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone as dt_timezone
+
+from django.db import transaction
+from django.utils import timezone
+
+from dashboard.fleet.models import Machine
+
+from .models import Job, JobAttempt
+
+GIB = 2**30  # gpu_memory_gb is in GiB, as nvidia-smi and the frameworks count memory
+
+
+@dataclass
+class Gpu:
+    index: int
+    uuid: str
+    free_bytes: float
+
+
+@dataclass
+class Capacity:
+    machine: Machine
+    gpus: list[Gpu]
+    active_kinds: set[str] = field(default_factory=set)
+
+
+def _latest_ts(machine: Machine) -> datetime | None:
+    if not machine.latest:
+        return None
+    return datetime.fromtimestamp(machine.latest["ts"], tz=dt_timezone.utc)
+
+
+def capacity(machine: Machine, active: list[Job]) -> Capacity:
+    """What is free on ``machine`` given its telemetry and its active jobs."""
+    accelerators = list(machine.accelerators.all())
+    parents = {a.parent_uuid for a in accelerators if a.parent_uuid}
+    latest = {g["index"]: g for g in (machine.latest or {}).get("gpus", [])}
+    seen_at = _latest_ts(machine)
+    free: dict[int, float] = {}
+    uuids: dict[int, str] = {}
+    for acc in accelerators:
+        if acc.uuid and acc.uuid in parents:
+            continue  # a GPU split into MIG devices is scheduled through its devices
+        g = latest.get(acc.index)
+        total = (g or {}).get("mem_total_bytes") or acc.mem_total_bytes
+        used = (g or {}).get("mem_used_bytes")
+        if total is None or used is None:
+            continue  # no telemetry for this device: nothing to promise
+        free[acc.index] = max(0.0, total - used)
+        uuids[acc.index] = acc.uuid
+    kinds = set()
+    for job in active:
+        kinds.add(job.kind)
+        # Memory a job holds shows in telemetry once it runs; until then it is reserved here.
+        unseen = job.status == Job.Status.PLACED or (
+            job.started_at is not None and (seen_at is None or job.started_at >= seen_at)
+        )
+        if unseen:
+            for index in job.assigned_gpus:
+                if index in free:
+                    free[index] = max(0.0, free[index] - job.gpu_memory_gb * GIB)
+    gpus = [Gpu(i, uuids[i], free[i]) for i in sorted(free)]
+    return Capacity(machine, gpus, kinds)
+
+
+def choose_gpus(job: Job, cap: Capacity) -> list[int] | None:
+    """The GPUs to give ``job`` on this machine, tightest fit first; None if it does not fit."""
+    if cap.machine.policy == Machine.Policy.DEDICATED and cap.active_kinds - {job.kind}:
+        return None
+    if job.gpus == 0:
+        return []
+    need = job.gpu_memory_gb * GIB
+    fitting = sorted((g for g in cap.gpus if g.free_bytes >= need), key=lambda g: (g.free_bytes, g.index))
+    if len(fitting) < job.gpus:
+        return None
+    return sorted(g.index for g in fitting[: job.gpus])
+
+
+def why_waiting(job: Job, caps: list[Capacity]) -> str:
+    """One sentence saying why nothing fits, for the job's status message."""
+    need = f"{job.gpus} × {job.gpu_memory_gb:g} GiB"
+    if not caps:
+        if job.target_id:
+            return f"needs {need}; {job.target.name} is offline"
+        return f"needs {need}; no machine is online"
+    dedicated = [c for c in caps if c.machine.policy == Machine.Policy.DEDICATED and c.active_kinds - {job.kind}]
+    best: tuple | None = None
+    for cap in caps:
+        if cap in dedicated or not cap.gpus:
+            continue
+        enough = [g for g in cap.gpus if g.free_bytes >= job.gpu_memory_gb * GIB]
+        largest = max(g.free_bytes for g in cap.gpus)
+        key = (len(enough), largest)
+        if best is None or key > best[0]:
+            best = (key, cap, enough, largest)
+    if best is None:
+        if dedicated:
+            return f"needs {need}; the machines with room are dedicated to the other kind of job"
+        return f"needs {need}; no online machine has a GPU with telemetry"
+    _, cap, enough, largest = best
+    if enough:
+        return f"needs {need}; at most {len(enough)} GPU(s) with {job.gpu_memory_gb:g} GiB free, on {cap.machine.name}"
+    return f"needs {need}; the largest free is 1 × {largest / GIB:.0f} GiB on {cap.machine.name}"
+
+
+def _preempt_for(job: Job, caps: list[Capacity], active_by_machine: dict[int, list[Job]]) -> list[Job]:
+    """Preemptible training jobs of lower priority whose stopping would make room for ``job``."""
+    if job.kind != Job.Kind.SERVE:
+        return []
+    for cap in caps:
+        victims = [
+            j for j in active_by_machine.get(cap.machine.pk, [])
+            if j.kind == Job.Kind.TRAIN and j.preemptible and j.priority < job.priority and j.status == Job.Status.RUNNING
+        ]
+        if not victims:
+            continue
+        freed = {g.index: g.free_bytes for g in cap.gpus}
+        for v in victims:
+            for index in v.assigned_gpus:
+                if index in freed:
+                    freed[index] += v.gpu_memory_gb * GIB
+        trial = Capacity(cap.machine, [Gpu(i, "", f) for i, f in freed.items()], set())
+        if choose_gpus(job, trial) is not None:
+            return victims
+    return []
+
+
+@dataclass
+class Placement:
+    job_id: int
+    attempt: int
+    machine: str
+
+
+def place_queued(now: datetime | None = None) -> list[Placement]:
+    """Place every queued job that fits, highest priority first, then first come first served."""
+    now = now or timezone.now()
+    placed: list[Placement] = []
+    with transaction.atomic():
+        # Lock every machine row, in id order (no deadlocks): a second scheduler waits here.
+        machines = list(Machine.objects.select_for_update().order_by("pk"))
+        queued = list(
+            Job.objects.select_for_update()
+            .filter(status=Job.Status.QUEUED, cancel_requested=False)
+            .select_related("target")
+            .order_by("-priority", "created_at", "pk")
+        )
+        if not queued:
+            return placed
+        active = list(Job.objects.filter(status__in=Job.ACTIVE, machine__isnull=False))
+        active_by_machine: dict[int, list[Job]] = {}
+        for j in active:
+            active_by_machine.setdefault(j.machine_id, []).append(j)
+        online = [m for m in machines if m.is_online(now)]
+        caps = {m.pk: capacity(m, active_by_machine.get(m.pk, [])) for m in online}
+
+        for job in queued:
+            candidates = [caps[job.target_id]] if job.target_id in caps else ([] if job.target_id else list(caps.values()))
+            choice = None
+            for cap in sorted(candidates, key=lambda c: sum(g.free_bytes for g in c.gpus)):
+                gpus = choose_gpus(job, cap)
+                if gpus is not None:
+                    choice = (cap, gpus)
+                    break
+            if choice is None:
+                victims = _preempt_for(job, candidates, active_by_machine)
+                message = why_waiting(job, candidates)
+                if victims:
+                    Job.objects.filter(pk__in=[v.pk for v in victims]).update(preempt_requested=True)
+                    message += "; preempting training job(s) " + ", ".join(f"#{v.pk}" for v in victims)
+                if job.status_message != message:
+                    Job.objects.filter(pk=job.pk).update(status_message=message)
+                continue
+            cap, gpus = choice
+            job.status = Job.Status.PLACED
+            job.machine = cap.machine
+            job.assigned_gpus = gpus
+            job.attempt += 1
+            job.placed_at = now
+            job.status_message = f"placed on {cap.machine.name}" + (f", GPU {', '.join(map(str, gpus))}" if gpus else "")
+            job.save(update_fields=["status", "machine", "assigned_gpus", "attempt", "placed_at", "status_message"])
+            JobAttempt.objects.create(job=job, number=job.attempt, machine=cap.machine, gpus=gpus, placed_at=now)
+            # Book it in this pass too, so the next queued job sees the memory as taken.
+            active_by_machine.setdefault(cap.machine.pk, []).append(job)
+            caps[cap.machine.pk] = capacity(cap.machine, active_by_machine[cap.machine.pk])
+            placed.append(Placement(job.pk, job.attempt, cap.machine.name))
+    return placed

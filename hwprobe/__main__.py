@@ -1,0 +1,77 @@
+"""``python -m hwprobe sample`` (one JSON document) and ``python -m hwprobe run`` (the agent)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hwprobe", description="AI-server monitoring agent")
+    parser.add_argument("--log-level", default=os.environ.get("HWPROBE_LOG_LEVEL", "INFO"))
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("sample", help="print one {inventory, sample} JSON document and exit")
+    run = commands.add_parser("run", help="sample, spool and send to the server until stopped")
+    run.add_argument("--server", default=os.environ.get("HWPROBE_SERVER"),
+                     help="dashboard base URL (env HWPROBE_SERVER)")
+    run.add_argument("--token", default=None, help="agent token (env HWPROBE_TOKEN)")
+    run.add_argument("--token-file", default=None,
+                     help="file holding the agent token (env HWPROBE_TOKEN_FILE)")
+    run.add_argument("--interval", type=float, default=1.0, help="seconds between snapshots")
+    run.add_argument("--send-every", type=float, default=10.0, help="seconds per window/sample")
+    run.add_argument("--spool", default=None, help="spool file (default under $HWPROBE_STATE_DIR "
+                                                   "or ~/.local/state/hwprobe/)")
+    run.add_argument("--spool-max", type=int, default=None, help="samples kept while offline")
+    run.add_argument("--batch-max", type=int, default=100, help="samples per POST")
+    run.add_argument("--timeout", type=float, default=10.0, help="HTTP timeout in seconds")
+    run.add_argument("--backoff-base", type=float, default=1.0, help="first retry ceiling, s")
+    run.add_argument("--backoff-cap", type=float, default=60.0, help="longest retry wait, s")
+    return parser
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token:
+        return args.token
+    path = args.token_file or (None if os.environ.get("HWPROBE_TOKEN") else os.environ.get("HWPROBE_TOKEN_FILE"))
+    if path:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip() or None
+    return os.environ.get("HWPROBE_TOKEN") or None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
+                        format="%(asctime)s hwprobe %(levelname)s %(message)s")
+    if args.command == "sample":
+        from hwprobe.agent import sample_once
+
+        json.dump(sample_once(), sys.stdout, separators=(",", ":"))
+        sys.stdout.write("\n")
+        return 0
+    if not args.server:
+        print("hwprobe run: --server (or HWPROBE_SERVER) is required", file=sys.stderr)
+        return 2
+    try:
+        token = _token(args)
+    except OSError as err:
+        print(f"hwprobe run: cannot read the token file: {err}", file=sys.stderr)
+        return 2
+    if not token:
+        print("hwprobe run: --token, --token-file, HWPROBE_TOKEN or HWPROBE_TOKEN_FILE is required",
+              file=sys.stderr)
+        return 2
+    from hwprobe.agent import run_agent
+
+    return run_agent(args.server, token, interval_s=args.interval, send_every_s=args.send_every,
+                     spool_path=args.spool, spool_max=args.spool_max, batch_max=args.batch_max,
+                     backoff_base_s=args.backoff_base, backoff_cap_s=args.backoff_cap,
+                     timeout_s=args.timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The agent: sample every second, close a window every few seconds into the spool, and let a
+sender thread drain the spool to the server. SIGTERM/SIGINT flush what they can and exit 0."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Any, Callable
+
+from hwprobe.aggregate import Window
+from hwprobe.client import Backoff, IngestClient, Sender
+from hwprobe.collectors import Probe, build_probe
+from hwprobe.spool import Spool
+
+log = logging.getLogger("hwprobe")
+
+
+def sample_once(probe: Probe | None = None, settle_s: float = 0.5) -> dict[str, Any]:
+    """``{"inventory", "sample"}`` with the sample a window of one snapshot.
+
+    A first snapshot primes the counters (CPU %, disk and network rates need an interval);
+    the reported one is taken ``settle_s`` seconds later.
+    """
+    probe = probe or build_probe()
+    try:
+        inventory = probe.inventory()
+        probe.collect()
+        start = time.time()
+        time.sleep(settle_s)
+        window = Window(start)
+        window.add(probe.collect())
+        return {"inventory": inventory, "sample": window.close(time.time())}
+    finally:
+        probe.close()
+
+
+class Agent:
+    """Runs the sampling loop on the calling thread and the sender on its own thread."""
+
+    def __init__(self, probe: Probe, spool: Spool, sender: Sender, interval_s: float = 1.0,
+                 send_every_s: float = 10.0, flush_timeout_s: float = 5.0,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.probe = probe
+        self.spool = spool
+        self.sender = sender
+        self.interval_s = interval_s
+        self.per_window = max(1, round(send_every_s / interval_s))
+        self.flush_timeout_s = flush_timeout_s
+        self._monotonic = monotonic
+        self._wall = wall
+        self.stop = threading.Event()
+        self._wake = threading.Event()
+        self._sender_stop = threading.Event()
+        self._sender_thread: threading.Thread | None = None
+
+    # -- sender thread -------------------------------------------------------------------
+
+    def _send_loop(self) -> None:
+        while not self._sender_stop.is_set():
+            try:
+                delay = self.sender.step()
+            except Exception:  # the sender must outlive any surprise (a full disk, a bug)
+                log.exception("sender: unexpected error; retrying in 10 s")
+                delay = 10.0
+            if delay == 0.0:
+                continue
+            if delay is None:  # spool empty: sleep until the next window arrives
+                self._wake.wait()
+                self._wake.clear()
+            else:  # backing off: new windows must not cut the wait short
+                self._sender_stop.wait(delay)
+
+    def _put(self, window: Window) -> None:
+        if window.count == 0:
+            return
+        try:
+            seq = self.spool.put(window.close(self._wall()))
+            log.debug("window of %d snapshots spooled as seq %d", window.count, seq)
+        except Exception as err:
+            log.error("could not spool a window: %s: %s", type(err).__name__, err)
+        self._wake.set()
+
+    def _refresh_inventory(self) -> None:
+        try:
+            self.sender.set_inventory(self.probe.inventory())
+        except Exception as err:
+            log.warning("inventory refresh failed: %s: %s", type(err).__name__, err)
+
+    # -- main loop -----------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Sample until ``stop`` is set, then flush; returns the exit status (0)."""
+        self.sender.set_inventory(self.probe.inventory())
+        self._sender_thread = threading.Thread(target=self._send_loop, name="hwprobe-sender", daemon=True)
+        self._sender_thread.start()
+        log.info("sampling every %.3g s, sending every %d snapshots to %s",
+                 self.interval_s, self.per_window, self.sender.client.url)
+        origin = self._monotonic()
+        tick = 0
+        window = Window(self._wall())
+        while not self.stop.is_set():
+            window.add(self.probe.collect())
+            if window.count >= self.per_window:
+                self._put(window)
+                self._refresh_inventory()
+                window = Window(self._wall())
+            tick += 1
+            # Drift-free: aim at origin + n * interval; after a stall, skip the missed ticks.
+            now = self._monotonic()
+            if origin + tick * self.interval_s < now:
+                tick = int((now - origin) / self.interval_s) + 1
+            self.stop.wait(origin + tick * self.interval_s - now)
+        self._shutdown(window)
+        return 0
+
+    def _shutdown(self, window: Window) -> None:
+        log.info("stopping: spooling the partial window and flushing for up to %.3g s",
+                 self.flush_timeout_s)
+        self._put(window)
+        self._sender_stop.set()
+        self._wake.set()
+        if self._sender_thread is not None:
+            self._sender_thread.join(self.flush_timeout_s)
+        deadline = self._monotonic() + self.flush_timeout_s
+        # One last pass, ignoring the backoff: each try is bounded by the time that is left.
+        while True:
+            left = deadline - self._monotonic()
+            if left <= 0.1:
+                break
+            try:
+                delay = self.sender.step(timeout_s=min(left, self.sender.client.timeout_s))
+            except Exception as err:
+                log.warning("final flush failed: %s: %s", type(err).__name__, err)
+                break
+            if delay != 0.0:
+                break
+        remaining = len(self.spool)
+        if remaining:
+            log.info("%d samples stay in the spool for the next start", remaining)
+        self.probe.close()
+        self.spool.close()
+
+
+def run_agent(server: str, token: str, interval_s: float = 1.0, send_every_s: float = 10.0,
+              spool_path: str | None = None, spool_max: int | None = None, batch_max: int = 100,
+              backoff_base_s: float = 1.0, backoff_cap_s: float = 60.0,
+              timeout_s: float = 10.0) -> int:
+    """Build the probe, spool, client and sender; run until SIGTERM/SIGINT; return 0."""
+    spool = Spool(spool_path, **({"max_samples": spool_max} if spool_max else {}))
+    client = IngestClient(server, token, timeout_s=timeout_s)
+    sender = Sender(spool, client, batch_max=batch_max,
+                    backoff=Backoff(base_s=backoff_base_s, cap_s=backoff_cap_s))
+    agent = Agent(build_probe(), spool, sender, interval_s=interval_s, send_every_s=send_every_s)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        agent.stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("spool %s (%d waiting, last seq %d, %d dropped)", spool.path, len(spool),
+             spool.last_seq, spool.dropped)
+    return agent.run()

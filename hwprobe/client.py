@@ -1,0 +1,226 @@
+"""Delivery to the server: one HTTP POST (standard library), the reply policy, the backoff.
+
+Reply policy (design.md, ``POST /api/v1/ingest``):
+
+* 2xx: delivered; the spool forgets the batch;
+* no reply, timeout, 5xx, 429: retry later, exponential backoff with full jitter;
+* 413: the body is too large: halve the batch and retry;
+* 401/403: the token was refused: say so once, keep spooling, back off;
+* other 4xx (400/422): the server calls the batch malformed: log its ``error`` and move the
+  batch to the spool's dead-letter table so it never blocks the samples behind it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from hwprobe import __version__
+
+log = logging.getLogger("hwprobe")
+
+INGEST_PATH = "/api/v1/ingest"
+
+OK, RETRY, SPLIT, AUTH, REJECT = "ok", "retry", "split", "auth", "reject"
+
+
+def _http_client() -> Any:
+    """http.client, imported without ssl where it is not needed: ssl costs ~6 MiB of RSS."""
+    if "http.client" in sys.modules or "ssl" in sys.modules:
+        import http.client
+
+        return http.client
+    sys.modules["ssl"] = None  # type: ignore[assignment]  # http.client tolerates a missing ssl
+    try:
+        import http.client
+    finally:
+        del sys.modules["ssl"]
+    return http.client
+
+
+@dataclass
+class Reply:
+    """What came back: HTTP status (None: no reply), the parsed JSON body, and why it failed."""
+
+    status: int | None
+    body: dict[str, Any] | None = None
+    error: str | None = None
+    retry_after_s: float | None = None
+
+
+def classify(status: int | None) -> str:
+    """One of OK, RETRY, SPLIT, AUTH, REJECT for an HTTP status (None: no reply at all)."""
+    if status is None or status >= 500 or status == 429 or status == 408:
+        return RETRY
+    if 200 <= status < 300:
+        return OK
+    if status == 413:
+        return SPLIT
+    if status in (401, 403):
+        return AUTH
+    if 400 <= status < 500:
+        return REJECT
+    return RETRY  # 1xx/3xx: not an answer we can act on
+
+
+class IngestClient:
+    """POSTs JSON documents to ``{server}/api/v1/ingest`` with a bearer token."""
+
+    def __init__(self, server: str, token: str, timeout_s: float = 10.0) -> None:
+        parts = urlsplit(server.rstrip("/"))
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"server must be an http(s) URL, not {server!r}")
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port
+        self._path = (parts.path or "") + INGEST_PATH
+        self._token = token
+        self.timeout_s = timeout_s
+        self.url = f"{parts.scheme}://{parts.netloc}{self._path}"
+
+    def post(self, document: dict[str, Any], timeout_s: float | None = None) -> Reply:
+        """Send one document; never raises for network trouble (it becomes ``status=None``)."""
+        body = json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
+        if self._https:
+            import http.client as hc  # https needs ssl anyway
+        else:
+            hc = _http_client()
+        timeout = timeout_s if timeout_s is not None else self.timeout_s
+        cls = hc.HTTPSConnection if self._https else hc.HTTPConnection
+        conn = cls(self._host, self._port, timeout=timeout)
+        try:
+            conn.request("POST", self._path, body=body, headers={
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {self._token}",
+                "User-Agent": f"hwprobe/{__version__}",
+            })
+            response = conn.getresponse()
+            raw = response.read(1_000_000)
+            status = response.status
+            retry_after = response.getheader("Retry-After")
+        except (OSError, hc.HTTPException) as err:
+            return Reply(None, error=f"{type(err).__name__}: {err}")
+        finally:
+            conn.close()
+        parsed: dict[str, Any] | None = None
+        try:
+            value = json.loads(raw) if raw else None
+            parsed = value if isinstance(value, dict) else None
+        except ValueError:
+            parsed = None
+        error = None
+        if not 200 <= status < 300:
+            error = (parsed or {}).get("error") or raw[:200].decode("utf-8", "replace").strip() or f"HTTP {status}"
+        try:
+            delay = float(retry_after) if retry_after else None
+        except ValueError:
+            delay = None  # an HTTP-date Retry-After: our own backoff is good enough
+        return Reply(status, parsed, error, delay)
+
+
+class Backoff:
+    """Exponential backoff with full jitter: attempt n waits uniform(0, min(cap, base * 2**n)) s."""
+
+    def __init__(self, base_s: float = 1.0, cap_s: float = 60.0,
+                 rand: Callable[[], float] = random.random) -> None:
+        self.base_s = base_s
+        self.cap_s = cap_s
+        self._rand = rand
+        self.attempts = 0
+
+    def next_delay(self) -> float:
+        """Seconds to wait before the next attempt (and count this failure)."""
+        ceiling = min(self.cap_s, self.base_s * (2 ** min(self.attempts, 32)))
+        self.attempts += 1
+        return self._rand() * ceiling
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+
+class Sender:
+    """Drains a spool into a client, oldest first, applying the reply policy."""
+
+    def __init__(self, spool: Any, client: IngestClient, batch_max: int = 100,
+                 backoff: Backoff | None = None, inventory: dict[str, Any] | None = None) -> None:
+        self.spool = spool
+        self.client = client
+        self.batch_max = max(1, batch_max)
+        self.backoff = backoff or Backoff()
+        self._limit = self.batch_max
+        # The inventory rides along until one batch carrying it is accepted.
+        self._inventory_pending = inventory
+        self._last_inventory = inventory
+        self._failing: str | None = None
+        self.sent = 0
+
+    def set_inventory(self, inventory: dict[str, Any]) -> None:
+        """Send this inventory with the next batch if it differs from the last one."""
+        if inventory != self._last_inventory:
+            self._last_inventory = inventory
+            self._inventory_pending = inventory
+
+    def _fail(self, kind: str, message: str, level: int = logging.WARNING) -> None:
+        # One line when a failure streak starts or changes kind, not one per retry.
+        if self._failing != kind:
+            log.log(level, "%s", message)
+            self._failing = kind
+        else:
+            log.debug("%s", message)
+
+    def step(self, timeout_s: float | None = None) -> float | None:
+        """Send one batch. Returns None (spool empty), 0.0 (send again now) or seconds to wait."""
+        batch = self.spool.peek(self._limit)
+        if not batch:
+            return None
+        document = {
+            "agent_version": __version__,
+            "dropped": self.spool.dropped,
+            "inventory": self._inventory_pending,
+            "samples": batch,
+        }
+        reply = self.client.post(document, timeout_s=timeout_s)
+        outcome = classify(reply.status)
+        first, last = batch[0]["seq"], batch[-1]["seq"]
+        if outcome == OK:
+            self.spool.ack(last)
+            self.sent += len(batch)
+            if self._failing is not None:
+                log.info("delivering again: sent seq %d-%d after %d failed attempts",
+                         first, last, self.backoff.attempts)
+                self._failing = None
+            self.backoff.reset()
+            if document["inventory"] is self._inventory_pending:
+                self._inventory_pending = None
+            self._limit = min(self.batch_max, self._limit * 2)
+            return 0.0
+        if outcome == SPLIT:
+            if len(batch) > 1:
+                self._limit = max(1, len(batch) // 2)
+                log.info("server says the body is too large (413): retrying with %d samples", self._limit)
+                return 0.0
+            self.spool.dead_letter([first], "413: a single sample exceeds the server's body limit")
+            log.error("sample seq %d alone is over the server's body limit: moved to dead letters", first)
+            return 0.0
+        if outcome == REJECT:
+            seqs = [s["seq"] for s in batch]
+            self.spool.dead_letter(seqs, f"{reply.status}: {reply.error}")
+            log.error("server refused seq %d-%d as malformed (%s: %s): moved to dead letters",
+                      first, last, reply.status, reply.error)
+            return 0.0
+        delay = self.backoff.next_delay()
+        if reply.retry_after_s is not None:
+            delay = min(self.backoff.cap_s, max(delay, reply.retry_after_s))
+        if outcome == AUTH:
+            self._fail("auth", f"token refused ({reply.status}): re-enroll this machine; "
+                               f"keeping samples in the spool", logging.ERROR)
+        else:
+            why = reply.error if reply.status is None else f"HTTP {reply.status}: {reply.error}"
+            self._fail("retry", f"cannot deliver to {self.client.url} ({why}); "
+                                f"spooling and retrying with backoff")
+        return delay
