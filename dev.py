@@ -100,18 +100,16 @@ class Child:
 
 
 def stop_all(children: list[Child]) -> None:
-    for child in children:
+    """Stop in reverse start order, so the agent flushes to a web server that is still up."""
+    for child in reversed(children):
         if child.proc.poll() is None:
             child.proc.terminate()
-    deadline = time.monotonic() + GRACE_S
-    for child in children:
         try:
-            child.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            child.proc.wait(timeout=GRACE_S)
         except subprocess.TimeoutExpired:
             say(f"{child.name} did not stop within {GRACE_S:.0f} s; killing it")
             child.proc.kill()
             child.proc.wait()
-    for child in children:
         child.reader.join(timeout=1)
 
 
@@ -142,7 +140,9 @@ def run() -> int:
 
     manage("migrate")
     manage("ensure_admin")
-    manage("enroll", socket.gethostname(), "--token-file", str(token_file), "--if-missing")
+    # The machine is named after this host, made to fit the name rules (hwprobe would say the same).
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).strip("-._")[:64] or "localhost"
+    manage("enroll", name, "--token-file", str(token_file), "--if-missing")
 
     stopping = threading.Event()
 
@@ -160,7 +160,7 @@ def run() -> int:
         "beat": [*celery, "beat", "--loglevel", "INFO",
                  "--schedule", str(data_dir / "celerybeat-schedule")],
         "agent": [py, "-m", "hwprobe", "run", "--server", f"http://127.0.0.1:{port}",
-                  "--token-file", str(token_file)],
+                  "--token-file", str(token_file), "--spool", str(data_dir / "agent-spool.sqlite3")],
     }
     width = max(len(name) for name in commands)
     children: list[Child] = []

@@ -7,6 +7,7 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from dashboard.fleet.api import router as fleet_router
+from dashboard.jobs.api import agent_router, router as jobs_router
 
 api = NinjaAPI(
     title="AI fleet dashboard API",
@@ -15,6 +16,8 @@ api = NinjaAPI(
     description="Telemetry ingest for hwprobe agents and read access for users.",
 )
 api.add_router("", fleet_router)
+api.add_router("", jobs_router)
+api.add_router("", agent_router)
 
 
 @api.exception_handler(AuthenticationError)
@@ -35,5 +38,5 @@ def not_found(request, exc):
 @api.exception_handler(ValidationError)
 def invalid(request, exc: ValidationError):
     first = exc.errors[0] if exc.errors else {"loc": (), "msg": "invalid request"}
-    where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body"))
+    where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body", "payload"))
     return api.create_response(request, {"error": f"{where}: {first.get('msg')}" if where else first.get("msg")}, status=400)

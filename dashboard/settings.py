@@ -74,6 +74,7 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "dashboard.accounts",
     "dashboard.fleet",
+    "dashboard.jobs",
 ]
 
 MIDDLEWARE = [
@@ -181,6 +182,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
     "rollup": {"task": "dashboard.fleet.tasks.rollup", "schedule": 30.0},
+    # Placement also runs on a tick: telemetry changes free memory without any job event.
+    "place": {"task": "dashboard.jobs.tasks.place", "schedule": 15.0},
+    "check-lost": {"task": "dashboard.jobs.tasks.check_lost", "schedule": 10.0},
 }
 
 # Telemetry
@@ -188,6 +192,12 @@ OFFLINE_AFTER_S = env_int("OFFLINE_AFTER_S", 90)  # a machine silent for longer 
 INGEST_MAX_BYTES = env_int("INGEST_MAX_BYTES", 4 * 1024 * 1024)  # larger bodies get a 413
 INGEST_MAX_FUTURE_S = env_int("INGEST_MAX_FUTURE_S", 300)  # tolerated clock skew of agents
 DATA_UPLOAD_MAX_MEMORY_SIZE = INGEST_MAX_BYTES + 1024
+
+# Jobs
+JOB_LOST_AFTER_S = env_int("JOB_LOST_AFTER_S", 30)  # running job without worker heartbeats
+JOB_CLAIM_TIMEOUT_S = env_int("JOB_CLAIM_TIMEOUT_S", 300)  # placed job no worker picked up
+# The broker URL handed to `hwprobe worker` (GET /api/v1/agent/config); defaults to ours.
+AGENT_BROKER_URL = env_str("AGENT_BROKER_URL")
 
 LOGGING = {
     "version": 1,

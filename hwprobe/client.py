@@ -177,6 +177,9 @@ class Sender:
         """Send one batch. Returns None (spool empty), 0.0 (send again now) or seconds to wait."""
         batch = self.spool.peek(self._limit)
         if not batch:
+            # A 413 shrinks batches until the backlog is gone; growing back sooner would bounce
+            # off the same limit every other request.
+            self._limit = self.batch_max
             return None
         document = {
             "agent_version": __version__,
@@ -197,7 +200,6 @@ class Sender:
             self.backoff.reset()
             if document["inventory"] is self._inventory_pending:
                 self._inventory_pending = None
-            self._limit = min(self.batch_max, self._limit * 2)
             return 0.0
         if outcome == SPLIT:
             if len(batch) > 1:

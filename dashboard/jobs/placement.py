@@ -151,7 +151,7 @@ def place_queued(now: datetime | None = None) -> list[Placement]:
         # Lock every machine row, in id order (no deadlocks): a second scheduler waits here.
         machines = list(Machine.objects.select_for_update().order_by("pk"))
         queued = list(
-            Job.objects.select_for_update()
+            Job.objects.select_for_update(of=("self",))
             .filter(status=Job.Status.QUEUED, cancel_requested=False)
             .select_related("target")
             .order_by("-priority", "created_at", "pk")

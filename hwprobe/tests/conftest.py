@@ -72,13 +72,15 @@ class Sink:
                 with sink.lock:
                     sink.requests.append(document)
                     sink.headers.append(dict(self.headers))
-                    status, body = sink.responder(document)
+                    status, body, *extra = sink.responder(document)
                     if 200 <= status < 300:
                         sink.accepted.append(document)
                 raw = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(raw)))
+                for name, value in (extra[0] if extra else {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(raw)
 

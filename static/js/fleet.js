@@ -10,10 +10,14 @@
     root.querySelectorAll("[data-sparkline]").forEach((el) => {
       const values = JSON.parse(el.dataset.sparkline);
       const lines = [];
-      if (values.cpu.some((v) => v !== null)) lines.push({ name: "CPU", values: values.cpu, color: colors[0] });
-      if (values.gpu.some((v) => v !== null)) lines.push({ name: "GPU", values: values.gpu, color: colors[1] });
+      // A line needs two points; one minute of history is not a trend yet.
+      const drawable = (vs) => vs.filter((v) => v !== null).length >= 2;
+      if (drawable(values.cpu)) lines.push({ name: "CPU", values: values.cpu, color: colors[0] });
+      if (drawable(values.gpu)) lines.push({ name: "GPU", values: values.gpu, color: colors[1] });
+      const legend = el.nextElementSibling;
       if (lines.length) Charts.sparkline(el, lines);
-      else el.hidden = true;
+      el.hidden = !lines.length;
+      if (legend) legend.hidden = !lines.length;
     });
   }
 

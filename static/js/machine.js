@@ -35,12 +35,16 @@
     }
     // Min-max bands help with one or two series; with eight GPUs they only hide each other.
     const band = resp.series.length <= 2;
+    // "GPU 0 · H100 80GB HBM3" -> "GPU 0" when every device is the same model.
+    const models = new Set(resp.series.map((s) => s.name.split(" · ").slice(1).join(" · ")));
+    const short = resp.series.length > 1 && models.size === 1;
     const data = [];
     resp.series.forEach((s, i) => {
+      const name = short ? s.name.split(" · ")[0] : s.name;
       const x = s.t.map(Charts.localTime);
       const color = theme.colors[(s.device === null ? i : s.device) % theme.colors.length];
       data.push(...Charts.bandTraces(
-        s.name, x,
+        name, x,
         band && s.min ? Charts.scale(s.min, size) : null,
         Charts.scale(s.mean, size),
         band && s.max ? Charts.scale(s.max, size) : null,
@@ -55,6 +59,7 @@
                   line: { color: theme.muted, width: 1, dash: "dot" }, hoverinfo: "skip" });
     }
     const layout = Charts.layout(el.dataset.axis + " (" + unit + ")", { uirevision: range });
+    layout.showlegend = data.filter((t) => t.showlegend !== false).length > 1;
     layout.xaxis.range = [start, end];
     if (resp.unit === "%") Object.assign(layout.yaxis, { range: [0, 101], autorange: false });
     if (!resp.series.length) {

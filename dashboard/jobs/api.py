@@ -1,0 +1,155 @@
+"""JSON API for jobs: users submit, read and cancel; a machine's worker claims and reports."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from django.conf import settings
+from django.shortcuts import get_object_or_404
+from ninja import Router
+from ninja.errors import HttpError
+from pydantic import BaseModel, ConfigDict, Field
+
+from dashboard.accounts.auth import USER_AUTH
+from dashboard.fleet.api import AgentAuth
+from dashboard.fleet.models import Machine
+
+from . import queries, service
+from .models import Job
+from .tasks import machine_queue
+
+router = Router(tags=["jobs"])
+agent_router = Router(tags=["agent"])
+
+
+class JobIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    kind: Literal["train", "serve"]
+    command: Annotated[list[Annotated[str, Field(max_length=4096)]], Field(min_length=1, max_length=256)] | Annotated[str, Field(min_length=1, max_length=8192)]
+    machine: str | None = None
+    gpus: Annotated[int, Field(ge=0, le=64)] = 1
+    gpu_memory_gb: Annotated[float, Field(ge=0, le=4096, allow_inf_nan=False)] = 0
+    priority: Annotated[int, Field(ge=-1000, le=1000)] = 0
+    max_runtime_s: Annotated[int, Field(ge=1, le=30 * 86400)] | None = None
+    workdir: Annotated[str, Field(max_length=1024)] = ""
+    env: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)], Annotated[str, Field(max_length=4096)]] = {}
+    preemptible: bool = False
+
+
+def _raise(exc: service.JobError):
+    raise HttpError(exc.status, str(exc))
+
+
+@router.post("/jobs", auth=USER_AUTH, summary="Submit a training or serving job (operators and admins)")
+def submit(request, payload: JobIn):
+    target = None
+    if payload.machine:
+        target = Machine.objects.filter(name=payload.machine).first()
+        if target is None:
+            raise HttpError(400, f"machine: no machine named {payload.machine!r}")
+    fields = payload.model_dump(exclude={"command", "machine"})
+    if isinstance(payload.command, str):
+        fields.update(argv=None, shell=payload.command)
+    else:
+        fields.update(argv=payload.command, shell="")
+    try:
+        job = service.submit(request.user, {**fields, "target": target})
+    except service.JobError as exc:
+        _raise(exc)
+    return 201, queries.job_dict(job)
+
+
+@router.get("/jobs", auth=USER_AUTH, summary="Jobs, newest first, filtered by status, machine, kind, owner")
+def jobs(request, status: str | None = None, machine: str | None = None, kind: str | None = None, owner: str | None = None, limit: int = 100):
+    return {"jobs": [queries.job_dict(j) for j in queries.job_list(status, machine, kind, owner)[: max(1, min(limit, 1000))]]}
+
+
+@router.get("/jobs/{job_id}", auth=USER_AUTH, summary="One job with its attempts")
+def job(request, job_id: int):
+    return queries.job_dict(get_object_or_404(Job, pk=job_id), attempts=True)
+
+
+@router.get("/jobs/{job_id}/log", auth=USER_AUTH, summary="Log chunks after a given id (for live tailing)")
+def job_log(request, job_id: int, after: int = 0):
+    return queries.job_log(get_object_or_404(Job, pk=job_id), after)
+
+
+@router.post("/jobs/{job_id}/cancel", auth=USER_AUTH, summary="Cancel a job (its owner or an admin)")
+def cancel(request, job_id: int):
+    try:
+        job = service.cancel(request.user, get_object_or_404(Job, pk=job_id))
+    except service.JobError as exc:
+        _raise(exc)
+    return queries.job_dict(job)
+
+
+# ---- for `python -m hwprobe worker`, authenticated by the machine's agent token -------------
+
+
+class AttemptIn(BaseModel):
+    attempt: Annotated[int, Field(ge=1)]
+
+
+class HeartbeatIn(AttemptIn):
+    pid: int | None = None
+    pgid: int | None = None
+
+
+class Chunk(BaseModel):
+    seq: Annotated[int, Field(ge=0, le=2**31)]
+    stream: Literal["stdout", "stderr"]
+    text: Annotated[str, Field(max_length=65536)]
+    ts: Annotated[float, Field(allow_inf_nan=False)]
+
+
+class LogIn(AttemptIn):
+    chunks: Annotated[list[Chunk], Field(max_length=1000)]
+
+
+class FinishIn(AttemptIn):
+    outcome: Literal["succeeded", "failed", "cancelled", "timeout", "preempted", "refused"]
+    exit_code: int | None = None
+    message: Annotated[str, Field(max_length=2000)] = ""
+
+
+@agent_router.get("/agent/config", auth=AgentAuth(), summary="Broker and queue for this machine's worker")
+def agent_config(request):
+    machine = request.auth.machine
+    return {
+        "machine": machine.name,
+        "queue": machine_queue(machine.name),
+        "broker_url": settings.AGENT_BROKER_URL or settings.CELERY_BROKER_URL,
+        "broker_transport_options": settings.CELERY_BROKER_TRANSPORT_OPTIONS,
+    }
+
+
+def _agent_call(fn, *args):
+    try:
+        return fn(*args)
+    except service.JobError as exc:
+        _raise(exc)
+
+
+@agent_router.post("/agent/jobs/{job_id}/claim", auth=AgentAuth())
+def claim(request, job_id: int, payload: AttemptIn):
+    _agent_call(service.claim, request.auth.machine, job_id, payload.attempt)
+    return {"ok": True}
+
+
+@agent_router.post("/agent/jobs/{job_id}/heartbeat", auth=AgentAuth())
+def heartbeat(request, job_id: int, payload: HeartbeatIn):
+    return _agent_call(service.heartbeat, request.auth.machine, job_id, payload.attempt, payload.pgid)
+
+
+@agent_router.post("/agent/jobs/{job_id}/log", auth=AgentAuth())
+def log(request, job_id: int, payload: LogIn):
+    new = _agent_call(service.append_log, request.auth.machine, job_id, payload.attempt, [c.model_dump() for c in payload.chunks])
+    return {"stored": new}
+
+
+@agent_router.post("/agent/jobs/{job_id}/finish", auth=AgentAuth())
+def finish(request, job_id: int, payload: FinishIn):
+    _agent_call(service.finish, request.auth.machine, job_id, payload.attempt, payload.outcome, payload.exit_code, payload.message)
+    return {"ok": True}

@@ -1,0 +1,73 @@
+"""Read-side functions shared by the jobs API and pages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+
+from .models import Job, JobLog
+
+
+def job_list(status: str | None = None, machine: str | None = None, kind: str | None = None, owner: str | None = None) -> QuerySet[Job]:
+    qs = Job.objects.select_related("owner", "machine", "target").order_by("-created_at", "-pk")
+    if status:
+        qs = qs.filter(status=status)
+    if machine:
+        qs = qs.filter(machine__name=machine)
+    if kind:
+        qs = qs.filter(kind=kind)
+    if owner:
+        qs = qs.filter(owner__username=owner)
+    return qs
+
+
+def _iso(t) -> str | None:
+    return t.isoformat() if t else None
+
+
+def job_dict(job: Job, attempts: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": job.pk,
+        "name": job.name,
+        "kind": job.kind,
+        "command": job.shell or job.argv,
+        "workdir": job.workdir,
+        "env": job.env,
+        "gpus": job.gpus,
+        "gpu_memory_gb": job.gpu_memory_gb,
+        "machine": job.machine.name if job.machine else None,
+        "target": job.target.name if job.target else None,
+        "priority": job.priority,
+        "max_runtime_s": job.max_runtime_s,
+        "preemptible": job.preemptible,
+        "owner": job.owner.get_username(),
+        "status": job.status,
+        "status_message": job.status_message,
+        "exit_code": job.exit_code,
+        "assigned_gpus": job.assigned_gpus,
+        "attempt": job.attempt,
+        "created_at": _iso(job.created_at),
+        "placed_at": _iso(job.placed_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+    }
+    if attempts:
+        out["attempts"] = [
+            {"number": a.number, "machine": a.machine.name if a.machine else None, "gpus": a.gpus,
+             "placed_at": _iso(a.placed_at), "started_at": _iso(a.started_at), "ended_at": _iso(a.ended_at),
+             "outcome": a.outcome, "exit_code": a.exit_code, "message": a.message}
+            for a in job.attempts.select_related("machine")
+        ]
+    return out
+
+
+def job_log(job: Job, after: int = 0, limit: int = 2000) -> dict[str, Any]:
+    """Chunks with an id above ``after``, oldest first: the page asks again with the last id."""
+    chunks = list(JobLog.objects.filter(job=job, pk__gt=after).order_by("pk")[:limit])
+    return {
+        "job": job.pk,
+        "status": job.status,
+        "chunks": [{"id": c.pk, "attempt": c.attempt, "stream": c.stream, "text": c.text, "ts": c.ts.timestamp()} for c in chunks],
+        "last_id": chunks[-1].pk if chunks else after,
+    }

@@ -1,0 +1,186 @@
+"""Everything that changes a job: called by the pages, the API, the tasks and the tests alike."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone as dt_timezone
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from dashboard.accounts.models import is_operator
+from dashboard.fleet.models import Machine
+
+from .models import AuditEvent, Job, JobAttempt, JobLog
+
+
+class JobError(Exception):
+    """A refused change, with the HTTP status it maps to and a sentence for the user."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def audit(actor, action: str, job: Job | None = None, **detail: Any) -> None:
+    AuditEvent.objects.create(actor=actor if getattr(actor, "pk", None) else None, action=action, job=job, detail=detail)
+
+
+def _enqueue_placement() -> None:
+    from .tasks import place
+
+    place.delay()
+
+
+def submit(user, fields: dict[str, Any]) -> Job:
+    """Queue a job for ``user`` (already validated fields); placement runs once it is committed."""
+    if not is_operator(user):
+        raise JobError("only operators and admins may submit jobs", 403)
+    with transaction.atomic():
+        job = Job.objects.create(owner=user, status_message="waiting for placement", **fields)
+        audit(user, "job.submit", job, name=job.name, kind=job.kind, command=job.command_display,
+              machine=job.target.name if job.target else None, gpus=job.gpus, gpu_memory_gb=job.gpu_memory_gb)
+        transaction.on_commit(_enqueue_placement)
+    return job
+
+
+def can_cancel(user, job: Job) -> bool:
+    return bool(user.is_authenticated and (user.is_staff or (job.owner_id == user.pk and is_operator(user))))
+
+
+def cancel(user, job: Job) -> Job:
+    """Cancel a queued job at once; ask a placed or running one's worker to stop it."""
+    if not can_cancel(user, job):
+        raise JobError("only the job's owner (an operator) or an admin may cancel it", 403)
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=job.pk)
+        if job.is_finished:
+            raise JobError(f"job #{job.pk} has already ended ({job.status})", 409)
+        now = timezone.now()
+        job.cancel_requested = True
+        if job.status == Job.Status.QUEUED:
+            job.status = Job.Status.CANCELLED
+            job.finished_at = now
+            job.status_message = f"cancelled by {user}"
+        else:
+            job.status_message = f"cancel requested by {user}; stopping"
+        job.save()
+        audit(user, "job.cancel", job, status=job.status)
+    return job
+
+
+# ---- the worker's side: each call names the attempt, and a stale attempt gets a 409 ----------
+
+
+def _for_worker(machine: Machine, job_id: int, attempt: int) -> Job:
+    job = Job.objects.select_for_update().filter(pk=job_id, machine=machine).first()
+    if job is None:
+        raise JobError(f"job #{job_id} is not placed on {machine.name}", 404)
+    if job.attempt != attempt or job.is_finished or job.status == Job.Status.QUEUED:
+        raise JobError(f"attempt {attempt} of job #{job_id} is no longer current ({job.status})", 409)
+    return job
+
+
+def claim(machine: Machine, job_id: int, attempt: int) -> Job:
+    """placed -> running, exactly once: a redelivered task message gets a 409 and runs nothing."""
+    with transaction.atomic():
+        job = _for_worker(machine, job_id, attempt)
+        if job.status != Job.Status.PLACED:
+            raise JobError(f"job #{job_id} attempt {attempt} was already started", 409)
+        if job.cancel_requested:
+            _finish(job, "cancelled", None, "cancelled before it started")
+            raise JobError(f"job #{job_id} was cancelled", 409)
+        now = timezone.now()
+        job.status = Job.Status.RUNNING
+        job.started_at = job.heartbeat_at = now
+        job.status_message = f"running on {machine.name}"
+        job.save(update_fields=["status", "started_at", "heartbeat_at", "status_message"])
+        JobAttempt.objects.filter(job=job, number=attempt).update(started_at=now)
+    return job
+
+
+def heartbeat(machine: Machine, job_id: int, attempt: int, pgid: int | None) -> dict[str, bool]:
+    with transaction.atomic():
+        job = _for_worker(machine, job_id, attempt)
+        job.heartbeat_at = timezone.now()
+        if pgid is not None:
+            job.pgid = pgid
+        job.save(update_fields=["heartbeat_at", "pgid"])
+        return {"cancel": job.cancel_requested, "preempt": job.preempt_requested}
+
+
+MAX_LOG_BYTES_PER_JOB = 8 * 1024 * 1024
+
+
+def append_log(machine: Machine, job_id: int, attempt: int, chunks: list[dict[str, Any]]) -> int:
+    """Store log chunks once each (by seq); returns how many were new."""
+    with transaction.atomic():
+        job = _for_worker(machine, job_id, attempt)
+        rows = [
+            JobLog(job=job, attempt=attempt, seq=c["seq"], stream=c["stream"], text=c["text"],
+                   ts=datetime.fromtimestamp(c["ts"], tz=dt_timezone.utc))
+            for c in chunks
+        ]
+        before = JobLog.objects.filter(job=job, attempt=attempt).count()
+        JobLog.objects.bulk_create(rows, ignore_conflicts=True)
+        return JobLog.objects.filter(job=job, attempt=attempt).count() - before
+
+
+OUTCOME_STATUS = {
+    "succeeded": Job.Status.SUCCEEDED,
+    "failed": Job.Status.FAILED,
+    "cancelled": Job.Status.CANCELLED,
+    "timeout": Job.Status.FAILED,
+    "refused": Job.Status.FAILED,
+    "lost": Job.Status.LOST,
+}
+
+
+def _finish(job: Job, outcome: str, exit_code: int | None, message: str) -> None:
+    now = timezone.now()
+    JobAttempt.objects.filter(job=job, number=job.attempt).update(ended_at=now, outcome=outcome, exit_code=exit_code, message=message[:500])
+    job.exit_code = exit_code
+    job.pgid = None
+    if outcome == "preempted":
+        # Back to the queue; the next placement is a new attempt.
+        job.status = Job.Status.QUEUED
+        job.preempt_requested = False
+        job.machine = None
+        job.assigned_gpus = []
+        job.status_message = "preempted by a higher-priority serving job; queued to resume"
+        transaction.on_commit(_enqueue_placement)
+    else:
+        job.status = OUTCOME_STATUS[outcome]
+        job.finished_at = now
+        job.status_message = message[:500] or outcome
+        transaction.on_commit(_enqueue_placement)  # its GPUs are free for the queue
+    job.save()
+
+
+def finish(machine: Machine, job_id: int, attempt: int, outcome: str, exit_code: int | None, message: str) -> Job:
+    if outcome not in OUTCOME_STATUS and outcome != "preempted":
+        raise JobError(f"outcome: unknown outcome {outcome!r}")
+    with transaction.atomic():
+        job = _for_worker(machine, job_id, attempt)
+        _finish(job, outcome, exit_code, message)
+    return job
+
+
+def mark_lost(now: datetime | None = None) -> list[int]:
+    """Running jobs whose worker stopped sending heartbeats become lost, freeing their GPUs."""
+    now = now or timezone.now()
+    limit = now - timedelta(seconds=settings.JOB_LOST_AFTER_S)
+    lost = []
+    with transaction.atomic():
+        for job in Job.objects.select_for_update().filter(status=Job.Status.RUNNING, heartbeat_at__lt=limit):
+            _finish(job, "lost", None, f"no heartbeat from the worker on {job.machine} since {job.heartbeat_at:%H:%M:%S} UTC")
+            lost.append(job.pk)
+        # A placed job nobody claimed (its machine's worker is down) goes back to the queue.
+        stale = now - timedelta(seconds=settings.JOB_CLAIM_TIMEOUT_S)
+        for job in Job.objects.select_for_update().filter(status=Job.Status.PLACED, placed_at__lt=stale):
+            JobAttempt.objects.filter(job=job, number=job.attempt).update(ended_at=now, outcome="unclaimed")
+            job.status, job.machine, job.assigned_gpus = Job.Status.QUEUED, None, []
+            job.status_message = "no worker picked it up; queued again"
+            job.save()
+    return lost

@@ -1,0 +1,143 @@
+"""The delivery policy against a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hwprobe.client import AUTH, OK, REJECT, RETRY, SPLIT, Backoff, IngestClient, Sender, classify
+from hwprobe.spool import Spool
+from hwprobe.tests.conftest import Sink, free_port
+
+
+def filled(tmp_path: Path, n: int) -> Spool:
+    spool = Spool(tmp_path / "s.db")
+    for i in range(n):
+        spool.put({"ts": float(i), "interval_s": 10.0, "count": 10, "system": {}, "gpus": []})
+    return spool
+
+
+def sender(spool: Spool, url: str, **kw: Any) -> Sender:
+    return Sender(spool, IngestClient(url, "tok-123", timeout_s=2), backoff=Backoff(rand=lambda: 0.5), **kw)
+
+
+def test_it_classifies_replies() -> None:
+    assert [classify(s) for s in (200, 204, None, 500, 503, 429, 413, 401, 403, 400, 422)] == [
+        OK, OK, RETRY, RETRY, RETRY, RETRY, SPLIT, AUTH, AUTH, REJECT, REJECT]
+
+
+def test_backoff_is_exponential_with_full_jitter_and_a_cap() -> None:
+    backoff = Backoff(base_s=1, cap_s=60, rand=lambda: 1.0)
+    assert [backoff.next_delay() for _ in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
+    backoff.reset()
+    assert Backoff(rand=lambda: 0.25).next_delay() == 0.25
+
+
+def test_it_posts_the_batch_with_the_token_inventory_and_dropped(tmp_path: Path, sink: Sink) -> None:
+    spool = filled(tmp_path, 3)
+    s = sender(spool, sink.url, inventory={"hostname": "h"})
+    assert s.step() == 0.0
+    [doc] = sink.requests
+    assert sink.headers[0]["Authorization"] == "Bearer tok-123"
+    assert doc["agent_version"] == "0.1.0" and doc["dropped"] == 0
+    assert doc["inventory"] == {"hostname": "h"}
+    assert [x["seq"] for x in doc["samples"]] == [1, 2, 3]
+    assert len(spool) == 0 and s.step() is None
+
+
+def test_inventory_rides_only_until_accepted_and_again_after_it_changes(tmp_path: Path, sink: Sink) -> None:
+    spool = filled(tmp_path, 1)
+    s = sender(spool, sink.url, inventory={"hostname": "h"})
+    s.step()
+    spool.put({})
+    s.set_inventory({"hostname": "h"})  # unchanged
+    s.step()
+    spool.put({})
+    s.set_inventory({"hostname": "h2"})
+    s.step()
+    assert [d["inventory"] for d in sink.requests] == [{"hostname": "h"}, None, {"hostname": "h2"}]
+
+
+def test_it_retries_after_5xx_and_delivers_when_the_server_recovers(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    replies = iter([(503, {"error": "busy"}), (500, {"error": "oops"})])
+    sink = Sink(responder=lambda doc: next(replies, (200, {}))).start()
+    try:
+        spool = filled(tmp_path, 2)
+        s = sender(spool, sink.url)
+        with caplog.at_level(logging.INFO, logger="hwprobe"):
+            assert s.step() == 0.5  # 0.5 * min(60, 1)
+            assert s.step() == 1.0  # 0.5 * min(60, 2)
+            assert s.step() == 0.0
+        assert sink.accepted_seqs() == [1, 2] and len(spool) == 0
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1  # one line per failure streak, not one per retry
+        assert any("delivering again" in r.getMessage() for r in caplog.records)
+    finally:
+        sink.stop()
+
+
+def test_it_retries_when_nothing_listens(tmp_path: Path) -> None:
+    spool = filled(tmp_path, 1)
+    s = sender(spool, f"http://127.0.0.1:{free_port()}")
+    assert s.step() == 0.5
+    assert len(spool) == 1
+
+
+def test_it_halves_the_batch_on_413(tmp_path: Path) -> None:
+    sink = Sink(responder=lambda doc: (413, {"error": "too large"}) if len(doc["samples"]) > 2
+                else (200, {})).start()
+    try:
+        spool = filled(tmp_path, 8)
+        s = sender(spool, sink.url)
+        while (delay := s.step()) is not None:
+            assert delay == 0.0
+        assert [len(d["samples"]) for d in sink.requests] == [8, 4, 2, 2, 2, 2]
+        assert sink.accepted_seqs() == list(range(1, 9))
+    finally:
+        sink.stop()
+
+
+def test_it_dead_letters_a_malformed_batch_and_goes_on(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    sink = Sink(responder=lambda doc: (400, {"error": "samples[0].ts: not a number"})
+                if doc["samples"][0]["seq"] == 1 else (200, {})).start()
+    try:
+        spool = filled(tmp_path, 2)
+        s = sender(spool, sink.url, batch_max=1)
+        with caplog.at_level(logging.INFO, logger="hwprobe"):
+            assert s.step() == 0.0
+            assert s.step() == 0.0
+        assert sink.accepted_seqs() == [2]
+        assert spool.dead == 1 and spool.dead_letters()[0]["error"] == "400: samples[0].ts: not a number"
+        assert any("samples[0].ts: not a number" in r.getMessage() and r.levelno == logging.ERROR
+                   for r in caplog.records)
+    finally:
+        sink.stop()
+
+
+def test_a_refused_token_is_logged_clearly_and_samples_stay_spooled(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    sink = Sink(responder=lambda doc: (401, {"error": "bad token"})).start()
+    try:
+        spool = filled(tmp_path, 2)
+        s = sender(spool, sink.url)
+        with caplog.at_level(logging.INFO, logger="hwprobe"):
+            delays = [s.step() for _ in range(3)]
+        assert delays == [0.5, 1.0, 2.0]
+        assert len(spool) == 2 and spool.dead == 0
+        refused = [r for r in caplog.records if "token refused" in r.getMessage()]
+        assert len(refused) == 1 and "re-enroll" in refused[0].getMessage()
+    finally:
+        sink.stop()
+
+
+def test_it_waits_at_least_as_long_as_retry_after_says(tmp_path: Path) -> None:
+    sink = Sink(responder=lambda doc: (429, {"error": "slow down"}, {"Retry-After": "7"})).start()
+    try:
+        s = sender(filled(tmp_path, 1), sink.url)
+        assert s.step() == 7.0
+    finally:
+        sink.stop()

@@ -1,0 +1,76 @@
+"""The SQLite spool: seq, bounds, drop counter, persistence, dead letters."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hwprobe.spool import Spool, default_path
+
+
+def test_it_numbers_samples_from_one_and_returns_them_oldest_first(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db")
+    assert [spool.put({"n": i}) for i in range(3)] == [1, 2, 3]
+    assert spool.peek(2) == [{"seq": 1, "n": 0}, {"seq": 2, "n": 1}]
+    assert len(spool) == 3
+
+
+def test_ack_forgets_delivered_samples(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db")
+    for i in range(5):
+        spool.put({"n": i})
+    assert spool.ack(3) == 3
+    assert [s["seq"] for s in spool.peek(10)] == [4, 5]
+
+
+def test_seq_keeps_growing_across_reopen_even_when_the_spool_was_emptied(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db")
+    spool.put({})
+    spool.put({})
+    spool.ack(2)
+    spool.close()
+    again = Spool(tmp_path / "s.db")
+    assert again.put({}) == 3
+    assert again.last_seq == 3
+
+
+def test_a_full_spool_drops_the_oldest_and_counts_them(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db", max_samples=3)
+    for i in range(5):
+        spool.put({"n": i})
+    assert [s["seq"] for s in spool.peek(10)] == [3, 4, 5]
+    assert spool.dropped == 2
+    spool.close()
+    assert Spool(tmp_path / "s.db", max_samples=3).dropped == 2
+
+
+def test_dead_letters_leave_the_queue_and_are_counted(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db")
+    for i in range(3):
+        spool.put({"n": i})
+    assert spool.dead_letter([1, 2], "400: samples[0].ts: not a number") == 2
+    assert [s["seq"] for s in spool.peek(10)] == [3]
+    assert spool.dead == 2
+    [first, _] = spool.dead_letters()
+    assert first["seq"] == 1 and first["sample"] == {"n": 0} and first["error"].startswith("400")
+
+
+def test_it_reopens_after_the_writer_was_killed(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    # A process that writes and dies without closing anything (os._exit skips every cleanup).
+    code = (f"from hwprobe.spool import Spool; s = Spool({str(path)!r}); "
+            f"[s.put({{'n': i}}) for i in range(4)]; import os; os._exit(9)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 9
+    spool = Spool(path)
+    assert [s["n"] for s in spool.peek(10)] == [0, 1, 2, 3]
+    assert spool.put({}) == 5
+
+
+def test_its_default_place_follows_hwprobe_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HWPROBE_STATE_DIR", str(tmp_path))
+    assert default_path() == tmp_path / "spool.sqlite3"
+    monkeypatch.delenv("HWPROBE_STATE_DIR")
+    assert default_path().parts[-4:] == (".local", "state", "hwprobe", "spool.sqlite3")
