@@ -334,6 +334,7 @@ def main() -> int:
     try:
         with bench_database(DB_NAME) as url:
             setup_django(url)
+            say(f"project: {ROOT}")
             machines = enroll(args.machines)
             say(f"enrolled {len(machines)} machines")
 

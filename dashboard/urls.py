@@ -9,5 +9,6 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/v1/", api.urls),
+    path("jobs/", include("dashboard.jobs.urls")),
     path("", include("dashboard.fleet.urls")),
 ]

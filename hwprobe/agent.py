@@ -122,9 +122,14 @@ class Agent:
         self._put(window)
         self._sender_stop.set()
         self._wake.set()
+        deadline = self._monotonic() + self.flush_timeout_s
+        in_flight = False
         if self._sender_thread is not None:
             self._sender_thread.join(self.flush_timeout_s)
-        deadline = self._monotonic() + self.flush_timeout_s
+            # A request still in flight: a second sender would post the same batch again.
+            in_flight = self._sender_thread.is_alive()
+        if in_flight:
+            deadline = self._monotonic()
         # One last pass, ignoring the backoff: each try is bounded by the time that is left.
         while True:
             left = deadline - self._monotonic()
@@ -141,7 +146,8 @@ class Agent:
         if remaining:
             log.info("%d samples stay in the spool for the next start", remaining)
         self.probe.close()
-        self.spool.close()
+        if not in_flight:  # the sender thread may still ack; the process exit closes it then
+            self.spool.close()
 
 
 def run_agent(server: str, token: str, interval_s: float = 1.0, send_every_s: float = 10.0,

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from django.conf import settings
 from django.shortcuts import get_object_or_404
-from ninja import Router
+from ninja import Router, Status
 from ninja.errors import HttpError
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,7 +42,7 @@ def _raise(exc: service.JobError):
     raise HttpError(exc.status, str(exc))
 
 
-@router.post("/jobs", auth=USER_AUTH, summary="Submit a training or serving job (operators and admins)")
+@router.post("/jobs", auth=USER_AUTH, response={201: dict}, summary="Submit a training or serving job (operators and admins)")
 def submit(request, payload: JobIn):
     target = None
     if payload.machine:
@@ -58,7 +58,7 @@ def submit(request, payload: JobIn):
         job = service.submit(request.user, {**fields, "target": target})
     except service.JobError as exc:
         _raise(exc)
-    return 201, queries.job_dict(job)
+    return Status(201, queries.job_dict(job))
 
 
 @router.get("/jobs", auth=USER_AUTH, summary="Jobs, newest first, filtered by status, machine, kind, owner")

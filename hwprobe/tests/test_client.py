@@ -141,3 +141,14 @@ def test_it_waits_at_least_as_long_as_retry_after_says(tmp_path: Path) -> None:
         assert s.step() == 7.0
     finally:
         sink.stop()
+
+
+def test_every_batch_carries_the_spools_cumulative_drop_count(tmp_path: Path, sink: Sink) -> None:
+    spool = Spool(tmp_path / "s.db", max_samples=2)
+    for i in range(5):
+        spool.put({"n": i})
+    s = sender(spool, sink.url, batch_max=1)
+    while s.step() is not None:
+        pass
+    assert [d["dropped"] for d in sink.requests] == [3, 3]
+    assert sink.accepted_seqs() == [4, 5]
