@@ -19,9 +19,10 @@ _GPU_LAST = tuple(m.name for m in GPU_METRICS if m.kind == "last" and m.name != 
 def _stats(values: list[float]) -> dict[str, float] | None:
     if not values:
         return None
-    return {"min": values[0] if len(values) == 1 else min(values),
-            "mean": round(sum(values) / len(values), 3),
-            "max": max(values)}
+    low, high = min(values), max(values)
+    # Rounding keeps the JSON short; the clamp keeps min <= mean <= max, which the server checks.
+    mean = min(high, max(low, round(sum(values) / len(values), 3)))
+    return {"min": low, "mean": mean, "max": high}
 
 
 class _Series:

@@ -143,6 +143,27 @@ class Backoff:
         self.attempts = 0
 
 
+def _without_nulls(inventory: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The inventory as sent: facts nobody could read are left out rather than sent as null,
+    so the server applies its defaults (its string fields do not take null)."""
+    if inventory is None:
+        return None
+    wire = {k: v for k, v in inventory.items() if v is not None and k != "accelerators"}
+    wire["accelerators"] = [{k: v for k, v in a.items() if v is not None}
+                            for a in inventory.get("accelerators") or ()]
+    return wire
+
+
+def _wire_samples(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Samples as sent: an unknown process list is left out (the server reads a missing list as
+    "none reported"; it does not take null there)."""
+    for sample in batch:
+        for gpu in sample.get("gpus") or ():
+            if gpu.get("processes", ()) is None:
+                del gpu["processes"]
+    return batch
+
+
 class Sender:
     """Drains a spool into a client, oldest first, applying the reply policy."""
 
@@ -181,11 +202,12 @@ class Sender:
             # off the same limit every other request.
             self._limit = self.batch_max
             return None
+        inventory = self._inventory_pending
         document = {
             "agent_version": __version__,
             "dropped": self.spool.dropped,
-            "inventory": self._inventory_pending,
-            "samples": batch,
+            "inventory": _without_nulls(inventory),
+            "samples": _wire_samples(batch),
         }
         reply = self.client.post(document, timeout_s=timeout_s)
         outcome = classify(reply.status)
@@ -198,7 +220,7 @@ class Sender:
                          first, last, self.backoff.attempts)
                 self._failing = None
             self.backoff.reset()
-            if document["inventory"] is self._inventory_pending:
+            if inventory is self._inventory_pending:
                 self._inventory_pending = None
             return 0.0
         if outcome == SPLIT:
@@ -208,6 +230,14 @@ class Sender:
                 return 0.0
             self.spool.dead_letter([first], "413: a single sample exceeds the server's body limit")
             log.error("sample seq %d alone is over the server's body limit: moved to dead letters", first)
+            return 0.0
+        if outcome == REJECT and inventory is not None and "inventory" in (reply.error or ""):
+            # The samples may be fine: without this, every batch would carry the refused
+            # inventory and be refused in turn.
+            log.error("server refused the inventory (%s: %s): sending samples without it",
+                      reply.status, reply.error)
+            if inventory is self._inventory_pending:
+                self._inventory_pending = None
             return 0.0
         if outcome == REJECT:
             seqs = [s["seq"] for s in batch]

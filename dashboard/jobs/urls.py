@@ -1,2 +1,12 @@
+from django.urls import path
+
+from . import views
+
 app_name = "jobs"
-urlpatterns: list = []
+
+urlpatterns = [
+    path("", views.job_list, name="list"),
+    path("new/", views.job_new, name="new"),
+    path("<int:pk>/", views.job_page, name="job"),
+    path("<int:pk>/cancel/", views.job_cancel, name="cancel"),
+]

@@ -62,3 +62,11 @@ def test_its_sample_carries_every_schema_metric() -> None:
     sample = window.close(1.0)
     assert {m.name for m in SYSTEM_METRICS} | {"cpu_per_core_percent"} == set(sample["system"])
     assert {m.name for m in GPU_METRICS} | {"index", "uuid", "processes"} == set(sample["gpus"][0])
+
+
+def test_the_rounded_mean_never_leaves_the_min_max_range() -> None:
+    window = Window(0.0)
+    for _ in range(3):
+        window.add({"system": {"load1": 0.12255859375}, "gpus": []})
+    stats = window.close(3.0)["system"]["load1"]
+    assert stats["min"] <= stats["mean"] <= stats["max"]

@@ -152,3 +152,29 @@ def test_every_batch_carries_the_spools_cumulative_drop_count(tmp_path: Path, si
         pass
     assert [d["dropped"] for d in sink.requests] == [3, 3]
     assert sink.accepted_seqs() == [4, 5]
+
+
+def test_a_refused_inventory_is_dropped_so_samples_keep_flowing(tmp_path: Path) -> None:
+    sink = Sink(responder=lambda doc: (400, {"error": "inventory.os: not a string"})
+                if doc["inventory"] else (200, {})).start()
+    try:
+        spool = filled(tmp_path, 2)
+        s = sender(spool, sink.url, inventory={"hostname": "h", "os": "x"})
+        while s.step() is not None:
+            pass
+        assert sink.accepted_seqs() == [1, 2] and spool.dead == 0
+    finally:
+        sink.stop()
+
+
+def test_facts_nobody_could_read_are_left_out_of_the_wire_document(tmp_path: Path, sink: Sink) -> None:
+    spool = Spool(tmp_path / "s.db")
+    spool.put({"ts": 1.0, "interval_s": 1.0, "count": 1, "system": {"load1": None},
+               "gpus": [{"index": 0, "uuid": None, "processes": None}]})
+    s = sender(spool, sink.url, inventory={"hostname": "h", "cpu_model": None,
+                                           "accelerators": [{"index": 0, "name": None, "vendor": "apple"}]})
+    s.step()
+    [doc] = sink.requests
+    assert doc["inventory"] == {"hostname": "h", "accelerators": [{"index": 0, "vendor": "apple"}]}
+    assert doc["samples"][0]["gpus"] == [{"index": 0, "uuid": None}]
+    assert doc["samples"][0]["system"] == {"load1": None}  # metrics stay: null means "not read"

@@ -1,0 +1,82 @@
+"""HTML pages for jobs: the list, one job with its live log, the submit form, cancel."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from dashboard.accounts.models import is_operator
+from dashboard.fleet.models import Machine
+
+from . import queries, service
+from .forms import TEMPLATES, JobForm
+from .models import Job
+
+FILTERS = ("status", "machine", "kind", "owner")
+
+
+@login_required
+def job_list(request: HttpRequest) -> HttpResponse:
+    chosen = {f: request.GET.get(f) or "" for f in FILTERS}
+    context = {
+        "jobs": queries.job_list(**{f: v or None for f, v in chosen.items()})[:200],
+        "chosen": chosen,
+        "statuses": Job.Status.choices,
+        "kinds": Job.Kind.choices,
+        "machines": Machine.objects.filter(jobs__isnull=False).distinct().values_list("name", flat=True),
+        "owners": get_user_model().objects.filter(jobs__isnull=False).distinct().order_by("username").values_list("username", flat=True),
+        "can_submit": is_operator(request.user),
+    }
+    return render(request, "jobs/_jobs.html" if request.GET.get("partial") else "jobs/list.html", context)
+
+
+@login_required
+def job_page(request: HttpRequest, pk: int) -> HttpResponse:
+    job = get_object_or_404(Job.objects.select_related("owner", "machine", "target"), pk=pk)
+    context = {
+        "job": job,
+        "attempts": job.attempts.select_related("machine"),
+        "can_cancel": service.can_cancel(request.user, job) and not job.is_finished,
+        "live": {"logUrl": reverse("api:job_log", kwargs={"job_id": job.pk}), "stateUrl": f"{request.path}?partial=1",
+                 "finished": job.is_finished},
+    }
+    return render(request, "jobs/_job_state.html" if request.GET.get("partial") else "jobs/job.html", context)
+
+
+@login_required
+def job_new(request: HttpRequest) -> HttpResponse:
+    if not is_operator(request.user):
+        return render(request, "jobs/forbidden.html", status=403)
+    if request.method == "POST":
+        form = JobForm(request.POST)
+        if form.is_valid():
+            try:
+                job = service.submit(request.user, form.job_fields)
+            except service.JobError as exc:
+                form.add_error(None, str(exc))
+            else:
+                messages.success(request, f"Job #{job.pk} submitted.")
+                return redirect("jobs:job", pk=job.pk)
+    else:
+        form = JobForm(initial=TEMPLATES.get(request.GET.get("template", ""), {}))
+    return render(request, "jobs/new.html", {"form": form})
+
+
+@login_required
+@require_POST
+def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    job = get_object_or_404(Job, pk=pk)
+    if not service.can_cancel(request.user, job):
+        return render(request, "jobs/forbidden.html", {"action": "cancel this job"}, status=403)
+    try:
+        job = service.cancel(request.user, job)
+    except service.JobError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, "Job cancelled." if job.is_finished else "Cancel requested: the worker is stopping the job.")
+    return redirect("jobs:job", pk=job.pk)
