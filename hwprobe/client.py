@@ -149,8 +149,9 @@ def _without_nulls(inventory: dict[str, Any] | None) -> dict[str, Any] | None:
     if inventory is None:
         return None
     wire = {k: v for k, v in inventory.items() if v is not None and k != "accelerators"}
-    wire["accelerators"] = [{k: v for k, v in a.items() if v is not None}
-                            for a in inventory.get("accelerators") or ()]
+    if "accelerators" in inventory:
+        wire["accelerators"] = [{k: v for k, v in a.items() if v is not None}
+                                for a in inventory["accelerators"] or ()]
     return wire
 
 

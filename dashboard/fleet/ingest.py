@@ -119,16 +119,16 @@ def _latest(sample: Sample) -> dict[str, Any]:
     gpus = []
     for gpu in sorted(sample.gpus, key=lambda g: g.index):
         entry = {"index": gpu.index, "uuid": gpu.uuid, **summary(gpu, GPU_METRICS)}
-        entry["processes"] = [p.model_dump() for p in gpu.processes]
+        entry["processes"] = [p.model_dump() for p in gpu.processes or []]
         gpus.append(entry)
     return {"seq": sample.seq, "ts": sample.ts, "system": system, "gpus": gpus}
 
 
 def _apply_inventory(machine: Machine, inventory: Inventory) -> None:
     Machine.objects.filter(pk=machine.pk).update(
-        hostname=inventory.hostname,
-        os=inventory.os,
-        cpu_model=inventory.cpu_model,
+        hostname=inventory.hostname or "",
+        os=inventory.os or "",
+        cpu_model=inventory.cpu_model or "",
         cpu_cores=inventory.cpu_cores,
         cpu_threads=inventory.cpu_threads,
         mem_total_bytes=inventory.mem_total_bytes,
@@ -140,8 +140,8 @@ def _apply_inventory(machine: Machine, inventory: Inventory) -> None:
             machine=machine,
             index=acc.index,
             defaults={
-                "vendor": acc.vendor,
-                "name": acc.name,
+                "vendor": acc.vendor or "unknown",
+                "name": acc.name or "",
                 "uuid": acc.uuid or "",
                 "mem_total_bytes": acc.mem_total_bytes,
                 "power_limit_watts": acc.power_limit_watts,
@@ -168,17 +168,18 @@ def store_batch(machine: Machine, batch: Batch, now: datetime | None = None) -> 
     received = adapt(now)
     with transaction.atomic():
         system_rows = []
-        for s in batch.samples:
-            head = [machine.pk, s.seq, adapt(_ts(s)), s.interval_s, s.count, received]
+        times = [adapt(_ts(s)) for s in batch.samples]
+        for s, ts in zip(batch.samples, times):
+            head = [machine.pk, s.seq, ts, s.interval_s, s.count, received]
             system_rows.append(head + _flatten(s.system, SYSTEM_METRICS))
         new = _insert_returning_seq(SystemSample, SYSTEM_INSERT, system_rows, ("machine_id", "seq"))
 
         gpu_rows = []
-        for s in batch.samples:
+        for s, ts in zip(batch.samples, times):
             if s.seq not in new:
                 continue
             for g in s.gpus:
-                head = [machine.pk, s.seq, g.index, adapt(_ts(s)), s.interval_s, s.count, received]
+                head = [machine.pk, s.seq, g.index, ts, s.interval_s, s.count, received]
                 gpu_rows.append(head + _flatten(g, GPU_METRICS))
         _insert_returning_seq(GpuSample, GPU_INSERT, gpu_rows, ("machine_id", "seq", "gpu_index"))
 

@@ -20,6 +20,7 @@ EARLIEST_TS = 946684800.0  # 2000-01-01: anything older is a broken clock, not h
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Name = Annotated[str, Field(max_length=255)]
+OptionalName = Annotated[str, Field(max_length=255)] | None  # null: the agent could not read it
 
 
 class Strict(BaseModel):
@@ -85,7 +86,7 @@ GpuPayload = _model(
     GPU_METRICS,
     index=(Annotated[int, Field(ge=0, le=255)], ...),
     uuid=(Annotated[str, Field(max_length=128)] | None, None),
-    processes=(list[Process], Field(default_factory=list, max_length=1024)),
+    processes=(list[Process] | None, Field(None, max_length=1024)),
 )
 
 
@@ -118,8 +119,8 @@ class Sample(Strict):
 
 class InventoryAccelerator(Strict):
     index: Annotated[int, Field(ge=0, le=255)]
-    vendor: Annotated[str, Field(max_length=32)] = "unknown"
-    name: Name = ""
+    vendor: Annotated[str, Field(max_length=32)] | None = "unknown"
+    name: OptionalName = ""
     uuid: Annotated[str, Field(max_length=128)] | None = None
     mem_total_bytes: Annotated[int, Field(ge=0, le=MAX_SEQ)] | None = None
     power_limit_watts: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)] | None = None
@@ -129,9 +130,9 @@ class InventoryAccelerator(Strict):
 
 
 class Inventory(Strict):
-    hostname: Name = ""
-    os: Name = ""
-    cpu_model: Name = ""
+    hostname: OptionalName = ""
+    os: OptionalName = ""
+    cpu_model: OptionalName = ""
     cpu_cores: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
     cpu_threads: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
     mem_total_bytes: Annotated[int, Field(ge=0, le=MAX_SEQ)] | None = None

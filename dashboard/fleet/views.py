@@ -11,6 +11,8 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.utils.dateparse import parse_datetime
 
+from dashboard.jobs.pages import machine_jobs
+
 from . import queries
 from .models import Machine
 
@@ -60,6 +62,7 @@ def machine(request: HttpRequest, name: str) -> HttpResponse:
     context = {
         "m": m,
         "server_url": request.build_absolute_uri("/").rstrip("/"),
+        "jobs": machine_jobs(name),
         "charts": {
             "seriesUrl": reverse("api:machine_series", kwargs={"name": name}),
             "liveUrl": f"{request.path}?partial=1",

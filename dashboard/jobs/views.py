@@ -42,8 +42,7 @@ def job_page(request: HttpRequest, pk: int) -> HttpResponse:
         "job": job,
         "attempts": job.attempts.select_related("machine"),
         "can_cancel": service.can_cancel(request.user, job) and not job.is_finished,
-        "live": {"logUrl": reverse("api:job_log", kwargs={"job_id": job.pk}), "stateUrl": f"{request.path}?partial=1",
-                 "finished": job.is_finished},
+        "live": {"logUrl": reverse("api:job_log", kwargs={"job_id": job.pk}), "stateUrl": f"{request.path}?partial=1"},
     }
     return render(request, "jobs/_job_state.html" if request.GET.get("partial") else "jobs/job.html", context)
 

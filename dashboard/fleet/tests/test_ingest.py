@@ -141,3 +141,14 @@ def test_the_spool_drop_count_reaches_the_machine(client, machine, agent_token):
     post(client, agent_token, batch)
     machine.refresh_from_db()
     assert machine.spool_dropped == 17
+
+
+@pytest.mark.django_db
+def test_inventory_fields_the_agent_could_not_read_may_be_null(client, machine, agent_token):
+    batch = make_batch([1], gpus=1)
+    batch["inventory"].update(os=None, cpu_model=None)
+    batch["inventory"]["accelerators"][0]["name"] = None
+    batch["samples"][0]["gpus"][0]["processes"] = None
+    assert post(client, agent_token, batch).status_code == 200
+    machine.refresh_from_db()
+    assert machine.os == "" and machine.accelerators.get().name == ""

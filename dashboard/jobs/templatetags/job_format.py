@@ -1,9 +1,12 @@
-"""Formatting of jobs for people: durations, status badges, GPU lists."""
+"""Formatting of jobs for people: durations, GPU lists, times the browser shows in its own zone."""
 
 from __future__ import annotations
 
+from datetime import timezone as dt_timezone
+
 from django import template
 from django.utils import timezone
+from django.utils.html import format_html
 
 from ..models import Job
 
@@ -27,8 +30,8 @@ def duration(job: Job) -> str:
 
     static/js/jobs.js formats a running job's time the same way.
     """
-    if job.started_at is None:
-        return "–"
+    if job.started_at is None or (job.finished_at is None and job.status != Job.Status.RUNNING):
+        return "–"  # not started, or preempted and waiting for its next attempt
     end = job.finished_at or timezone.now()
     return _seconds((end - job.started_at).total_seconds())
 
@@ -37,3 +40,12 @@ def duration(job: Job) -> str:
 def gpu_list(indexes: list[int] | None) -> str:
     """'GPU 0, 1'; '' for none."""
     return f"GPU {', '.join(map(str, indexes))}" if indexes else ""
+
+
+@register.filter
+def local_time(moment) -> str:
+    """A <time> element: UTC text for reading without JavaScript; static/js/jobs.js shows it in the browser's zone."""
+    if moment is None:
+        return "–"
+    utc = moment.astimezone(dt_timezone.utc)
+    return format_html('<time datetime="{}">{} UTC</time>', utc.isoformat(), utc.strftime("%Y-%m-%d %H:%M:%S"))

@@ -1,0 +1,263 @@
+"""The jobs pages: who may see, submit and cancel; the form's errors; the machine page's jobs."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import make_batch
+
+from dashboard.fleet.ingest import store_batch
+from dashboard.fleet.models import Machine
+from dashboard.fleet.payload import Batch
+from dashboard.jobs import placement, service
+from dashboard.jobs.models import AuditEvent, Job
+
+pytestmark = pytest.mark.django_db
+
+TRAIN = "python -m hwprobe.workloads train --seconds 60"
+
+
+@pytest.fixture
+def online(machine) -> Machine:
+    store_batch(machine, Batch.model_validate(make_batch([1])))  # 2 GPUs, about 42 GiB free each
+    machine.refresh_from_db()
+    return machine
+
+
+@pytest.fixture
+def other_operator(django_user_model):
+    from django.contrib.auth.models import Group
+
+    user = django_user_model.objects.create_user("oscar", password="oscar-pass")
+    user.groups.add(Group.objects.get_or_create(name="operator")[0])
+    return user
+
+
+def a_job(owner, **kw) -> Job:
+    fields = {"name": "train-demo", "kind": "train", "argv": TRAIN.split(), "gpus": 1, "gpu_memory_gb": 4} | kw
+    return Job.objects.create(owner=owner, **fields)
+
+
+def form(**kw) -> dict:
+    return {"name": "train-demo", "kind": "train", "command": TRAIN, "gpus": "1", "gpu_memory_gb": "4",
+            "machine": "", "priority": "0", "max_runtime_s": "", "workdir": "", "env": ""} | kw
+
+
+@pytest.fixture(autouse=True)
+def no_broker(monkeypatch):
+    """Placement is enqueued on commit; here we only count the calls (no broker in unit tests)."""
+    calls = []
+    monkeypatch.setattr(service, "_enqueue_placement", lambda: calls.append(1))
+    return calls
+
+
+def test_a_stranger_is_sent_to_the_login_page(client, operator):
+    job = a_job(operator)
+    for url in ("/jobs/", "/jobs/?partial=1", "/jobs/new/", f"/jobs/{job.pk}/", f"/jobs/{job.pk}/?partial=1"):
+        r = client.get(url)
+        assert r.status_code == 302 and r["Location"].startswith("/login/?next="), url
+    assert client.post(f"/jobs/{job.pk}/cancel/")["Location"].startswith("/login/")
+
+
+def test_a_viewer_sees_jobs_but_no_submit_button_and_no_cancel(client, viewer, operator):
+    job = a_job(operator, status_message="needs 2 × 40 GiB; the largest free is 1 × 24 GiB on gpu-01")
+    client.force_login(viewer)
+    listing = client.get("/jobs/").content.decode()
+    assert "train-demo" in listing and "Queued" in listing and "olga" in listing
+    assert "Submit job" not in listing
+    page = client.get(f"/jobs/{job.pk}/").content.decode()
+    assert "needs 2 × 40 GiB; the largest free is 1 × 24 GiB on gpu-01" in page
+    assert TRAIN in page
+    assert "Cancel job" not in page
+
+
+def test_a_viewer_gets_a_403_on_the_form_and_on_cancel(client, viewer, operator):
+    job = a_job(operator)
+    client.force_login(viewer)
+    r = client.get("/jobs/new/")
+    assert r.status_code == 403 and "Only operators and admins may submit jobs" in r.content.decode()
+    assert client.post("/jobs/new/", form()).status_code == 403
+    assert client.post(f"/jobs/{job.pk}/cancel/").status_code == 403
+    assert not Job.objects.exclude(pk=job.pk).exists()
+    job.refresh_from_db()
+    assert job.status == "queued" and not job.cancel_requested
+
+
+def test_an_operator_submits_a_job_and_lands_on_its_page(client, operator, online, no_broker, django_capture_on_commit_callbacks):
+    client.force_login(operator)
+    assert "Submit job" in client.get("/jobs/").content.decode()
+    with django_capture_on_commit_callbacks(execute=True):
+        r = client.post("/jobs/new/", form(machine="gpu-01", env="HF_HOME=/data/hf\n\nA=1=2", max_runtime_s="600",
+                                           preemptible="on", workdir="/srv/work"))
+    job = Job.objects.get()
+    assert r.status_code == 302 and r["Location"] == f"/jobs/{job.pk}/"
+    assert job.owner == operator and job.target == online
+    assert job.argv == ["python", "-m", "hwprobe.workloads", "train", "--seconds", "60"] and job.shell == ""
+    assert job.env == {"HF_HOME": "/data/hf", "A": "1=2"}
+    assert (job.gpus, job.gpu_memory_gb, job.max_runtime_s, job.preemptible, job.workdir) == (1, 4.0, 600, True, "/srv/work")
+    event = AuditEvent.objects.get()
+    assert (event.action, event.actor, event.job) == ("job.submit", operator, job)
+    assert no_broker == [1]  # placement enqueued once the job was committed
+    assert "Job #%d submitted." % job.pk in client.get(r["Location"]).content.decode()
+
+
+def test_the_command_is_split_like_a_shell_would_or_sent_as_a_shell_string(client, operator):
+    client.force_login(operator)
+    client.post("/jobs/new/", form(command="python -c 'print(1 + 1)'"))
+    client.post("/jobs/new/", form(command="nvidia-smi && sleep 5", shell="on"))
+    split, shell = Job.objects.order_by("pk")
+    assert split.argv == ["python", "-c", "print(1 + 1)"] and split.shell == ""
+    assert shell.argv is None and shell.shell == "nvidia-smi && sleep 5"
+
+
+def test_every_error_is_shown_next_to_its_field(client, operator, online):
+    client.force_login(operator)
+    r = client.post("/jobs/new/", form(env="HF_HOME=/x\nnot a pair", machine="nope", gpu_memory_gb="-1", gpus="65",
+                                       command="python -c 'oops"))
+    assert r.status_code == 200
+    errors = r.context["form"].errors
+    assert errors["env"] == ["line 2: write KEY=VALUE (got 'not a pair')"]
+    assert not Job.objects.exists()
+    page = r.content.decode()
+    # The env error sits inside the env field's block.
+    env_block = page.split('id="field-env"')[1].split('class="field')[0]
+    assert "line 2: write KEY=VALUE" in env_block
+
+    # Once the text parses, the API's rules (JobIn) judge it, and each error lands on its field.
+    r = client.post("/jobs/new/", form(env="1BAD=x", machine="nope", gpu_memory_gb="-1", gpus="65", max_runtime_s="0"))
+    errors = r.context["form"].errors
+    assert errors["gpu_memory_gb"] == ["Input should be greater than or equal to 0"]
+    assert errors["gpus"] == ["Input should be less than or equal to 64"]
+    assert errors["max_runtime_s"] == ["Input should be greater than or equal to 1"]
+    assert errors["env"] == ["1BAD is not a valid variable name: use letters, digits and _, not starting with a digit"]
+    gpu_block = r.content.decode().split('id="field-gpu_memory_gb"')[1].split('class="field')[0]
+    assert "greater than or equal to 0" in gpu_block
+
+    r = client.post("/jobs/new/", form(machine="nope"))
+    assert r.context["form"].errors == {"machine": ["no machine named 'nope'"]}
+    r = client.post("/jobs/new/", form(command="python -c 'oops"))
+    assert r.context["form"].errors["command"] == ["cannot split it into arguments: No closing quotation"]
+    r = client.post("/jobs/new/", form(command="x" * 5000))
+    assert r.context["form"].errors["command"] == ["argument 1: String should have at most 4096 characters"]
+    r = client.post("/jobs/new/", form(name="", kind="batch"))
+    assert set(r.context["form"].errors) == {"name", "kind"}
+    assert not Job.objects.exists()
+
+
+def test_the_machine_select_shows_free_memory_per_gpu_and_offline_machines(client, operator, online, settings):
+    Machine.objects.create(name="gpu-02")
+    client.force_login(operator)
+    page = client.get("/jobs/new/").content.decode()
+    assert '<option value="" selected>Automatic placement</option>' in page
+    # 85,520,809,984 B total and 40e9 used: 42 of 80 GiB free on each GPU.
+    assert "gpu-01 — 2 × H100 80GB HBM3 · free 42 / 80 GiB, 42 / 80 GiB" in page
+    assert "gpu-02 — no GPUs · offline" in page
+    assert "python -m hwprobe.workloads serve --port 8100 --load 2 --seconds 60" in page
+
+
+def test_a_template_prefills_the_form(client, operator):
+    client.force_login(operator)
+    form_ = client.get("/jobs/new/?template=serve").context["form"]
+    assert form_["kind"].value() == "serve"
+    assert form_["command"].value() == "python -m hwprobe.workloads serve --port 8100 --load 2 --seconds 60"
+    assert client.get("/jobs/new/?template=train").context["form"]["kind"].value() == "train"
+
+
+def test_an_operator_cancels_their_job_and_it_is_audited(client, operator):
+    job = a_job(operator)
+    client.force_login(operator)
+    assert "Cancel job" in client.get(f"/jobs/{job.pk}/").content.decode()
+    r = client.post(f"/jobs/{job.pk}/cancel/", follow=True)
+    job.refresh_from_db()
+    assert job.status == "cancelled"
+    assert "Job cancelled." in r.content.decode()
+    assert AuditEvent.objects.filter(action="job.cancel", actor=operator, job=job).exists()
+    # Cancelling again says why nothing happened.
+    r = client.post(f"/jobs/{job.pk}/cancel/", follow=True)
+    assert "has already ended" in r.content.decode()
+
+
+def test_an_operator_cannot_cancel_another_operators_job_but_an_admin_can(client, operator, other_operator, admin_user):
+    job = a_job(other_operator)
+    client.force_login(operator)
+    assert "Cancel job" not in client.get(f"/jobs/{job.pk}/").content.decode()
+    assert client.post(f"/jobs/{job.pk}/cancel/").status_code == 403
+    job.refresh_from_db()
+    assert job.status == "queued"
+    client.force_login(admin_user)
+    assert "Cancel job" in client.get(f"/jobs/{job.pk}/").content.decode()
+    client.post(f"/jobs/{job.pk}/cancel/")
+    job.refresh_from_db()
+    assert job.status == "cancelled"
+
+
+def test_cancel_is_a_post(client, operator):
+    job = a_job(operator)
+    client.force_login(operator)
+    assert client.get(f"/jobs/{job.pk}/cancel/").status_code == 405
+
+
+def test_the_list_filters_by_status_machine_kind_and_owner(client, viewer, operator, other_operator, online):
+    a_job(operator, name="alpha")
+    a_job(other_operator, name="bravo", kind="serve")
+    placement.place_queued()
+    a_job(operator, name="charlie", status="succeeded")
+    client.force_login(viewer)
+
+    def names(query: str) -> set[str]:
+        return {j.name for j in client.get("/jobs/?" + query).context["jobs"]}
+
+    assert names("") == {"alpha", "bravo", "charlie"}
+    assert names("status=succeeded") == {"charlie"}
+    assert names("kind=serve") == {"bravo"}
+    assert names("owner=oscar") == {"bravo"}
+    assert names("machine=gpu-01") == {"alpha", "bravo"}
+    assert names("status=failed") == set()
+    assert "No job matches these filters" in client.get("/jobs/?status=failed").content.decode()
+
+
+def test_the_list_partial_is_the_table_alone_with_times_for_the_browser(client, viewer, operator):
+    a_job(operator)
+    client.force_login(viewer)
+    page = client.get("/jobs/?partial=1").content.decode()
+    assert "<html" not in page and "train-demo" in page
+    assert '<time datetime="' in page and " UTC</time>" in page
+
+
+def test_a_running_job_shows_machine_gpus_attempts_and_a_live_log_url(client, viewer, operator, online):
+    job = a_job(operator)
+    placement.place_queued()
+    service.claim(online, job.pk, 1)
+    client.force_login(viewer)
+    page = client.get(f"/jobs/{job.pk}/").content.decode()
+    assert "Running" in page and "running on gpu-01" in page and "GPU 0" in page
+    assert f"/api/v1/jobs/{job.pk}/log" in page
+    assert "data-running-since" in page
+    state = client.get(f"/jobs/{job.pk}/?partial=1").content.decode()
+    assert 'id="job-state"' in state and 'id="job-attempts"' in state and "<html" not in state
+
+
+def test_the_machine_page_lists_its_running_and_recent_jobs(client, viewer, operator, online):
+    running = a_job(operator, name="now-running")
+    placement.place_queued()
+    service.claim(online, running.pk, 1)
+    done = a_job(operator, name="long-done")
+    placement.place_queued()
+    service.claim(online, done.pk, 1)
+    service.finish(online, done.pk, 1, "succeeded", 0, "")
+    a_job(operator, name="elsewhere")  # queued, on no machine
+    client.force_login(viewer)
+    page = client.get(f"/machines/{online.name}/").content.decode()
+    section = page.split('id="machine-jobs"')[1]
+    assert "now-running" in section and "long-done" in section and "Succeeded" in section
+    assert "elsewhere" not in section
+    assert section.index("now-running") < section.index("long-done")
+
+
+def test_the_nav_links_to_jobs(client, viewer):
+    client.force_login(viewer)
+    assert 'href="/jobs/"' in client.get("/").content.decode()
+
+
+def test_an_unknown_job_is_a_404(client, viewer):
+    client.force_login(viewer)
+    assert client.get("/jobs/999/").status_code == 404
