@@ -7,7 +7,8 @@ window.JobTimes = window.JobTimes || (function () {
 
   function pad(n) { return String(n).padStart(2, "0"); }
 
-  // <time datetime="ISO">… UTC</time> -> "YYYY-MM-DD HH:MM:SS" in the browser's zone.
+  // <time datetime="ISO">… UTC</time> -> "YYYY-MM-DD HH:MM:SS" in the browser's zone, which
+  // [data-zone] elements name.
   function localize(root) {
     (root || document).querySelectorAll("time[datetime]").forEach((el) => {
       const d = new Date(el.getAttribute("datetime"));
@@ -16,6 +17,7 @@ window.JobTimes = window.JobTimes || (function () {
         pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
       el.title = zone;
     });
+    (root || document).querySelectorAll("[data-zone]").forEach((el) => { el.textContent = "Times in " + zone; });
   }
 
   // The same words as the `duration` template filter (dashboard/jobs/templatetags/job_format.py).
@@ -44,8 +46,6 @@ window.JobTimes = window.JobTimes || (function () {
   const filters = document.getElementById("job-filters");
   if (!root || !filters) return;
   filters.addEventListener("change", () => filters.submit());
-  const note = document.getElementById("zone-note");
-  if (note) note.textContent = "Times in " + JobTimes.zone;
 
   async function refresh() {
     const url = new URL(window.location.href);

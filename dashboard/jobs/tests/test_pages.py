@@ -8,7 +8,7 @@ from conftest import make_batch
 from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.models import Machine
 from dashboard.fleet.payload import Batch
-from dashboard.jobs import placement, service
+from dashboard.jobs import placement, service, tasks
 from dashboard.jobs.models import AuditEvent, Job
 
 pytestmark = pytest.mark.django_db
@@ -46,7 +46,7 @@ def form(**kw) -> dict:
 def no_broker(monkeypatch):
     """Placement is enqueued on commit; here we only count the calls (no broker in unit tests)."""
     calls = []
-    monkeypatch.setattr(service, "_enqueue_placement", lambda: calls.append(1))
+    monkeypatch.setattr(tasks.place, "delay", lambda: calls.append(1))
     return calls
 
 

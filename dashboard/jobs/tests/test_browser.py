@@ -1,0 +1,127 @@
+"""A job's life in a real browser: an operator submits it, then watches it placed, run, log and finish.
+
+The worker's part is played here through the server functions it reaches over HTTP, so the page
+must notice each change by itself. Drives Debian's chromium through Playwright.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from conftest import make_batch
+
+from dashboard.fleet.ingest import store_batch
+from dashboard.fleet.models import Machine
+from dashboard.fleet.payload import Batch
+from dashboard.jobs import placement, service, tasks
+from dashboard.jobs.models import Job
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+SCREENSHOTS = Path(__file__).resolve().parents[3] / "docs" / "screenshots"
+ZONE = "Australia/Adelaide"  # a half-hour offset catches times left in UTC
+TRAIN = "python -m hwprobe.workloads train --seconds 60"
+
+
+@pytest.fixture
+def fleet(transactional_db, django_user_model, monkeypatch):
+    from django.contrib.auth.models import Group
+
+    olga = django_user_model.objects.create_user("olga", password="olga-pass")
+    olga.groups.add(Group.objects.get_or_create(name="operator")[0])
+    cpu_box = Machine.objects.create(name="cpu-01")
+    store_batch(cpu_box, Batch.model_validate(make_batch([1], gpus=0)))
+    Machine.objects.create(name="gpu-09")  # enrolled, never seen: offline
+    # The test places the job itself, when it chooses, instead of a Celery worker.
+    monkeypatch.setattr(tasks.place, "delay", lambda: None)
+    # Playwright's sync API keeps an event loop in this thread; the ORM calls here are plain sync code.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    return cpu_box
+
+
+@pytest.fixture
+def page(live_server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 900}, timezone_id=ZONE, color_scheme="light")
+        page = context.new_page()
+        page.errors = []
+        page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+        page.on("console", lambda msg: msg.type == "error" and page.errors.append(msg.text))
+        yield page
+        browser.close()
+
+
+def test_an_operator_submits_a_job_and_watches_it_run_log_and_finish(fleet, live_server, page):
+    base = live_server.url
+    page.goto(base + "/jobs/")
+    page.fill("#id_username", "olga")
+    page.fill("#id_password", "olga-pass")
+    page.click("button[type=submit]")
+    page.wait_for_url(base + "/jobs/")
+    assert "No jobs yet" in page.inner_text("#jobs")
+
+    page.click("text=Submit job")
+    page.wait_for_url(base + "/jobs/new/")
+    options = page.locator("#id_machine option").all_inner_texts()
+    assert options[0] == "Automatic placement"
+    assert "cpu-01 — no GPUs" in options and "gpu-09 — no GPUs · offline" in options
+    page.fill("#id_name", "first-train")
+    page.select_option("#id_kind", "train")
+    page.fill("#id_command", TRAIN)
+    page.fill("#id_gpus", "0")
+    page.fill("#id_gpu_memory_gb", "0")
+    page.select_option("#id_machine", "cpu-01")
+    page.fill("#id_env", "EPOCHS=3")
+    page.click("form.job-form button[type=submit]")
+
+    job = Job.objects.get()
+    page.wait_for_url(f"{base}/jobs/{job.pk}/")
+    assert page.inner_text("#job-state .status") == "Queued"
+    assert TRAIN in page.inner_text("pre.command")
+    # Times are shown in the browser's zone, not the server's UTC.
+    created = page.get_attribute("#job-state time", "datetime")
+    local = datetime.fromisoformat(created).astimezone(ZoneInfo(ZONE)).strftime("%Y-%m-%d %H:%M:%S")
+    assert page.inner_text("#job-state time") == local
+
+    # The worker's part: placed, claimed, a few lines of log, then done.
+    assert [p.machine for p in placement.place_queued()] == ["cpu-01"]
+    service.claim(fleet, job.pk, 1)
+    page.wait_for_function("document.querySelector('#job-state .status').textContent.trim() === 'Running'", timeout=15000)
+    now = time.time()
+    service.append_log(fleet, job.pk, 1, [
+        {"seq": 0, "stream": "stdout", "text": "epoch 1/3 loss 0.912\nepoch 2/3 loss 0.544\n", "ts": now},
+        {"seq": 1, "stream": "stderr", "text": "warning: no GPU visible, training on the CPU\n", "ts": now},
+        {"seq": 2, "stream": "stdout", "text": "epoch 3/3 loss 0.301\n", "ts": now},
+    ])
+    page.wait_for_selector("#job-log .stderr", timeout=15000)
+    service.append_log(fleet, job.pk, 1, [{"seq": 3, "stream": "stdout", "text": "saved checkpoint to ./ckpt\n", "ts": time.time()}])
+    service.finish(fleet, job.pk, 1, "succeeded", 0, "")
+    page.wait_for_function("document.querySelector('#job-state .status').textContent.trim() === 'Succeeded'", timeout=15000)
+
+    log = page.inner_text("#job-log")
+    assert "epoch 1/3 loss 0.912" in log and "saved checkpoint to ./ckpt" in log
+    assert log.index("epoch 3/3") < log.index("saved checkpoint")
+    stderr_color = page.eval_on_selector("#job-log .stderr", "el => getComputedStyle(el).color")
+    stdout_color = page.eval_on_selector("#job-log .stdout", "el => getComputedStyle(el).color")
+    assert stderr_color != stdout_color
+    assert "Cancel job" not in page.inner_text("#job-state")
+    attempts = page.inner_text("#job-attempts")
+    assert "cpu-01" in attempts and "succeeded" in attempts
+    page.wait_for_timeout(300)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "job.png"), full_page=True)
+
+    page.click("text=All jobs")
+    page.wait_for_url(base + "/jobs/")
+    assert "Succeeded" in page.inner_text("#jobs") and "first-train" in page.inner_text("#jobs")
+    assert page.errors == []
