@@ -1,0 +1,540 @@
+"""Runs one job on this machine: policy, claim, spawn, stream the log, heartbeat, stop, finish.
+
+Independent of Celery (``hwprobe.worker`` calls :func:`run_job` from its task), so tests drive
+it directly against a local HTTP server. The server's side is in ``docs/design.md`` (Jobs):
+every call names the attempt, and a 409 means "this attempt is no longer yours: stop".
+
+The order of events:
+
+1. the host's policy (:mod:`hwprobe.policy`) is checked first; a refused job is finished with
+   outcome ``refused`` and nothing runs;
+2. ``claim``: a 409 (a redelivered message, or a job cancelled meanwhile) runs nothing;
+3. the command starts in a new session (its own process group), through a small supervisor
+   (``SHIM``) that is the group leader: it waits for the command, and if the worker dies it
+   stops the whole group (SIGTERM, ``grace_s``, SIGKILL), so a job never outlives its worker;
+4. stdout and stderr are read as they come and sent to ``/log`` in numbered chunks (about
+   every second, or as soon as 16 KiB are waiting); a heartbeat every 5 s reports pid/pgid and
+   brings back ``cancel`` / ``preempt``;
+5. cancel, preemption, the maximum run time and a 409 send SIGTERM to the group, then SIGKILL
+   after ``grace_s``; when the command ends, whatever is left of its group is killed;
+6. ``finish`` reports ``succeeded`` (exit 0), ``failed`` (any other exit; ``exit_code`` is
+   negative for a signal, as in Python), ``cancelled``, ``timeout`` or ``preempted``.
+
+Transient HTTP failures (no answer, 5xx, 408, 429) are retried with backoff; other 4xx are not.
+"""
+
+from __future__ import annotations
+
+import codecs
+import fnmatch
+import http.client
+import json
+import logging
+import os
+import pwd
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Callable
+from urllib.parse import urlsplit
+
+from hwprobe import __version__
+from hwprobe.client import OK, RETRY, Backoff, Reply, classify
+from hwprobe.policy import Policy, is_builtin
+
+log = logging.getLogger("hwprobe.worker")
+
+HEARTBEAT_S = 5.0
+FLUSH_S = 1.0
+CHUNK_CHARS = 16 * 1024  # also the size that triggers an early flush
+MAX_PENDING_CHARS = 4 * 1024 * 1024  # output kept while the server is unreachable
+CHUNKS_PER_POST = 64
+
+# The group leader of every job. It runs with -I -S (no site, no PYTHON* variables) and only
+# the standard library. SIGTERM/SIGINT get a no-op handler rather than SIG_IGN so that the
+# command, which inherits dispositions across exec, still receives them normally.
+SHIM = r"""
+import os, signal, subprocess, sys, time
+parent, grace, argv = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
+for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(s, lambda *_: None)
+try:
+    child = subprocess.Popen(argv)
+except OSError as err:
+    print(f"hwprobe: cannot start {argv[0]!r}: {err.strerror or err}", file=sys.stderr, flush=True)
+    sys.exit(127)
+while True:
+    try:
+        child.wait(timeout=0.25)
+        break
+    except subprocess.TimeoutExpired:
+        pass
+    if os.getppid() != parent:  # the worker died: take the whole group down with it
+        os.killpg(0, signal.SIGTERM)
+        end = time.monotonic() + grace
+        while child.poll() is None and time.monotonic() < end:
+            time.sleep(0.1)
+        os.killpg(0, signal.SIGKILL)
+code = child.returncode
+if code < 0:
+    signal.signal(-code, signal.SIG_DFL)
+    os.kill(os.getpid(), -code)
+    sys.exit(128 - code)
+sys.exit(code)
+"""
+
+
+# ---- HTTP ---------------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """The server refused a call (4xx), or gave no usable answer before the retries ran out."""
+
+    def __init__(self, status: int | None, message: str) -> None:
+        super().__init__(f"{status or 'no answer'}: {message}")
+        self.status = status
+
+
+class StaleAttempt(ApiError):
+    """409: this attempt is no longer this worker's (redelivered, cancelled, lost, requeued)."""
+
+
+def request_json(base: str, method: str, path: str, token: str, body: dict[str, Any] | None = None,
+                 timeout_s: float = 10.0) -> Reply:
+    """One HTTP request with a bearer token; never raises for network trouble (status None)."""
+    parts = urlsplit(base.rstrip("/"))
+    conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = conn_cls(parts.hostname or "", parts.port, timeout=timeout_s)
+    raw_body = None if body is None else json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+    try:
+        conn.request(method, (parts.path or "") + path, body=raw_body, headers={
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {token}",
+            "User-Agent": f"hwprobe/{__version__}",
+        })
+        response = conn.getresponse()
+        status, raw = response.status, response.read(1_000_000)
+    except (OSError, http.client.HTTPException) as err:
+        return Reply(None, error=f"{type(err).__name__}: {err}")
+    finally:
+        conn.close()
+    try:
+        value = json.loads(raw) if raw else None
+    except ValueError:
+        value = None
+    parsed = value if isinstance(value, dict) else None
+    error = None
+    if not 200 <= status < 300:
+        detail = (parsed or {}).get("error") or (parsed or {}).get("detail")
+        error = str(detail) if detail else raw[:200].decode("utf-8", "replace").strip() or f"HTTP {status}"
+    return Reply(status, parsed, error)
+
+
+class ServerApi:
+    """The worker's calls to the dashboard, with retries on transient failures."""
+
+    def __init__(self, server: str, token: str, timeout_s: float = 10.0, backoff_base_s: float = 0.5,
+                 backoff_cap_s: float = 10.0, sleep: Callable[[float], None] = time.sleep) -> None:
+        parts = urlsplit(server)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"server must be an http(s) URL, not {server!r}")
+        self.server, self._token, self.timeout_s = server.rstrip("/"), token, timeout_s
+        self._base, self._cap, self._sleep = backoff_base_s, backoff_cap_s, sleep
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
+             retry_for_s: float = 60.0, timeout_s: float | None = None) -> dict[str, Any]:
+        """The JSON answer; raises StaleAttempt on 409 and ApiError on other failures."""
+        backoff = Backoff(self._base, self._cap)
+        deadline = time.monotonic() + retry_for_s
+        while True:
+            reply = request_json(self.server, method, path, self._token, body, timeout_s or self.timeout_s)
+            kind = classify(reply.status)
+            if kind == OK:
+                return reply.body or {}
+            if reply.status == 409:
+                raise StaleAttempt(409, reply.error or "conflict")
+            left = deadline - time.monotonic()
+            if kind != RETRY or left <= 0:
+                raise ApiError(reply.status, reply.error or "no answer")
+            self._sleep(min(left, max(0.05, backoff.next_delay())))
+
+    def config(self, retry_for_s: float = 60.0) -> dict[str, Any]:
+        return self.call("GET", "/api/v1/agent/config", retry_for_s=retry_for_s)
+
+    def claim(self, job_id: int, attempt: int) -> None:
+        self.call("POST", f"/api/v1/agent/jobs/{job_id}/claim", {"attempt": attempt}, retry_for_s=120)
+
+    def heartbeat(self, job_id: int, attempt: int, pid: int, pgid: int) -> dict[str, Any]:
+        # No retry: the next heartbeat is the retry, and the loop must keep watching the job.
+        return self.call("POST", f"/api/v1/agent/jobs/{job_id}/heartbeat",
+                         {"attempt": attempt, "pid": pid, "pgid": pgid}, retry_for_s=0, timeout_s=5)
+
+    def log(self, job_id: int, attempt: int, chunks: list[dict[str, Any]]) -> None:
+        self.call("POST", f"/api/v1/agent/jobs/{job_id}/log", {"attempt": attempt, "chunks": chunks},
+                  retry_for_s=20)
+
+    def finish(self, job_id: int, attempt: int, outcome: str, exit_code: int | None, message: str) -> None:
+        self.call("POST", f"/api/v1/agent/jobs/{job_id}/finish",
+                  {"attempt": attempt, "outcome": outcome, "exit_code": exit_code, "message": message[:2000]},
+                  retry_for_s=600)
+
+
+# ---- the log --------------------------------------------------------------------------------
+
+
+class LogShipper:
+    """Collects output as it comes and sends it in seq-numbered chunks from its own thread.
+
+    A chunk keeps its seq across retries, so a resent chunk is stored once. While the server is
+    unreachable at most ``max_pending_chars`` are kept; beyond that output is counted as dropped
+    and a note saying so goes into the log when sending works again.
+    """
+
+    def __init__(self, send: Callable[[list[dict[str, Any]]], None], flush_s: float = FLUSH_S,
+                 chunk_chars: int = CHUNK_CHARS, max_pending_chars: int = MAX_PENDING_CHARS) -> None:
+        self._send = send
+        self.flush_s, self.chunk_chars, self.max_pending_chars = flush_s, chunk_chars, max_pending_chars
+        self._cond = threading.Condition()
+        self._open: list[Any] | None = None  # [stream, text, ts] being filled
+        self._ready: list[dict[str, Any]] = []  # numbered chunks not yet accepted
+        self._pending_chars = 0
+        self._seq = 0
+        self._dropped = 0
+        self._closing = False
+        self._give_up_at = float("inf")
+        self.stale = threading.Event()
+        self.sent_chunks = 0
+        self._thread = threading.Thread(target=self._run, name="hwprobe-log", daemon=True)
+        self._thread.start()
+
+    def write(self, stream: str, text: str) -> None:
+        """Queue ``text`` of ``stream`` ("stdout" or "stderr")."""
+        if not text:
+            return
+        with self._cond:
+            if self._pending_chars + len(text) > self.max_pending_chars:
+                self._dropped += len(text)
+                return
+            self._pending_chars += len(text)
+            if self._open is not None and self._open[0] != stream:
+                self._seal()
+            if self._open is None:
+                self._open = [stream, "", time.time()]
+            self._open[1] += text
+            while self._open is not None and len(self._open[1]) >= self.chunk_chars:
+                self._seal()
+                self._cond.notify()
+
+    def _seal(self) -> None:
+        """Number the open text (at most chunk_chars per chunk; the rest stays open)."""
+        assert self._open is not None
+        stream, text, ts = self._open
+        if self._dropped:
+            note = f"[hwprobe: {self._dropped} characters of output were dropped while the server was unreachable]\n"
+            self._ready.append(self._chunk("stderr", note, ts))
+            self._dropped = 0
+        head, rest = text[: self.chunk_chars], text[self.chunk_chars:]
+        self._ready.append(self._chunk(stream, head, ts))
+        self._open = [stream, rest, time.time()] if rest else None
+
+    def _chunk(self, stream: str, text: str, ts: float) -> dict[str, Any]:
+        self._seq += 1
+        return {"seq": self._seq, "stream": stream, "text": text, "ts": ts}
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._closing:
+                    self._cond.wait(self.flush_s)
+                if self._open is not None:
+                    self._seal()
+                batch = self._ready[:CHUNKS_PER_POST]
+                closing = self._closing
+            if batch and not self.stale.is_set():
+                self._deliver(batch)
+            with self._cond:
+                if closing and (not self._ready or self.stale.is_set() or time.monotonic() > self._give_up_at):
+                    return
+
+    def _deliver(self, batch: list[dict[str, Any]]) -> None:
+        try:
+            self._send(batch)
+        except StaleAttempt:
+            self.stale.set()
+            return
+        except ApiError as err:
+            if err.status is not None:  # refused as malformed: drop it rather than block the log
+                log.error("the server refused log chunks %d-%d (%s); dropping them", batch[0]["seq"], batch[-1]["seq"], err)
+            else:
+                log.warning("cannot send the job's log (%s); keeping it and retrying", err)
+                return
+        with self._cond:
+            del self._ready[: len(batch)]
+            self._pending_chars -= sum(len(c["text"]) for c in batch)
+            self.sent_chunks += len(batch)
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Send what is left (waiting at most ``timeout_s``) and stop the thread."""
+        with self._cond:
+            self._closing = True
+            self._give_up_at = time.monotonic() + timeout_s
+            self._cond.notify()
+        self._thread.join(timeout_s + 5)
+
+
+def _pump(pipe: IO[bytes], stream: str, shipper: LogShipper) -> None:
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    read = getattr(pipe, "read1", pipe.read)
+    while True:
+        data = read(65536)
+        if not data:
+            break
+        shipper.write(stream, decoder.decode(data))
+    shipper.write(stream, decoder.decode(b"", final=True))
+    pipe.close()
+
+
+# ---- the run --------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """What happened: ``outcome`` as reported to ``finish`` (None: nothing was reported)."""
+
+    outcome: str | None
+    exit_code: int | None
+    message: str
+
+
+class SpawnError(Exception):
+    """The job could not be started (bad workdir, unknown user...); the message says why."""
+
+
+def default_jobs_dir(policy: Policy) -> Path:
+    if policy.jobs_dir:
+        return Path(policy.jobs_dir)
+    state = os.environ.get("HWPROBE_STATE_DIR") or os.path.expanduser("~/.local/state/hwprobe")
+    return Path(state) / "jobs"
+
+
+def visible_devices(spec: dict[str, Any]) -> str:
+    """CUDA_VISIBLE_DEVICES for the job: its GPUs' UUIDs (indexes where a UUID is unknown)."""
+    uuids = spec.get("gpu_uuids") or []
+    gpus = spec.get("gpus") or []
+    if uuids:
+        return ",".join(str(u) for u in uuids)
+    return ",".join(str(i) for i in gpus)
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}"
+    return f"exited with code {code}"
+
+
+class JobRun:
+    """One attempt of one job, from spawn to finish. Call :meth:`run` once."""
+
+    def __init__(self, api: ServerApi, job_id: int, attempt: int, spec: dict[str, Any], policy: Policy,
+                 heartbeat_s: float = HEARTBEAT_S, flush_s: float = FLUSH_S, jobs_dir: Path | None = None,
+                 poll_s: float = 0.1) -> None:
+        self.api, self.job_id, self.attempt, self.spec, self.policy = api, job_id, attempt, spec, policy
+        self.heartbeat_s, self.flush_s, self.poll_s = heartbeat_s, flush_s, poll_s
+        self.jobs_dir = jobs_dir or default_jobs_dir(policy)
+        self.grace_s = float(spec.get("grace_s") or 10)
+        self.reason: str | None = None  # why we are stopping it: cancelled, preempted, timeout, stale
+        self._kill_at: float | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    # -- preparing ----------------------------------------------------------------------------
+
+    def _user(self) -> pwd.struct_passwd | None:
+        name = self.policy.run_as
+        if not name:
+            return None
+        try:
+            user = pwd.getpwnam(name)
+        except KeyError:
+            raise SpawnError(f"run_as user {name!r} does not exist on this host") from None
+        return None if user.pw_uid == os.getuid() else user
+
+    def command(self) -> list[str]:
+        if self.spec.get("shell"):
+            return ["/bin/sh", "-c", self.spec["shell"]]
+        argv = list(self.spec["argv"])
+        if is_builtin(argv) and argv[0] in ("python", "python3"):
+            argv[0] = sys.executable  # the interpreter that has hwprobe's dependencies
+        return argv
+
+    def environment(self, user: pwd.struct_passwd | None) -> dict[str, str]:
+        """A clean environment: a few basics, pass_env, the job's own, then ours (not overridable)."""
+        env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ") if k in os.environ}
+        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        if user is not None:
+            env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
+        else:
+            me = pwd.getpwuid(os.getuid())
+            env.update(HOME=os.environ.get("HOME") or me.pw_dir, USER=me.pw_name, LOGNAME=me.pw_name)
+        for name, value in os.environ.items():
+            if any(fnmatch.fnmatchcase(name, pat) for pat in self.policy.pass_env):
+                env[name] = value
+        env["PYTHONUNBUFFERED"] = "1"  # live logs from Python programs
+        env.update({str(k): str(v) for k, v in (self.spec.get("env") or {}).items()})
+        if is_builtin(self.spec.get("argv")):
+            env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+        env["CUDA_VISIBLE_DEVICES"] = visible_devices(self.spec)
+        env["HWPROBE_JOB_ID"] = str(self.job_id)
+        env["HWPROBE_JOB_ATTEMPT"] = str(self.attempt)
+        return env
+
+    def workdir(self, user: pwd.struct_passwd | None) -> Path:
+        if self.spec.get("workdir"):
+            path = Path(self.spec["workdir"])
+            if not path.is_dir():
+                raise SpawnError(f"workdir {path} does not exist on this host")
+            return path
+        path = self.jobs_dir / str(self.job_id)
+        path.mkdir(parents=True, exist_ok=True)
+        if user is not None:
+            os.chown(path, user.pw_uid, user.pw_gid)
+        return path
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        user = self._user()
+        argv = self.command()
+        cwd = self.workdir(user)
+        extra: dict[str, Any] = {}
+        if user is not None:
+            if os.geteuid() != 0:
+                raise SpawnError(f"cannot run as {user.pw_name}: the worker is not running as root")
+            extra = {"user": user.pw_uid, "group": user.pw_gid,
+                     "extra_groups": os.getgrouplist(user.pw_name, user.pw_gid)}
+        shim = [sys.executable, "-I", "-S", "-c", SHIM, str(os.getpid()), str(self.grace_s), *argv]
+        try:
+            return subprocess.Popen(shim, cwd=cwd, env=self.environment(user), stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                                    close_fds=True, **extra)
+        except OSError as err:
+            raise SpawnError(f"cannot start the job: {err}") from err
+
+    # -- running ------------------------------------------------------------------------------
+
+    def finish(self, outcome: str, exit_code: int | None, message: str) -> Result:
+        try:
+            self.api.finish(self.job_id, self.attempt, outcome, exit_code, message)
+        except StaleAttempt as err:
+            log.info("job %s attempt %s: finish answered 409 (%s)", self.job_id, self.attempt, err)
+            return Result(None, exit_code, message)
+        except ApiError as err:
+            log.error("job %s attempt %s: could not report %s (%s)", self.job_id, self.attempt, outcome, err)
+            return Result(None, exit_code, message)
+        return Result(outcome, exit_code, message)
+
+    def run(self) -> Result:
+        reason = self.policy.check(self.spec)
+        if reason:
+            log.warning("job %s refused: %s", self.job_id, reason)
+            return self.finish("refused", None, f"refused by this host's policy: {reason}")
+        try:
+            self.api.claim(self.job_id, self.attempt)
+        except ApiError as err:
+            log.info("job %s attempt %s not claimed (%s): running nothing", self.job_id, self.attempt, err)
+            return Result(None, None, f"not claimed: {err}")
+        try:
+            self.proc = self.spawn()
+        except (SpawnError, OSError) as err:
+            return self.finish("failed", None, str(err))
+        log.info("job %s attempt %s started: pid %s", self.job_id, self.attempt, self.proc.pid)
+        shipper = LogShipper(lambda chunks: self.api.log(self.job_id, self.attempt, chunks), self.flush_s)
+        readers = [threading.Thread(target=_pump, args=(pipe, name, shipper), daemon=True)
+                   for pipe, name in ((self.proc.stdout, "stdout"), (self.proc.stderr, "stderr"))]
+        for r in readers:
+            r.start()
+        code = self._watch(shipper)
+        self._signal(signal.SIGKILL)  # whatever the command left running in its group
+        for r in readers:
+            r.join(10)
+        shipper.close()
+        return self._report(code, shipper)
+
+    def _signal(self, sig: int) -> None:
+        assert self.proc is not None
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass  # the group is already gone
+
+    def stop(self, reason: str) -> None:
+        """Ask the group to stop (SIGTERM now, SIGKILL after grace_s); the first reason wins."""
+        if self.reason is None:
+            log.info("job %s attempt %s: stopping (%s)", self.job_id, self.attempt, reason)
+            self.reason = reason
+            self._signal(signal.SIGTERM)
+            self._kill_at = time.monotonic() + self.grace_s
+
+    def _watch(self, shipper: LogShipper) -> int:
+        assert self.proc is not None
+        started = time.monotonic()
+        limit = self.spec.get("max_runtime_s")
+        next_beat = started
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                return code
+            now = time.monotonic()
+            if shipper.stale.is_set():
+                self.stop("stale")
+            if limit and now - started >= limit:
+                self.stop("timeout")
+            if now >= next_beat:
+                next_beat = now + self.heartbeat_s
+                self._beat()
+            if self._kill_at is not None and now >= self._kill_at:
+                self._signal(signal.SIGKILL)
+                self._kill_at = None
+            time.sleep(self.poll_s)
+
+    def _beat(self) -> None:
+        assert self.proc is not None
+        try:
+            answer = self.api.heartbeat(self.job_id, self.attempt, self.proc.pid, self.proc.pid)
+        except StaleAttempt:
+            self.stop("stale")
+            return
+        except ApiError as err:
+            log.warning("job %s: heartbeat failed (%s)", self.job_id, err)
+            return
+        if answer.get("cancel"):
+            self.stop("cancelled")
+        elif answer.get("preempt"):
+            self.stop("preempted")
+
+    def _report(self, code: int, shipper: LogShipper) -> Result:
+        if self.reason == "stale" or shipper.stale.is_set():
+            message = f"attempt {self.attempt} is no longer current on the server; stopped it ({describe_exit(code)})"
+            log.warning("job %s: %s", self.job_id, message)
+            return Result(None, code, message)
+        if self.reason == "cancelled":
+            return self.finish("cancelled", code, f"cancelled on request; {describe_exit(code)}")
+        if self.reason == "timeout":
+            return self.finish("timeout", code, f"timed out: stopped after the maximum run time of "
+                                                f"{self.spec.get('max_runtime_s')} s ({describe_exit(code)})")
+        if self.reason == "preempted":
+            return self.finish("preempted", code, f"preempted; {describe_exit(code)}")
+        if code == 0:
+            return self.finish("succeeded", 0, "exited with code 0")
+        return self.finish("failed", code, describe_exit(code))
+
+
+def run_job(api: ServerApi, job_id: int, attempt: int, spec: dict[str, Any], policy: Policy,
+            **options: Any) -> Result:
+    """Run one attempt of one job to its end and report it; see the module docstring."""
+    return JobRun(api, job_id, attempt, spec, policy, **options).run()
