@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from hwprobe.schema import GPU_METRICS, SYSTEM_METRICS, Metric
 
-from .models import Accelerator, GpuSample, Machine, SystemSample, metric_columns
+from .models import Accelerator, GpuSample, Machine, SystemSample, ThroughputSample, metric_columns
 from .payload import Batch, Inventory, Sample
 
 # Keep each statement's parameters under SQLite's 32,766 limit.
@@ -104,6 +104,28 @@ def _ts(sample: Sample) -> datetime:
     return datetime.fromtimestamp(sample.ts, tz=dt_timezone.utc)
 
 
+def _store_tokens(machine: Machine, samples: list[Sample], now: datetime) -> None:
+    """Token counts of new windows; a job is linked only if it ran on this very machine."""
+    claimed = {t.job_id for s in samples for t in s.tokens if t.job_id}
+    if not claimed:
+        ours: set[int] = set()
+    else:
+        from dashboard.jobs.models import JobAttempt
+
+        # A token writes only its own machine's data: tokens for someone else's job stay unlinked.
+        ours = set(JobAttempt.objects.filter(job_id__in=claimed, machine=machine).values_list("job_id", flat=True))
+    rows = [
+        ThroughputSample(
+            machine=machine, seq=s.seq, job_id=t.job_id if t.job_id in ours else None, job_key=t.job_id or 0,
+            source=t.source, ts=_ts(s), interval_s=s.interval_s, prompt_tokens=t.prompt,
+            generated_tokens=t.generated, train_tokens=t.train, received_at=now,
+        )
+        for s in samples
+        for t in s.tokens
+    ]
+    ThroughputSample.objects.bulk_create(rows, ignore_conflicts=True)
+
+
 def _latest(sample: Sample) -> dict[str, Any]:
     """The newest sample in the compact form the fleet page and the process table read."""
 
@@ -182,6 +204,7 @@ def store_batch(machine: Machine, batch: Batch, now: datetime | None = None) -> 
                 head = [machine.pk, s.seq, g.index, ts, s.interval_s, s.count, received]
                 gpu_rows.append(head + _flatten(g, GPU_METRICS))
         _insert_returning_seq(GpuSample, GPU_INSERT, gpu_rows, ("machine_id", "seq", "gpu_index"))
+        _store_tokens(machine, [s for s in batch.samples if s.seq in new], now)
 
         if batch.inventory is not None:
             _apply_inventory(machine, batch.inventory)

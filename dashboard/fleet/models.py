@@ -211,3 +211,38 @@ class RollupState(models.Model):
 
     name = models.CharField(max_length=32, primary_key=True)
     watermark = models.DateTimeField()
+
+
+class ThroughputSample(models.Model):
+    """Tokens produced on a machine in one agent window, by job and by source.
+
+    Rows arrive inside the agent's windows, so ``(machine, seq, job_key, source)`` makes a
+    replayed batch harmless like the other samples. Rates are counts over ``interval_s``.
+    """
+
+    class Source(models.TextChoices):
+        PROGRESS = "progress", "Job output"
+        PROMETHEUS = "prometheus", "Serving engine metrics"
+        OLLAMA = "ollama", "Ollama API"
+        REPORT = "report", "hwprobe.report API"
+
+    machine = models.ForeignKey(Machine, on_delete=models.CASCADE, related_name="+")
+    seq = models.BigIntegerField()
+    job = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="throughput")
+    job_key = models.BigIntegerField(default=0)  # job id or 0: NULLs never collide in a unique index
+    source = models.CharField(max_length=16, choices=Source.choices)
+    ts = models.DateTimeField()  # end of the window
+    interval_s = models.FloatField()
+    prompt_tokens = models.BigIntegerField(default=0)
+    generated_tokens = models.BigIntegerField(default=0)
+    train_tokens = models.BigIntegerField(default=0)
+    received_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["machine", "seq", "job_key", "source"], name="throughput_unique")
+        ]
+        indexes = [
+            models.Index(fields=["machine", "ts"], name="throughput_machine_ts"),
+            models.Index(fields=["job", "ts"], name="throughput_job_ts"),
+        ]

@@ -7,7 +7,7 @@ range and finiteness. Unknown fields are ignored, so a newer agent can talk to a
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
@@ -90,6 +90,19 @@ GpuPayload = _model(
 )
 
 
+TokenCountValue = Annotated[int, Field(ge=0, le=10**15)]
+
+
+class TokenCount(Strict):
+    """Tokens produced during the window, by one job (or none) through one source."""
+
+    job_id: Annotated[int, Field(ge=1, le=MAX_SEQ)] | None = None
+    source: Literal["progress", "prometheus", "ollama", "report"]
+    prompt: TokenCountValue = 0
+    generated: TokenCountValue = 0
+    train: TokenCountValue = 0
+
+
 class Sample(Strict):
     seq: Annotated[int, Field(ge=1, le=MAX_SEQ)]
     ts: Finite
@@ -97,6 +110,7 @@ class Sample(Strict):
     count: Annotated[int, Field(ge=0, le=86400)]
     system: SystemPayload = Field(default_factory=SystemPayload)  # type: ignore[valid-type]
     gpus: list[GpuPayload] = Field(default_factory=list, max_length=MAX_DEVICES)  # type: ignore[valid-type]
+    tokens: list[TokenCount] = Field(default_factory=list, max_length=256)
 
     @field_validator("ts")
     @classmethod
@@ -114,6 +128,9 @@ class Sample(Strict):
         indexes = [g.index for g in self.gpus]
         if len(indexes) != len(set(indexes)):
             raise ValueError("gpus: a device index appears twice")
+        keys = [(t.job_id, t.source) for t in self.tokens]
+        if len(keys) != len(set(keys)):
+            raise ValueError("tokens: a (job_id, source) pair appears twice")
         return self
 
 
@@ -189,7 +206,7 @@ def parse_batch(body: bytes) -> Batch:
         message = first["msg"].removeprefix("Value error, ")
         if not where:  # a batch-level check names its own field in the message
             where, _, message = message.partition(": ") if ": " in message else ("body", "", message)
-        elif message.startswith(("gpus: ", "accelerators: ")):
+        elif message.startswith(("gpus: ", "accelerators: ", "tokens: ")):
             suffix, _, message = message.partition(": ")
             where = f"{where}.{suffix}"
         if first["type"] == "json_invalid":

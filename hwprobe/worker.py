@@ -1,0 +1,150 @@
+"""``python -m hwprobe worker``: a Celery worker that runs this machine's jobs.
+
+It asks the dashboard (``GET /api/v1/agent/config``, with the agent token) which queue is this
+machine's and which broker to use (``--broker`` overrides it), then consumes that queue only,
+with a threads pool: each task ``hwprobe.run_job(job_id, attempt, spec)`` is one job run by
+:mod:`hwprobe.executor`. Messages are JSON only (never pickle) and acknowledged late, one
+prefetched per thread; a redelivered message is harmless because the server's ``claim`` answers
+409 and nothing runs. The host's policy file (``--config``, see :mod:`hwprobe.policy`) is read
+again before every job, so editing it needs no restart.
+
+Celery is needed here, not by the telemetry agent: install ``hwprobe/requirements-worker.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from hwprobe import executor, policy
+
+log = logging.getLogger("hwprobe.worker")
+
+RUN_TASK = "hwprobe.run_job"  # the name dashboard/jobs/tasks.py sends
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hwprobe worker", description="run this machine's dashboard jobs")
+    p.add_argument("--server", default=os.environ.get("HWPROBE_SERVER"), help="dashboard base URL (env HWPROBE_SERVER)")
+    p.add_argument("--token", default=None, help="agent token (env HWPROBE_TOKEN)")
+    p.add_argument("--token-file", default=None, help="file holding the agent token (env HWPROBE_TOKEN_FILE)")
+    p.add_argument("--broker", default=None, help="broker URL; default: the one the server names")
+    p.add_argument("--concurrency", type=int, default=4, help="jobs run at once (threads)")
+    p.add_argument("--config", default=None, help="host policy file (env HWPROBE_CONFIG; default "
+                                                   f"{policy.DEFAULT_PATH} if it exists)")
+    p.add_argument("--jobs-dir", default=None, help="where jobs without a workdir run (one folder per job)")
+    p.add_argument("--heartbeat", type=float, default=executor.HEARTBEAT_S, help="seconds between job heartbeats")
+    p.add_argument("--log-level", default=os.environ.get("HWPROBE_LOG_LEVEL", "INFO"))
+    return p
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token:
+        return args.token
+    path = args.token_file or (None if os.environ.get("HWPROBE_TOKEN") else os.environ.get("HWPROBE_TOKEN_FILE"))
+    if path:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip() or None
+    return os.environ.get("HWPROBE_TOKEN") or None
+
+
+def make_app(broker_url: str, queue: str, transport_options: dict[str, Any] | None = None) -> Any:
+    """A Celery app that consumes ``queue`` only, JSON only, acknowledging each job at its end."""
+    from celery import Celery
+    from kombu import Queue
+
+    app = Celery("hwprobe", broker=broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],  # a broker message must never be able to run code
+        task_ignore_result=True,
+        task_acks_late=True,  # a job taken by a worker that dies is redelivered (claim makes it harmless)
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,  # one job per free thread, not a backlog held by one machine
+        task_queues=[Queue(queue)],
+        task_default_queue=queue,
+        broker_transport_options=transport_options or {},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        # The embedded broker (kombu filesystem) has no broadcast, so no remote control there.
+        worker_enable_remote_control=not broker_url.startswith("filesystem"),
+    )
+    return app
+
+
+def register(app: Any, api: executor.ServerApi, config_path: str | None, options: dict[str, Any]) -> Any:
+    """Register ``hwprobe.run_job`` on ``app``; each run reads the host policy afresh."""
+
+    @app.task(name=RUN_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+    def run_job(job_id: int, attempt: int, spec: dict[str, Any]) -> dict[str, Any]:
+        try:
+            host_policy = policy.load(config_path)
+        except policy.PolicyError as err:
+            # A broken policy file refuses everything rather than falling back to anything looser.
+            host_policy = policy.Policy(builtin_workloads=False, source=config_path)
+            result = executor.JobRun(api, job_id, attempt, spec, host_policy, **options).finish(
+                "refused", None, f"refused: this host's policy file is invalid ({err})")
+        else:
+            result = executor.run_job(api, job_id, attempt, spec, host_policy, **options)
+        log.info("job %s attempt %s: %s (%s)", job_id, attempt, result.outcome or "not reported", result.message)
+        return {"outcome": result.outcome, "exit_code": result.exit_code}
+
+    return run_job
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point (the arguments after ``worker``); returns the process exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
+                        format="%(asctime)s hwprobe-worker %(levelname)s %(message)s")
+    if not args.server:
+        print("hwprobe worker: --server (or HWPROBE_SERVER) is required", file=sys.stderr)
+        return 2
+    try:
+        token = _token(args)
+    except OSError as err:
+        print(f"hwprobe worker: cannot read the token file: {err}", file=sys.stderr)
+        return 2
+    if not token:
+        print("hwprobe worker: --token, --token-file, HWPROBE_TOKEN or HWPROBE_TOKEN_FILE is required", file=sys.stderr)
+        return 2
+    try:
+        policy.load(args.config)  # fail now on a broken file, not at the first job
+    except policy.PolicyError as err:
+        print(f"hwprobe worker: {err}", file=sys.stderr)
+        return 2
+    try:
+        api = executor.ServerApi(args.server, token)
+    except ValueError as err:
+        print(f"hwprobe worker: {err}", file=sys.stderr)
+        return 2
+    try:
+        config = api.config(retry_for_s=300)
+    except executor.ApiError as err:
+        print(f"hwprobe worker: cannot get this machine's configuration from {args.server}: {err}", file=sys.stderr)
+        return 1 if err.status is None or err.status >= 500 else 2
+    broker = args.broker or config["broker_url"]
+    options = {} if args.broker else (config.get("broker_transport_options") or {})
+    queue = config["queue"]
+    app = make_app(broker, queue, options)
+    run_options: dict[str, Any] = {"heartbeat_s": args.heartbeat}
+    if args.jobs_dir:
+        run_options["jobs_dir"] = Path(args.jobs_dir)
+    register(app, api, args.config, run_options)
+    log.info("machine %s: consuming %s (%d at once)", config.get("machine"), queue, args.concurrency)
+    app.worker_main([
+        "worker", "--pool", "threads", "--concurrency", str(max(1, args.concurrency)),
+        "--queues", queue, "--hostname", f"hwprobe@{config.get('machine') or socket.gethostname()}",
+        "--loglevel", args.log_level.upper(), "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
