@@ -7,12 +7,14 @@ must notice each change by itself. Drives Debian's chromium through Playwright.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 from conftest import make_batch
+from django.db import connections
 
 from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.models import Machine
@@ -41,9 +43,24 @@ def fleet(transactional_db, django_user_model, monkeypatch):
     Machine.objects.create(name="gpu-09")  # enrolled, never seen: offline
     # The test places the job itself, when it chooses, instead of a Celery worker.
     monkeypatch.setattr(tasks.place, "delay", lambda: None)
-    # Playwright's sync API keeps an event loop in this thread; the ORM calls here are plain sync code.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     return cpu_box
+
+
+def worker(fn, *args):
+    """Call ``fn`` in a thread of its own, as a worker would, with a database connection closed after.
+
+    Not in this thread: Playwright runs an event loop here, where Django refuses the ORM and
+    would keep a connection per context that nothing closes.
+    """
+
+    def call():
+        try:
+            return fn(*args)
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(call).result()
 
 
 @pytest.fixture
@@ -84,7 +101,7 @@ def test_an_operator_submits_a_job_and_watches_it_run_log_and_finish(fleet, live
     page.fill("#id_env", "EPOCHS=3")
     page.click("form.job-form button[type=submit]")
 
-    job = Job.objects.get()
+    job = worker(Job.objects.get)
     page.wait_for_url(f"{base}/jobs/{job.pk}/")
     assert page.inner_text("#job-state .status") == "Queued"
     assert TRAIN in page.inner_text("pre.command")
@@ -94,18 +111,18 @@ def test_an_operator_submits_a_job_and_watches_it_run_log_and_finish(fleet, live
     assert page.inner_text("#job-state time") == local
 
     # The worker's part: placed, claimed, a few lines of log, then done.
-    assert [p.machine for p in placement.place_queued()] == ["cpu-01"]
-    service.claim(fleet, job.pk, 1)
+    assert [p.machine for p in worker(placement.place_queued)] == ["cpu-01"]
+    worker(service.claim, fleet, job.pk, 1)
     page.wait_for_function("document.querySelector('#job-state .status').textContent.trim() === 'Running'", timeout=15000)
     now = time.time()
-    service.append_log(fleet, job.pk, 1, [
+    worker(service.append_log, fleet, job.pk, 1, [
         {"seq": 0, "stream": "stdout", "text": "epoch 1/3 loss 0.912\nepoch 2/3 loss 0.544\n", "ts": now},
         {"seq": 1, "stream": "stderr", "text": "warning: no GPU visible, training on the CPU\n", "ts": now},
         {"seq": 2, "stream": "stdout", "text": "epoch 3/3 loss 0.301\n", "ts": now},
     ])
     page.wait_for_selector("#job-log .stderr", timeout=15000)
-    service.append_log(fleet, job.pk, 1, [{"seq": 3, "stream": "stdout", "text": "saved checkpoint to ./ckpt\n", "ts": time.time()}])
-    service.finish(fleet, job.pk, 1, "succeeded", 0, "")
+    worker(service.append_log, fleet, job.pk, 1, [{"seq": 3, "stream": "stdout", "text": "saved checkpoint to ./ckpt\n", "ts": time.time()}])
+    worker(service.finish, fleet, job.pk, 1, "succeeded", 0, "")
     page.wait_for_function("document.querySelector('#job-state .status').textContent.trim() === 'Succeeded'", timeout=15000)
 
     log = page.inner_text("#job-log")
