@@ -39,4 +39,5 @@ def not_found(request, exc):
 def invalid(request, exc: ValidationError):
     first = exc.errors[0] if exc.errors else {"loc": (), "msg": "invalid request"}
     where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body", "payload"))
-    return api.create_response(request, {"error": f"{where}: {first.get('msg')}" if where else first.get("msg")}, status=400)
+    message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+    return api.create_response(request, {"error": f"{where}: {message}" if where else message}, status=400)

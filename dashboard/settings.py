@@ -75,6 +75,7 @@ INSTALLED_APPS = [
     "dashboard.accounts",
     "dashboard.fleet",
     "dashboard.jobs",
+    "dashboard.economics",
 ]
 
 MIDDLEWARE = [

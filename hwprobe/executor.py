@@ -231,12 +231,13 @@ class LogShipper:
 
     def _seal(self) -> None:
         """Number the open text (at most chunk_chars per chunk; the rest stays open)."""
-        assert self._open is not None
-        stream, text, ts = self._open
         if self._dropped:
             note = f"[hwprobe: {self._dropped} characters of output were dropped while the server was unreachable]\n"
-            self._ready.append(self._chunk("stderr", note, ts))
+            self._ready.append(self._chunk("stderr", note, time.time()))
             self._dropped = 0
+        if self._open is None:
+            return
+        stream, text, ts = self._open
         head, rest = text[: self.chunk_chars], text[self.chunk_chars:]
         self._ready.append(self._chunk(stream, head, ts))
         self._open = [stream, rest, time.time()] if rest else None
@@ -250,7 +251,7 @@ class LogShipper:
             with self._cond:
                 if not self._closing:
                     self._cond.wait(self.flush_s)
-                if self._open is not None:
+                if self._open is not None or self._dropped:
                     self._seal()
                 batch = self._ready[:CHUNKS_PER_POST]
                 closing = self._closing

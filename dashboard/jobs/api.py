@@ -8,7 +8,7 @@ from django.conf import settings
 from django.shortcuts import get_object_or_404
 from ninja import Router, Status
 from ninja.errors import HttpError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dashboard.accounts.auth import USER_AUTH
 from dashboard.fleet.api import AgentAuth
@@ -36,6 +36,12 @@ class JobIn(BaseModel):
     workdir: Annotated[str, Field(max_length=1024)] = ""
     env: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)], Annotated[str, Field(max_length=4096)]] = {}
     preemptible: bool = False
+
+    @model_validator(mode="after")
+    def only_training_is_preemptible(self) -> JobIn:
+        if self.preemptible and self.kind != "train":
+            raise ValueError("preemptible: only training jobs can be preempted")
+        return self
 
 
 def _raise(exc: service.JobError):

@@ -86,6 +86,8 @@ class JobForm(forms.Form):
     preemptible = forms.BooleanField(required=False, label="Preemptible",
                                      help_text="Training only: may be stopped for a serving job and resumed later.")
 
+    job_fields: dict[str, Any]  # set by clean(): what service.submit takes
+
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.fields["machine"].widget.choices = machine_choices()
@@ -120,7 +122,7 @@ class JobForm(forms.Form):
             if target is None:
                 self.add_error("machine", f"no machine named {job.machine!r}")
                 return data
-        # What service.submit takes, as the API builds it.
+        # The same fields the API hands to service.submit.
         self.job_fields = job.model_dump(exclude={"command", "machine"}) | {
             "argv": command if isinstance(command, list) else None,
             "shell": command if isinstance(command, str) else "",

@@ -55,7 +55,7 @@ def test_anonymous_users_and_agent_tokens_cannot_submit(client, agent_token):
     "change, field",
     [({"kind": "mine"}, "kind"), ({"gpus": -1}, "gpus"), ({"gpu_memory_gb": -5}, "gpu_memory_gb"),
      ({"command": []}, "command"), ({"env": {"1BAD": "x"}}, "env"), ({"machine": "nowhere"}, "machine"),
-     ({"surprise": 1}, "surprise")],
+     ({"surprise": 1}, "surprise"), ({"kind": "serve", "preemptible": True}, "preemptible")],
 )
 def test_bad_submissions_name_the_field(client, operator, change, field):
     client.force_login(operator)

@@ -261,3 +261,16 @@ def test_the_nav_links_to_jobs(client, viewer):
 def test_an_unknown_job_is_a_404(client, viewer):
     client.force_login(viewer)
     assert client.get("/jobs/999/").status_code == 404
+
+
+def test_cancelling_a_running_job_asks_its_worker_to_stop_it(client, operator, online):
+    job = a_job(operator)
+    placement.place_queued()
+    service.claim(online, job.pk, 1)
+    client.force_login(operator)
+    r = client.post(f"/jobs/{job.pk}/cancel/", follow=True)
+    job.refresh_from_db()
+    assert job.status == "running" and job.cancel_requested
+    page = r.content.decode()
+    assert "Cancel requested: the worker is stopping the job." in page
+    assert "Stopping…" in page and "cancel requested by olga; stopping" in page

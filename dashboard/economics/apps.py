@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class EconomicsConfig(AppConfig):
+    name = "dashboard.economics"
+    verbose_name = "Economics (RoI and capacity)"

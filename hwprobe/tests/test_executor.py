@@ -1,0 +1,385 @@
+"""One job run against a real local HTTP server that plays the dashboard's four agent endpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hwprobe.executor import LogShipper, ServerApi, run_job
+from hwprobe.policy import Policy, Rule
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="process groups are checked through /proc")
+
+PY = sys.executable
+ALLOW_PY = Policy(rules=[Rule("python -c", (PY, "-c", "**"))], allow_shell=True)
+
+
+class FakeDashboard:
+    """Answers claim / heartbeat / log / finish like dashboard/jobs/api.py, and records them."""
+
+    def __init__(self) -> None:
+        self.claim_status = 200
+        self.cancel = self.preempt = self.stale = False
+        self.fail_next = 0  # this many requests get a 503 first
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.chunks: dict[int, dict[str, Any]] = {}
+        self.finished: list[dict[str, Any]] = []
+        self.beats: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def answer(self, action: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        with self.lock:
+            self.calls.append((action, body))
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                return 503, {"error": "try again"}
+            if action == "claim":
+                return self.claim_status, ({"ok": True} if self.claim_status == 200 else {"error": "already started"})
+            if self.stale:
+                return 409, {"error": "attempt 1 is no longer current"}
+            if action == "heartbeat":
+                self.beats.append(body)
+                return 200, {"cancel": self.cancel, "preempt": self.preempt}
+            if action == "log":
+                for c in body["chunks"]:
+                    self.chunks.setdefault(c["seq"], c)
+                return 200, {"stored": len(body["chunks"])}
+            if action == "finish":
+                self.finished.append(body)
+                return 200, {"ok": True}
+        return 404, {"error": "not found"}
+
+    def start(self) -> "FakeDashboard":
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                assert self.headers["Authorization"] == "Bearer tok"
+                action = self.path.rsplit("/", 1)[-1]
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                status, answer = fake.answer(action, body)
+                raw = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def actions(self) -> list[str]:
+        return [a for a, _ in self.calls]
+
+    def text(self, stream: str | None = None) -> str:
+        return "".join(c["text"] for _, c in sorted(self.chunks.items()) if stream in (None, c["stream"]))
+
+
+@pytest.fixture
+def dash():
+    fake = FakeDashboard().start()
+    yield fake
+    fake.stop()
+
+
+def job_spec(argv=None, shell=None, **kw) -> dict[str, Any]:
+    spec = {"name": "t", "kind": "train", "argv": argv, "shell": shell, "workdir": None, "env": {},
+            "gpus": [], "gpu_uuids": [], "max_runtime_s": None, "grace_s": 2}
+    spec.update(kw)
+    return spec
+
+
+def run(dash: FakeDashboard, spec: dict[str, Any], tmp_path: Path, policy: Policy = ALLOW_PY, **kw):
+    api = ServerApi(dash.url, "tok", backoff_base_s=0.05, backoff_cap_s=0.2)
+    options = {"heartbeat_s": 0.2, "flush_s": 0.2, "jobs_dir": tmp_path / "jobs", **kw}
+    return run_job(api, 7, 1, spec, policy, **options)
+
+
+def py(code: str) -> list[str]:
+    return [PY, "-c", textwrap.dedent(code)]
+
+
+def alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie (our PID 1 may not reap orphans)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes whose process group is ``pgid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def wait_until(condition, timeout_s: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_command_that_exits_zero_succeeds_with_its_output_in_the_log(dash, tmp_path):
+    result = run(dash, job_spec(py("import sys; print('hello'); print('oops', file=sys.stderr)")), tmp_path)
+    assert result.outcome == "succeeded" and result.exit_code == 0
+    assert dash.actions()[0] == "claim" and dash.actions()[-1] == "finish"
+    assert dash.finished == [{"attempt": 1, "outcome": "succeeded", "exit_code": 0, "message": "exited with code 0"}]
+    assert dash.text("stdout") == "hello\n" and dash.text("stderr") == "oops\n"
+    assert sorted(dash.chunks) == list(range(1, len(dash.chunks) + 1))
+    assert dash.beats and dash.beats[0]["pgid"] == dash.beats[0]["pid"]
+    assert (tmp_path / "jobs" / "7").is_dir(), "a job without a workdir runs in its own folder"
+
+
+def test_a_failing_command_fails_with_its_exit_code(dash, tmp_path):
+    result = run(dash, job_spec(py("import sys; sys.exit(3)")), tmp_path)
+    assert (result.outcome, result.exit_code) == ("failed", 3)
+    assert dash.finished[0]["message"] == "exited with code 3"
+
+
+def test_a_missing_program_fails_with_127_and_says_why(dash, tmp_path):
+    policy = Policy(rules=[Rule("x", ("no-such-program-here",))])
+    result = run(dash, job_spec(["no-such-program-here"]), tmp_path, policy)
+    assert (result.outcome, result.exit_code) == ("failed", 127)
+    assert "cannot start 'no-such-program-here'" in dash.text("stderr")
+
+
+def test_output_is_streamed_while_the_job_runs(dash, tmp_path):
+    code = "import time\nfor i in range(30):\n    print('line', i, flush=True); time.sleep(0.05)\ntime.sleep(1.5)"
+    worker = threading.Thread(target=run, args=(dash, job_spec(py(code)), tmp_path))
+    worker.start()
+    assert wait_until(lambda: "line 29" in dash.text(), 5), "output must arrive before the job ends"
+    assert not dash.finished
+    worker.join(10)
+    assert dash.finished[0]["outcome"] == "succeeded"
+
+
+def test_large_output_is_sent_in_numbered_chunks_of_at_most_16_kib(dash, tmp_path):
+    code = "import sys\nfor i in range(3000): sys.stdout.write(f'{i:05d} ' + 'x' * 40 + '\\n')"
+    run(dash, job_spec(py(code)), tmp_path)
+    expected = "".join(f"{i:05d} " + "x" * 40 + "\n" for i in range(3000))
+    assert dash.text("stdout") == expected
+    assert all(len(c["text"]) <= 16 * 1024 for c in dash.chunks.values())
+    assert len(dash.chunks) >= len(expected) // (16 * 1024)
+
+
+def test_the_job_sees_its_gpus_and_a_clean_environment(dash, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKER_SECRET", "s3cret")
+    monkeypatch.setenv("HF_HOME", "/data/hf")
+    code = "import json, os; print(json.dumps(dict(os.environ)))"
+    policy = Policy(rules=ALLOW_PY.rules, pass_env=("HF_*",))
+    spec = job_spec(py(code), gpus=[0, 2], gpu_uuids=["GPU-aaa", "GPU-ccc"], env={"EPOCHS": "3"})
+    run(dash, spec, tmp_path, policy)
+    env = json.loads(dash.text("stdout"))
+    assert env["CUDA_VISIBLE_DEVICES"] == "GPU-aaa,GPU-ccc"
+    assert env["HWPROBE_JOB_ID"] == "7" and env["HWPROBE_JOB_ATTEMPT"] == "1"
+    assert env["EPOCHS"] == "3" and env["HF_HOME"] == "/data/hf"
+    assert "WORKER_SECRET" not in env
+
+
+def test_a_cpu_only_job_sees_no_gpu_and_indexes_stand_in_for_unknown_uuids(dash, tmp_path):
+    code = "import os; print(repr(os.environ['CUDA_VISIBLE_DEVICES']))"
+    run(dash, job_spec(py(code)), tmp_path)
+    assert dash.text("stdout") == "''\n"
+    dash.chunks.clear()
+    run(dash, job_spec(py(code), gpus=[1]), tmp_path)
+    assert dash.text("stdout") == "'1'\n"
+
+
+def test_cancel_stops_the_whole_process_group_including_grandchildren(dash, tmp_path):
+    pids = tmp_path / "pids"
+    code = f"""
+        import os, subprocess, time
+        child = subprocess.Popen(["sleep", "300"])
+        open({str(pids)!r}, "w").write(f"{{os.getpid()}} {{child.pid}}")
+        time.sleep(300)
+    """
+    worker = threading.Thread(target=run, args=(dash, job_spec(py(code)), tmp_path))
+    worker.start()
+    assert wait_until(lambda: pids.exists() and pids.read_text().count(" ") == 1)
+    command_pid, grandchild = (int(p) for p in pids.read_text().split())
+    pgid = dash.beats[0]["pgid"]
+    assert os.getpgid(grandchild) == pgid
+    dash.cancel = True
+    worker.join(15)
+    assert dash.finished[0]["outcome"] == "cancelled"
+    assert dash.finished[0]["exit_code"] == -signal.SIGTERM
+    assert not alive(command_pid) and not alive(grandchild)
+    assert group_members(pgid) == []
+
+
+def test_a_command_that_ignores_sigterm_is_killed_after_the_grace_period(dash, tmp_path):
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(300)"
+    worker = threading.Thread(target=run, args=(dash, job_spec(py(code), grace_s=1), tmp_path))
+    worker.start()
+    assert wait_until(lambda: "ready" in dash.text())
+    dash.cancel = True
+    started = time.monotonic()
+    worker.join(15)
+    assert 0.8 <= time.monotonic() - started < 6
+    assert dash.finished[0]["outcome"] == "cancelled" and dash.finished[0]["exit_code"] == -signal.SIGKILL
+
+
+def test_the_maximum_run_time_is_enforced(dash, tmp_path):
+    started = time.monotonic()
+    result = run(dash, job_spec(py("import time; time.sleep(300)"), max_runtime_s=1), tmp_path)
+    assert time.monotonic() - started < 6
+    assert result.outcome == "timeout"
+    assert "maximum run time of 1 s" in dash.finished[0]["message"]
+
+
+def test_preemption_gives_the_job_a_grace_period_to_checkpoint(dash, tmp_path):
+    code = """
+        import signal, sys, time
+        def checkpoint(*_):
+            print("saved checkpoint", flush=True)
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, checkpoint)
+        print("training", flush=True)
+        time.sleep(300)
+    """
+    worker = threading.Thread(target=run, args=(dash, job_spec(py(code)), tmp_path))
+    worker.start()
+    assert wait_until(lambda: "training" in dash.text())
+    dash.preempt = True
+    worker.join(15)
+    assert dash.finished[0]["outcome"] == "preempted" and dash.finished[0]["exit_code"] == 0
+    assert "saved checkpoint" in dash.text()
+
+
+def test_a_409_on_claim_runs_nothing(dash, tmp_path):
+    marker = tmp_path / "ran"
+    dash.claim_status = 409
+    result = run(dash, job_spec(py(f"open({str(marker)!r}, 'w')")), tmp_path)
+    assert result.outcome is None
+    assert dash.actions() == ["claim"]
+    time.sleep(0.3)
+    assert not marker.exists()
+
+
+def test_a_409_while_running_stops_the_job_without_reporting(dash, tmp_path):
+    worker = threading.Thread(target=run, args=(dash, job_spec(py("print('up', flush=True); import time; time.sleep(300)")), tmp_path))
+    worker.start()
+    assert wait_until(lambda: "up" in dash.text())
+    dash.stale = True
+    worker.join(15)
+    assert not worker.is_alive()
+    assert dash.finished == []
+
+
+def test_a_refused_job_is_finished_as_refused_and_nothing_runs(dash, tmp_path):
+    marker = tmp_path / "ran"
+    result = run(dash, job_spec(["touch", str(marker)]), tmp_path, Policy())
+    assert result.outcome == "refused"
+    assert dash.actions() == ["finish"], "a refused job is never claimed"
+    assert dash.finished[0]["outcome"] == "refused"
+    assert dash.finished[0]["message"].startswith("refused by this host's policy: `touch")
+    assert not marker.exists()
+
+
+def test_shell_strings_run_only_where_allowed(dash, tmp_path):
+    assert run(dash, job_spec(shell="echo $((6 * 7))"), tmp_path).outcome == "succeeded"
+    assert dash.text("stdout") == "42\n"
+    assert run(dash, job_spec(shell="echo hi"), tmp_path, Policy()).outcome == "refused"
+
+
+def test_transient_server_errors_are_retried(dash, tmp_path):
+    dash.fail_next = 2
+    result = run(dash, job_spec(py("print('ok')")), tmp_path)
+    assert result.outcome == "succeeded"
+    assert dash.actions()[:3] == ["claim", "claim", "claim"]
+
+
+def test_the_built_in_workload_runs_with_this_interpreter(dash, tmp_path):
+    spec = job_spec(["python3", "-m", "hwprobe.workloads", "train", "--seconds", "1.5"])
+    result = run(dash, spec, tmp_path, Policy())
+    assert result.outcome == "succeeded", dash.text()
+    assert "HWPROBE_PROGRESS kind=train" in dash.text("stdout")
+    assert (tmp_path / "jobs" / "7" / "mingru.npz").exists()
+
+
+def test_a_job_dies_with_its_worker(dash, tmp_path):
+    """The worker process is SIGKILLed: the job's whole group goes within the grace period."""
+    pids = tmp_path / "pids"
+    code = f"import os, subprocess, time; c = subprocess.Popen(['sleep', '300']); open({str(pids)!r}, 'w').write(str(c.pid)); time.sleep(300)"
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from hwprobe.executor import ServerApi, run_job
+        from hwprobe.policy import Policy, Rule
+        policy = Policy(rules=[Rule("py", ({PY!r}, "-c", "**"))])
+        spec = {json.dumps(job_spec([PY, "-c", code], grace_s=1))}
+        run_job(ServerApi({dash.url!r}, "tok"), 7, 1, spec, policy, heartbeat_s=0.2, jobs_dir=Path({str(tmp_path)!r}))
+    """).replace(": null", ": None")
+    worker = subprocess.Popen([PY, "-c", script], cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert wait_until(lambda: pids.exists() and pids.read_text().strip().isdigit() and dash.beats, 15)
+        pgid, grandchild = dash.beats[0]["pgid"], int(pids.read_text())
+        assert group_members(pgid)
+        worker.kill()
+        worker.wait(5)
+        assert wait_until(lambda: not group_members(pgid), 5), f"left behind: {group_members(pgid)}"
+        assert not alive(grandchild)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+
+
+def test_the_log_shipper_keeps_seqs_across_retries_and_notes_dropped_output():
+    sent: list[list[dict[str, Any]]] = []
+    fail = [True]
+
+    def send(chunks: list[dict[str, Any]]) -> None:
+        from hwprobe.executor import ApiError
+
+        if fail[0]:
+            fail[0] = False
+            raise ApiError(None, "down")
+        sent.append([dict(c) for c in chunks])
+
+    shipper = LogShipper(send, flush_s=0.05, chunk_chars=8, max_pending_chars=20)
+    shipper.write("stdout", "0123456789")
+    shipper.write("stderr", "abc")
+    shipper.write("stdout", "this is too much")  # over max_pending_chars: dropped
+    shipper.close(5)
+    chunks = [c for batch in sent for c in batch]
+    assert [c["seq"] for c in chunks] == sorted({c["seq"] for c in chunks})
+    assert "".join(c["text"] for c in chunks if c["stream"] == "stdout") == "0123456789"
+    assert [c["text"] for c in chunks if c["stream"] == "stderr"] == [
+        "abc", "[hwprobe: 16 characters of output were dropped while the server was unreachable]\n"]
