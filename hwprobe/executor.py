@@ -231,16 +231,15 @@ class LogShipper:
 
     def _seal(self) -> None:
         """Number the open text (at most chunk_chars per chunk; the rest stays open)."""
-        if self._dropped:
+        if self._open is not None:
+            stream, text, ts = self._open
+            head, rest = text[: self.chunk_chars], text[self.chunk_chars:]
+            self._ready.append(self._chunk(stream, head, ts))
+            self._open = [stream, rest, time.time()] if rest else None
+        if self._dropped and self._open is None:
             note = f"[hwprobe: {self._dropped} characters of output were dropped while the server was unreachable]\n"
             self._ready.append(self._chunk("stderr", note, time.time()))
             self._dropped = 0
-        if self._open is None:
-            return
-        stream, text, ts = self._open
-        head, rest = text[: self.chunk_chars], text[self.chunk_chars:]
-        self._ready.append(self._chunk(stream, head, ts))
-        self._open = [stream, rest, time.time()] if rest else None
 
     def _chunk(self, stream: str, text: str, ts: float) -> dict[str, Any]:
         self._seq += 1

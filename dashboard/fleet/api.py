@@ -13,7 +13,7 @@ from ninja.security import HttpBearer
 
 from dashboard.accounts.auth import USER_AUTH
 
-from . import queries, series
+from . import queries, series, throughput
 from .ingest import store_batch
 from .models import AgentToken, Machine
 from .payload import Batch, PayloadError, parse_batch
@@ -77,10 +77,38 @@ def machine(request, name: str):
 def machine_series(request, name: str, metric: str, since: str = "1h", until: str | None = None):
     """`since`/`until` take a duration back from now (`30m`, `1h`, `24h`, `7d`) or an ISO 8601 time."""
     m = get_object_or_404(Machine, name=name)
+    start, end = time_range(since, until)
+    if metric in throughput.METRICS:
+        return throughput.machine_series(m, metric, start, end)
+    try:
+        return series.machine_series(m, metric, start, end)
+    except series.SeriesError as exc:
+        raise HttpError(400, str(exc))
+
+
+def time_range(since: str, until: str | None):
+    """Every time-ranged endpoint reads `since`/`until` the same way (see series.parse_time)."""
     now = timezone.now()
     try:
         start = series.parse_time(since, now, "since")
         end = series.parse_time(until, now, "until") if until else now
-        return series.machine_series(m, metric, start, end)
     except series.SeriesError as exc:
         raise HttpError(400, str(exc))
+    if end <= start:
+        raise HttpError(400, "since: must be before until")
+    return start, end
+
+
+@router.get("/machines/{name}/throughput", auth=USER_AUTH, summary="Tokens by kind: totals, mean/median/peak tokens/s, tokens per joule")
+def machine_throughput(request, name: str, since: str = "24h", until: str | None = None):
+    m = get_object_or_404(Machine, name=name)
+    start, end = time_range(since, until)
+    return {"machine": m.name, "since": start.isoformat(), "until": end.isoformat(), "throughput": throughput.machine_summary(m, start, end)}
+
+
+@router.get("/fleet/series", auth=USER_AUTH, summary="The fleet's tokens/s, one stacked series per machine")
+def fleet_series(request, metric: str = "tokens.generated", since: str = "1h", until: str | None = None):
+    if metric not in throughput.METRICS:
+        raise HttpError(400, f"metric: expected one of {', '.join(sorted(throughput.METRICS))}")
+    start, end = time_range(since, until)
+    return throughput.fleet_series(metric, start, end)

@@ -11,7 +11,8 @@ from ninja.errors import HttpError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dashboard.accounts.auth import USER_AUTH
-from dashboard.fleet.api import AgentAuth
+from dashboard.fleet import series, throughput
+from dashboard.fleet.api import AgentAuth, time_range
 from dashboard.fleet.models import Machine
 
 from . import queries, service
@@ -69,12 +70,31 @@ def submit(request, payload: JobIn):
 
 @router.get("/jobs", auth=USER_AUTH, summary="Jobs, newest first, filtered by status, machine, kind, owner")
 def jobs(request, status: str | None = None, machine: str | None = None, kind: str | None = None, owner: str | None = None, limit: int = 100):
-    return {"jobs": [queries.job_dict(j) for j in queries.job_list(status, machine, kind, owner)[: max(1, min(limit, 1000))]]}
+    jobs = list(queries.job_list(status, machine, kind, owner)[: max(1, min(limit, 1000))])
+    summaries = throughput.job_summaries([j.pk for j in jobs])
+    return {"jobs": [{**queries.job_dict(j), "throughput": summaries.get(j.pk)} for j in jobs]}
 
 
 @router.get("/jobs/{job_id}", auth=USER_AUTH, summary="One job with its attempts")
 def job(request, job_id: int):
     return queries.job_dict(get_object_or_404(Job, pk=job_id), attempts=True)
+
+
+@router.get("/jobs/{job_id}/series", auth=USER_AUTH, summary="The job's tokens/s (tokens.*) or its GPUs' metrics (gpu.*)")
+def job_series(request, job_id: int, metric: str, since: str | None = None, until: str | None = None):
+    job = get_object_or_404(Job, pk=job_id)
+    start, end = (time_range(since, until) if since else queries.job_span(job))
+    if metric in throughput.METRICS:
+        return throughput.job_series(job, metric, start, end)
+    if not metric.startswith("gpu.") or job.machine is None:
+        raise HttpError(400, f"metric: expected one of {', '.join(sorted(throughput.METRICS))} or gpu.* for a placed job")
+    try:
+        data = series.machine_series(job.machine, metric, start, end)
+    except series.SeriesError as exc:
+        raise HttpError(400, str(exc))
+    data["series"] = [s for s in data["series"] if s["device"] in job.assigned_gpus]
+    data["job"] = job.pk
+    return data
 
 
 @router.get("/jobs/{job_id}/log", auth=USER_AUTH, summary="Log chunks after a given id (for live tailing)")

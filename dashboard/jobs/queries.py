@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db.models import QuerySet
+from django.utils import timezone
+
+from dashboard.fleet import throughput
 
 from .models import Job, JobLog
 
@@ -53,6 +57,7 @@ def job_dict(job: Job, attempts: bool = False) -> dict[str, Any]:
         "finished_at": _iso(job.finished_at),
     }
     if attempts:
+        out["throughput"] = throughput.job_summary(job)
         out["attempts"] = [
             {"number": a.number, "machine": a.machine.name if a.machine else None, "gpus": a.gpus,
              "placed_at": _iso(a.placed_at), "started_at": _iso(a.started_at), "ended_at": _iso(a.ended_at),
@@ -60,6 +65,14 @@ def job_dict(job: Job, attempts: bool = False) -> dict[str, Any]:
             for a in job.attempts.select_related("machine")
         ]
     return out
+
+
+def job_span(job: Job) -> tuple[datetime, datetime]:
+    """The job's running time with a minute either side, or the last hour if it has not run."""
+    now = timezone.now()
+    if job.started_at is None:
+        return now - timedelta(hours=1), now
+    return job.started_at - timedelta(minutes=1), (job.finished_at or now) + timedelta(minutes=1)
 
 
 def job_log(job: Job, after: int = 0, limit: int = 2000) -> dict[str, Any]:

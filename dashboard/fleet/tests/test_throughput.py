@@ -1,0 +1,71 @@
+"""tokens/s series and summaries, worked by hand from seeded windows."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone as dt_timezone
+
+import pytest
+from conftest import make_batch
+
+from dashboard.fleet import throughput
+from dashboard.fleet.ingest import store_batch
+from dashboard.fleet.payload import Batch
+from dashboard.jobs.models import Job, JobAttempt
+
+UTC = dt_timezone.utc
+T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def training(machine, operator):
+    """A training job on GPU 0 whose windows (10 s each) carry 1000, 2000 and 3000 tokens."""
+    job = Job.objects.create(owner=operator, name="tiny-7b", kind="train", argv=["x"], gpus=1, machine=machine,
+                             assigned_gpus=[0], status="running", started_at=T0, attempt=1)
+    JobAttempt.objects.create(job=job, number=1, machine=machine, gpus=[0])
+    batch = make_batch([1, 2, 3], ts=(T0 + timedelta(seconds=30)).timestamp(), gpus=1)
+    for sample, tokens in zip(batch["samples"], (1000, 2000, 3000)):
+        sample["tokens"] = [{"job_id": job.pk, "source": "progress", "train": tokens}]
+    batch["samples"][2]["tokens"].append({"job_id": None, "source": "report", "generated": 50})
+    store_batch(machine, Batch.model_validate(batch))
+    return job
+
+
+@pytest.mark.django_db
+def test_a_jobs_summary_gives_mean_median_peak_and_tokens_per_joule(training):
+    s = throughput.job_summary(training)["train"]
+    # 6000 tokens over 30 s of windows; per-window rates 100, 200, 300 tokens/s.
+    assert s["total_tokens"] == 6000
+    assert s["mean_tokens_per_s"] == 200.0 and s["median_tokens_per_s"] == 200.0 and s["peak_tokens_per_s"] == 300.0
+    # GPU 0 drew 350 W (mean) in each 10 s window: 3 x 3500 J = 10,500 J -> 6000 / 10500 tokens/J.
+    assert s["tokens_per_joule"] == pytest.approx(6000 / 10500, rel=1e-6)
+
+
+@pytest.mark.django_db
+def test_the_machine_series_stacks_tokens_per_second_by_job(training, machine):
+    data = throughput.machine_series(machine, "tokens.train", T0, T0 + timedelta(hours=1))
+    assert data["unit"] == "tokens/s" and data["step_s"] == 10
+    [series] = data["series"]
+    assert series["job"] == training.pk and series["name"] == f"#{training.pk} tiny-7b"
+    assert series["mean"] == [100.0, 200.0, 300.0]
+    generated = throughput.machine_series(machine, "tokens.generated", T0, T0 + timedelta(hours=1))
+    assert generated["series"][0]["name"] == "outside jobs" and generated["series"][0]["mean"] == [5.0]
+
+
+@pytest.mark.django_db
+def test_the_series_api_serves_tokens_for_machines_jobs_and_the_fleet(client, viewer, training, machine):
+    client.force_login(viewer)
+    since = {"since": T0.isoformat(), "until": (T0 + timedelta(hours=1)).isoformat()}
+    r = client.get(f"/api/v1/machines/{machine.name}/series", {"metric": "tokens.train", **since})
+    assert r.status_code == 200 and r.json()["series"][0]["mean"] == [100.0, 200.0, 300.0]
+    r = client.get(f"/api/v1/jobs/{training.pk}/series", {"metric": "tokens.train"})
+    assert sum(r.json()["series"][0]["mean"]) * r.json()["step_s"] == pytest.approx(6000, rel=1e-3)
+    r = client.get(f"/api/v1/jobs/{training.pk}/series", {"metric": "gpu.util_percent"})
+    assert [s["device"] for s in r.json()["series"]] == [0]
+    r = client.get("/api/v1/fleet/series", {"metric": "tokens.train", **since})
+    assert r.json()["series"][0]["machine"] == machine.name
+    detail = client.get(f"/api/v1/jobs/{training.pk}").json()
+    assert detail["throughput"]["train"]["total_tokens"] == 6000
+    listing = client.get("/api/v1/jobs").json()["jobs"][0]
+    assert listing["throughput"]["train"]["peak_tokens_per_s"] == 300.0
+    summary = client.get(f"/api/v1/machines/{machine.name}/throughput", since).json()["throughput"]
+    assert summary["generated"]["total_tokens"] == 50
