@@ -1,0 +1,134 @@
+"""Which model sizes a machine can serve and train, and how fast decode can go at best."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dashboard.fleet.models import Machine
+from dashboard.jobs.models import Job
+
+from . import formulas as f
+from .hardware import all_specs, job_rates, job_text, parse_params_b, parse_precision, parse_train_method, physical, short_name, spec_for
+
+DEFAULT_CONTEXT_TOKENS = 4096
+DEFAULT_BATCH = 1
+PRECISIONS = ("fp16", "int8", "int4")
+TRAIN_METHODS = ("full", "lora", "qlora")
+
+ASSUMPTIONS = {
+    "bytes_per_param": f.BYTES_PER_PARAM,
+    "kv_cache": "2 (K and V) × layers × KV heads × head dim × context × batch × 2 bytes (fp16 cache)",
+    "train_bytes_per_param": {
+        "full": "16: fp16 weights 2 + fp16 gradients 2 + fp32 master weights 4 + Adam moments 4 + 4",
+        "lora": f"{f.LORA_BYTES_PER_PARAM:.2f}: frozen bf16 base 2 + adapters of 1 % of the parameters at 16 bytes",
+        "qlora": f"{f.QLORA_BYTES_PER_PARAM:.2f}: 4-bit NF4 base (4.127 bits with its constants) + the same adapters",
+    },
+    "activations": "not counted: gradient checkpointing keeps them small; the usable fraction leaves room",
+    "usable_memory_fraction": f.USABLE_MEMORY_FRACTION,
+    "usable_memory_fraction_apple": f.USABLE_MEMORY_FRACTION_APPLE,
+    "multi_gpu": "a model may span all the machine's GPUs (tensor parallel or FSDP), so memory and bandwidth add up",
+    "decode_bound": "batch × bandwidth / (weight bytes + batch × KV bytes of one sequence)",
+    "model_size_of_jobs": "inferred from the job's name and command ('7b', '70B'); jobs naming no size are not shown",
+}
+
+
+def _hardware(machine: Machine) -> dict[str, Any]:
+    specs = all_specs()
+    accs = physical(list(machine.accelerators.all()))
+    memory = 0.0
+    bandwidth: float | None = 0.0
+    devices = []
+    apple = False
+    for a in accs:
+        spec = spec_for(a.name, specs)
+        apple = apple or a.vendor == "apple"
+        # The memory the agent measured beats a catalogue figure (an M2 Ultra comes with 64 to 192 GB).
+        mem = a.mem_total_bytes or (spec.memory_gb * 1e9 if spec and spec.memory_gb else None)
+        memory += mem or 0
+        if bandwidth is not None:
+            bandwidth = bandwidth + spec.bandwidth_gb_s if spec and spec.bandwidth_gb_s else None
+        devices.append({
+            "index": a.index, "name": a.name, "memory_bytes": mem,
+            "spec": spec.name if spec else None,
+            "bandwidth_gb_s": spec.bandwidth_gb_s if spec else None,
+            "source": spec.source_url if spec else None,
+        })
+    return {
+        "devices": devices,
+        "memory_bytes": memory or None,
+        "bandwidth_gb_s": bandwidth if devices else None,
+        "usable_fraction": f.USABLE_MEMORY_FRACTION_APPLE if apple else f.USABLE_MEMORY_FRACTION,
+    }
+
+
+def _measured(machine: Machine, context_tokens: int, batch: int, bandwidth: float | None) -> dict[str, list[dict]]:
+    """Jobs that ran on the machine with a size in their name, by size class label."""
+    jobs = [j for j in Job.objects.filter(machine=machine).order_by("-created_at")[:500] if parse_params_b(job_text(j))]
+    rates = job_rates(jobs)
+    out: dict[str, list[dict]] = {}
+    for job in jobs:
+        rate = rates.get(job.pk)
+        if rate is None:
+            continue
+        text = job_text(job)
+        params_b = parse_params_b(text) or 0.0
+        arch = f.size_class_for(params_b)
+        row: dict[str, Any] = {"job_id": job.pk, "job_name": job.name, "kind": job.kind, "params_b": params_b}
+        if job.kind == Job.Kind.SERVE:
+            precision = parse_precision(text)
+            row["precision"] = precision
+            row["tokens_per_s"] = rate["generated_per_s"]
+            if bandwidth:
+                kv = f.kv_cache_bytes(arch.layers, arch.kv_heads, arch.head_dim, context_tokens, 1)
+                bound = f.decode_bound_tokens_per_s(bandwidth, f.weights_bytes(params_b, precision), kv, batch)
+                row["bound_tokens_per_s"] = bound
+                row["efficiency_percent"] = f.efficiency_percent(rate["generated_per_s"], bound)
+        else:
+            row["method"] = parse_train_method(text)
+            row["tokens_per_s"] = rate["train_per_s"]
+        out.setdefault(arch.label, []).append(row)
+    return out
+
+
+def machine_capacity(machine: Machine, context_tokens: int = DEFAULT_CONTEXT_TOKENS, batch: int = DEFAULT_BATCH) -> dict[str, Any]:
+    """Per size class: fits for serving at each precision and training by each method, the decode
+    bound, and measured rates of jobs of that size."""
+    hw = _hardware(machine)
+    memory = hw["memory_bytes"]
+    bandwidth = hw["bandwidth_gb_s"]
+    measured = _measured(machine, context_tokens, batch, bandwidth)
+    rows = []
+    for arch in f.SIZE_CLASSES:
+        kv = f.kv_cache_bytes(arch.layers, arch.kv_heads, arch.head_dim, context_tokens, 1)
+        serve = {}
+        for p in PRECISIONS:
+            need = f.serve_bytes(arch, p, context_tokens, batch)
+            serve[p] = {
+                "needed_bytes": need,
+                "fits": f.fits(need, memory, hw["usable_fraction"]) if memory else None,
+                "bound_tokens_per_s": (
+                    f.decode_bound_tokens_per_s(bandwidth, f.weights_bytes(arch.params_b, p), kv, batch) if bandwidth else None
+                ),
+            }
+        train = {}
+        for m in TRAIN_METHODS:
+            need = f.train_bytes(arch.params_b, m)
+            train[m] = {"needed_bytes": need, "fits": f.fits(need, memory, hw["usable_fraction"]) if memory else None}
+        rows.append({
+            "size": arch.label, "example": arch.example, "params_b": arch.params_b,
+            "layers": arch.layers, "kv_heads": arch.kv_heads, "head_dim": arch.head_dim,
+            "kv_cache_bytes": kv * batch, "serve": serve, "train": train,
+            "measured": measured.get(arch.label, []),
+        })
+    return {
+        "machine": machine.name,
+        "context_tokens": context_tokens,
+        "batch": batch,
+        "devices": hw["devices"],
+        "device_summary": ", ".join(short_name(d["name"]) for d in hw["devices"]),
+        "memory_bytes": memory,
+        "usable_memory_fraction": hw["usable_fraction"],
+        "bandwidth_gb_s": bandwidth,
+        "sizes": rows,
+        "assumptions": ASSUMPTIONS,
+    }
