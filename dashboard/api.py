@@ -6,6 +6,7 @@ from django.http import Http404
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
+from dashboard.economics.api import router as economics_router
 from dashboard.fleet.api import router as fleet_router
 from dashboard.jobs.api import agent_router, router as jobs_router
 
@@ -18,6 +19,7 @@ api = NinjaAPI(
 api.add_router("", fleet_router)
 api.add_router("", jobs_router)
 api.add_router("", agent_router)
+api.add_router("", economics_router)
 
 
 @api.exception_handler(AuthenticationError)

@@ -10,5 +10,6 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/v1/", api.urls),
     path("jobs/", include("dashboard.jobs.urls")),
+    path("economics/", include("dashboard.economics.urls")),
     path("", include("dashboard.fleet.urls")),
 ]

@@ -58,7 +58,9 @@ def make_app(broker_url: str, queue: str, transport_options: dict[str, Any] | No
     from celery import Celery
     from kombu import Queue
 
-    app = Celery("hwprobe", broker=broker_url, set_as_current=False)
+    # fixups=[]: no Django fixup even where DJANGO_SETTINGS_MODULE happens to be set; the
+    # worker needs nothing of the dashboard's code.
+    app = Celery("hwprobe", broker=broker_url, set_as_current=False, fixups=[])
     app.conf.update(
         task_serializer="json",
         result_serializer="json",

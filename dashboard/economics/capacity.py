@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from dashboard.fleet.models import Machine
@@ -125,7 +126,7 @@ def machine_capacity(machine: Machine, context_tokens: int = DEFAULT_CONTEXT_TOK
         "context_tokens": context_tokens,
         "batch": batch,
         "devices": hw["devices"],
-        "device_summary": ", ".join(short_name(d["name"]) for d in hw["devices"]),
+        "device_summary": ", ".join(f"{n} × {name}" for name, n in Counter(short_name(d["name"]) for d in hw["devices"]).items()),
         "memory_bytes": memory,
         "usable_memory_fraction": hw["usable_fraction"],
         "bandwidth_gb_s": bandwidth,

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
+from django.db.models import Sum
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from dashboard.economics.views import machine_panel
 from dashboard.jobs.pages import machine_jobs
 
-from . import queries
-from .models import Machine
+from . import queries, throughput
+from .models import Machine, ThroughputSample
+
+RANGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
 
 
 def _gpus(m: dict[str, Any]) -> list[dict[str, Any]]:
@@ -46,23 +52,33 @@ def _present(m: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _fleet_tokens(since: datetime) -> dict[str, int]:
+    """Tokens the fleet counted since ``since``, per charted kind: which throughput charts have data."""
+    sums = ThroughputSample.objects.filter(ts__gte=since).aggregate(train=Sum("train_tokens"), generated=Sum("generated_tokens"))
+    return {kind: int(n or 0) for kind, n in sums.items()}
+
+
 @login_required
 def overview(request: HttpRequest) -> HttpResponse:
     context = {
         "machines": [_present(m) for m in queries.fleet_overview()],
         "server_url": request.build_absolute_uri("/").rstrip("/"),
     }
+    if context["machines"]:
+        context["fleet_tokens"] = _fleet_tokens(timezone.now() - timedelta(hours=1))
     partial = request.GET.get("partial")
     return render(request, "fleet/_machines.html" if partial else "fleet/overview.html", context)
 
 
 @login_required
 def machine(request: HttpRequest, name: str) -> HttpResponse:
-    m = _present(queries.machine_detail(get_object_or_404(Machine, name=name)))
+    machine_obj = get_object_or_404(Machine, name=name)
+    m = _present(queries.machine_detail(machine_obj))
     context = {
         "m": m,
         "server_url": request.build_absolute_uri("/").rstrip("/"),
         "jobs": machine_jobs(name),
+        "economics": machine_panel(name),
         "charts": {
             "seriesUrl": reverse("api:machine_series", kwargs={"name": name}),
             "liveUrl": f"{request.path}?partial=1",
@@ -71,4 +87,8 @@ def machine(request: HttpRequest, name: str) -> HttpResponse:
         },
     }
     partial = request.GET.get("partial")
+    if not partial:  # the live refresh does not show it; static/js/throughput.js refreshes it
+        now = timezone.now()
+        span = RANGES.get(request.GET.get("range", ""), RANGES["1h"])
+        context["throughput"] = throughput.machine_summary(machine_obj, now - span, now)
     return render(request, "fleet/_machine_live.html" if partial else "fleet/machine.html", context)

@@ -11,6 +11,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from dashboard.accounts.models import is_operator
+from dashboard.fleet import throughput
 from dashboard.fleet.models import Machine
 
 from . import queries, service
@@ -23,8 +24,12 @@ FILTERS = ("status", "machine", "kind", "owner")
 @login_required
 def job_list(request: HttpRequest) -> HttpResponse:
     chosen = {f: request.GET.get(f) or "" for f in FILTERS}
+    jobs = list(queries.job_list(**{f: v or None for f, v in chosen.items()})[:200])
+    summaries = throughput.job_summaries([job.pk for job in jobs])
+    for job in jobs:
+        job.throughput_summary = summaries.get(job.pk)  # read by the main_throughput filter
     context = {
-        "jobs": queries.job_list(**{f: v or None for f, v in chosen.items()})[:200],
+        "jobs": jobs,
         "chosen": chosen,
         "statuses": Job.Status.choices,
         "kinds": Job.Kind.choices,
@@ -44,7 +49,10 @@ def job_page(request: HttpRequest, pk: int) -> HttpResponse:
         "can_cancel": service.can_cancel(request.user, job) and not job.is_finished,
         "live": {"logUrl": reverse("api:job_log", kwargs={"job_id": job.pk}), "stateUrl": f"{request.path}?partial=1"},
     }
-    return render(request, "jobs/_job_state.html" if request.GET.get("partial") else "jobs/job.html", context)
+    partial = request.GET.get("partial")
+    if not partial:  # the state refresh does not show it; static/js/throughput.js refreshes it
+        context["throughput"] = throughput.job_summary(job)
+    return render(request, "jobs/_job_state.html" if partial else "jobs/job.html", context)
 
 
 @login_required

@@ -36,6 +36,7 @@ class FakeDashboard:
         self.chunks: dict[int, dict[str, Any]] = {}
         self.finished: list[dict[str, Any]] = []
         self.beats: list[dict[str, Any]] = []
+        self.config_status = 200
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -70,11 +71,18 @@ class FakeDashboard:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                ok = fake.config_status == 200
+                self._reply(fake.config_status, {"machine": "gpu-01", "queue": "machine.gpu-01", "broker_url": "memory://",
+                                                 "broker_transport_options": {}} if ok else {"error": "invalid token"})
+
             def do_POST(self) -> None:  # noqa: N802
                 assert self.headers["Authorization"] == "Bearer tok"
                 action = self.path.rsplit("/", 1)[-1]
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                status, answer = fake.answer(action, body)
+                self._reply(*fake.answer(action, body))
+
+            def _reply(self, status: int, answer: dict[str, Any]) -> None:
                 raw = json.dumps(answer).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -383,3 +391,57 @@ def test_the_log_shipper_keeps_seqs_across_retries_and_notes_dropped_output():
     assert "".join(c["text"] for c in chunks if c["stream"] == "stdout") == "0123456789"
     assert [c["text"] for c in chunks if c["stream"] == "stderr"] == [
         "abc", "[hwprobe: 16 characters of output were dropped while the server was unreachable]\n"]
+
+
+def test_the_worker_app_takes_json_only_and_acknowledges_jobs_at_their_end(dash, tmp_path):
+    pytest.importorskip("celery")
+    from hwprobe import worker
+
+    app = worker.make_app("memory://", "machine.gpu-01")
+    conf = app.conf
+    assert conf.task_serializer == "json" and conf.accept_content == ["json"]
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.worker_prefetch_multiplier == 1
+    assert [q.name for q in conf.task_queues] == ["machine.gpu-01"]
+    assert not app.fixups, "the worker must not load Django"
+    api = ServerApi(dash.url, "tok")
+    task = worker.register(app, api, None, {"heartbeat_s": 0.2, "flush_s": 0.2, "jobs_dir": tmp_path})
+    assert task.name == "hwprobe.run_job"
+    answer = task.run(job_id=7, attempt=1, spec=job_spec(["touch", str(tmp_path / "ran")]))
+    assert answer == {"outcome": "refused", "exit_code": None}
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_broken_policy_file_refuses_every_job(dash, tmp_path):
+    pytest.importorskip("celery")
+    from hwprobe import worker
+
+    bad = tmp_path / "worker.toml"
+    bad.write_text("allow_shel = true\n")
+    task = worker.register(worker.make_app("memory://", "q"), ServerApi(dash.url, "tok"), str(bad), {})
+    task.run(job_id=7, attempt=1, spec=job_spec(["python3", "-m", "hwprobe.workloads", "train"]))
+    assert dash.finished[0]["outcome"] == "refused" and "invalid" in dash.finished[0]["message"]
+
+
+def test_the_worker_command_exits_2_when_the_server_refuses_its_token(dash, capsys):
+    pytest.importorskip("celery")
+    from hwprobe import worker
+
+    dash.config_status = 401
+    assert worker.main(["--server", dash.url, "--token", "tok"]) == 2
+    assert "invalid token" in capsys.readouterr().err
+
+
+def test_a_job_given_a_gpu_by_uuid_sees_exactly_that_gpu(dash, tmp_path):
+    from hwprobe.workloads.mingru import torch_cuda
+
+    if not torch_cuda():
+        pytest.skip("needs PyTorch and a visible CUDA GPU")
+    uuid = subprocess.run(["nvidia-smi", "--query-gpu=uuid", "--format=csv,noheader"], capture_output=True,
+                          text=True, check=True).stdout.split()[0]
+    code = "import torch; print(torch.cuda.device_count())"
+    policy = Policy(rules=ALLOW_PY.rules, pass_env=("LD_LIBRARY_PATH",))
+    run(dash, job_spec(py(code), gpus=[0], gpu_uuids=[uuid]), tmp_path, policy)
+    assert dash.text("stdout") == "1\n", dash.text()
+    dash.chunks.clear()
+    run(dash, job_spec(py(code)), tmp_path, policy)
+    assert dash.text("stdout") == "0\n", dash.text()

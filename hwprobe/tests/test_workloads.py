@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import queue
 import signal
 import subprocess
@@ -18,6 +19,9 @@ import pytest
 from hwprobe.workloads import mingru, parse_progress, progress_line
 
 ROOT = Path(__file__).resolve().parents[2]
+TEXT = (ROOT / "hwprobe" / "workloads" / "texts" / "coriolanus.txt").read_text()
+
+needs_gpu = pytest.mark.skipif(not mingru.torch_cuda(), reason="needs PyTorch and a visible CUDA GPU")
 
 
 class Proc:
@@ -25,7 +29,7 @@ class Proc:
 
     def __init__(self, *args: str, cwd: Path) -> None:
         self.p = subprocess.Popen([sys.executable, "-m", "hwprobe.workloads", *args], cwd=cwd,
-                                  env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+                                  env={**os.environ, "PYTHONPATH": str(ROOT)},
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
@@ -216,3 +220,35 @@ def test_serve_loads_a_trained_model(tmp_path):
         proc.finish(20)
     finally:
         proc.kill()
+
+
+@needs_gpu
+def test_the_gpu_trainer_computes_the_same_loss_as_numpy():
+    cfg = mingru.Config("".join(sorted(set(TEXT))), dim=32, hidden=48, layers=2)
+    params = mingru.init_params(cfg, 5)
+    data = np.array(mingru.encode(cfg, TEXT))
+    starts = np.random.default_rng(0).integers(0, len(data) - 65, 16)
+    window = data[starts[:, None] + np.arange(65)]
+    expected, _ = mingru.loss_and_grads(params, cfg, window[:, :-1], window[:, 1:])
+    trainer = mingru.TorchTrainer(params, cfg, lr=1e-3)
+    assert trainer.step(window[:, :-1], window[:, 1:]) == pytest.approx(expected, rel=1e-4)
+    assert set(trainer.params()) == set(params)
+
+
+@needs_gpu
+def test_training_on_the_gpu_reports_progress_and_saves_a_model_serve_can_load(tmp_path):
+    proc = Proc("train", "--seconds", "8", "--device", "cuda", "--out", "gpu.npz", cwd=tmp_path)
+    try:
+        lines = proc.finish(90)
+    finally:
+        proc.kill()
+    assert any("on cuda (PyTorch)" in line for line in lines), lines
+    reports = progress(lines)
+    assert reports[-2]["loss"] < reports[0]["loss"] - 0.2, [r["loss"] for r in reports]
+    print("\ngpu train:", lines[0], reports[-1])
+    assert int(mingru.load(tmp_path / "gpu.npz")[2]["adam.t"]) == reports[-1]["step"]
+    serve = Proc("serve", "--port", "0", "--seconds", "2", "--model", "gpu.npz", "--load", "2", cwd=tmp_path)
+    try:
+        assert progress(serve.finish(30))[-1]["generated_tokens"] > 0
+    finally:
+        serve.kill()

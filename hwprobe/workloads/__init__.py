@@ -2,7 +2,7 @@
 works on any machine with nothing to download (numpy; PyTorch on a GPU when installed).
 
 * ``train`` trains a tiny character-level minGRU language model (:mod:`.mingru`) on the text
-  shipped in ``data/`` and saves it (``.npz``) to ``--out``;
+  shipped in ``texts/`` and saves it (``.npz``) to ``--out``;
 * ``serve`` answers ``POST /generate`` with such a model, exposes Prometheus ``/metrics`` and can
   load itself with ``--load N`` concurrent request loops.
 

@@ -300,3 +300,30 @@ class TorchTrainer:
 
     def params(self) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy().astype(DTYPE) for k, v in self.p.items()}
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Adam's moments in :meth:`Adam.state`'s layout, so checkpoints move between back ends."""
+        out: dict[str, np.ndarray] = {}
+        steps = 0
+        for k, p in self.p.items():
+            st = self.opt.state.get(p)
+            if not st:
+                return {}
+            out[f"adam.m.{k}"] = st["exp_avg"].detach().cpu().numpy()
+            out[f"adam.v.{k}"] = st["exp_avg_sq"].detach().cpu().numpy()
+            steps = int(st["step"])
+        out["adam.t"] = np.array(steps)
+        return out
+
+    def load_state(self, extra: dict[str, np.ndarray]) -> bool:
+        """Restore moments saved by :meth:`state` or :meth:`Adam.state`; False if they do not fit."""
+        torch = self.torch
+        if "adam.t" not in extra or any(f"adam.m.{k}" not in extra for k in self.p):
+            return False
+        for k, p in self.p.items():
+            self.opt.state[p] = {
+                "step": torch.tensor(float(extra["adam.t"])),
+                "exp_avg": torch.tensor(extra[f"adam.m.{k}"], device=self.device),
+                "exp_avg_sq": torch.tensor(extra[f"adam.v.{k}"], device=self.device),
+            }
+        return True

@@ -18,7 +18,7 @@ import numpy as np
 
 from hwprobe.workloads import mingru, progress_line
 
-DEFAULT_TEXT = Path(__file__).parent / "data" / "coriolanus.txt"
+DEFAULT_TEXT = Path(__file__).parent / "texts" / "coriolanus.txt"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     batch = args.batch or (256 if use_cuda else 32)
     if use_cuda:
         trainer = mingru.TorchTrainer(params, cfg, args.lr)
+        trainer.load_state(extra)
         step_fn = trainer.step
     else:
         adam = mingru.Adam(params, lr=args.lr)
@@ -106,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             last_report, since_tokens, since_loss, since_steps = now, 0, 0.0, 0
 
     if use_cuda:
-        params = trainer.params()
-        state: dict[str, np.ndarray] = {}
+        params, state = trainer.params(), trainer.state()
     else:
         state = adam.state()
     mingru.save(out, params, cfg, state)

@@ -26,12 +26,18 @@
     url.searchParams.set("partial", "1");
     const response = await fetch(url, { headers: { "X-Requested-With": "fetch" }, credentials: "same-origin" });
     if (response.redirected || !response.ok) return;  // logged out, or a server error: keep what we show
+    // The throughput card keeps its drawn charts: the fresh copy only marks where it goes.
+    const kept = document.getElementById("fleet-throughput");
     root.innerHTML = await response.text();
+    const fresh = document.getElementById("fleet-throughput");
+    if (kept && fresh) fresh.replaceWith(kept);
     drawSparklines();
+    if (window.Throughput) await Throughput.fleet();
     Charts.tickAgo(root);
   }
 
   drawSparklines();
+  if (window.Throughput) Throughput.fleet().catch((err) => console.warn("throughput failed", err));
   Charts.tickAgo(root);
   setInterval(() => { if (!document.hidden) Charts.tickAgo(root); }, 1000);
   // The first render came with the page: start polling after one period.

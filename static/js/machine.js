@@ -92,7 +92,7 @@
   }
 
   async function refresh() {
-    await Promise.all([...charts.map(draw), refreshLive()]);
+    await Promise.all([...charts.map(draw), refreshLive(), window.Throughput && Throughput.machine(range)]);
   }
 
   document.querySelectorAll("[data-range]").forEach((button) => {

@@ -61,3 +61,44 @@ def epoch_ms(moment: datetime | None) -> int | str:
 def percent(value: float | None) -> str:
     """'42 %'; '–' when unknown."""
     return "–" if value is None else f"{value:.0f} %"
+
+
+_SI_PREFIXES = (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3))
+
+
+@register.filter
+def si(value: float | None, unit: str = "") -> str:
+    """'1.23 k tokens/s': three significant digits and a k/M/G/T prefix; '—' when unknown.
+
+    static/js/throughput.js formats numbers the same way.
+    """
+    if value is None:
+        return "—"
+    rounded = float(f"{float(value):.3g}")  # 999.6 becomes 1000 before the prefix is chosen
+    if rounded == 0:
+        text = "0"
+    elif abs(rounded) < 0.001:
+        text = "< 0.001"
+    else:
+        text = f"{rounded:.3g}"
+        for prefix, size in _SI_PREFIXES:
+            if abs(rounded) >= size:
+                text = f"{rounded / size:.3g} {prefix}"
+                break
+    return f"{text} {unit}" if unit else text
+
+
+_KIND_ORDER = ("train", "prompt", "generated")
+_KIND_LABELS = {"train": "Training tokens", "prompt": "Prompt tokens", "generated": "Generated tokens"}
+
+
+@register.filter
+def throughput_rows(summary: dict | None) -> list[dict]:
+    """A throughput summary ({kind: {...}}, as the API gives it) as labelled rows in chart order."""
+    summary = summary or {}
+    return [{"kind": k, "label": _KIND_LABELS[k], **summary[k]} for k in _KIND_ORDER if k in summary]
+
+
+@register.filter
+def any_tokens(summary: dict | None) -> bool:
+    return any(s["total_tokens"] for s in (summary or {}).values())

@@ -22,6 +22,7 @@ from dashboard.fleet import rollup
 from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.models import Machine
 from dashboard.fleet.payload import parse_batch
+from dashboard.jobs.models import Job, JobAttempt
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
@@ -36,12 +37,23 @@ SCREENSHOTS = (
     else Path(tempfile.mkdtemp(prefix="hwdash-shots-"))
 )
 ZONE = "Australia/Adelaide"  # +09:30/+10:30: a half-hour offset catches times shown in UTC
-CHARTS = ("chart-cpu", "chart-ram", "chart-gpu-util", "chart-gpu-mem", "chart-gpu-power", "chart-gpu-temp")
+CHARTS = ("chart-cpu", "chart-ram", "chart-gpu-util", "chart-gpu-mem", "chart-gpu-power", "chart-gpu-temp",
+          "chart-tokens-train", "chart-tokens-prompt", "chart-tokens-generated")
+DRAWN = "id => { const el = document.getElementById(id); return el && el.data && el.data.length && el.data[0].x.length > 0; }"
 
 
 def send(machine: Machine, samples: list[dict], gpus: int, **kw) -> None:
     batch = {"agent_version": "0.1.0", "dropped": 0, "inventory": make_inventory(gpus), "samples": samples}
     store_batch(machine, parse_batch(json.dumps(batch).encode()), **kw)
+
+
+def add_tokens(samples: list[dict], train_job: int, serve_job: int) -> None:
+    """A training job's tokens on every window, a serving job's from the second half-hour on."""
+    for i, sample in enumerate(samples):
+        level = 0.6 + 0.3 * math.sin(i / 40)
+        sample["tokens"] = [{"job_id": train_job, "source": "progress", "train": int(180_000 * level)}]
+        if i >= 180:
+            sample["tokens"].append({"job_id": serve_job, "source": "prometheus", "prompt": int(9_000 * level), "generated": int(12_000 * level)})
 
 
 def an_hour_of_samples(gpus: int) -> list[dict]:
@@ -63,14 +75,23 @@ def an_hour_of_samples(gpus: int) -> list[dict]:
 
 @pytest.fixture
 def fleet(transactional_db, django_user_model):
-    django_user_model.objects.create_user("victor", password="victor-pass")
+    victor = django_user_model.objects.create_user("victor", password="victor-pass")
     gpu_box = Machine.objects.create(name="gpu-01")
-    send(gpu_box, an_hour_of_samples(gpus=4), gpus=4)
+    started = datetime.fromtimestamp(time.time() - 3660, ZoneInfo("UTC"))
+    jobs = [Job.objects.create(owner=victor, name=name, kind=kind, argv=["x"], gpus=len(gpus), machine=gpu_box,
+                               assigned_gpus=gpus, status="running", started_at=started, attempt=1)
+            for name, kind, gpus in (("llama-finetune", "train", [0, 1]), ("chat-serve", "serve", [2]))]
+    for job in jobs:  # tokens are linked to a job only where it has an attempt
+        JobAttempt.objects.create(job=job, number=1, machine=gpu_box, gpus=job.assigned_gpus, started_at=started)
+    samples = an_hour_of_samples(gpus=4)
+    add_tokens(samples, jobs[0].pk, jobs[1].pk)
+    send(gpu_box, samples, gpus=4)
     cpu_box = Machine.objects.create(name="cpu-02")
     stale = time.time() - 900
     send(cpu_box, [make_sample(1, stale, gpus=0)], gpus=0, now=datetime.fromtimestamp(stale, ZoneInfo("UTC")))
     Machine.objects.create(name="gpu-03")  # enrolled, agent not started yet
     rollup.catch_up()
+    return {job.name: job.pk for job in jobs}  # the ORM is out of reach once Playwright runs
 
 
 @pytest.fixture
@@ -100,6 +121,9 @@ def test_a_user_logs_in_and_sees_the_fleet_and_a_machines_charts(fleet, live_ser
     log_in(page, live_server.url)
 
     page.wait_for_selector(".machine[data-machine='gpu-01'] .sparkline .main-svg")
+    for chart in ("chart-fleet-train", "chart-fleet-generated"):
+        page.wait_for_function(DRAWN, arg=chart)
+    assert page.evaluate("document.getElementById('chart-fleet-train').data.map(t => t.name)") == ["gpu-01"]
     cards = page.locator(".machine")
     assert cards.count() == 3
     gpu_card = page.locator(".machine[data-machine='gpu-01']")
@@ -110,13 +134,10 @@ def test_a_user_logs_in_and_sees_the_fleet_and_a_machines_charts(fleet, live_ser
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "fleet.png"), full_page=True)
 
-    page.click("text=gpu-01")
+    page.click(".machine[data-machine='gpu-01'] h2 a")  # the throughput legend names it too
     page.wait_for_url(live_server.url + "/machines/gpu-01/")
     for chart in CHARTS:
-        page.wait_for_function(
-            "id => { const el = document.getElementById(id); return el && el.data && el.data.length && el.data[0].x.length > 0; }",
-            arg=chart,
-        )
+        page.wait_for_function(DRAWN, arg=chart)
         assert page.evaluate(f"document.getElementById('{chart}').data[0].x.length") > 0
 
     # One trace per GPU on the GPU charts (mean lines carry the legend).
@@ -133,10 +154,31 @@ def test_a_user_logs_in_and_sees_the_fleet_and_a_machines_charts(fleet, live_ser
     assert page.evaluate("document.getElementById('chart-ram').layout.yaxis.title.text") == "RAM used (GiB)"
     assert page.evaluate("document.getElementById('chart-cpu').layout.yaxis.range") == [0, 101]
     assert "alice" in page.locator("#machine-processes").inner_text()
+    # Throughput: stacked by job, in tokens/s, with a summary per kind.
+    tokens = page.evaluate("document.getElementById('chart-tokens-generated').data.map(t => [t.name, t.stackgroup])")
+    assert tokens == [[f"#{fleet['chat-serve']} chat-serve", "tokens"]]
+    assert page.evaluate("document.getElementById('chart-tokens-train').layout.yaxis.title.text") == "Throughput (tokens/s)"
+    assert "tokens/J" in page.inner_text("#machine-throughput [data-kind='train'] .throughput-summary")
+    assert page.locator("#machine-throughput .throughput-empty").is_hidden()
     page.wait_for_timeout(500)  # let the last relayout settle before the picture
     page.screenshot(path=str(SCREENSHOTS / "machine.png"), full_page=True)
 
     page.click("button[data-range='24h']")
     assert "range=24h" in page.url
     page.wait_for_function("document.getElementById('chart-cpu').layout.uirevision === '24h'")
+    page.wait_for_function("document.getElementById('chart-tokens-train').layout.uirevision === '24h'")
+
+    # A job's throughput with its GPUs' utilisation on a second axis.
+    job = fleet["llama-finetune"]
+    page.goto(f"{live_server.url}/jobs/{job}/")
+    page.wait_for_function(DRAWN, arg="chart-job-throughput")
+    traces = page.evaluate("document.getElementById('chart-job-throughput').data.map(t => [t.name, t.yaxis || 'y'])")
+    assert traces == [["Training tokens", "y"], ["GPU utilisation (mean of 2)", "y2"]]
+    assert page.evaluate("document.getElementById('chart-job-throughput').layout.yaxis2.side") == "right"
+    assert "tokens/J" in page.inner_text("#job-throughput tr[data-kind='train']")
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(SCREENSHOTS / "job-throughput.png"), full_page=True)
+
+    page.goto(f"{live_server.url}/jobs/")
+    assert "tokens/s" in page.inner_text(f"#jobs tr:has(a[href='/jobs/{job}/'])")
     assert page.errors == []

@@ -49,3 +49,14 @@ def local_time(moment) -> str:
         return "–"
     utc = moment.astimezone(dt_timezone.utc)
     return format_html('<time datetime="{}">{} UTC</time>', utc.isoformat(), utc.strftime("%Y-%m-%d %H:%M:%S"))
+
+
+# The tokens a job is about: what training consumes, what serving generates.
+MAIN_TOKEN_KIND = {Job.Kind.TRAIN: "train", Job.Kind.SERVE: "generated"}
+
+
+@register.filter
+def main_throughput(job: Job) -> dict | None:
+    """The jobs list's cell: the summary of the job's main kind of tokens (set by the view), None without any."""
+    summary = (getattr(job, "throughput_summary", None) or {}).get(MAIN_TOKEN_KIND.get(job.kind, "train"))
+    return summary if summary and summary["total_tokens"] else None

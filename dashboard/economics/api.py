@@ -1,0 +1,69 @@
+"""JSON API for RoI, capacity, assemblies and share-or-split. Errors are {"error": "..."}."""
+
+from __future__ import annotations
+
+from django.shortcuts import get_object_or_404
+from django.utils import timezone
+from ninja import Router
+from ninja.errors import HttpError
+
+from dashboard.accounts.auth import USER_AUTH
+from dashboard.fleet.models import Machine
+from dashboard.fleet.series import SeriesError, parse_time
+
+from . import assemblies, capacity, roi, share
+
+router = Router(tags=["economics"])
+
+
+def _range(since: str | None, until: str | None):
+    now = timezone.now()
+    try:
+        start = parse_time(since, now, "since") if since else None
+        end = parse_time(until, now, "until") if until else None
+    except SeriesError as exc:
+        raise HttpError(400, str(exc))
+    if start and end and end <= start:
+        raise HttpError(400, "since: must be before until")
+    return start, end
+
+
+def _idle(value: float) -> float:
+    if not 0 <= value <= 100:
+        raise HttpError(400, "idle_below_percent: must be between 0 and 100")
+    return value
+
+
+@router.get("/machines/{name}/roi", auth=USER_AUTH, summary="Energy, cost, value, RoI and payback of one machine")
+def machine_roi(request, name: str, since: str | None = None, until: str | None = None,
+                idle_below_percent: float = roi.DEFAULT_IDLE_BELOW_PERCENT):
+    """`since`/`until`: a duration back from now (`7d`) or an ISO 8601 time; default: since it went
+    into service. Hours whose mean accelerator utilisation is below `idle_below_percent` are idle."""
+    m = get_object_or_404(Machine, name=name)
+    start, end = _range(since, until)
+    return roi.machine_roi(m, since=start, until=end, idle_below_percent=_idle(idle_below_percent))
+
+
+@router.get("/machines/{name}/capacity", auth=USER_AUTH, summary="Which model sizes one machine can serve and train")
+def machine_capacity(request, name: str, context_tokens: int = capacity.DEFAULT_CONTEXT_TOKENS,
+                     batch: int = capacity.DEFAULT_BATCH):
+    m = get_object_or_404(Machine, name=name)
+    if not 1 <= context_tokens <= 1_048_576:
+        raise HttpError(400, "context_tokens: must be between 1 and 1048576")
+    if not 1 <= batch <= 4096:
+        raise HttpError(400, "batch: must be between 1 and 4096")
+    return capacity.machine_capacity(m, context_tokens, batch)
+
+
+@router.get("/machines/{name}/share", auth=USER_AUTH, summary="Share or split: training and serving alone and together")
+def machine_share(request, name: str, since: str | None = None, until: str | None = None):
+    m = get_object_or_404(Machine, name=name)
+    start, end = _range(since, until)
+    return share.share_or_split(m, since=start, until=end)
+
+
+@router.get("/assemblies", auth=USER_AUTH, summary="Assemblies compared on measured throughput, energy and money")
+def assembly_comparison(request, since: str | None = None, until: str | None = None,
+                        idle_below_percent: float = roi.DEFAULT_IDLE_BELOW_PERCENT):
+    start, end = _range(since, until)
+    return assemblies.comparison(since=start, until=end, idle_below_percent=_idle(idle_below_percent))

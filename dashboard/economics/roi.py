@@ -1,0 +1,385 @@
+"""What a machine cost and earned, per day and cumulative since it went into service.
+
+Energy comes from the hour rollups of accelerator power (estimated from utilisation and rated
+power where a device has no power sensor); value from the tokens in ``ThroughputSample`` and the
+GPU-hours of training attempts. Days are calendar days in the server's TIME_ZONE.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta, timezone as dt_timezone
+from typing import Any
+
+from django.db.models import Max
+from django.db.models.functions import TruncHour
+from django.urls import reverse
+from django.utils import timezone
+
+from dashboard.fleet.models import GpuRollup, Machine, ThroughputSample
+from dashboard.jobs.models import Job, JobAttempt
+
+from . import formulas as f
+from .hardware import all_specs, assembly_key, physical, spec_for
+from .models import CostProfile, ValueRates
+
+UTC = dt_timezone.utc
+DEFAULT_IDLE_BELOW_PERCENT = 10.0
+DEFAULT_AMORTISATION_MONTHS = 36  # for a profile derived from catalogue prices
+RECENT = timedelta(days=7)  # the payback projection uses the net rate of the last week
+
+
+@dataclass
+class Profile:
+    """The cost profile in force for a machine, whichever row (or the catalogue) it came from."""
+
+    source: str  # "machine", "assembly" or "catalogue"
+    name: str
+    currency: str
+    purchase_price: float
+    amortisation_months: int
+    in_service: datetime
+    price_per_kwh: float | None  # None: unknown (a catalogue-derived profile)
+    pue: float
+    host_power_watts: float
+    fixed_monthly: float
+
+    @property
+    def amortisation_s(self) -> float:
+        return self.amortisation_months * f.SECONDS_PER_MONTH
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source, "name": self.name, "currency": self.currency,
+            "purchase_price": self.purchase_price, "amortisation_months": self.amortisation_months,
+            "in_service": self.in_service.isoformat(), "electricity_price_per_kwh": self.price_per_kwh,
+            "pue": self.pue, "host_power_watts": self.host_power_watts, "fixed_monthly": self.fixed_monthly,
+        }
+
+
+def _start_of_day(d, zone) -> datetime:
+    return datetime.combine(d, time.min, tzinfo=zone)
+
+
+def effective_profile(machine: Machine) -> Profile | None:
+    """The machine's own profile, else its assembly's, else one from catalogue prices, else None."""
+    zone = timezone.get_current_timezone()
+    accelerators = list(machine.accelerators.all())
+    row = CostProfile.objects.filter(machine=machine).first() or CostProfile.objects.filter(
+        machine=None, assembly=assembly_key(machine, accelerators)
+    ).first()
+    if row is not None:
+        start = _start_of_day(row.in_service_on, zone) if row.in_service_on else machine.created_at
+        return Profile(
+            "machine" if row.machine_id else "assembly", row.name, row.currency, float(row.purchase_price),
+            row.amortisation_months, start, float(row.electricity_price_per_kwh), row.pue, row.host_power_watts,
+            float(row.fixed_monthly),
+        )
+    devices = physical(accelerators)
+    specs = all_specs()
+    prices = [getattr(spec_for(a.name, specs), "launch_price_usd", None) for a in devices]
+    if not devices or any(p is None for p in prices):
+        return None  # never invent money
+    return Profile("catalogue", "catalogue launch prices", "USD", float(sum(prices)), DEFAULT_AMORTISATION_MONTHS,
+                   machine.created_at, None, 1.0, 0.0, 0.0)
+
+
+def effective_rates(machine: Machine) -> ValueRates | None:
+    return ValueRates.objects.filter(machine=machine).first() or ValueRates.objects.filter(machine=None).first()
+
+
+def _num(value) -> float | None:
+    return None if value is None else float(value)
+
+
+def _floor_hour(t: datetime) -> datetime:
+    return t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def _hours(machine: Machine, lo: datetime, hi: datetime, idle_below: float) -> dict[datetime, dict[str, Any]]:
+    """Per UTC hour: accelerator energy (kWh), whether any of it is estimated, mean utilisation, seconds covered."""
+    rated = {}
+    specs = all_specs()
+    for a in physical(list(machine.accelerators.all())):
+        spec = spec_for(a.name, specs)
+        rated[a.index] = a.power_limit_watts or (spec.tdp_watts if spec else None)
+    rows = GpuRollup.objects.filter(
+        machine=machine, resolution_s=3600, bucket__gte=lo, bucket__lt=hi, gpu_index__in=list(rated)
+    ).values_list("bucket", "gpu_index", "count", "power_watts_mean", "util_percent_mean")
+    hours: dict[datetime, dict[str, Any]] = {}
+    for bucket, index, count, power, util in rows:
+        h = hours.setdefault(bucket, {"kwh": 0.0, "estimated_kwh": 0.0, "unknown": False, "utils": [], "seconds": 0})
+        h["seconds"] = max(h["seconds"], count)
+        if util is not None:
+            h["utils"].append(util)
+        if power is not None:
+            h["kwh"] += f.energy_kwh(power, count)
+        elif util is not None and rated.get(index):
+            kwh = f.energy_kwh(f.estimated_power_watts(util, rated[index]), count)
+            h["kwh"] += kwh
+            h["estimated_kwh"] += kwh
+        else:
+            h["unknown"] = True
+    for h in hours.values():
+        h["util"] = sum(h["utils"]) / len(h["utils"]) if h["utils"] else None
+        h["idle"] = h["util"] is not None and h["util"] < idle_below
+    return hours
+
+
+def _tokens_by_hour(machine: Machine, lo: datetime, hi: datetime) -> dict[datetime, dict[str, int]]:
+    """Generated, training and prompt tokens per UTC hour (per job, the source that counted most)."""
+    rows = (
+        ThroughputSample.objects.filter(machine=machine, ts__gt=lo, ts__lte=hi)
+        .annotate(hour=TruncHour("ts", tzinfo=UTC))
+        .values("hour", "seq", "job_key")
+        .annotate(g=Max("generated_tokens"), t=Max("train_tokens"), p=Max("prompt_tokens"))
+        .order_by()
+    )
+    out: dict[datetime, dict[str, int]] = defaultdict(lambda: {"generated": 0, "train": 0, "prompt": 0})
+    for r in rows:
+        bucket = out[r["hour"]]
+        bucket["generated"] += r["g"] or 0
+        bucket["train"] += r["t"] or 0
+        bucket["prompt"] += r["p"] or 0
+    return out
+
+
+def _train_gpu_seconds(machine: Machine, lo: datetime, hi: datetime, now: datetime, edges: list[datetime]) -> list[float]:
+    """GPU-seconds of training attempts in each period between consecutive ``edges``."""
+    out = [0.0] * (len(edges) - 1)
+    spans = (
+        JobAttempt.objects.filter(machine=machine, job__kind=Job.Kind.TRAIN, started_at__isnull=False, started_at__lt=hi)
+        .exclude(ended_at__lte=lo)
+        .values_list("started_at", "ended_at", "gpus")
+    )
+    for started, ended, gpus in spans:
+        end = ended or now
+        n = max(1, len(gpus or []))
+        for i in range(len(out)):
+            overlap = (min(end, edges[i + 1]) - max(started, edges[i])).total_seconds()
+            if overlap > 0:
+                out[i] += overlap * n
+    return out
+
+
+def _day_edges(start: datetime, until: datetime) -> list[datetime]:
+    zone = timezone.get_current_timezone()
+    edges = [start]
+    day = start.astimezone(zone).date() + timedelta(days=1)
+    while (edge := _start_of_day(day, zone)) < until:
+        edges.append(edge)
+        day += timedelta(days=1)
+    edges.append(until)
+    return edges
+
+
+def machine_roi(
+    machine: Machine, since: datetime | None = None, until: datetime | None = None,
+    idle_below_percent: float = DEFAULT_IDLE_BELOW_PERCENT, now: datetime | None = None,
+) -> dict[str, Any]:
+    """Energy, cost, value, RoI, payback and idle cost of one machine, per day and in total.
+
+    Days are computed from the machine's start of service (so cumulative figures are lifetime
+    figures); ``since`` (rounded down to the hour) only chooses which days are reported and summed.
+    """
+    now = now or timezone.now()
+    until = min(until or now, now)
+    profile = effective_profile(machine)
+    rates = effective_rates(machine)
+    problems: list[str] = []
+    start = _floor_hour(profile.in_service if profile else machine.created_at)
+    window_start = max(start, _floor_hour(since)) if since else start
+    if until <= start:
+        until = start + timedelta(hours=1)
+
+    if profile is None:
+        problems.append("set a cost profile: no purchase price is known for this machine or its assembly")
+    elif profile.price_per_kwh is None:
+        problems.append("the cost profile comes from catalogue prices and has no electricity price: energy is not costed")
+    value_ok = rates is not None and (profile is None or rates.currency == profile.currency)
+    if rates is None:
+        problems.append("set value rates: nothing says what a token or a GPU-hour is worth")
+    elif profile is not None and rates.currency != profile.currency:
+        problems.append(f"the value rates are in {rates.currency} and the cost profile in {profile.currency}: "
+                        "value is not compared with cost across currencies")
+    serve_rate = _num(rates.serve_per_million_generated) if value_ok else None
+    train_token_rate = _num(rates.train_per_million_tokens) if value_ok else None
+    train_hour_rate = _num(rates.train_per_gpu_hour) if value_ok else None
+
+    edges = _day_edges(start, until)
+    if window_start > start and window_start not in edges:
+        edges = sorted([*edges, window_start])
+    hours = _hours(machine, start, until, idle_below_percent)
+    tokens = _tokens_by_hour(machine, start, until)
+    gpu_s = _train_gpu_seconds(machine, start, until, now, edges)
+
+    days: list[dict[str, Any]] = []
+    cum_cost = cum_value = cum_running = 0.0
+    hour_keys = sorted(set(hours) | set(tokens))
+    k = 0
+    for i in range(len(edges) - 1):
+        a, b = edges[i], edges[i + 1]
+        period_s = (b - a).total_seconds()
+        d = {"start": a, "end": b, "kwh": 0.0, "estimated_kwh": 0.0, "energy_unknown": False, "generated": 0,
+             "train": 0, "prompt": 0, "idle_hours": 0.0, "idle_kwh": 0.0, "monitored_hours": 0.0}
+        while k < len(hour_keys) and hour_keys[k] < b:
+            hk = hour_keys[k]
+            k += 1
+            if hk < a:
+                continue
+            h = hours.get(hk)
+            if h:
+                host_kwh = f.energy_kwh(profile.host_power_watts, h["seconds"]) if profile else 0.0
+                d["kwh"] += h["kwh"] + host_kwh
+                d["estimated_kwh"] += h["estimated_kwh"]
+                d["energy_unknown"] |= h["unknown"]
+                d["monitored_hours"] += h["seconds"] / 3600
+                if h["idle"]:
+                    d["idle_hours"] += h["seconds"] / 3600
+                    d["idle_kwh"] += h["kwh"] + host_kwh
+            t = tokens.get(hk)
+            if t:
+                d["generated"] += t["generated"]
+                d["train"] += t["train"]
+                d["prompt"] += t["prompt"]
+        d["train_gpu_hours"] = gpu_s[i] / 3600
+        if profile:
+            offset = (a - profile.in_service).total_seconds()
+            d["amortisation"] = f.amortisation_cost(profile.purchase_price, profile.amortisation_s, offset, offset + period_s)
+            d["fixed"] = f.fixed_cost(profile.fixed_monthly, period_s)
+            price = profile.price_per_kwh or 0.0
+            d["energy_cost"] = f.energy_cost(d["kwh"], price, profile.pue)
+            d["cost"] = d["amortisation"] + d["fixed"] + d["energy_cost"]
+            per_s = (d["amortisation"] + d["fixed"]) / period_s if period_s else 0.0
+            d["idle_cost"] = per_s * d["idle_hours"] * 3600 + f.energy_cost(d["idle_kwh"], price, profile.pue)
+        if value_ok:
+            d["value_serve"] = d["generated"] / 1e6 * serve_rate if serve_rate is not None else 0.0
+            if train_token_rate is not None:
+                d["value_train"] = d["train"] / 1e6 * train_token_rate
+            else:
+                d["value_train"] = d["train_gpu_hours"] * (train_hour_rate or 0.0)
+            d["value"] = d["value_serve"] + d["value_train"]
+        cum_cost += d.get("cost", 0.0)
+        cum_value += d.get("value", 0.0)
+        cum_running += d.get("fixed", 0.0) + d.get("energy_cost", 0.0)
+        d["cum_cost"] = cum_cost if profile else None
+        d["cum_value"] = cum_value if value_ok else None
+        d["cum_net"] = cum_value - cum_running
+        days.append(d)
+
+    window = [d for d in days if d["start"] >= window_start]
+    return _report(machine, profile, rates, value_ok, problems, days, window, window_start, until, idle_below_percent)
+
+
+def _sum(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if key in r]
+    return sum(values) if values else None
+
+
+def _report(machine, profile, rates, value_ok, problems, days, window, window_start, until, idle_below) -> dict[str, Any]:
+    has_cost = profile is not None
+    totals: dict[str, Any] = {
+        "energy_kwh": sum(d["kwh"] for d in window),
+        "energy_estimated_kwh": sum(d["estimated_kwh"] for d in window),
+        "energy_incomplete": any(d["energy_unknown"] for d in window),
+        "monitored_hours": sum(d["monitored_hours"] for d in window),
+        "idle_hours": sum(d["idle_hours"] for d in window),
+        "generated_tokens": sum(d["generated"] for d in window),
+        "train_tokens": sum(d["train"] for d in window),
+        "prompt_tokens": sum(d["prompt"] for d in window),
+        "train_gpu_hours": sum(d["train_gpu_hours"] for d in window),
+    }
+    for key in ("energy_cost", "amortisation", "fixed", "cost", "idle_cost", "value_serve", "value_train", "value"):
+        totals[key] = _sum(window, key) if (has_cost or key.startswith("value")) else None
+    if not value_ok:
+        totals.update(value_serve=None, value_train=None, value=None)
+    tokens = totals["generated_tokens"] + totals["train_tokens"]
+    totals["cost_per_million_tokens"] = f.cost_per_million_tokens(totals["cost"], tokens) if has_cost else None
+    totals["roi_percent"] = (
+        f.roi_percent(totals["value"], totals["cost"]) if has_cost and value_ok and totals["cost"] is not None else None
+    )
+    lifetime_cost = days[-1]["cum_cost"] if days else None
+    lifetime_value = days[-1]["cum_value"] if days else None
+    payback = _payback(profile, days, until) if has_cost and value_ok else {"status": "unknown", "date": None}
+    return {
+        "machine": machine.name,
+        "assembly": assembly_key(machine),
+        "currency": profile.currency if profile else (rates.currency if rates else None),
+        "since": window_start.isoformat(),
+        "until": until.isoformat(),
+        "idle_below_percent": idle_below,
+        "profile": profile.as_dict() if profile else None,
+        "rates": _rates_dict(rates),
+        "problems": problems,
+        "admin_url": reverse("admin:economics_costprofile_add") + f"?machine={machine.pk}",
+        "totals": totals,
+        "lifetime": {
+            "cost": lifetime_cost, "value": lifetime_value,
+            "roi_percent": f.roi_percent(lifetime_value, lifetime_cost) if lifetime_cost is not None and lifetime_value is not None else None,
+        },
+        "payback": payback,
+        "break_even": _break_even(days) if has_cost and value_ok else None,
+        "days": [_day_dict(d) for d in window],
+    }
+
+
+def _rates_dict(rates: ValueRates | None) -> dict[str, Any] | None:
+    if rates is None:
+        return None
+    return {
+        "scope": rates.machine.name if rates.machine_id else "global", "currency": rates.currency,
+        "serve_per_million_generated": _num(rates.serve_per_million_generated),
+        "train_per_million_tokens": _num(rates.train_per_million_tokens),
+        "train_per_gpu_hour": _num(rates.train_per_gpu_hour),
+    }
+
+
+def _payback(profile: Profile, days: list[dict], until: datetime) -> dict[str, Any]:
+    """When net earnings (value − energy − fixed costs) cover the purchase price."""
+    for d in days:
+        if d["cum_net"] >= profile.purchase_price:
+            return {"status": "paid back", "date": d["end"].isoformat(), "recent_net_per_day": None}
+    recent = [d for d in days if d["end"] > until - RECENT]
+    seconds = sum((d["end"] - d["start"]).total_seconds() for d in recent)
+    earned = sum(d.get("value", 0.0) - d.get("fixed", 0.0) - d.get("energy_cost", 0.0) for d in recent)
+    rate = earned / seconds if seconds else 0.0
+    left = f.payback_seconds(profile.purchase_price, days[-1]["cum_net"] if days else 0.0, rate)
+    return {
+        "status": "projected" if left is not None else "never at the recent rate",
+        "date": (until + timedelta(seconds=left)).isoformat() if left is not None else None,
+        "recent_net_per_day": rate * f.SECONDS_PER_DAY,
+    }
+
+
+def _break_even(days: list[dict]) -> dict[str, Any] | None:
+    """The end of the day on which cumulative value last caught up with cumulative cost."""
+    found = None
+    below = True
+    for d in days:
+        if d["cum_value"] is None or d["cum_cost"] is None:
+            return None
+        if d["cum_value"] >= d["cum_cost"] and d["cum_cost"] > 0:
+            if below:
+                found = d
+            below = False
+        else:
+            below = True
+            found = None
+    if found is None:
+        return None
+    return {"t": int(found["end"].timestamp() * 1000), "date": found["end"].isoformat(),
+            "cum_value": found["cum_value"], "cum_cost": found["cum_cost"]}
+
+
+def _day_dict(d: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "t": int(d["start"].timestamp() * 1000),
+        "end": int(d["end"].timestamp() * 1000),
+        "energy_kwh": d["kwh"], "energy_estimated_kwh": d["estimated_kwh"],
+        "energy_cost": d.get("energy_cost"), "amortisation": d.get("amortisation"), "fixed": d.get("fixed"),
+        "cost": d.get("cost"), "value": d.get("value"), "value_serve": d.get("value_serve"),
+        "value_train": d.get("value_train"), "cum_cost": d["cum_cost"], "cum_value": d["cum_value"],
+        "generated_tokens": d["generated"], "train_tokens": d["train"], "train_gpu_hours": d["train_gpu_hours"],
+        "idle_hours": d["idle_hours"], "idle_cost": d.get("idle_cost"),
+    }

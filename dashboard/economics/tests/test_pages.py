@@ -1,0 +1,70 @@
+"""The RoI pages and the machine page's panel: who may see them, what they show."""
+
+from __future__ import annotations
+
+import pytest
+
+from . import seed
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def utc(settings):
+    settings.TIME_ZONE = "UTC"
+
+
+def test_a_stranger_is_sent_to_the_login_page(client):
+    seed.priced_machine()
+    for url in ("/economics/", "/economics/machines/gpu-01/"):
+        r = client.get(url)
+        assert r.status_code == 302 and r["Location"].startswith("/login/?next="), url
+
+
+def test_the_roi_page_lists_machines_and_compares_assemblies(client, viewer):
+    seed.priced_machine()
+    seed.machine_with("gpu-09", 2)  # no price known
+    seed.shared_machine()  # another assembly, with serving measured
+    client.force_login(viewer)
+    html = client.get("/economics/").content.decode()
+    assert 'data-machine="gpu-01"' in html and "USD" in html
+    assert "set a cost profile" in html  # gpu-09
+    assert 'id="assembly-table"' in html and "2 × H100 80GB HBM3 · 256 GiB RAM" in html
+    assert 'class="badge best"' in html
+    assert 'name="idle_below_percent" value="10.0"' in html
+
+
+def test_the_machine_roi_page_shows_figures_capacity_and_share(client, viewer):
+    seed.priced_machine()
+    client.force_login(viewer)
+    html = client.get("/economics/machines/gpu-01/", {"context_tokens": "8192", "batch": "2"}).content.decode()
+    assert 'id="roi-figures"' in html and "H100 pair" in html and "amortisation" in html
+    assert 'id="capacity-table"' in html and "context 8192 tokens, batch 2" in html
+    assert 'id="roi-cumulative"' in html and "/api/v1/machines/gpu-01/roi" in html
+    assert 'id="share-verdict"' in html and "Not enough data yet" in html
+    assert client.get("/economics/machines/nope/").status_code == 404
+
+
+def test_bad_parameters_fall_back_to_the_defaults_and_say_so(client, viewer):
+    seed.priced_machine()
+    client.force_login(viewer)
+    html = client.get("/economics/machines/gpu-01/", {"batch": "many", "since": "soon"}).content.decode()
+    assert "batch: expected a number from 1 to 4096; using 1" in html
+    assert "since: expected a duration" in html
+    assert "context 4096 tokens, batch 1" in html
+
+
+def test_the_machine_page_carries_the_roi_and_capacity_panel(client, viewer):
+    seed.priced_machine()
+    client.force_login(viewer)
+    html = client.get("/machines/gpu-01/").content.decode()
+    assert 'id="capacity-table"' in html and 'id="roi-figures"' in html
+    assert "js/roi.js" in html
+
+
+def test_a_machine_without_a_price_links_to_the_admin(client, viewer):
+    m = seed.machine_with("gpu-09", 1)
+    client.force_login(viewer)
+    html = client.get("/machines/gpu-09/").content.decode()
+    assert f'/admin/economics/costprofile/add/?machine={m.pk}' in html
+    assert "set value rates" in html

@@ -1,0 +1,201 @@
+"""A real server (gunicorn), a real machine worker (`hwprobe.worker`, Celery) and real jobs.
+
+The broker is Redis when REDIS_URL is set, else the embedded (filesystem) broker. Placement runs
+in the test process: `tasks.place()` sends `hwprobe.run_job` to the queue `machine.gpu-01`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from conftest import make_batch
+from django.conf import settings
+from django.utils import timezone
+
+from dashboard.celery import app as dashboard_celery
+from dashboard.fleet.ingest import store_batch
+from dashboard.fleet.payload import Batch
+from dashboard.fleet.tests.test_agent_end_to_end import ROOT, Server, free_port, wait_for
+from dashboard.jobs import service, tasks
+from dashboard.jobs.models import Job, JobLog
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(sys.platform != "linux", reason="process groups are checked through /proc")]
+
+PY = sys.executable
+QUEUE = "machine.gpu-01"  # conftest's machine
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes in process group ``pgid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+class Worker:
+    """`python -m hwprobe worker` for the test machine, its output in a file for failures."""
+
+    def __init__(self, env: dict, server: Server, token: str, tmp: Path) -> None:
+        config = tmp / "worker.toml"
+        config.write_text(textwrap.dedent(f"""
+            allow_shell = true
+            [[allow]]
+            name = "python -c"
+            argv = [{PY!r}, "-c", "**"]
+        """).replace("'", '"'))
+        self.log = tmp / "worker.log"
+        self.jobs_dir = tmp / "jobs"
+        argv = [PY, "-c", "import sys; from hwprobe.worker import main; sys.exit(main(sys.argv[1:]))",
+                "--server", server.url, "--token", token, "--config", str(config),
+                "--jobs-dir", str(self.jobs_dir), "--heartbeat", "1", "--concurrency", "2"]
+        # A machine has no Django: nothing of the server's configuration reaches the worker.
+        env = {k: v for k, v in env.items() if k not in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL")}
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        wait_for(lambda: "ready" in self.output() or self.proc.poll() is not None, 40, "the worker to start")
+        assert self.proc.poll() is None, self.output()
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def loop(process_env, machine, tmp_path):
+    """Server and worker running, the machine online (CPU only) and its queue empty."""
+    with dashboard_celery.connection_for_write() as conn:
+        for name in (QUEUE, "celery"):
+            try:
+                conn.default_channel.queue_purge(name)
+            except Exception:  # noqa: BLE001 - a queue that does not exist yet has nothing to purge
+                pass
+    store_batch(machine, Batch.model_validate(make_batch([1], gpus=0)))
+    server = Server(process_env, free_port())
+    server.start()
+    worker = Worker(process_env, server, machine.issue_token(), tmp_path)
+    yield worker
+    worker.stop()
+    server.stop()
+
+
+def submit(user, command, **fields) -> Job:
+    values = {"name": "e2e", "kind": "train", "argv": None, "shell": "", "workdir": "", "env": {},
+              "gpus": 0, "gpu_memory_gb": 0, "priority": 0, "max_runtime_s": None, "preemptible": False,
+              "target": None}
+    if isinstance(command, str):
+        values["shell"] = command
+    else:
+        values["argv"] = command
+    values.update(fields)
+    job = service.submit(user, values)
+    assert tasks.place() == 1
+    return job
+
+
+def settle(job: Job, worker: Worker, timeout_s: float = 40) -> Job:
+    """Wait for ``job`` to end; the worker's log explains a timeout."""
+    try:
+        wait_for(lambda: Job.objects.get(pk=job.pk).is_finished, timeout_s, f"job #{job.pk} to end")
+    except AssertionError:
+        raise AssertionError(f"job #{job.pk} is {Job.objects.get(pk=job.pk).status}; worker:\n{worker.output()}")
+    return Job.objects.get(pk=job.pk)
+
+
+def log_text(job: Job) -> str:
+    return "".join(JobLog.objects.filter(job=job).order_by("attempt", "seq").values_list("text", flat=True))
+
+
+def running_pgid(job: Job, worker: Worker) -> int:
+    try:
+        wait_for(lambda: Job.objects.get(pk=job.pk).pgid is not None, 30, "the job to run")
+    except AssertionError:
+        raise AssertionError(worker.output())
+    return Job.objects.get(pk=job.pk).pgid
+
+
+SLEEPER = [PY, "-c", "import subprocess, time; subprocess.Popen(['sleep', '300']); print('up', flush=True); time.sleep(300)"]
+
+
+def test_a_built_in_training_job_runs_to_success_with_its_log_stored(loop, operator):
+    job = submit(operator, ["python", "-m", "hwprobe.workloads", "train", "--seconds", "3"])
+    job = settle(job, loop)
+    assert job.status == "succeeded", (job.status_message, loop.output())
+    assert job.exit_code == 0
+    attempt = job.attempts.get()
+    assert attempt.outcome == "succeeded" and attempt.started_at and attempt.ended_at
+    text = log_text(job)
+    assert text.count("HWPROBE_PROGRESS kind=train") >= 3
+    assert "final=1" in text
+    assert (loop.jobs_dir / str(job.pk) / "mingru.npz").exists()
+
+
+def test_a_failing_command_fails_with_its_exit_code(loop, operator):
+    job = settle(submit(operator, [PY, "-c", "import sys; print('bye'); sys.exit(3)"]), loop)
+    assert (job.status, job.exit_code, job.status_message) == ("failed", 3, "exited with code 3")
+    assert log_text(job) == "bye\n"
+
+
+def test_cancelling_a_running_job_stops_its_whole_process_group(loop, operator):
+    job = submit(operator, SLEEPER)
+    pgid = running_pgid(job, loop)
+    wait_for(lambda: len(group_members(pgid)) >= 3, 10, "the job and its grandchild")  # shim, python, sleep
+    service.cancel(operator, Job.objects.get(pk=job.pk))
+    job = settle(job, loop, 20)
+    assert job.status == "cancelled" and job.attempts.get().outcome == "cancelled"
+    assert group_members(pgid) == []
+    assert "up" in log_text(job)
+
+
+def test_the_maximum_run_time_fails_the_job_with_a_timeout_message(loop, operator):
+    job = settle(submit(operator, [PY, "-c", "import time; time.sleep(300)"], max_runtime_s=2), loop, 30)
+    assert job.status == "failed"
+    assert job.status_message.startswith("timed out: stopped after the maximum run time of 2 s")
+    assert job.attempts.get().outcome == "timeout"
+
+
+def test_a_killed_worker_leaves_its_job_lost_and_its_processes_gone(loop, operator):
+    job = submit(operator, SLEEPER)
+    pgid = running_pgid(job, loop)
+    wait_for(lambda: len(group_members(pgid)) >= 3, 10, "the job and its grandchild")
+    loop.proc.kill()
+    loop.proc.wait(5)
+    wait_for(lambda: group_members(pgid) == [], 15, "the job's processes to die with the worker")
+    # check_lost's rule, run as if JOB_LOST_AFTER_S had passed since the last heartbeat.
+    later = timezone.now() + timedelta(seconds=settings.JOB_LOST_AFTER_S + 2)
+    assert service.mark_lost(now=later) == [job.pk]
+    job.refresh_from_db()
+    assert job.status == "lost" and job.attempts.get().outcome == "lost"
+
+
+def test_a_command_outside_the_hosts_allowlist_is_refused_and_nothing_runs(loop, operator, tmp_path):
+    marker = tmp_path / "ran"
+    job = settle(submit(operator, ["touch", str(marker)]), loop)
+    assert job.status == "failed"
+    assert job.status_message.startswith("refused by this host's policy: `touch")
+    assert job.attempts.get().outcome == "refused" and job.attempts.get().started_at is None
+    time.sleep(0.5)
+    assert not marker.exists()
+    assert not os.path.exists(loop.jobs_dir / str(job.pk)), "not even its folder is created"
