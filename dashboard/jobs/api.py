@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from django.conf import settings
@@ -17,7 +18,7 @@ from dashboard.fleet.models import Machine
 
 from . import queries, service
 from .models import Job
-from .tasks import machine_queue
+from .tasks import PROGRESS_PRESETS, machine_queue
 
 router = Router(tags=["jobs"])
 agent_router = Router(tags=["agent"])
@@ -37,11 +38,20 @@ class JobIn(BaseModel):
     workdir: Annotated[str, Field(max_length=1024)] = ""
     env: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)], Annotated[str, Field(max_length=4096)]] = {}
     preemptible: bool = False
+    metrics_url: Annotated[str, Field(max_length=500, pattern=r"^https?://[^\s]+$")] | None = None
+    progress_pattern: Annotated[str, Field(max_length=500)] = ""
 
     @model_validator(mode="after")
     def only_training_is_preemptible(self) -> JobIn:
         if self.preemptible and self.kind != "train":
             raise ValueError("preemptible: only training jobs can be preempted")
+        if self.progress_pattern and self.progress_pattern not in PROGRESS_PRESETS:
+            try:
+                pattern = re.compile(self.progress_pattern)
+            except re.error as exc:
+                raise ValueError(f"progress_pattern: not a valid regular expression ({exc})") from None
+            if "tokens" not in pattern.groupindex:
+                raise ValueError("progress_pattern: needs a named group (?P<tokens>...) or a preset: " + ", ".join(PROGRESS_PRESETS))
         return self
 
 

@@ -38,6 +38,10 @@ class Job(models.Model):
     priority = models.IntegerField(default=0)  # higher first
     max_runtime_s = models.PositiveIntegerField(null=True, blank=True)
     preemptible = models.BooleanField(default=False)
+    # Throughput: a serving engine's Prometheus endpoint the agent scrapes while the job runs,
+    # and how to read tokens from the job's output (a preset name or a regular expression).
+    metrics_url = models.URLField(max_length=500, blank=True)
+    progress_pattern = models.CharField(max_length=500, blank=True)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="jobs")
 
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED, db_index=True)

@@ -45,6 +45,8 @@ def job_dict(job: Job, attempts: bool = False) -> dict[str, Any]:
         "priority": job.priority,
         "max_runtime_s": job.max_runtime_s,
         "preemptible": job.preemptible,
+        "metrics_url": job.metrics_url or None,
+        "progress_pattern": job.progress_pattern or None,
         "owner": job.owner.get_username(),
         "status": job.status,
         "status_message": job.status_message,

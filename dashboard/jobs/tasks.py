@@ -11,6 +11,10 @@ from .models import Job
 
 RUN_TASK = "hwprobe.run_job"  # consumed by `python -m hwprobe worker` on each machine
 
+# Names the worker understands in `progress_pattern` besides a regular expression with a
+# (?P<tokens>...) group; hwprobe/progress.py holds their expressions.
+PROGRESS_PRESETS = ("hwprobe", "hf-trainer", "lightning", "nanogpt")
+
 
 def machine_queue(name: str) -> str:
     return f"machine.{name}"
@@ -29,6 +33,9 @@ def spec(job: Job) -> dict:
         "gpu_uuids": [uuids.get(i) or str(i) for i in job.assigned_gpus],
         "max_runtime_s": job.max_runtime_s,
         "grace_s": 10,
+        "job_id": job.pk,
+        "metrics_url": job.metrics_url or None,
+        "progress_pattern": job.progress_pattern or None,
     }
 
 
