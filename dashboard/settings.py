@@ -76,6 +76,8 @@ INSTALLED_APPS = [
     "dashboard.fleet",
     "dashboard.jobs",
     "dashboard.economics",
+    "dashboard.reports",
+    "dashboard.alerts",
 ]
 
 MIDDLEWARE = [
@@ -102,6 +104,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "dashboard.alerts.context.alerts",
             ],
         },
     },
@@ -186,12 +189,20 @@ CELERY_BEAT_SCHEDULE = {
     # Placement also runs on a tick: telemetry changes free memory without any job event.
     "place": {"task": "dashboard.jobs.tasks.place", "schedule": 15.0},
     "check-lost": {"task": "dashboard.jobs.tasks.check_lost", "schedule": 10.0},
+    "retention": {"task": "dashboard.fleet.tasks.retention", "schedule": 3600.0},
+    "alerts-evaluate": {"task": "dashboard.alerts.tasks.evaluate", "schedule": 30.0},
+    "alerts-deliver": {"task": "dashboard.alerts.tasks.deliver", "schedule": 15.0},
 }
 
 # Telemetry
 OFFLINE_AFTER_S = env_int("OFFLINE_AFTER_S", 90)  # a machine silent for longer shows offline
 INGEST_MAX_BYTES = env_int("INGEST_MAX_BYTES", 4 * 1024 * 1024)  # larger bodies get a 413
 INGEST_MAX_FUTURE_S = env_int("INGEST_MAX_FUTURE_S", 300)  # tolerated clock skew of agents
+# Retention in days (0: keep forever). Token counts feed RoI's lifetime value, so they stay by default.
+RETENTION_RAW_DAYS = env_int("RETENTION_RAW_DAYS", 14)  # raw windows
+RETENTION_MINUTE_DAYS = env_int("RETENTION_MINUTE_DAYS", 90)  # minute rollups
+RETENTION_HOUR_DAYS = env_int("RETENTION_HOUR_DAYS", 0)  # hour rollups
+RETENTION_THROUGHPUT_DAYS = env_int("RETENTION_THROUGHPUT_DAYS", 0)  # token counts per window
 DATA_UPLOAD_MAX_MEMORY_SIZE = INGEST_MAX_BYTES + 1024
 
 # Jobs
@@ -199,6 +210,11 @@ JOB_LOST_AFTER_S = env_int("JOB_LOST_AFTER_S", 30)  # running job without worker
 JOB_CLAIM_TIMEOUT_S = env_int("JOB_CLAIM_TIMEOUT_S", 300)  # placed job no worker picked up
 # The broker URL handed to `hwprobe worker` (GET /api/v1/agent/config); defaults to ours.
 AGENT_BROKER_URL = env_str("AGENT_BROKER_URL")
+
+# Alerts: webhook POSTs time out, and are retried with exponential backoff up to a number of tries.
+ALERT_WEBHOOK_TIMEOUT_S = env_int("ALERT_WEBHOOK_TIMEOUT_S", 10)
+ALERT_WEBHOOK_BACKOFF_S = env_int("ALERT_WEBHOOK_BACKOFF_S", 30)  # first retry; doubles each time, at most 1 h
+ALERT_WEBHOOK_MAX_ATTEMPTS = env_int("ALERT_WEBHOOK_MAX_ATTEMPTS", 8)
 
 LOGGING = {
     "version": 1,

@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from dashboard.api import api
+from dashboard.fleet.metrics import metrics
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -11,5 +12,8 @@ urlpatterns = [
     path("api/v1/", api.urls),
     path("jobs/", include("dashboard.jobs.urls")),
     path("economics/", include("dashboard.economics.urls")),
+    path("alerts/", include("dashboard.alerts.urls")),
+    path("metrics", metrics, name="metrics"),
+    path("reports/", include("dashboard.reports.urls")),
     path("", include("dashboard.fleet.urls")),
 ]

@@ -141,6 +141,11 @@ GpuMetrics = _abstract("GpuMetrics", GPU_METRICS)
 SYSTEM_COLUMNS = [c for m in SYSTEM_METRICS for c in metric_columns(m)]
 GPU_COLUMNS = [c for m in GPU_METRICS for c in metric_columns(m)]
 
+# Gauges whose rollups also keep a 95th percentile of the raw window means (``<name>_p95``):
+# the ones a report ranks or bills on, where a mean hides the peaks.
+SYSTEM_P95 = ("cpu_percent",)
+GPU_P95 = ("util_percent", "power_watts", "temp_c")
+
 
 class SystemSample(SystemMetrics):
     machine = models.ForeignKey(Machine, on_delete=models.CASCADE, related_name="+")
@@ -178,12 +183,13 @@ class GpuSample(GpuMetrics):
 
 
 class SystemRollup(SystemMetrics):
-    """Min of mins, mean of means, max of maxes over a minute or an hour."""
+    """Min of mins, mean of means, max of maxes over a minute or an hour, and p95 of window means."""
 
     machine = models.ForeignKey(Machine, on_delete=models.CASCADE, related_name="+")
     resolution_s = models.PositiveIntegerField()  # 60 or 3600
     bucket = models.DateTimeField()  # start of the minute or hour, UTC
     count = models.PositiveIntegerField()
+    cpu_percent_p95 = models.FloatField(null=True)
 
     class Meta:
         constraints = [
@@ -197,6 +203,9 @@ class GpuRollup(GpuMetrics):
     resolution_s = models.PositiveIntegerField()
     bucket = models.DateTimeField()
     count = models.PositiveIntegerField()
+    util_percent_p95 = models.FloatField(null=True)
+    power_watts_p95 = models.FloatField(null=True)
+    temp_c_p95 = models.FloatField(null=True)
 
     class Meta:
         constraints = [

@@ -4,10 +4,18 @@
 bucket those rows fall in from raw samples, then every hour bucket from the minutes. Recomputing
 (rather than adding to) a bucket makes it idempotent: running twice gives the same rows, and a
 late or replayed batch simply gets its buckets recomputed on the next run.
+
+Some gauges also keep a 95th percentile (``<name>_p95``, models.SYSTEM_P95 / GPU_P95): the p95 of
+the raw window means in the bucket, computed in Python so that SQLite and PostgreSQL agree. An hour
+still in progress takes the p95 of its minute means instead (reading a whole hour of raw windows
+every 30 s would cost more than the rollup itself); once the hour is over, the next run that
+touches it replaces that with the exact figure.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone as dt_timezone
 
 from django.db import transaction
@@ -17,7 +25,16 @@ from django.utils import timezone
 
 from hwprobe.schema import GPU_METRICS, SYSTEM_METRICS, Metric
 
-from .models import GpuRollup, GpuSample, RollupState, SystemRollup, SystemSample, metric_columns
+from .models import (
+    GPU_P95,
+    SYSTEM_P95,
+    GpuRollup,
+    GpuSample,
+    RollupState,
+    SystemRollup,
+    SystemSample,
+    metric_columns,
+)
 
 UTC = dt_timezone.utc
 MINUTE, HOUR = 60, 3600
@@ -25,6 +42,22 @@ MINUTE, HOUR = 60, 3600
 # looking this far back catches them (buckets are recomputed, so overlap costs nothing but time).
 MARGIN = timedelta(minutes=2)
 MACHINES_PER_QUERY = 100
+P95 = 0.95
+
+# Bucket key: (machine_id, [gpu_index,] bucket start in epoch seconds).
+Key = tuple[int, ...]
+
+
+def percentile(values: Iterable[float], q: float) -> float | None:
+    """The ``q`` quantile (0-1) by linear interpolation between closest ranks (numpy's default
+    method): for n sorted values, the value at rank q × (n − 1). None for no values."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    rank = q * (len(ordered) - 1)
+    below = int(rank)
+    above = min(below + 1, len(ordered) - 1)
+    return ordered[below] + (ordered[above] - ordered[below]) * (rank - below)
 
 
 def _aggregates(metrics: tuple[Metric, ...]) -> dict:
@@ -45,8 +78,12 @@ def _floor(t: datetime, seconds: int) -> datetime:
     return datetime.fromtimestamp(epoch - epoch % seconds, tz=UTC)
 
 
-def _rollup(source, target, metrics, time_field, trunc, resolution, keys, machine_ids, lo, hi) -> int:
-    """Recompute ``target`` buckets of ``resolution`` in [lo, hi) for these machines from ``source``."""
+def _rollup(source, target, metrics, time_field, trunc, resolution, keys, machine_ids, lo, hi,
+            p95: Callable[[Key, int], dict[str, float | None]] | None = None, p95_columns: Iterable[str] = ()) -> int:
+    """Recompute ``target`` buckets of ``resolution`` in [lo, hi) for these machines from ``source``.
+
+    ``p95(key, count)`` gives the percentile columns of the bucket ``key`` holding ``count`` snapshots.
+    """
     qs = source.objects.filter(machine_id__in=machine_ids, **{f"{time_field}__gte": lo, f"{time_field}__lt": hi})
     if source in (SystemRollup, GpuRollup):
         qs = qs.filter(resolution_s=MINUTE)
@@ -58,8 +95,11 @@ def _rollup(source, target, metrics, time_field, trunc, resolution, keys, machin
     )
     objs = []
     columns = [c for m in metrics for c in metric_columns(m)]
+    p95_columns = [f"{name}_p95" for name in p95_columns]
     for row in rows:
         fields = {c: row[c] for c in columns}
+        if p95 is not None:
+            fields.update(p95((row["machine_id"], *(row[k] for k in keys), int(row["b"].timestamp())), row["count"] or 0))
         objs.append(
             target(
                 machine_id=row["machine_id"],
@@ -72,21 +112,123 @@ def _rollup(source, target, metrics, time_field, trunc, resolution, keys, machin
         )
     unique = ["machine", "resolution_s", "bucket", *keys]
     target.objects.bulk_create(
-        objs, batch_size=500, update_conflicts=True, unique_fields=unique, update_fields=["count", *columns]
+        objs, batch_size=500, update_conflicts=True, unique_fields=unique, update_fields=["count", *columns, *p95_columns]
     )
     return len(objs)
 
 
-def rollup_range(machine_ids: list[int], lo: datetime, hi: datetime) -> int:
+def _raw_p95s(source, keys, names, machine_ids, lo, hi) -> tuple[dict[Key, dict], dict[Key, tuple[int, dict]]]:
+    """The p95 of raw window means per minute and per hour bucket in [lo, hi).
+
+    Returns ``{minute key: {column: p95}}`` and ``{hour key: (snapshots, {column: p95})}``; the
+    snapshot count says whether the hour's raw windows are all still there. Rows stream in
+    (machine, device, time) order and each hour is reduced as soon as it is complete, so a long
+    catch-up never holds more than one hour of one device in memory.
+    """
+    rows = (
+        source.objects.filter(machine_id__in=machine_ids, ts__gte=lo, ts__lt=hi)
+        .order_by("machine_id", *keys, "ts")
+        .values_list("machine_id", *keys, "ts", "count", *(f"{n}_mean" for n in names))
+        .iterator(chunk_size=5000)
+    )
+    minutes: dict[Key, dict] = {}
+    hours: dict[Key, tuple[int, dict]] = {}
+    n_key = 1 + len(keys)
+    current: Key | None = None
+    snapshots = 0
+    hour_values: list[list[float]] = []
+    minute_values: dict[int, list[list[float]]] = {}
+
+    def flush() -> None:
+        if current is None:
+            return
+        hours[current] = (snapshots, {f"{n}_p95": percentile(v, P95) for n, v in zip(names, hour_values)})
+        for minute, values in minute_values.items():
+            minutes[(*current[:-1], minute)] = {f"{n}_p95": percentile(v, P95) for n, v in zip(names, values)}
+
+    for row in rows:
+        epoch = int(row[n_key].timestamp())
+        key = (*row[:n_key], epoch - epoch % HOUR)
+        if key != current:
+            flush()
+            current, snapshots = key, 0
+            hour_values, minute_values = [[] for _ in names], {}
+        snapshots += row[n_key + 1]
+        per_minute = minute_values.setdefault(epoch - epoch % MINUTE, [[] for _ in names])
+        for i, value in enumerate(row[n_key + 2 :]):
+            if value is not None:
+                hour_values[i].append(value)
+                per_minute[i].append(value)
+    flush()
+    return minutes, hours
+
+
+def _minute_mean_p95s(target, keys, names, machine_ids, lo, hi) -> dict[Key, dict]:
+    """Per hour bucket in [lo, hi): the p95 of its minute means (for hours still in progress)."""
+    rows = target.objects.filter(
+        machine_id__in=machine_ids, resolution_s=MINUTE, bucket__gte=lo, bucket__lt=hi
+    ).values_list("machine_id", *keys, "bucket", *(f"{n}_mean" for n in names))
+    values: dict[Key, list[list[float]]] = defaultdict(lambda: [[] for _ in names])
+    n_key = 1 + len(keys)
+    for row in rows:
+        epoch = int(row[n_key].timestamp())
+        lists = values[(*row[:n_key], epoch - epoch % HOUR)]
+        for i, value in enumerate(row[n_key + 1 :]):
+            if value is not None:
+                lists[i].append(value)
+    return {key: {f"{n}_p95": percentile(v, P95) for n, v in zip(names, lists)} for key, lists in values.items()}
+
+
+def _stored_p95s(target, keys, names, machine_ids, lo, hi) -> dict[Key, dict]:
+    rows = target.objects.filter(
+        machine_id__in=machine_ids, resolution_s=HOUR, bucket__gte=lo, bucket__lt=hi
+    ).values_list("machine_id", *keys, "bucket", *(f"{n}_p95" for n in names))
+    n_key = 1 + len(keys)
+    return {(*row[:n_key], int(row[n_key].timestamp())): dict(zip((f"{n}_p95" for n in names), row[n_key + 1 :]))
+            for row in rows}
+
+
+def _rollup_scope(source, target, metrics, names, keys, machine_ids, m_lo, m_hi, h_lo, h_hi, now) -> int:
+    """Minute then hour buckets of one scope (system or GPU), with their p95 columns."""
+    ended = min(h_hi, _floor(now, HOUR))  # hours before this are over
+    read_lo = min(m_lo, h_lo) if ended > h_lo else m_lo
+    minute_p95, hour_p95 = _raw_p95s(source, keys, names, machine_ids, read_lo, max(m_hi, ended))
+    empty = {f"{n}_p95": None for n in names}
+    written = _rollup(source, target, metrics, "ts", TruncMinute, MINUTE, keys, machine_ids, m_lo, m_hi,
+                      lambda key, count: minute_p95.get(key, empty), names)
+
+    provisional = _minute_mean_p95s(target, keys, names, machine_ids, h_lo, h_hi)
+    stored: dict[Key, dict] | None = None
+
+    def hour(key: Key, count: int) -> dict:
+        nonlocal stored
+        if key[-1] >= ended.timestamp():
+            return provisional.get(key, empty)
+        snapshots, values = hour_p95.get(key, (0, None))
+        if values is not None and snapshots >= count:
+            return values
+        # Some of the hour's raw windows are gone (past retention): keep what was computed while
+        # they were there.
+        if stored is None:
+            stored = _stored_p95s(target, keys, names, machine_ids, h_lo, h_hi)
+        kept = stored.get(key)
+        return kept if kept and any(v is not None for v in kept.values()) else provisional.get(key, empty)
+
+    written += _rollup(target, target, metrics, "bucket", TruncHour, HOUR, keys, machine_ids, h_lo, h_hi, hour, names)
+    return written
+
+
+def rollup_range(machine_ids: list[int], lo: datetime, hi: datetime, now: datetime | None = None) -> int:
     """Recompute minute and hour buckets covering [lo, hi] for these machines; return rows written."""
+    now = now or timezone.now()
     m_lo, m_hi = _floor(lo, MINUTE), _floor(hi, MINUTE) + timedelta(seconds=MINUTE)
     h_lo, h_hi = _floor(lo, HOUR), _floor(hi, HOUR) + timedelta(seconds=HOUR)
     written = 0
     with transaction.atomic():
-        written += _rollup(SystemSample, SystemRollup, SYSTEM_METRICS, "ts", TruncMinute, MINUTE, [], machine_ids, m_lo, m_hi)
-        written += _rollup(GpuSample, GpuRollup, GPU_METRICS, "ts", TruncMinute, MINUTE, ["gpu_index"], machine_ids, m_lo, m_hi)
-        written += _rollup(SystemRollup, SystemRollup, SYSTEM_METRICS, "bucket", TruncHour, HOUR, [], machine_ids, h_lo, h_hi)
-        written += _rollup(GpuRollup, GpuRollup, GPU_METRICS, "bucket", TruncHour, HOUR, ["gpu_index"], machine_ids, h_lo, h_hi)
+        written += _rollup_scope(SystemSample, SystemRollup, SYSTEM_METRICS, SYSTEM_P95, [], machine_ids,
+                                 m_lo, m_hi, h_lo, h_hi, now)
+        written += _rollup_scope(GpuSample, GpuRollup, GPU_METRICS, GPU_P95, ["gpu_index"], machine_ids,
+                                 m_lo, m_hi, h_lo, h_hi, now)
     return written
 
 
@@ -107,6 +249,6 @@ def catch_up(now: datetime | None = None) -> int:
         chunk = touched[start : start + MACHINES_PER_QUERY]
         lo = min(r["lo"] for r in chunk)
         hi = max(r["hi"] for r in chunk)
-        written += rollup_range([r["machine_id"] for r in chunk], lo, hi)
+        written += rollup_range([r["machine_id"] for r in chunk], lo, hi, now)
     RollupState.objects.update_or_create(name="rollup", defaults={"watermark": now})
     return written

@@ -1,5 +1,6 @@
 from celery import shared_task
 
+from . import retention as retention_module
 from . import rollup as rollups
 
 
@@ -7,3 +8,9 @@ from . import rollup as rollups
 def rollup() -> int:
     """Beat runs this every 30 s; catch_up() is idempotent, so overlapping runs are harmless."""
     return rollups.catch_up()
+
+
+@shared_task(name="dashboard.fleet.tasks.retention", ignore_result=True, time_limit=3600, soft_time_limit=3300)
+def retention() -> dict[str, int]:
+    """Beat runs this hourly: deletes telemetry past its age (see retention.py); safe to repeat."""
+    return retention_module.purge()

@@ -1,0 +1,461 @@
+#!/usr/bin/env python3
+"""A simulated fleet against the whole server on this machine: can one host take 1,000 machines?
+
+    .venv/bin/python bench/scale.py [--machines 1000] [--gpus 8] [--interval 5] [--seconds 600]
+                                    [--ramp 250,500,1000,1500,2000] [--ramp-seconds 60]
+
+1. Creates and migrates its own PostgreSQL database (hwdash_bench_scale) and data folder; starts
+   gunicorn (2 sync workers, DEBUG=0) and a Celery worker with beat (rollups every 30 s, as in
+   production), both with REDIS_URL=redis://127.0.0.1:6379/13 (cache and broker).
+2. Ramp: ``manage.py simulate`` with each ``--ramp`` count up to ``--machines`` for
+   ``--ramp-seconds`` each; counts above ``--machines`` run after the long run, so that the pages
+   are measured with exactly ``--machines`` machines enrolled.
+3. The long run: ``--machines`` x ``--gpus`` at one window every ``--interval`` s for
+   ``--seconds``. Every ``--probe-every`` s, as a logged-in user: the fleet page ``/``, the
+   ``/api/v1/machines`` JSON, a machine page and its six chart series over 1 h and 24 h, each
+   timed over HTTP (what a browser waits, including the wait for a free gunicorn worker) and
+   in-process through Django's test client on the same database (the server's own time), with
+   the fleet page's SQL timed query by query.
+4. CPU of gunicorn, PostgreSQL, Redis, Celery and the simulator (psutil, every 5 s), and of the
+   whole machine (other users of the shared VM included).
+
+Prints one table per phase and drops the database at the end, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from common import PYTHON, ROOT, bench_database, bench_env, median, percentile, say, table
+
+DB_NAME = "hwdash_bench_scale"
+REDIS_URL = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/13")
+SERIES = ("system.cpu_percent", "system.mem_used_bytes", "gpu.util_percent", "gpu.mem_used_bytes",
+          "gpu.power_watts", "gpu.temp_c")  # the machine page's six charts
+GROUPS = ("gunicorn", "postgres", "redis", "celery", "simulator")
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(proc: subprocess.Popen | None, timeout: float = 15) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# --- CPU ------------------------------------------------------------------------------------
+
+class CpuMeter(threading.Thread):
+    """CPU seconds per process group, from psutil every ``every_s`` (a process that exits loses at
+    most its last interval)."""
+
+    def __init__(self, roots: dict[str, int], every_s: float = 5.0) -> None:
+        super().__init__(daemon=True)
+        self.roots = dict(roots)  # group -> root pid (its children count too)
+        self.every_s = every_s
+        self.lock = threading.Lock()
+        self.seen: dict[int, tuple[str, float]] = {}
+        self.totals = {g: 0.0 for g in (*GROUPS, "machine")}
+        self.machine_last: float | None = None
+        self.halt = threading.Event()
+
+    def _groups(self):
+        import psutil
+
+        out: dict[int, str] = {}
+        for group, pid in list(self.roots.items()):
+            try:
+                root = psutil.Process(pid)
+                for p in [root, *root.children(recursive=True)]:
+                    out[p.pid] = group
+            except psutil.Error:
+                pass
+        for p in psutil.process_iter(["name"]):
+            if p.info["name"] in ("postgres", "postmaster"):
+                out[p.pid] = "postgres"
+            elif p.info["name"] == "redis-server":
+                out[p.pid] = "redis"
+        return out
+
+    def sample(self) -> None:
+        import psutil
+
+        times = psutil.cpu_times()  # the whole VM, summed over its cores
+        machine = sum(times) - times.idle - getattr(times, "iowait", 0.0)
+        with self.lock:
+            for pid, group in self._groups().items():
+                try:
+                    t = psutil.Process(pid).cpu_times()
+                except psutil.Error:
+                    continue
+                used = t.user + t.system
+                before = self.seen.get(pid)
+                if before is not None and before[0] == group:
+                    self.totals[group] += used - before[1]
+                self.seen[pid] = (group, used)
+            if self.machine_last is not None:
+                self.totals["machine"] += machine - self.machine_last
+            self.machine_last = machine
+
+    def set_root(self, group: str, pid: int) -> None:
+        with self.lock:
+            self.roots[group] = pid
+
+    def snapshot(self) -> dict[str, float]:
+        self.sample()
+        with self.lock:
+            return dict(self.totals)
+
+    def run(self) -> None:
+        while not self.halt.wait(self.every_s):
+            self.sample()
+
+
+def cpu_percent(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    """Percent of one core per group over the span (200 % = both cores of this VM)."""
+    return {g: 100 * (after[g] - before[g]) / seconds for g in after}
+
+
+# --- servers --------------------------------------------------------------------------------
+
+def start_gunicorn(env: dict[str, str], port: int, workers: int) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [str(Path(PYTHON).with_name("gunicorn")), "dashboard.wsgi", "--workers", str(workers),
+         "--bind", f"127.0.0.1:{port}", "--log-level", "warning", "--timeout", "60"],
+        cwd=ROOT, env=env,
+    )
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("gunicorn did not answer within 30 s")
+
+
+def start_celery(env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """A worker with an embedded beat, as docker-compose runs them (but in one process tree)."""
+    return subprocess.Popen(
+        [PYTHON, "-m", "celery", "-A", "dashboard", "worker", "-B", "--concurrency", "1", "--loglevel", "INFO",
+         "--without-gossip", "--without-mingle"],
+        cwd=ROOT, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
+    )
+
+
+def task_times(log_path: Path, since: float) -> dict[str, list[float]]:
+    """Seconds per finished Celery task (by name) logged after ``since`` (Unix s)."""
+    out: dict[str, list[float]] = {}
+    pattern = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+: INFO/\S+\] Task (\S+)\[[^\]]+\] succeeded in ([\d.]+)s")
+    for line in log_path.read_text(errors="replace").splitlines():
+        m = pattern.match(line)
+        if m:
+            at = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S"))
+            if at >= since - 1:
+                out.setdefault(m.group(2), []).append(float(m.group(3)))
+    return out
+
+
+# --- the simulator --------------------------------------------------------------------------
+
+def simulate(env: dict[str, str], url: str, machines: int, args, seconds: float, work: Path,
+             meter: CpuMeter) -> dict[str, Any]:
+    """Run ``manage.py simulate`` for ``seconds``; its summary, with the phase's CPU and task times."""
+    summary = work / f"summary-{machines}-{int(time.time())}.json"
+    cmd = [PYTHON, "manage.py", "simulate", "--url", url, "--machines", str(machines), "--gpus", str(args.gpus),
+           "--interval", str(args.interval), "--seconds", str(seconds), "--spool-dir", str(work / "spool"),
+           "--summary", str(summary), "--status-every", "10"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    meter.set_root("simulator", proc.pid)
+    cpu0, t0, wall0 = meter.snapshot(), time.perf_counter(), time.time()
+    try:
+        proc.wait()
+    finally:
+        stop(proc)
+    cpu = cpu_percent(cpu0, meter.snapshot(), time.perf_counter() - t0)
+    if proc.returncode != 0 or not summary.exists():
+        raise RuntimeError(f"the simulator exited with {proc.returncode}")
+    out = json.loads(summary.read_text())
+    out["cpu"] = cpu
+    out["started"] = wall0
+    return out
+
+
+def kept_up(s: dict[str, Any]) -> bool:
+    """Backlog near zero: under one window per machine at the end, and all offered windows taken."""
+    return s["backlog_final"] <= s["machines"] and s["accepted_per_s"] >= 0.97 * s["offered_per_s"]
+
+
+# --- pages ----------------------------------------------------------------------------------
+
+class PageProbe(threading.Thread):
+    """Times the pages a user opens, over HTTP and in-process, every ``every_s``."""
+
+    def __init__(self, port: int, session: str, machine: str, every_s: float) -> None:
+        super().__init__(daemon=True)
+        self.port, self.session, self.machine, self.every_s = port, session, machine, every_s
+        self.http: dict[str, list[float]] = {}
+        self.inproc: dict[str, list[float]] = {}
+        self.fleet_sql: list[list[tuple[float, str]]] = []  # per probe: (ms, SQL) of the fleet page's queries
+        self.errors: list[str] = []
+        self.halt = threading.Event()
+
+    def paths(self) -> list[tuple[str, str]]:
+        out = [("fleet page /", "/"), ("GET /api/v1/machines", "/api/v1/machines"),
+               (f"machine page /machines/{self.machine}/", f"/machines/{self.machine}/")]
+        for span in ("1h", "24h"):
+            for metric in SERIES:
+                out.append((f"series {span} {metric}", f"/api/v1/machines/{self.machine}/series?metric={metric}&since={span}"))
+        return out
+
+    def _http_get(self, path: str) -> float:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        t0 = time.perf_counter()
+        try:
+            conn.request("GET", path, headers={"Cookie": f"sessionid={self.session}"})
+            resp = conn.getresponse()
+            body = resp.read()
+        finally:
+            conn.close()
+        if resp.status != 200:
+            raise RuntimeError(f"GET {path}: HTTP {resp.status} {body[:120]!r}")
+        return time.perf_counter() - t0
+
+    def probe_once(self) -> None:
+        from django.db import connection
+        from django.test import Client
+
+        client = Client()
+        client.cookies["sessionid"] = self.session
+        for label, path in self.paths():
+            try:
+                self.http.setdefault(label, []).append(self._http_get(path) * 1000)
+                queries: list[tuple[float, str]] = []
+
+                def timing(execute, sql, params, many, context):
+                    t = time.perf_counter()
+                    try:
+                        return execute(sql, params, many, context)
+                    finally:
+                        queries.append(((time.perf_counter() - t) * 1000, sql))
+
+                t0 = time.perf_counter()
+                with connection.execute_wrapper(timing):
+                    resp = client.get(path)
+                if resp.status_code != 200:
+                    raise RuntimeError(f"in-process GET {path}: HTTP {resp.status_code}")
+                self.inproc.setdefault(label, []).append((time.perf_counter() - t0) * 1000)
+                if path == "/":
+                    self.fleet_sql.append(queries)
+            except Exception as exc:  # noted and reported; the next probe tries again
+                self.errors.append(f"{label}: {exc}")
+
+    def run(self) -> None:
+        from django.db import connection
+
+        # The first probe waits for a few windows per machine (and one minute rollup) to exist.
+        while not self.halt.wait(self.every_s):
+            self.probe_once()
+        connection.close()
+
+
+def sql_breakdown(probes: list[list[tuple[float, str]]]) -> list[list[str]]:
+    """The fleet page's queries, grouped by the table they read, median ms per page view."""
+    groups: dict[str, list[float]] = {}
+    for queries in probes:
+        per: dict[str, float] = {}
+        for ms, sql in queries:
+            m = re.search(r'FROM "(\w+)"', sql)
+            key = m.group(1) if m else sql.split()[0]
+            if "fleet_gpurollup" in sql or "fleet_systemrollup" in sql:
+                key += " (sparklines)"
+            per[key] = per.get(key, 0.0) + ms
+        for key, ms in per.items():
+            groups.setdefault(key, []).append(ms)
+    rows = sorted(groups.items(), key=lambda kv: -median(kv[1]))
+    totals = [sum(ms for ms, _ in queries) for queries in probes]
+    counts = [len(queries) for queries in probes]
+    return [[k, f"{median(v):.1f}", f"{max(v):.1f}", str(len(v))] for k, v in rows] + [
+        [f"all SQL ({median(counts):.0f} queries)", f"{median(totals):.1f}", f"{max(totals):.1f}", str(len(totals))]]
+
+
+# --- main -----------------------------------------------------------------------------------
+
+def phase_row(name: str, s: dict[str, Any]) -> list[str]:
+    cpu = s["cpu"]
+    return [name, f"{s['machines']:,}", f"{s['offered_per_s']:.0f}", f"{s['accepted_per_s']:.1f}",
+            f"{s['p50_ms']:.0f}", f"{s['p99_ms']:.0f}", f"{s['backlog_max']:,}", f"{s['backlog_final']:,}",
+            str(s["errors"]), *(f"{cpu[g]:.0f}" for g in (*GROUPS, "machine")), "yes" if kept_up(s) else "NO"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--machines", type=int, default=1000, help="machines in the long run (default 1000)")
+    parser.add_argument("--gpus", type=int, default=8, help="GPUs per machine (default 8)")
+    parser.add_argument("--interval", type=float, default=5.0, help="seconds per window (default 5)")
+    parser.add_argument("--seconds", type=float, default=600.0, help="length of the long run (default 600)")
+    parser.add_argument("--ramp", default="250,500,1000,1500,2000", help="machine counts of the ramp ('' for none)")
+    parser.add_argument("--ramp-seconds", type=float, default=60.0, help="length of each ramp step (default 60)")
+    parser.add_argument("--probe-every", type=float, default=30.0, help="seconds between page probes (default 30)")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers (default 2)")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _sigterm)
+    ramp = [int(x) for x in args.ramp.split(",") if x.strip()]
+
+    work = Path(tempfile.mkdtemp(prefix="hwdash-bench-scale-"))
+    gunicorn = celery = None
+    meter: CpuMeter | None = None
+    try:
+        with bench_database(DB_NAME) as url:
+            env = bench_env(url, REDIS_URL=REDIS_URL, DASHBOARD_DATA_DIR=str(work / "data"),
+                            ALLOWED_HOSTS="127.0.0.1,localhost,testserver")
+            os.environ.update(env)
+            import django
+
+            django.setup()
+            import redis
+
+            redis.Redis.from_url(REDIS_URL).flushdb()  # our own database number: stale tasks out
+            from django.contrib.auth import get_user_model
+            from django.test import Client
+
+            user = get_user_model().objects.create_user("bench", password="bench-pass-123")
+            login = Client()
+            login.force_login(user)
+            session = login.cookies["sessionid"].value
+
+            port = free_port()
+            gunicorn = start_gunicorn(env, port, args.workers)
+            celery_log = work / "celery.log"
+            celery = start_celery(env, celery_log)
+            server = f"http://127.0.0.1:{port}"
+            say(f"project: {ROOT}; gunicorn {server} ({args.workers} sync workers), Celery worker + beat, "
+                f"Redis {REDIS_URL}; work folder {work}")
+            meter = CpuMeter({"gunicorn": gunicorn.pid, "celery": celery.pid})
+            meter.start()
+
+            phases: list[tuple[str, dict[str, Any]]] = []
+            for n in [r for r in ramp if r <= args.machines]:
+                say(f"ramp: {n} machines for {args.ramp_seconds:.0f} s")
+                phases.append((f"ramp {n}", simulate(env, server, n, args, args.ramp_seconds, work, meter)))
+
+            say(f"long run: {args.machines} machines x {args.gpus} GPUs, a window every {args.interval:g} s, "
+                f"for {args.seconds:.0f} s; pages probed every {args.probe_every:.0f} s")
+            probe = PageProbe(port, session, "sim-0001", args.probe_every)
+            probe.start()
+            try:
+                long_run = simulate(env, server, args.machines, args, args.seconds, work, meter)
+            finally:
+                probe.halt.set()
+                probe.join(timeout=120)
+            phases.append((f"long run {args.seconds:.0f} s", long_run))
+            tasks = task_times(celery_log, long_run["started"])
+
+            for n in [r for r in ramp if r > args.machines]:
+                say(f"ramp: {n} machines for {args.ramp_seconds:.0f} s")
+                phases.append((f"ramp {n}", simulate(env, server, n, args, args.ramp_seconds, work, meter)))
+
+            from django.db import connection
+
+            with connection.cursor() as cur:
+                cur.execute("SELECT pg_database_size(current_database()), (SELECT count(*) FROM fleet_systemsample), "
+                            "(SELECT count(*) FROM fleet_gpusample), pg_total_relation_size('fleet_gpusample'), "
+                            "pg_total_relation_size('fleet_systemsample')")
+                db_bytes, system_rows, gpu_rows, gpu_bytes, system_bytes = cur.fetchone()
+            connection.close()
+            stop(celery)
+            stop(gunicorn)
+            celery = gunicorn = None
+            meter.halt.set()
+
+        # -- report --
+        print()
+        print(f"Scale: {args.gpus} GPUs per machine, a window every {args.interval:g} s; gunicorn {args.workers} sync "
+              f"workers, PostgreSQL, Redis, Celery worker+beat and the simulator on one 2-core VM. CPU in % of one core "
+              f"(200 = the whole VM; 'machine' includes other users of the VM).")
+        print(table(
+            [phase_row(name, s) for name, s in phases],
+            ["phase", "machines", "offered/s", "accepted/s", "p50 ms", "p99 ms", "backlog max", "backlog end",
+             "errors", *(f"CPU {g}" for g in GROUPS), "CPU machine", "kept up"],
+        ))
+        up = [s["machines"] for _, s in phases if kept_up(s)]
+        down = [s["machines"] for _, s in phases if not kept_up(s)]
+        print(f"highest machine count that kept the backlog near zero: {max(up) if up else 'none'}"
+              + (f"; lowest that did not: {min(down)}" if down else ""))
+        for name, s in phases:
+            if s["errors"]:
+                print(f"  {name}: {s['errors']} failed requests, last: {s['last_error']}")
+        print()
+        print(f"Pages during the long run ({args.machines:,} machines enrolled), ms; over HTTP includes the wait for a "
+              f"gunicorn worker busy with ingest; in-process is Django's own time on the same database:")
+        rows = []
+        for label, _ in probe.paths():
+            h, i = probe.http.get(label, []), probe.inproc.get(label, [])
+            rows.append([label, f"{median(h):.0f}", f"{percentile(h, 99):.0f}", f"{median(i):.0f}", f"{percentile(i, 99):.0f}", str(len(h))])
+        for span in ("1h", "24h"):
+            h = [sum(x) for x in zip(*(probe.http.get(f"series {span} {m}", []) for m in SERIES))]
+            i = [sum(x) for x in zip(*(probe.inproc.get(f"series {span} {m}", []) for m in SERIES))]
+            rows.append([f"machine page's 6 series {span}, one after another", f"{median(h):.0f}", f"{percentile(h, 99):.0f}",
+                         f"{median(i):.0f}", f"{percentile(i, 99):.0f}", str(len(h))])
+        print(table(rows, ["request", "HTTP p50", "HTTP p99", "server p50", "server p99", "n"]))
+        for e in probe.errors[:5]:
+            print(f"  probe error: {e}")
+        if probe.fleet_sql:
+            print()
+            print(f"The fleet page's SQL, in-process, by table (ms per page view, {len(probe.fleet_sql)} views):")
+            print(table(sql_breakdown(probe.fleet_sql), ["table", "median ms", "max ms", "views"]))
+        if tasks:
+            print()
+            print("Celery tasks during the long run (seconds per run):")
+            print(table([[name, str(len(v)), f"{median(v):.2f}", f"{max(v):.2f}"] for name, v in sorted(tasks.items())],
+                        ["task", "runs", "median s", "max s"]))
+        samples = system_rows
+        print()
+        print(f"Database at the end: {db_bytes / 2**20:,.0f} MiB; {system_rows:,} system + {gpu_rows:,} GPU rows "
+              f"({(gpu_bytes + system_bytes) / max(samples, 1) / 1024:.1f} KiB per window with its {args.gpus} GPU rows, "
+              f"indexes included); at {args.machines / args.interval:.0f} windows/s that is "
+              f"{(gpu_bytes + system_bytes) / max(samples, 1) * args.machines / args.interval * 86400 / 2**30:,.0f} GiB "
+              f"and {(system_rows + gpu_rows) / max(samples, 1) * args.machines / args.interval * 86400 / 1e6:,.0f} M rows a day of raw samples")
+        return 0
+    except KeyboardInterrupt:
+        say("interrupted; cleaning up")
+        return 130
+    finally:
+        if meter is not None:
+            meter.halt.set()
+        stop(celery)
+        stop(gunicorn)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Alert evaluation: what each enabled rule sees now, and the incidents that opens and closes.
+
+``evaluate(now)`` runs every 30 s (``tasks.evaluate``). Each rule kind is one function returning a
+``Verdict``: the things it finds wrong now (``firing``, one key per incident) and the things it
+cannot judge now (``unknown``: no fresh data). An alert opens for a firing key that has no open
+alert (so it fires once per incident, however often we evaluate), and resolves when its key is
+neither firing nor unknown: a machine that went offline keeps its GPU-temperature alert open rather
+than having it resolve on stale data, while the offline rule speaks for it.
+
+Job failures are events, not conditions: one alert per failed or lost job (never again for the same
+job), which stays open ``threshold`` minutes so the dashboard shows it, then expires without a
+"resolved" webhook, since nothing was fixed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.db import transaction
+from django.db.models import Count, Max, Min, QuerySet
+from django.utils import timezone
+
+from dashboard.fleet.models import GpuSample, Machine
+from dashboard.jobs.models import Job
+
+from . import webhooks
+from .models import Alert, AlertRule, SpoolWatch, WebhookDelivery
+
+log = logging.getLogger(__name__)
+
+IDLE_UTIL_PERCENT = 5.0  # a GPU whose window means all stay under this is idle
+# An idle span may start this much after the window's start (an agent's first window, a short gap).
+IDLE_COVERAGE_SLACK = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class Finding:
+    key: str
+    message: str
+    machine_id: int | None = None
+    gpu_index: int | None = None
+    job_id: int | None = None
+
+
+@dataclass
+class Verdict:
+    firing: list[Finding] = field(default_factory=list)
+    unknown: set[str] = field(default_factory=set)
+
+
+def _machines(rule: AlertRule) -> QuerySet[Machine]:
+    machines = Machine.objects.order_by("name")
+    return machines.filter(pk=rule.machine_id) if rule.machine_id else machines
+
+
+def machine_offline(rule: AlertRule, now: datetime) -> Verdict:
+    """Machines silent for at least ``threshold`` minutes (a machine that never reported is not offline)."""
+    verdict = Verdict()
+    limit = now - timedelta(minutes=rule.threshold)
+    for m in _machines(rule).filter(last_seen_at__lte=limit).only("pk", "name", "last_seen_at"):
+        silent = (now - m.last_seen_at).total_seconds() / 60
+        verdict.firing.append(Finding(
+            f"machine:{m.pk}", f"{m.name} has sent nothing for {silent:.0f} min (last seen {m.last_seen_at:%Y-%m-%d %H:%M} UTC)", m.pk,
+        ))
+    return verdict
+
+
+def gpu_temperature(rule: AlertRule, now: datetime) -> Verdict:
+    """GPUs whose latest window's mean temperature is above ``threshold`` °C, on online machines."""
+    verdict = Verdict()
+    for m in _machines(rule).exclude(latest=None):
+        online = m.is_online(now)
+        for gpu in (m.latest or {}).get("gpus") or []:
+            key = f"machine:{m.pk}:gpu:{gpu['index']}"
+            temp = gpu.get("temp_c")
+            if not online or temp is None:
+                verdict.unknown.add(key)
+            elif temp > rule.threshold:
+                verdict.firing.append(Finding(
+                    key, f"{m.name} GPU {gpu['index']} is at {temp:.0f} °C (over {rule.threshold:g} °C)", m.pk, gpu["index"],
+                ))
+    return verdict
+
+
+def gpu_idle_with_job(rule: AlertRule, now: datetime) -> Verdict:
+    """GPUs a running job holds whose utilisation stayed under 5 % for the last ``threshold`` minutes.
+
+    Read from the raw windows: every window mean in the span under ``IDLE_UTIL_PERCENT``, the windows
+    covering the span, and the job running since before it started. Without telemetry (offline, a MIG
+    device with no utilisation) the GPU is unknown, not idle.
+    """
+    verdict = Verdict()
+    span = timedelta(minutes=rule.threshold)
+    since = now - span
+    slack = min(IDLE_COVERAGE_SLACK, span / 4)
+    jobs = Job.objects.filter(status=Job.Status.RUNNING, started_at__lte=since, machine__isnull=False).select_related("machine")
+    if rule.machine_id:
+        jobs = jobs.filter(machine_id=rule.machine_id)
+    for job in jobs:
+        for gpu in job.assigned_gpus or []:
+            key = f"job:{job.pk}:gpu:{gpu}"
+            seen = GpuSample.objects.filter(machine_id=job.machine_id, gpu_index=gpu, ts__gt=since, ts__lte=now).aggregate(
+                n=Count("util_percent_mean"), top=Max("util_percent_mean"), first=Min("ts"),
+            )
+            if seen["n"] and seen["top"] >= IDLE_UTIL_PERCENT:
+                continue  # busy at some point: not idle
+            if not seen["n"] or seen["first"] - since > slack:
+                verdict.unknown.add(key)  # no data, or not for the whole span
+                continue
+            verdict.firing.append(Finding(
+                key,
+                f"{job.machine.name} GPU {gpu} has been idle (under {IDLE_UTIL_PERCENT:g} %) for {rule.threshold:g} min "
+                f"while job #{job.pk} {job.name} holds it",
+                job.machine_id, gpu, job.pk,
+            ))
+    return verdict
+
+
+def job_failed(rule: AlertRule, now: datetime) -> Verdict:
+    """Jobs that ended failed or lost since the rule was created and have no alert of this rule yet."""
+    verdict = Verdict()
+    jobs = (
+        Job.objects.filter(status__in=(Job.Status.FAILED, Job.Status.LOST), finished_at__gte=rule.created_at, finished_at__lte=now)
+        .exclude(pk__in=Alert.objects.filter(rule=rule, job__isnull=False).values("job_id"))
+        .select_related("machine")
+        .order_by("finished_at")
+    )
+    if rule.machine_id:
+        jobs = jobs.filter(machine_id=rule.machine_id)
+    for job in jobs:
+        where = f" on {job.machine.name}" if job.machine else ""
+        why = f": {job.status_message}" if job.status_message else ""
+        verdict.firing.append(Finding(f"job:{job.pk}", f"Job #{job.pk} {job.name} {job.status}{where}{why}"[:500], job.machine_id, job_id=job.pk))
+    return verdict
+
+
+def spool_dropping(rule: AlertRule, now: datetime) -> Verdict:
+    """Machines whose agent's drop count grew since the last evaluation, until ``threshold`` quiet minutes."""
+    verdict = Verdict()
+    quiet = timedelta(minutes=rule.threshold)
+    watches = {w.machine_id: w for w in SpoolWatch.objects.filter(rule=rule)}
+    for m in _machines(rule).only("pk", "name", "spool_dropped"):
+        watch = watches.get(m.pk)
+        if watch is None:  # first look: what was dropped before is history, not news
+            SpoolWatch.objects.create(rule=rule, machine=m, dropped=m.spool_dropped)
+            continue
+        if m.spool_dropped > watch.dropped:
+            watch.dropped, watch.increased_at = m.spool_dropped, now
+            watch.save(update_fields=["dropped", "increased_at"])
+        if watch.increased_at is not None and now - watch.increased_at < quiet:
+            verdict.firing.append(Finding(
+                f"machine:{m.pk}",
+                f"{m.name}'s agent is discarding samples its spool cannot hold ({m.spool_dropped} dropped in all)",
+                m.pk,
+            ))
+    return verdict
+
+
+CHECKS: dict[str, Callable[[AlertRule, datetime], Verdict]] = {
+    AlertRule.Kind.MACHINE_OFFLINE: machine_offline,
+    AlertRule.Kind.GPU_TEMPERATURE: gpu_temperature,
+    AlertRule.Kind.GPU_IDLE_WITH_JOB: gpu_idle_with_job,
+    AlertRule.Kind.JOB_FAILED: job_failed,
+    AlertRule.Kind.SPOOL_DROPPING: spool_dropping,
+}
+
+
+def _notify(alert: Alert, event: str, now: datetime) -> None:
+    """Queue a webhook POST for the event if the rule has a URL (``webhooks.deliver_due`` sends it)."""
+    url = alert.rule.webhook_url
+    if not url:
+        return
+    WebhookDelivery.objects.create(alert=alert, event=event, url=url, payload=webhooks.payload(alert, event), next_try_at=now, created_at=now)
+    alert.last_notified = event
+    alert.save(update_fields=["last_notified"])
+
+
+def resolve(alert: Alert, now: datetime, why: str, notify: bool = True) -> None:
+    alert.resolved_at, alert.resolution = now, why[:200]
+    alert.save(update_fields=["resolved_at", "resolution"])
+    # Only an incident whose firing was announced gets its resolution announced.
+    if notify and alert.last_notified:
+        _notify(alert, WebhookDelivery.Event.RESOLVED, now)
+
+
+def apply(rule: AlertRule, verdict: Verdict, now: datetime) -> tuple[int, int]:
+    """Open an alert for each new firing key, resolve the ones that cleared; (fired, resolved)."""
+    open_alerts = {a.key: a for a in Alert.objects.filter(rule=rule, resolved_at=None).select_related("rule")}
+    fired = resolved = 0
+    firing = set()
+    for f in verdict.firing:
+        firing.add(f.key)
+        if f.key in open_alerts or (rule.is_event and Alert.objects.filter(rule=rule, key=f.key).exists()):
+            continue
+        alert = Alert.objects.create(
+            rule=rule, key=f.key, machine_id=f.machine_id, gpu_index=f.gpu_index, job_id=f.job_id,
+            message=f.message[:500], fired_at=now,
+        )
+        _notify(alert, WebhookDelivery.Event.FIRED, now)
+        fired += 1
+        if rule.is_event:
+            open_alerts[f.key] = alert
+    for key, alert in open_alerts.items():
+        if rule.is_event:
+            if now - alert.fired_at >= timedelta(minutes=rule.threshold):
+                resolve(alert, now, "expired", notify=False)
+                resolved += 1
+        elif key not in firing and key not in verdict.unknown:
+            resolve(alert, now, "condition cleared")
+            resolved += 1
+    return fired, resolved
+
+
+def evaluate(now: datetime | None = None) -> dict[str, int]:
+    """Evaluate every enabled rule and close what disabled rules left open; counts of alerts fired and resolved."""
+    now = now or timezone.now()
+    fired = resolved = 0
+    for rule_id in AlertRule.objects.filter(enabled=True).values_list("pk", flat=True):
+        try:
+            with transaction.atomic():
+                # Locked so that two overlapping runs take turns per rule.
+                rule = AlertRule.objects.select_for_update().filter(pk=rule_id, enabled=True).first()
+                if rule is None:
+                    continue
+                f, r = apply(rule, CHECKS[rule.kind](rule, now), now)
+        except Exception:  # one broken rule must not silence the others
+            log.exception("alert rule %s could not be evaluated", rule_id)
+            continue
+        fired, resolved = fired + f, resolved + r
+    with transaction.atomic():
+        for alert in Alert.objects.filter(resolved_at=None, rule__enabled=False).select_related("rule"):
+            resolve(alert, now, "rule disabled")
+            resolved += 1
+        # A re-enabled rule starts from a fresh baseline, not from drops it did not watch.
+        SpoolWatch.objects.filter(rule__enabled=False).delete()
+    return {"fired": fired, "resolved": resolved}

@@ -1,0 +1,63 @@
+"""Deleting telemetry past its age: raw windows after days, minute rollups after months, hours never.
+
+Ages come from settings (``RETENTION_*_DAYS``; 0 keeps rows forever). Cut-offs fall on whole hours,
+so an hour's raw windows go all at once and a late window can never leave an hour half-purged.
+Raw rows the rollups have not reached yet (received after the rollup watermark, less its margin)
+are kept whatever their age: a spool replayed after weeks offline is rolled up before it goes.
+Rows go in batches of ``BATCH`` per statement, so no delete holds its locks for long.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db.models import Model, QuerySet
+from django.utils import timezone
+
+from .models import GpuRollup, GpuSample, RollupState, SystemRollup, SystemSample, ThroughputSample
+from .rollup import HOUR, MARGIN, MINUTE, _floor
+
+BATCH = 10_000
+
+
+def cutoff(now: datetime, days: int) -> datetime | None:
+    """The start of the hour ``days`` days before ``now``: older rows go; None when kept forever."""
+    if days <= 0:
+        return None
+    return _floor(now - timedelta(days=days), HOUR)
+
+
+def _delete(model: type[Model], qs: QuerySet) -> int:
+    deleted = 0
+    while True:
+        ids = list(qs.values_list("pk", flat=True)[:BATCH])
+        if not ids:
+            return deleted
+        deleted += model.objects.filter(pk__in=ids).delete()[0]
+
+
+def purge(now: datetime | None = None) -> dict[str, int]:
+    """Delete what is past its age; return the rows deleted per table."""
+    now = now or timezone.now()
+    done: dict[str, int] = {}
+
+    raw = cutoff(now, settings.RETENTION_RAW_DAYS)
+    state = RollupState.objects.filter(name="rollup").first()
+    if raw is not None and state is not None:  # no watermark: nothing has been rolled up yet
+        rolled_up = state.watermark - MARGIN
+        for model in (SystemSample, GpuSample):
+            done[model._meta.model_name] = _delete(model, model.objects.filter(ts__lt=raw, received_at__lt=rolled_up))
+
+    tokens = cutoff(now, settings.RETENTION_THROUGHPUT_DAYS)
+    if tokens is not None:
+        done["throughputsample"] = _delete(ThroughputSample, ThroughputSample.objects.filter(ts__lt=tokens))
+
+    for resolution, days in ((MINUTE, settings.RETENTION_MINUTE_DAYS), (HOUR, settings.RETENTION_HOUR_DAYS)):
+        edge = cutoff(now, days)
+        if edge is None:
+            continue
+        for model in (SystemRollup, GpuRollup):
+            qs = model.objects.filter(resolution_s=resolution, bucket__lt=edge)
+            done[f"{model._meta.model_name}_{resolution}s"] = _delete(model, qs)
+    return done
