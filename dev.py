@@ -161,13 +161,16 @@ def run() -> int:
                  "--schedule", str(data_dir / "celerybeat-schedule")],
         "agent": [py, "-m", "hwprobe", "run", "--server", f"http://127.0.0.1:{port}",
                   "--token-file", str(token_file), "--spool", str(data_dir / "agent-spool.sqlite3")],
+        # This machine's job worker: with no host config it runs only the built-in workloads.
+        "jobs": [py, "-m", "hwprobe", "worker", "--server", f"http://127.0.0.1:{port}",
+                 "--token-file", str(token_file), "--jobs-dir", str(data_dir / "jobs")],
     }
     width = max(len(name) for name in commands)
     children: list[Child] = []
     for name, argv in commands.items():
         if stopping.is_set():
             break
-        if name == "agent":
+        if name in ("agent", "jobs"):
             wait_for_port(port, timeout_s=20)  # the agent retries anyway; this saves a first error
         children.append(Child(name, argv, width))
     say(f"dashboard on http://127.0.0.1:{port}/ - Ctrl-C stops everything")

@@ -226,6 +226,8 @@ class PageProbe(threading.Thread):
         self.http: dict[str, list[float]] = {}
         self.inproc: dict[str, list[float]] = {}
         self.fleet_sql: list[list[tuple[float, str]]] = []  # per probe: (ms, SQL) of the fleet page's queries
+        self.overview_ms: list[float] = []  # queries.fleet_overview() alone: SQL plus building the dicts
+        self.sizes: dict[str, int] = {}
         self.errors: list[str] = []
         self.halt = threading.Event()
 
@@ -238,6 +240,7 @@ class PageProbe(threading.Thread):
         return out
 
     def _http_get(self, path: str) -> float:
+        """Seconds for one GET over a new connection (as a browser's, without keep-alive)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         t0 = time.perf_counter()
         try:
@@ -248,6 +251,7 @@ class PageProbe(threading.Thread):
             conn.close()
         if resp.status != 200:
             raise RuntimeError(f"GET {path}: HTTP {resp.status} {body[:120]!r}")
+        self.sizes[path] = len(body)
         return time.perf_counter() - t0
 
     def probe_once(self) -> None:
@@ -276,6 +280,11 @@ class PageProbe(threading.Thread):
                 self.inproc.setdefault(label, []).append((time.perf_counter() - t0) * 1000)
                 if path == "/":
                     self.fleet_sql.append(queries)
+                    from dashboard.fleet import queries as fleet_queries
+
+                    t0 = time.perf_counter()
+                    fleet_queries.fleet_overview()
+                    self.overview_ms.append((time.perf_counter() - t0) * 1000)
             except Exception as exc:  # noted and reported; the next probe tries again
                 self.errors.append(f"{label}: {exc}")
 
@@ -306,6 +315,29 @@ def sql_breakdown(probes: list[list[tuple[float, str]]]) -> list[list[str]]:
     counts = [len(queries) for queries in probes]
     return [[k, f"{median(v):.1f}", f"{max(v):.1f}", str(len(v))] for k, v in rows] + [
         [f"all SQL ({median(counts):.0f} queries)", f"{median(totals):.1f}", f"{max(totals):.1f}", str(len(totals))]]
+
+
+def profile_fleet_page(session: str, top: int = 14) -> str:
+    """cProfile of one in-process fleet page view, the heaviest functions by cumulative time."""
+    import cProfile
+    import io
+    import pstats
+
+    from django.test import Client
+
+    client = Client()
+    client.cookies["sessionid"] = session
+    client.get("/")  # warm: templates compiled, connection open
+    prof = cProfile.Profile()
+    prof.enable()
+    client.get("/")
+    prof.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out)
+    stats.sort_stats("cumulative").print_stats(r"dashboard/|django/template/(base|defaulttags|loader_tags)|json/", top)
+    lines = out.getvalue().splitlines()
+    start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
+    return "\n".join(line for line in lines[start:] if line.strip())
 
 
 # --- main -----------------------------------------------------------------------------------
@@ -379,6 +411,7 @@ def main() -> int:
                 probe.join(timeout=120)
             phases.append((f"long run {args.seconds:.0f} s", long_run))
             tasks = task_times(celery_log, long_run["started"])
+            profile = profile_fleet_page(session)
 
             for n in [r for r in ramp if r > args.machines]:
                 say(f"ramp: {n} machines for {args.ramp_seconds:.0f} s")
@@ -418,21 +451,29 @@ def main() -> int:
         print(f"Pages during the long run ({args.machines:,} machines enrolled), ms; over HTTP includes the wait for a "
               f"gunicorn worker busy with ingest; in-process is Django's own time on the same database:")
         rows = []
-        for label, _ in probe.paths():
+        for label, path in probe.paths():
             h, i = probe.http.get(label, []), probe.inproc.get(label, [])
-            rows.append([label, f"{median(h):.0f}", f"{percentile(h, 99):.0f}", f"{median(i):.0f}", f"{percentile(i, 99):.0f}", str(len(h))])
+            size = probe.sizes.get(path, 0) / 1024
+            rows.append([label, f"{median(h):.0f}", f"{percentile(h, 99):.0f}", f"{median(i):.0f}", f"{percentile(i, 99):.0f}",
+                         f"{size:,.0f}", str(len(h))])
         for span in ("1h", "24h"):
             h = [sum(x) for x in zip(*(probe.http.get(f"series {span} {m}", []) for m in SERIES))]
             i = [sum(x) for x in zip(*(probe.inproc.get(f"series {span} {m}", []) for m in SERIES))]
             rows.append([f"machine page's 6 series {span}, one after another", f"{median(h):.0f}", f"{percentile(h, 99):.0f}",
-                         f"{median(i):.0f}", f"{percentile(i, 99):.0f}", str(len(h))])
-        print(table(rows, ["request", "HTTP p50", "HTTP p99", "server p50", "server p99", "n"]))
+                         f"{median(i):.0f}", f"{percentile(i, 99):.0f}", "", str(len(h))])
+        print(table(rows, ["request", "HTTP p50", "HTTP p99", "server p50", "server p99", "KiB", "n"]))
         for e in probe.errors[:5]:
             print(f"  probe error: {e}")
         if probe.fleet_sql:
             print()
             print(f"The fleet page's SQL, in-process, by table (ms per page view, {len(probe.fleet_sql)} views):")
             print(table(sql_breakdown(probe.fleet_sql), ["table", "median ms", "max ms", "views"]))
+            print(f"queries.fleet_overview() alone (that SQL plus the machine dicts): median {median(probe.overview_ms):.0f} ms; "
+                  f"the rest of the page's server time is the view's _present() and the template")
+        if profile:
+            print()
+            print("Where one in-process fleet page view spends its time (cProfile, cumulative, project and template code):")
+            print(profile)
         if tasks:
             print()
             print("Celery tasks during the long run (seconds per run):")

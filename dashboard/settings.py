@@ -166,7 +166,7 @@ else:
     # Single-host mode: kombu's filesystem transport carries tasks between the web server and
     # the worker through files, so no Redis is needed. It has no broadcast (no remote revoke).
     _broker_dir = DATA_DIR / "broker"
-    for _sub in ("queue", "processed"):
+    for _sub in ("queue", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     CELERY_BROKER_URL = "filesystem://"
@@ -175,6 +175,8 @@ else:
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
         "store_processed": False,
+        # kombu writes its exchange files here; by default it uses the working directory.
+        "control_folder": str(_broker_dir / "control"),
     }
 
 CELERY_TASK_SERIALIZER = "json"

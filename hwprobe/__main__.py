@@ -14,6 +14,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=os.environ.get("HWPROBE_LOG_LEVEL", "INFO"))
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("sample", help="print one {inventory, sample} JSON document and exit")
+    commands.add_parser("worker", help="run this machine's job worker (python -m hwprobe worker --help)")
     run = commands.add_parser("run", help="sample, spool and send to the server until stopped")
     run.add_argument("--server", default=os.environ.get("HWPROBE_SERVER"),
                      help="dashboard base URL (env HWPROBE_SERVER)")
@@ -44,6 +45,12 @@ def _token(args: argparse.Namespace) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "worker":
+        # The job worker has its own options (and needs Celery); dispatch before argparse.
+        from hwprobe.worker import main as worker_main
+
+        return worker_main(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
                         format="%(asctime)s hwprobe %(levelname)s %(message)s")

@@ -113,3 +113,77 @@ def test_series_api_answers_json_and_explains_bad_parameters(client, machine, vi
     bad = client.get(f"/api/v1/machines/{machine.name}/series", {"metric": "gpu.util_percent", "since": "soon"})
     assert bad.status_code == 400 and bad.json()["error"].startswith("since:")
     assert client.get("/api/v1/machines/nope/series", {"metric": "gpu.util_percent"}).status_code == 404
+
+
+def six_windows(machine, cpu_and_util=(10.0, 20.0, 30.0, 40.0, 50.0, 60.0)) -> None:
+    """Windows ending at 10:00:10 ... 10:00:50 (the 10:00 minute) and 10:01:00, CPU and GPU alike."""
+    samples = []
+    for i, v in enumerate(cpu_and_util, start=1):
+        samples.append(make_batch([i], ts=T0 + 10 * i, cpu=v, util=v)["samples"][0])
+    store_batch(machine, Batch.model_validate({"samples": samples}))
+
+
+@pytest.mark.django_db
+def test_rollups_keep_the_p95_of_the_raw_window_means(machine):
+    six_windows(machine)
+    rollup.catch_up()  # T0 is in the past: its hour is over and gets the exact p95
+    ten = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+    minute = SystemRollup.objects.get(machine=machine, resolution_s=60, bucket=ten)
+    # 10, 20, 30, 40, 50: rank 0.95 × 4 = 3.8 -> 40 + 0.8 × 10 = 48
+    assert minute.cpu_percent_p95 == pytest.approx(48.0)
+    assert SystemRollup.objects.get(machine=machine, resolution_s=60, bucket=ten + timedelta(minutes=1)).cpu_percent_p95 == 60.0
+    # The hour: 10 ... 60, rank 0.95 × 5 = 4.75 -> 50 + 0.75 × 10 = 57.5 (not a p95 of the minutes' p95s)
+    assert SystemRollup.objects.get(machine=machine, resolution_s=3600).cpu_percent_p95 == pytest.approx(57.5)
+    gpu = GpuRollup.objects.get(machine=machine, resolution_s=3600, gpu_index=1)
+    assert gpu.util_percent_p95 == pytest.approx(57.5)
+    assert gpu.power_watts_p95 == pytest.approx(350.0) and gpu.temp_c_p95 == pytest.approx(55.0)
+    gpu_minute = GpuRollup.objects.get(machine=machine, resolution_s=60, gpu_index=0, bucket=ten)
+    assert gpu_minute.util_percent_p95 == pytest.approx(48.0)
+
+
+@pytest.mark.django_db
+def test_an_hour_in_progress_takes_the_p95_of_its_minute_means_until_it_is_over(machine):
+    six_windows(machine)
+    lo, hi = datetime.fromtimestamp(T0 + 10, UTC), datetime.fromtimestamp(T0 + 60, UTC)
+    rollup.rollup_range([machine.pk], lo, hi, now=datetime.fromtimestamp(T0 + 90, UTC))
+    # Minute means 30 and 60: rank 0.95 -> 30 + 0.95 × 30 = 58.5
+    assert SystemRollup.objects.get(machine=machine, resolution_s=3600).cpu_percent_p95 == pytest.approx(58.5)
+    rollup.rollup_range([machine.pk], lo, hi, now=datetime.fromtimestamp(T0 + 3600, UTC))
+    assert SystemRollup.objects.get(machine=machine, resolution_s=3600).cpu_percent_p95 == pytest.approx(57.5)
+
+
+@pytest.mark.django_db
+def test_rolling_up_twice_gives_the_same_p95s(machine):
+    six_windows(machine, (5.0, 95.0, 35.0, 80.0, 12.0, 61.0))
+    rollup.catch_up()
+    columns = ("resolution_s", "bucket", "gpu_index", "count", "util_percent_p95", "power_watts_p95", "temp_c_p95")
+    before = sorted(GpuRollup.objects.values_list(*columns))
+    system = sorted(SystemRollup.objects.values_list("resolution_s", "bucket", "cpu_percent_p95"))
+    rollup.RollupState.objects.all().delete()
+    rollup.catch_up()
+    rollup.catch_up()
+    assert sorted(GpuRollup.objects.values_list(*columns)) == before
+    assert sorted(SystemRollup.objects.values_list("resolution_s", "bucket", "cpu_percent_p95")) == system
+    # 5, 12, 35, 61, 80, 95: rank 4.75 -> 80 + 0.75 × 15 = 91.25
+    assert [p for r, _, p in system if r == 3600] == [pytest.approx(91.25)]
+
+
+@pytest.mark.django_db
+def test_a_late_window_in_an_hour_whose_raw_rows_are_gone_keeps_the_hours_p95(machine, settings):
+    from django.utils import timezone
+
+    from dashboard.fleet import retention
+    from dashboard.fleet.models import GpuSample, SystemSample
+
+    six_windows(machine)
+    for model in (SystemSample, GpuSample):  # received an hour ago: well behind the rollup watermark
+        model.objects.update(received_at=timezone.now() - timedelta(hours=1))
+    rollup.catch_up()
+    settings.RETENTION_RAW_DAYS = 1
+    retention.purge(datetime.fromtimestamp(T0, UTC) + timedelta(days=3))
+    assert not SystemSample.objects.exists()
+    store_batch(machine, Batch.model_validate({"samples": [make_batch([7], ts=T0 + 600, cpu=1.0)["samples"][0]]}))
+    rollup.catch_up()
+    hour = SystemRollup.objects.get(machine=machine, resolution_s=3600)
+    assert hour.count == 70  # the late window is counted...
+    assert hour.cpu_percent_p95 == pytest.approx(57.5)  # ...but one window alone does not make the hour's p95

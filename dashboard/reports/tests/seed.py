@@ -106,3 +106,9 @@ def fleet(day1: datetime = DAY1) -> None:
     two_days(day1)
     _profile(_machine("gpu-02", day1), day1)
     _machine("gpu-03", day1, gpus=1)
+
+
+def recent_day1() -> datetime:
+    """Day 1 for tests that go through views (which use the real clock): the day before yesterday, so
+    both days are whole, within raw retention, and day 2 is yesterday."""
+    return datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=2)
