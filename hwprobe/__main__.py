@@ -30,6 +30,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, default=10.0, help="HTTP timeout in seconds")
     run.add_argument("--backoff-base", type=float, default=1.0, help="first retry ceiling, s")
     run.add_argument("--backoff-cap", type=float, default=60.0, help="longest retry wait, s")
+    run.add_argument("--report-port", type=int, default=None,
+                     help="UDP port on 127.0.0.1 where jobs and hwprobe.report send token counts "
+                          "(env HWPROBE_REPORT_PORT, default 8791; 0: off)")
+    run.add_argument("--scrape", action="append", default=[], metavar="URL[=ENGINE]",
+                     help="a serving engine's Prometheus endpoint to scrape each interval for this "
+                          "machine (repeatable; ENGINE: auto, vllm, llamacpp, sglang, tgi, hwprobe)")
     return parser
 
 
@@ -73,11 +79,19 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     from hwprobe.agent import run_agent
+    from hwprobe.channel import port_from_env
+
+    for spec in args.scrape:
+        if not spec.startswith(("http://", "https://")):
+            print(f"hwprobe run: --scrape needs an http(s) URL, not {spec!r}", file=sys.stderr)
+            return 2
 
     return run_agent(args.server, token, interval_s=args.interval, send_every_s=args.send_every,
                      spool_path=args.spool, spool_max=args.spool_max, batch_max=args.batch_max,
                      backoff_base_s=args.backoff_base, backoff_cap_s=args.backoff_cap,
-                     timeout_s=args.timeout)
+                     timeout_s=args.timeout,
+                     report_port=port_from_env() if args.report_port is None else args.report_port,
+                     scrape=args.scrape)
 
 
 if __name__ == "__main__":

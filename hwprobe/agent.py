@@ -10,6 +10,7 @@ import time
 from typing import Any, Callable
 
 from hwprobe.aggregate import Window
+from hwprobe.channel import DEFAULT_PORT, Ledger, Listener
 from hwprobe.client import Backoff, IngestClient, Sender
 from hwprobe.collectors import Probe, build_probe
 from hwprobe.spool import Spool
@@ -42,8 +43,9 @@ class Agent:
     def __init__(self, probe: Probe, spool: Spool, sender: Sender, interval_s: float = 1.0,
                  send_every_s: float = 10.0, flush_timeout_s: float = 5.0,
                  monotonic: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time, ledger: Ledger | None = None) -> None:
         self.probe = probe
+        self.ledger = ledger  # token counts that leave with each window (design.md, Throughput)
         self.spool = spool
         self.sender = sender
         self.interval_s = interval_s
@@ -76,8 +78,12 @@ class Agent:
     def _put(self, window: Window) -> None:
         if window.count == 0:
             return
+        sample = window.close(self._wall())
+        tokens = self.ledger.drain() if self.ledger is not None else None
+        if tokens:
+            sample["tokens"] = tokens
         try:
-            seq = self.spool.put(window.close(self._wall()))
+            seq = self.spool.put(sample)
             log.debug("window of %d snapshots spooled as seq %d", window.count, seq)
         except Exception as err:
             log.error("could not spool a window: %s: %s", type(err).__name__, err)
@@ -153,13 +159,34 @@ class Agent:
 def run_agent(server: str, token: str, interval_s: float = 1.0, send_every_s: float = 10.0,
               spool_path: str | None = None, spool_max: int | None = None, batch_max: int = 100,
               backoff_base_s: float = 1.0, backoff_cap_s: float = 60.0,
-              timeout_s: float = 10.0) -> int:
-    """Build the probe, spool, client and sender; run until SIGTERM/SIGINT; return 0."""
+              timeout_s: float = 10.0, report_port: int = DEFAULT_PORT,
+              scrape: list[str] | tuple[str, ...] = ()) -> int:
+    """Build the probe, spool, client, sender, the local report channel (``report_port``, 0: off)
+    and the scraping of ``scrape`` (``URL[=engine]``); run until SIGTERM/SIGINT; return 0."""
     spool = Spool(spool_path, **({"max_samples": spool_max} if spool_max else {}))
     client = IngestClient(server, token, timeout_s=timeout_s)
     sender = Sender(spool, client, batch_max=batch_max,
                     backoff=Backoff(base_s=backoff_base_s, cap_s=backoff_cap_s))
-    agent = Agent(build_probe(), spool, sender, interval_s=interval_s, send_every_s=send_every_s)
+    ledger = Ledger()
+    scraper = None
+    if scrape or report_port:
+        from hwprobe.scrape import Scraper
+
+        scraper = Scraper(ledger, interval_s=interval_s)
+        for spec in scrape:
+            from hwprobe.engines.prometheus import parse_target
+
+            url, engine = parse_target(spec)
+            scraper.add(url, None, engine)
+    listener = None
+    if report_port:
+        try:
+            listener = Listener(report_port, ledger, on_scrape=scraper.on_message if scraper else None).start()
+            log.info("report channel on udp 127.0.0.1:%d", listener.port)
+        except OSError as err:  # another agent holds the port: run without the channel
+            log.error("report channel: cannot listen on udp 127.0.0.1:%d (%s); job token counts are off",
+                      report_port, err)
+    agent = Agent(build_probe(), spool, sender, interval_s=interval_s, send_every_s=send_every_s, ledger=ledger)
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("received %s", signal.Signals(signum).name)
@@ -169,4 +196,10 @@ def run_agent(server: str, token: str, interval_s: float = 1.0, send_every_s: fl
     signal.signal(signal.SIGINT, on_signal)
     log.info("spool %s (%d waiting, last seq %d, %d dropped)", spool.path, len(spool),
              spool.last_seq, spool.dropped)
-    return agent.run()
+    try:
+        return agent.run()
+    finally:
+        if listener is not None:
+            listener.close()
+        if scraper is not None:
+            scraper.close()

@@ -17,7 +17,10 @@ The order of events:
    brings back ``cancel`` / ``preempt``;
 5. cancel, preemption, the maximum run time and a 409 send SIGTERM to the group, then SIGKILL
    after ``grace_s``; when the command ends, whatever is left of its group is killed;
-6. ``finish`` reports ``succeeded`` (exit 0), ``failed`` (any other exit; ``exit_code`` is
+6. meanwhile each output line is read for tokens (:mod:`hwprobe.progress`) and the counts go to
+   the local agent over UDP; a job's Prometheus endpoint (``metrics_url``, or the port the
+   built-in ``serve`` prints) is registered with the agent for the job's lifetime;
+7. ``finish`` reports ``succeeded`` (exit 0), ``failed`` (any other exit; ``exit_code`` is
    negative for a signal, as in Python), ``cancelled``, ``timeout`` or ``preempted``.
 
 Transient HTTP failures (no answer, 5xx, 408, 429) are retried with backoff; other 4xx are not.
@@ -42,9 +45,10 @@ from pathlib import Path
 from typing import IO, Any, Callable
 from urllib.parse import urlsplit
 
-from hwprobe import __version__
+from hwprobe import __version__, channel
 from hwprobe.client import OK, RETRY, Backoff, Reply, classify
 from hwprobe.policy import Policy, is_builtin
+from hwprobe.progress import JobMeter
 
 log = logging.getLogger("hwprobe.worker")
 
@@ -286,16 +290,31 @@ class LogShipper:
         self._thread.join(timeout_s + 5)
 
 
-def _pump(pipe: IO[bytes], stream: str, shipper: LogShipper) -> None:
+def _pump(pipe: IO[bytes], stream: str, shipper: LogShipper, meter: JobMeter | None = None) -> None:
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     read = getattr(pipe, "read1", pipe.read)
     while True:
         data = read(65536)
         if not data:
             break
-        shipper.write(stream, decoder.decode(data))
-    shipper.write(stream, decoder.decode(b"", final=True))
+        text = decoder.decode(data)
+        shipper.write(stream, text)
+        if meter is not None:
+            _meter(meter.feed, stream, text)
+    text = decoder.decode(b"", final=True)
+    shipper.write(stream, text)
+    if meter is not None:
+        _meter(meter.feed, stream, text)
+        _meter(meter.close, stream)
     pipe.close()
+
+
+def _meter(call: Callable[..., None], *args: Any) -> None:
+    # Counting tokens is a side show: a surprise there must not stop the log.
+    try:
+        call(*args)
+    except Exception:
+        log.exception("progress parsing failed; the job's log is unaffected")
 
 
 # ---- the run --------------------------------------------------------------------------------
@@ -345,7 +364,7 @@ class JobRun:
 
     def __init__(self, api: ServerApi, job_id: int, attempt: int, spec: dict[str, Any], policy: Policy,
                  heartbeat_s: float = HEARTBEAT_S, flush_s: float = FLUSH_S, jobs_dir: Path | None = None,
-                 poll_s: float = 0.1) -> None:
+                 poll_s: float = 0.1, report_port: int | None = None) -> None:
         self.api, self.job_id, self.attempt, self.spec, self.policy = api, job_id, attempt, spec, policy
         self.heartbeat_s, self.flush_s, self.poll_s = heartbeat_s, flush_s, poll_s
         self.jobs_dir = jobs_dir or default_jobs_dir(policy)
@@ -353,6 +372,8 @@ class JobRun:
         self.reason: str | None = None  # why we are stopping it: cancelled, preempted, timeout, stale
         self._kill_at: float | None = None
         self.proc: subprocess.Popen[bytes] | None = None
+        self.report_port = channel.port_from_env() if report_port is None else report_port
+        self.meter: JobMeter | None = None
 
     # -- preparing ----------------------------------------------------------------------------
 
@@ -393,6 +414,7 @@ class JobRun:
         env["CUDA_VISIBLE_DEVICES"] = visible_devices(self.spec)
         env["HWPROBE_JOB_ID"] = str(self.job_id)
         env["HWPROBE_JOB_ATTEMPT"] = str(self.attempt)
+        env["HWPROBE_REPORT_PORT"] = str(self.report_port)  # where hwprobe.report finds the agent
         return env
 
     def workdir(self, user: pwd.struct_passwd | None) -> Path:
@@ -453,8 +475,9 @@ class JobRun:
         except (SpawnError, OSError) as err:
             return self.finish("failed", None, str(err))
         log.info("job %s attempt %s started: pid %s", self.job_id, self.attempt, self.proc.pid)
+        self.meter = self._make_meter()
         shipper = LogShipper(lambda chunks: self.api.log(self.job_id, self.attempt, chunks), self.flush_s)
-        readers = [threading.Thread(target=_pump, args=(pipe, name, shipper), daemon=True)
+        readers = [threading.Thread(target=_pump, args=(pipe, name, shipper, self.meter), daemon=True)
                    for pipe, name in ((self.proc.stdout, "stdout"), (self.proc.stderr, "stderr"))]
         for r in readers:
             r.start()
@@ -462,8 +485,24 @@ class JobRun:
         self._signal(signal.SIGKILL)  # whatever the command left running in its group
         for r in readers:
             r.join(10)
+        if self.meter is not None:
+            self.meter.finish()
         shipper.close()
         return self._report(code, shipper)
+
+    def _make_meter(self) -> JobMeter | None:
+        """The job's token counting (None when the agent's channel is off or the pattern is bad)."""
+        if not self.report_port:
+            return None
+        argv = self.spec.get("argv")
+        try:
+            meter = JobMeter(self.job_id, self.spec.get("progress_pattern"), self.spec.get("metrics_url"),
+                             builtin_serve=is_builtin(argv) and "serve" in (argv or []), port=self.report_port)
+        except ValueError as err:  # the server validates patterns; an older one may not have
+            log.warning("job %s: progress_pattern ignored: %s", self.job_id, err)
+            return None
+        meter.start()
+        return meter
 
     def _signal(self, sig: int) -> None:
         assert self.proc is not None

@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
                                                    f"{policy.DEFAULT_PATH} if it exists)")
     p.add_argument("--jobs-dir", default=None, help="where jobs without a workdir run (one folder per job)")
     p.add_argument("--heartbeat", type=float, default=executor.HEARTBEAT_S, help="seconds between job heartbeats")
+    p.add_argument("--report-port", type=int, default=None,
+                   help="the local agent's report port for jobs' token counts (env HWPROBE_REPORT_PORT, "
+                        "default 8791; 0: off)")
     p.add_argument("--log-level", default=os.environ.get("HWPROBE_LOG_LEVEL", "INFO"))
     return p
 
@@ -136,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     queue = config["queue"]
     app = make_app(broker, queue, options)
     run_options: dict[str, Any] = {"heartbeat_s": args.heartbeat}
+    if args.report_port is not None:
+        run_options["report_port"] = args.report_port
     if args.jobs_dir:
         run_options["jobs_dir"] = Path(args.jobs_dir)
     register(app, api, args.config, run_options)

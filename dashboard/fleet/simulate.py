@@ -567,9 +567,9 @@ class Simulator:
                     self._wake.wait(max(0.0, wake - time.monotonic()))
         except KeyboardInterrupt:
             self.print_fn("simulate | interrupted")
-        return self._finish(started, threads, lag)
+        return self._finish(started, threads, lag, time.monotonic() - started)
 
-    def _finish(self, started: float, threads: list[threading.Thread], lag: float) -> dict[str, Any]:
+    def _finish(self, started: float, threads: list[threading.Thread], lag: float, run_s: float) -> dict[str, Any]:
         # Like the agent on SIGTERM: a few seconds to deliver what is spooled, then stop.
         deadline = time.monotonic() + self.flush_s
         while time.monotonic() < deadline:
@@ -591,11 +591,11 @@ class Simulator:
         final = self._status(started, lag)
         self.print_fn(final.line(len(self.vms), self.interval_s) + "  (final)")
         c = self.counters
-        elapsed = final.elapsed_s
         summary = {
-            "machines": len(self.vms), "gpus": self.gpus, "interval_s": self.interval_s, "seconds": elapsed,
+            # Rates over the time windows were made (the final flush adds none).
+            "machines": len(self.vms), "gpus": self.gpus, "interval_s": self.interval_s, "seconds": run_s,
             "windows": c.windows, "offered_per_s": len(self.vms) / self.interval_s,
-            "accepted": c.accepted, "accepted_per_s": c.accepted / elapsed if elapsed else 0.0,
+            "accepted": c.accepted, "accepted_per_s": c.accepted / run_s if run_s else 0.0,
             "duplicates": c.duplicates, "requests": c.requests, "errors": c.errors, "last_error": c.last_error,
             "p50_ms": percentile(c.latencies_s, 50) * 1000, "p99_ms": percentile(c.latencies_s, 99) * 1000,
             "backlog_max": max(s.backlog for s in self.history), "backlog_final": final.backlog,

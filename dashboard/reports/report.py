@@ -356,7 +356,7 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     """The machine-wide figures of both periods as table rows: label, kind (how to format), values."""
     now, before = report["current"], report["previous"]
     rows = [
-        ("Energy as costed (kWh)", "float", lambda p: p["money"]["energy_kwh"]),
+        ("Energy as costed (kWh)", "kwh", lambda p: p["money"]["energy_kwh"]),
         ("Prompt tokens", "int", lambda p: p["tokens"]["prompt"]),
         ("Generated tokens", "int", lambda p: p["tokens"]["generated"]),
         ("Training tokens", "int", lambda p: p["tokens"]["train"]),

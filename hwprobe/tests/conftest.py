@@ -107,3 +107,10 @@ def sink() -> Any:
     server = Sink().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_report_channel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Agents and job runs started by tests keep off the machine's real report port (8791)
+    unless a test names one."""
+    monkeypatch.setenv("HWPROBE_REPORT_PORT", "0")

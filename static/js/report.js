@@ -1,5 +1,5 @@
 // Reports: ask for the page in the browser's zone, keep the period picker tidy, print, and draw
-// two charts at a fixed size that fits an A4 page (680 × 260 px, about 180 × 69 mm).
+// two charts at a fixed size that fits an A4 page (620 × 260 px, about 164 × 69 mm).
 "use strict";
 
 (function () {
@@ -28,7 +28,7 @@
   const source = document.getElementById("report-chart-data");
   if (!source || !window.Plotly) return;
   const data = JSON.parse(source.textContent);
-  const size = { width: 680, height: 260 };
+  const size = { width: 620, height: 260 };
   const config = Object.assign({}, Charts.config, { responsive: false });
 
   function empty(el, text) {
@@ -68,7 +68,7 @@
     const layout = Charts.layout("Mean utilisation (%)", Object.assign({ barmode: "group" }, size));
     layout.xaxis = Object.assign(layout.xaxis, { type: "category", title: { text: "Device", font: { color: t.muted, size: 11 } } });
     layout.yaxis.range = [0, 101];
-    Plotly.react(compare, [bar("before", "Period before", t.border), bar("now", "This period", t.colors[0])], layout, config);
+    Plotly.react(compare, [bar("before", "Period before", t.muted), bar("now", "This period", t.colors[0])], layout, config);
   } else {
     empty(compare, "No utilisation in either period.");
   }

@@ -83,14 +83,15 @@ def test_the_previous_period_of_equal_length_sits_beside_it():
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize(("days_later", "source"), [(0, "raw"), (20, "minute"), (120, "hour")])
-def test_older_periods_read_coarser_rollups_and_say_so(days_later, source):
+@pytest.mark.parametrize(("days_later", "source", "label"), [
+    (0, "raw", "agent windows"), (20, "minute", "minute rollups"), (120, "hour", "hour rollups")])
+def test_older_periods_read_coarser_rollups_and_say_so(days_later, source, label):
     # Past 14 days raw windows are gone, past 90 the minutes: the figures come from what is kept.
     # Here each minute and hour holds one window, so the figures are the same at every level.
     m = seed.two_days()
     r = report.machine_report(m, DAY2, DAY3, now=DAY3 + timedelta(days=days_later))
     assert r["current"]["source"] == source
-    assert source.split()[0] in r["current"]["source_label"] or source == "raw"
+    assert r["current"]["source_label"].startswith(label)
     gpu0, cpu = devices(r["current"])["GPU 0"], devices(r["current"])["CPU"]
     assert gpu0["mean_util_percent"] == pytest.approx(46.0)
     assert gpu0["p95_util_percent"] == pytest.approx(87.4)

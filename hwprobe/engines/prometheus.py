@@ -1,0 +1,216 @@
+"""Prompt and generated token counters from a serving engine's Prometheus ``/metrics``.
+
+Each engine exposes running totals under its own names (summed over label sets, e.g. one per
+``model_name``):
+
+==========  =====================================  ==========================================
+engine      prompt tokens                          generated tokens
+==========  =====================================  ==========================================
+vllm        ``vllm:prompt_tokens_total``           ``vllm:generation_tokens_total``
+llamacpp    ``llamacpp:prompt_tokens_total``       ``llamacpp:tokens_predicted_total``
+sglang      ``sglang:prompt_tokens_total``         ``sglang:generation_tokens_total``
+tgi         ``tgi_request_input_length_sum``       ``tgi_request_generated_tokens_sum``
+hwprobe     ``hwprobe_serve_prompt_tokens_total``  ``hwprobe_serve_generated_tokens_total``
+==========  =====================================  ==========================================
+
+TGI has no token counters: the sums of its per-request histograms grow as requests finish, so
+its rate comes in steps at request ends. ``auto`` picks the engine from the first sample name
+with a known prefix. The text goes through ``prometheus_client``'s parser (imported on first
+use, so an agent without scrape targets never loads it); matching is on sample names, which
+keep ``_total`` where family names lose it.
+
+:class:`CounterRate` turns successive totals into tokens produced between scrapes: a total
+that went down (a counter reset) or a new ``process_start_time_seconds`` (an engine restart)
+counts the new total as what was produced since; the first scrape only sets the baseline unless
+the counters are known to have started with the job (``from_zero``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import urllib.request
+from dataclasses import dataclass, field
+
+from hwprobe import __version__
+
+log = logging.getLogger("hwprobe")
+
+KINDS = ("prompt", "generated")
+ENGINES: dict[str, dict[str, str]] = {
+    "vllm": {"prompt": "vllm:prompt_tokens_total", "generated": "vllm:generation_tokens_total"},
+    "llamacpp": {"prompt": "llamacpp:prompt_tokens_total", "generated": "llamacpp:tokens_predicted_total"},
+    "sglang": {"prompt": "sglang:prompt_tokens_total", "generated": "sglang:generation_tokens_total"},
+    "tgi": {"prompt": "tgi_request_input_length_sum", "generated": "tgi_request_generated_tokens_sum"},
+    "hwprobe": {"prompt": "hwprobe_serve_prompt_tokens_total", "generated": "hwprobe_serve_generated_tokens_total"},
+}
+_PREFIXES = (("vllm:", "vllm"), ("llamacpp:", "llamacpp"), ("sglang:", "sglang"), ("tgi_", "tgi"),
+             ("hwprobe_serve_", "hwprobe"))
+_SAMPLE_LINE = re.compile(r"^(vllm:|llamacpp:|sglang:|tgi_|hwprobe_serve_)", re.MULTILINE)
+START_TIME = "process_start_time_seconds"
+MAX_BODY = 8 * 1024 * 1024
+ENGINE_NAMES = ("auto", *ENGINES)
+
+
+@dataclass
+class Reading:
+    """One scrape: the engine, its totals (None where missing or unreadable) and what went wrong."""
+
+    engine: str | None
+    totals: dict[str, float | None]
+    start_time: float | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def detect(text: str) -> str | None:
+    """The engine whose metric names appear first in ``text``, or None."""
+    match = _SAMPLE_LINE.search(text)
+    if match is None:
+        return None
+    return dict(_PREFIXES)[match.group(1)]
+
+
+def _samples(text: str, wanted: set[str], problems: list[str]) -> list[tuple[str, float]]:
+    """(name, value) of the samples named in ``wanted``; a malformed line costs only itself."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        return [(s.name, s.value) for family in text_string_to_metric_families(text)
+                for s in family.samples if s.name in wanted]
+    except ValueError as err:  # the parser gives up on the whole text: read our lines one by one
+        problems.append(f"malformed exposition ({err}); reading the token lines one by one")
+    found = []
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name not in wanted:
+            continue
+        try:
+            found += [(s.name, s.value) for family in text_string_to_metric_families(line + "\n")
+                      for s in family.samples if s.name in wanted]
+        except ValueError:
+            problems.append(f"skipped a malformed line: {line[:120]!r}")
+    return found
+
+
+def parse(text: str, engine: str = "auto") -> Reading:
+    """The token totals in one ``/metrics`` text of ``engine`` ("auto": detect it)."""
+    problems: list[str] = []
+    name = detect(text) if engine == "auto" else engine
+    if name not in ENGINES:
+        problem = "no known engine's metrics found" if engine == "auto" else f"unknown engine {engine!r}"
+        return Reading(None, {k: None for k in KINDS}, problems=[problem])
+    names = ENGINES[name]
+    sums: dict[str, float] = {}
+    bad: set[str] = set()
+    start_time = None
+    for sample, value in _samples(text, {*names.values(), START_TIME}, problems):
+        if sample == START_TIME:
+            start_time = value if math.isfinite(value) else None
+        elif not math.isfinite(value) or value < 0:
+            bad.add(sample)
+        else:
+            sums[sample] = sums.get(sample, 0.0) + value
+    totals: dict[str, float | None] = {}
+    for kind, sample in names.items():
+        if sample in bad:
+            problems.append(f"{sample} is not a finite count: skipped")
+            totals[kind] = None
+        elif sample not in sums:
+            problems.append(f"{sample} is missing")
+            totals[kind] = None
+        else:
+            totals[kind] = sums[sample]
+    return Reading(name, totals, start_time, problems)
+
+
+class CounterRate:
+    """Tokens produced between successive readings of running totals."""
+
+    def __init__(self, from_zero: bool = False) -> None:
+        self.from_zero = from_zero
+        self.last: dict[str, float] = {}
+        self.start_time: float | None = None
+
+    def update(self, totals: dict[str, float | None], start_time: float | None = None) -> dict[str, float]:
+        """Deltas since the previous reading per kind (missing totals keep their last value)."""
+        restarted = start_time is not None and self.start_time is not None and start_time != self.start_time
+        if start_time is not None:
+            self.start_time = start_time
+        deltas: dict[str, float] = {}
+        for kind, value in totals.items():
+            if value is None:
+                continue
+            previous = self.last.get(kind)
+            if previous is None:
+                delta = value if self.from_zero else 0.0
+            elif restarted or value < previous:
+                delta = value  # the counter started again from zero since the last reading
+            else:
+                delta = value - previous
+            self.last[kind] = value
+            if delta > 0:
+                deltas[kind] = delta
+        return deltas
+
+
+def fetch(url: str, timeout_s: float) -> str:
+    """The body of ``GET url`` as text; raises OSError (URLError included) or ValueError."""
+    request = urllib.request.Request(url, headers={"User-Agent": f"hwprobe/{__version__}",
+                                                   "Accept": "text/plain;version=0.0.4"})
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - http(s) only, checked
+        body = response.read(MAX_BODY + 1)
+    if len(body) > MAX_BODY:
+        raise ValueError(f"the response is larger than {MAX_BODY} bytes")
+    return body.decode("utf-8", "replace")
+
+
+class Target:
+    """One endpoint scraped for one job (None: the machine's own engine)."""
+
+    def __init__(self, url: str, job: int | None = None, engine: str = "auto", from_zero: bool = False) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"a scrape URL must be http(s), not {url!r}")
+        if engine not in ENGINE_NAMES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINE_NAMES)}, not {engine!r}")
+        self.url, self.job, self.engine = url, job, engine
+        self.rate = CounterRate(from_zero)
+        self._warned: set[str] = set()
+        self.failing = False
+
+    def _warn(self, problem: str) -> None:
+        # Said once per target: a scrape each second must not write a line each second.
+        if problem not in self._warned:
+            self._warned.add(problem)
+            log.warning("scrape %s: %s", self.url, problem)
+
+    def read(self, text: str) -> dict[str, float]:
+        """Tokens produced since the last reading, from one ``/metrics`` text."""
+        reading = parse(text, self.engine)
+        for problem in reading.problems:
+            self._warn(problem)
+        return self.rate.update(reading.totals, reading.start_time)
+
+    def scrape(self, timeout_s: float = 2.0, quiet: bool = False) -> dict[str, float]:
+        """Fetch and read once; an unreachable endpoint gives {} and one warning until it is back
+        (none with ``quiet``: the last scrape of a job that ended, whose server is likely gone)."""
+        try:
+            text = fetch(self.url, timeout_s)
+        except (OSError, ValueError) as err:
+            if not self.failing and not quiet:
+                log.warning("scrape %s failed: %s", self.url, err)
+            self.failing = True
+            return {}
+        if self.failing:
+            log.info("scrape %s works again", self.url)
+            self.failing = False
+        return self.read(text)
+
+
+def parse_target(spec: str) -> tuple[str, str]:
+    """``URL`` or ``URL=engine`` (``--scrape``) -> (url, engine)."""
+    url, sep, engine = spec.rpartition("=")
+    if sep and engine in ENGINE_NAMES:
+        return url, engine
+    return spec, "auto"
+
