@@ -140,3 +140,51 @@ def process_env(transactional_db, settings) -> dict[str, str]:
         url = f"postgres://{db.get('USER') or 'postgres'}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
     env = dict(os.environ, DATABASE_URL=url, PYTHONUNBUFFERED="1", DEBUG="1")
     return env
+
+
+# ---- browser tests: Debian's chromium driven by Playwright (never `playwright install`) ----------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+BROWSER_ZONE = "Australia/Adelaide"  # a half-hour offset catches times left in UTC
+
+
+def _screenshots():
+    import os
+    import tempfile
+    from pathlib import Path
+
+    # The README's screenshots are refreshed only on request, so a test run leaves the tree clean.
+    if os.environ.get("UPDATE_SCREENSHOTS"):
+        return Path(__file__).resolve().parent / "docs" / "screenshots"
+    return Path(tempfile.mkdtemp(prefix="hwdash-shots-"))
+
+
+SCREENSHOTS = _screenshots()
+
+
+@pytest.fixture
+def page(live_server):
+    """A fresh light-mode page in BROWSER_ZONE; `page.errors` collects JavaScript errors."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 900}, timezone_id=BROWSER_ZONE,
+                                      color_scheme="light", accept_downloads=True)
+        page = context.new_page()
+        page.errors = []
+        page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+        page.on("console", lambda msg: msg.type == "error" and page.errors.append(msg.text))
+        yield page
+        browser.close()
+
+
+def log_in(page, base: str, username: str = "victor", password: str = "victor-pass", then: str = "/") -> None:
+    """Log in through the form and wait for the page it leads to."""
+    page.goto(base + "/login/?next=" + then)
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(base + then)

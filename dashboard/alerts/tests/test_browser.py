@@ -5,29 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_batch
+from conftest import SCREENSHOTS, log_in, make_batch
 
 from dashboard.alerts.evaluate import evaluate
 from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.models import Machine
 from dashboard.fleet.payload import parse_batch
-from dashboard.fleet.tests.test_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS
 from dashboard.jobs.tests.test_browser import worker
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
 
-@pytest.fixture
-def page(live_server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_context(viewport={"width": 1400, "height": 900}, color_scheme="light").new_page()
-        page.errors = []
-        page.on("pageerror", lambda exc: page.errors.append(str(exc)))
-        yield page
-        browser.close()
 
 
 @pytest.fixture
@@ -39,10 +27,7 @@ def hot_gpu(transactional_db, django_user_model) -> None:
 
 
 def test_an_admin_adds_a_rule_and_the_fleet_page_shows_its_alert(hot_gpu, live_server, page):
-    page.goto(live_server.url + "/alerts/")
-    page.fill("#id_username", "admin")
-    page.fill("#id_password", "admin-pass")
-    page.click("button[type=submit]")
+    log_in(page, live_server.url, "admin", "admin-pass", then="/alerts/")
     page.click("text=New rule")
     page.fill("#id_name", "Hot GPU")
     page.select_option("#id_kind", "gpu_temperature")

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from datetime import datetime
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import make_inventory, make_sample
+from conftest import BROWSER_ZONE as ZONE, SCREENSHOTS, log_in, make_inventory, make_sample
 
 from dashboard.fleet import rollup
 from dashboard.fleet.ingest import store_batch
@@ -26,17 +23,6 @@ from dashboard.jobs.models import Job, JobAttempt
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-# The README's screenshots are refreshed only on request (UPDATE_SCREENSHOTS=1), so a test run
-# leaves the working tree clean.
-SCREENSHOTS = (
-    Path(__file__).resolve().parents[3] / "docs" / "screenshots"
-    if os.environ.get("UPDATE_SCREENSHOTS")
-    else Path(tempfile.mkdtemp(prefix="hwdash-shots-"))
-)
-ZONE = "Australia/Adelaide"  # +09:30/+10:30: a half-hour offset catches times shown in UTC
 CHARTS = ("chart-cpu", "chart-ram", "chart-gpu-util", "chart-gpu-mem", "chart-gpu-power", "chart-gpu-temp",
           "chart-tokens-train", "chart-tokens-prompt", "chart-tokens-generated")
 DRAWN = "id => { const el = document.getElementById(id); return el && el.data && el.data.length && el.data[0].x.length > 0; }"
@@ -94,27 +80,8 @@ def fleet(transactional_db, django_user_model):
     return {job.name: job.pk for job in jobs}  # the ORM is out of reach once Playwright runs
 
 
-@pytest.fixture
-def page(live_server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 900}, timezone_id=ZONE, color_scheme="light")
-        page = context.new_page()
-        page.errors = []
-        page.on("pageerror", lambda exc: page.errors.append(str(exc)))
-        page.on("console", lambda msg: msg.type == "error" and page.errors.append(msg.text))
-        yield page
-        browser.close()
 
 
-def log_in(page, base: str) -> None:
-    page.goto(base + "/")
-    page.fill("#id_username", "victor")
-    page.fill("#id_password", "victor-pass")
-    page.click("button[type=submit]")
-    page.wait_for_url(base + "/")
 
 
 def test_a_user_logs_in_and_sees_the_fleet_and_a_machines_charts(fleet, live_server, page):

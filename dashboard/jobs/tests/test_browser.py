@@ -6,17 +6,14 @@ must notice each change by itself. Drives Debian's chromium through Playwright.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import make_batch
+from conftest import BROWSER_ZONE as ZONE, SCREENSHOTS, log_in, make_batch
 from django.db import connections
 
 from dashboard.fleet.ingest import store_batch
@@ -27,16 +24,6 @@ from dashboard.jobs.models import Job
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-# docs/screenshots/job.png is refreshed only on request (UPDATE_SCREENSHOTS=1), like the fleet's.
-SCREENSHOTS = (
-    Path(__file__).resolve().parents[3] / "docs" / "screenshots"
-    if os.environ.get("UPDATE_SCREENSHOTS")
-    else Path(tempfile.mkdtemp(prefix="hwdash-shots-"))
-)
-ZONE = "Australia/Adelaide"  # a half-hour offset catches times left in UTC
 TRAIN = "python -m hwprobe.workloads train --seconds 60"
 
 
@@ -71,28 +58,11 @@ def worker(fn, *args):
         return pool.submit(call).result()
 
 
-@pytest.fixture
-def page(live_server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 900}, timezone_id=ZONE, color_scheme="light")
-        page = context.new_page()
-        page.errors = []
-        page.on("pageerror", lambda exc: page.errors.append(str(exc)))
-        page.on("console", lambda msg: msg.type == "error" and page.errors.append(msg.text))
-        yield page
-        browser.close()
 
 
 def test_an_operator_submits_a_job_and_watches_it_run_log_and_finish(fleet, live_server, page):
     base = live_server.url
-    page.goto(base + "/jobs/")
-    page.fill("#id_username", "olga")
-    page.fill("#id_password", "olga-pass")
-    page.click("button[type=submit]")
-    page.wait_for_url(base + "/jobs/")
+    log_in(page, base, "olga", "olga-pass", then="/jobs/")
     assert "No jobs yet" in page.inner_text("#jobs")
 
     page.click("text=Submit job")

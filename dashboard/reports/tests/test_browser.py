@@ -4,27 +4,16 @@ the CSV link and the print layout."""
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from datetime import timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from conftest import BROWSER_ZONE as ZONE, SCREENSHOTS, log_in
 
 from . import seed
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-SCREENSHOTS = (
-    Path(__file__).resolve().parents[3] / "docs" / "screenshots"
-    if os.environ.get("UPDATE_SCREENSHOTS")
-    else Path(tempfile.mkdtemp(prefix="hwdash-shots-"))
-)
-ZONE = "Australia/Adelaide"  # a half-hour offset catches times shown in UTC
 A4_WIDTH_PX = 186 / 25.4 * 96  # 210 mm less 2 × 12 mm margins, in CSS pixels (about 703)
 DAY1 = seed.recent_day1()
 DAY2, DAY3 = DAY1 + timedelta(days=1), DAY1 + timedelta(days=2)
@@ -37,28 +26,8 @@ def fleet(transactional_db, django_user_model, settings):
     seed.fleet(DAY1)
 
 
-@pytest.fixture
-def page(live_server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 900}, timezone_id=ZONE, color_scheme="light",
-                                      accept_downloads=True)
-        page = context.new_page()
-        page.errors = []
-        page.on("pageerror", lambda exc: page.errors.append(str(exc)))
-        page.on("console", lambda msg: msg.type == "error" and page.errors.append(msg.text))
-        yield page
-        browser.close()
 
 
-def log_in(page, base: str) -> None:
-    page.goto(base + "/login/")
-    page.fill("#id_username", "victor")
-    page.fill("#id_password", "victor-pass")
-    page.click("button[type=submit]")
-    page.wait_for_url(base + "/")
 
 
 def figure(page, device: str, name: str) -> str:

@@ -1,0 +1,153 @@
+"""Tokens from job output: the built-in line, the presets on their fixtures, custom patterns,
+and what the executor tells the agent while a job runs."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hwprobe import channel
+from hwprobe.progress import JobMeter, LineSplitter, make_parser
+from hwprobe.tests.conftest import FIXTURES
+from hwprobe.tests.test_executor import ALLOW_PY, FakeDashboard, job_spec, run  # noqa: F401 - fixtures
+from hwprobe.tests.test_executor import dash  # noqa: F401 - the fake dashboard fixture
+from hwprobe.workloads import progress_line
+
+LOGS = FIXTURES / "progress"
+
+
+def total(pattern: str | None, text: str) -> dict[str, float]:
+    parser, sums = make_parser(pattern), {}
+    splitter = LineSplitter()
+    for line in splitter.feed(text) + splitter.close():
+        for kind, value in parser.feed(line).items():
+            sums[kind] = sums.get(kind, 0.0) + value
+    return sums
+
+
+def test_the_built_in_training_line_gives_deltas_of_its_running_total() -> None:
+    lines = [progress_line("train", step=10, tokens=20480, elapsed_s=1.0, tokens_per_s=20480.0, loss=2.5),
+             "saved the model to mingru.npz",
+             progress_line("train", step=25, tokens=51200, elapsed_s=2.5, tokens_per_s=20480.0, loss=2.4, final=1)]
+    parser = make_parser(None)
+    assert [parser.feed(line) for line in lines] == [{"train": 20480.0}, {}, {"train": 30720.0}]
+
+
+def test_the_built_in_serving_line_gives_prompt_and_generated_tokens() -> None:
+    text = "\n".join([
+        "serving on http://127.0.0.1:40111 with a fresh untrained model",
+        progress_line("serve", requests=4, prompt_tokens=160, generated_tokens=128, elapsed_s=1.0, tokens_per_s=128.0),
+        progress_line("serve", requests=9, prompt_tokens=350, generated_tokens=288, elapsed_s=2.0, tokens_per_s=160.0),
+    ])
+    assert total("hwprobe", text) == {"prompt": 350.0, "generated": 288.0}
+
+
+def test_hf_trainer_logs_give_num_input_tokens_seen_through_the_progress_bar() -> None:
+    assert total("hf-trainer", (LOGS / "hf_trainer.log").read_text()) == {"train": 3 * 10 * 8 * 512}
+
+
+def test_a_lightning_progress_bar_redrawn_with_carriage_returns_gives_its_running_total() -> None:
+    assert total("lightning", (LOGS / "lightning.log").read_text()) == {"train": 20 * 4096}
+
+
+def test_build_nanogpt_step_lines_give_time_times_rate() -> None:
+    sums = total("nanogpt", (LOGS / "build_nanogpt.log").read_text())
+    assert sums["train"] == pytest.approx(5 * 524288, rel=1e-5)
+
+
+def test_llm_c_step_lines_give_time_times_rate() -> None:
+    sums = total("nanogpt", (LOGS / "llmc.log").read_text())
+    assert sums["train"] == pytest.approx(3 * 256, rel=0.01)  # whole tokens/s: a little short
+
+
+def test_a_custom_pattern_with_a_kind_group() -> None:
+    pattern = r"served (?P<tokens>\d+) (?P<kind>prompt|generated) tokens"
+    text = "served 10 prompt tokens\nserved 4 generated tokens\nserved 25 prompt tokens\nnoise 99\n"
+    assert total(pattern, text) == {"prompt": 25.0, "generated": 4.0}
+
+
+def test_a_running_total_that_starts_again_counts_from_zero() -> None:
+    text = "tokens=1000\ntokens=1500\ntokens=200\ntokens=300\n"
+    assert total(r"tokens=(?P<tokens>\d+)", text) == {"train": 1500.0 + 200 + 100}
+
+
+def test_a_pattern_without_a_tokens_group_or_that_does_not_compile_is_refused() -> None:
+    with pytest.raises(ValueError, match="tokens"):
+        make_parser(r"step (\d+)")
+    with pytest.raises(ValueError, match="regular expression"):
+        make_parser(r"(?P<tokens>\d+")
+
+
+def test_lines_are_cut_at_newlines_and_carriage_returns_across_chunks() -> None:
+    splitter = LineSplitter()
+    assert splitter.feed("a\rb") == ["a"]
+    assert splitter.feed("c\nd") == ["bc"]
+    assert splitter.close() == ["d"]
+
+
+# ---- the job meter and the agent's channel -------------------------------------------------
+
+
+@pytest.fixture
+def agent_side() -> Any:
+    ledger, scrapes = channel.Ledger(), []
+    listener = channel.Listener(0, ledger, on_scrape=scrapes.append).start()
+    listener.scrapes = scrapes
+    yield listener
+    listener.close()
+
+
+def settle(condition: Any, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_the_built_in_serve_registers_its_port_and_leaves_serving_counts_to_the_scrape(agent_side: Any) -> None:
+    meter = JobMeter(11, None, builtin_serve=True, port=agent_side.port)
+    meter.start()
+    meter.feed("stdout", "serving on http://0.0.0.0:40111 with a fresh untrained model\n")
+    meter.feed("stdout", progress_line("serve", requests=3, prompt_tokens=90, generated_tokens=64,
+                                       elapsed_s=1.0, tokens_per_s=64.0) + "\n")
+    meter.finish()
+    settle(lambda: len(agent_side.scrapes) == 2)
+    assert agent_side.scrapes == [
+        {"kind": "scrape", "url": "http://127.0.0.1:40111/metrics", "job": 11, "engine": "hwprobe",
+         "stop": False, "from_zero": True},
+        {"kind": "scrape", "url": "http://127.0.0.1:40111/metrics", "job": 11, "engine": "auto",
+         "stop": True, "from_zero": False},
+    ]
+    assert agent_side.ledger.drain() == []
+
+
+def test_a_metrics_url_is_registered_at_start_and_training_lines_still_count(agent_side: Any) -> None:
+    meter = JobMeter(12, None, metrics_url="http://127.0.0.1:9/metrics", port=agent_side.port)
+    meter.start()
+    meter.feed("stderr", progress_line("train", step=1, tokens=4096, elapsed_s=1.0, tokens_per_s=4096.0, loss=3.0) + "\n")
+    settle(lambda: agent_side.received >= 2)
+    assert agent_side.scrapes[0]["url"] == "http://127.0.0.1:9/metrics" and not agent_side.scrapes[0]["from_zero"]
+    assert agent_side.ledger.drain() == [{"job_id": 12, "source": "progress", "prompt": 0, "generated": 0, "train": 4096}]
+
+
+def test_a_job_run_sends_its_printed_tokens_to_the_agent(dash: FakeDashboard, tmp_path: Path,  # noqa: F811
+                                                         agent_side: Any) -> None:
+    code = ("import sys\n"
+            "for i in range(1, 4): print(f'HWPROBE_PROGRESS kind=train step={i} tokens={i * 1000} loss=2.0', flush=True)\n"
+            "sys.stdout.write('HWPROBE_PROGRESS kind=train step=4 tokens=4500 final=1')\n")  # no newline at the end
+    spec = job_spec(argv=[sys.executable, "-c", code])
+    result = run(dash, spec, tmp_path, report_port=agent_side.port)
+    assert result.outcome == "succeeded", dash.text()
+    settle(lambda: agent_side.received >= 4)
+    assert agent_side.ledger.drain() == [{"job_id": 7, "source": "progress", "prompt": 0, "generated": 0, "train": 4500}]
+
+
+def test_a_job_learns_the_agent_port_from_its_environment(dash: FakeDashboard, tmp_path: Path,  # noqa: F811
+                                                          agent_side: Any) -> None:
+    code = "import os; print('port', os.environ['HWPROBE_REPORT_PORT'], os.environ['HWPROBE_JOB_ID'])"
+    result = run(dash, job_spec(argv=[sys.executable, "-c", code]), tmp_path, report_port=agent_side.port)
+    assert result.outcome == "succeeded"
+    assert f"port {agent_side.port} 7" in dash.text()
