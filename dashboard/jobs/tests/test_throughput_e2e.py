@@ -121,8 +121,12 @@ def test_train_and_serve_jobs_report_tokens_per_second_through_the_series_api(fl
 
     # Serving tokens come from scraping /metrics each 0.5 s: what the server generated after the
     # last scrape before it shut down is not seen, so the total may fall a little short.
-    wait_for(lambda: stored(serve, "generated_tokens") >= 0.8 * served["generated_tokens"], 15,
-             "the serving job's windows")
+    try:
+        wait_for(lambda: stored(serve, "generated_tokens") >= 0.8 * served["generated_tokens"], 15,
+                 "the serving job's windows")
+    except AssertionError:
+        raise AssertionError((stored(serve, "generated_tokens"), served, agent.log.read_text()[-3000:],
+                              worker.output()[-3000:]))
     generated = stored(serve, "generated_tokens")
     assert 0.8 * served["generated_tokens"] <= generated <= served["generated_tokens"], (generated, served)
     assert 0.8 * served["prompt_tokens"] <= stored(serve, "prompt_tokens") <= served["prompt_tokens"]
