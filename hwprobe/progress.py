@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 from typing import Protocol
 
+from hwprobe import channel
 from hwprobe.workloads import parse_progress
 
 KINDS = ("prompt", "generated", "train")
@@ -169,9 +170,6 @@ class JobMeter:
 
     def __init__(self, job_id: int, pattern: str | None, metrics_url: str | None = None,
                  builtin_serve: bool = False, port: int | None = None) -> None:
-        from hwprobe import channel
-
-        self._channel = channel
         self.job_id, self.port = job_id, channel.port_from_env() if port is None else port
         self.parser = make_parser(pattern)
         self.metrics_url = metrics_url
@@ -188,7 +186,7 @@ class JobMeter:
     def _register(self, url: str, engine: str, from_zero: bool) -> None:
         self.scraped = url
         if self.port:
-            self._channel.send(self._channel.scrape_datagram(url, self.job_id, engine, from_zero=from_zero), self.port)
+            channel.send(channel.scrape_datagram(url, self.job_id, engine, from_zero=from_zero), self.port)
 
     def feed(self, stream: str, text: str) -> None:
         """Take decoded output of ``stream`` ("stdout" or "stderr") as it comes."""
@@ -215,9 +213,9 @@ class JobMeter:
             for kind, value in counts.items():
                 self.sent[kind] += value
             if self.port:
-                self._channel.send(self._channel.token_datagram(self.job_id, "progress", **counts), self.port)
+                channel.send(channel.token_datagram(self.job_id, "progress", **counts), self.port)
 
     def finish(self) -> None:
         """Unregister the job's endpoint (the agent scrapes it no more)."""
         if self.scraped and self.port:
-            self._channel.send(self._channel.scrape_datagram(self.scraped, self.job_id, stop=True), self.port)
+            channel.send(channel.scrape_datagram(self.scraped, self.job_id, stop=True), self.port)

@@ -441,6 +441,9 @@ class Simulator:
     senders: int = 32
     batch_max: int = 100
     status_every_s: float = 10.0
+    # Every machine's first batch carries its inventory, which costs the server more: the summary's
+    # "steady" figures leave this start-up burst out.
+    warmup_s: float = 30.0
     flush_s: float = 5.0
     timeout_s: float = 10.0
     print_fn: Callable[[str], None] = print
@@ -525,6 +528,7 @@ class Simulator:
         """Send until ``seconds`` have passed or ``stop`` is set (Ctrl-C too); returns the summary."""
         self._open()
         self._lat_mark = 0
+        warm_mark: int | None = None
         n = len(self.vms)
         threads = [threading.Thread(target=self._send_worker, name=f"sim-sender-{i}", daemon=True)
                    for i in range(max(1, self.senders))]
@@ -544,6 +548,9 @@ class Simulator:
                 now = time.monotonic()
                 if now >= deadline:
                     break
+                if warm_mark is None and now - started >= self.warmup_s:
+                    with self.counters.lock:
+                        warm_mark = len(self.counters.latencies_s)
                 while windows and windows[0][0] <= now:
                     due, i = heapq.heappop(windows)
                     vm = self.vms[i]
@@ -567,9 +574,14 @@ class Simulator:
                     self._wake.wait(max(0.0, wake - time.monotonic()))
         except KeyboardInterrupt:
             self.print_fn("simulate | interrupted")
-        return self._finish(started, threads, lag, time.monotonic() - started)
+        run_s = time.monotonic() - started
+        at_stop = self._status(started, lag)  # before the flush drains what is left
+        with self.counters.lock:
+            steady_latencies = self.counters.latencies_s[warm_mark:] if warm_mark is not None else []
+        return self._finish(started, threads, lag, run_s, at_stop, steady_latencies)
 
-    def _finish(self, started: float, threads: list[threading.Thread], lag: float, run_s: float) -> dict[str, Any]:
+    def _finish(self, started: float, threads: list[threading.Thread], lag: float, run_s: float,
+                at_stop: Status, steady_latencies: list[float]) -> dict[str, Any]:
         # Like the agent on SIGTERM: a few seconds to deliver what is spooled, then stop.
         deadline = time.monotonic() + self.flush_s
         while time.monotonic() < deadline:
@@ -591,6 +603,7 @@ class Simulator:
         final = self._status(started, lag)
         self.print_fn(final.line(len(self.vms), self.interval_s) + "  (final)")
         c = self.counters
+        steady = [s.backlog for s in self.history[:-1] if s.elapsed_s >= self.warmup_s]
         summary = {
             # Rates over the time windows were made (the final flush adds none).
             "machines": len(self.vms), "gpus": self.gpus, "interval_s": self.interval_s, "seconds": run_s,
@@ -598,7 +611,13 @@ class Simulator:
             "accepted": c.accepted, "accepted_per_s": c.accepted / run_s if run_s else 0.0,
             "duplicates": c.duplicates, "requests": c.requests, "errors": c.errors, "last_error": c.last_error,
             "p50_ms": percentile(c.latencies_s, 50) * 1000, "p99_ms": percentile(c.latencies_s, 99) * 1000,
-            "backlog_max": max(s.backlog for s in self.history), "backlog_final": final.backlog,
+            "backlog_max": max(s.backlog for s in self.history), "backlog_at_stop": at_stop.backlog,
+            "backlog_final": final.backlog,  # after the flush
+            # After the start-up burst (warmup_s): status samples of the backlog, request latency.
+            "warmup_s": self.warmup_s,
+            "backlog_median": percentile(steady, 50), "backlog_p90": percentile(steady, 90),
+            "backlog_max_steady": max(steady, default=math.nan),
+            "p50_ms_steady": percentile(steady_latencies, 50) * 1000, "p99_ms_steady": percentile(steady_latencies, 99) * 1000,
             "history": [s.__dict__ for s in self.history],
         }
         if not any(t.is_alive() for t in threads):  # a request still in flight may yet ack

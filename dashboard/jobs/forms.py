@@ -12,6 +12,7 @@ from dashboard.fleet.models import Machine
 from dashboard.fleet.queries import accelerator_summary
 
 from .api import JobIn
+from .tasks import PROGRESS_PRESETS
 
 GIB = 2**30
 
@@ -85,6 +86,19 @@ class JobForm(forms.Form):
     max_runtime_s = forms.IntegerField(required=False, label="Maximum run time (s)", help_text="Empty for no limit.")
     preemptible = forms.BooleanField(required=False, label="Preemptible",
                                      help_text="Training only: may be stopped for a serving job and resumed later.")
+    metrics_url = forms.CharField(
+        required=False, label="Metrics URL", max_length=500,
+        widget=forms.TextInput(attrs={"class": "mono", "placeholder": "http://127.0.0.1:8000/metrics"}),
+        help_text="A serving engine's Prometheus endpoint (vLLM, llama.cpp, TGI, SGLang), scraped on the machine "
+                  "while the job runs. The built-in serve workload needs none.",
+    )
+    progress_pattern = forms.CharField(
+        required=False, label="Progress pattern", max_length=500,
+        widget=forms.TextInput(attrs={"class": "mono", "list": "progress-presets", "spellcheck": "false",
+                                      "placeholder": "hwprobe"}),
+        help_text="How to read tokens from the job's output: a preset (" + ", ".join(PROGRESS_PRESETS) + ") or a "
+                  "regular expression with a running total in (?P<tokens>...). Empty: the built-in workloads' line.",
+    )
 
     job_fields: dict[str, Any]  # set by clean(): what service.submit takes
 
@@ -109,7 +123,8 @@ class JobForm(forms.Form):
                 self.add_error("command", f"cannot split it into arguments: {exc}")
                 return data
         fields = {k: data[k] for k in ("name", "kind", "gpus", "gpu_memory_gb", "priority", "max_runtime_s",
-                                         "workdir", "env", "preemptible")}
+                                         "workdir", "env", "preemptible", "progress_pattern")}
+        fields["metrics_url"] = data["metrics_url"].strip() or None
         try:
             job = JobIn(command=command, machine=data["machine"] or None, **fields)
         except ValidationError as exc:
@@ -134,6 +149,11 @@ class JobForm(forms.Form):
 def _messages(exc: ValidationError, command_is_list: bool):
     """(field, sentence) for each pydantic error, in words that fit next to the field."""
     for err in exc.errors():
+        if not err["loc"]:  # a model validator's error names its field first: "field: sentence"
+            message = err["msg"].removeprefix("Value error, ")
+            field, sep, sentence = message.partition(": ")
+            yield (field, sentence) if sep else ("__all__", message)
+            continue
         field, *rest = err["loc"]
         if field == "command" and rest:
             branch, *rest = rest  # command is a list or a string: report the branch we sent

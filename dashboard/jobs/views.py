@@ -17,6 +17,7 @@ from dashboard.fleet.models import Machine
 from . import queries, service
 from .forms import TEMPLATES, JobForm
 from .models import Job
+from .tasks import PROGRESS_PRESETS
 
 FILTERS = ("status", "machine", "kind", "owner")
 
@@ -71,7 +72,7 @@ def job_new(request: HttpRequest) -> HttpResponse:
                 return redirect("jobs:job", pk=job.pk)
     else:
         form = JobForm(initial=TEMPLATES.get(request.GET.get("template", ""), {}))
-    return render(request, "jobs/new.html", {"form": form})
+    return render(request, "jobs/new.html", {"form": form, "progress_presets": PROGRESS_PRESETS})
 
 
 @login_required

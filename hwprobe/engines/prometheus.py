@@ -15,9 +15,10 @@ hwprobe     ``hwprobe_serve_prompt_tokens_total``  ``hwprobe_serve_generated_tok
 
 TGI has no token counters: the sums of its per-request histograms grow as requests finish, so
 its rate comes in steps at request ends. ``auto`` picks the engine from the first sample name
-with a known prefix. The text goes through ``prometheus_client``'s parser (imported on first
-use, so an agent without scrape targets never loads it); matching is on sample names, which
-keep ``_total`` where family names lose it.
+with a known prefix. Only the few sample lines we need are parsed (:func:`parse_sample`, checked
+against ``prometheus_client``'s parser on every capture in the tests), one by one, so a malformed
+line elsewhere costs nothing and a malformed token line costs only itself; matching is on sample
+names, which keep ``_total`` where family names lose it.
 
 :class:`CounterRate` turns successive totals into tokens produced between scrapes: a total
 that went down (a counter reset) or a new ``process_start_time_seconds`` (an engine restart)
@@ -30,8 +31,9 @@ from __future__ import annotations
 import logging
 import math
 import re
-import urllib.request
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
 
 from hwprobe import __version__
 
@@ -71,25 +73,61 @@ def detect(text: str) -> str | None:
     return dict(_PREFIXES)[match.group(1)]
 
 
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+
+
+def parse_sample(line: str) -> tuple[str, float]:
+    """(name, value) of one sample line of the text exposition format; ValueError if malformed.
+
+    Labels are skipped (we sum over them), respecting quoted values with escapes; an optional
+    timestamp and an OpenMetrics exemplar after the value are ignored. ``NaN``, ``+Inf`` and
+    llama.cpp's ``-nan`` come back as floats.
+    """
+    match = _NAME.match(line)
+    if match is None:
+        raise ValueError("no metric name")
+    i = match.end()
+    if i < len(line) and line[i] == "{":
+        i += 1
+        quoted = False
+        while i < len(line):
+            char = line[i]
+            if quoted:
+                if char == "\\":
+                    i += 1
+                elif char == '"':
+                    quoted = False
+            elif char == '"':
+                quoted = True
+            elif char == "}":
+                break
+            i += 1
+        else:
+            raise ValueError("unterminated label set")
+        i += 1
+    rest = line[i:]
+    if not rest[:1].isspace():
+        raise ValueError("no space before the value")
+    fields = rest.split()
+    if not fields:
+        raise ValueError("no value")
+    return match.group(0), float(fields[0])
+
+
 def _samples(text: str, wanted: set[str], problems: list[str]) -> list[tuple[str, float]]:
     """(name, value) of the samples named in ``wanted``; a malformed line costs only itself."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    try:
-        return [(s.name, s.value) for family in text_string_to_metric_families(text)
-                for s in family.samples if s.name in wanted]
-    except ValueError as err:  # the parser gives up on the whole text: read our lines one by one
-        problems.append(f"malformed exposition ({err}); reading the token lines one by one")
     found = []
     for line in text.splitlines():
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name not in wanted:
+        line = line.strip()
+        if not line or line[0] == "#":
+            continue
+        head = _NAME.match(line)
+        if head is None or head.group(0) not in wanted:
             continue
         try:
-            found += [(s.name, s.value) for family in text_string_to_metric_families(line + "\n")
-                      for s in family.samples if s.name in wanted]
-        except ValueError:
-            problems.append(f"skipped a malformed line: {line[:120]!r}")
+            found.append(parse_sample(line))
+        except ValueError as err:
+            problems.append(f"skipped a malformed line ({err}): {line[:120]!r}")
     return found
 
 
@@ -155,14 +193,49 @@ class CounterRate:
 
 
 def fetch(url: str, timeout_s: float) -> str:
-    """The body of ``GET url`` as text; raises OSError (URLError included) or ValueError."""
-    request = urllib.request.Request(url, headers={"User-Agent": f"hwprobe/{__version__}",
-                                                   "Accept": "text/plain;version=0.0.4"})
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - http(s) only, checked
+    """The body of ``GET url`` as text; raises OSError or ValueError (a non-200 answer too)."""
+    import http.client
+
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        conn: http.client.HTTPConnection = _https_connection(parts.hostname or "", parts.port or 443,
+                                                            timeout=timeout_s)
+    else:
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout_s)
+    try:
+        conn.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), headers={
+            "User-Agent": f"hwprobe/{__version__}", "Accept": "text/plain;version=0.0.4"})
+        response = conn.getresponse()
         body = response.read(MAX_BODY + 1)
+    except http.client.HTTPException as err:
+        raise OSError(f"{type(err).__name__}: {err}") from None
+    finally:
+        conn.close()
+    if response.status != 200:
+        raise ValueError(f"HTTP {response.status}")
     if len(body) > MAX_BODY:
         raise ValueError(f"the response is larger than {MAX_BODY} bytes")
     return body.decode("utf-8", "replace")
+
+
+def _https_class() -> type:
+    import http.client
+    import ssl
+
+    class HTTPS(http.client.HTTPConnection):
+        # Built on HTTPConnection: the agent may have imported http.client without ssl (to save
+        # memory), and then http.client.HTTPSConnection does not exist.
+        default_port = 443
+
+        def connect(self) -> None:
+            super().connect()
+            self.sock = ssl.create_default_context().wrap_socket(self.sock, server_hostname=self.host)
+
+    return HTTPS
+
+
+def _https_connection(host: str, port: int, timeout: float) -> Any:
+    return _https_class()(host, port, timeout=timeout)
 
 
 class Target:

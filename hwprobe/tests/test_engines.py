@@ -113,12 +113,35 @@ def test_a_nan_token_counter_is_skipped_and_the_other_kind_kept() -> None:
     assert any("not a finite count" in p for p in reading.problems)
 
 
-def test_a_malformed_line_costs_only_itself() -> None:
+def test_a_malformed_line_elsewhere_costs_nothing() -> None:
     capture = text("sglang/sglang_docs_production_metrics_example.txt")
     broken = capture.replace("# HELP sglang:token_usage", 'sglang:token_usage{model_name="x" oops\n# HELP sglang:token_usage')
     reading = parse(broken)
     assert reading.totals == {"prompt": 8_128_902.0, "generated": 7_557_572.0}
-    assert any("malformed exposition" in p for p in reading.problems)
+    assert reading.problems == []
+
+
+@pytest.mark.parametrize("path", EXPOSITIONS, ids=lambda p: p.name)
+def test_our_sample_parser_agrees_with_prometheus_client_on_every_capture(path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    theirs = [(s.name, s.value) for f in text_string_to_metric_families(path.read_text()) for s in f.samples]
+    ours = [prometheus.parse_sample(line.strip()) for line in path.read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    assert len(ours) == len(theirs)
+    for (name, value), (their_name, their_value) in zip(ours, theirs):
+        # prometheus_client renames a counter sample without _total (llama.cpp's
+        # n_busy_slots_per_decode) to name_total; we keep the name as written.
+        assert their_name in (name, name + "_total")
+        assert value == their_value or (math.isnan(value) and math.isnan(their_value))
+
+
+def test_label_values_with_braces_spaces_and_escaped_quotes_are_skipped_whole() -> None:
+    line = 'vllm:generation_tokens_total{model_name="a} 9 \\"b\\" {c}",engine="0"} 1.5e3 1700000000000'
+    assert prometheus.parse_sample(line) == ("vllm:generation_tokens_total", 1500.0)
+    for bad in ('x{a="1" 3', "x", "x{} ", "9x 1"):
+        with pytest.raises(ValueError):
+            prometheus.parse_sample(bad)
 
 
 def test_a_malformed_token_line_is_skipped_and_the_other_read() -> None:
@@ -127,6 +150,7 @@ def test_a_malformed_token_line_is_skipped_and_the_other_read() -> None:
                              'vllm:prompt_tokens_total{model_name="facebook/opt-125m"} five')
     reading = parse(broken)
     assert reading.totals == {"prompt": None, "generated": 7.0}
+    assert any("skipped a malformed line" in p for p in reading.problems)
 
 
 # ---- rates across scrapes, resets and restarts ----------------------------------------------

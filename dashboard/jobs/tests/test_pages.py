@@ -274,3 +274,25 @@ def test_cancelling_a_running_job_asks_its_worker_to_stop_it(client, operator, o
     page = r.content.decode()
     assert "Cancel requested: the worker is stopping the job." in page
     assert "Stopping…" in page and "cancel requested by olga; stopping" in page
+
+
+def test_the_form_takes_a_metrics_url_and_a_progress_pattern(client, operator):
+    client.force_login(operator)
+    page = client.get("/jobs/new/").content.decode()
+    assert 'id="field-metrics_url"' in page and '<option value="hf-trainer">' in page
+    client.post("/jobs/new/", form(kind="serve", metrics_url="http://127.0.0.1:8000/metrics", progress_pattern="hf-trainer"))
+    client.post("/jobs/new/", form(progress_pattern=r"seen (?P<tokens>\d+)"))
+    preset, custom = Job.objects.order_by("pk")
+    assert (preset.metrics_url, preset.progress_pattern) == ("http://127.0.0.1:8000/metrics", "hf-trainer")
+    assert (custom.metrics_url, custom.progress_pattern) == ("", r"seen (?P<tokens>\d+)")
+
+
+def test_a_progress_pattern_without_a_tokens_group_is_shown_next_to_its_field(client, operator):
+    client.force_login(operator)
+    r = client.post("/jobs/new/", form(progress_pattern=r"step (\d+)", metrics_url="ftp://x"))
+    errors = r.context["form"].errors
+    assert errors["metrics_url"] and not Job.objects.exists()
+    r = client.post("/jobs/new/", form(progress_pattern=r"step (\d+)"))
+    assert r.context["form"].errors["progress_pattern"][0].startswith("needs a named group (?P<tokens>...)")
+    block = r.content.decode().split('id="field-progress_pattern"')[1].split('class="field')[0]
+    assert "needs a named group" in block
