@@ -189,6 +189,9 @@ def store_batch(machine: Machine, batch: Batch, now: datetime | None = None) -> 
     adapt = connection.ops.adapt_datetimefield_value
     received = adapt(now)
     with transaction.atomic():
+        offset = _seq_offset(machine, batch)
+        for s in batch.samples:
+            s.seq += offset  # from the agent's numbering to this machine's
         system_rows = []
         times = [adapt(_ts(s)) for s in batch.samples]
         for s, ts in zip(batch.samples, times):
@@ -224,5 +227,22 @@ def store_batch(machine: Machine, batch: Batch, now: datetime | None = None) -> 
     return IngestResult(
         accepted=len(new),
         duplicates=len(batch.samples) - len(new),
-        last_seq=max(newest.seq, machine.last_seq),
+        last_seq=max(newest.seq, machine.last_seq) - offset,
     )
+
+
+def _seq_offset(machine: Machine, batch: Batch) -> int:
+    """What to add to this batch's seqs: non-zero once a machine's agent restarted its numbering."""
+    if not batch.spool_id or batch.spool_id == machine.spool_id:
+        return machine.seq_offset
+    # A spool we have not seen (a reinstalled agent, a wiped state folder): if its seqs overlap
+    # what is stored, they are a new series, not replays, and go after it.
+    locked = Machine.objects.select_for_update().get(pk=machine.pk)
+    if batch.spool_id == locked.spool_id:
+        offset = locked.seq_offset
+    else:
+        first = min(s.seq for s in batch.samples)
+        offset = locked.last_seq if first <= locked.last_seq else 0
+        Machine.objects.filter(pk=machine.pk).update(spool_id=batch.spool_id, seq_offset=offset)
+    machine.spool_id, machine.seq_offset, machine.last_seq = batch.spool_id, offset, locked.last_seq
+    return offset

@@ -40,6 +40,10 @@ class Machine(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     last_seen_at = models.DateTimeField(null=True, blank=True)
     last_seq = models.BigIntegerField(default=0)
+    # A reinstalled agent starts a new spool whose seqs begin at 1 again: its batches name their
+    # spool, and seqs from a spool we have not seen are shifted past what is stored.
+    spool_id = models.CharField(max_length=64, blank=True)
+    seq_offset = models.BigIntegerField(default=0)
     # The agent's cumulative count of samples its spool had to discard (never reset by us).
     spool_dropped = models.BigIntegerField(default=0)
     # The newest sample as received (means and last values), for cards and the process table.

@@ -165,6 +165,7 @@ class Inventory(Strict):
 
 class Batch(Strict):
     agent_version: Annotated[str, Field(max_length=32)] = ""
+    spool_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     dropped: Annotated[int, Field(ge=0, le=MAX_SEQ)] = 0
     inventory: Inventory | None = None
     samples: list[Sample] = Field(min_length=1, max_length=MAX_SAMPLES)

@@ -177,3 +177,18 @@ def test_token_counts_are_stored_once_and_linked_only_to_this_machines_jobs(clie
     bad = make_batch([2])
     bad["samples"][0]["tokens"] = [{"source": "report", "generated": -1}]
     assert post(client, agent_token, bad).status_code == 400
+
+
+@pytest.mark.django_db
+def test_a_reinstalled_agent_restarting_at_seq_1_loses_nothing(client, machine, agent_token):
+    first = make_batch([1, 2, 3])
+    first["spool_id"] = "spool-a"
+    assert post(client, agent_token, first).json()["accepted"] == 3
+    fresh = make_batch([1, 2])  # a wiped state folder: a new spool numbers from 1 again
+    fresh["spool_id"] = "spool-b"
+    assert post(client, agent_token, fresh).json() == {"accepted": 2, "duplicates": 0, "last_seq": 2}
+    assert post(client, agent_token, fresh).json()["duplicates"] == 2  # its replays still dedupe
+    nxt = make_batch([3])
+    nxt["spool_id"] = "spool-b"
+    assert post(client, agent_token, nxt).json()["accepted"] == 1
+    assert list(SystemSample.objects.filter(machine=machine).order_by("seq").values_list("seq", flat=True)) == [1, 2, 3, 4, 5, 6]
