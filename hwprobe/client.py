@@ -206,6 +206,7 @@ class Sender:
         inventory = self._inventory_pending
         document = {
             "agent_version": __version__,
+            "spool_id": self.spool.spool_id,
             "dropped": self.spool.dropped,
             "inventory": _without_nulls(inventory),
             "samples": _wire_samples(batch),

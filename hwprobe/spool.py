@@ -13,6 +13,7 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq INTEGER PRIMARY KEY, body TEXT NOT NULL, error TEXT NOT NULL, at REAL NOT NULL);
 INSERT OR IGNORE INTO counters (name, value) VALUES ('last_seq', 0), ('dropped', 0), ('dead', 0);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -54,6 +56,11 @@ class Spool:
         self._db.execute("PRAGMA synchronous=NORMAL")
         with self._lock:
             self._db.executescript(_SCHEMA)
+            # Names this spool's seq series: a new spool (a reinstalled agent) restarts at seq 1,
+            # and the server tells the two series apart by this id.
+            self._db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('spool_id', ?)",
+                             (uuid.uuid4().hex,))
+            self.spool_id: str = self._db.execute("SELECT value FROM meta WHERE name = 'spool_id'").fetchone()[0]
 
     def _counter(self, name: str) -> int:
         return int(self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0])

@@ -74,3 +74,12 @@ def test_its_default_place_follows_hwprobe_state_dir(tmp_path: Path, monkeypatch
     assert default_path() == tmp_path / "spool.sqlite3"
     monkeypatch.delenv("HWPROBE_STATE_DIR")
     assert default_path().parts[-4:] == (".local", "state", "hwprobe", "spool.sqlite3")
+
+
+def test_a_spool_keeps_its_id_across_reopening_and_a_new_spool_gets_another(tmp_path):
+    from hwprobe.spool import Spool
+
+    first = Spool(tmp_path / "a.sqlite3")
+    same = Spool(tmp_path / "a.sqlite3")
+    other = Spool(tmp_path / "b.sqlite3")
+    assert first.spool_id == same.spool_id != other.spool_id
