@@ -36,6 +36,7 @@ import json
 import os
 import pstats
 import random
+import re
 import shutil
 import signal
 import socket
@@ -197,12 +198,51 @@ class Telemetry(threading.Thread):
 
 # --- 2. submit-to-running ---------------------------------------------------------------------
 
+LOG_TIME = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})")
+
+
+def log_events(text: str, needle: str) -> list[tuple[float, str]]:
+    """(epoch seconds, line) of the log lines containing ``needle``; asctime is local, to the ms."""
+    out = []
+    for line in text.splitlines():
+        if needle in line:
+            m = LOG_TIME.search(line)
+            if m:
+                out.append((time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000, line))
+    return out
+
+
+def add_log_times(runs: list[dict], celery_log: str, worker_log: str) -> None:
+    """Per job: when the dashboard worker got the place task and the machine's worker got run_job.
+
+    From the two workers' own log lines (millisecond timestamps): the place task received last
+    before the job's placed_at, the first run_job received after it, and the worker's
+    "job N attempt 1 started: pid" line (written once the command is spawned).
+    """
+    place = [t for t, _ in log_events(celery_log, "dashboard.jobs.tasks.place[")
+             if "received" in _]
+    run_job = [t for t, line in log_events(worker_log, "hwprobe.run_job[") if "received" in line]
+    spawned = {}
+    for t, line in log_events(worker_log, " started: pid "):
+        m = re.search(r"job (\d+) attempt \d+ started", line)
+        if m:
+            spawned[int(m.group(1))] = t
+    nan = float("nan")
+    for r in runs:
+        before = [t for t in place if t <= r["placed"] + 0.001]
+        after = [t for t in run_job if t >= r["placed"] - 0.001]
+        r["place_received"] = before[-1] if before else nan
+        r["run_received"] = after[0] if after else nan
+        r["spawned"] = spawned.get(r["id"], nan)
+
+
 def submit_to_running(port: int, token: str, n: int, workers: list[Proc]) -> list[dict]:
     from dashboard.jobs.models import Job, JobLog
 
     body = {"name": "bench-train", "kind": "train", "command": WORKLOAD, "gpus": 0}
     out = []
     for i in range(n):
+        t_sent = time.time()
         status, reply = http_json(port, "POST", "/api/v1/jobs", token, body)
         t_post = time.time()
         if status != 201:
@@ -225,7 +265,7 @@ def submit_to_running(port: int, token: str, n: int, workers: list[Proc]) -> lis
             raise RuntimeError(f"job #{job_id} ended {job.status}: {job.status_message}")
         ts = lambda d: d.timestamp() if d else float("nan")  # noqa: E731
         out.append({
-            "id": job_id, "post": t_post, "created": ts(job.created_at), "placed": ts(job.placed_at),
+            "id": job_id, "sent": t_sent, "post": t_post, "created": ts(job.created_at), "placed": ts(job.placed_at),
             "started": ts(job.started_at), "beat": ts(job.heartbeat_at), "first_log": ts(first_log),
             "finished": ts(job.finished_at),
         })
@@ -451,6 +491,7 @@ def main() -> int:
             # --- 2. submit-to-running
             t0 = time.perf_counter()
             runs = submit_to_running(port, user_token, args.jobs, procs)
+            add_log_times(runs, procs[1].output(), procs[2].output())
             say(f"{len(runs)} jobs submitted and run in {time.perf_counter() - t0:.1f} s")
             if telemetry.errors:
                 say(f"telemetry errors: {telemetry.errors[:3]}")
@@ -506,16 +547,21 @@ def report(args, base: list[float], agent_ms: float, runs: list[dict], one_ms: f
         ["path", "p50 ms", "p99 ms", "vs bare (p50 / p99)"],
     ))
     segments = [
-        ("POST returned -> placed_at (place task: broker hop, prefork child, pass begins)", "post", "placed"),
-        ("created_at (in the request) -> placed_at", "created", "placed"),
-        ("placed_at -> started_at (pass + commit, dispatch, hop to hwprobe worker, policy, claim HTTP)", "placed", "started"),
-        ("started_at -> first heartbeat (claim reply, spawn of the shim, heartbeat HTTP)", "started", "beat"),
-        ("started_at -> first output line (spawn, 2 interpreters, numpy import, first print)", "started", "first_log"),
-        ("first output -> finished_at (the workload's own run)", "first_log", "finished"),
+        ("the POST itself (client: sent -> reply read)", "sent", "post"),
+        ("  created_at (in the request) -> reply read by the client", "created", "post"),
+        ("1  created_at -> place task received by the dashboard worker (on_commit, delay, Redis hop)", "created", "place_received"),
+        ("2  place task received -> placed_at (prefork child, task start, pass begins)", "place_received", "placed"),
+        ("3  placed_at -> run_job received by the hwprobe worker (pass, commit, dispatch, Redis hop)", "placed", "run_received"),
+        ("4  run_job received -> started_at (thread pool, policy, claim HTTP up to its UPDATE)", "run_received", "started"),
+        ("   sum 1-4: created_at -> started_at", "created", "started"),
+        ("5  started_at -> spawned (claim commit + reply, Popen of the shim)", "started", "spawned"),
+        ("6  spawned -> first heartbeat stored (heartbeat HTTP)", "spawned", "beat"),
+        ("7  spawned -> first output line (2 interpreters, numpy import, first print)", "spawned", "first_log"),
+        ("   first output -> finished_at (the workload's own run, log flush, finish)", "first_log", "finished"),
     ]
     rows = []
     for name, a, b in segments:
-        xs = [r[b] - r[a] for r in runs]
+        xs = [r[b] - r[a] for r in runs if r[b] == r[b] and r[a] == r[a]]  # NaN: not in the logs
         rows.append([name, f"{ms(xs, 50):.1f}", f"{ms(xs, 99):.1f}"])
     rows.append(["in-process place_queued(), 1 queued job, 1 machine (median of 20)", f"{one_ms:.1f}", ""])
     rows.append(["one agent HTTP call, GET /api/v1/agent/config (median of 50)", f"{agent_ms:.1f}", ""])
@@ -537,7 +583,8 @@ def report(args, base: list[float], agent_ms: float, runs: list[dict], one_ms: f
                  f"{place['waiting']}", f"{place['waiting'] / idle['s']:,.0f}", "", f"{idle['queries']:,}",
                  f"{idle['sql_s'] * 1000:,.0f}"])
     print(table(rows, ["run", "ms/pass", "placed", "wait", "jobs considered/s", "placed/s", "SQL queries", "SQL ms"]))
-    print(f"GPUs handed out: {place['gpus_placed']} of {args.machines * 8}; still queued after the passes: {place['waiting']}")
+    print(f"GPU assignments: {place['gpus_placed']} over {args.machines * 8} GPUs (jobs share a GPU while its memory lasts; "
+          f"a job asking 0 GiB always fits); still queued after a pass: {place['waiting']}")
     print()
     print("cProfile of one more pass (cumulative, top 25):")
     print(place["profile"])

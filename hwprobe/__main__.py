@@ -8,6 +8,8 @@ import logging
 import os
 import sys
 
+from hwprobe.client import token_from
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hwprobe", description="AI-server monitoring agent")
@@ -39,16 +41,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _token(args: argparse.Namespace) -> str | None:
-    if args.token:
-        return args.token
-    path = args.token_file or (None if os.environ.get("HWPROBE_TOKEN") else os.environ.get("HWPROBE_TOKEN_FILE"))
-    if path:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read().strip() or None
-    return os.environ.get("HWPROBE_TOKEN") or None
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     argv = sys.argv[1:] if argv is None else argv
@@ -70,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         print("hwprobe run: --server (or HWPROBE_SERVER) is required", file=sys.stderr)
         return 2
     try:
-        token = _token(args)
+        token = token_from(args.token, args.token_file)
     except OSError as err:
         print(f"hwprobe run: cannot read the token file: {err}", file=sys.stderr)
         return 2

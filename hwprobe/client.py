@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import sys
 from dataclasses import dataclass
@@ -258,3 +259,14 @@ class Sender:
             self._fail("retry", f"cannot deliver to {self.client.url} ({why}); "
                                 f"spooling and retrying with backoff")
         return delay
+
+
+def token_from(token: str | None, token_file: str | None) -> str | None:
+    """The agent token: --token, else --token-file, else $HWPROBE_TOKEN, else $HWPROBE_TOKEN_FILE."""
+    if token:
+        return token
+    path = token_file or (None if os.environ.get("HWPROBE_TOKEN") else os.environ.get("HWPROBE_TOKEN_FILE"))
+    if path:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip() or None
+    return os.environ.get("HWPROBE_TOKEN") or None

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hwprobe import executor, policy
+from hwprobe.client import token_from
 
 log = logging.getLogger("hwprobe.worker")
 
@@ -44,16 +45,6 @@ def _parser() -> argparse.ArgumentParser:
                         "default 8791; 0: off)")
     p.add_argument("--log-level", default=os.environ.get("HWPROBE_LOG_LEVEL", "INFO"))
     return p
-
-
-def _token(args: argparse.Namespace) -> str | None:
-    if args.token:
-        return args.token
-    path = args.token_file or (None if os.environ.get("HWPROBE_TOKEN") else os.environ.get("HWPROBE_TOKEN_FILE"))
-    if path:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read().strip() or None
-    return os.environ.get("HWPROBE_TOKEN") or None
 
 
 def make_app(broker_url: str, queue: str, transport_options: dict[str, Any] | None = None) -> Any:
@@ -112,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         print("hwprobe worker: --server (or HWPROBE_SERVER) is required", file=sys.stderr)
         return 2
     try:
-        token = _token(args)
+        token = token_from(args.token, args.token_file)
     except OSError as err:
         print(f"hwprobe worker: cannot read the token file: {err}", file=sys.stderr)
         return 2
