@@ -219,8 +219,13 @@ def add_log_times(runs: list[dict], celery_log: str, worker_log: str) -> None:
     before the job's placed_at, the first run_job received after it, and the worker's
     "job N attempt 1 started: pid" line (written once the command is spawned).
     """
-    place = [t for t, _ in log_events(celery_log, "dashboard.jobs.tasks.place[")
-             if "received" in _]
+    place, place_done = [], {}
+    for t, line in log_events(celery_log, "dashboard.jobs.tasks.place["):
+        task_id = line.split("dashboard.jobs.tasks.place[", 1)[1].split("]", 1)[0]
+        if "received" in line:
+            place.append((t, task_id))
+        elif "succeeded" in line:
+            place_done[task_id] = t
     run_job = [t for t, line in log_events(worker_log, "hwprobe.run_job[") if "received" in line]
     spawned = {}
     for t, line in log_events(worker_log, " started: pid "):
@@ -229,19 +234,21 @@ def add_log_times(runs: list[dict], celery_log: str, worker_log: str) -> None:
             spawned[int(m.group(1))] = t
     nan = float("nan")
     for r in runs:
-        before = [t for t in place if t <= r["placed"] + 0.001]
+        before = [(t, task_id) for t, task_id in place if t <= r["placed"] + 0.001]
         after = [t for t in run_job if t >= r["placed"] - 0.001]
-        r["place_received"] = before[-1] if before else nan
+        r["place_received"] = before[-1][0] if before else nan
+        r["place_done"] = place_done.get(before[-1][1], nan) if before else nan
         r["run_received"] = after[0] if after else nan
         r["spawned"] = spawned.get(r["id"], nan)
 
 
-def submit_to_running(port: int, token: str, n: int, workers: list[Proc]) -> list[dict]:
+def submit_to_running(port: int, token: str, n: int, workers: list[Proc], warmup: int = 2) -> list[dict]:
+    """``n`` jobs one after another (after ``warmup`` uncounted ones: first connections, imports)."""
     from dashboard.jobs.models import Job, JobLog
 
     body = {"name": "bench-train", "kind": "train", "command": WORKLOAD, "gpus": 0}
     out = []
-    for i in range(n):
+    for i in range(warmup + n):
         t_sent = time.time()
         status, reply = http_json(port, "POST", "/api/v1/jobs", token, body)
         t_post = time.time()
@@ -269,10 +276,10 @@ def submit_to_running(port: int, token: str, n: int, workers: list[Proc]) -> lis
             "started": ts(job.started_at), "beat": ts(job.heartbeat_at), "first_log": ts(first_log),
             "finished": ts(job.finished_at),
         })
-        if i % 10 == 9:
-            say(f"  {i + 1}/{n} jobs done")
+        if i + 1 - warmup > 0 and (i + 1 - warmup) % 10 == 0:
+            say(f"  {i + 1 - warmup}/{n} jobs done")
         time.sleep(0.3)  # let the placement task that `finish` queued run before the next submit
-    return out
+    return out[warmup:]
 
 
 def agent_call_ms(port: int, token: str, n: int = 50) -> float:
@@ -286,8 +293,8 @@ def agent_call_ms(port: int, token: str, n: int = 50) -> float:
     return median(times) * 1000
 
 
-def one_job_pass_ms(owner, machine, n: int = 20) -> float:
-    """place_queued() with one queued job (gpus 0) and this one machine online, median ms."""
+def one_job_pass_ms(owner, machine, n: int = 20) -> tuple[float, float]:
+    """place_queued() with one queued job (gpus 0) and this one machine online, and dispatch(); median ms."""
     from django.utils import timezone
 
     from dashboard.fleet.models import Machine
@@ -305,8 +312,17 @@ def one_job_pass_ms(owner, machine, n: int = 20) -> float:
         placed = placement.place_queued()
         times.append(time.perf_counter() - t0)
         assert len(placed) == 1, placed
+    # dispatch(): the spec (job, machine, accelerators) and send_task to machine.NAME over Redis
+    # (no worker consumes it now; Redis db 10 is flushed afterwards).
+    from dashboard.jobs import tasks
+
+    sends = []
+    for _ in range(n + 1):
+        t0 = time.perf_counter()
+        tasks.dispatch(job.pk, 1)
+        sends.append(time.perf_counter() - t0)
     job.delete()
-    return median(times[1:]) * 1000
+    return median(times[1:]) * 1000, median(sends[1:]) * 1000
 
 
 # --- 3. placement throughput ------------------------------------------------------------------
@@ -414,6 +430,15 @@ def flush_redis() -> None:
     redis.Redis.from_url(REDIS_URL).flushdb()
 
 
+def stop_all(procs: list[Proc], telemetry: Telemetry | None) -> None:
+    """Stop the children, the machine's worker before the server it reports to; idempotent."""
+    if telemetry is not None:
+        telemetry.stop_evt.set()
+    while procs:
+        procs[-1].stop()
+        procs.pop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=30, help="jobs submitted one at a time (default 30)")
@@ -430,96 +455,94 @@ def main() -> int:
     try:
         flush_redis()
         with bench_database(DB_NAME) as url:
-            env = bench_env(url, REDIS_URL=REDIS_URL, DASHBOARD_DATA_DIR=str(data / "dashboard"),
-                            ALLOWED_HOSTS="127.0.0.1,localhost,testserver")
-            setup_django(url)
-            os.environ.update(REDIS_URL=REDIS_URL, DASHBOARD_DATA_DIR=str(data / "dashboard"))
-            from django.contrib.auth.models import Group, User
+            try:
+                env = bench_env(url, REDIS_URL=REDIS_URL, DASHBOARD_DATA_DIR=str(data / "dashboard"),
+                                ALLOWED_HOSTS="127.0.0.1,localhost,testserver")
+                # Kept by setup_django (it only adds): this process's Celery app publishes to Redis too.
+                os.environ.update(REDIS_URL=REDIS_URL, DASHBOARD_DATA_DIR=str(data / "dashboard"))
+                setup_django(url)
+                from django.contrib.auth.models import Group, User
 
-            from dashboard.accounts.models import ApiToken
-            from dashboard.fleet.models import Machine
+                from dashboard.accounts.models import ApiToken
+                from dashboard.fleet.models import Machine
 
-            user = User.objects.create_user("bench-operator", password=None)
-            user.groups.add(Group.objects.get_or_create(name="operator")[0])
-            user_token = ApiToken.issue(user, "bench")
-            machine = Machine.objects.create(name=MACHINE)
-            agent_token = machine.issue_token("bench")
+                user = User.objects.create_user("bench-operator", password=None)
+                user.groups.add(Group.objects.get_or_create(name="operator")[0])
+                user_token = ApiToken.issue(user, "bench")
+                machine = Machine.objects.create(name=MACHINE)
+                agent_token = machine.issue_token("bench")
 
-            # --- services
-            port = free_port()
-            gunicorn = Path(PYTHON).with_name("gunicorn")
-            procs.append(Proc("gunicorn", [str(gunicorn), "dashboard.wsgi", "--workers", "2", "--bind",
-                                           f"127.0.0.1:{port}", "--log-level", "info", "--timeout", "60"],
-                              env, data / "gunicorn.log"))
-            procs[-1].wait_for("Booting worker", 30)
-            for _ in range(100):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
-            procs.append(Proc("celery (dashboard)", [PYTHON, "-m", "celery", "-A", "dashboard", "worker",
-                                                     "--concurrency", "2", "--loglevel", "INFO"],
-                              env, data / "celery.log"))
-            telemetry = Telemetry(port, agent_token)
-            telemetry.send(inventory=True)
-            telemetry.start()
-            # A machine has no Django: nothing of the server's configuration reaches the worker.
-            worker_env = {k: v for k, v in env.items() if k not in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL")}
-            worker_env["HWPROBE_STATE_DIR"] = str(data / "hwprobe")
-            procs.append(Proc("hwprobe worker", [PYTHON, "-m", "hwprobe", "worker", "--server", f"http://127.0.0.1:{port}",
-                                                 "--token", agent_token, "--jobs-dir", str(data / "jobs")],
-                              worker_env, data / "hwprobe-worker.log"))
-            noop_worker = Proc("celery (bench noop, solo)", [
-                PYTHON, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); from bench.jobs import noop_app; "
-                "noop_app().worker_main(['worker', '--pool', 'solo', '--loglevel', 'INFO', '--queues', "
-                f"{NOOP_QUEUE!r}, '--without-gossip', '--without-mingle', '--without-heartbeat'])"],
-                {**worker_env}, data / "noop-worker.log")
-            procs.append(noop_worker)
-            for p in procs[1:]:
-                p.wait_for("ready", 60)
-            say(f"gunicorn on 127.0.0.1:{port} (2 sync workers), dashboard Celery worker (prefork 2), "
-                f"hwprobe worker for {MACHINE}, no-op worker (solo): all ready; Redis {REDIS_URL}")
+                # --- services
+                port = free_port()
+                gunicorn = Path(PYTHON).with_name("gunicorn")
+                procs.append(Proc("gunicorn", [str(gunicorn), "dashboard.wsgi", "--workers", "2", "--bind",
+                                               f"127.0.0.1:{port}", "--log-level", "info", "--timeout", "60"],
+                                  env, data / "gunicorn.log"))
+                procs[-1].wait_for("Booting worker", 30)
+                for _ in range(100):
+                    try:
+                        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                        break
+                    except OSError:
+                        time.sleep(0.1)
+                procs.append(Proc("celery (dashboard)", [PYTHON, "-m", "celery", "-A", "dashboard", "worker",
+                                                         "--concurrency", "2", "--loglevel", "INFO"],
+                                  env, data / "celery.log"))
+                telemetry = Telemetry(port, agent_token)
+                telemetry.send(inventory=True)
+                telemetry.start()
+                # A machine has no Django: nothing of the server's configuration reaches the worker.
+                worker_env = {k: v for k, v in env.items() if k not in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL")}
+                worker_env["HWPROBE_STATE_DIR"] = str(data / "hwprobe")
+                procs.append(Proc("hwprobe worker", [PYTHON, "-m", "hwprobe", "worker", "--server", f"http://127.0.0.1:{port}",
+                                                     "--token", agent_token, "--jobs-dir", str(data / "jobs")],
+                                  worker_env, data / "hwprobe-worker.log"))
+                noop_worker = Proc("celery (bench noop, solo)", [
+                    PYTHON, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); from bench.jobs import noop_app; "
+                    "noop_app().worker_main(['worker', '--pool', 'solo', '--loglevel', 'INFO', '--queues', "
+                    f"{NOOP_QUEUE!r}, '--without-gossip', '--without-mingle', '--without-heartbeat'])"],
+                    {**worker_env}, data / "noop-worker.log")
+                procs.append(noop_worker)
+                for p in procs[1:]:
+                    p.wait_for("ready", 60)
+                say(f"gunicorn on 127.0.0.1:{port} (2 sync workers), dashboard Celery worker (prefork 2), "
+                    f"hwprobe worker for {MACHINE}, no-op worker (solo): all ready; Redis {REDIS_URL}")
 
-            # --- 1. baseline, with everything running
-            base = roundtrips(args.roundtrips)
-            say(f"bare Celery round trip x{len(base)}: p50 {percentile(base, 50) * 1000:.2f} ms, "
-                f"p99 {percentile(base, 99) * 1000:.2f} ms")
-            agent_ms = agent_call_ms(port, agent_token)
-            say(f"one agent HTTP call (GET /api/v1/agent/config): median {agent_ms:.2f} ms")
+                # --- 1. baseline, with everything running
+                base = roundtrips(args.roundtrips)
+                say(f"bare Celery round trip x{len(base)}: p50 {percentile(base, 50) * 1000:.2f} ms, "
+                    f"p99 {percentile(base, 99) * 1000:.2f} ms")
+                agent_ms = agent_call_ms(port, agent_token)
+                say(f"one agent HTTP call (GET /api/v1/agent/config): median {agent_ms:.2f} ms")
 
-            # --- 2. submit-to-running
-            t0 = time.perf_counter()
-            runs = submit_to_running(port, user_token, args.jobs, procs)
-            add_log_times(runs, procs[1].output(), procs[2].output())
-            say(f"{len(runs)} jobs submitted and run in {time.perf_counter() - t0:.1f} s")
-            if telemetry.errors:
-                say(f"telemetry errors: {telemetry.errors[:3]}")
-            telemetry.stop_evt.set()
-            for p in reversed(procs):
-                p.stop()
-            procs.clear()
-            flush_redis()
+                # --- 2. submit-to-running
+                t0 = time.perf_counter()
+                runs = submit_to_running(port, user_token, args.jobs, procs)
+                add_log_times(runs, procs[1].output(), procs[2].output())
+                say(f"{len(runs)} jobs submitted and run in {time.perf_counter() - t0:.1f} s")
+                if telemetry.errors:
+                    say(f"telemetry errors: {telemetry.errors[:3]}")
+                stop_all(procs, telemetry)
+                flush_redis()
 
-            one_ms = one_job_pass_ms(user, machine)
-            Machine.objects.filter(pk=machine.pk).update(last_seen_at=None)  # out of the next phase
+                one_ms, dispatch_ms = one_job_pass_ms(user, machine)
+                Machine.objects.filter(pk=machine.pk).update(last_seen_at=None)  # out of the next phase
 
-            # --- 3. placement throughput
-            t0 = time.perf_counter()
-            job_ids = seed_fleet(user, args.machines, args.queued)
-            say(f"seeded {args.machines} machines x 8 GPUs and {len(job_ids)} queued jobs in {time.perf_counter() - t0:.1f} s")
-            place = placement_passes(job_ids, args.passes)
+                # --- 3. placement throughput
+                t0 = time.perf_counter()
+                job_ids = seed_fleet(user, args.machines, args.queued)
+                say(f"seeded {args.machines} machines x 8 GPUs and {len(job_ids)} queued jobs in {time.perf_counter() - t0:.1f} s")
+                place = placement_passes(job_ids, args.passes)
+            finally:  # before the database is dropped: the workers still talk to it
+                stop_all(procs, telemetry)
 
-        report(args, base, agent_ms, runs, one_ms, place)
+        report(args, base, agent_ms, runs, one_ms, dispatch_ms, place)
         return 0
     except KeyboardInterrupt:
         say("interrupted; cleaning up")
         return 130
     finally:
-        if telemetry is not None:
-            telemetry.stop_evt.set()
-        for p in reversed(procs):
-            p.stop()
+        stop_all(procs, telemetry)
         try:
             flush_redis()
         except Exception as exc:  # noqa: BLE001 - cleanup must go on
@@ -527,7 +550,8 @@ def main() -> int:
         shutil.rmtree(data, ignore_errors=True)
 
 
-def report(args, base: list[float], agent_ms: float, runs: list[dict], one_ms: float, place: dict) -> None:
+def report(args, base: list[float], agent_ms: float, runs: list[dict], one_ms: float, dispatch_ms: float,
+           place: dict) -> None:
     ms = lambda xs, p: percentile(xs, p) * 1000  # noqa: E731
     b50, b99 = ms(base, 50), ms(base, 99)
     lat = [r["started"] - r["post"] for r in runs]
@@ -552,6 +576,8 @@ def report(args, base: list[float], agent_ms: float, runs: list[dict], one_ms: f
         ("1  created_at -> place task received by the dashboard worker (on_commit, delay, Redis hop)", "created", "place_received"),
         ("2  place task received -> placed_at (prefork child, task start, pass begins)", "place_received", "placed"),
         ("3  placed_at -> run_job received by the hwprobe worker (pass, commit, dispatch, Redis hop)", "placed", "run_received"),
+        ("   3a placed_at -> place task logged succeeded (rest of the pass, commit, dispatch)", "placed", "place_done"),
+        ("   3b place task succeeded -> run_job received (Redis hop; sent before 3a ends)", "place_done", "run_received"),
         ("4  run_job received -> started_at (thread pool, policy, claim HTTP up to its UPDATE)", "run_received", "started"),
         ("   sum 1-4: created_at -> started_at", "created", "started"),
         ("5  started_at -> spawned (claim commit + reply, Popen of the shim)", "started", "spawned"),
@@ -564,6 +590,7 @@ def report(args, base: list[float], agent_ms: float, runs: list[dict], one_ms: f
         xs = [r[b] - r[a] for r in runs if r[b] == r[b] and r[a] == r[a]]  # NaN: not in the logs
         rows.append([name, f"{ms(xs, 50):.1f}", f"{ms(xs, 99):.1f}"])
     rows.append(["in-process place_queued(), 1 queued job, 1 machine (median of 20)", f"{one_ms:.1f}", ""])
+    rows.append(["in-process tasks.dispatch() of that job (spec + send_task, median of 20)", f"{dispatch_ms:.1f}", ""])
     rows.append(["one agent HTTP call, GET /api/v1/agent/config (median of 50)", f"{agent_ms:.1f}", ""])
     print()
     print("Where it goes (timestamps of the same jobs; same clock, one host):")

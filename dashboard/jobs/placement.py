@@ -149,7 +149,8 @@ def place_queued(now: datetime | None = None) -> list[Placement]:
     placed: list[Placement] = []
     with transaction.atomic():
         # Lock every machine row, in id order (no deadlocks): a second scheduler waits here.
-        machines = list(Machine.objects.select_for_update().order_by("pk"))
+        # Accelerators are read once per pass: capacity() is recomputed after every placement.
+        machines = list(Machine.objects.select_for_update().order_by("pk").prefetch_related("accelerators"))
         queued = list(
             Job.objects.select_for_update(of=("self",))
             .filter(status=Job.Status.QUEUED, cancel_requested=False)
