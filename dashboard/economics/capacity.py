@@ -9,7 +9,7 @@ from dashboard.fleet.models import Machine
 from dashboard.jobs.models import Job
 
 from . import formulas as f
-from .hardware import all_specs, job_rates, job_text, parse_params_b, parse_precision, parse_train_method, physical, short_name, spec_for
+from .hardware import all_specs, job_model, job_rates, job_text, parse_train_method, physical, short_name, spec_for
 
 DEFAULT_CONTEXT_TOKENS = 4096
 DEFAULT_BATCH = 1
@@ -29,7 +29,9 @@ ASSUMPTIONS = {
     "usable_memory_fraction_apple": f.USABLE_MEMORY_FRACTION_APPLE,
     "multi_gpu": "a model may span all the machine's GPUs (tensor parallel or FSDP), so memory and bandwidth add up",
     "decode_bound": "batch × bandwidth / (weight bytes + batch × KV bytes of one sequence)",
-    "model_size_of_jobs": "inferred from the job's name and command ('7b', '70B'); jobs naming no size are not shown",
+    "model_size_of_jobs": "the job's model_params_b and precision where it gives them, else read from its name and "
+                          "command ('7b', '70B', 'int4'); jobs with no size either way are not shown",
+    "context_of_jobs": "a measured job's own context_tokens where it gives one, else the page's context",
 }
 
 
@@ -63,29 +65,28 @@ def _hardware(machine: Machine) -> dict[str, Any]:
 
 
 def _measured(machine: Machine, context_tokens: int, batch: int, bandwidth: float | None) -> dict[str, list[dict]]:
-    """Jobs that ran on the machine with a size in their name, by size class label."""
-    jobs = [j for j in Job.objects.filter(machine=machine).order_by("-created_at")[:500] if parse_params_b(job_text(j))]
-    rates = job_rates(jobs)
+    """Jobs that ran on the machine with a known model size, by size class label."""
+    sized = [(j, m) for j in Job.objects.filter(machine=machine).order_by("-created_at")[:500] if (m := job_model(j)).params_b]
+    rates = job_rates([j for j, _ in sized])
     out: dict[str, list[dict]] = {}
-    for job in jobs:
+    for job, model in sized:
         rate = rates.get(job.pk)
-        if rate is None:
+        if rate is None or model.params_b is None:
             continue
-        text = job_text(job)
-        params_b = parse_params_b(text) or 0.0
-        arch = f.size_class_for(params_b)
-        row: dict[str, Any] = {"job_id": job.pk, "job_name": job.name, "kind": job.kind, "params_b": params_b}
+        arch = f.size_class_for(model.params_b)
+        row: dict[str, Any] = {"job_id": job.pk, "job_name": job.name, "kind": job.kind, "params_b": model.params_b,
+                               "params_source": model.params_source}
         if job.kind == Job.Kind.SERVE:
-            precision = parse_precision(text)
-            row["precision"] = precision
-            row["tokens_per_s"] = rate["generated_per_s"]
+            context = model.context_tokens or context_tokens
+            row.update(precision=model.precision, precision_source=model.precision_source, context_tokens=context,
+                       tokens_per_s=rate["generated_per_s"])
             if bandwidth:
-                kv = f.kv_cache_bytes(arch.layers, arch.kv_heads, arch.head_dim, context_tokens, 1)
-                bound = f.decode_bound_tokens_per_s(bandwidth, f.weights_bytes(params_b, precision), kv, batch)
+                kv = f.kv_cache_bytes(arch.layers, arch.kv_heads, arch.head_dim, context, 1)
+                bound = f.decode_bound_tokens_per_s(bandwidth, f.weights_bytes(model.params_b, model.precision), kv, batch)
                 row["bound_tokens_per_s"] = bound
                 row["efficiency_percent"] = f.efficiency_percent(rate["generated_per_s"], bound)
         else:
-            row["method"] = parse_train_method(text)
+            row["method"] = parse_train_method(job_text(job))
             row["tokens_per_s"] = rate["train_per_s"]
         out.setdefault(arch.label, []).append(row)
     return out

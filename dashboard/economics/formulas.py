@@ -88,7 +88,8 @@ def payback_seconds(
 # ---------------------------------------------------------------------------------------------
 # Capacity: what fits in memory and how fast decode can go
 
-BYTES_PER_PARAM = {"fp16": 2.0, "int8": 1.0, "int4": 0.5}
+# Every precision a job may state; the capacity table's columns are fp16, int8 and int4.
+BYTES_PER_PARAM = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
 KV_BYTES_PER_VALUE = 2.0  # the KV cache stays in fp16 whatever the weights' precision
 # What of the device memory a model may use: the rest goes to the CUDA context, activations and
 # fragmentation. macOS lets the GPU wire about three quarters of unified memory by default.
@@ -145,7 +146,7 @@ def size_class_for(params_b: float) -> Architecture:
 
 
 def weights_bytes(params_b: float, precision: str) -> float:
-    """Bytes of the weights of ``params_b`` billion parameters at ``precision`` (fp16, int8, int4)."""
+    """Bytes of the weights of ``params_b`` billion parameters at ``precision`` (a key of BYTES_PER_PARAM)."""
     return params_b * 1e9 * BYTES_PER_PARAM[precision]
 
 

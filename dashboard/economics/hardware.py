@@ -73,6 +73,29 @@ def parse_precision(text: str) -> str:
     return "fp16"
 
 
+@dataclass(frozen=True)
+class JobModel:
+    """The model a job ran: each figure from the job's own fields, else read from its name and command."""
+
+    params_b: float | None  # billions of parameters; None when neither the job nor its name says
+    precision: str  # a key of formulas.BYTES_PER_PARAM
+    context_tokens: int | None  # None: the job did not say
+    params_source: str  # "job" (its model_params_b field) or "name" (parsed from name and command)
+    precision_source: str  # "job" or "name"
+
+
+def job_model(job: Job) -> JobModel:
+    text = job_text(job)
+    params_b = job.model_params_b or parse_params_b(text)
+    return JobModel(
+        params_b=params_b,
+        precision=job.precision or parse_precision(text),
+        context_tokens=job.context_tokens,
+        params_source="job" if job.model_params_b else "name",
+        precision_source="job" if job.precision else "name",
+    )
+
+
 def parse_train_method(text: str) -> str:
     lowered = text.lower()
     if "qlora" in lowered:

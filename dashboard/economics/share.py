@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from dashboard.fleet.models import Machine
 
-from .hardware import attempts, kinds_by_window, windows
+from .hardware import attempts, job_model, kinds_by_window, windows
 
 DEFAULT_SPAN = timedelta(days=30)
 MIN_SECONDS = 300  # five minutes of windows in a class before a rate is trusted
@@ -107,7 +107,10 @@ def _runs(spans, ws, kinds) -> list[dict[str, Any]]:
     out = []
     for a in spans:
         if a.job_id in by_job:
+            # Which model each side ran: a share verdict holds for those sizes, not for every model.
+            model = job_model(a.job)
             out.append({"job_id": a.job_id, "name": a.job.name, "kind": a.job.kind, "attempt": a.number,
                         "started_at": a.started_at.isoformat(), "ended_at": a.ended_at.isoformat() if a.ended_at else None,
-                        "classes": sorted(by_job[a.job_id])})
+                        "classes": sorted(by_job[a.job_id]),
+                        "params_b": model.params_b, "params_source": model.params_source if model.params_b else None})
     return out

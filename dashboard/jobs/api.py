@@ -17,7 +17,7 @@ from dashboard.fleet.api import AgentAuth, time_range
 from dashboard.fleet.models import Machine
 
 from . import queries, service
-from .models import Job
+from .models import MAX_PARAMS_B, Job
 from .tasks import PROGRESS_PRESETS, machine_queue
 
 router = Router(tags=["jobs"])
@@ -40,6 +40,10 @@ class JobIn(BaseModel):
     preemptible: bool = False
     metrics_url: Annotated[str, Field(max_length=500, pattern=r"^https?://[^\s]+$")] | None = None
     progress_pattern: Annotated[str, Field(max_length=500)] = ""
+    # The model, when the submitter knows it; economics otherwise reads it from name and command.
+    model_params_b: Annotated[float, Field(gt=0, le=MAX_PARAMS_B, allow_inf_nan=False)] | None = None
+    precision: Job.Precision | None = None
+    context_tokens: Annotated[int, Field(ge=1, le=100_000_000)] | None = None
 
     @model_validator(mode="after")
     def only_training_is_preemptible(self) -> JobIn:

@@ -12,6 +12,7 @@ from dashboard.fleet.models import Machine
 from dashboard.fleet.queries import accelerator_summary
 
 from .api import JobIn
+from .models import Job
 from .tasks import PROGRESS_PRESETS
 
 GIB = 2**30
@@ -99,6 +100,15 @@ class JobForm(forms.Form):
         help_text="How to read tokens from the job's output: a preset (" + ", ".join(PROGRESS_PRESETS) + ") or a "
                   "regular expression with a running total in (?P<tokens>...). Empty: the built-in workloads' line.",
     )
+    # The "Model" fieldset: all optional, for the economics pages.
+    model_params_b = forms.FloatField(
+        required=False, label="Parameters (billions)", widget=forms.NumberInput(attrs={"step": "any", "placeholder": "8"}),
+        help_text="8 for an 8 B model. Empty: read from the name or command (“llama-8b”), if it says.",
+    )
+    precision = forms.ChoiceField(required=False, choices=[("", "Unknown")] + Job.Precision.choices,
+                                  label="Precision", help_text="Of the weights as served or trained.")
+    context_tokens = forms.IntegerField(required=False, label="Context length (tokens)",
+                                        widget=forms.NumberInput(attrs={"placeholder": "8192"}))
 
     job_fields: dict[str, Any]  # set by clean(): what service.submit takes
 
@@ -123,8 +133,10 @@ class JobForm(forms.Form):
                 self.add_error("command", f"cannot split it into arguments: {exc}")
                 return data
         fields = {k: data[k] for k in ("name", "kind", "gpus", "gpu_memory_gb", "priority", "max_runtime_s",
-                                         "workdir", "env", "preemptible", "progress_pattern")}
+                                         "workdir", "env", "preemptible", "progress_pattern",
+                                         "model_params_b", "context_tokens")}
         fields["metrics_url"] = data["metrics_url"].strip() or None
+        fields["precision"] = data["precision"] or None
         try:
             job = JobIn(command=command, machine=data["machine"] or None, **fields)
         except ValidationError as exc:

@@ -8,6 +8,8 @@ from django.utils import timezone
 
 from dashboard.fleet.models import Machine
 
+MAX_PARAMS_B = 10_000  # billions: well above any model yet, low enough to catch a count in units
+
 
 class Job(models.Model):
     class Kind(models.TextChoices):
@@ -22,6 +24,14 @@ class Job(models.Model):
         FAILED = "failed", "Failed"
         CANCELLED = "cancelled", "Cancelled"
         LOST = "lost", "Lost"
+
+    class Precision(models.TextChoices):
+        FP32 = "fp32", "fp32"
+        BF16 = "bf16", "bf16"
+        FP16 = "fp16", "fp16"
+        FP8 = "fp8", "fp8"
+        INT8 = "int8", "int8"
+        INT4 = "int4", "int4"
 
     ACTIVE = (Status.PLACED, Status.RUNNING)
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.LOST)
@@ -42,6 +52,11 @@ class Job(models.Model):
     # and how to read tokens from the job's output (a preset name or a regular expression).
     metrics_url = models.URLField(max_length=500, blank=True)
     progress_pattern = models.CharField(max_length=500, blank=True)
+    # The model the job runs, as its submitter states it; economics falls back to reading the name
+    # and command ("llama-8b-int4") for whatever is left empty.
+    model_params_b = models.FloatField(null=True, blank=True)  # billions of parameters
+    precision = models.CharField(max_length=4, choices=Precision.choices, blank=True)  # of the weights
+    context_tokens = models.PositiveIntegerField(null=True, blank=True)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="jobs")
 
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED, db_index=True)
@@ -63,6 +78,13 @@ class Job(models.Model):
     class Meta:
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["status", "-priority", "created_at"], name="job_queue_order")]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(model_params_b__isnull=True)
+                | models.Q(model_params_b__gt=0, model_params_b__lte=MAX_PARAMS_B),
+                name="job_model_params_b_range",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.name}"

@@ -38,7 +38,7 @@ def submit(user, fields: dict[str, Any]) -> Job:
     if not is_operator(user):
         raise JobError("only operators and admins may submit jobs", 403)
     # Optional text fields arrive as None from the API and the form; the columns say "" for none.
-    fields = {k: v for k, v in fields.items() if not (v is None and k in ("metrics_url", "progress_pattern", "shell", "workdir"))}
+    fields = {k: v for k, v in fields.items() if not (v is None and k in ("metrics_url", "progress_pattern", "shell", "workdir", "precision"))}
     with transaction.atomic():
         job = Job.objects.create(owner=user, status_message="waiting for placement", **fields)
         audit(user, "job.submit", job, name=job.name, kind=job.kind, command=job.command_display,

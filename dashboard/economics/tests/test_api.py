@@ -188,6 +188,42 @@ def test_capacity_of_an_m2_ultra_and_the_measured_rate_beside_its_bound(api):
     assert measured["efficiency_percent"] == approx(60.5, abs=0.1)
 
 
+def test_capacity_uses_the_jobs_stated_model_over_a_misleading_name(api):
+    m = seed.machine_with("mac-02", 1, model="Apple M2 Ultra", mem_bytes=192 * 10**9, vendor="apple", power_limit=None)
+    t0 = seed.today() - timedelta(hours=2)
+    stated = seed.job(m, "llama-70b-int4-eval", "serve", t0, t0 + timedelta(seconds=100), [0])
+    stated.model_params_b, stated.precision = 7, "fp16"
+    stated.save()
+    guessed = seed.job(m, "mistral-7b-int4", "serve", t0, t0 + timedelta(seconds=100), [0])
+    for i in range(10):
+        seed.tokens(m, i + 1, t0 + timedelta(seconds=10 * (i + 1)), stated, generated=300)  # 30 tokens/s
+        seed.tokens(m, i + 1, t0 + timedelta(seconds=10 * (i + 1)), guessed, generated=1200)
+    rows = {r["size"]: r for r in api.get("/api/v1/machines/mac-02/capacity").json()["sizes"]}
+    assert rows["70B"]["measured"] == []  # the name says 70b, the job says 7
+    measured = {r["job_id"]: r for r in rows["7-8B"]["measured"]}
+    row = measured[stated.pk]
+    assert (row["params_b"], row["params_source"], row["precision"], row["precision_source"]) == (7, "job", "fp16", "job")
+    # 7 B at fp16: 800 / (14 + 0.537 GB) = 55.03 tokens/s bound, not the 198 of int4
+    assert row["bound_tokens_per_s"] == approx(55.03, abs=0.01)
+    assert row["efficiency_percent"] == approx(30 / 55.03 * 100, abs=0.1)
+    other = measured[guessed.pk]
+    assert (other["params_source"], other["precision"], other["precision_source"]) == ("name", "int4", "name")
+
+
+def test_a_measured_job_uses_its_own_context_and_falls_back_per_field(api):
+    m = seed.machine_with("mac-03", 1, model="Apple M2 Ultra", mem_bytes=192 * 10**9, vendor="apple", power_limit=None)
+    t0 = seed.today() - timedelta(hours=2)
+    j = seed.job(m, "qwen-7b-int4", "serve", t0, t0 + timedelta(seconds=100), [0])
+    j.context_tokens = 32768  # 8 × the page's 4096: 4.295 GB of KV cache
+    j.save()
+    for i in range(10):
+        seed.tokens(m, i + 1, t0 + timedelta(seconds=10 * (i + 1)), j, generated=1200)
+    row = next(r for r in api.get("/api/v1/machines/mac-03/capacity").json()["sizes"] if r["size"] == "7-8B")["measured"][0]
+    assert (row["params_source"], row["precision"], row["precision_source"]) == ("name", "int4", "name")
+    assert row["context_tokens"] == 32768
+    assert row["bound_tokens_per_s"] == approx(800 / (3.5 + 4.295), abs=0.05)
+
+
 def test_capacity_takes_context_and_batch(api):
     seed.machine_with("gpu-12", 1)
     small = api.get("/api/v1/machines/gpu-12/capacity").json()
@@ -209,6 +245,18 @@ def test_share_or_split_gives_the_verdict_and_the_runs_it_rests_on(api):
     assert body["verdict"].startswith("Sharing costs serving 18% and gives training 0.7 of a machine for free")
     assert body["decision"] == "share"
     assert sorted(r["name"] for r in body["runs"]) == ["serve alone", "serve together", "train"]
+
+
+def test_the_runs_of_a_share_verdict_name_their_model_size_and_where_it_came_from(api):
+    from dashboard.jobs.models import Job
+
+    seed.shared_machine()
+    Job.objects.filter(name="serve alone").update(model_params_b=8)
+    Job.objects.filter(name="train").update(name="train-1.5b")
+    runs = {r["name"]: r for r in api.get("/api/v1/machines/gpu-02/share").json()["runs"]}
+    assert (runs["serve alone"]["params_b"], runs["serve alone"]["params_source"]) == (8, "job")
+    assert (runs["train-1.5b"]["params_b"], runs["train-1.5b"]["params_source"]) == (1.5, "name")
+    assert (runs["serve together"]["params_b"], runs["serve together"]["params_source"]) == (None, None)
 
 
 def test_share_or_split_says_what_to_run_when_data_is_missing(api):

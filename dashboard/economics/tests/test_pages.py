@@ -68,3 +68,23 @@ def test_a_machine_without_a_price_links_to_the_admin(client, viewer):
     html = client.get("/machines/gpu-09/").content.decode()
     assert f'/admin/economics/costprofile/add/?machine={m.pk}' in html
     assert "set value rates" in html
+
+
+def test_the_capacity_table_says_where_each_measured_size_came_from(client, viewer):
+    from datetime import timedelta
+
+    m = seed.machine_with("gpu-20", 1)
+    t0 = seed.today() - timedelta(hours=2)
+    stated = seed.job(m, "llama-70b-eval", "serve", t0, t0 + timedelta(seconds=100), [0])
+    stated.model_params_b, stated.precision = 8, "int4"
+    stated.save()
+    guessed = seed.job(m, "qwen-8b-serve", "serve", t0, t0 + timedelta(seconds=100), [0])
+    for i in range(10):
+        seed.tokens(m, i + 1, t0 + timedelta(seconds=10 * (i + 1)), stated, generated=500)
+        seed.tokens(m, i + 1, t0 + timedelta(seconds=10 * (i + 1)), guessed, generated=500)
+    client.force_login(viewer)
+    html = client.get("/economics/machines/gpu-20/").content.decode()
+    row = html.split('data-size="7-8B"')[1].split("</tr>")[0]
+    assert f"#{stated.pk} llama-70b-eval" in row and "8 B, int4 as the job states" in row
+    assert f"#{guessed.pk} qwen-8b-serve" in row and "8 B, fp16 read from its name" in row
+    assert "llama-70b-eval" not in html.split('data-size="70B"')[1].split("</tr>")[0]

@@ -55,7 +55,11 @@ def test_anonymous_users_and_agent_tokens_cannot_submit(client, agent_token):
     "change, field",
     [({"kind": "mine"}, "kind"), ({"gpus": -1}, "gpus"), ({"gpu_memory_gb": -5}, "gpu_memory_gb"),
      ({"command": []}, "command"), ({"env": {"1BAD": "x"}}, "env"), ({"machine": "nowhere"}, "machine"),
-     ({"surprise": 1}, "surprise"), ({"kind": "serve", "preemptible": True}, "preemptible")],
+     ({"surprise": 1}, "surprise"), ({"kind": "serve", "preemptible": True}, "preemptible"),
+     ({"model_params_b": 0}, "model_params_b"), ({"model_params_b": -7}, "model_params_b"),
+     ({"model_params_b": 10_001}, "model_params_b"), ({"model_params_b": "seven"}, "model_params_b"),
+     ({"precision": "fp64"}, "precision"), ({"precision": "INT4"}, "precision"),
+     ({"context_tokens": 0}, "context_tokens"), ({"context_tokens": 8192.5}, "context_tokens")],
 )
 def test_bad_submissions_name_the_field(client, operator, change, field):
     client.force_login(operator)
@@ -63,6 +67,37 @@ def test_bad_submissions_name_the_field(client, operator, change, field):
     assert r.status_code == 400, r.content
     assert r.json()["error"].startswith(field), r.json()
     assert not Job.objects.exists()
+
+
+@pytest.mark.django_db
+def test_the_model_fields_are_stored_and_read_back(client, operator):
+    client.force_login(operator)
+    r = post(client, "/api/v1/jobs", {**TRAIN, "model_params_b": 8.03, "precision": "bf16", "context_tokens": 8192})
+    assert r.status_code == 201, r.content
+    job = Job.objects.get()
+    assert (job.model_params_b, job.precision, job.context_tokens) == (8.03, "bf16", 8192)
+    body = client.get(f"/api/v1/jobs/{job.pk}").json()
+    assert (body["model_params_b"], body["precision"], body["context_tokens"]) == (8.03, "bf16", 8192)
+
+
+@pytest.mark.django_db
+def test_the_model_fields_are_optional_and_read_back_as_null(client, operator):
+    client.force_login(operator)
+    r = post(client, "/api/v1/jobs", {**TRAIN, "precision": None})
+    assert r.status_code == 201, r.content
+    job = Job.objects.get()
+    assert (job.model_params_b, job.precision, job.context_tokens) == (None, "", None)
+    body = client.get(f"/api/v1/jobs/{job.pk}").json()
+    assert (body["model_params_b"], body["precision"], body["context_tokens"]) == (None, None, None)
+
+
+@pytest.mark.django_db
+def test_the_database_refuses_a_model_size_out_of_range(operator):
+    from django.db import IntegrityError, transaction
+
+    for bad in (0, -1, 10_001):
+        with pytest.raises(IntegrityError), transaction.atomic():
+            Job.objects.create(owner=operator, name="x", kind="train", argv=["true"], model_params_b=bad)
 
 
 @pytest.mark.django_db

@@ -296,3 +296,41 @@ def test_a_progress_pattern_without_a_tokens_group_is_shown_next_to_its_field(cl
     assert r.context["form"].errors["progress_pattern"][0].startswith("needs a named group (?P<tokens>...)")
     block = r.content.decode().split('id="field-progress_pattern"')[1].split('class="field')[0]
     assert "needs a named group" in block
+
+
+def test_the_form_takes_the_model_and_the_job_page_shows_it(client, operator):
+    client.force_login(operator)
+    page = client.get("/jobs/new/").content.decode()
+    assert 'id="model-fields"' in page and "<legend>Model</legend>" in page
+    assert 'id="field-model_params_b"' in page and '<option value="int4">' in page and 'id="field-context_tokens"' in page
+    r = client.post("/jobs/new/", form(kind="serve", model_params_b="70.6", precision="int4", context_tokens="32768"))
+    job = Job.objects.get()
+    assert r.status_code == 302 and r["Location"] == f"/jobs/{job.pk}/"
+    assert (job.model_params_b, job.precision, job.context_tokens) == (70.6, "int4", 32768)
+    shown = client.get(f"/jobs/{job.pk}/").content.decode().split('id="job-model"')[1].split("</dd>")[0]
+    assert "70.6 B parameters" in shown and "int4" in shown and "32768-token context" in shown
+
+
+def test_the_model_fields_may_stay_empty(client, operator):
+    client.force_login(operator)
+    client.post("/jobs/new/", form(model_params_b="", precision="", context_tokens=""))
+    job = Job.objects.get()
+    assert (job.model_params_b, job.precision, job.context_tokens) == (None, "", None)
+    shown = client.get(f"/jobs/{job.pk}/").content.decode().split('id="job-model"')[1].split("</dd>")[0]
+    assert "not given" in shown
+
+
+def test_a_bad_model_field_is_shown_next_to_it(client, operator):
+    client.force_login(operator)
+    r = client.post("/jobs/new/", form(model_params_b="0", precision="fp64", context_tokens="0"))
+    errors = r.context["form"].errors
+    assert errors["precision"][0].startswith("Select a valid choice")  # the select's own check, before JobIn
+    r = client.post("/jobs/new/", form(model_params_b="20000", context_tokens="0"))
+    errors = r.context["form"].errors
+    assert errors["model_params_b"] == ["Input should be less than or equal to 10000"]
+    assert errors["context_tokens"] == ["Input should be greater than or equal to 1"]
+    block = r.content.decode().split('id="field-model_params_b"')[1].split('class="field')[0]
+    assert "less than or equal to 10000" in block
+    r = client.post("/jobs/new/", form(model_params_b="0"))
+    assert r.context["form"].errors == {"model_params_b": ["Input should be greater than 0"]}
+    assert not Job.objects.exists()
