@@ -210,6 +210,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = INGEST_MAX_BYTES + 1024
 # Jobs
 JOB_LOST_AFTER_S = env_int("JOB_LOST_AFTER_S", 30)  # running job without worker heartbeats
 JOB_CLAIM_TIMEOUT_S = env_int("JOB_CLAIM_TIMEOUT_S", 300)  # placed job no worker picked up
+JOB_LOG_MAX_BYTES = env_int("JOB_LOG_MAX_BYTES", 8 * 1024 * 1024)  # log text stored per job
 # The broker URL handed to `hwprobe worker` (GET /api/v1/agent/config); defaults to ours.
 AGENT_BROKER_URL = env_str("AGENT_BROKER_URL")
 

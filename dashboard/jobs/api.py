@@ -141,7 +141,7 @@ class Chunk(BaseModel):
     seq: Annotated[int, Field(ge=0, le=2**31)]
     stream: Literal["stdout", "stderr"]
     text: Annotated[str, Field(max_length=65536)]
-    ts: Annotated[float, Field(allow_inf_nan=False)]
+    ts: Annotated[float, Field(ge=0, le=4e9, allow_inf_nan=False)]  # Unix seconds
 
 
 class LogIn(AttemptIn):

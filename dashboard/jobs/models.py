@@ -66,6 +66,7 @@ class Job(models.Model):
     attempt = models.PositiveIntegerField(default=0)
     exit_code = models.IntegerField(null=True, blank=True)
     pgid = models.IntegerField(null=True, blank=True)  # the job's process group on its machine
+    log_bytes = models.BigIntegerField(default=0)  # stored log text, bounded by JOB_LOG_MAX_BYTES
     cancel_requested = models.BooleanField(default=False)
     preempt_requested = models.BooleanField(default=False)
 

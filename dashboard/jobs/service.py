@@ -112,21 +112,36 @@ def heartbeat(machine: Machine, job_id: int, attempt: int, pgid: int | None) -> 
         return {"cancel": job.cancel_requested, "preempt": job.preempt_requested}
 
 
-MAX_LOG_BYTES_PER_JOB = 8 * 1024 * 1024
+LOG_LIMIT_NOTE = "\n[hwdash: this job's log reached JOB_LOG_MAX_BYTES; later output is not stored]\n"
 
 
 def append_log(machine: Machine, job_id: int, attempt: int, chunks: list[dict[str, Any]]) -> int:
-    """Store log chunks once each (by seq); returns how many were new."""
+    """Store log chunks once each (by seq), up to JOB_LOG_MAX_BYTES a job; returns how many were new.
+
+    Past the limit one note says so and later chunks are dropped: a chatty job must not fill the
+    database, and the worker must not retry them forever either.
+    """
+    limit = settings.JOB_LOG_MAX_BYTES
     with transaction.atomic():
         job = _for_worker(machine, job_id, attempt)
-        rows = [
-            JobLog(job=job, attempt=attempt, seq=c["seq"], stream=c["stream"], text=c["text"],
-                   ts=datetime.fromtimestamp(c["ts"], tz=dt_timezone.utc))
-            for c in chunks
-        ]
-        before = JobLog.objects.filter(job=job, attempt=attempt).count()
+        seqs = [c["seq"] for c in chunks]
+        known = set(JobLog.objects.filter(job=job, attempt=attempt, seq__in=seqs).values_list("seq", flat=True))
+        rows = []
+        for c in chunks:
+            if c["seq"] in known or job.log_bytes > limit:
+                continue
+            known.add(c["seq"])
+            text = c["text"]
+            size = len(text.encode())
+            if job.log_bytes + size > limit:
+                text, size = LOG_LIMIT_NOTE, limit + 1 - job.log_bytes  # marks the job as full
+            job.log_bytes += size
+            rows.append(JobLog(job=job, attempt=attempt, seq=c["seq"], stream=c["stream"], text=text,
+                               ts=datetime.fromtimestamp(c["ts"], tz=dt_timezone.utc)))
         JobLog.objects.bulk_create(rows, ignore_conflicts=True)
-        return JobLog.objects.filter(job=job, attempt=attempt).count() - before
+        if rows:
+            job.save(update_fields=["log_bytes"])
+        return len(rows)
 
 
 OUTCOME_STATUS = {

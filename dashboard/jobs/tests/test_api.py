@@ -191,3 +191,19 @@ def test_a_preempted_job_returns_to_the_queue_for_a_new_attempt(placed):
     job.refresh_from_db()
     assert job.status == "placed" and job.attempt == 2
     assert [a.outcome for a in job.attempts.all()] == ["preempted", ""]
+
+
+@pytest.mark.django_db
+def test_a_jobs_log_is_bounded_and_says_so(client, placed, settings):
+    m, job, token = placed
+    settings.JOB_LOG_MAX_BYTES = 100
+    service.claim(m, job.pk, 1)
+    chunks = [{"seq": i, "stream": "stdout", "text": "x" * 40, "ts": time.time()} for i in range(5)]
+    r = post(client, f"/api/v1/agent/jobs/{job.pk}/log", {"attempt": 1, "chunks": chunks}, token)
+    assert r.json() == {"stored": 3}  # 40 + 40, then the note instead of the third chunk
+    texts = list(JobLog.objects.order_by("seq").values_list("text", flat=True))
+    assert texts[:2] == ["x" * 40] * 2 and "JOB_LOG_MAX_BYTES" in texts[2]
+    more = [{"seq": 9, "stream": "stdout", "text": "y", "ts": time.time()}]
+    assert post(client, f"/api/v1/agent/jobs/{job.pk}/log", {"attempt": 1, "chunks": more}, token).json() == {"stored": 0}
+    bad = [{"seq": 10, "stream": "stdout", "text": "y", "ts": 1e20}]
+    assert post(client, f"/api/v1/agent/jobs/{job.pk}/log", {"attempt": 1, "chunks": bad}, token).status_code == 400
