@@ -63,11 +63,15 @@ CHUNKS_PER_POST = 64
 # command, which inherits dispositions across exec, still receives them normally.
 SHIM = r"""
 import os, signal, subprocess, sys, time
-parent, grace, argv = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
+parent, grace, ids, argv = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4:]
 for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
     signal.signal(s, lambda *_: None)
+user = {}
+if ids != "-":  # uid:gid:groups -- the command runs as that user, this supervisor stays as it is
+    uid, gid, groups = ids.split(":")
+    user = {"user": int(uid), "group": int(gid), "extra_groups": [int(g) for g in groups.split(",") if g]}
 try:
-    child = subprocess.Popen(argv)
+    child = subprocess.Popen(argv, **user)
 except OSError as err:
     print(f"hwprobe: cannot start {argv[0]!r}: {err.strerror or err}", file=sys.stderr, flush=True)
     sys.exit(127)
@@ -433,17 +437,19 @@ class JobRun:
         user = self._user()
         argv = self.command()
         cwd = self.workdir(user)
-        extra: dict[str, Any] = {}
+        ids = "-"
         if user is not None:
             if os.geteuid() != 0:
                 raise SpawnError(f"cannot run as {user.pw_name}: the worker is not running as root")
-            extra = {"user": user.pw_uid, "group": user.pw_gid,
-                     "extra_groups": os.getgrouplist(user.pw_name, user.pw_gid)}
-        shim = [sys.executable, "-I", "-S", "-c", SHIM, str(os.getpid()), str(self.grace_s), *argv]
+            # The supervisor keeps the worker's user (the job's user may not be able to run this
+            # interpreter) and starts the command itself as the host's run_as user.
+            groups = ",".join(str(g) for g in os.getgrouplist(user.pw_name, user.pw_gid))
+            ids = f"{user.pw_uid}:{user.pw_gid}:{groups}"
+        shim = [sys.executable, "-I", "-S", "-c", SHIM, str(os.getpid()), str(self.grace_s), ids, *argv]
         try:
             return subprocess.Popen(shim, cwd=cwd, env=self.environment(user), stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                                    close_fds=True, **extra)
+                                    close_fds=True)
         except OSError as err:
             raise SpawnError(f"cannot start the job: {err}") from err
 

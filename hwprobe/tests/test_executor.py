@@ -445,3 +445,16 @@ def test_a_job_given_a_gpu_by_uuid_sees_exactly_that_gpu(dash, tmp_path):
     dash.chunks.clear()
     run(dash, job_spec(py(code)), tmp_path, policy)
     assert dash.text("stdout") == "0\n", dash.text()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")
+def test_a_job_runs_as_the_user_the_host_names(dash, tmp_path):
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    policy = Policy(rules=[Rule("whoami", ("/usr/bin/id", "-u"))], run_as="nobody")
+    result = run(dash, job_spec(["/usr/bin/id", "-u"], workdir="/"), tmp_path, policy)
+    assert result.outcome == "succeeded", (dash.finished, dash.text())
+    assert dash.text("stdout").strip() == str(nobody.pw_uid)
+    missing = Policy(rules=[Rule("whoami", ("/usr/bin/id", "-u"))], run_as="no-such-user-here")
+    assert run(dash, job_spec(["/usr/bin/id", "-u"], workdir="/"), tmp_path, missing).outcome == "failed"
