@@ -199,3 +199,43 @@ def test_a_command_outside_the_hosts_allowlist_is_refused_and_nothing_runs(loop,
     time.sleep(0.5)
     assert not marker.exists()
     assert not os.path.exists(loop.jobs_dir / str(job.pk)), "not even its folder is created"
+
+
+def test_placement_sends_a_job_to_the_machine_with_room_and_its_worker_runs_it(process_env, operator, tmp_path):
+    from dashboard.fleet.models import Machine
+
+    def online(name: str, used: float) -> Machine:
+        m = Machine.objects.create(name=name)
+        batch = make_batch([1], gpus=1)
+        batch["samples"][0]["gpus"][0]["mem_used_bytes"] = {"min": used, "mean": used, "max": used}
+        store_batch(m, Batch.model_validate(batch))
+        return m
+
+    full, roomy = online("gpu-full", used=80e9), online("gpu-roomy", used=10e9)
+    with dashboard_celery.connection_for_write() as conn:
+        for name in ("machine.gpu-full", "machine.gpu-roomy"):
+            try:
+                conn.default_channel.queue_purge(name)
+            except Exception:  # noqa: BLE001 - a queue that does not exist yet has nothing to purge
+                pass
+    server = Server(process_env, free_port())
+    server.start()
+    workers = []
+    for m in (full, roomy):
+        (tmp_path / m.name).mkdir()
+        workers.append(Worker(process_env, server, m.issue_token(), tmp_path / m.name))
+    try:
+        job = settle(submit(operator, [PY, "-c", "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"],
+                            gpus=1, gpu_memory_gb=40), workers[1])
+        assert (job.status, job.machine.name) == ("succeeded", "gpu-roomy"), workers[1].output()
+        assert log_text(job).strip() == "GPU-00000000-test"  # the GPU's UUID from the inventory
+        waiting = service.submit(operator, {"name": "huge", "kind": "train", "argv": [PY, "-c", "pass"],
+                                            "gpus": 1, "gpu_memory_gb": 500})
+        assert tasks.place() == 0
+        waiting.refresh_from_db()
+        assert waiting.status == "queued"
+        assert waiting.status_message.startswith("needs 1 × 500 GiB; the largest free is 1 × 70 GiB on gpu-roomy")
+    finally:
+        for w in workers:
+            w.stop()
+        server.stop()
