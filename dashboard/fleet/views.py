@@ -19,6 +19,7 @@ from dashboard.jobs.pages import machine_jobs
 
 from . import queries, throughput
 from .models import Machine, ThroughputSample
+from .overview import SORTS, STATES, Filters, fleet_page
 
 RANGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
 
@@ -60,12 +61,15 @@ def _fleet_tokens(since: datetime) -> dict[str, int]:
 
 @login_required
 def overview(request: HttpRequest) -> HttpResponse:
+    now = timezone.now()
     context = {
-        "machines": [_present(m) for m in queries.fleet_overview()],
+        **fleet_page(Filters.from_query(request.GET), now),
+        "states": STATES,
+        "sorts": SORTS,
         "server_url": request.build_absolute_uri("/").rstrip("/"),
     }
-    if context["machines"]:
-        context["fleet_tokens"] = _fleet_tokens(timezone.now() - timedelta(hours=1))
+    if context["fleet_size"]:
+        context["fleet_tokens"] = _fleet_tokens(now - timedelta(hours=1))
     partial = request.GET.get("partial")
     return render(request, "fleet/_machines.html" if partial else "fleet/overview.html", context)
 

@@ -1,9 +1,14 @@
-// Fleet overview: re-fetch the server-rendered machine list and swap it in; draw sparklines.
+// Fleet overview: re-fetch the server-rendered machine list (with the page's filters, sort and
+// page number, which live in the URL) and swap it in; draw sparklines.
 "use strict";
 
 (function () {
   const root = document.getElementById("machines");
   if (!root) return;
+
+  // A new state or order applies at once; the text filter waits for Enter or the button.
+  const filters = document.getElementById("fleet-filters");
+  if (filters) filters.querySelectorAll("select").forEach((el) => el.addEventListener("change", () => filters.submit()));
 
   function drawSparklines() {
     const colors = Charts.theme().colors;

@@ -148,4 +148,10 @@ def test_a_user_logs_in_and_sees_the_fleet_and_a_machines_charts(fleet, live_ser
 
     page.goto(f"{live_server.url}/jobs/")
     assert "tokens/s" in page.inner_text(f"#jobs tr:has(a[href='/jobs/{job}/'])")
+
+    # The fleet toolbar: choosing a state applies it at once, and the URL keeps it for the refresh.
+    page.goto(live_server.url + "/")
+    page.select_option("#fleet-filters select[name='state']", "offline")
+    page.wait_for_url("**state=offline**")
+    assert [page.locator(".machine").nth(i).get_attribute("data-machine") for i in range(page.locator(".machine").count())] == ["cpu-02"]
     assert page.errors == []

@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""The fleet page's server time with a large fleet: the paged page against the old whole-fleet page.
+
+    .venv/bin/python bench/fleet_page.py [--machines 1000] [--repeats 20] [--before-repeats 5]
+
+1. Creates and migrates its own PostgreSQL database (hwdash_bench_fleet_page) and seeds --machines
+   machines with 8 GPUs each (four models), each with a ``latest`` document shaped like ingest's
+   (128 per-core CPU values, a process per GPU), its accelerators, and an hour of minute rollups
+   (system and GPU, generated in SQL); 2% of the machines are offline and 1% never reported.
+2. Times, in-process through Django's test client as a logged-in user (medians of --repeats):
+   the page, its 10 s partial refresh, a text + state filter with the busiest-first order, and
+   the last page. Each case's SQL is captured once more: query count and summed query time.
+3. Baseline in the same run (medians of --before-repeats): the old page, i.e. every machine from
+   ``queries.fleet_overview()`` through ``views._present()`` into the card template as it was at
+   --before-ref (read with git), and ``fleet_overview()`` alone.
+Prints figures, asserts nothing; the database is dropped at the end, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import ROOT, bench_database, median, say, setup_django, table, timed  # noqa: E402
+
+DB_NAME = "hwdash_bench_fleet_page"
+GPUS = 8
+MODELS = ("NVIDIA H100 80GB HBM3", "NVIDIA H200", "NVIDIA A100-SXM4-80GB", "NVIDIA L40S")
+GPU_MEM = 85520809984
+BEFORE_REF = "7bc7547"  # the last commit with the whole-fleet page
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def latest_document(rng: random.Random, ts: float, util: float) -> dict:
+    """A ``latest`` as ingest stores it: every metric's mean or last value, per-core CPU, processes."""
+    from hwprobe.schema import GPU_METRICS, SYSTEM_METRICS
+
+    system = {m.name: None for m in SYSTEM_METRICS}
+    system.update(cpu_percent=rng.uniform(5, 95), load1=rng.uniform(0, 64), mem_used_bytes=rng.uniform(20e9, 200e9),
+                  mem_total_bytes=256 * 2**30, swap_used_bytes=0.0, swap_total_bytes=0,
+                  disk_read_bytes_per_s=1e6, disk_write_bytes_per_s=2e6, net_rx_bytes_per_s=5e8, net_tx_bytes_per_s=4e8)
+    system["cpu_per_core_percent"] = [round(rng.uniform(0, 100), 1) for _ in range(128)]
+    gpus = []
+    for i in range(GPUS):
+        gpu = {m.name: None for m in GPU_METRICS}
+        u = max(0.0, min(100.0, rng.gauss(util, 10)))
+        gpu.update(util_percent=u, mem_util_percent=u / 2, mem_used_bytes=rng.uniform(1e9, 80e9), power_watts=100 + 6 * u,
+                   temp_c=35 + u / 2, sm_clock_mhz=1980.0, mem_clock_mhz=2619.0, mem_total_bytes=GPU_MEM,
+                   power_limit_watts=700.0, throttle_reasons=0, ecc_errors=0, xid_errors=0)
+        gpus.append({"index": i, "uuid": f"GPU-{i:08d}-bench", **gpu,
+                     "processes": [{"pid": 4242 + i, "name": "python3", "user": "alice", "mem_used_bytes": 40_000_000_000}]})
+    return {"seq": 1, "ts": ts, "system": system, "gpus": gpus}
+
+
+def seed(machines: int) -> dict:
+    """Machines, accelerators and an hour of minute rollups; returns counts and seconds."""
+    from django.db import connection, transaction
+    from django.utils import timezone
+
+    from dashboard.fleet.models import Accelerator, GpuRollup, Machine, SystemRollup
+
+    rng = random.Random(7)
+    now = timezone.now()
+    t0 = time.perf_counter()
+    rows = []
+    for i in range(machines):
+        roll = rng.random()
+        if roll < 0.01:
+            seen = None  # enrolled, agent never started
+        elif roll < 0.03:
+            seen = now - timedelta(minutes=rng.uniform(5, 600))
+        else:
+            seen = now - timedelta(seconds=rng.uniform(0, 10))
+        util = rng.choice((2, 30, 60, 95))
+        rows.append(Machine(
+            name=f"gpu-{i:04d}", hostname=f"node{i:04d}.rack{i // 40:02d}.example", os="Linux 6.1.0",
+            cpu_model="AMD EPYC 7763 64-Core Processor", cpu_cores=64, cpu_threads=128, mem_total_bytes=256 * 2**30,
+            agent_version="0.1.0", last_seen_at=seen, last_seq=1 if seen else 0,
+            latest=latest_document(rng, seen.timestamp(), util) if seen else None,
+        ))
+    with transaction.atomic():
+        created = Machine.objects.bulk_create(rows, batch_size=200)
+        Accelerator.objects.bulk_create(
+            [Accelerator(machine=m, index=g, vendor="nvidia", name=MODELS[m.pk % len(MODELS)], uuid=f"GPU-{g:08d}-bench",
+                         mem_total_bytes=GPU_MEM, power_limit_watts=700.0, driver="590.48.01")
+             for m in created for g in range(GPUS)],
+            batch_size=2000,
+        )
+        # The last hour's minute rollups, in SQL: 60 buckets per machine, 8 GPU rows per bucket.
+        params = {"start": now.replace(second=0, microsecond=0) - timedelta(minutes=60)}
+        buckets = (
+            "SELECT m.id AS machine_id, %(start)s + make_interval(mins => b) AS bucket, b "
+            f"FROM {Machine._meta.db_table} m CROSS JOIN generate_series(0, 59) AS b WHERE m.last_seen_at IS NOT NULL"
+        )
+        with connection.cursor() as cur:
+            cur.execute(
+                f"INSERT INTO {SystemRollup._meta.db_table} "
+                "(machine_id, resolution_s, bucket, count, cpu_percent_min, cpu_percent_mean, cpu_percent_max) "
+                f"SELECT machine_id, 60, bucket, 6, 0, 40 + 30 * sin(b / 9.0 + machine_id), 100 FROM ({buckets}) AS x",
+                params,
+            )
+            cur.execute(
+                f"INSERT INTO {GpuRollup._meta.db_table} "
+                "(machine_id, gpu_index, resolution_s, bucket, count, util_percent_min, util_percent_mean, util_percent_max) "
+                f"SELECT machine_id, g, 60, bucket, 6, 0, 50 + 45 * sin(b / 9.0 + machine_id + g), 100 "
+                f"FROM ({buckets}) AS x CROSS JOIN generate_series(0, {GPUS - 1}) AS g",
+                params,
+            )
+            cur.execute(f"ANALYZE {Machine._meta.db_table}, {Accelerator._meta.db_table}, "
+                        f"{SystemRollup._meta.db_table}, {GpuRollup._meta.db_table}")
+    return {"seconds": time.perf_counter() - t0, "system_rollups": SystemRollup.objects.count(),
+            "gpu_rollups": GpuRollup.objects.count()}
+
+
+def old_template(ref: str) -> str | None:
+    """The whole-fleet card template as it was at ``ref``, or None without git or that commit."""
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:templates/fleet/_machines.html"],
+                              capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--machines", type=int, default=1000, help="machines to seed, 8 GPUs each (default 1000)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed requests per case (default 20)")
+    parser.add_argument("--before-repeats", type=int, default=5, help="timed calls of the old page (default 5)")
+    parser.add_argument("--before-ref", default=BEFORE_REF, help=f"git commit of the old template (default {BEFORE_REF})")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _sigterm)
+
+    try:
+        with bench_database(DB_NAME) as url:
+            setup_django(url)
+            say(f"project: {ROOT}")
+            from django.contrib.auth import get_user_model
+            from django.db import connection
+            from django.template import engines
+            from django.test import Client
+            from django.test.utils import CaptureQueriesContext
+            from django.utils import timezone
+
+            from dashboard.fleet import queries, views
+
+            seeded = seed(args.machines)
+            say(f"seeded {args.machines:,} machines x {GPUS} GPUs, {seeded['system_rollups']:,} system + "
+                f"{seeded['gpu_rollups']:,} GPU minute rollups in {seeded['seconds']:.1f} s")
+            user = get_user_model().objects.create_user("bench", password="x")
+            client = Client()
+            client.force_login(user)
+
+            last_page = -(-args.machines // 60)
+            cases = [
+                ("page 1 (problems first)", "/"),
+                ("10 s refresh (?partial=1)", "/?partial=1"),
+                ("filter: ?q=h100&state=online&sort=busiest", "/?q=h100&state=online&sort=busiest"),
+                (f"last page (?sort=name&page={last_page})", f"/?sort=name&page={last_page}"),
+            ]
+            results = []  # case, ms, n, queries, sql ms, html KiB
+            for label, path in cases:
+                response = client.get(path)  # warm-up, and the size
+                assert response.status_code == 200, (path, response.status_code)
+                ms = median(timed(lambda: client.get(path), args.repeats)) * 1000
+                with CaptureQueriesContext(connection) as captured:
+                    client.get(path)
+                sql_ms = sum(float(q["time"]) for q in captured.captured_queries) * 1000
+                results.append([label, f"{ms:.1f}", args.repeats, len(captured.captured_queries), f"{sql_ms:.1f}",
+                                f"{len(response.content) / 1024:.0f}"])
+
+            source = old_template(args.before_ref)
+            if source is None:
+                say(f"no git or no commit {args.before_ref}: the old page is not measured")
+            else:
+                template = engines["django"].from_string(source)
+                server_url = "http://testserver"
+
+                def old_page() -> str:
+                    context = {"machines": [views._present(m) for m in queries.fleet_overview()], "server_url": server_url}
+                    context["fleet_tokens"] = views._fleet_tokens(timezone.now() - timedelta(hours=1))
+                    return template.render(context)
+
+                html = old_page()
+                ms = median(timed(old_page, args.before_repeats)) * 1000
+                with CaptureQueriesContext(connection) as captured:
+                    old_page()
+                sql_ms = sum(float(q["time"]) for q in captured.captured_queries) * 1000
+                results.append([f"before ({args.before_ref}): fleet_overview + _present + old template", f"{ms:.1f}",
+                                args.before_repeats, len(captured.captured_queries), f"{sql_ms:.1f}", f"{len(html) / 1024:.0f}"])
+                ms = median(timed(queries.fleet_overview, args.before_repeats)) * 1000
+                results.append(["before: queries.fleet_overview() alone", f"{ms:.1f}", args.before_repeats, "", "", ""])
+
+        print()
+        print(f"{args.machines:,} machines x {GPUS} GPUs, an hour of minute rollups; in-process, logged in "
+              "(the old page without login, middleware or base template)")
+        print(table(results, ["case", "ms (median)", "n", "queries", "SQL ms", "HTML KiB"]))
+        return 0
+    except KeyboardInterrupt:
+        say("interrupted; cleaning up")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
