@@ -89,3 +89,22 @@ def job_log(job: Job, after: int = 0, limit: int = 2000) -> dict[str, Any]:
         "chunks": [{"id": c.pk, "attempt": c.attempt, "stream": c.stream, "text": c.text, "ts": c.ts.timestamp()} for c in chunks],
         "last_id": chunks[-1].pk if chunks else after,
     }
+
+
+def job_gpu_processes(job: Job) -> dict[str, Any] | None:
+    """The GPU processes of a running job, from its machine's latest telemetry.
+
+    The worker starts each job in a process group of its own and reports the group's id in its
+    heartbeats; the agent reports each GPU process with its group. Matching the two traces a
+    GPU's memory to the job that holds it, children of the job's command included.
+    """
+    if job.status != Job.Status.RUNNING or job.pgid is None or job.machine is None:
+        return None
+    latest = job.machine.latest or {}
+    processes = []
+    for gpu in latest.get("gpus", []):
+        for proc in gpu.get("processes") or ():
+            if proc.get("pgid") == job.pgid:
+                processes.append({"gpu": gpu["index"], **proc})
+    total = sum(p["mem_used_bytes"] or 0 for p in processes)
+    return {"processes": processes, "mem_used_bytes": total, "ts": latest.get("ts")}

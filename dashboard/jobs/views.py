@@ -49,6 +49,7 @@ def job_page(request: HttpRequest, pk: int) -> HttpResponse:
         "attempts": job.attempts.select_related("machine"),
         "can_cancel": service.can_cancel(request.user, job) and not job.is_finished,
         "live": {"logUrl": reverse("api:job_log", kwargs={"job_id": job.pk}), "stateUrl": f"{request.path}?partial=1"},
+        "gpu_processes": queries.job_gpu_processes(job),
     }
     partial = request.GET.get("partial")
     if not partial:  # the state refresh does not show it; static/js/throughput.js refreshes it

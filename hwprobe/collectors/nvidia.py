@@ -8,6 +8,7 @@ query goes through :meth:`NvidiaCollector._query`, which turns an NVML error int
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from typing import Any, Callable
@@ -49,6 +50,18 @@ def psutil_pid_info(pid: int) -> tuple[str | None, str | None]:
     except (psutil.Error, OSError, KeyError):  # KeyError: a uid with no passwd entry
         user = None
     return name or None, user
+
+
+def os_pgid(pid: int) -> int | None:
+    """The process group of a pid on this host; None if it is gone or in another pid namespace.
+
+    The dashboard's worker starts each job in a process group of its own, so the group ties a
+    GPU process (a child of the job's command, say) back to the job that started it.
+    """
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
 
 
 def _load_pynvml() -> Any:
@@ -115,9 +128,11 @@ class NvidiaCollector:
 
     name = "nvidia"
 
-    def __init__(self, nvml: Any = None, pid_info: PidInfo = psutil_pid_info) -> None:
+    def __init__(self, nvml: Any = None, pid_info: PidInfo = psutil_pid_info,
+                 pgid_of: Callable[[int], int | None] = os_pgid) -> None:
         self._nvml = nvml if nvml is not None else _load_pynvml()
         self._pid_info = pid_info
+        self._pgid_of = pgid_of
         self._logged: set[tuple[str, int]] = set()
         self._names: dict[int, tuple[str | None, str | None]] = {}
         nv = self._nvml
@@ -349,7 +364,7 @@ class NvidiaCollector:
             entry = merged.get(pid)
             if entry is None:
                 name, user = self._describe(pid)
-                merged[pid] = {"pid": pid, "name": name, "user": user,
+                merged[pid] = {"pid": pid, "name": name, "user": user, "pgid": self._pgid_of(pid),
                                "mem_used_bytes": int(used) if used is not None else None}
             elif used is not None and entry["mem_used_bytes"] is None:
                 # A C+G process is listed twice with the same memory: count it once.

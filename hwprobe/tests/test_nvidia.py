@@ -208,3 +208,9 @@ def test_it_derives_mig_profiles_from_names_and_attributes() -> None:
         memorySizeMB = 40448
 
     assert mig_profile_from_attributes(Attrs) == "3g.40gb"
+
+
+def test_each_gpu_process_carries_its_process_group_so_jobs_can_claim_it() -> None:
+    nv = NvidiaCollector(nvml=replay("h100", "load"), pid_info=hidden_pid, pgid_of=lambda pid: 4000 + pid % 7)
+    procs = [p for g in nv.collect()["gpus"] for p in g["processes"]]
+    assert procs and all(p["pgid"] == 4000 + p["pid"] % 7 for p in procs)

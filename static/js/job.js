@@ -63,7 +63,7 @@
     const response = await fetch(cfg.stateUrl, { credentials: "same-origin" });
     if (response.redirected || !response.ok) return false;
     const doc = new DOMParser().parseFromString(await response.text(), "text/html");
-    for (const id of ["job-state", "job-attempts"]) {
+    for (const id of ["job-state", "job-attempts", "job-gpu-processes"]) {
       const fresh = doc.getElementById(id);
       const current = document.getElementById(id);
       if (fresh && current) current.replaceWith(fresh);
