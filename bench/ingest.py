@@ -8,7 +8,7 @@
    for the same kind of batches (1 system row + 8 GPU rows per sample), rows/s and samples/s.
 3. Where the time goes, in this process, for the same batches: JSON encoding (client side),
    pydantic validation, store_batch (SQL vs Python), the whole Django stack (test client).
-4. The HTTP API: gunicorn dashboard.wsgi with 2 sync workers; several agent-like client threads,
+4. The HTTP API: gunicorn dashboard.wsgi, 2 sync workers by default; several agent-like client threads,
    each posting for its own machines with their own tokens, for --seconds; accepted samples,
    requests/s, latency p50/p99.
 5. A table with the ratio API/COPY. Prints figures, asserts nothing. gunicorn and the database
@@ -39,6 +39,7 @@ from bench.common import (  # noqa: E402
     bench_database,
     bench_env,
     make_batch,
+    make_sample,
     median,
     percentile,
     say,
@@ -212,10 +213,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_gunicorn(url: str, port: int, workers: int) -> subprocess.Popen:
+def start_gunicorn(url: str, port: int, workers: int, worker_class: str = "sync", threads: int = 1) -> subprocess.Popen:
     gunicorn = Path(sys.executable).with_name("gunicorn")
     proc = subprocess.Popen(
         [str(gunicorn), "dashboard.wsgi", "--workers", str(workers), "--bind", f"127.0.0.1:{port}",
+         "--worker-class", worker_class, "--threads", str(threads),
          "--log-level", "warning", "--timeout", "60"],
         cwd=ROOT,
         env=bench_env(url, ALLOWED_HOSTS="127.0.0.1"),
@@ -246,6 +248,25 @@ def stop_gunicorn(proc: subprocess.Popen | None) -> None:
         proc.wait()
 
 
+_SAMPLE_JSON: dict[int, str] = {}
+
+
+def batch_body(seqs: range, now: float, inventory: bool) -> bytes:
+    """``json.dumps(make_batch(...))`` at a fraction of the CPU, so the clients leave the shared cores
+    to the server: each sample's JSON is built once per utilisation (make_batch's only value that
+    varies, besides seq and ts) and seq and ts are filled in."""
+    if inventory:
+        return json.dumps(make_batch(seqs, now, gpus=GPUS, inventory=True)).encode()
+    parts = []
+    for i, seq in enumerate(seqs):
+        util = (seq * 7) % 100
+        if util not in _SAMPLE_JSON:
+            text = json.dumps(make_sample(0, 0.0, gpus=GPUS, util=util))
+            _SAMPLE_JSON[util] = text.replace('"seq": 0,', '"seq": %d,', 1).replace('"ts": 0.0,', '"ts": %r,', 1)
+        parts.append(_SAMPLE_JSON[util] % (seq, now - 10 * (len(seqs) - 1 - i)))
+    return ('{"agent_version": "0.1.0", "dropped": 0, "inventory": null, "samples": [' + ", ".join(parts) + "]}").encode()
+
+
 class AgentClient(threading.Thread):
     """Posts batches for its machines in turn over one keep-alive http.client connection."""
 
@@ -260,11 +281,19 @@ class AgentClient(threading.Thread):
         self.errors: list[str] = []
         self.ready = threading.Event()
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.connects = 0
+        connect = self.conn.connect
+
+        def counted_connect() -> None:
+            self.connects += 1
+            connect()
+
+        self.conn.connect = counted_connect  # type: ignore[method-assign]
 
     def post(self, mid: int, token: str, inventory: bool) -> tuple[float, int]:
         seq = self.next_seq[mid]
         self.next_seq[mid] = seq + self.windows
-        body = json.dumps(make_batch(range(seq, seq + self.windows), time.time(), gpus=GPUS, inventory=inventory)).encode()
+        body = batch_body(range(seq, seq + self.windows), time.time(), inventory)
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         t0 = time.perf_counter()
         try:
@@ -333,6 +362,7 @@ def api_run(port: int, machines: list[tuple[int, str]], clients: int, windows: i
         "p50": percentile(latencies, 50),
         "p99": percentile(latencies, 99),
         "client_cpu": client_cpu,
+        "connects": sum(t.connects for t in threads),
         "errors": errors,
     }
 
@@ -345,16 +375,20 @@ def main() -> int:
     parser.add_argument("--machines", type=int, default=20, help="machines enrolled (default 20)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent client threads (default 8)")
     parser.add_argument("--windows", type=int, default=10, help="samples per batch (default 10)")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
+    parser.add_argument("--worker-class", default="sync", choices=["sync", "gthread"], help="gunicorn worker class (default sync)")
+    parser.add_argument("--threads", type=int, default=1, help="threads per gthread worker (default 1)")
     parser.add_argument("--copy-windows", type=int, default=1000, help="samples per machine in the COPY baseline (default 1000)")
     parser.add_argument("--copy-repeats", type=int, default=3, help="COPY baseline repeats, median taken (default 3)")
+    parser.add_argument("--database", default=DB_NAME, help=f"PostgreSQL database to create and drop (default {DB_NAME})")
     parser.add_argument("--profile-batches", type=int, default=40, help="batches timed in the in-process breakdown (default 40)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _sigterm)
 
+    server = f"{args.workers} {args.worker_class} workers" + (f" x {args.threads} threads" if args.worker_class == "gthread" else "")
     gunicorn = None
     try:
-        with bench_database(DB_NAME) as url:
+        with bench_database(args.database) as url:
             setup_django(url)
             say(f"project: {ROOT}")
             machines = enroll(args.machines)
@@ -369,8 +403,8 @@ def main() -> int:
 
             port = free_port()
             try:
-                gunicorn = start_gunicorn(url, port, args.workers)
-                say(f"gunicorn on 127.0.0.1:{port}, {args.workers} sync workers; {args.clients} clients for {args.seconds:.0f} s")
+                gunicorn = start_gunicorn(url, port, args.workers, args.worker_class, args.threads)
+                say(f"gunicorn on 127.0.0.1:{port}, {server}; {args.clients} clients for {args.seconds:.0f} s")
                 api = api_run(port, machines, args.clients, args.windows, args.seconds)
             finally:  # before the database is dropped
                 stop_gunicorn(gunicorn)
@@ -384,7 +418,7 @@ def main() -> int:
         api_rows_s = api["samples"] * ROWS_PER_SAMPLE / api["seconds"]
         print()
         print(f"Ingest, {GPUS} GPUs per machine; API: {args.clients} clients, {args.windows} windows a batch, "
-              f"{args.workers} gunicorn sync workers, {api['seconds']:.0f} s")
+              f"gunicorn {server}, {api['seconds']:.0f} s")
         print(table(
             [
                 [f"COPY (one transaction, median of {copy['repeats']})", f"{copy_rows_s:,.0f}", f"{copy['samples'] / copy['seconds']:,.0f}", "", "", "100%"],
@@ -396,7 +430,8 @@ def main() -> int:
         print(f"requests: {api['requests']:,} ({api['requests'] / api['seconds']:.1f}/s), samples accepted: {api['samples']:,}, "
               f"errors: {len(api['errors'])}; rows in the database afterwards: {stored:,} system + {stored_gpu:,} GPU "
               f"(includes warm-up batches)")
-        print(f"client threads used {api['client_cpu'] / api['seconds']:.0%} of a core (same 2 cores as the server)")
+        print(f"client threads used {api['client_cpu'] / api['seconds']:.0%} of a core (same 2 cores as the server); "
+              f"TCP connections opened: {api['connects']:,} (warm-up included)")
         for e in api["errors"][:5]:
             print(f"  error: {e}")
         total = prof["django_full"]

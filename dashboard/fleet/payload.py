@@ -6,10 +6,13 @@ range and finiteness. Unknown fields are ignored, so a newer agent can talk to a
 
 from __future__ import annotations
 
+import re
 import time
+from operator import itemgetter
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator, with_config
+from typing_extensions import TypedDict
 
 from hwprobe.schema import GPU_METRICS, SYSTEM_METRICS, Metric
 
@@ -28,36 +31,51 @@ class Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
 
 
-class Stats(Strict):
-    min: Finite
-    mean: Finite
-    max: Finite
+class Stats(dict):
+    """A gauge over a window, ``{"min", "mean", "max"}``; also read as ``stats.mean``."""
 
-    @model_validator(mode="after")
-    def ordered(self) -> Stats:
-        # Tolerate float rounding in the agent's mean.
-        slack = 1e-9 * max(1.0, abs(self.max))
-        if not (self.min - slack <= self.mean <= self.max + slack):
-            raise ValueError("must satisfy min <= mean <= max")
-        return self
+    __slots__ = ()
+    min = property(itemgetter("min"))
+    mean = property(itemgetter("mean"))
+    max = property(itemgetter("max"))
 
 
-def _bounded_stats(metric: Metric) -> Any:
-    lo = 0.0 if (metric.non_negative or metric.percent) else -273.15
-    hi = 100.0 if metric.percent else 1e18
-    bounds = {"ge": lo, "le": hi}
+def _gauge(name: str, lo: float, hi: float) -> Any:
+    # A TypedDict is validated without building a Python object per gauge (about 3x faster than
+    # a model for the 64 gauges of an 8-GPU sample); the payload's validator checks their order.
+    value = Annotated[float, Field(allow_inf_nan=False, ge=lo, le=hi)]
+    fields = {"min": value, "mean": value, "max": value}
+    return with_config(ConfigDict(strict=True, extra="ignore"))(TypedDict(name, fields))  # type: ignore[operator]
 
-    class BoundedStats(Stats):
-        min: Annotated[float, Field(allow_inf_nan=False, **bounds)]
-        mean: Annotated[float, Field(allow_inf_nan=False, **bounds)]
-        max: Annotated[float, Field(allow_inf_nan=False, **bounds)]
 
-    return BoundedStats
+PercentGauge = _gauge("PercentGauge", 0.0, 100.0)
+Gauge = _gauge("Gauge", 0.0, 1e18)
+SignedGauge = _gauge("SignedGauge", -273.15, 1e18)  # temperatures
+
+
+def _ordered(gauges: tuple[str, ...]) -> Any:
+    """An after-validator: each gauge has min <= mean <= max; gauges become ``Stats``."""
+
+    def check(payload: Strict) -> Strict:
+        values = payload.__dict__
+        for name in gauges:
+            value = values[name]
+            if value is None:
+                continue
+            top = value["max"]
+            # Tolerate float rounding in the agent's mean.
+            slack = 1e-9 * max(1.0, abs(top))
+            if not (value["min"] - slack <= value["mean"] <= top + slack):
+                raise ValueError(f"{name}: must satisfy min <= mean <= max")
+            values[name] = Stats(value)
+        return payload
+
+    return model_validator(mode="after")(check)
 
 
 def _metric_type(metric: Metric) -> Any:
     if metric.kind == "gauge":
-        return _bounded_stats(metric) | None
+        return (PercentGauge if metric.percent else Gauge if metric.non_negative else SignedGauge) | None
     if metric.integer:
         return Annotated[int, Field(ge=0, le=MAX_SEQ)] | None
     return Annotated[float, Field(ge=0, le=1e18, allow_inf_nan=False)] | None
@@ -66,13 +84,15 @@ def _metric_type(metric: Metric) -> Any:
 def _model(name: str, metrics: tuple[Metric, ...], **extra: Any) -> type[Strict]:
     fields = {m.name: (_metric_type(m), None) for m in metrics}
     fields.update(extra)
-    return create_model(name, __base__=Strict, **fields)
+    gauges = tuple(m.name for m in metrics if m.kind == "gauge")
+    return create_model(name, __base__=Strict, __validators__={"ordered": _ordered(gauges)}, **fields)
 
 
 class Process(Strict):
     pid: Annotated[int, Field(ge=0, le=2**32)]
     name: Annotated[str, Field(max_length=255)] | None = None
     user: Annotated[str, Field(max_length=255)] | None = None
+    pgid: Annotated[int, Field(ge=0, le=2**32)] | None = None  # ties the process to a job
     mem_used_bytes: Annotated[int, Field(ge=0, le=MAX_SEQ)] | None = None
 
 
@@ -194,6 +214,9 @@ def _where(loc: tuple) -> str:
     return out
 
 
+_FIELD_PREFIX = re.compile(r"[a-z_]+: ")
+
+
 def parse_batch(body: bytes) -> Batch:
     """Validate a JSON body; raise PayloadError with the first problem found."""
     try:
@@ -207,7 +230,7 @@ def parse_batch(body: bytes) -> Batch:
         message = first["msg"].removeprefix("Value error, ")
         if not where:  # a batch-level check names its own field in the message
             where, _, message = message.partition(": ") if ": " in message else ("body", "", message)
-        elif message.startswith(("gpus: ", "accelerators: ", "tokens: ")):
+        elif _FIELD_PREFIX.match(message):  # a model's check names the field it is about
             suffix, _, message = message.partition(": ")
             where = f"{where}.{suffix}"
         if first["type"] == "json_invalid":
