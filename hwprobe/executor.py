@@ -173,6 +173,10 @@ class ServerApi:
     def config(self, retry_for_s: float = 60.0) -> dict[str, Any]:
         return self.call("GET", "/api/v1/agent/config", retry_for_s=retry_for_s)
 
+    def report_policy(self, summary: dict[str, Any], retry_for_s: float = 10.0) -> None:
+        """Tell the dashboard what this host allows (``Policy.summary()``), for its submit form."""
+        self.call("POST", "/api/v1/agent/policy", summary, retry_for_s=retry_for_s)
+
     def claim(self, job_id: int, attempt: int) -> None:
         self.call("POST", f"/api/v1/agent/jobs/{job_id}/claim", {"attempt": attempt}, retry_for_s=120)
 

@@ -55,6 +55,12 @@ DEFAULT_DENY_ENV = (
 
 WORKLOADS = ("train", "serve")
 
+# The built-in workloads as the dashboard's form offers them: a full command to start from.
+BUILTIN_TEMPLATES = (
+    ("built-in train", ("python", "-m", "hwprobe.workloads", "train", "--seconds", "60")),
+    ("built-in serve", ("python", "-m", "hwprobe.workloads", "serve", "--port", "8100", "--load", "2", "--seconds", "60")),
+)
+
 
 class PolicyError(ValueError):
     """The configuration file is unreadable or invalid; the message names the file and key."""
@@ -121,6 +127,17 @@ class Policy:
         if self.allow_shell:
             parts.append("shell commands")
         return "; ".join(parts) or "nothing"
+
+    def summary(self) -> dict[str, Any]:
+        """What the worker tells the dashboard (``POST /api/v1/agent/policy``): patterns as written.
+
+        ``run_as`` is None when jobs run as the worker's own user; ``workdir`` None: any folder.
+        """
+        templates = [{"name": name, "argv": list(argv), "workdir": None}
+                     for name, argv in (BUILTIN_TEMPLATES if self.builtin_workloads else ())]
+        templates += [{"name": r.name, "argv": list(r.argv), "workdir": r.workdir} for r in self.rules]
+        return {"builtin_workloads": self.builtin_workloads, "allow_shell": self.allow_shell,
+                "run_as": self.run_as, "templates": templates}
 
     def check(self, spec: dict[str, Any]) -> str | None:
         """None if the job may run here, else the reason it may not (naming what is allowed)."""

@@ -48,6 +48,10 @@ class Machine(models.Model):
     spool_dropped = models.BigIntegerField(default=0)
     # The newest sample as received (means and last values), for cards and the process table.
     latest = models.JSONField(null=True, blank=True)
+    # What the machine's job worker allows, as it last reported it (hwprobe.policy.Policy.summary);
+    # None until a worker reports. It guides the submit form: the worker still checks every job.
+    worker_policy = models.JSONField(null=True, blank=True)
+    worker_seen_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["name"]
@@ -85,7 +89,9 @@ class AgentToken(models.Model):
         prefix = tokens.split(token, "hwa")
         if prefix is None:
             return None
-        found = cls.objects.select_related("machine").filter(prefix=prefix, revoked_at=None).first()
+        # Every batch authenticates: skip the machine's latest sample, which ingest never reads.
+        found = (cls.objects.select_related("machine").defer("machine__latest", "machine__worker_policy")
+                 .filter(prefix=prefix, revoked_at=None).first())
         if found is None or not tokens.matches(token, found.digest):
             return None
         return found

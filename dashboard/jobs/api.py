@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from django.conf import settings
 from django.shortcuts import get_object_or_404
+from django.utils import timezone
 from ninja import Router, Status
 from ninja.errors import HttpError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -16,7 +17,7 @@ from dashboard.fleet import series, throughput
 from dashboard.fleet.api import AgentAuth, time_range
 from dashboard.fleet.models import Machine
 
-from . import queries, service
+from . import allowlist, queries, service
 from .models import MAX_PARAMS_B, Job
 from .tasks import PROGRESS_PRESETS, machine_queue
 
@@ -75,6 +76,11 @@ def submit(request, payload: JobIn):
         fields.update(argv=None, shell=payload.command)
     else:
         fields.update(argv=payload.command, shell="")
+    if target is not None:
+        # What the target's worker reported it allows: refuse now what it would refuse on arrival.
+        reason = allowlist.refusal(target, fields["argv"], fields["shell"], fields["workdir"] or None)
+        if reason:
+            raise HttpError(400, f"command: {reason}")
     try:
         job = service.submit(request.user, {**fields, "target": target})
     except service.JobError as exc:
@@ -154,6 +160,28 @@ class FinishIn(AttemptIn):
     message: Annotated[str, Field(max_length=2000)] = ""
 
 
+class TemplateIn(BaseModel):
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    argv: Annotated[list[Annotated[str, Field(min_length=1, max_length=4096)]], Field(min_length=1, max_length=256)]
+    workdir: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+
+    @model_validator(mode="after")
+    def double_star_is_last(self) -> TemplateIn:
+        # The same shape hwprobe.policy accepts, so the server can match with hwprobe's rules.
+        if self.argv[0] == "**" or "**" in self.argv[:-1]:
+            raise ValueError('argv: "**" may only be the last pattern, after a program')
+        return self
+
+
+class PolicyIn(BaseModel):
+    """``hwprobe.policy.Policy.summary()``: what the host lets its worker run."""
+
+    builtin_workloads: bool
+    allow_shell: bool
+    run_as: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    templates: Annotated[list[TemplateIn], Field(max_length=200)]
+
+
 @agent_router.get("/agent/config", auth=AgentAuth(), summary="Broker and queue for this machine's worker")
 def agent_config(request):
     machine = request.auth.machine
@@ -193,3 +221,11 @@ def log(request, job_id: int, payload: LogIn):
 def finish(request, job_id: int, payload: FinishIn):
     _agent_call(service.finish, request.auth.machine, job_id, payload.attempt, payload.outcome, payload.exit_code, payload.message)
     return {"ok": True}
+
+
+@agent_router.post("/agent/policy", auth=AgentAuth(), summary="What this machine's worker allows, for the submit form")
+def agent_policy(request, payload: PolicyIn):
+    # update(), not save(): ingest writes other columns of the same row concurrently.
+    Machine.objects.filter(pk=request.auth.machine.pk).update(
+        worker_policy=payload.model_dump(), worker_seen_at=timezone.now())
+    return {"ok": True, "templates": len(payload.templates)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 from typing import Any
 
@@ -11,6 +12,7 @@ from pydantic import ValidationError
 from dashboard.fleet.models import Machine
 from dashboard.fleet.queries import accelerator_summary
 
+from . import allowlist
 from .api import JobIn
 from .models import Job
 from .tasks import PROGRESS_PRESETS
@@ -43,9 +45,18 @@ def machine_label(machine: Machine) -> str:
     return f"{machine.name} — " + " · ".join(parts)
 
 
-def machine_choices() -> list[tuple[str, str]]:
-    machines = Machine.objects.prefetch_related("accelerators").order_by("name")
-    return [("", "Automatic placement")] + [(m.name, machine_label(m)) for m in machines]
+class MachineSelect(forms.Select):
+    """The machine select; each option carries what that machine's worker allows (``data-policy``, JSON)."""
+
+    policies: dict[str, allowlist.MachinePolicy]
+
+    def create_option(self, name: str, value: Any, label: Any, selected: Any, index: int,
+                      subindex: int | None = None, attrs: dict[str, Any] | None = None) -> dict[str, Any]:
+        option = super().create_option(name, value, label, selected, index, subindex, attrs)
+        policy = getattr(self, "policies", {}).get(str(value))
+        if policy is not None:
+            option["attrs"]["data-policy"] = json.dumps(policy)
+        return option
 
 
 def parse_env(text: str) -> dict[str, str]:
@@ -67,7 +78,9 @@ class JobForm(forms.Form):
     kind = forms.ChoiceField(choices=[("train", "Training"), ("serve", "Serving")], initial="train")
     command = forms.CharField(
         widget=forms.TextInput(attrs={"class": "mono", "spellcheck": "false", "autocomplete": "off"}),
-        help_text="One line, split into arguments as a POSIX shell would (quotes work); no shell runs it.",
+        help_text="One line, split into arguments as a POSIX shell would (quotes work); no shell runs it. "
+                  "The machine's worker decides whether it runs, when the job arrives: this form only warns "
+                  "from what the worker last reported, and a host may change its policy after that.",
     )
     shell = forms.BooleanField(
         required=False, label="Run through the shell",
@@ -82,7 +95,7 @@ class JobForm(forms.Form):
     )
     gpus = forms.IntegerField(initial=1, label="GPUs")
     gpu_memory_gb = forms.FloatField(initial=0, label="GPU memory per GPU (GiB)")
-    machine = forms.CharField(required=False, widget=forms.Select())
+    machine = forms.CharField(required=False, widget=MachineSelect())
     priority = forms.IntegerField(initial=0, help_text="Higher runs first; a serving job may preempt lower-priority training.")
     max_runtime_s = forms.IntegerField(required=False, label="Maximum run time (s)", help_text="Empty for no limit.")
     preemptible = forms.BooleanField(required=False, label="Preemptible",
@@ -114,7 +127,14 @@ class JobForm(forms.Form):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.fields["machine"].widget.choices = machine_choices()
+        machines = list(Machine.objects.prefetch_related("accelerators").order_by("name"))
+        widget = self.fields["machine"].widget
+        widget.choices = [("", "Automatic placement")] + [(m.name, machine_label(m)) for m in machines]
+        widget.policies = {"": allowlist.automatic_policy(machines)} | {m.name: allowlist.machine_policy(m) for m in machines}
+
+    def picker(self) -> allowlist.MachinePolicy | None:
+        """The templates of the machine now chosen (the page shows them before any script runs)."""
+        return self.fields["machine"].widget.policies.get(str(self["machine"].value() or ""))
 
     def clean_env(self) -> dict[str, str]:
         return parse_env(self.cleaned_data["env"])
@@ -148,6 +168,12 @@ class JobForm(forms.Form):
             target = Machine.objects.filter(name=job.machine).first()
             if target is None:
                 self.add_error("machine", f"no machine named {job.machine!r}")
+                return data
+        if target is not None:
+            reason = allowlist.refusal(target, command if isinstance(command, list) else None,
+                                       command if isinstance(command, str) else "", job.workdir or None)
+            if reason:
+                self.add_error("command", reason)
                 return data
         # The same fields the API hands to service.submit.
         self.job_fields = job.model_dump(exclude={"command", "machine"}) | {

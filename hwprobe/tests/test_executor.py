@@ -1,4 +1,4 @@
-"""One job run against a real local HTTP server that plays the dashboard's four agent endpoints."""
+"""One job run against a real local HTTP server that plays the dashboard's agent endpoints."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ ALLOW_PY = Policy(rules=[Rule("python -c", (PY, "-c", "**"))], allow_shell=True)
 
 
 class FakeDashboard:
-    """Answers claim / heartbeat / log / finish like dashboard/jobs/api.py, and records them."""
+    """Answers config / policy / claim / heartbeat / log / finish like dashboard/jobs/api.py, and records them."""
 
     def __init__(self) -> None:
         self.claim_status = 200
@@ -37,6 +37,8 @@ class FakeDashboard:
         self.finished: list[dict[str, Any]] = []
         self.beats: list[dict[str, Any]] = []
         self.config_status = 200
+        self.policy_status = 200
+        self.policies: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -51,6 +53,11 @@ class FakeDashboard:
             if self.fail_next > 0:
                 self.fail_next -= 1
                 return 503, {"error": "try again"}
+            if action == "policy":
+                if self.policy_status != 200:
+                    return self.policy_status, {"error": "templates: refused"}
+                self.policies.append(body)
+                return 200, {"ok": True, "templates": len(body["templates"])}
             if action == "claim":
                 return self.claim_status, ({"ok": True} if self.claim_status == 200 else {"error": "already started"})
             if self.stale:
@@ -429,6 +436,84 @@ def test_the_worker_command_exits_2_when_the_server_refuses_its_token(dash, caps
     dash.config_status = 401
     assert worker.main(["--server", dash.url, "--token", "tok"]) == 2
     assert "invalid token" in capsys.readouterr().err
+
+
+def start_worker(monkeypatch, argv: list[str]) -> int:
+    """``hwprobe worker`` up to the point where Celery would take over (then it returns)."""
+    from hwprobe import worker
+
+    make_app = worker.make_app
+
+    def app_that_does_not_consume(*args: Any, **kwargs: Any) -> Any:
+        app = make_app("memory://", "machine.gpu-01")
+        app.worker_main = lambda argv: None
+        return app
+
+    monkeypatch.setattr(worker, "make_app", app_that_does_not_consume)
+    monkeypatch.setattr(worker, "POLICY_CHECK_S", 3600.0)
+    return worker.main(argv)
+
+
+def test_the_worker_tells_the_dashboard_its_hosts_policy_at_start(dash, tmp_path, monkeypatch):
+    pytest.importorskip("celery")
+    config = tmp_path / "worker.toml"
+    config.write_text('builtin_workloads = false\n[[allow]]\nname = "ft"\nargv = ["python3", "train.py", "*"]\n')
+    assert start_worker(monkeypatch, ["--server", dash.url, "--token", "tok", "--config", str(config)]) == 0
+    assert dash.policies == [{"builtin_workloads": False, "allow_shell": False, "run_as": None,
+                              "templates": [{"name": "ft", "argv": ["python3", "train.py", "*"], "workdir": None}]}]
+
+
+def test_a_refused_policy_report_is_logged_and_the_worker_starts_anyway(dash, tmp_path, monkeypatch, caplog):
+    pytest.importorskip("celery")
+    dash.policy_status = 400
+    # No file named or present: the built-in defaults, reported like any policy.
+    monkeypatch.delenv("HWPROBE_CONFIG", raising=False)
+    monkeypatch.setattr("hwprobe.policy.DEFAULT_PATH", str(tmp_path / "absent.toml"))
+    with caplog.at_level("WARNING", logger="hwprobe.worker"):
+        assert start_worker(monkeypatch, ["--server", dash.url, "--token", "tok"]) == 0
+    assert "could not send this host's policy to the dashboard: 400: templates: refused" in caplog.text
+    assert dash.policies == []
+
+
+def test_an_edited_policy_is_reported_again_before_the_next_job_and_only_then(dash, tmp_path):
+    pytest.importorskip("celery")
+    from hwprobe import worker
+
+    config = tmp_path / "worker.toml"
+    config.write_text("allow_shell = false\n")
+    api = ServerApi(dash.url, "tok")
+    reporter = worker.PolicyReporter(api)
+    assert reporter.report(worker.effective_policy(str(config))[0])
+    task = worker.register(worker.make_app("memory://", "q"), api, str(config),
+                           {"heartbeat_s": 0.2, "flush_s": 0.2, "jobs_dir": tmp_path}, reporter)
+    task.run(job_id=7, attempt=1, spec=job_spec(["touch", str(tmp_path / "ran")]))
+    assert len(dash.policies) == 1  # unchanged: not sent again
+    config.write_text("allow_shell = true\n")
+    task.run(job_id=7, attempt=1, spec=job_spec(["touch", str(tmp_path / "ran")]))
+    assert [p["allow_shell"] for p in dash.policies] == [False, True]
+    assert dash.actions().index("policy", 1) < len(dash.actions()) - 1  # sent before the job's own calls
+    config.write_text("allow_shel = true\n")  # broken: the worker refuses everything, and says so
+    task.run(job_id=7, attempt=1, spec=job_spec(["touch", str(tmp_path / "ran")]))
+    assert dash.policies[-1] == {"builtin_workloads": False, "allow_shell": False, "run_as": None, "templates": []}
+
+
+def test_the_policy_watch_reports_an_edit_while_no_job_comes(dash, tmp_path):
+    from hwprobe import worker
+
+    config = tmp_path / "worker.toml"
+    config.write_text("allow_shell = false\n")
+    reporter = worker.PolicyReporter(ServerApi(dash.url, "tok"))
+    reporter.report(worker.effective_policy(str(config))[0])
+    stop = threading.Event()
+    thread = worker.watch_policy(reporter, str(config), every_s=0.05, stop=stop)
+    try:
+        config.write_text("allow_shell = true\n")
+        assert wait_until(lambda: len(dash.policies) == 2, 5)
+        time.sleep(0.2)
+        assert len(dash.policies) == 2  # nothing new: nothing sent
+    finally:
+        stop.set()
+        thread.join(2)
 
 
 def test_a_job_given_a_gpu_by_uuid_sees_exactly_that_gpu(dash, tmp_path):

@@ -150,3 +150,22 @@ def test_is_builtin_recognises_the_workloads():
     assert policy.is_builtin(["python3", "-m", "hwprobe.workloads", "serve", "--port", "0"])
     assert not policy.is_builtin(["python3", "-m", "http.server"])
     assert not policy.is_builtin(None)
+
+
+def test_the_summary_for_the_dashboard_lists_patterns_as_written_and_the_built_ins(tmp_path):
+    path = write(tmp_path, 'run_as = "mluser"\nallow_shell = true\n'
+                           '[[allow]]\nname = "ft"\nargv = ["python3", "train.py", "*"]\nworkdir = "/srv/llama*"\n'
+                           '[[allow]]\nargv = ["vllm", "serve", "**"]\n')
+    summary = policy.load(path).summary()
+    assert summary == {"builtin_workloads": True, "allow_shell": True, "run_as": "mluser", "templates": [
+        {"name": "built-in train", "argv": ["python", "-m", "hwprobe.workloads", "train", "--seconds", "60"], "workdir": None},
+        {"name": "built-in serve", "argv": ["python", "-m", "hwprobe.workloads", "serve", "--port", "8100", "--load", "2",
+                                            "--seconds", "60"], "workdir": None},
+        {"name": "ft", "argv": ["python3", "train.py", "*"], "workdir": "/srv/llama*"},
+        {"name": "vllm", "argv": ["vllm", "serve", "**"], "workdir": None},
+    ]}
+    # Each built-in template is a command the host's own check accepts.
+    for template in summary["templates"][:2]:
+        assert Policy().check(spec(template["argv"])) is None
+    without = Policy(builtin_workloads=False).summary()
+    assert without == {"builtin_workloads": False, "allow_shell": False, "run_as": None, "templates": []}

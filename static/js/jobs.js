@@ -79,3 +79,65 @@ window.JobTimes = window.JobTimes || (function () {
   kind.addEventListener("change", sync);
   sync();
 })();
+
+(function templatePicker() {
+  // Each machine option carries what its worker allows (data-policy, JSON, written by the server);
+  // the picker lists those templates and a click puts one in the command field.
+  const machine = document.getElementById("id_machine");
+  const list = document.getElementById("templates");
+  const note = document.getElementById("templates-note");
+  const command = document.getElementById("id_command");
+  if (!machine || !list || !note || !command) return;
+
+  function show() {
+    const option = machine.options[machine.selectedIndex];
+    let policy = null;
+    try { policy = JSON.parse((option && option.dataset.policy) || "null"); } catch (err) { policy = null; }
+    if (!policy) return;
+    list.replaceChildren();
+    policy.templates.forEach((t) => {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "template";
+      button.title = t.name;
+      button.dataset.command = t.command;
+      button.dataset.workdir = t.workdir || "";
+      button.dataset.kind = t.kind || "";
+      const code = document.createElement("code");
+      code.textContent = t.command;
+      button.appendChild(code);
+      list.appendChild(button);
+    });
+    if (!policy.templates.length) {
+      const none = document.createElement("span");
+      none.className = "muted";
+      none.textContent = "none";
+      list.appendChild(none);
+    }
+    note.textContent = policy.note;
+  }
+
+  // The first argument holding a pattern, selected so that typing replaces it.
+  function selectPattern(input) {
+    const match = /\S*\*\S*/.exec(input.value);
+    input.focus();
+    if (match) input.setSelectionRange(match.index, match.index + match[0].length);
+  }
+
+  list.addEventListener("click", (event) => {
+    const button = event.target.closest("button.template");
+    if (!button) return;
+    command.value = button.dataset.command;
+    const shell = document.getElementById("id_shell");
+    if (shell) shell.checked = false;  // templates are argument lists
+    const kind = document.getElementById("id_kind");
+    if (kind && button.dataset.kind) {
+      kind.value = button.dataset.kind;
+      kind.dispatchEvent(new Event("change"));
+    }
+    const workdir = document.getElementById("id_workdir");
+    if (workdir && button.dataset.workdir && !workdir.value) workdir.value = button.dataset.workdir;
+    selectPattern(command);
+  });
+  machine.addEventListener("change", show);
+})();

@@ -207,3 +207,67 @@ def test_a_jobs_log_is_bounded_and_says_so(client, placed, settings):
     assert post(client, f"/api/v1/agent/jobs/{job.pk}/log", {"attempt": 1, "chunks": more}, token).json() == {"stored": 0}
     bad = [{"seq": 10, "stream": "stdout", "text": "y", "ts": 1e20}]
     assert post(client, f"/api/v1/agent/jobs/{job.pk}/log", {"attempt": 1, "chunks": bad}, token).status_code == 400
+
+
+# ---- the worker's policy report ---------------------------------------------------------------
+
+REPORT = {"builtin_workloads": True, "allow_shell": False, "run_as": "mluser", "templates": [
+    {"name": "llama-finetune", "argv": ["python3", "train.py", "*"], "workdir": "/srv/llama*"},
+    {"name": "vllm", "argv": ["vllm", "serve", "**"], "workdir": None},
+]}
+
+
+@pytest.mark.django_db
+def test_a_worker_reports_its_policy_and_the_machine_keeps_the_latest(client, machine, agent_token):
+    r = post(client, "/api/v1/agent/policy", REPORT, agent_token)
+    assert r.status_code == 200, r.content
+    assert r.json() == {"ok": True, "templates": 2}
+    machine.refresh_from_db()
+    assert machine.worker_policy == REPORT and machine.worker_seen_at is not None
+    first_seen = machine.worker_seen_at
+    post(client, "/api/v1/agent/policy", {**REPORT, "allow_shell": True, "templates": []}, agent_token)
+    machine.refresh_from_db()
+    assert machine.worker_policy["allow_shell"] is True and machine.worker_policy["templates"] == []
+    assert machine.worker_seen_at >= first_seen
+
+
+@pytest.mark.django_db
+def test_only_an_agent_token_may_report_a_policy(client, machine, operator):
+    assert post(client, "/api/v1/agent/policy", REPORT).status_code == 401
+    assert post(client, "/api/v1/agent/policy", REPORT, token="hwa_nope_nope").status_code == 401
+    client.force_login(operator)
+    assert post(client, "/api/v1/agent/policy", REPORT).status_code == 401
+    machine.refresh_from_db()
+    assert machine.worker_policy is None
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "change, error",
+    [({"allow_shell": "maybe"}, "allow_shell"),
+     ({"templates": [{"name": "x", "argv": []}]}, "templates.0.argv"),
+     ({"templates": [{"name": "", "argv": ["a"]}]}, "templates.0.name"),
+     ({"templates": [{"name": "x", "argv": ["**", "a"]}]}, 'templates.0: argv: "**" may only be the last'),
+     ({"templates": [{"name": "x", "argv": ["a", "**", "b"]}]}, "templates.0: argv"),
+     ({"templates": [{"name": "x", "argv": ["a" * 5000]}]}, "templates.0.argv.0"),
+     ({"templates": [{"name": "x", "argv": ["a"]}] * 201}, "templates"),
+     ({"run_as": "u" * 65}, "run_as")],
+)
+def test_a_bad_policy_report_is_refused_with_the_field_named(client, machine, agent_token, change, error):
+    r = post(client, "/api/v1/agent/policy", {**REPORT, **change}, agent_token)
+    assert r.status_code == 400, r.content
+    assert r.json()["error"].startswith(error), r.json()
+    machine.refresh_from_db()
+    assert machine.worker_policy is None
+
+
+@pytest.mark.django_db
+def test_the_api_refuses_what_the_target_machines_worker_reported_it_refuses(client, operator):
+    m = Machine.objects.create(name="gpu-07", worker_policy={
+        "builtin_workloads": False, "allow_shell": False, "run_as": None,
+        "templates": [{"name": "train", "argv": ["python3", "train.py", "*"], "workdir": None}]})
+    client.force_login(operator)
+    r = post(client, "/api/v1/jobs", {**TRAIN, "machine": m.name, "command": ["rm", "-rf", "/"]})
+    assert r.status_code == 400 and r.json()["error"].startswith("command: gpu-07's worker allows only")
+    ok = post(client, "/api/v1/jobs", {**TRAIN, "machine": m.name, "command": ["python3", "train.py", "--fast"]})
+    assert ok.status_code == 201

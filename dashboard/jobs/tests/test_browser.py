@@ -121,3 +121,25 @@ def test_an_operator_submits_a_job_and_watches_it_run_log_and_finish(fleet, live
     page.wait_for_url(base + "/jobs/")
     assert "Succeeded" in page.inner_text("#jobs") and "first-train" in page.inner_text("#jobs")
     assert page.errors == []
+
+
+def test_the_template_picker_follows_the_machine_and_fills_the_command(fleet, live_server, page):
+    reported = {"builtin_workloads": False, "allow_shell": False, "run_as": None,
+                "templates": [{"name": "ft", "argv": ["python3", "train.py", "*"], "workdir": "/srv/llama*"}]}
+    worker(lambda: Machine.objects.filter(pk=fleet.pk).update(worker_policy=reported))
+    log_in(page, live_server.url, "olga", "olga-pass", then="/jobs/new/")
+    # Automatic placement: what every online machine's worker allows (cpu-01 is the only one online).
+    assert page.locator("#templates button.template").all_inner_texts() == ["python3 train.py *"]
+    page.select_option("#id_machine", "gpu-09")
+    assert page.locator("#templates button.template").count() == 0
+    assert page.inner_text("#templates-note") == "no worker has reported from this machine yet — jobs wait until one does"
+    page.select_option("#id_machine", "cpu-01")
+    assert page.inner_text("#templates-note") == "argument lists only"
+    page.click("#templates button.template")
+    assert page.input_value("#id_command") == "python3 train.py *"
+    assert page.input_value("#id_workdir") == "/srv/llama*"
+    assert page.evaluate("(() => { const c = document.getElementById('id_command'); "
+                         "return c.value.slice(c.selectionStart, c.selectionEnd); })()") == "*"
+    page.keyboard.type("--epochs=3")
+    assert page.input_value("#id_command") == "python3 train.py --epochs=3"
+    assert page.errors == []

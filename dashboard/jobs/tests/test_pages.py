@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import html
+import json
+import re
+from datetime import timedelta
+
 import pytest
 from conftest import make_batch
 
@@ -147,7 +152,7 @@ def test_the_machine_select_shows_free_memory_per_gpu_and_offline_machines(clien
     Machine.objects.create(name="gpu-02")
     client.force_login(operator)
     page = client.get("/jobs/new/").content.decode()
-    assert '<option value="" selected>Automatic placement</option>' in page
+    assert re.search(r'<option value="" selected data-policy="[^"]*">Automatic placement</option>', page)
     # 85,520,809,984 B total and 40e9 used: 42 of 80 GiB free on each GPU.
     assert "gpu-01 — 2 × H100 80GB HBM3 · free 42 / 80 GiB, 42 / 80 GiB" in page
     assert "gpu-02 — no GPUs · offline" in page
@@ -334,3 +339,109 @@ def test_a_bad_model_field_is_shown_next_to_it(client, operator):
     r = client.post("/jobs/new/", form(model_params_b="0"))
     assert r.context["form"].errors == {"model_params_b": ["Input should be greater than 0"]}
     assert not Job.objects.exists()
+
+
+# ---- templates the hosts allow ------------------------------------------------------------------
+
+HOST_POLICY = {"builtin_workloads": False, "allow_shell": False, "run_as": None, "templates": [
+    {"name": "llama-finetune", "argv": ["python3", "train.py", "*"], "workdir": None},
+    {"name": "vllm", "argv": ["vllm", "serve", "**"], "workdir": "/srv/*"},
+]}
+
+
+def option_policies(page: str) -> dict[str, dict]:
+    """Each machine option's data-policy, as the page's script reads it."""
+    return {value: json.loads(html.unescape(raw))
+            for value, raw in re.findall(r'<option value="([^"]*)"[^>]* data-policy="([^"]*)"', page)}
+
+
+def picker_commands(page: str) -> list[str]:
+    """The template buttons the page renders without any script."""
+    block = page.split('id="field-templates"')[1].split('class="field')[0]
+    return [html.unescape(c) for c in re.findall(r'<button type="button" class="template"[^>]* data-command="([^"]*)"', block)]
+
+
+def test_each_machine_option_carries_the_templates_its_worker_reported(client, operator, online):
+    Machine.objects.filter(pk=online.pk).update(worker_policy=HOST_POLICY)
+    Machine.objects.create(name="gpu-02")
+    client.force_login(operator)
+    policies = option_policies(client.get("/jobs/new/").content.decode())
+    gpu01 = policies["gpu-01"]
+    assert [t["command"] for t in gpu01["templates"]] == ["python3 train.py *", "vllm serve **"]
+    assert gpu01["templates"][1]["workdir"] == "/srv/*"
+    assert (gpu01["reported"], gpu01["allow_shell"], gpu01["note"]) == (True, False, "argument lists only")
+    assert policies["gpu-02"]["templates"] == []
+    assert policies["gpu-02"]["note"] == "no worker has reported from this machine yet — jobs wait until one does"
+
+
+def test_the_picker_is_rendered_for_the_chosen_machine_without_any_script(client, operator, online):
+    client.force_login(operator)
+    page = client.get("/jobs/new/").content.decode()
+    # Automatic placement with no worker reported: the built-in workloads.
+    assert picker_commands(page) == ["python -m hwprobe.workloads train --seconds 60",
+                                     "python -m hwprobe.workloads serve --port 8100 --load 2 --seconds 60"]
+    Machine.objects.filter(pk=online.pk).update(worker_policy={**HOST_POLICY, "allow_shell": True})
+    page = client.post("/jobs/new/", form(machine="gpu-01", name="")).content.decode()  # re-shown for its error
+    assert picker_commands(page) == ["python3 train.py *", "vllm serve **"]
+    assert '<span id="templates-note">shell allowed</span>' in page
+
+
+def test_automatic_placement_offers_what_every_online_worker_allows(client, operator, online, settings):
+    other = Machine.objects.create(name="gpu-02")
+    store_batch(other, Batch.model_validate(make_batch([1])))
+    Machine.objects.filter(pk=online.pk).update(worker_policy=HOST_POLICY)
+    Machine.objects.filter(pk=other.pk).update(worker_policy={**HOST_POLICY, "templates": HOST_POLICY["templates"][:1]})
+    # An offline machine's old report does not narrow the choice.
+    stale = Machine.objects.create(name="gpu-03", worker_policy={**HOST_POLICY, "templates": []},
+                                   last_seen_at=online.last_seen_at - timedelta(seconds=settings.OFFLINE_AFTER_S + 60))
+    assert not stale.is_online()
+    client.force_login(operator)
+    automatic = option_policies(client.get("/jobs/new/").content.decode())[""]
+    assert [t["command"] for t in automatic["templates"]] == ["python3 train.py *"]
+    assert automatic["note"] == "templates every online machine's worker allows · argument lists only"
+
+
+def test_a_command_the_target_machines_worker_refuses_is_shown_next_to_the_command(client, operator, online):
+    Machine.objects.filter(pk=online.pk).update(worker_policy=HOST_POLICY)
+    client.force_login(operator)
+    r = client.post("/jobs/new/", form(machine="gpu-01", command="rm -rf /"))
+    assert r.status_code == 200
+    assert r.context["form"].errors == {
+        "command": ["gpu-01's worker allows only: python3 train.py *; vllm serve ** (in /srv/*)"]}
+    block = r.content.decode().split('id="field-command"')[1].split('class="field')[0]
+    assert "gpu-01&#x27;s worker allows only" in block
+    assert "worker decides whether it runs" in block  # the help text says the worker has the last word
+    # The built-in workloads are not allowed there either, and shell lines are refused.
+    assert "allows only" in client.post("/jobs/new/", form(machine="gpu-01")).context["form"].errors["command"][0]
+    r = client.post("/jobs/new/", form(machine="gpu-01", command="python3 train.py --lr 3", shell="on"))
+    assert r.context["form"].errors["command"][0].startswith("gpu-01's worker takes argument lists only")
+    # A workdir pattern is part of the rule.
+    r = client.post("/jobs/new/", form(machine="gpu-01", command="vllm serve m --port 8000", workdir="/tmp"))
+    assert "allows only" in r.context["form"].errors["command"][0]
+    assert not Job.objects.exists()
+
+
+def test_a_command_that_fits_a_template_is_submitted(client, operator, online):
+    Machine.objects.filter(pk=online.pk).update(worker_policy=HOST_POLICY)
+    client.force_login(operator)
+    assert client.post("/jobs/new/", form(machine="gpu-01", command="python3 train.py --config=a.yaml")).status_code == 302
+    assert client.post("/jobs/new/", form(machine="gpu-01", command="vllm serve m --port 8000",
+                                          workdir="/srv/models")).status_code == 302
+    assert Job.objects.count() == 2
+
+
+def test_the_built_in_workloads_pass_with_any_interpreter_where_the_worker_allows_them(client, operator, online):
+    Machine.objects.filter(pk=online.pk).update(worker_policy={**HOST_POLICY, "builtin_workloads": True})
+    client.force_login(operator)
+    r = client.post("/jobs/new/", form(machine="gpu-01", command="/opt/venv/bin/python3 -m hwprobe.workloads train"))
+    assert r.status_code == 302, r.context["form"].errors
+
+
+def test_the_form_does_not_block_where_nothing_is_known_or_the_machine_is_not_chosen(client, operator, online):
+    client.force_login(operator)
+    # No worker has reported from gpu-01: its worker decides when it comes.
+    assert client.post("/jobs/new/", form(machine="gpu-01", command="rm -rf /tmp/x")).status_code == 302
+    Machine.objects.filter(pk=online.pk).update(worker_policy=HOST_POLICY)
+    # Automatic placement is never blocked: placement may find a machine that allows it.
+    assert client.post("/jobs/new/", form(machine="", command="rm -rf /tmp/x")).status_code == 302
+    assert Job.objects.count() == 2

@@ -152,6 +152,21 @@ def test_a_built_in_training_job_runs_to_success_with_its_log_stored(loop, opera
     assert (loop.jobs_dir / str(job.pk) / "mingru.npz").exists()
 
 
+def test_the_worker_reports_its_hosts_policy_and_the_form_offers_it(loop, machine, operator, client):
+    from dashboard.fleet.models import Machine
+
+    # The worker reports before it starts consuming, so the fixture's "ready" means it is stored.
+    reported = Machine.objects.get(pk=machine.pk)
+    assert reported.worker_seen_at is not None, loop.output()
+    assert reported.worker_policy["allow_shell"] is True and reported.worker_policy["builtin_workloads"] is True
+    names = [t["name"] for t in reported.worker_policy["templates"]]
+    assert names == ["built-in train", "built-in serve", "python -c"]
+    assert reported.worker_policy["templates"][2]["argv"] == [PY, "-c", "**"]
+    client.force_login(operator)
+    page = client.get("/jobs/new/").content.decode()
+    assert "-c **" in page.split('<option value="gpu-01"')[1].split("</option>")[0]
+
+
 def test_a_failing_command_fails_with_its_exit_code(loop, operator):
     job = settle(submit(operator, [PY, "-c", "import sys; print('bye'); sys.exit(3)"]), loop)
     assert (job.status, job.exit_code, job.status_message) == ("failed", 3, "exited with code 3")
