@@ -19,8 +19,7 @@ from django.db.models import Sum
 from dashboard.fleet.models import ThroughputSample
 from dashboard.fleet.tests.test_agent_end_to_end import ROOT, Server, free_port, wait_for
 from dashboard.jobs.models import Job
-from dashboard.jobs.tests.test_worker_e2e import QUEUE, Worker, log_text, settle, submit
-from dashboard.celery import app as dashboard_celery
+from dashboard.jobs.tests.test_worker_e2e import QUEUE, Worker, log_text, purge, settle, stop, submit
 from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.payload import Batch
 from conftest import make_batch
@@ -54,24 +53,13 @@ class Agent:
         assert self.proc.poll() is None, self.log.read_text()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc)
 
 
 @pytest.fixture
 def fleet(process_env, machine, tmp_path):
     """Server, agent and worker of one machine, all on this host, sharing one report port."""
-    with dashboard_celery.connection_for_write() as conn:
-        for name in (QUEUE, "celery"):
-            try:
-                conn.default_channel.queue_purge(name)
-            except Exception:  # noqa: BLE001 - a queue that does not exist yet has nothing to purge
-                pass
+    purge(QUEUE, "celery")
     store_batch(machine, Batch.model_validate(make_batch([1], gpus=0)))
     port = udp_port()
     env = dict(process_env, HWPROBE_REPORT_PORT=str(port))

@@ -47,6 +47,27 @@ def group_members(pgid: int) -> list[int]:
     return found
 
 
+def purge(*queues: str) -> None:
+    """Empty broker queues a previous test may have left messages in."""
+    with dashboard_celery.connection_for_write() as conn:
+        for name in queues:
+            try:
+                conn.default_channel.queue_purge(name)
+            except Exception:  # noqa: BLE001 - a queue that does not exist yet has nothing to purge
+                pass
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it is still there after 20 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class Worker:
     """`python -m hwprobe worker` for the test machine, its output in a file for failures."""
 
@@ -74,24 +95,13 @@ class Worker:
         return self.log.read_text()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc)
 
 
 @pytest.fixture
 def loop(process_env, machine, tmp_path):
     """Server and worker running, the machine online (CPU only) and its queue empty."""
-    with dashboard_celery.connection_for_write() as conn:
-        for name in (QUEUE, "celery"):
-            try:
-                conn.default_channel.queue_purge(name)
-            except Exception:  # noqa: BLE001 - a queue that does not exist yet has nothing to purge
-                pass
+    purge(QUEUE, "celery")
     store_batch(machine, Batch.model_validate(make_batch([1], gpus=0)))
     server = Server(process_env, free_port())
     server.start()
@@ -227,12 +237,7 @@ def test_placement_sends_a_job_to_the_machine_with_room_and_its_worker_runs_it(p
         return m
 
     full, roomy = online("gpu-full", used=80e9), online("gpu-roomy", used=10e9)
-    with dashboard_celery.connection_for_write() as conn:
-        for name in ("machine.gpu-full", "machine.gpu-roomy"):
-            try:
-                conn.default_channel.queue_purge(name)
-            except Exception:  # noqa: BLE001 - a queue that does not exist yet has nothing to purge
-                pass
+    purge("machine.gpu-full", "machine.gpu-roomy")
     server = Server(process_env, free_port())
     server.start()
     workers = []
