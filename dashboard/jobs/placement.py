@@ -165,6 +165,10 @@ def place_queued(now: datetime | None = None) -> list[Placement]:
             active_by_machine.setdefault(j.machine_id, []).append(j)
         online = [m for m in machines if m.is_online(now)]
         caps = {m.pk: capacity(m, active_by_machine.get(m.pk, [])) for m in online}
+        # Written in bulk at the end of the pass: one statement per kind, not two per job.
+        placed_jobs: list[Job] = []
+        attempts: list[JobAttempt] = []
+        waiting: list[Job] = []
 
         for job in queued:
             candidates = [caps[job.target_id]] if job.target_id in caps else ([] if job.target_id else list(caps.values()))
@@ -181,7 +185,8 @@ def place_queued(now: datetime | None = None) -> list[Placement]:
                     Job.objects.filter(pk__in=[v.pk for v in victims]).update(preempt_requested=True)
                     message += "; preempting training job(s) " + ", ".join(f"#{v.pk}" for v in victims)
                 if job.status_message != message:
-                    Job.objects.filter(pk=job.pk).update(status_message=message)
+                    job.status_message = message
+                    waiting.append(job)
                 continue
             cap, gpus = choice
             job.status = Job.Status.PLACED
@@ -190,10 +195,16 @@ def place_queued(now: datetime | None = None) -> list[Placement]:
             job.attempt += 1
             job.placed_at = now
             job.status_message = f"placed on {cap.machine.name}" + (f", GPU {', '.join(map(str, gpus))}" if gpus else "")
-            job.save(update_fields=["status", "machine", "assigned_gpus", "attempt", "placed_at", "status_message"])
-            JobAttempt.objects.create(job=job, number=job.attempt, machine=cap.machine, gpus=gpus, placed_at=now)
+            placed_jobs.append(job)
+            attempts.append(JobAttempt(job=job, number=job.attempt, machine=cap.machine, gpus=gpus, placed_at=now))
             # Book it in this pass too, so the next queued job sees the memory as taken.
             active_by_machine.setdefault(cap.machine.pk, []).append(job)
             caps[cap.machine.pk] = capacity(cap.machine, active_by_machine[cap.machine.pk])
             placed.append(Placement(job.pk, job.attempt, cap.machine.name))
+
+        fields = ["status", "machine", "assigned_gpus", "attempt", "placed_at", "status_message"]
+        Job.objects.bulk_update(placed_jobs, fields, batch_size=500)
+        Job.objects.bulk_update(waiting, ["status_message"], batch_size=500)
+        # The (job, number) unique constraint is the last line of defence against a double start.
+        JobAttempt.objects.bulk_create(attempts, batch_size=500)
     return placed
