@@ -63,9 +63,13 @@ def ingest(request):
     return result.as_dict()
 
 
-@router.get("/machines", auth=USER_AUTH, summary="Every machine with inventory, state and latest values")
-def machines(request):
-    return {"machines": queries.fleet_overview()}
+@router.get("/machines", auth=USER_AUTH, summary="Machines by name with inventory, state and latest values, a page at a time")
+def machines(request, offset: int = 0, limit: int = 200):
+    """`limit` is at most 1,000; `count` is the whole fleet, so clients know when to stop."""
+    if offset < 0 or not 1 <= limit <= 1000:
+        raise HttpError(400, "limit: must be between 1 and 1000, and offset not negative")
+    return {"count": Machine.objects.count(), "offset": offset, "limit": limit,
+            "machines": queries.fleet_overview(offset=offset, limit=limit)}
 
 
 @router.get("/machines/{name}", auth=USER_AUTH, summary="One machine")

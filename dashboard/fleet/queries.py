@@ -84,10 +84,11 @@ def sparklines(machine_ids: list[int], now: datetime) -> dict[int, dict[str, lis
     return out
 
 
-def fleet_overview(now: datetime | None = None) -> list[dict[str, Any]]:
-    """Every machine with inventory, online state, latest values and a sparkline."""
+def fleet_overview(now: datetime | None = None, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+    """Machines by name with inventory, online state, latest values and a sparkline (a page of them)."""
     now = now or timezone.now()
-    machines = list(Machine.objects.prefetch_related(Prefetch("accelerators")).order_by("name"))
+    qs = Machine.objects.prefetch_related(Prefetch("accelerators")).order_by("name")
+    machines = list(qs[offset : offset + limit] if limit is not None else qs[offset:])
     lines = sparklines([m.pk for m in machines], now)
     return [machine_dict(m, now, lines.get(m.pk)) for m in machines]
 

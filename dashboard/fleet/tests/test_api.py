@@ -90,3 +90,13 @@ def test_the_openapi_document_describes_ingest_and_series(client):
     doc = client.get("/api/v1/openapi.json").json()
     assert "/api/v1/ingest" in doc["paths"]
     assert "/api/v1/machines/{name}/series" in doc["paths"]
+
+
+@pytest.mark.django_db
+def test_machines_come_a_page_at_a_time(client, viewer):
+    for i in range(5):
+        Machine.objects.create(name=f"m-{i}")
+    client.force_login(viewer)
+    page = client.get("/api/v1/machines", {"offset": 2, "limit": 2}).json()
+    assert page["count"] == 5 and [m["name"] for m in page["machines"]] == ["m-2", "m-3"]
+    assert client.get("/api/v1/machines", {"limit": 0}).status_code == 400
