@@ -259,3 +259,31 @@ def test_placement_sends_a_job_to_the_machine_with_room_and_its_worker_runs_it(p
         for w in workers:
             w.stop()
         server.stop()
+
+
+def test_serving_preempts_training_which_checkpoints_and_resumes_later(loop, operator, machine):
+    def telemetry(seq: int, used: float) -> None:
+        batch = make_batch([seq], gpus=1)
+        batch["samples"][0]["gpus"][0]["mem_used_bytes"] = {"min": used, "mean": used, "max": used}
+        store_batch(machine, Batch.model_validate(batch))
+
+    telemetry(2, used=0)
+    train = submit(operator, ["python", "-m", "hwprobe.workloads", "train", "--seconds", "0", "--resume"],
+                   gpus=1, gpu_memory_gb=60, preemptible=True, name="trainer")
+    wait_for(lambda: "HWPROBE_PROGRESS" in log_text(train), 40, "training to make progress")
+    telemetry(3, used=65e9)  # the trainer holds its memory now
+    serve = service.submit(operator, {"name": "server", "kind": "serve", "argv": [PY, "-c", "print('serving')"],
+                                      "gpus": 1, "gpu_memory_gb": 60, "priority": 10})
+    assert tasks.place() == 0  # no room: the trainer is asked to make some
+    assert Job.objects.get(pk=train.pk).preempt_requested
+    wait_for(lambda: Job.objects.get(pk=train.pk).status == "queued", 30, "the trainer to checkpoint and requeue")
+    assert [a.outcome for a in Job.objects.get(pk=train.pk).attempts.all()] == ["preempted"]
+    telemetry(4, used=0)  # its memory is free again
+    assert tasks.place() == 1  # the serving job first: it has the higher priority
+    serve = settle(serve, loop)
+    assert serve.status == "succeeded" and log_text(serve) == "serving\n"
+    assert tasks.place() == 1  # now the trainer resumes, as a second attempt
+    wait_for(lambda: "resuming from" in log_text(Job.objects.get(pk=train.pk)), 40, "the trainer to resume")
+    service.cancel(operator, Job.objects.get(pk=train.pk))
+    train = settle(train, loop, 30)
+    assert [a.outcome for a in train.attempts.all()] == ["preempted", "cancelled"]
