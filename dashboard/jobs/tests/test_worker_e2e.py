@@ -25,26 +25,13 @@ from dashboard.fleet.payload import Batch
 from dashboard.fleet.tests.test_agent_end_to_end import ROOT, Server, free_port, wait_for
 from dashboard.jobs import service, tasks
 from dashboard.jobs.models import Job, JobLog
+from hwprobe.tests.test_executor import group_members
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(sys.platform != "linux", reason="process groups are checked through /proc")]
 
 PY = sys.executable
 QUEUE = "machine.gpu-01"  # conftest's machine
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes in process group ``pgid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                found.append(int(entry.name))
-    return found
 
 
 def purge(*queues: str) -> None:
