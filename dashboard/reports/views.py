@@ -107,18 +107,24 @@ def _bad_request(exc: ReportError) -> HttpResponse:
     return HttpResponse(f"{exc}\n", status=400, content_type="text/plain; charset=utf-8")
 
 
+def _machine_figures(m: Machine, params: dict[str, str]):
+    """The period the parameters name, the idle threshold, and the machine's figures for both periods."""
+    period = report.resolve_period(params)
+    idle_below = _idle_below(params)
+    figures = report.machine_report(m, period.start, period.end, idle_below,
+                                    previous_start=period.previous_start, previous_end=period.previous_end)
+    return period, idle_below, figures
+
+
 @_signed_in
 def machine(request: HttpRequest, name: str) -> HttpResponse:
     m = get_object_or_404(Machine, name=name)
     params = request.GET.dict()
     try:
-        period = report.resolve_period(params)
-        idle_below = _idle_below(params)
+        period, idle_below, figures = _machine_figures(m, params)
     except ReportError as exc:
         context = {"m": m, "error": str(exc), "form": _form(params, None, None)}
         return render(request, "reports/machine.html", context, status=400)
-    figures = report.machine_report(m, period.start, period.end, idle_below,
-                                    previous_start=period.previous_start, previous_end=period.previous_end)
     context = {
         "m": m,
         "period": period,
@@ -140,14 +146,10 @@ def machine(request: HttpRequest, name: str) -> HttpResponse:
 @_signed_in
 def machine_csv(request: HttpRequest, name: str) -> HttpResponse:
     m = get_object_or_404(Machine, name=name)
-    params = request.GET.dict()
     try:
-        period = report.resolve_period(params)
-        idle_below = _idle_below(params)
+        period, _, figures = _machine_figures(m, request.GET.dict())
     except ReportError as exc:
         return _bad_request(exc)
-    figures = report.machine_report(m, period.start, period.end, idle_below,
-                                    previous_start=period.previous_start, previous_end=period.previous_end)
     day = period.start.astimezone(period.zone).date().isoformat()
     return _csv_response(report.machine_report_csv(figures, period.zone), f"{m.name}-report-{day}.csv")
 
