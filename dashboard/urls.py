@@ -10,6 +10,7 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/v1/", api.urls),
+    path("account/", include("dashboard.accounts.urls")),
     path("jobs/", include("dashboard.jobs.urls")),
     path("economics/", include("dashboard.economics.urls")),
     path("alerts/", include("dashboard.alerts.urls")),
