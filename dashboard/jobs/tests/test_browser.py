@@ -142,4 +142,6 @@ def test_the_template_picker_follows_the_machine_and_fills_the_command(fleet, li
                          "return c.value.slice(c.selectionStart, c.selectionEnd); })()") == "*"
     page.keyboard.type("--epochs=3")
     assert page.input_value("#id_command") == "python3 train.py --epochs=3"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "submit.png"), full_page=True)
     assert page.errors == []
