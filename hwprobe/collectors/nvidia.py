@@ -292,6 +292,14 @@ class NvidiaCollector:
             for proc in sample["processes"] or ():
                 live_pids.add(proc["pid"])
             gpus.append(sample)
+        # NVML lists a MIG instance's processes on the parent GPU too: keep them on the instance
+        # only, so memory per process (and per user or job) is not counted twice.
+        by_device = dict(zip(self.devices, gpus))
+        for device, sample in by_device.items():
+            parent = by_device.get(device.parent) if device.parent is not None else None
+            if parent and parent["processes"] and sample["processes"]:
+                taken = {p["pid"] for p in sample["processes"]}
+                parent["processes"] = [p for p in parent["processes"] if p["pid"] not in taken]
         # Forget names of processes that ended, so a reused pid gets looked up again.
         for pid in set(self._names) - live_pids:
             del self._names[pid]

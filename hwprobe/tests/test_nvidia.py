@@ -127,6 +127,8 @@ def test_it_puts_mig_processes_on_the_instance_that_runs_them() -> None:
     gpus = collector("h100_mig", "load").collect()["gpus"]
     assert [p["pid"] for p in gpus[1]["processes"]] == [21180, 21181, 21198]
     assert all(g["processes"] == [] for g in gpus[2:])
+    # NVML lists them on the parent GPU too; they are counted once, on their instance.
+    assert {p["pid"] for p in gpus[0]["processes"] or []}.isdisjoint({21180, 21181, 21198})
 
 
 def test_it_counts_xid_events_since_it_started() -> None:
