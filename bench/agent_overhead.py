@@ -89,6 +89,21 @@ class Meter:
         self.rss.append(self.ps.memory_info().rss)
 
 
+def measure(meters: list[Meter], warmup_s: float, seconds: float) -> tuple[dict[str, float], float]:
+    """After ``warmup_s``, read RSS each second for ``seconds``; return CPU % of one core by name
+    and the seconds actually measured."""
+    time.sleep(warmup_s)
+    for meter in meters:
+        meter.start()
+    began = time.monotonic()
+    while time.monotonic() - began < seconds:
+        time.sleep(1.0)
+        for meter in meters:
+            meter.read()
+    elapsed = time.monotonic() - began
+    return {m.name: (m.cpu_s() - m.cpu0) / elapsed * 100 for m in meters}, elapsed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60.0, help="measured interval")
@@ -121,16 +136,7 @@ def main() -> int:
         print(f"{NODE_EXPORTER} is absent: measuring hwprobe alone (apt-get install prometheus-node-exporter)")
 
     try:
-        time.sleep(args.warmup)
-        for meter in meters:
-            meter.start()
-        began = time.monotonic()
-        while time.monotonic() - began < args.seconds:
-            time.sleep(1.0)
-            for meter in meters:
-                meter.read()
-        elapsed = time.monotonic() - began
-        cpu = {m.name: (m.cpu_s() - m.cpu0) / elapsed * 100 for m in meters}
+        cpu, elapsed = measure(meters, args.warmup, args.seconds)
     finally:
         stop.set()
         agent.terminate()

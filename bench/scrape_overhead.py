@@ -23,7 +23,7 @@ import time
 from http.server import ThreadingHTTPServer
 
 import psutil
-from agent_overhead import ROOT, Meter, MiB, Sink
+from agent_overhead import ROOT, Meter, MiB, Sink, measure
 
 
 def udp_port() -> int:
@@ -75,16 +75,7 @@ def main() -> int:
     scraping = Meter("hwprobe run --scrape (1/s)", start_agent(sink_url, "--scrape", f"{metrics_url}=hwprobe"))
     meters = [plain, scraping]
     try:
-        time.sleep(args.warmup)
-        for meter in meters:
-            meter.start()
-        began = time.monotonic()
-        while time.monotonic() - began < args.seconds:
-            time.sleep(1.0)
-            for meter in meters:
-                meter.read()
-        elapsed = time.monotonic() - began
-        cpu = {m.name: (m.cpu_s() - m.cpu0) / elapsed * 100 for m in meters}
+        cpu, elapsed = measure(meters, args.warmup, args.seconds)
     finally:
         for meter in meters:
             meter.popen.terminate()
