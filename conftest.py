@@ -125,7 +125,12 @@ def make_batch(seqs, ts: float | None = None, inventory: bool = True, gpus: int 
     now = ts if ts is not None else time.time()
     seqs = list(seqs)
     samples = [make_sample(s, now - 10 * (len(seqs) - 1 - i), gpus=gpus, **kw) for i, s in enumerate(seqs)]
-    return {"agent_version": "0.1.0", "dropped": 0, "inventory": make_inventory(gpus) if inventory else None, "samples": samples}
+    return {
+        "agent_version": "0.1.0",
+        "dropped": 0,
+        "inventory": make_inventory(gpus) if inventory else None,
+        "samples": samples,
+    }
 
 
 @pytest.fixture
@@ -145,8 +150,14 @@ def process_env(transactional_db, settings) -> dict[str, str]:
 # ---- browser tests: Debian's chromium driven by Playwright (never `playwright install`) ----------
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 BROWSER_ZONE = "Australia/Adelaide"  # a half-hour offset catches times left in UTC
 
 
@@ -171,8 +182,12 @@ def page(live_server):
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 900}, timezone_id=BROWSER_ZONE,
-                                      color_scheme="light", accept_downloads=True)
+        context = browser.new_context(
+            viewport={"width": 1400, "height": 900},
+            timezone_id=BROWSER_ZONE,
+            color_scheme="light",
+            accept_downloads=True,
+        )
         page = context.new_page()
         page.errors = []
         page.on("pageerror", lambda exc: page.errors.append(str(exc)))

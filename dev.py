@@ -65,8 +65,16 @@ def bootstrap() -> None:
     if not STAMP.exists() or STAMP.read_text().strip() != wanted:
         say("installing requirements.txt into .venv")
         subprocess.run(
-            [str(VENV_PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-q",
-             "-r", str(ROOT / "requirements.txt")],
+            [
+                str(VENV_PYTHON),
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "-q",
+                "-r",
+                str(ROOT / "requirements.txt"),
+            ],
             check=True,
         )
         STAMP.write_text(wanted + "\n")
@@ -84,8 +92,12 @@ class Child:
         self.prefix = f"{name:<{width}} | "
         # A session of its own: Ctrl-C reaches only dev.py, which then stops children in order.
         self.proc = subprocess.Popen(
-            argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            argv,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         self.reader = threading.Thread(target=self._pump, daemon=True)
         self.reader.start()
@@ -157,13 +169,32 @@ def run() -> int:
     commands = {
         "web": [py, str(ROOT / "manage.py"), "runserver", f"127.0.0.1:{port}", "--noreload"],
         "worker": [*celery, "worker", "--loglevel", "INFO", "--concurrency", "1"],
-        "beat": [*celery, "beat", "--loglevel", "INFO",
-                 "--schedule", str(data_dir / "celerybeat-schedule")],
-        "agent": [py, "-m", "hwprobe", "run", "--server", f"http://127.0.0.1:{port}",
-                  "--token-file", str(token_file), "--spool", str(data_dir / "agent-spool.sqlite3")],
+        "beat": [*celery, "beat", "--loglevel", "INFO", "--schedule", str(data_dir / "celerybeat-schedule")],
+        "agent": [
+            py,
+            "-m",
+            "hwprobe",
+            "run",
+            "--server",
+            f"http://127.0.0.1:{port}",
+            "--token-file",
+            str(token_file),
+            "--spool",
+            str(data_dir / "agent-spool.sqlite3"),
+        ],
         # This machine's job worker: with no host config it runs only the built-in workloads.
-        "jobs": [py, "-m", "hwprobe", "worker", "--server", f"http://127.0.0.1:{port}",
-                 "--token-file", str(token_file), "--jobs-dir", str(data_dir / "jobs")],
+        "jobs": [
+            py,
+            "-m",
+            "hwprobe",
+            "worker",
+            "--server",
+            f"http://127.0.0.1:{port}",
+            "--token-file",
+            str(token_file),
+            "--jobs-dir",
+            str(data_dir / "jobs"),
+        ],
     }
     width = max(len(name) for name in commands)
     children: list[Child] = []

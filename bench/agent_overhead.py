@@ -117,9 +117,25 @@ def main() -> int:
     env = {**os.environ, "HWPROBE_STATE_DIR": state, "HWPROBE_LOG_LEVEL": "WARNING"}
     meters: list[Meter] = []
     agent = subprocess.Popen(
-        [sys.executable, "-m", "hwprobe", "run", "--server", sink_url, "--token", "bench",
-         "--interval", "1", "--send-every", "10"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            "-m",
+            "hwprobe",
+            "run",
+            "--server",
+            sink_url,
+            "--token",
+            "bench",
+            "--interval",
+            "1",
+            "--send-every",
+            "10",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     meters.append(Meter("hwprobe run (1 s / 10 s)", agent))
 
     stop = threading.Event()
@@ -127,11 +143,15 @@ def main() -> int:
     exporter = None
     if os.path.exists(NODE_EXPORTER):
         port = free_port()
-        exporter = subprocess.Popen([NODE_EXPORTER, f"--web.listen-address=127.0.0.1:{port}"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        exporter = subprocess.Popen(
+            [NODE_EXPORTER, f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         meters.append(Meter("node_exporter (scraped 1/s)", exporter))
-        threading.Thread(target=scrape_forever, args=(f"http://127.0.0.1:{port}/metrics", stop, counts),
-                         daemon=True).start()
+        threading.Thread(
+            target=scrape_forever, args=(f"http://127.0.0.1:{port}/metrics", stop, counts), daemon=True
+        ).start()
     else:
         print(f"{NODE_EXPORTER} is absent: measuring hwprobe alone (apt-get install prometheus-node-exporter)")
 
@@ -147,8 +167,10 @@ def main() -> int:
             exporter.wait(15)
         server.shutdown()
 
-    print(f"\nmeasured {elapsed:.0f} s after {args.warmup:.0f} s warm-up on {psutil.cpu_count()} CPUs; "
-          f"sink got {Sink.posts} POSTs; node_exporter scrapes ok/failed {counts['ok']}/{counts['failed']}\n")
+    print(
+        f"\nmeasured {elapsed:.0f} s after {args.warmup:.0f} s warm-up on {psutil.cpu_count()} CPUs; "
+        f"sink got {Sink.posts} POSTs; node_exporter scrapes ok/failed {counts['ok']}/{counts['failed']}\n"
+    )
     print(f"| {'process':<30} | {'CPU % of a core':>15} | {'RSS mean MiB':>12} | {'RSS max MiB':>11} |")
     print(f"| {'-' * 30} | {'-' * 15}:| {'-' * 12}:| {'-' * 11}:|")
     for m in meters:
@@ -158,8 +180,7 @@ def main() -> int:
         a, n = meters
         cpu_ratio = cpu[a.name] / cpu[n.name] if cpu[n.name] else float("inf")
         rss_ratio = max(a.rss) / max(n.rss)
-        print(f"\nhwprobe / node_exporter: CPU {cpu_ratio:.2f}x (target < 0.33), "
-              f"RSS {rss_ratio:.2f}x (target <= 1.5)")
+        print(f"\nhwprobe / node_exporter: CPU {cpu_ratio:.2f}x (target < 0.33), RSS {rss_ratio:.2f}x (target <= 1.5)")
         print(f"verdict: CPU {'PASS' if cpu_ratio < 1 / 3 else 'FAIL'}, RSS {'PASS' if rss_ratio <= 1.5 else 'FAIL'}")
     if agent.stderr is not None:
         errors = agent.stderr.read().decode(errors="replace").strip()

@@ -11,9 +11,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 # BENCH_ROOT: measure another copy of the project (e.g. an older ingest.py) with these scripts.
 ROOT = Path(os.environ.get("BENCH_ROOT") or Path(__file__).resolve().parent.parent).resolve()
@@ -97,6 +97,7 @@ def setup_django(url: str) -> None:
 
 # --- batches, built like conftest.make_batch (H100-like GPUs, realistic values) ---------------
 
+
 def _stats(v: float, spread: float = 1.0, hi: float | None = None) -> dict:
     top = v + spread if hi is None else min(hi, v + spread)
     return {"min": max(0.0, v - spread), "mean": v, "max": top}
@@ -172,11 +173,19 @@ def make_inventory(gpus: int = 8) -> dict:
 def make_batch(seqs, now: float, gpus: int = 8, inventory: bool = False) -> dict:
     """Windows ending 10 s apart, the newest at ``now`` (like conftest.make_batch)."""
     seqs = list(seqs)
-    samples = [make_sample(s, now - 10 * (len(seqs) - 1 - i), gpus=gpus, util=(s * 7) % 100) for i, s in enumerate(seqs)]
-    return {"agent_version": "0.1.0", "dropped": 0, "inventory": make_inventory(gpus) if inventory else None, "samples": samples}
+    samples = [
+        make_sample(s, now - 10 * (len(seqs) - 1 - i), gpus=gpus, util=(s * 7) % 100) for i, s in enumerate(seqs)
+    ]
+    return {
+        "agent_version": "0.1.0",
+        "dropped": 0,
+        "inventory": make_inventory(gpus) if inventory else None,
+        "samples": samples,
+    }
 
 
 # --- statistics -------------------------------------------------------------------------------
+
 
 def median(values) -> float:
     return statistics.median(values) if values else float("nan")

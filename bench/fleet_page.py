@@ -19,7 +19,6 @@ Prints figures, asserts nothing; the database is dropped at the end, Ctrl-C incl
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import signal
 import subprocess
@@ -48,19 +47,45 @@ def latest_document(rng: random.Random, ts: float, util: float) -> dict:
     from hwprobe.schema import GPU_METRICS, SYSTEM_METRICS
 
     system = {m.name: None for m in SYSTEM_METRICS}
-    system.update(cpu_percent=rng.uniform(5, 95), load1=rng.uniform(0, 64), mem_used_bytes=rng.uniform(20e9, 200e9),
-                  mem_total_bytes=256 * 2**30, swap_used_bytes=0.0, swap_total_bytes=0,
-                  disk_read_bytes_per_s=1e6, disk_write_bytes_per_s=2e6, net_rx_bytes_per_s=5e8, net_tx_bytes_per_s=4e8)
+    system.update(
+        cpu_percent=rng.uniform(5, 95),
+        load1=rng.uniform(0, 64),
+        mem_used_bytes=rng.uniform(20e9, 200e9),
+        mem_total_bytes=256 * 2**30,
+        swap_used_bytes=0.0,
+        swap_total_bytes=0,
+        disk_read_bytes_per_s=1e6,
+        disk_write_bytes_per_s=2e6,
+        net_rx_bytes_per_s=5e8,
+        net_tx_bytes_per_s=4e8,
+    )
     system["cpu_per_core_percent"] = [round(rng.uniform(0, 100), 1) for _ in range(128)]
     gpus = []
     for i in range(GPUS):
         gpu = {m.name: None for m in GPU_METRICS}
         u = max(0.0, min(100.0, rng.gauss(util, 10)))
-        gpu.update(util_percent=u, mem_util_percent=u / 2, mem_used_bytes=rng.uniform(1e9, 80e9), power_watts=100 + 6 * u,
-                   temp_c=35 + u / 2, sm_clock_mhz=1980.0, mem_clock_mhz=2619.0, mem_total_bytes=GPU_MEM,
-                   power_limit_watts=700.0, throttle_reasons=0, ecc_errors=0, xid_errors=0)
-        gpus.append({"index": i, "uuid": f"GPU-{i:08d}-bench", **gpu,
-                     "processes": [{"pid": 4242 + i, "name": "python3", "user": "alice", "mem_used_bytes": 40_000_000_000}]})
+        gpu.update(
+            util_percent=u,
+            mem_util_percent=u / 2,
+            mem_used_bytes=rng.uniform(1e9, 80e9),
+            power_watts=100 + 6 * u,
+            temp_c=35 + u / 2,
+            sm_clock_mhz=1980.0,
+            mem_clock_mhz=2619.0,
+            mem_total_bytes=GPU_MEM,
+            power_limit_watts=700.0,
+            throttle_reasons=0,
+            ecc_errors=0,
+            xid_errors=0,
+        )
+        gpus.append(
+            {
+                "index": i,
+                "uuid": f"GPU-{i:08d}-bench",
+                **gpu,
+                "processes": [{"pid": 4242 + i, "name": "python3", "user": "alice", "mem_used_bytes": 40_000_000_000}],
+            }
+        )
     return {"seq": 1, "ts": ts, "system": system, "gpus": gpus}
 
 
@@ -84,18 +109,38 @@ def seed(machines: int) -> dict:
         else:
             seen = now - timedelta(seconds=rng.uniform(0, 10))
         util = rng.choice((2, 30, 60, 95))
-        rows.append(Machine(
-            name=f"gpu-{i:04d}", hostname=f"node{i:04d}.rack{i // 40:02d}.example", os="Linux 6.1.0",
-            cpu_model="AMD EPYC 7763 64-Core Processor", cpu_cores=64, cpu_threads=128, mem_total_bytes=256 * 2**30,
-            agent_version="0.1.0", last_seen_at=seen, last_seq=1 if seen else 0,
-            latest=latest_document(rng, seen.timestamp(), util) if seen else None,
-        ))
+        rows.append(
+            Machine(
+                name=f"gpu-{i:04d}",
+                hostname=f"node{i:04d}.rack{i // 40:02d}.example",
+                os="Linux 6.1.0",
+                cpu_model="AMD EPYC 7763 64-Core Processor",
+                cpu_cores=64,
+                cpu_threads=128,
+                mem_total_bytes=256 * 2**30,
+                agent_version="0.1.0",
+                last_seen_at=seen,
+                last_seq=1 if seen else 0,
+                latest=latest_document(rng, seen.timestamp(), util) if seen else None,
+            )
+        )
     with transaction.atomic():
         created = Machine.objects.bulk_create(rows, batch_size=200)
         Accelerator.objects.bulk_create(
-            [Accelerator(machine=m, index=g, vendor="nvidia", name=MODELS[m.pk % len(MODELS)], uuid=f"GPU-{g:08d}-bench",
-                         mem_total_bytes=GPU_MEM, power_limit_watts=700.0, driver="590.48.01")
-             for m in created for g in range(GPUS)],
+            [
+                Accelerator(
+                    machine=m,
+                    index=g,
+                    vendor="nvidia",
+                    name=MODELS[m.pk % len(MODELS)],
+                    uuid=f"GPU-{g:08d}-bench",
+                    mem_total_bytes=GPU_MEM,
+                    power_limit_watts=700.0,
+                    driver="590.48.01",
+                )
+                for m in created
+                for g in range(GPUS)
+            ],
             batch_size=2000,
         )
         # The last hour's minute rollups, in SQL: 60 buckets per machine, 8 GPU rows per bucket.
@@ -118,17 +163,26 @@ def seed(machines: int) -> dict:
                 f"FROM ({buckets}) AS x CROSS JOIN generate_series(0, {GPUS - 1}) AS g",
                 params,
             )
-            cur.execute(f"ANALYZE {Machine._meta.db_table}, {Accelerator._meta.db_table}, "
-                        f"{SystemRollup._meta.db_table}, {GpuRollup._meta.db_table}")
-    return {"seconds": time.perf_counter() - t0, "system_rollups": SystemRollup.objects.count(),
-            "gpu_rollups": GpuRollup.objects.count()}
+            cur.execute(
+                f"ANALYZE {Machine._meta.db_table}, {Accelerator._meta.db_table}, "
+                f"{SystemRollup._meta.db_table}, {GpuRollup._meta.db_table}"
+            )
+    return {
+        "seconds": time.perf_counter() - t0,
+        "system_rollups": SystemRollup.objects.count(),
+        "gpu_rollups": GpuRollup.objects.count(),
+    }
 
 
 def old_template(ref: str) -> str | None:
     """The whole-fleet card template as it was at ``ref``, or None without git or that commit."""
     try:
-        return subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:templates/fleet/_machines.html"],
-                              capture_output=True, text=True, check=True).stdout
+        return subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{ref}:templates/fleet/_machines.html"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
 
@@ -138,7 +192,9 @@ def main() -> int:
     parser.add_argument("--machines", type=int, default=1000, help="machines to seed, 8 GPUs each (default 1000)")
     parser.add_argument("--repeats", type=int, default=20, help="timed requests per case (default 20)")
     parser.add_argument("--before-repeats", type=int, default=5, help="timed calls of the old page (default 5)")
-    parser.add_argument("--before-ref", default=BEFORE_REF, help=f"git commit of the old template (default {BEFORE_REF})")
+    parser.add_argument(
+        "--before-ref", default=BEFORE_REF, help=f"git commit of the old template (default {BEFORE_REF})"
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _sigterm)
 
@@ -156,8 +212,10 @@ def main() -> int:
             from dashboard.fleet import queries, views
 
             seeded = seed(args.machines)
-            say(f"seeded {args.machines:,} machines x {GPUS} GPUs, {seeded['system_rollups']:,} system + "
-                f"{seeded['gpu_rollups']:,} GPU minute rollups in {seeded['seconds']:.1f} s")
+            say(
+                f"seeded {args.machines:,} machines x {GPUS} GPUs, {seeded['system_rollups']:,} system + "
+                f"{seeded['gpu_rollups']:,} GPU minute rollups in {seeded['seconds']:.1f} s"
+            )
             user = get_user_model().objects.create_user("bench", password="x")
             client = Client()
             client.force_login(user)
@@ -177,8 +235,16 @@ def main() -> int:
                 with CaptureQueriesContext(connection) as captured:
                     client.get(path)
                 sql_ms = sum(float(q["time"]) for q in captured.captured_queries) * 1000
-                results.append([label, f"{ms:.1f}", args.repeats, len(captured.captured_queries), f"{sql_ms:.1f}",
-                                f"{len(response.content) / 1024:.0f}"])
+                results.append(
+                    [
+                        label,
+                        f"{ms:.1f}",
+                        args.repeats,
+                        len(captured.captured_queries),
+                        f"{sql_ms:.1f}",
+                        f"{len(response.content) / 1024:.0f}",
+                    ]
+                )
 
             source = old_template(args.before_ref)
             if source is None:
@@ -188,7 +254,10 @@ def main() -> int:
                 server_url = "http://testserver"
 
                 def old_page() -> str:
-                    context = {"machines": [views._present(m) for m in queries.fleet_overview()], "server_url": server_url}
+                    context = {
+                        "machines": [views._present(m) for m in queries.fleet_overview()],
+                        "server_url": server_url,
+                    }
                     context["fleet_tokens"] = views._fleet_tokens(timezone.now() - timedelta(hours=1))
                     return template.render(context)
 
@@ -197,14 +266,24 @@ def main() -> int:
                 with CaptureQueriesContext(connection) as captured:
                     old_page()
                 sql_ms = sum(float(q["time"]) for q in captured.captured_queries) * 1000
-                results.append([f"before ({args.before_ref}): fleet_overview + _present + old template", f"{ms:.1f}",
-                                args.before_repeats, len(captured.captured_queries), f"{sql_ms:.1f}", f"{len(html) / 1024:.0f}"])
+                results.append(
+                    [
+                        f"before ({args.before_ref}): fleet_overview + _present + old template",
+                        f"{ms:.1f}",
+                        args.before_repeats,
+                        len(captured.captured_queries),
+                        f"{sql_ms:.1f}",
+                        f"{len(html) / 1024:.0f}",
+                    ]
+                )
                 ms = median(timed(queries.fleet_overview, args.before_repeats)) * 1000
                 results.append(["before: queries.fleet_overview() alone", f"{ms:.1f}", args.before_repeats, "", "", ""])
 
         print()
-        print(f"{args.machines:,} machines x {GPUS} GPUs, an hour of minute rollups; in-process, logged in "
-              "(the old page without login, middleware or base template)")
+        print(
+            f"{args.machines:,} machines x {GPUS} GPUs, an hour of minute rollups; in-process, logged in "
+            "(the old page without login, middleware or base template)"
+        )
         print(table(results, ["case", "ms (median)", "n", "queries", "SQL ms", "HTML KiB"]))
         return 0
     except KeyboardInterrupt:

@@ -21,16 +21,19 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MiB = 1024 * 1024
-QUERY = ("index,uuid,name,memory.total,memory.used,power.draw,power.limit,temperature.gpu,"
-         "utilization.gpu,utilization.memory,clocks.sm,clocks.mem,clocks_event_reasons.active,"
-         "ecc.errors.corrected.volatile.total,ecc.errors.uncorrected.volatile.total")
+QUERY = (
+    "index,uuid,name,memory.total,memory.used,power.draw,power.limit,temperature.gpu,"
+    "utilization.gpu,utilization.memory,clocks.sm,clocks.mem,clocks_event_reasons.active,"
+    "ecc.errors.corrected.volatile.total,ecc.errors.uncorrected.volatile.total"
+)
 
 LOAD_SCRIPT = r"""
 import sys, time, torch
@@ -75,8 +78,7 @@ def step(name: str, fn: Callable[[], Any]) -> Any:
 
 
 def nvidia_smi(*args: str, timeout: float = 30) -> str:
-    return subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=timeout,
-                          check=True).stdout
+    return subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=timeout, check=True).stdout
 
 
 def number(text: str) -> float | None:
@@ -106,8 +108,23 @@ def compare(smi_csv: str, document: dict[str, Any]) -> tuple[int, int]:
             say(f"unexpected nvidia-smi row: {row}")
             failed += 1
             continue
-        (index, uuid, name, mem_total, mem_used, power, limit, temp, util, mem_util, sm, mem_clock,
-         reasons, ecc_c, ecc_u) = cells
+        (
+            index,
+            uuid,
+            name,
+            mem_total,
+            mem_used,
+            power,
+            limit,
+            temp,
+            util,
+            mem_util,
+            sm,
+            mem_clock,
+            reasons,
+            ecc_c,
+            ecc_u,
+        ) = cells
         inv, gpu = inventory.get(uuid), gpus.get(uuid)
         if inv is None or gpu is None:
             say(f"{index:>3} GPU {uuid} is missing from hwprobe's output  FAIL")
@@ -222,8 +239,9 @@ def main() -> int:
     step("record NVML idle", record_idle)
 
     def sample_idle() -> dict[str, Any]:
-        done = subprocess.run([sys.executable, "-m", "hwprobe", "sample"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "hwprobe", "sample"], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
         if done.returncode != 0:
             raise RuntimeError(f"exit {done.returncode}: {done.stderr.strip()[-500:]}")
         (out / "sample_idle.json").write_text(done.stdout)
@@ -231,9 +249,11 @@ def main() -> int:
         return json.loads(done.stdout)
 
     document = step("hwprobe sample", sample_idle)
-    smi_csv = step("nvidia-smi --query-gpu", lambda: nvidia_smi(f"--query-gpu={QUERY}",
-                                                                "--format=csv,noheader,nounits")) \
-        if have_smi else None
+    smi_csv = (
+        step("nvidia-smi --query-gpu", lambda: nvidia_smi(f"--query-gpu={QUERY}", "--format=csv,noheader,nounits"))
+        if have_smi
+        else None
+    )
     passed = failed = 0
     if document and smi_csv:
         say("\n== idle: nvidia-smi --query-gpu vs python -m hwprobe sample")
@@ -245,9 +265,15 @@ def main() -> int:
 
     # -- load ----------------------------------------------------------------------------
     say(f"\n== load: bf16 8192 matmuls for {args.seconds:.0f} s, agent loop at 1 s / 10 s windows")
-    load = step("start the torch load", lambda: subprocess.Popen(
-        [sys.executable, "-c", LOAD_SCRIPT, str(args.seconds + 8)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    load = step(
+        "start the torch load",
+        lambda: subprocess.Popen(
+            [sys.executable, "-c", LOAD_SCRIPT, str(args.seconds + 8)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ),
+    )
     windows: list[dict[str, Any]] = []
     if load is not None:
         ready = load.stdout.readline().strip() if load.stdout else ""
@@ -257,9 +283,12 @@ def main() -> int:
             load.kill()
             load = None
     if load is not None:
+
         def during() -> None:
-            step("record NVML under load", lambda: (out / "nvml_load.json").write_text(
-                json.dumps(nvml_replay.record(note="load"), indent=1)))
+            step(
+                "record NVML under load",
+                lambda: (out / "nvml_load.json").write_text(json.dumps(nvml_replay.record(note="load"), indent=1)),
+            )
             if have_smi:
                 step("nvidia-smi -q load", lambda: (out / "nvidia_smi_q_load.txt").write_text(nvidia_smi("-q")))
 
@@ -291,16 +320,34 @@ def main() -> int:
             pids = {p["pid"]: p for g in series for p in (g["processes"] or [])}
             torch_proc = pids.get(load.pid) if load is not None else None
             rows = [
-                ("util_percent rises above 50 %", base["util_percent"], peak("util_percent"),
-                 (peak("util_percent") or 0) > 50),
-                ("power_watts rises by 50 W", base["power_watts"], peak("power_watts"),
-                 peak("power_watts") is not None and base["power_watts"] is not None
-                 and peak("power_watts") > base["power_watts"] + 50),
-                ("mem_used_bytes rises by 1 GiB", base["mem_used_bytes"], peak("mem_used_bytes"),
-                 peak("mem_used_bytes") is not None and base["mem_used_bytes"] is not None
-                 and peak("mem_used_bytes") > base["mem_used_bytes"] + 1024 * MiB),
-                ("torch pid in processes with memory", load.pid if load else None,
-                 torch_proc, bool(torch_proc and (torch_proc["mem_used_bytes"] or 0) > 0)),
+                (
+                    "util_percent rises above 50 %",
+                    base["util_percent"],
+                    peak("util_percent"),
+                    (peak("util_percent") or 0) > 50,
+                ),
+                (
+                    "power_watts rises by 50 W",
+                    base["power_watts"],
+                    peak("power_watts"),
+                    peak("power_watts") is not None
+                    and base["power_watts"] is not None
+                    and peak("power_watts") > base["power_watts"] + 50,
+                ),
+                (
+                    "mem_used_bytes rises by 1 GiB",
+                    base["mem_used_bytes"],
+                    peak("mem_used_bytes"),
+                    peak("mem_used_bytes") is not None
+                    and base["mem_used_bytes"] is not None
+                    and peak("mem_used_bytes") > base["mem_used_bytes"] + 1024 * MiB,
+                ),
+                (
+                    "torch pid in processes with memory",
+                    load.pid if load else None,
+                    torch_proc,
+                    bool(torch_proc and (torch_proc["mem_used_bytes"] or 0) > 0),
+                ),
             ]
             for label, was, now, ok in rows:
                 say(f"{uuid[:12]} {label:<36} idle={was} load={now}  {'PASS' if ok else 'FAIL'}")

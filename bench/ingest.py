@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone as dt_timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -58,6 +57,7 @@ def _sigterm(signum, frame):
 
 # --- enrolment --------------------------------------------------------------------------------
 
+
 def enroll(n: int) -> list[tuple[int, str]]:
     """N machines with one agent token each: [(machine_id, token)]."""
     from dashboard.fleet.models import Machine
@@ -70,6 +70,7 @@ def enroll(n: int) -> list[tuple[int, str]]:
 
 
 # --- 1. COPY baseline -------------------------------------------------------------------------
+
 
 def _flatten(d: dict, metrics) -> list:
     values: list = []
@@ -87,16 +88,29 @@ def copy_rows(machine_ids: list[int], windows: int):
     from hwprobe.schema import GPU_METRICS, SYSTEM_METRICS
 
     now = time.time()
-    received = datetime.now(dt_timezone.utc)
+    received = datetime.now(UTC)
     system_rows, gpu_rows = [], []
     for mid in machine_ids:
         for start in range(1, windows + 1, 100):
             seqs = range(start, min(windows, start + 99) + 1)
             for s in make_batch(seqs, now - 10 * (windows - start), gpus=GPUS)["samples"]:
-                ts = datetime.fromtimestamp(s["ts"], tz=dt_timezone.utc)
-                system_rows.append([mid, s["seq"], ts, s["interval_s"], s["count"], received, *_flatten(s["system"], SYSTEM_METRICS)])
+                ts = datetime.fromtimestamp(s["ts"], tz=UTC)
+                system_rows.append(
+                    [mid, s["seq"], ts, s["interval_s"], s["count"], received, *_flatten(s["system"], SYSTEM_METRICS)]
+                )
                 for g in s["gpus"]:
-                    gpu_rows.append([mid, s["seq"], g["index"], ts, s["interval_s"], s["count"], received, *_flatten(g, GPU_METRICS)])
+                    gpu_rows.append(
+                        [
+                            mid,
+                            s["seq"],
+                            g["index"],
+                            ts,
+                            s["interval_s"],
+                            s["count"],
+                            received,
+                            *_flatten(g, GPU_METRICS),
+                        ]
+                    )
     return system_rows, gpu_rows
 
 
@@ -112,14 +126,13 @@ def copy_baseline(url: str, machine_ids: list[int], windows: int, repeats: int) 
     with psycopg.connect(url, autocommit=True) as conn:
         for _ in range(repeats):
             t0 = time.perf_counter()
-            with conn.transaction():
-                with conn.cursor() as cur:
-                    with cur.copy(f"COPY {st} ({', '.join(SYSTEM_INSERT)}) FROM STDIN") as copy:
-                        for row in system_rows:
-                            copy.write_row(row)
-                    with cur.copy(f"COPY {gt} ({', '.join(GPU_INSERT)}) FROM STDIN") as copy:
-                        for row in gpu_rows:
-                            copy.write_row(row)
+            with conn.transaction(), conn.cursor() as cur:
+                with cur.copy(f"COPY {st} ({', '.join(SYSTEM_INSERT)}) FROM STDIN") as copy:
+                    for row in system_rows:
+                        copy.write_row(row)
+                with cur.copy(f"COPY {gt} ({', '.join(GPU_INSERT)}) FROM STDIN") as copy:
+                    for row in gpu_rows:
+                        copy.write_row(row)
             times.append(time.perf_counter() - t0)
             # The next repeat, and the API phase, start from the same (empty) tables.
             conn.execute(f"TRUNCATE {st}, {gt}")
@@ -128,6 +141,7 @@ def copy_baseline(url: str, machine_ids: list[int], windows: int, repeats: int) 
 
 
 # --- 2. where the time goes, in-process -------------------------------------------------------
+
 
 def breakdown(windows: int, batches: int) -> dict:
     """Milliseconds per batch of ``windows`` samples for each stage, medians over ``batches``.
@@ -187,7 +201,9 @@ def breakdown(windows: int, batches: int) -> dict:
                 for k in current:
                     current[k] = 0.0
                 t0 = time.perf_counter()
-                resp = client.post("/api/v1/ingest", body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}")
+                resp = client.post(
+                    "/api/v1/ingest", body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}"
+                )
                 full = time.perf_counter() - t0
                 assert resp.status_code == 200, resp.content
                 if i == 0:
@@ -207,6 +223,7 @@ def breakdown(windows: int, batches: int) -> dict:
 
 # --- 3. the HTTP API --------------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -216,9 +233,22 @@ def free_port() -> int:
 def start_gunicorn(url: str, port: int, workers: int, worker_class: str = "sync", threads: int = 1) -> subprocess.Popen:
     gunicorn = Path(sys.executable).with_name("gunicorn")
     proc = subprocess.Popen(
-        [str(gunicorn), "dashboard.wsgi", "--workers", str(workers), "--bind", f"127.0.0.1:{port}",
-         "--worker-class", worker_class, "--threads", str(threads),
-         "--log-level", "warning", "--timeout", "60"],
+        [
+            str(gunicorn),
+            "dashboard.wsgi",
+            "--workers",
+            str(workers),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--worker-class",
+            worker_class,
+            "--threads",
+            str(threads),
+            "--log-level",
+            "warning",
+            "--timeout",
+            "60",
+        ],
         cwd=ROOT,
         env=bench_env(url, ALLOWED_HOSTS="127.0.0.1"),
     )
@@ -264,13 +294,17 @@ def batch_body(seqs: range, now: float, inventory: bool) -> bytes:
             text = json.dumps(make_sample(0, 0.0, gpus=GPUS, util=util))
             _SAMPLE_JSON[util] = text.replace('"seq": 0,', '"seq": %d,', 1).replace('"ts": 0.0,', '"ts": %r,', 1)
         parts.append(_SAMPLE_JSON[util] % (seq, now - 10 * (len(seqs) - 1 - i)))
-    return ('{"agent_version": "0.1.0", "dropped": 0, "inventory": null, "samples": [' + ", ".join(parts) + "]}").encode()
+    return (
+        '{"agent_version": "0.1.0", "dropped": 0, "inventory": null, "samples": [' + ", ".join(parts) + "]}"
+    ).encode()
 
 
 class AgentClient(threading.Thread):
     """Posts batches for its machines in turn over one keep-alive http.client connection."""
 
-    def __init__(self, port: int, machines: list[tuple[int, str]], windows: int, start: threading.Event, stop: threading.Event):
+    def __init__(
+        self, port: int, machines: list[tuple[int, str]], windows: int, start: threading.Event, stop: threading.Event
+    ):
         super().__init__(daemon=True)
         self.port, self.machines, self.windows = port, machines, windows
         self.start_evt, self.stop_evt = start, stop
@@ -369,6 +403,7 @@ def api_run(port: int, machines: list[tuple[int, str]], clients: int, windows: i
 
 # --- main -------------------------------------------------------------------------------------
 
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=30.0, help="how long the clients post (default 30)")
@@ -376,16 +411,26 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8, help="concurrent client threads (default 8)")
     parser.add_argument("--windows", type=int, default=10, help="samples per batch (default 10)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
-    parser.add_argument("--worker-class", default="sync", choices=["sync", "gthread"], help="gunicorn worker class (default sync)")
+    parser.add_argument(
+        "--worker-class", default="sync", choices=["sync", "gthread"], help="gunicorn worker class (default sync)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="threads per gthread worker (default 1)")
-    parser.add_argument("--copy-windows", type=int, default=1000, help="samples per machine in the COPY baseline (default 1000)")
+    parser.add_argument(
+        "--copy-windows", type=int, default=1000, help="samples per machine in the COPY baseline (default 1000)"
+    )
     parser.add_argument("--copy-repeats", type=int, default=3, help="COPY baseline repeats, median taken (default 3)")
-    parser.add_argument("--database", default=DB_NAME, help=f"PostgreSQL database to create and drop (default {DB_NAME})")
-    parser.add_argument("--profile-batches", type=int, default=40, help="batches timed in the in-process breakdown (default 40)")
+    parser.add_argument(
+        "--database", default=DB_NAME, help=f"PostgreSQL database to create and drop (default {DB_NAME})"
+    )
+    parser.add_argument(
+        "--profile-batches", type=int, default=40, help="batches timed in the in-process breakdown (default 40)"
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _sigterm)
 
-    server = f"{args.workers} {args.worker_class} workers" + (f" x {args.threads} threads" if args.worker_class == "gthread" else "")
+    server = f"{args.workers} {args.worker_class} workers" + (
+        f" x {args.threads} threads" if args.worker_class == "gthread" else ""
+    )
     gunicorn = None
     try:
         with bench_database(args.database) as url:
@@ -396,7 +441,9 @@ def main() -> int:
 
             copy = copy_baseline(url, [m for m, _ in machines], args.copy_windows, args.copy_repeats)
             copy_rows_s = copy["rows"] / copy["seconds"]
-            say(f"COPY: {copy['rows']:,} rows ({copy['samples']:,} samples) in {copy['seconds']:.2f} s (median of {copy['repeats']})")
+            say(
+                f"COPY: {copy['rows']:,} rows ({copy['samples']:,} samples) in {copy['seconds']:.2f} s (median of {copy['repeats']})"
+            )
 
             prof = breakdown(args.windows, args.profile_batches)
             say("in-process breakdown done")
@@ -417,39 +464,74 @@ def main() -> int:
 
         api_rows_s = api["samples"] * ROWS_PER_SAMPLE / api["seconds"]
         print()
-        print(f"Ingest, {GPUS} GPUs per machine; API: {args.clients} clients, {args.windows} windows a batch, "
-              f"gunicorn {server}, {api['seconds']:.0f} s")
-        print(table(
-            [
-                [f"COPY (one transaction, median of {copy['repeats']})", f"{copy_rows_s:,.0f}", f"{copy['samples'] / copy['seconds']:,.0f}", "", "", "100%"],
-                ["HTTP API", f"{api_rows_s:,.0f}", f"{api['samples'] / api['seconds']:,.0f}",
-                 f"{api['p50'] * 1000:.1f}", f"{api['p99'] * 1000:.1f}", f"{api_rows_s / copy_rows_s:.0%}"],
-            ],
-            ["path", "rows/s", "samples/s", "p50 ms", "p99 ms", "of COPY"],
-        ))
-        print(f"requests: {api['requests']:,} ({api['requests'] / api['seconds']:.1f}/s), samples accepted: {api['samples']:,}, "
-              f"errors: {len(api['errors'])}; rows in the database afterwards: {stored:,} system + {stored_gpu:,} GPU "
-              f"(includes warm-up batches)")
-        print(f"client threads used {api['client_cpu'] / api['seconds']:.0%} of a core (same 2 cores as the server); "
-              f"TCP connections opened: {api['connects']:,} (warm-up included)")
+        print(
+            f"Ingest, {GPUS} GPUs per machine; API: {args.clients} clients, {args.windows} windows a batch, "
+            f"gunicorn {server}, {api['seconds']:.0f} s"
+        )
+        print(
+            table(
+                [
+                    [
+                        f"COPY (one transaction, median of {copy['repeats']})",
+                        f"{copy_rows_s:,.0f}",
+                        f"{copy['samples'] / copy['seconds']:,.0f}",
+                        "",
+                        "",
+                        "100%",
+                    ],
+                    [
+                        "HTTP API",
+                        f"{api_rows_s:,.0f}",
+                        f"{api['samples'] / api['seconds']:,.0f}",
+                        f"{api['p50'] * 1000:.1f}",
+                        f"{api['p99'] * 1000:.1f}",
+                        f"{api_rows_s / copy_rows_s:.0%}",
+                    ],
+                ],
+                ["path", "rows/s", "samples/s", "p50 ms", "p99 ms", "of COPY"],
+            )
+        )
+        print(
+            f"requests: {api['requests']:,} ({api['requests'] / api['seconds']:.1f}/s), samples accepted: {api['samples']:,}, "
+            f"errors: {len(api['errors'])}; rows in the database afterwards: {stored:,} system + {stored_gpu:,} GPU "
+            f"(includes warm-up batches)"
+        )
+        print(
+            f"client threads used {api['client_cpu'] / api['seconds']:.0%} of a core (same 2 cores as the server); "
+            f"TCP connections opened: {api['connects']:,} (warm-up included)"
+        )
         for e in api["errors"][:5]:
             print(f"  error: {e}")
         total = prof["django_full"]
         print()
-        print(f"Where a batch's time goes ({args.windows} samples x {GPUS} GPUs, in-process, median of {args.profile_batches}):")
-        print(table(
-            [
-                ["JSON encode (agent side)", f"{prof['encode']:.2f}", ""],
-                ["pydantic parse + validate", f"{prof['validate']:.2f}", f"{prof['validate'] / total:.0%}"],
-                ["store_batch: cursor.execute() calls", f"{prof['store_sql']:.2f}", f"{prof['store_sql'] / total:.0%}"],
-                ["store_batch: the rest (rows in Python, COPY stream, commit)", f"{prof['store'] - prof['store_sql']:.2f}",
-                 f"{(prof['store'] - prof['store_sql']) / total:.0%}"],
-                ["rest of Django (auth, middleware, ninja, reply)",
-                 f"{total - prof['validate'] - prof['store']:.2f}", f"{(total - prof['validate'] - prof['store']) / total:.0%}"],
-                ["whole request (test client)", f"{total:.2f}", "100%"],
-            ],
-            ["stage", "ms/batch", "share"],
-        ))
+        print(
+            f"Where a batch's time goes ({args.windows} samples x {GPUS} GPUs, in-process, median of {args.profile_batches}):"
+        )
+        print(
+            table(
+                [
+                    ["JSON encode (agent side)", f"{prof['encode']:.2f}", ""],
+                    ["pydantic parse + validate", f"{prof['validate']:.2f}", f"{prof['validate'] / total:.0%}"],
+                    [
+                        "store_batch: cursor.execute() calls",
+                        f"{prof['store_sql']:.2f}",
+                        f"{prof['store_sql'] / total:.0%}",
+                    ],
+                    [
+                        "store_batch: the rest (rows in Python, COPY stream, commit)",
+                        f"{prof['store'] - prof['store_sql']:.2f}",
+                        f"{(prof['store'] - prof['store_sql']) / total:.0%}",
+                    ],
+                    [
+                        "rest of Django (auth, middleware, ninja, reply)",
+                        f"{total - prof['validate'] - prof['store']:.2f}",
+                        f"{(total - prof['validate'] - prof['store']) / total:.0%}",
+                    ],
+                    ["whole request (test client)", f"{total:.2f}", "100%"],
+                ],
+                ["stage", "ms/batch", "share"],
+            )
+        )
         return 0
     except KeyboardInterrupt:
         say("interrupted; cleaning up")

@@ -45,7 +45,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -77,14 +77,18 @@ def _sigterm(signum, frame):
 
 # --- the bare Celery round trip ---------------------------------------------------------------
 
+
 def noop_app():
     """A Celery app of this bench only: one no-op task on its own queue, results in Redis."""
     from celery import Celery
 
     app = Celery("bench_noop", broker=REDIS_URL, backend=REDIS_URL, set_as_current=False, fixups=[])
     app.conf.update(
-        task_serializer="json", result_serializer="json", accept_content=["json"],
-        task_default_queue=NOOP_QUEUE, broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_default_queue=NOOP_QUEUE,
+        broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
 
@@ -111,6 +115,7 @@ def roundtrips(n: int) -> list[float]:
 
 # --- processes --------------------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -123,8 +128,9 @@ class Proc:
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.name, self.log = name, log
         with open(log, "wb") as out:
-            self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -182,8 +188,13 @@ class Telemetry(threading.Thread):
         self.errors: list[str] = []
 
     def send(self, inventory: bool) -> None:
-        status, body = http_json(self.port, "POST", "/api/v1/ingest", self.token,
-                                 make_batch([self.seq], time.time(), gpus=8, inventory=inventory))
+        status, body = http_json(
+            self.port,
+            "POST",
+            "/api/v1/ingest",
+            self.token,
+            make_batch([self.seq], time.time(), gpus=8, inventory=inventory),
+        )
         self.seq += 1
         if status != 200:
             self.errors.append(f"{status} {body}")
@@ -271,11 +282,19 @@ def submit_to_running(port: int, token: str, n: int, workers: list[Proc], warmup
         if job.status != Job.Status.SUCCEEDED or job.started_at is None:
             raise RuntimeError(f"job #{job_id} ended {job.status}: {job.status_message}")
         ts = lambda d: d.timestamp() if d else float("nan")  # noqa: E731
-        out.append({
-            "id": job_id, "sent": t_sent, "post": t_post, "created": ts(job.created_at), "placed": ts(job.placed_at),
-            "started": ts(job.started_at), "beat": ts(job.heartbeat_at), "first_log": ts(first_log),
-            "finished": ts(job.finished_at),
-        })
+        out.append(
+            {
+                "id": job_id,
+                "sent": t_sent,
+                "post": t_post,
+                "created": ts(job.created_at),
+                "placed": ts(job.placed_at),
+                "started": ts(job.started_at),
+                "beat": ts(job.heartbeat_at),
+                "first_log": ts(first_log),
+                "finished": ts(job.finished_at),
+            }
+        )
         if i + 1 - warmup > 0 and (i + 1 - warmup) % 10 == 0:
             say(f"  {i + 1 - warmup}/{n} jobs done")
         time.sleep(0.3)  # let the placement task that `finish` queued run before the next submit
@@ -305,8 +324,9 @@ def one_job_pass_ms(owner, machine, n: int = 20) -> tuple[float, float]:
     job = Job.objects.create(owner=owner, name="one", kind="train", argv=WORKLOAD, gpus=0)
     times = []
     for _ in range(n + 1):
-        Job.objects.filter(pk=job.pk).update(status=Job.Status.QUEUED, machine=None, attempt=0, placed_at=None,
-                                              status_message="waiting for placement")
+        Job.objects.filter(pk=job.pk).update(
+            status=Job.Status.QUEUED, machine=None, attempt=0, placed_at=None, status_message="waiting for placement"
+        )
         JobAttempt.objects.filter(job=job).delete()
         t0 = time.perf_counter()
         placed = placement.place_queued()
@@ -327,6 +347,7 @@ def one_job_pass_ms(owner, machine, n: int = 20) -> tuple[float, float]:
 
 # --- 3. placement throughput ------------------------------------------------------------------
 
+
 def seed_fleet(owner, machines: int, queued: int, seed: int = 7) -> list[int]:
     """``machines`` online 8 x 80 GiB machines with varied free memory, ``queued`` queued jobs."""
     from django.utils import timezone
@@ -340,27 +361,58 @@ def seed_fleet(owner, machines: int, queued: int, seed: int = 7) -> list[int]:
     fleet = []
     for i in range(machines):
         used = [rng.choice([0.5, 0.5, 2, 10, 20, 40, 60, 75, 79]) * GIB for _ in range(8)]
-        latest = {"seq": 1, "ts": now.timestamp(), "system": {},
-                  "gpus": [{"index": g, "uuid": f"GPU-{i:03d}-{g}", "mem_total_bytes": total, "mem_used_bytes": u,
-                            "util_percent": 50.0, "processes": []} for g, u in enumerate(used)]}
+        latest = {
+            "seq": 1,
+            "ts": now.timestamp(),
+            "system": {},
+            "gpus": [
+                {
+                    "index": g,
+                    "uuid": f"GPU-{i:03d}-{g}",
+                    "mem_total_bytes": total,
+                    "mem_used_bytes": u,
+                    "util_percent": 50.0,
+                    "processes": [],
+                }
+                for g, u in enumerate(used)
+            ],
+        }
         policy = Machine.Policy.DEDICATED if i % 10 == 0 else Machine.Policy.SHARED
         fleet.append(Machine(name=f"place-{i:03d}", last_seen_at=now, latest=latest, policy=policy))
     fleet = Machine.objects.bulk_create(fleet)
-    Accelerator.objects.bulk_create([
-        Accelerator(machine=m, index=g, vendor="nvidia", name="NVIDIA H100 80GB HBM3", uuid=f"GPU-{i:03d}-{g}",
-                    mem_total_bytes=total) for i, m in enumerate(fleet) for g in range(8)
-    ])
+    Accelerator.objects.bulk_create(
+        [
+            Accelerator(
+                machine=m,
+                index=g,
+                vendor="nvidia",
+                name="NVIDIA H100 80GB HBM3",
+                uuid=f"GPU-{i:03d}-{g}",
+                mem_total_bytes=total,
+            )
+            for i, m in enumerate(fleet)
+            for g in range(8)
+        ]
+    )
     jobs = []
     for j in range(queued):
         gpus = rng.choices([0, 1, 2, 4, 8], weights=[10, 40, 20, 15, 15])[0]
-        jobs.append(Job(
-            owner=owner, name=f"queued-{j}", kind=rng.choices(["train", "serve"], weights=[75, 25])[0],
-            argv=WORKLOAD, gpus=gpus, gpu_memory_gb=rng.choice([0, 4, 8, 16, 24, 40, 70]) if gpus else 0,
-            priority=rng.choice([-5, 0, 0, 0, 5, 10]), preemptible=False,
-            target=fleet[rng.randrange(machines)] if rng.random() < 0.05 else None,
-            created_at=now - timedelta(seconds=queued - j), status=Job.Status.QUEUED,
-            status_message="waiting for placement",
-        ))
+        jobs.append(
+            Job(
+                owner=owner,
+                name=f"queued-{j}",
+                kind=rng.choices(["train", "serve"], weights=[75, 25])[0],
+                argv=WORKLOAD,
+                gpus=gpus,
+                gpu_memory_gb=rng.choice([0, 4, 8, 16, 24, 40, 70]) if gpus else 0,
+                priority=rng.choice([-5, 0, 0, 0, 5, 10]),
+                preemptible=False,
+                target=fleet[rng.randrange(machines)] if rng.random() < 0.05 else None,
+                created_at=now - timedelta(seconds=queued - j),
+                status=Job.Status.QUEUED,
+                status_message="waiting for placement",
+            )
+        )
     return [j.pk for j in Job.objects.bulk_create(jobs)]
 
 
@@ -371,9 +423,15 @@ def reset(job_ids: list[int], machine_names_prefix: str = "place-") -> None:
     from dashboard.jobs.models import Job, JobAttempt
 
     JobAttempt.objects.filter(job_id__in=job_ids).delete()
-    Job.objects.filter(pk__in=job_ids).update(status=Job.Status.QUEUED, machine=None, assigned_gpus=[], attempt=0,
-                                              placed_at=None, status_message="waiting for placement",
-                                              preempt_requested=False)
+    Job.objects.filter(pk__in=job_ids).update(
+        status=Job.Status.QUEUED,
+        machine=None,
+        assigned_gpus=[],
+        attempt=0,
+        placed_at=None,
+        status_message="waiting for placement",
+        preempt_requested=False,
+    )
     Machine.objects.filter(name__startswith=machine_names_prefix).update(last_seen_at=timezone.now())
 
 
@@ -403,8 +461,10 @@ def placement_passes(job_ids: list[int], passes: int) -> dict:
             elapsed = time.perf_counter() - t0
         runs.append({"s": elapsed, "placed": len(placed), "queries": sql["n"], "sql_s": sql["s"]})
     waiting = Job.objects.filter(pk__in=job_ids, status=Job.Status.QUEUED).count()
-    gpus_placed = sum(len(g) for g in Job.objects.filter(pk__in=job_ids, status=Job.Status.PLACED)
-                      .values_list("assigned_gpus", flat=True))
+    gpus_placed = sum(
+        len(g)
+        for g in Job.objects.filter(pk__in=job_ids, status=Job.Status.PLACED).values_list("assigned_gpus", flat=True)
+    )
     # A second pass right after (nothing freed): the cost of a beat tick over a queue that waits.
     sql.update(n=0, s=0.0)
     with connection.execute_wrapper(wrapper):
@@ -423,6 +483,7 @@ def placement_passes(job_ids: list[int], passes: int) -> dict:
 
 
 # --- main -------------------------------------------------------------------------------------
+
 
 def flush_redis() -> None:
     import redis
@@ -456,8 +517,12 @@ def main() -> int:
         flush_redis()
         with bench_database(DB_NAME) as url:
             try:
-                env = bench_env(url, REDIS_URL=REDIS_URL, DASHBOARD_DATA_DIR=str(data / "dashboard"),
-                                ALLOWED_HOSTS="127.0.0.1,localhost,testserver")
+                env = bench_env(
+                    url,
+                    REDIS_URL=REDIS_URL,
+                    DASHBOARD_DATA_DIR=str(data / "dashboard"),
+                    ALLOWED_HOSTS="127.0.0.1,localhost,testserver",
+                )
                 # Kept by setup_django (it only adds): this process's Celery app publishes to Redis too.
                 os.environ.update(REDIS_URL=REDIS_URL, DASHBOARD_DATA_DIR=str(data / "dashboard"))
                 setup_django(url)
@@ -475,9 +540,25 @@ def main() -> int:
                 # --- services
                 port = free_port()
                 gunicorn = Path(PYTHON).with_name("gunicorn")
-                procs.append(Proc("gunicorn", [str(gunicorn), "dashboard.wsgi", "--workers", "2", "--bind",
-                                               f"127.0.0.1:{port}", "--log-level", "info", "--timeout", "60"],
-                                  env, data / "gunicorn.log"))
+                procs.append(
+                    Proc(
+                        "gunicorn",
+                        [
+                            str(gunicorn),
+                            "dashboard.wsgi",
+                            "--workers",
+                            "2",
+                            "--bind",
+                            f"127.0.0.1:{port}",
+                            "--log-level",
+                            "info",
+                            "--timeout",
+                            "60",
+                        ],
+                        env,
+                        data / "gunicorn.log",
+                    )
+                )
                 procs[-1].wait_for("Booting worker", 30)
                 for _ in range(100):
                     try:
@@ -485,33 +566,78 @@ def main() -> int:
                         break
                     except OSError:
                         time.sleep(0.1)
-                procs.append(Proc("celery (dashboard)", [PYTHON, "-m", "celery", "-A", "dashboard", "worker",
-                                                         "--concurrency", "2", "--loglevel", "INFO"],
-                                  env, data / "celery.log"))
+                procs.append(
+                    Proc(
+                        "celery (dashboard)",
+                        [
+                            PYTHON,
+                            "-m",
+                            "celery",
+                            "-A",
+                            "dashboard",
+                            "worker",
+                            "--concurrency",
+                            "2",
+                            "--loglevel",
+                            "INFO",
+                        ],
+                        env,
+                        data / "celery.log",
+                    )
+                )
                 telemetry = Telemetry(port, agent_token)
                 telemetry.send(inventory=True)
                 telemetry.start()
                 # A machine has no Django: nothing of the server's configuration reaches the worker.
-                worker_env = {k: v for k, v in env.items() if k not in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL")}
+                worker_env = {
+                    k: v for k, v in env.items() if k not in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL")
+                }
                 worker_env["HWPROBE_STATE_DIR"] = str(data / "hwprobe")
-                procs.append(Proc("hwprobe worker", [PYTHON, "-m", "hwprobe", "worker", "--server", f"http://127.0.0.1:{port}",
-                                                     "--token", agent_token, "--jobs-dir", str(data / "jobs")],
-                                  worker_env, data / "hwprobe-worker.log"))
-                noop_worker = Proc("celery (bench noop, solo)", [
-                    PYTHON, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); from bench.jobs import noop_app; "
-                    "noop_app().worker_main(['worker', '--pool', 'solo', '--loglevel', 'INFO', '--queues', "
-                    f"{NOOP_QUEUE!r}, '--without-gossip', '--without-mingle', '--without-heartbeat'])"],
-                    {**worker_env}, data / "noop-worker.log")
+                procs.append(
+                    Proc(
+                        "hwprobe worker",
+                        [
+                            PYTHON,
+                            "-m",
+                            "hwprobe",
+                            "worker",
+                            "--server",
+                            f"http://127.0.0.1:{port}",
+                            "--token",
+                            agent_token,
+                            "--jobs-dir",
+                            str(data / "jobs"),
+                        ],
+                        worker_env,
+                        data / "hwprobe-worker.log",
+                    )
+                )
+                noop_worker = Proc(
+                    "celery (bench noop, solo)",
+                    [
+                        PYTHON,
+                        "-c",
+                        f"import sys; sys.path.insert(0, {str(ROOT)!r}); from bench.jobs import noop_app; "
+                        "noop_app().worker_main(['worker', '--pool', 'solo', '--loglevel', 'INFO', '--queues', "
+                        f"{NOOP_QUEUE!r}, '--without-gossip', '--without-mingle', '--without-heartbeat'])",
+                    ],
+                    {**worker_env},
+                    data / "noop-worker.log",
+                )
                 procs.append(noop_worker)
                 for p in procs[1:]:
                     p.wait_for("ready", 60)
-                say(f"gunicorn on 127.0.0.1:{port} (2 sync workers), dashboard Celery worker (prefork 2), "
-                    f"hwprobe worker for {MACHINE}, no-op worker (solo): all ready; Redis {REDIS_URL}")
+                say(
+                    f"gunicorn on 127.0.0.1:{port} (2 sync workers), dashboard Celery worker (prefork 2), "
+                    f"hwprobe worker for {MACHINE}, no-op worker (solo): all ready; Redis {REDIS_URL}"
+                )
 
                 # --- 1. baseline, with everything running
                 base = roundtrips(args.roundtrips)
-                say(f"bare Celery round trip x{len(base)}: p50 {percentile(base, 50) * 1000:.2f} ms, "
-                    f"p99 {percentile(base, 99) * 1000:.2f} ms")
+                say(
+                    f"bare Celery round trip x{len(base)}: p50 {percentile(base, 50) * 1000:.2f} ms, "
+                    f"p99 {percentile(base, 99) * 1000:.2f} ms"
+                )
                 agent_ms = agent_call_ms(port, agent_token)
                 say(f"one agent HTTP call (GET /api/v1/agent/config): median {agent_ms:.2f} ms")
 
@@ -531,7 +657,9 @@ def main() -> int:
                 # --- 3. placement throughput
                 t0 = time.perf_counter()
                 job_ids = seed_fleet(user, args.machines, args.queued)
-                say(f"seeded {args.machines} machines x 8 GPUs and {len(job_ids)} queued jobs in {time.perf_counter() - t0:.1f} s")
+                say(
+                    f"seeded {args.machines} machines x 8 GPUs and {len(job_ids)} queued jobs in {time.perf_counter() - t0:.1f} s"
+                )
                 place = placement_passes(job_ids, args.passes)
             finally:  # before the database is dropped: the workers still talk to it
                 stop_all(procs, telemetry)
@@ -550,35 +678,63 @@ def main() -> int:
         shutil.rmtree(data, ignore_errors=True)
 
 
-def report(args, base: list[float], agent_ms: float, runs: list[dict], one_ms: float, dispatch_ms: float,
-           place: dict) -> None:
+def report(
+    args, base: list[float], agent_ms: float, runs: list[dict], one_ms: float, dispatch_ms: float, place: dict
+) -> None:
     ms = lambda xs, p: percentile(xs, p) * 1000  # noqa: E731
     b50, b99 = ms(base, 50), ms(base, 99)
     lat = [r["started"] - r["post"] for r in runs]
     l50, l99 = ms(lat, 50), ms(lat, 99)
     print()
-    print(f"Submit-to-running, {len(runs)} jobs one at a time (`{' '.join(WORKLOAD)}`, gpus 0), "
-          f"bare round trip x{len(base)}, same run")
-    print(table(
-        [
-            ["bare Celery delay().get() over Redis (solo worker)", f"{b50:.2f}", f"{b99:.2f}", "1x"],
-            ["POST /api/v1/jobs returned -> started_at (claimed: running)", f"{l50:.1f}", f"{l99:.1f}",
-             f"{l50 / b50:.1f}x / {l99 / b99:.1f}x"],
-            ["POST returned -> first output line of the job",
-             f"{ms([r['first_log'] - r['post'] for r in runs], 50):.1f}",
-             f"{ms([r['first_log'] - r['post'] for r in runs], 99):.1f}", ""],
-        ],
-        ["path", "p50 ms", "p99 ms", "vs bare (p50 / p99)"],
-    ))
+    print(
+        f"Submit-to-running, {len(runs)} jobs one at a time (`{' '.join(WORKLOAD)}`, gpus 0), "
+        f"bare round trip x{len(base)}, same run"
+    )
+    print(
+        table(
+            [
+                ["bare Celery delay().get() over Redis (solo worker)", f"{b50:.2f}", f"{b99:.2f}", "1x"],
+                [
+                    "POST /api/v1/jobs returned -> started_at (claimed: running)",
+                    f"{l50:.1f}",
+                    f"{l99:.1f}",
+                    f"{l50 / b50:.1f}x / {l99 / b99:.1f}x",
+                ],
+                [
+                    "POST returned -> first output line of the job",
+                    f"{ms([r['first_log'] - r['post'] for r in runs], 50):.1f}",
+                    f"{ms([r['first_log'] - r['post'] for r in runs], 99):.1f}",
+                    "",
+                ],
+            ],
+            ["path", "p50 ms", "p99 ms", "vs bare (p50 / p99)"],
+        )
+    )
     segments = [
         ("the POST itself (client: sent -> reply read)", "sent", "post"),
         ("  created_at (in the request) -> reply read by the client", "created", "post"),
-        ("1  created_at -> place task received by the dashboard worker (on_commit, delay, Redis hop)", "created", "place_received"),
+        (
+            "1  created_at -> place task received by the dashboard worker (on_commit, delay, Redis hop)",
+            "created",
+            "place_received",
+        ),
         ("2  place task received -> placed_at (prefork child, task start, pass begins)", "place_received", "placed"),
-        ("3  placed_at -> run_job received by the hwprobe worker (pass, commit, dispatch, Redis hop)", "placed", "run_received"),
+        (
+            "3  placed_at -> run_job received by the hwprobe worker (pass, commit, dispatch, Redis hop)",
+            "placed",
+            "run_received",
+        ),
         ("   3a placed_at -> place task logged succeeded (rest of the pass, commit, dispatch)", "placed", "place_done"),
-        ("   3b place task succeeded -> run_job received (Redis hop; sent before 3a ends)", "place_done", "run_received"),
-        ("4  run_job received -> started_at (thread pool, policy, claim HTTP up to its UPDATE)", "run_received", "started"),
+        (
+            "   3b place task succeeded -> run_job received (Redis hop; sent before 3a ends)",
+            "place_done",
+            "run_received",
+        ),
+        (
+            "4  run_job received -> started_at (thread pool, policy, claim HTTP up to its UPDATE)",
+            "run_received",
+            "started",
+        ),
         ("   sum 1-4: created_at -> started_at", "created", "started"),
         ("5  started_at -> spawned (claim commit + reply, Popen of the shim)", "started", "spawned"),
         ("6  spawned -> first heartbeat stored (heartbeat HTTP)", "spawned", "beat"),
@@ -598,20 +754,42 @@ def report(args, base: list[float], agent_ms: float, runs: list[dict], one_ms: f
 
     r = place["runs"]
     print()
-    print(f"Placement: {args.queued} queued jobs over {args.machines} machines x 8 GPUs (80 GiB each), "
-          f"one place_queued() pass, {len(r)} passes (jobs reset to queued in between)")
+    print(
+        f"Placement: {args.queued} queued jobs over {args.machines} machines x 8 GPUs (80 GiB each), "
+        f"one place_queued() pass, {len(r)} passes (jobs reset to queued in between)"
+    )
     rows = []
     for i, run in enumerate(r, 1):
-        rows.append([f"pass {i}", f"{run['s'] * 1000:,.0f}", f"{run['placed']}", f"{args.queued - run['placed']}",
-                     f"{args.queued / run['s']:,.0f}", f"{run['placed'] / run['s']:,.0f}", f"{run['queries']:,}",
-                     f"{run['sql_s'] * 1000:,.0f}"])
+        rows.append(
+            [
+                f"pass {i}",
+                f"{run['s'] * 1000:,.0f}",
+                f"{run['placed']}",
+                f"{args.queued - run['placed']}",
+                f"{args.queued / run['s']:,.0f}",
+                f"{run['placed'] / run['s']:,.0f}",
+                f"{run['queries']:,}",
+                f"{run['sql_s'] * 1000:,.0f}",
+            ]
+        )
     idle = place["idle"]
-    rows.append(["next pass, nothing freed (a beat tick)", f"{idle['s'] * 1000:,.0f}", f"{idle['placed']}",
-                 f"{place['waiting']}", f"{place['waiting'] / idle['s']:,.0f}", "", f"{idle['queries']:,}",
-                 f"{idle['sql_s'] * 1000:,.0f}"])
+    rows.append(
+        [
+            "next pass, nothing freed (a beat tick)",
+            f"{idle['s'] * 1000:,.0f}",
+            f"{idle['placed']}",
+            f"{place['waiting']}",
+            f"{place['waiting'] / idle['s']:,.0f}",
+            "",
+            f"{idle['queries']:,}",
+            f"{idle['sql_s'] * 1000:,.0f}",
+        ]
+    )
     print(table(rows, ["run", "ms/pass", "placed", "wait", "jobs considered/s", "placed/s", "SQL queries", "SQL ms"]))
-    print(f"GPU assignments: {place['gpus_placed']} over {args.machines * 8} GPUs (jobs share a GPU while its memory lasts; "
-          f"a job asking 0 GiB always fits); still queued after a pass: {place['waiting']}")
+    print(
+        f"GPU assignments: {place['gpus_placed']} over {args.machines * 8} GPUs (jobs share a GPU while its memory lasts; "
+        f"a job asking 0 GiB always fits); still queued after a pass: {place['waiting']}"
+    )
     print()
     print("cProfile of one more pass (cumulative, top 25):")
     print(place["profile"])

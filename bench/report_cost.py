@@ -54,12 +54,14 @@ def main() -> int:
         report_ns.append(per_call_ns(report.tokens, args.calls))
     b, r = statistics.median(bare_ns), statistics.median(report_ns)
     print(f"{args.rounds} rounds of {args.calls:,} calls, median per call (Python {sys.version.split()[0]}):")
-    print(f"| call | ns per call |")
-    print(f"| --- | ---: |")
+    print("| call | ns per call |")
+    print("| --- | ---: |")
     print(f"| bare function call (same arguments) | {b:,.0f} |")
-    print(f"| report.tokens(512, kind=\"train\") | {r:,.0f} |")
-    print(f"\nreport.tokens costs {r - b:,.0f} ns more than a bare call ({r / b:.1f}x); "
-          f"target < 5,000 ns: {'PASS' if r < 5000 else 'FAIL'}")
+    print(f'| report.tokens(512, kind="train") | {r:,.0f} |')
+    print(
+        f"\nreport.tokens costs {r - b:,.0f} ns more than a bare call ({r / b:.1f}x); "
+        f"target < 5,000 ns: {'PASS' if r < 5000 else 'FAIL'}"
+    )
     print(f"datagrams sent meanwhile by the background thread: {report.sent_datagrams}")
     return 0
 

@@ -44,8 +44,14 @@ from common import PYTHON, ROOT, bench_database, bench_env, median, percentile, 
 
 DB_NAME = "hwdash_bench_scale"
 REDIS_URL = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/13")
-SERIES = ("system.cpu_percent", "system.mem_used_bytes", "gpu.util_percent", "gpu.mem_used_bytes",
-          "gpu.power_watts", "gpu.temp_c")  # the machine page's six charts
+SERIES = (
+    "system.cpu_percent",
+    "system.mem_used_bytes",
+    "gpu.util_percent",
+    "gpu.mem_used_bytes",
+    "gpu.power_watts",
+    "gpu.temp_c",
+)  # the machine page's six charts
 GROUPS = ("gunicorn", "postgres", "redis", "celery", "simulator")
 
 
@@ -71,6 +77,7 @@ def stop(proc: subprocess.Popen | None, timeout: float = 15) -> None:
 
 
 # --- CPU ------------------------------------------------------------------------------------
+
 
 class CpuMeter(threading.Thread):
     """CPU seconds per process group, from psutil every ``every_s`` (a process that exits loses at
@@ -145,11 +152,23 @@ def cpu_percent(before: dict[str, float], after: dict[str, float], seconds: floa
 
 # --- servers --------------------------------------------------------------------------------
 
+
 def start_gunicorn(env: dict[str, str], port: int, workers: int) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [str(Path(PYTHON).with_name("gunicorn")), "dashboard.wsgi", "--workers", str(workers),
-         "--bind", f"127.0.0.1:{port}", "--log-level", "warning", "--timeout", "60"],
-        cwd=ROOT, env=env,
+        [
+            str(Path(PYTHON).with_name("gunicorn")),
+            "dashboard.wsgi",
+            "--workers",
+            str(workers),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+            "--timeout",
+            "60",
+        ],
+        cwd=ROOT,
+        env=env,
     )
     deadline = time.time() + 30
     while time.time() < deadline:
@@ -166,16 +185,34 @@ def start_gunicorn(env: dict[str, str], port: int, workers: int) -> subprocess.P
 def start_celery(env: dict[str, str], log_path: Path) -> subprocess.Popen:
     """A worker with an embedded beat, as docker-compose runs them (but in one process tree)."""
     return subprocess.Popen(
-        [PYTHON, "-m", "celery", "-A", "dashboard", "worker", "-B", "--concurrency", "1", "--loglevel", "INFO",
-         "--without-gossip", "--without-mingle"],
-        cwd=ROOT, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
+        [
+            PYTHON,
+            "-m",
+            "celery",
+            "-A",
+            "dashboard",
+            "worker",
+            "-B",
+            "--concurrency",
+            "1",
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
     )
 
 
 def task_times(log_path: Path, since: float) -> dict[str, list[float]]:
     """Seconds per finished Celery task (by name) logged after ``since`` (Unix s)."""
     out: dict[str, list[float]] = {}
-    pattern = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+: INFO/\S+\] Task (\S+)\[[^\]]+\] succeeded in ([\d.]+)s")
+    pattern = re.compile(
+        r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+: INFO/\S+\] Task (\S+)\[[^\]]+\] succeeded in ([\d.]+)s"
+    )
     for line in log_path.read_text(errors="replace").splitlines():
         m = pattern.match(line)
         if m:
@@ -187,13 +224,33 @@ def task_times(log_path: Path, since: float) -> dict[str, list[float]]:
 
 # --- the simulator --------------------------------------------------------------------------
 
-def simulate(env: dict[str, str], url: str, machines: int, args, seconds: float, work: Path,
-             meter: CpuMeter) -> dict[str, Any]:
+
+def simulate(
+    env: dict[str, str], url: str, machines: int, args, seconds: float, work: Path, meter: CpuMeter
+) -> dict[str, Any]:
     """Run ``manage.py simulate`` for ``seconds``; its summary, with the phase's CPU and task times."""
     summary = work / f"summary-{machines}-{int(time.time())}.json"
-    cmd = [PYTHON, "manage.py", "simulate", "--url", url, "--machines", str(machines), "--gpus", str(args.gpus),
-           "--interval", str(args.interval), "--seconds", str(seconds), "--spool-dir", str(work / "spool"),
-           "--summary", str(summary), "--status-every", "5"]
+    cmd = [
+        PYTHON,
+        "manage.py",
+        "simulate",
+        "--url",
+        url,
+        "--machines",
+        str(machines),
+        "--gpus",
+        str(args.gpus),
+        "--interval",
+        str(args.interval),
+        "--seconds",
+        str(seconds),
+        "--spool-dir",
+        str(work / "spool"),
+        "--summary",
+        str(summary),
+        "--status-every",
+        "5",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
     meter.set_root("simulator", proc.pid)
     cpu0, t0, wall0 = meter.snapshot(), time.perf_counter(), time.time()
@@ -219,11 +276,15 @@ def kept_up(s: dict[str, Any]) -> bool:
     """Backlog near zero: after the start-up burst a window waits under 1 s on average in its spool,
     and (nearly) every window made was accepted, at (nearly) the rate offered (a simulator starved
     of CPU would offer less than it should)."""
-    return (delay_s(s) <= 1.0 and s["accepted"] >= 0.99 * s["windows"]
-            and s["windows"] >= 0.97 * s["offered_per_s"] * s["seconds"])
+    return (
+        delay_s(s) <= 1.0
+        and s["accepted"] >= 0.99 * s["windows"]
+        and s["windows"] >= 0.97 * s["offered_per_s"] * s["seconds"]
+    )
 
 
 # --- pages ----------------------------------------------------------------------------------
+
 
 class PageProbe(threading.Thread):
     """Times the pages a user opens, over HTTP and in-process, every ``every_s``."""
@@ -240,11 +301,16 @@ class PageProbe(threading.Thread):
         self.halt = threading.Event()
 
     def paths(self) -> list[tuple[str, str]]:
-        out = [("fleet page /", "/"), ("GET /api/v1/machines", "/api/v1/machines"),
-               (f"machine page /machines/{self.machine}/", f"/machines/{self.machine}/")]
+        out = [
+            ("fleet page /", "/"),
+            ("GET /api/v1/machines", "/api/v1/machines"),
+            (f"machine page /machines/{self.machine}/", f"/machines/{self.machine}/"),
+        ]
         for span in ("1h", "24h"):
             for metric in SERIES:
-                out.append((f"series {span} {metric}", f"/api/v1/machines/{self.machine}/series?metric={metric}&since={span}"))
+                out.append(
+                    (f"series {span} {metric}", f"/api/v1/machines/{self.machine}/series?metric={metric}&since={span}")
+                )
         return out
 
     def _http_get(self, path: str) -> float:
@@ -322,7 +388,8 @@ def sql_breakdown(probes: list[list[tuple[float, str]]]) -> list[list[str]]:
     totals = [sum(ms for ms, _ in queries) for queries in probes]
     counts = [len(queries) for queries in probes]
     return [[k, f"{median(v):.1f}", f"{max(v):.1f}", str(len(v))] for k, v in rows] + [
-        [f"all SQL ({median(counts):.0f} queries)", f"{median(totals):.1f}", f"{max(totals):.1f}", str(len(totals))]]
+        [f"all SQL ({median(counts):.0f} queries)", f"{median(totals):.1f}", f"{max(totals):.1f}", str(len(totals))]
+    ]
 
 
 def profile_fleet_page(session: str, top: int = 8) -> str:
@@ -343,13 +410,18 @@ def profile_fleet_page(session: str, top: int = 8) -> str:
     stats = pstats.Stats(prof, stream=io.StringIO())
 
     def cumulative_ms(filename_end: str, function: str) -> float:
-        return 1000 * sum(v[3] for (f, _, fn), v in stats.stats.items()  # type: ignore[attr-defined]
-                          if f.endswith(filename_end) and fn == function)
+        return 1000 * sum(
+            v[3]
+            for (f, _, fn), v in stats.stats.items()  # type: ignore[attr-defined]
+            if f.endswith(filename_end) and fn == function
+        )
 
-    parts = (f"view {cumulative_ms('fleet/views.py', 'overview'):.0f} ms (profiled) = "
-             f"queries.fleet_overview() {cumulative_ms('fleet/queries.py', 'fleet_overview'):.0f} ms "
-             f"+ views._present() {cumulative_ms('fleet/views.py', '_present'):.0f} ms "
-             f"+ template render {cumulative_ms('django/shortcuts.py', 'render'):.0f} ms")
+    parts = (
+        f"view {cumulative_ms('fleet/views.py', 'overview'):.0f} ms (profiled) = "
+        f"queries.fleet_overview() {cumulative_ms('fleet/queries.py', 'fleet_overview'):.0f} ms "
+        f"+ views._present() {cumulative_ms('fleet/views.py', '_present'):.0f} ms "
+        f"+ template render {cumulative_ms('django/shortcuts.py', 'render'):.0f} ms"
+    )
     out = io.StringIO()
     stats.stream = out  # type: ignore[attr-defined]
     stats.sort_stats("tottime").print_stats(top)
@@ -360,12 +432,25 @@ def profile_fleet_page(session: str, top: int = 8) -> str:
 
 # --- main -----------------------------------------------------------------------------------
 
+
 def phase_row(name: str, s: dict[str, Any]) -> list[str]:
     cpu = s["cpu"]
-    return [name, f"{s['machines']:,}", f"{s['offered_per_s']:.0f}", f"{s['accepted_per_s']:.1f}",
-            f"{s['p50_ms_steady']:.0f}", f"{s['p99_ms_steady']:.0f}", f"{s['backlog_median']:,.0f}",
-            f"{s['backlog_p90']:,.0f}", f"{s['backlog_max']:,}", f"{delay_s(s):.1f}", f"{s['backlog_final']:,}",
-            str(s["errors"]), *(f"{cpu[g]:.0f}" for g in (*GROUPS, "machine")), "yes" if kept_up(s) else "NO"]
+    return [
+        name,
+        f"{s['machines']:,}",
+        f"{s['offered_per_s']:.0f}",
+        f"{s['accepted_per_s']:.1f}",
+        f"{s['p50_ms_steady']:.0f}",
+        f"{s['p99_ms_steady']:.0f}",
+        f"{s['backlog_median']:,.0f}",
+        f"{s['backlog_p90']:,.0f}",
+        f"{s['backlog_max']:,}",
+        f"{delay_s(s):.1f}",
+        f"{s['backlog_final']:,}",
+        str(s["errors"]),
+        *(f"{cpu[g]:.0f}" for g in (*GROUPS, "machine")),
+        "yes" if kept_up(s) else "NO",
+    ]
 
 
 def main() -> int:
@@ -387,8 +472,12 @@ def main() -> int:
     meter: CpuMeter | None = None
     try:
         with bench_database(DB_NAME) as url:
-            env = bench_env(url, REDIS_URL=REDIS_URL, DASHBOARD_DATA_DIR=str(work / "data"),
-                            ALLOWED_HOSTS="127.0.0.1,localhost,testserver")
+            env = bench_env(
+                url,
+                REDIS_URL=REDIS_URL,
+                DASHBOARD_DATA_DIR=str(work / "data"),
+                ALLOWED_HOSTS="127.0.0.1,localhost,testserver",
+            )
             os.environ.update(env)
             import django
 
@@ -409,8 +498,10 @@ def main() -> int:
             celery_log = work / "celery.log"
             celery = start_celery(env, celery_log)
             server = f"http://127.0.0.1:{port}"
-            say(f"project: {ROOT}; gunicorn {server} ({args.workers} sync workers), Celery worker + beat, "
-                f"Redis {REDIS_URL}; work folder {work}")
+            say(
+                f"project: {ROOT}; gunicorn {server} ({args.workers} sync workers), Celery worker + beat, "
+                f"Redis {REDIS_URL}; work folder {work}"
+            )
             meter = CpuMeter({"gunicorn": gunicorn.pid, "celery": celery.pid})
             meter.start()
 
@@ -419,8 +510,10 @@ def main() -> int:
                 say(f"ramp: {n} machines for {args.ramp_seconds:.0f} s")
                 phases.append((f"ramp {n}", simulate(env, server, n, args, args.ramp_seconds, work, meter)))
 
-            say(f"long run: {args.machines} machines x {args.gpus} GPUs, a window every {args.interval:g} s, "
-                f"for {args.seconds:.0f} s; pages probed every {args.probe_every:.0f} s")
+            say(
+                f"long run: {args.machines} machines x {args.gpus} GPUs, a window every {args.interval:g} s, "
+                f"for {args.seconds:.0f} s; pages probed every {args.probe_every:.0f} s"
+            )
             probe = PageProbe(port, session, "sim-0001", args.probe_every)
             probe.start()
             try:
@@ -439,9 +532,11 @@ def main() -> int:
             from django.db import connection
 
             with connection.cursor() as cur:
-                cur.execute("SELECT pg_database_size(current_database()), (SELECT count(*) FROM fleet_systemsample), "
-                            "(SELECT count(*) FROM fleet_gpusample), pg_total_relation_size('fleet_gpusample'), "
-                            "pg_total_relation_size('fleet_systemsample')")
+                cur.execute(
+                    "SELECT pg_database_size(current_database()), (SELECT count(*) FROM fleet_systemsample), "
+                    "(SELECT count(*) FROM fleet_gpusample), pg_total_relation_size('fleet_gpusample'), "
+                    "pg_total_relation_size('fleet_systemsample')"
+                )
                 db_bytes, system_rows, gpu_rows, gpu_bytes, system_bytes = cur.fetchone()
             connection.close()
             stop(celery)
@@ -452,39 +547,82 @@ def main() -> int:
 
         # -- report --
         print()
-        print(f"Scale: {args.gpus} GPUs per machine, a window every {args.interval:g} s; gunicorn {args.workers} sync "
-              f"workers, PostgreSQL, Redis, Celery worker+beat and the simulator on one 2-core VM. CPU in % of one core "
-              f"(200 = the whole VM; 'machine' includes other users of the VM).")
-        print(table(
-            [phase_row(name, s) for name, s in phases],
-            ["phase", "machines", "offered/s", "accepted/s", "p50 ms", "p99 ms", "backlog p50", "backlog p90",
-             "backlog max", "delay s", "left", "errors", *(f"CPU {g}" for g in GROUPS), "CPU machine", "near 0"],
-        ))
-        print("p50/p99: ingest request latency; backlog p50/p90: windows waiting in all spools, sampled every 5 s; "
-              "both after the first 30 s (each machine's first batch carries its inventory). backlog max: the whole "
-              "phase; delay: backlog p50 / offered rate; left: in the spools after a 5 s flush at the end; near 0: "
-              "delay <= 1 s with every window accepted.")
+        print(
+            f"Scale: {args.gpus} GPUs per machine, a window every {args.interval:g} s; gunicorn {args.workers} sync "
+            f"workers, PostgreSQL, Redis, Celery worker+beat and the simulator on one 2-core VM. CPU in % of one core "
+            f"(200 = the whole VM; 'machine' includes other users of the VM)."
+        )
+        print(
+            table(
+                [phase_row(name, s) for name, s in phases],
+                [
+                    "phase",
+                    "machines",
+                    "offered/s",
+                    "accepted/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "backlog p50",
+                    "backlog p90",
+                    "backlog max",
+                    "delay s",
+                    "left",
+                    "errors",
+                    *(f"CPU {g}" for g in GROUPS),
+                    "CPU machine",
+                    "near 0",
+                ],
+            )
+        )
+        print(
+            "p50/p99: ingest request latency; backlog p50/p90: windows waiting in all spools, sampled every 5 s; "
+            "both after the first 30 s (each machine's first batch carries its inventory). backlog max: the whole "
+            "phase; delay: backlog p50 / offered rate; left: in the spools after a 5 s flush at the end; near 0: "
+            "delay <= 1 s with every window accepted."
+        )
         up = [s["machines"] for _, s in phases if kept_up(s)]
         down = [s["machines"] for _, s in phases if not kept_up(s)]
-        print(f"highest machine count that kept the backlog near zero: {max(up) if up else 'none'}"
-              + (f"; lowest that did not: {min(down)}" if down else ""))
+        print(
+            f"highest machine count that kept the backlog near zero: {max(up) if up else 'none'}"
+            + (f"; lowest that did not: {min(down)}" if down else "")
+        )
         for name, s in phases:
             if s["errors"]:
                 print(f"  {name}: {s['errors']} failed requests, last: {s['last_error']}")
         print()
-        print(f"Pages during the long run ({args.machines:,} machines enrolled), ms; over HTTP includes the wait for a "
-              f"gunicorn worker busy with ingest; in-process is Django's own time on the same database:")
+        print(
+            f"Pages during the long run ({args.machines:,} machines enrolled), ms; over HTTP includes the wait for a "
+            f"gunicorn worker busy with ingest; in-process is Django's own time on the same database:"
+        )
         rows = []
         for label, path in probe.paths():
             h, i = probe.http.get(label, []), probe.inproc.get(label, [])
             size = probe.sizes.get(path, 0) / 1024
-            rows.append([label, f"{median(h):.0f}", f"{percentile(h, 99):.0f}", f"{median(i):.0f}", f"{percentile(i, 99):.0f}",
-                         f"{size:,.0f}", str(len(h))])
+            rows.append(
+                [
+                    label,
+                    f"{median(h):.0f}",
+                    f"{percentile(h, 99):.0f}",
+                    f"{median(i):.0f}",
+                    f"{percentile(i, 99):.0f}",
+                    f"{size:,.0f}",
+                    str(len(h)),
+                ]
+            )
         for span in ("1h", "24h"):
             h = [sum(x) for x in zip(*(probe.http.get(f"series {span} {m}", []) for m in SERIES))]
             i = [sum(x) for x in zip(*(probe.inproc.get(f"series {span} {m}", []) for m in SERIES))]
-            rows.append([f"machine page's 6 series {span}, one after another", f"{median(h):.0f}", f"{percentile(h, 99):.0f}",
-                         f"{median(i):.0f}", f"{percentile(i, 99):.0f}", "", str(len(h))])
+            rows.append(
+                [
+                    f"machine page's 6 series {span}, one after another",
+                    f"{median(h):.0f}",
+                    f"{percentile(h, 99):.0f}",
+                    f"{median(i):.0f}",
+                    f"{percentile(i, 99):.0f}",
+                    "",
+                    str(len(h)),
+                ]
+            )
         print(table(rows, ["request", "HTTP p50", "HTTP p99", "server p50", "server p99", "KiB", "n"]))
         for e in probe.errors[:5]:
             print(f"  probe error: {e}")
@@ -492,24 +630,34 @@ def main() -> int:
             print()
             print(f"The fleet page's SQL, in-process, by table (ms per page view, {len(probe.fleet_sql)} views):")
             print(table(sql_breakdown(probe.fleet_sql), ["table", "median ms", "max ms", "views"]))
-            print(f"queries.fleet_overview() alone (that SQL plus the machine dicts): median {median(probe.overview_ms):.0f} ms; "
-                  f"the rest of the page's server time is the view's _present() and the template")
+            print(
+                f"queries.fleet_overview() alone (that SQL plus the machine dicts): median {median(probe.overview_ms):.0f} ms; "
+                f"the rest of the page's server time is the view's _present() and the template"
+            )
         if profile:
             print()
-            print("One in-process fleet page view under cProfile (its parts; then the functions with the most own time):")
+            print(
+                "One in-process fleet page view under cProfile (its parts; then the functions with the most own time):"
+            )
             print(profile)
         if tasks:
             print()
             print("Celery tasks during the long run (seconds per run):")
-            print(table([[name, str(len(v)), f"{median(v):.2f}", f"{max(v):.2f}"] for name, v in sorted(tasks.items())],
-                        ["task", "runs", "median s", "max s"]))
+            print(
+                table(
+                    [[name, str(len(v)), f"{median(v):.2f}", f"{max(v):.2f}"] for name, v in sorted(tasks.items())],
+                    ["task", "runs", "median s", "max s"],
+                )
+            )
         samples = system_rows
         print()
-        print(f"Database at the end: {db_bytes / 2**20:,.0f} MiB; {system_rows:,} system + {gpu_rows:,} GPU rows "
-              f"({(gpu_bytes + system_bytes) / max(samples, 1) / 1024:.1f} KiB per window with its {args.gpus} GPU rows, "
-              f"indexes included); at {args.machines / args.interval:.0f} windows/s that is "
-              f"{(gpu_bytes + system_bytes) / max(samples, 1) * args.machines / args.interval * 86400 / 2**30:,.0f} GiB "
-              f"and {(system_rows + gpu_rows) / max(samples, 1) * args.machines / args.interval * 86400 / 1e6:,.0f} M rows a day of raw samples")
+        print(
+            f"Database at the end: {db_bytes / 2**20:,.0f} MiB; {system_rows:,} system + {gpu_rows:,} GPU rows "
+            f"({(gpu_bytes + system_bytes) / max(samples, 1) / 1024:.1f} KiB per window with its {args.gpus} GPU rows, "
+            f"indexes included); at {args.machines / args.interval:.0f} windows/s that is "
+            f"{(gpu_bytes + system_bytes) / max(samples, 1) * args.machines / args.interval * 86400 / 2**30:,.0f} GiB "
+            f"and {(system_rows + gpu_rows) / max(samples, 1) * args.machines / args.interval * 86400 / 1e6:,.0f} M rows a day of raw samples"
+        )
         return 0
     except KeyboardInterrupt:
         say("interrupted; cleaning up")

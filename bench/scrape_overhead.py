@@ -33,12 +33,30 @@ def udp_port() -> int:
 
 
 def start_agent(sink_url: str, *extra: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "HWPROBE_STATE_DIR": tempfile.mkdtemp(prefix="hwprobe-bench-"),
-           "HWPROBE_LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "HWPROBE_STATE_DIR": tempfile.mkdtemp(prefix="hwprobe-bench-"), "HWPROBE_LOG_LEVEL": "WARNING"}
     return subprocess.Popen(
-        [sys.executable, "-m", "hwprobe", "run", "--server", sink_url, "--token", "bench", "--interval", "1",
-         "--send-every", "10", "--report-port", str(udp_port()), *extra],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            "-m",
+            "hwprobe",
+            "run",
+            "--server",
+            sink_url,
+            "--token",
+            "bench",
+            "--interval",
+            "1",
+            "--send-every",
+            "10",
+            "--report-port",
+            str(udp_port()),
+            *extra,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def main() -> int:
@@ -50,9 +68,13 @@ def main() -> int:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     sink_url = f"http://127.0.0.1:{server.server_address[1]}"
-    serve = subprocess.Popen([sys.executable, "-m", "hwprobe.workloads", "serve", "--port", "0", "--seconds", "0",
-                              "--report-every", "60"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                             text=True)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "hwprobe.workloads", "serve", "--port", "0", "--seconds", "0", "--report-every", "60"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     first = serve.stdout.readline() if serve.stdout else ""
     match = re.search(r"http://[^\s]+", first)
     if not match:
@@ -85,17 +107,23 @@ def main() -> int:
         serve.wait(15)
         server.shutdown()
 
-    print(f"\nmeasured {elapsed:.0f} s after {args.warmup:.0f} s warm-up on {psutil.cpu_count()} CPUs; "
-          f"scraping {metrics_url}\n")
+    print(
+        f"\nmeasured {elapsed:.0f} s after {args.warmup:.0f} s warm-up on {psutil.cpu_count()} CPUs; "
+        f"scraping {metrics_url}\n"
+    )
     print(f"| {'process':<30} | {'CPU % of a core':>15} | {'RSS mean MiB':>12} | {'RSS max MiB':>11} |")
     print(f"| {'-' * 30} | {'-' * 15}:| {'-' * 12}:| {'-' * 11}:|")
     for m in meters:
         mean = sum(m.rss) / len(m.rss) / MiB
         print(f"| {m.name:<30} | {cpu[m.name]:>15.3f} | {mean:>12.1f} | {max(m.rss) / MiB:>11.1f} |")
-    print(f"\nscraping adds {cpu[scraping.name] - cpu[plain.name]:+.3f} % of a core and "
-          f"{(max(scraping.rss) - max(plain.rss)) / MiB:+.1f} MiB of RSS (max)")
-    print(f"one scrape in-process (fetch + parse, 200 in a row): {per_scrape_cpu_ms:.3f} ms CPU, "
-          f"{per_scrape_wall_ms:.3f} ms wall: {per_scrape_cpu_ms / 10:.3f} % of a core at one scrape a second")
+    print(
+        f"\nscraping adds {cpu[scraping.name] - cpu[plain.name]:+.3f} % of a core and "
+        f"{(max(scraping.rss) - max(plain.rss)) / MiB:+.1f} MiB of RSS (max)"
+    )
+    print(
+        f"one scrape in-process (fetch + parse, 200 in a row): {per_scrape_cpu_ms:.3f} ms CPU, "
+        f"{per_scrape_wall_ms:.3f} ms wall: {per_scrape_cpu_ms / 10:.3f} % of a core at one scrape a second"
+    )
     for m in meters:
         errors = m.popen.stderr.read().decode(errors="replace").strip() if m.popen.stderr else ""
         if errors:

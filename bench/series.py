@@ -185,7 +185,9 @@ def main() -> int:
             for i in range(GPUS):
                 Accelerator.objects.create(machine=machine, index=i, vendor="nvidia", name="NVIDIA H100 80GB HBM3")
             seeded = seed(machine.pk, args.days)
-            say(f"seeded {seeded['system_rows']:,} system + {seeded['gpu_rows']:,} GPU rows in {seeded['seconds']:.1f} s")
+            say(
+                f"seeded {seeded['system_rows']:,} system + {seeded['gpu_rows']:,} GPU rows in {seeded['seconds']:.1f} s"
+            )
 
             t0 = time.perf_counter()
             written = rollup.catch_up()
@@ -198,7 +200,11 @@ def main() -> int:
             week = now - timedelta(days=args.days)
             results = []  # (case, metric, resolution, points, ms)
             for metric in ("gpu.util_percent", "system.cpu_percent"):
-                for label, since in (("1 h", now - timedelta(hours=1)), ("24 h", now - timedelta(hours=24)), (f"{args.days} d", week)):
+                for label, since in (
+                    ("1 h", now - timedelta(hours=1)),
+                    ("24 h", now - timedelta(hours=24)),
+                    (f"{args.days} d", week),
+                ):
                     out = series.machine_series(machine, metric, since, now)  # warm-up, and the shape
                     points = sum(len(s["t"]) for s in out["series"])
                     ms = median(timed(lambda: series.machine_series(machine, metric, since, now), args.repeats)) * 1000
@@ -207,20 +213,33 @@ def main() -> int:
 
             # Baselines, same run: the same 7 days without rollups.
             step = series.step_for(now - week, 3600)
-            for metric, scope, column in (("gpu.util_percent", "gpu", "util_percent"), ("system.cpu_percent", "system", "cpu_percent")):
+            for metric, scope, column in (
+                ("gpu.util_percent", "gpu", "util_percent"),
+                ("system.cpu_percent", "system", "cpu_percent"),
+            ):
                 rows = raw_aggregate(machine.pk, scope, column, week, now, step)
-                ms = median(timed(lambda: raw_aggregate(machine.pk, scope, column, week, now, step), args.raw_repeats)) * 1000
-                results.append([f"raw table, SQL GROUP BY {step} s, {args.days} d", metric, "raw", len(rows), ms, args.raw_repeats])
+                ms = (
+                    median(timed(lambda: raw_aggregate(machine.pk, scope, column, week, now, step), args.raw_repeats))
+                    * 1000
+                )
+                results.append(
+                    [f"raw table, SQL GROUP BY {step} s, {args.days} d", metric, "raw", len(rows), ms, args.raw_repeats]
+                )
 
                 real = series.resolution_for
                 series.resolution_for = lambda span: 0  # machine_series reading raw rows into Python
                 try:
                     out = series.machine_series(machine, metric, week, now)
                     points = sum(len(s["t"]) for s in out["series"])
-                    ms = median(timed(lambda: series.machine_series(machine, metric, week, now), args.raw_repeats)) * 1000
+                    ms = (
+                        median(timed(lambda: series.machine_series(machine, metric, week, now), args.raw_repeats))
+                        * 1000
+                    )
                 finally:
                     series.resolution_for = real
-                results.append([f"machine_series {args.days} d, forced raw", metric, "raw", points, ms, args.raw_repeats])
+                results.append(
+                    [f"machine_series {args.days} d, forced raw", metric, "raw", points, ms, args.raw_repeats]
+                )
 
             plan = explain_rollup_query(machine, week, now)
 
@@ -231,9 +250,11 @@ def main() -> int:
             ratio = f"{ms / rollup_ms:.1f}x" if "raw table" in case or "forced raw" in case else ""
             rows.append([case, metric, res, f"{points:,}", f"{ms:.1f}", n, ratio])
         print()
-        print(f"One machine, {GPUS} GPUs, {args.days} days of {WINDOW_S} s windows "
-              f"({seeded['system_rows']:,} system + {seeded['gpu_rows']:,} GPU rows); "
-              f"seed {seeded['seconds']:.1f} s; catch_up() {catch_up_s:.1f} s for {written:,} rollup rows")
+        print(
+            f"One machine, {GPUS} GPUs, {args.days} days of {WINDOW_S} s windows "
+            f"({seeded['system_rows']:,} system + {seeded['gpu_rows']:,} GPU rows); "
+            f"seed {seeded['seconds']:.1f} s; catch_up() {catch_up_s:.1f} s for {written:,} rollup rows"
+        )
         print(table(rows, ["case", "metric", "reads", "points", "ms (median)", "n", f"vs {args.days} d rollup"]))
         print()
         print(f"EXPLAIN (ANALYZE, BUFFERS) of the {args.days}-day GPU rollup query:")

@@ -8,7 +8,8 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from dashboard.economics.api import router as economics_router
 from dashboard.fleet.api import router as fleet_router
-from dashboard.jobs.api import agent_router, router as jobs_router
+from dashboard.jobs.api import agent_router
+from dashboard.jobs.api import router as jobs_router
 
 api = NinjaAPI(
     title="AI fleet dashboard API",
@@ -24,7 +25,9 @@ api.add_router("", economics_router)
 
 @api.exception_handler(AuthenticationError)
 def unauthorized(request, exc):
-    return api.create_response(request, {"error": "authentication required: a valid, unrevoked bearer token or a session"}, status=401)
+    return api.create_response(
+        request, {"error": "authentication required: a valid, unrevoked bearer token or a session"}, status=401
+    )
 
 
 @api.exception_handler(HttpError)

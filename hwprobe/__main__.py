@@ -18,26 +18,36 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("sample", help="print one {inventory, sample} JSON document and exit")
     commands.add_parser("worker", help="run this machine's job worker (python -m hwprobe worker --help)")
     run = commands.add_parser("run", help="sample, spool and send to the server until stopped")
-    run.add_argument("--server", default=os.environ.get("HWPROBE_SERVER"),
-                     help="dashboard base URL (env HWPROBE_SERVER)")
+    run.add_argument(
+        "--server", default=os.environ.get("HWPROBE_SERVER"), help="dashboard base URL (env HWPROBE_SERVER)"
+    )
     run.add_argument("--token", default=None, help="agent token (env HWPROBE_TOKEN)")
-    run.add_argument("--token-file", default=None,
-                     help="file holding the agent token (env HWPROBE_TOKEN_FILE)")
+    run.add_argument("--token-file", default=None, help="file holding the agent token (env HWPROBE_TOKEN_FILE)")
     run.add_argument("--interval", type=float, default=1.0, help="seconds between snapshots")
     run.add_argument("--send-every", type=float, default=10.0, help="seconds per window/sample")
-    run.add_argument("--spool", default=None, help="spool file (default under $HWPROBE_STATE_DIR "
-                                                   "or ~/.local/state/hwprobe/)")
+    run.add_argument(
+        "--spool", default=None, help="spool file (default under $HWPROBE_STATE_DIR or ~/.local/state/hwprobe/)"
+    )
     run.add_argument("--spool-max", type=int, default=None, help="samples kept while offline")
     run.add_argument("--batch-max", type=int, default=100, help="samples per POST")
     run.add_argument("--timeout", type=float, default=10.0, help="HTTP timeout in seconds")
     run.add_argument("--backoff-base", type=float, default=1.0, help="first retry ceiling, s")
     run.add_argument("--backoff-cap", type=float, default=60.0, help="longest retry wait, s")
-    run.add_argument("--report-port", type=int, default=None,
-                     help="UDP port on 127.0.0.1 where jobs and hwprobe.report send token counts "
-                          "(env HWPROBE_REPORT_PORT, default 8791; 0: off)")
-    run.add_argument("--scrape", action="append", default=[], metavar="URL[=ENGINE]",
-                     help="a serving engine's Prometheus endpoint to scrape each interval for this "
-                          "machine (repeatable; ENGINE: auto, vllm, llamacpp, sglang, tgi, hwprobe)")
+    run.add_argument(
+        "--report-port",
+        type=int,
+        default=None,
+        help="UDP port on 127.0.0.1 where jobs and hwprobe.report send token counts "
+        "(env HWPROBE_REPORT_PORT, default 8791; 0: off)",
+    )
+    run.add_argument(
+        "--scrape",
+        action="append",
+        default=[],
+        metavar="URL[=ENGINE]",
+        help="a serving engine's Prometheus endpoint to scrape each interval for this "
+        "machine (repeatable; ENGINE: auto, vllm, llamacpp, sglang, tgi, hwprobe)",
+    )
     return parser
 
 
@@ -50,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return worker_main(argv[1:])
     args = _parser().parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
-                        format="%(asctime)s hwprobe %(levelname)s %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr, level=args.log_level.upper(), format="%(asctime)s hwprobe %(levelname)s %(message)s"
+    )
     if args.command == "sample":
         from hwprobe.agent import sample_once
 
@@ -67,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hwprobe run: cannot read the token file: {err}", file=sys.stderr)
         return 2
     if not token:
-        print("hwprobe run: --token, --token-file, HWPROBE_TOKEN or HWPROBE_TOKEN_FILE is required",
-              file=sys.stderr)
+        print("hwprobe run: --token, --token-file, HWPROBE_TOKEN or HWPROBE_TOKEN_FILE is required", file=sys.stderr)
         return 2
     from hwprobe.agent import run_agent
     from hwprobe.channel import port_from_env
@@ -78,12 +88,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hwprobe run: --scrape needs an http(s) URL, not {spec!r}", file=sys.stderr)
             return 2
 
-    return run_agent(args.server, token, interval_s=args.interval, send_every_s=args.send_every,
-                     spool_path=args.spool, spool_max=args.spool_max, batch_max=args.batch_max,
-                     backoff_base_s=args.backoff_base, backoff_cap_s=args.backoff_cap,
-                     timeout_s=args.timeout,
-                     report_port=port_from_env() if args.report_port is None else args.report_port,
-                     scrape=args.scrape)
+    return run_agent(
+        args.server,
+        token,
+        interval_s=args.interval,
+        send_every_s=args.send_every,
+        spool_path=args.spool,
+        spool_max=args.spool_max,
+        batch_max=args.batch_max,
+        backoff_base_s=args.backoff_base,
+        backoff_cap_s=args.backoff_cap,
+        timeout_s=args.timeout,
+        report_port=port_from_env() if args.report_port is None else args.report_port,
+        scrape=args.scrape,
+    )
 
 
 if __name__ == "__main__":

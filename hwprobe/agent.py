@@ -7,7 +7,8 @@ import logging
 import signal
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from hwprobe.aggregate import Window
 from hwprobe.channel import DEFAULT_PORT, Ledger, Listener
@@ -40,10 +41,18 @@ def sample_once(probe: Probe | None = None, settle_s: float = 0.5) -> dict[str, 
 class Agent:
     """Runs the sampling loop on the calling thread and the sender on its own thread."""
 
-    def __init__(self, probe: Probe, spool: Spool, sender: Sender, interval_s: float = 1.0,
-                 send_every_s: float = 10.0, flush_timeout_s: float = 5.0,
-                 monotonic: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time, ledger: Ledger | None = None) -> None:
+    def __init__(
+        self,
+        probe: Probe,
+        spool: Spool,
+        sender: Sender,
+        interval_s: float = 1.0,
+        send_every_s: float = 10.0,
+        flush_timeout_s: float = 5.0,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        ledger: Ledger | None = None,
+    ) -> None:
         self.probe = probe
         self.ledger = ledger  # token counts that leave with each window (design.md, Throughput)
         self.spool = spool
@@ -102,8 +111,12 @@ class Agent:
         self.sender.set_inventory(self.probe.inventory())
         self._sender_thread = threading.Thread(target=self._send_loop, name="hwprobe-sender", daemon=True)
         self._sender_thread.start()
-        log.info("sampling every %.3g s, sending every %d snapshots to %s",
-                 self.interval_s, self.per_window, self.sender.client.url)
+        log.info(
+            "sampling every %.3g s, sending every %d snapshots to %s",
+            self.interval_s,
+            self.per_window,
+            self.sender.client.url,
+        )
         origin = self._monotonic()
         tick = 0
         window = Window(self._wall())
@@ -123,8 +136,7 @@ class Agent:
         return 0
 
     def _shutdown(self, window: Window) -> None:
-        log.info("stopping: spooling the partial window and flushing for up to %.3g s",
-                 self.flush_timeout_s)
+        log.info("stopping: spooling the partial window and flushing for up to %.3g s", self.flush_timeout_s)
         self._put(window)
         self._sender_stop.set()
         self._wake.set()
@@ -156,17 +168,25 @@ class Agent:
             self.spool.close()
 
 
-def run_agent(server: str, token: str, interval_s: float = 1.0, send_every_s: float = 10.0,
-              spool_path: str | None = None, spool_max: int | None = None, batch_max: int = 100,
-              backoff_base_s: float = 1.0, backoff_cap_s: float = 60.0,
-              timeout_s: float = 10.0, report_port: int = DEFAULT_PORT,
-              scrape: list[str] | tuple[str, ...] = ()) -> int:
+def run_agent(
+    server: str,
+    token: str,
+    interval_s: float = 1.0,
+    send_every_s: float = 10.0,
+    spool_path: str | None = None,
+    spool_max: int | None = None,
+    batch_max: int = 100,
+    backoff_base_s: float = 1.0,
+    backoff_cap_s: float = 60.0,
+    timeout_s: float = 10.0,
+    report_port: int = DEFAULT_PORT,
+    scrape: list[str] | tuple[str, ...] = (),
+) -> int:
     """Build the probe, spool, client, sender, the local report channel (``report_port``, 0: off)
     and the scraping of ``scrape`` (``URL[=engine]``); run until SIGTERM/SIGINT; return 0."""
     spool = Spool(spool_path, **({"max_samples": spool_max} if spool_max else {}))
     client = IngestClient(server, token, timeout_s=timeout_s)
-    sender = Sender(spool, client, batch_max=batch_max,
-                    backoff=Backoff(base_s=backoff_base_s, cap_s=backoff_cap_s))
+    sender = Sender(spool, client, batch_max=batch_max, backoff=Backoff(base_s=backoff_base_s, cap_s=backoff_cap_s))
     ledger = Ledger()
     scraper = None
     if scrape or report_port:
@@ -184,8 +204,9 @@ def run_agent(server: str, token: str, interval_s: float = 1.0, send_every_s: fl
             listener = Listener(report_port, ledger, on_scrape=scraper.on_message if scraper else None).start()
             log.info("report channel on udp 127.0.0.1:%d", listener.port)
         except OSError as err:  # another agent holds the port: run without the channel
-            log.error("report channel: cannot listen on udp 127.0.0.1:%d (%s); job token counts are off",
-                      report_port, err)
+            log.error(
+                "report channel: cannot listen on udp 127.0.0.1:%d (%s); job token counts are off", report_port, err
+            )
     agent = Agent(build_probe(), spool, sender, interval_s=interval_s, send_every_s=send_every_s, ledger=ledger)
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -194,8 +215,7 @@ def run_agent(server: str, token: str, interval_s: float = 1.0, send_every_s: fl
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info("spool %s (%d waiting, last seq %d, %d dropped)", spool.path, len(spool),
-             spool.last_seq, spool.dropped)
+    log.info("spool %s (%d waiting, last seq %d, %d dropped)", spool.path, len(spool), spool.last_seq, spool.dropped)
     try:
         return agent.run()
     finally:

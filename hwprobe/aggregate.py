@@ -89,8 +89,7 @@ class Window:
         for name in _SYSTEM_LAST:
             system[name] = self._system.last.get(name)
         system["cpu_per_core_percent"] = (
-            [round(sum(b) / len(b), 2) if b else None for b in self._system.cores]
-            if self._system.cores else None
+            [round(sum(b) / len(b), 2) if b else None for b in self._system.cores] if self._system.cores else None
         )
         gpus = []
         for key in self._order:

@@ -29,7 +29,8 @@ import math
 import os
 import socket
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("hwprobe")
 
@@ -55,15 +56,20 @@ def port_from_env(default: int = DEFAULT_PORT) -> int:
 
 def token_datagram(job: int | None, source: str, prompt: int = 0, generated: int = 0, train: int = 0) -> bytes:
     """One token-count datagram (counts produced since the previous one)."""
-    return json.dumps({"v": 1, "job": job, "source": source, "prompt": prompt, "generated": generated,
-                       "train": train}, separators=(",", ":")).encode()
+    return json.dumps(
+        {"v": 1, "job": job, "source": source, "prompt": prompt, "generated": generated, "train": train},
+        separators=(",", ":"),
+    ).encode()
 
 
-def scrape_datagram(url: str, job: int | None, engine: str = "auto", stop: bool = False,
-                    from_zero: bool = False) -> bytes:
+def scrape_datagram(
+    url: str, job: int | None, engine: str = "auto", stop: bool = False, from_zero: bool = False
+) -> bytes:
     """A registration (or, with ``stop``, its end) of a Prometheus endpoint to scrape for ``job``."""
-    return json.dumps({"v": 1, "scrape": url, "job": job, "engine": engine, "stop": stop,
-                       "from_zero": from_zero}, separators=(",", ":")).encode()
+    return json.dumps(
+        {"v": 1, "scrape": url, "job": job, "engine": engine, "stop": stop, "from_zero": from_zero},
+        separators=(",", ":"),
+    ).encode()
 
 
 def send(data: bytes, port: int | None = None) -> bool:
@@ -115,8 +121,9 @@ class Ledger:
                     if not any(row):
                         del self._counts[(job, source)]
                     continue
-                out.append({"job_id": job, "source": source, "prompt": whole[0], "generated": whole[1],
-                            "train": whole[2]})
+                out.append(
+                    {"job_id": job, "source": source, "prompt": whole[0], "generated": whole[1], "train": whole[2]}
+                )
                 fractions = [v - w for v, w in zip(row, whole)]
                 if any(fractions):
                     self._counts[(job, source)] = fractions
@@ -161,8 +168,14 @@ def decode(data: bytes) -> dict[str, Any] | None:
             return None
         if not isinstance(engine, str) or len(engine) > 32:
             return None
-        return {"kind": "scrape", "url": url, "job": job, "engine": engine,
-                "stop": message.get("stop") is True, "from_zero": message.get("from_zero") is True}
+        return {
+            "kind": "scrape",
+            "url": url,
+            "job": job,
+            "engine": engine,
+            "stop": message.get("stop") is True,
+            "from_zero": message.get("from_zero") is True,
+        }
     source = message.get("source")
     if source not in LOCAL_SOURCES:
         return None
@@ -201,8 +214,9 @@ class Listener:
             return
         self.received += 1
         if message["kind"] == "tokens":
-            self.ledger.add(message["job"], message["source"], message["prompt"], message["generated"],
-                            message["train"])
+            self.ledger.add(
+                message["job"], message["source"], message["prompt"], message["generated"], message["train"]
+            )
         elif self.on_scrape is not None:
             self.on_scrape(message)
 
@@ -210,7 +224,7 @@ class Listener:
         while not self._stop.is_set():
             try:
                 data = self._sock.recv(MAX_DATAGRAM + 1)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError as err:
                 if self._stop.is_set():

@@ -17,8 +17,9 @@ import logging
 import os
 import random
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from hwprobe import __version__
@@ -95,11 +96,16 @@ class IngestClient:
         cls = hc.HTTPSConnection if self._https else hc.HTTPConnection
         conn = cls(self._host, self._port, timeout=timeout)
         try:
-            conn.request("POST", self._path, body=body, headers={
-                "Content-Type": "application/json",
-                "Authorization": f"Bearer {self._token}",
-                "User-Agent": f"hwprobe/{__version__}",
-            })
+            conn.request(
+                "POST",
+                self._path,
+                body=body,
+                headers={
+                    "Content-Type": "application/json",
+                    "Authorization": f"Bearer {self._token}",
+                    "User-Agent": f"hwprobe/{__version__}",
+                },
+            )
             response = conn.getresponse()
             raw = response.read(1_000_000)
             status = response.status
@@ -127,8 +133,7 @@ class IngestClient:
 class Backoff:
     """Exponential backoff with full jitter: attempt n waits uniform(0, min(cap, base * 2**n)) s."""
 
-    def __init__(self, base_s: float = 1.0, cap_s: float = 60.0,
-                 rand: Callable[[], float] = random.random) -> None:
+    def __init__(self, base_s: float = 1.0, cap_s: float = 60.0, rand: Callable[[], float] = random.random) -> None:
         self.base_s = base_s
         self.cap_s = cap_s
         self._rand = rand
@@ -151,8 +156,7 @@ def _without_nulls(inventory: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     wire = {k: v for k, v in inventory.items() if v is not None and k != "accelerators"}
     if "accelerators" in inventory:
-        wire["accelerators"] = [{k: v for k, v in a.items() if v is not None}
-                                for a in inventory["accelerators"] or ()]
+        wire["accelerators"] = [{k: v for k, v in a.items() if v is not None} for a in inventory["accelerators"] or ()]
     return wire
 
 
@@ -169,8 +173,14 @@ def _wire_samples(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class Sender:
     """Drains a spool into a client, oldest first, applying the reply policy."""
 
-    def __init__(self, spool: Any, client: IngestClient, batch_max: int = 100,
-                 backoff: Backoff | None = None, inventory: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        spool: Any,
+        client: IngestClient,
+        batch_max: int = 100,
+        backoff: Backoff | None = None,
+        inventory: dict[str, Any] | None = None,
+    ) -> None:
         self.spool = spool
         self.client = client
         self.batch_max = max(1, batch_max)
@@ -219,8 +229,9 @@ class Sender:
             self.spool.ack(last)
             self.sent += len(batch)
             if self._failing is not None:
-                log.info("delivering again: sent seq %d-%d after %d failed attempts",
-                         first, last, self.backoff.attempts)
+                log.info(
+                    "delivering again: sent seq %d-%d after %d failed attempts", first, last, self.backoff.attempts
+                )
                 self._failing = None
             self.backoff.reset()
             if inventory is self._inventory_pending:
@@ -237,27 +248,33 @@ class Sender:
         if outcome == REJECT and inventory is not None and "inventory" in (reply.error or ""):
             # The samples may be fine: without this, every batch would carry the refused
             # inventory and be refused in turn.
-            log.error("server refused the inventory (%s: %s): sending samples without it",
-                      reply.status, reply.error)
+            log.error("server refused the inventory (%s: %s): sending samples without it", reply.status, reply.error)
             if inventory is self._inventory_pending:
                 self._inventory_pending = None
             return 0.0
         if outcome == REJECT:
             seqs = [s["seq"] for s in batch]
             self.spool.dead_letter(seqs, f"{reply.status}: {reply.error}")
-            log.error("server refused seq %d-%d as malformed (%s: %s): moved to dead letters",
-                      first, last, reply.status, reply.error)
+            log.error(
+                "server refused seq %d-%d as malformed (%s: %s): moved to dead letters",
+                first,
+                last,
+                reply.status,
+                reply.error,
+            )
             return 0.0
         delay = self.backoff.next_delay()
         if reply.retry_after_s is not None:
             delay = min(self.backoff.cap_s, max(delay, reply.retry_after_s))
         if outcome == AUTH:
-            self._fail("auth", f"token refused ({reply.status}): re-enroll this machine; "
-                               f"keeping samples in the spool", logging.ERROR)
+            self._fail(
+                "auth",
+                f"token refused ({reply.status}): re-enroll this machine; keeping samples in the spool",
+                logging.ERROR,
+            )
         else:
             why = reply.error if reply.status is None else f"HTTP {reply.status}: {reply.error}"
-            self._fail("retry", f"cannot deliver to {self.client.url} ({why}); "
-                                f"spooling and retrying with backoff")
+            self._fail("retry", f"cannot deliver to {self.client.url} ({why}); spooling and retrying with backoff")
         return delay
 
 

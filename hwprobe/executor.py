@@ -40,9 +40,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 from hwprobe import __version__, channel
@@ -111,19 +112,25 @@ class StaleAttempt(ApiError):
     """409: this attempt is no longer this worker's (redelivered, cancelled, lost, requeued)."""
 
 
-def request_json(base: str, method: str, path: str, token: str, body: dict[str, Any] | None = None,
-                 timeout_s: float = 10.0) -> Reply:
+def request_json(
+    base: str, method: str, path: str, token: str, body: dict[str, Any] | None = None, timeout_s: float = 10.0
+) -> Reply:
     """One HTTP request with a bearer token; never raises for network trouble (status None)."""
     parts = urlsplit(base.rstrip("/"))
     conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     conn = conn_cls(parts.hostname or "", parts.port, timeout=timeout_s)
     raw_body = None if body is None else json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
     try:
-        conn.request(method, (parts.path or "") + path, body=raw_body, headers={
-            "Content-Type": "application/json",
-            "Authorization": f"Bearer {token}",
-            "User-Agent": f"hwprobe/{__version__}",
-        })
+        conn.request(
+            method,
+            (parts.path or "") + path,
+            body=raw_body,
+            headers={
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {token}",
+                "User-Agent": f"hwprobe/{__version__}",
+            },
+        )
         response = conn.getresponse()
         status, raw = response.status, response.read(1_000_000)
     except (OSError, http.client.HTTPException) as err:
@@ -145,16 +152,29 @@ def request_json(base: str, method: str, path: str, token: str, body: dict[str, 
 class ServerApi:
     """The worker's calls to the dashboard, with retries on transient failures."""
 
-    def __init__(self, server: str, token: str, timeout_s: float = 10.0, backoff_base_s: float = 0.5,
-                 backoff_cap_s: float = 10.0, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        server: str,
+        token: str,
+        timeout_s: float = 10.0,
+        backoff_base_s: float = 0.5,
+        backoff_cap_s: float = 10.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         parts = urlsplit(server)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"server must be an http(s) URL, not {server!r}")
         self.server, self._token, self.timeout_s = server.rstrip("/"), token, timeout_s
         self._base, self._cap, self._sleep = backoff_base_s, backoff_cap_s, sleep
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
-             retry_for_s: float = 60.0, timeout_s: float | None = None) -> dict[str, Any]:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        retry_for_s: float = 60.0,
+        timeout_s: float | None = None,
+    ) -> dict[str, Any]:
         """The JSON answer; raises StaleAttempt on 409 and ApiError on other failures."""
         backoff = Backoff(self._base, self._cap)
         deadline = time.monotonic() + retry_for_s
@@ -182,17 +202,24 @@ class ServerApi:
 
     def heartbeat(self, job_id: int, attempt: int, pid: int, pgid: int) -> dict[str, Any]:
         # No retry: the next heartbeat is the retry, and the loop must keep watching the job.
-        return self.call("POST", f"/api/v1/agent/jobs/{job_id}/heartbeat",
-                         {"attempt": attempt, "pid": pid, "pgid": pgid}, retry_for_s=0, timeout_s=5)
+        return self.call(
+            "POST",
+            f"/api/v1/agent/jobs/{job_id}/heartbeat",
+            {"attempt": attempt, "pid": pid, "pgid": pgid},
+            retry_for_s=0,
+            timeout_s=5,
+        )
 
     def log(self, job_id: int, attempt: int, chunks: list[dict[str, Any]]) -> None:
-        self.call("POST", f"/api/v1/agent/jobs/{job_id}/log", {"attempt": attempt, "chunks": chunks},
-                  retry_for_s=20)
+        self.call("POST", f"/api/v1/agent/jobs/{job_id}/log", {"attempt": attempt, "chunks": chunks}, retry_for_s=20)
 
     def finish(self, job_id: int, attempt: int, outcome: str, exit_code: int | None, message: str) -> None:
-        self.call("POST", f"/api/v1/agent/jobs/{job_id}/finish",
-                  {"attempt": attempt, "outcome": outcome, "exit_code": exit_code, "message": message[:2000]},
-                  retry_for_s=600)
+        self.call(
+            "POST",
+            f"/api/v1/agent/jobs/{job_id}/finish",
+            {"attempt": attempt, "outcome": outcome, "exit_code": exit_code, "message": message[:2000]},
+            retry_for_s=600,
+        )
 
 
 # ---- the log --------------------------------------------------------------------------------
@@ -206,8 +233,13 @@ class LogShipper:
     and a note saying so goes into the log when sending works again.
     """
 
-    def __init__(self, send: Callable[[list[dict[str, Any]]], None], flush_s: float = FLUSH_S,
-                 chunk_chars: int = CHUNK_CHARS, max_pending_chars: int = MAX_PENDING_CHARS) -> None:
+    def __init__(
+        self,
+        send: Callable[[list[dict[str, Any]]], None],
+        flush_s: float = FLUSH_S,
+        chunk_chars: int = CHUNK_CHARS,
+        max_pending_chars: int = MAX_PENDING_CHARS,
+    ) -> None:
         self._send = send
         self.flush_s, self.chunk_chars, self.max_pending_chars = flush_s, chunk_chars, max_pending_chars
         self._cond = threading.Condition()
@@ -245,7 +277,7 @@ class LogShipper:
         """Number the open text (at most chunk_chars per chunk; the rest stays open)."""
         if self._open is not None:
             stream, text, ts = self._open
-            head, rest = text[: self.chunk_chars], text[self.chunk_chars:]
+            head, rest = text[: self.chunk_chars], text[self.chunk_chars :]
             self._ready.append(self._chunk(stream, head, ts))
             self._open = [stream, rest, time.time()] if rest else None
         if self._dropped and self._open is None:
@@ -280,7 +312,9 @@ class LogShipper:
             return
         except ApiError as err:
             if err.status is not None:  # refused as malformed: drop it rather than block the log
-                log.error("the server refused log chunks %d-%d (%s); dropping them", batch[0]["seq"], batch[-1]["seq"], err)
+                log.error(
+                    "the server refused log chunks %d-%d (%s); dropping them", batch[0]["seq"], batch[-1]["seq"], err
+                )
             else:
                 log.warning("cannot send the job's log (%s); keeping it and retrying", err)
                 return
@@ -370,9 +404,19 @@ def describe_exit(code: int) -> str:
 class JobRun:
     """One attempt of one job, from spawn to finish. Call :meth:`run` once."""
 
-    def __init__(self, api: ServerApi, job_id: int, attempt: int, spec: dict[str, Any], policy: Policy,
-                 heartbeat_s: float = HEARTBEAT_S, flush_s: float = FLUSH_S, jobs_dir: Path | None = None,
-                 poll_s: float = 0.1, report_port: int | None = None) -> None:
+    def __init__(
+        self,
+        api: ServerApi,
+        job_id: int,
+        attempt: int,
+        spec: dict[str, Any],
+        policy: Policy,
+        heartbeat_s: float = HEARTBEAT_S,
+        flush_s: float = FLUSH_S,
+        jobs_dir: Path | None = None,
+        poll_s: float = 0.1,
+        report_port: int | None = None,
+    ) -> None:
         self.api, self.job_id, self.attempt, self.spec, self.policy = api, job_id, attempt, spec, policy
         self.heartbeat_s, self.flush_s, self.poll_s = heartbeat_s, flush_s, poll_s
         self.jobs_dir = jobs_dir or default_jobs_dir(policy)
@@ -451,9 +495,16 @@ class JobRun:
             ids = f"{user.pw_uid}:{user.pw_gid}:{groups}"
         shim = [sys.executable, "-I", "-S", "-c", SHIM, str(os.getpid()), str(self.grace_s), ids, *argv]
         try:
-            return subprocess.Popen(shim, cwd=cwd, env=self.environment(user), stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                                    close_fds=True)
+            return subprocess.Popen(
+                shim,
+                cwd=cwd,
+                env=self.environment(user),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                close_fds=True,
+            )
         except OSError as err:
             raise SpawnError(f"cannot start the job: {err}") from err
 
@@ -487,8 +538,10 @@ class JobRun:
         log.info("job %s attempt %s started: pid %s", self.job_id, self.attempt, self.proc.pid)
         self.meter = self._make_meter()
         shipper = LogShipper(lambda chunks: self.api.log(self.job_id, self.attempt, chunks), self.flush_s)
-        readers = [threading.Thread(target=_pump, args=(pipe, name, shipper, self.meter), daemon=True)
-                   for pipe, name in ((self.proc.stdout, "stdout"), (self.proc.stderr, "stderr"))]
+        readers = [
+            threading.Thread(target=_pump, args=(pipe, name, shipper, self.meter), daemon=True)
+            for pipe, name in ((self.proc.stdout, "stdout"), (self.proc.stderr, "stderr"))
+        ]
         for r in readers:
             r.start()
         code = self._watch(shipper)
@@ -506,8 +559,13 @@ class JobRun:
             return None
         argv = self.spec.get("argv")
         try:
-            meter = JobMeter(self.job_id, self.spec.get("progress_pattern"), self.spec.get("metrics_url"),
-                             builtin_serve=is_builtin(argv) and "serve" in (argv or []), port=self.report_port)
+            meter = JobMeter(
+                self.job_id,
+                self.spec.get("progress_pattern"),
+                self.spec.get("metrics_url"),
+                builtin_serve=is_builtin(argv) and "serve" in (argv or []),
+                port=self.report_port,
+            )
         except ValueError as err:  # the server validates patterns; an older one may not have
             log.warning("job %s: progress_pattern ignored: %s", self.job_id, err)
             return None
@@ -574,8 +632,12 @@ class JobRun:
         if self.reason == "cancelled":
             return self.finish("cancelled", code, f"cancelled on request; {describe_exit(code)}")
         if self.reason == "timeout":
-            return self.finish("timeout", code, f"timed out: stopped after the maximum run time of "
-                                                f"{self.spec.get('max_runtime_s')} s ({describe_exit(code)})")
+            return self.finish(
+                "timeout",
+                code,
+                f"timed out: stopped after the maximum run time of "
+                f"{self.spec.get('max_runtime_s')} s ({describe_exit(code)})",
+            )
         if self.reason == "preempted":
             return self.finish("preempted", code, f"preempted; {describe_exit(code)}")
         if code == 0:
@@ -583,7 +645,6 @@ class JobRun:
         return self.finish("failed", code, describe_exit(code))
 
 
-def run_job(api: ServerApi, job_id: int, attempt: int, spec: dict[str, Any], policy: Policy,
-            **options: Any) -> Result:
+def run_job(api: ServerApi, job_id: int, attempt: int, spec: dict[str, Any], policy: Policy, **options: Any) -> Result:
     """Run one attempt of one job to its end and report it; see the module docstring."""
     return JobRun(api, job_id, attempt, spec, policy, **options).run()

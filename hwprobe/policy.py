@@ -49,8 +49,19 @@ DEFAULT_PATH = "/etc/hwprobe/worker.toml"
 
 # Variables that change which code an allowed command runs, or how the shell behaves.
 DEFAULT_DENY_ENV = (
-    "LD_*", "DYLD_*", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE",
-    "PYTHONINSPECT", "PYTHONEXECUTABLE", "PATH", "BASH_ENV", "ENV", "SHELLOPTS", "IFS",
+    "LD_*",
+    "DYLD_*",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONSTARTUP",
+    "PYTHONUSERBASE",
+    "PYTHONINSPECT",
+    "PYTHONEXECUTABLE",
+    "PATH",
+    "BASH_ENV",
+    "ENV",
+    "SHELLOPTS",
+    "IFS",
 )
 
 WORKLOADS = ("train", "serve")
@@ -58,7 +69,10 @@ WORKLOADS = ("train", "serve")
 # The built-in workloads as the dashboard's form offers them: a full command to start from.
 BUILTIN_TEMPLATES = (
     ("built-in train", ("python", "-m", "hwprobe.workloads", "train", "--seconds", "60")),
-    ("built-in serve", ("python", "-m", "hwprobe.workloads", "serve", "--port", "8100", "--load", "2", "--seconds", "60")),
+    (
+        "built-in serve",
+        ("python", "-m", "hwprobe.workloads", "serve", "--port", "8100", "--load", "2", "--seconds", "60"),
+    ),
 )
 
 
@@ -95,8 +109,7 @@ class Rule:
 def builtin_rules() -> list[Rule]:
     """The built-in workloads, with any usual name of the Python interpreter."""
     pythons = dict.fromkeys(["python", "python3", sys.executable])
-    return [Rule(f"built-in {w}", (py, "-m", "hwprobe.workloads", w, "**"))
-            for w in WORKLOADS for py in pythons]
+    return [Rule(f"built-in {w}", (py, "-m", "hwprobe.workloads", w, "**")) for w in WORKLOADS for py in pythons]
 
 
 def is_builtin(argv: list[str] | None) -> bool:
@@ -133,31 +146,35 @@ class Policy:
 
         ``run_as`` is None when jobs run as the worker's own user; ``workdir`` None: any folder.
         """
-        templates = [{"name": name, "argv": list(argv), "workdir": None}
-                     for name, argv in (BUILTIN_TEMPLATES if self.builtin_workloads else ())]
+        templates = [
+            {"name": name, "argv": list(argv), "workdir": None}
+            for name, argv in (BUILTIN_TEMPLATES if self.builtin_workloads else ())
+        ]
         templates += [{"name": r.name, "argv": list(r.argv), "workdir": r.workdir} for r in self.rules]
-        return {"builtin_workloads": self.builtin_workloads, "allow_shell": self.allow_shell,
-                "run_as": self.run_as, "templates": templates}
+        return {
+            "builtin_workloads": self.builtin_workloads,
+            "allow_shell": self.allow_shell,
+            "run_as": self.run_as,
+            "templates": templates,
+        }
 
     def check(self, spec: dict[str, Any]) -> str | None:
         """None if the job may run here, else the reason it may not (naming what is allowed)."""
         where = f" ({self.source})" if self.source else " (no configuration file: built-in defaults)"
-        for name in (spec.get("env") or {}):
+        for name in spec.get("env") or {}:
             if any(fnmatch.fnmatchcase(name, pat) for pat in self.deny_env):
                 return f"the environment variable {name} is not allowed on this host{where}"
         shell, argv = spec.get("shell"), spec.get("argv")
         if shell:
             if self.allow_shell:
                 return None
-            return (f"shell commands are not allowed on this host{where}; "
-                    f"allowed: {self.allowed_summary()}")
+            return f"shell commands are not allowed on this host{where}; allowed: {self.allowed_summary()}"
         if not argv or not all(isinstance(a, str) for a in argv):
             return "the job has no command (argv is empty)"
         for rule in self.all_rules():
             if rule.matches(list(argv), spec.get("workdir")):
                 return None
-        return (f"`{shlex.join(argv)}` is not in this host's allowlist{where}; "
-                f"allowed: {self.allowed_summary()}")
+        return f"`{shlex.join(argv)}` is not in this host's allowlist{where}; allowed: {self.allowed_summary()}"
 
 
 _KEYS = {"run_as", "allow_shell", "builtin_workloads", "jobs_dir", "pass_env", "deny_env", "allow"}
@@ -205,7 +222,7 @@ def parse(data: dict[str, Any], source: str | None = None) -> Policy:
         if not argv or argv[0] == "**":
             raise PolicyError(f"{where}.argv must name a program first")
         if "**" in argv[:-1]:
-            raise PolicyError(f"{where}.argv: \"**\" may only be the last pattern")
+            raise PolicyError(f'{where}.argv: "**" may only be the last pattern')
         workdir = table.get("workdir")
         if workdir is not None and not isinstance(workdir, str):
             raise PolicyError(f"{where}.workdir must be a string")

@@ -36,7 +36,7 @@ PATTERNS = {
     "hf-trainer": rf"""['"]num_input_tokens_seen['"]\s*:\s*['"]?(?P<tokens>{_NUM})""",
     "lightning": rf"(?:^|[\s,|])(?:train/)?tokens=(?P<tokens>{_NUM})(?![0-9A-Za-z_])",
     "nanogpt": rf"(?:dt:\s*(?P<ms>{_NUM})\s*ms\s*\|\s*tok/sec:\s*(?P<rate>{_NUM})"
-               rf"|\(\s*(?P<ms2>{_NUM})\s*ms,\s*(?P<rate2>{_NUM})\s*tok/s\))",
+    rf"|\(\s*(?P<ms2>{_NUM})\s*ms,\s*(?P<rate2>{_NUM})\s*tok/s\))",
 }
 
 
@@ -61,8 +61,10 @@ class _Totals:
 class HwprobeParser:
     """The built-in workloads' ``HWPROBE_PROGRESS`` lines."""
 
-    _FIELDS = {"train": (("tokens", "train"),),
-               "serve": (("prompt_tokens", "prompt"), ("generated_tokens", "generated"))}
+    _FIELDS = {
+        "train": (("tokens", "train"),),
+        "serve": (("prompt_tokens", "prompt"), ("generated_tokens", "generated")),
+    }
 
     def __init__(self) -> None:
         self.totals = _Totals()
@@ -148,7 +150,7 @@ class LineSplitter:
 
     def feed(self, text: str) -> list[str]:
         parts = re.split(r"[\r\n]", self._tail + text)
-        self._tail = parts.pop()[-self.MAX_LINE:]
+        self._tail = parts.pop()[-self.MAX_LINE :]
         return [p for p in parts if p]
 
     def close(self) -> list[str]:
@@ -168,8 +170,14 @@ class JobMeter:
     then come from the scrapes, and the same kinds in its progress lines are not sent again.
     """
 
-    def __init__(self, job_id: int, pattern: str | None, metrics_url: str | None = None,
-                 builtin_serve: bool = False, port: int | None = None) -> None:
+    def __init__(
+        self,
+        job_id: int,
+        pattern: str | None,
+        metrics_url: str | None = None,
+        builtin_serve: bool = False,
+        port: int | None = None,
+    ) -> None:
         self.job_id, self.port = job_id, channel.port_from_env() if port is None else port
         self.parser = make_parser(pattern)
         self.metrics_url = metrics_url

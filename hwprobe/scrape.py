@@ -85,8 +85,9 @@ class Scraper:
                 log.exception("scrape %s: unexpected error", target.url)
                 deltas = {}
             if deltas:
-                self.ledger.add(target.job, "prometheus", prompt=deltas.get("prompt", 0.0),
-                                generated=deltas.get("generated", 0.0))
+                self.ledger.add(
+                    target.job, "prometheus", prompt=deltas.get("prompt", 0.0), generated=deltas.get("generated", 0.0)
+                )
             if last:
                 with self._lock:
                     if key in self._stopping:

@@ -40,8 +40,7 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 class Spool:
     """A bounded, persistent FIFO of samples. Safe to share between threads."""
 
-    def __init__(self, path: str | os.PathLike[str] | None = None,
-                 max_samples: int = DEFAULT_MAX_SAMPLES) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None = None, max_samples: int = DEFAULT_MAX_SAMPLES) -> None:
         if max_samples < 1:
             raise ValueError("max_samples must be at least 1")
         self.path = Path(path) if path is not None else default_path()
@@ -49,8 +48,7 @@ class Spool:
         self.max_samples = max_samples
         self._lock = threading.Lock()
         # One connection guarded by a lock: the sampler and the sender thread share it.
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
-                                   timeout=10)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode survives a process crash; only a power cut may lose the last commit.
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -58,8 +56,7 @@ class Spool:
             self._db.executescript(_SCHEMA)
             # Names this spool's seq series: a new spool (a reinstalled agent) restarts at seq 1,
             # and the server tells the two series apart by this id.
-            self._db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('spool_id', ?)",
-                             (uuid.uuid4().hex,))
+            self._db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('spool_id', ?)", (uuid.uuid4().hex,))
             self.spool_id: str = self._db.execute("SELECT value FROM meta WHERE name = 'spool_id'").fetchone()[0]
 
     def _counter(self, name: str) -> int:
@@ -78,8 +75,8 @@ class Spool:
                 excess = held - self.max_samples
                 if excess > 0:
                     self._db.execute(
-                        "DELETE FROM samples WHERE seq IN (SELECT seq FROM samples ORDER BY seq LIMIT ?)",
-                        (excess,))
+                        "DELETE FROM samples WHERE seq IN (SELECT seq FROM samples ORDER BY seq LIMIT ?)", (excess,)
+                    )
                     self._db.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped'", (excess,))
                 self._db.execute("COMMIT")
             except BaseException:
@@ -109,7 +106,8 @@ class Spool:
                 moved = self._db.execute(
                     f"INSERT OR REPLACE INTO dead_letters (seq, body, error, at) "
                     f"SELECT seq, body, ?, ? FROM samples WHERE seq IN ({marks})",
-                    (error, time.time(), *seqs)).rowcount
+                    (error, time.time(), *seqs),
+                ).rowcount
                 self._db.execute(f"DELETE FROM samples WHERE seq IN ({marks})", seqs)
                 self._db.execute("UPDATE counters SET value = value + ? WHERE name = 'dead'", (moved,))
                 self._db.execute("COMMIT")

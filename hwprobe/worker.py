@@ -39,13 +39,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--token-file", default=None, help="file holding the agent token (env HWPROBE_TOKEN_FILE)")
     p.add_argument("--broker", default=None, help="broker URL; default: the one the server names")
     p.add_argument("--concurrency", type=int, default=4, help="jobs run at once (threads)")
-    p.add_argument("--config", default=None, help="host policy file (env HWPROBE_CONFIG; default "
-                                                   f"{policy.DEFAULT_PATH} if it exists)")
+    p.add_argument(
+        "--config",
+        default=None,
+        help=f"host policy file (env HWPROBE_CONFIG; default {policy.DEFAULT_PATH} if it exists)",
+    )
     p.add_argument("--jobs-dir", default=None, help="where jobs without a workdir run (one folder per job)")
     p.add_argument("--heartbeat", type=float, default=executor.HEARTBEAT_S, help="seconds between job heartbeats")
-    p.add_argument("--report-port", type=int, default=None,
-                   help="the local agent's report port for jobs' token counts (env HWPROBE_REPORT_PORT, "
-                        "default 8791; 0: off)")
+    p.add_argument(
+        "--report-port",
+        type=int,
+        default=None,
+        help="the local agent's report port for jobs' token counts (env HWPROBE_REPORT_PORT, default 8791; 0: off)",
+    )
     p.add_argument("--log-level", default=os.environ.get("HWPROBE_LOG_LEVEL", "INFO"))
     return p
 
@@ -112,13 +118,20 @@ class PolicyReporter:
                     self._sent = summary  # refused, not unreachable: asking again would only repeat it
                 return False
             self._sent = summary
-            log.info("sent this host's policy to the dashboard (%d templates, shell %s)",
-                     len(summary["templates"]), "allowed" if summary["allow_shell"] else "refused")
+            log.info(
+                "sent this host's policy to the dashboard (%d templates, shell %s)",
+                len(summary["templates"]),
+                "allowed" if summary["allow_shell"] else "refused",
+            )
             return True
 
 
-def watch_policy(reporter: PolicyReporter, config_path: str | None, every_s: float = POLICY_CHECK_S,
-                 stop: threading.Event | None = None) -> threading.Thread:
+def watch_policy(
+    reporter: PolicyReporter,
+    config_path: str | None,
+    every_s: float = POLICY_CHECK_S,
+    stop: threading.Event | None = None,
+) -> threading.Thread:
     """Re-read the policy file every ``every_s`` seconds and report it when it changed.
 
     Jobs re-read it too; this also catches edits while no job comes, and retries a failed report.
@@ -134,8 +147,13 @@ def watch_policy(reporter: PolicyReporter, config_path: str | None, every_s: flo
     return thread
 
 
-def register(app: Any, api: executor.ServerApi, config_path: str | None, options: dict[str, Any],
-             reporter: PolicyReporter | None = None) -> Any:
+def register(
+    app: Any,
+    api: executor.ServerApi,
+    config_path: str | None,
+    options: dict[str, Any],
+    reporter: PolicyReporter | None = None,
+) -> Any:
     """Register ``hwprobe.run_job`` on ``app``; each run reads the host policy afresh.
 
     With a ``reporter``, a policy that changed since the last report is sent before the job runs.
@@ -148,7 +166,8 @@ def register(app: Any, api: executor.ServerApi, config_path: str | None, options
             reporter.report(host_policy)
         if broken is not None:
             result = executor.JobRun(api, job_id, attempt, spec, host_policy, **options).finish(
-                "refused", None, f"refused: this host's policy file is invalid ({broken})")
+                "refused", None, f"refused: this host's policy file is invalid ({broken})"
+            )
         else:
             result = executor.run_job(api, job_id, attempt, spec, host_policy, **options)
         log.info("job %s attempt %s: %s (%s)", job_id, attempt, result.outcome or "not reported", result.message)
@@ -160,8 +179,9 @@ def register(app: Any, api: executor.ServerApi, config_path: str | None, options
 def main(argv: list[str] | None = None) -> int:
     """Entry point (the arguments after ``worker``); returns the process exit status."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
-                        format="%(asctime)s hwprobe-worker %(levelname)s %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr, level=args.log_level.upper(), format="%(asctime)s hwprobe-worker %(levelname)s %(message)s"
+    )
     if not args.server:
         print("hwprobe worker: --server (or HWPROBE_SERVER) is required", file=sys.stderr)
         return 2
@@ -202,11 +222,24 @@ def main(argv: list[str] | None = None) -> int:
         run_options["jobs_dir"] = Path(args.jobs_dir)
     register(app, api, args.config, run_options, reporter)
     log.info("machine %s: consuming %s (%d at once)", config.get("machine"), queue, args.concurrency)
-    app.worker_main([
-        "worker", "--pool", "threads", "--concurrency", str(max(1, args.concurrency)),
-        "--queues", queue, "--hostname", f"hwprobe@{config.get('machine') or socket.gethostname()}",
-        "--loglevel", args.log_level.upper(), "--without-gossip", "--without-mingle", "--without-heartbeat",
-    ])
+    app.worker_main(
+        [
+            "worker",
+            "--pool",
+            "threads",
+            "--concurrency",
+            str(max(1, args.concurrency)),
+            "--queues",
+            queue,
+            "--hostname",
+            f"hwprobe@{config.get('machine') or socket.gethostname()}",
+            "--loglevel",
+            args.log_level.upper(),
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+    )
     return 0
 
 

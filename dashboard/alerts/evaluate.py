@@ -62,9 +62,13 @@ def machine_offline(rule: AlertRule, now: datetime) -> Verdict:
     limit = now - timedelta(minutes=rule.threshold)
     for m in _machines(rule).filter(last_seen_at__lte=limit).only("pk", "name", "last_seen_at"):
         silent = (now - m.last_seen_at).total_seconds() / 60
-        verdict.firing.append(Finding(
-            f"machine:{m.pk}", f"{m.name} has sent nothing for {silent:.0f} min (last seen {m.last_seen_at:%Y-%m-%d %H:%M} UTC)", m.pk,
-        ))
+        verdict.firing.append(
+            Finding(
+                f"machine:{m.pk}",
+                f"{m.name} has sent nothing for {silent:.0f} min (last seen {m.last_seen_at:%Y-%m-%d %H:%M} UTC)",
+                m.pk,
+            )
+        )
     return verdict
 
 
@@ -79,9 +83,14 @@ def gpu_temperature(rule: AlertRule, now: datetime) -> Verdict:
             if not online or temp is None:
                 verdict.unknown.add(key)
             elif temp > rule.threshold:
-                verdict.firing.append(Finding(
-                    key, f"{m.name} GPU {gpu['index']} is at {temp:.0f} °C (over {rule.threshold:g} °C)", m.pk, gpu["index"],
-                ))
+                verdict.firing.append(
+                    Finding(
+                        key,
+                        f"{m.name} GPU {gpu['index']} is at {temp:.0f} °C (over {rule.threshold:g} °C)",
+                        m.pk,
+                        gpu["index"],
+                    )
+                )
     return verdict
 
 
@@ -96,26 +105,36 @@ def gpu_idle_with_job(rule: AlertRule, now: datetime) -> Verdict:
     span = timedelta(minutes=rule.threshold)
     since = now - span
     slack = min(IDLE_COVERAGE_SLACK, span / 4)
-    jobs = Job.objects.filter(status=Job.Status.RUNNING, started_at__lte=since, machine__isnull=False).select_related("machine")
+    jobs = Job.objects.filter(status=Job.Status.RUNNING, started_at__lte=since, machine__isnull=False).select_related(
+        "machine"
+    )
     if rule.machine_id:
         jobs = jobs.filter(machine_id=rule.machine_id)
     for job in jobs:
         for gpu in job.assigned_gpus or []:
             key = f"job:{job.pk}:gpu:{gpu}"
-            seen = GpuSample.objects.filter(machine_id=job.machine_id, gpu_index=gpu, ts__gt=since, ts__lte=now).aggregate(
-                n=Count("util_percent_mean"), top=Max("util_percent_mean"), first=Min("ts"),
+            seen = GpuSample.objects.filter(
+                machine_id=job.machine_id, gpu_index=gpu, ts__gt=since, ts__lte=now
+            ).aggregate(
+                n=Count("util_percent_mean"),
+                top=Max("util_percent_mean"),
+                first=Min("ts"),
             )
             if seen["n"] and seen["top"] >= IDLE_UTIL_PERCENT:
                 continue  # busy at some point: not idle
             if not seen["n"] or seen["first"] - since > slack:
                 verdict.unknown.add(key)  # no data, or not for the whole span
                 continue
-            verdict.firing.append(Finding(
-                key,
-                f"{job.machine.name} GPU {gpu} has been idle (under {IDLE_UTIL_PERCENT:g} %) for {rule.threshold:g} min "
-                f"while job #{job.pk} {job.name} holds it",
-                job.machine_id, gpu, job.pk,
-            ))
+            verdict.firing.append(
+                Finding(
+                    key,
+                    f"{job.machine.name} GPU {gpu} has been idle (under {IDLE_UTIL_PERCENT:g} %) for {rule.threshold:g} min "
+                    f"while job #{job.pk} {job.name} holds it",
+                    job.machine_id,
+                    gpu,
+                    job.pk,
+                )
+            )
     return verdict
 
 
@@ -123,7 +142,9 @@ def job_failed(rule: AlertRule, now: datetime) -> Verdict:
     """Jobs that ended failed or lost since the rule was created and have no alert of this rule yet."""
     verdict = Verdict()
     jobs = (
-        Job.objects.filter(status__in=(Job.Status.FAILED, Job.Status.LOST), finished_at__gte=rule.created_at, finished_at__lte=now)
+        Job.objects.filter(
+            status__in=(Job.Status.FAILED, Job.Status.LOST), finished_at__gte=rule.created_at, finished_at__lte=now
+        )
         .exclude(pk__in=Alert.objects.filter(rule=rule, job__isnull=False).values("job_id"))
         .select_related("machine")
         .order_by("finished_at")
@@ -133,7 +154,14 @@ def job_failed(rule: AlertRule, now: datetime) -> Verdict:
     for job in jobs:
         where = f" on {job.machine.name}" if job.machine else ""
         why = f": {job.status_message}" if job.status_message else ""
-        verdict.firing.append(Finding(f"job:{job.pk}", f"Job #{job.pk} {job.name} {job.status}{where}{why}"[:500], job.machine_id, job_id=job.pk))
+        verdict.firing.append(
+            Finding(
+                f"job:{job.pk}",
+                f"Job #{job.pk} {job.name} {job.status}{where}{why}"[:500],
+                job.machine_id,
+                job_id=job.pk,
+            )
+        )
     return verdict
 
 
@@ -151,11 +179,13 @@ def spool_dropping(rule: AlertRule, now: datetime) -> Verdict:
             watch.dropped, watch.increased_at = m.spool_dropped, now
             watch.save(update_fields=["dropped", "increased_at"])
         if watch.increased_at is not None and now - watch.increased_at < quiet:
-            verdict.firing.append(Finding(
-                f"machine:{m.pk}",
-                f"{m.name}'s agent is discarding samples its spool cannot hold ({m.spool_dropped} dropped in all)",
-                m.pk,
-            ))
+            verdict.firing.append(
+                Finding(
+                    f"machine:{m.pk}",
+                    f"{m.name}'s agent is discarding samples its spool cannot hold ({m.spool_dropped} dropped in all)",
+                    m.pk,
+                )
+            )
     return verdict
 
 
@@ -173,7 +203,9 @@ def _notify(alert: Alert, event: str, now: datetime) -> None:
     url = alert.rule.webhook_url
     if not url:
         return
-    WebhookDelivery.objects.create(alert=alert, event=event, url=url, payload=webhooks.payload(alert, event), next_try_at=now, created_at=now)
+    WebhookDelivery.objects.create(
+        alert=alert, event=event, url=url, payload=webhooks.payload(alert, event), next_try_at=now, created_at=now
+    )
     alert.last_notified = event
     alert.save(update_fields=["last_notified"])
 
@@ -196,8 +228,13 @@ def apply(rule: AlertRule, verdict: Verdict, now: datetime) -> tuple[int, int]:
         if f.key in open_alerts or (rule.is_event and Alert.objects.filter(rule=rule, key=f.key).exists()):
             continue
         alert = Alert.objects.create(
-            rule=rule, key=f.key, machine_id=f.machine_id, gpu_index=f.gpu_index, job_id=f.job_id,
-            message=f.message[:500], fired_at=now,
+            rule=rule,
+            key=f.key,
+            machine_id=f.machine_id,
+            gpu_index=f.gpu_index,
+            job_id=f.job_id,
+            message=f.message[:500],
+            fired_at=now,
         )
         _notify(alert, WebhookDelivery.Event.FIRED, now)
         fired += 1

@@ -13,14 +13,19 @@ MAX_MINUTES = 7 * 24 * 60
 
 
 def _threshold_help() -> str:
-    lines = [f"{label}: {AlertRule.THRESHOLD_MEANING[kind][0]}, {AlertRule.THRESHOLD_MEANING[kind][1]}."
-             for kind, label in AlertRule.Kind.choices]
+    lines = [
+        f"{label}: {AlertRule.THRESHOLD_MEANING[kind][0]}, {AlertRule.THRESHOLD_MEANING[kind][1]}."
+        for kind, label in AlertRule.Kind.choices
+    ]
     return " ".join(lines)
 
 
 class AlertRuleForm(forms.ModelForm):
     webhook_url = forms.URLField(
-        required=False, max_length=500, label="Webhook URL", validators=[URLValidator(schemes=["http", "https"])],
+        required=False,
+        max_length=500,
+        label="Webhook URL",
+        validators=[URLValidator(schemes=["http", "https"])],
         assume_scheme="https",
         help_text="Gets a JSON POST when an alert fires and when it resolves (retried on failure); empty for none.",
         widget=forms.URLInput(attrs={"class": "mono", "placeholder": "https://hooks.example.com/…"}),

@@ -36,14 +36,22 @@ class AlertRule(models.Model):
     kind = models.CharField(max_length=24, choices=Kind.choices)
     threshold = models.FloatField()
     machine = models.ForeignKey(
-        Machine, null=True, blank=True, on_delete=models.CASCADE, related_name="+",
+        Machine,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="+",
         help_text="Only this machine; empty for every machine.",
     )
     webhook_url = models.URLField(
-        max_length=500, blank=True, help_text="Gets a JSON POST when an alert fires and when it resolves; empty for none."
+        max_length=500,
+        blank=True,
+        help_text="Gets a JSON POST when an alert fires and when it resolves; empty for none.",
     )
     enabled = models.BooleanField(default=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -85,7 +93,9 @@ class Alert(models.Model):
     class Meta:
         ordering = ["-fired_at", "-pk"]
         constraints = [
-            models.UniqueConstraint(fields=["rule", "key"], condition=Q(resolved_at=None), name="alert_one_open_per_key")
+            models.UniqueConstraint(
+                fields=["rule", "key"], condition=Q(resolved_at=None), name="alert_one_open_per_key"
+            )
         ]
         indexes = [models.Index(fields=["resolved_at", "-fired_at"], name="alert_open_recent")]
 

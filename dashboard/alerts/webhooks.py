@@ -66,7 +66,9 @@ def post(url: str, body: dict[str, Any], timeout_s: float) -> int:
     if urlsplit(url).scheme not in ("http", "https"):
         raise DeliveryError(f"only http and https URLs are allowed, not {url!r}", retry=False)
     request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), method="POST",
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
         headers={"Content-Type": "application/json", "User-Agent": "hwdash-alerts"},
     )
     try:
@@ -95,11 +97,22 @@ def attempt(delivery: WebhookDelivery, now: datetime) -> bool:
         delivery.last_error = str(exc)[:500]
         if not exc.retry or delivery.attempts >= settings.ALERT_WEBHOOK_MAX_ATTEMPTS:
             delivery.gave_up_at = now
-            log.warning("webhook %s for alert %s: giving up after %d attempts: %s",
-                        delivery.event, delivery.alert_id, delivery.attempts, exc)
+            log.warning(
+                "webhook %s for alert %s: giving up after %d attempts: %s",
+                delivery.event,
+                delivery.alert_id,
+                delivery.attempts,
+                exc,
+            )
         else:
             delivery.next_try_at = now + backoff(delivery.attempts)
-            log.info("webhook %s for alert %s failed (attempt %d): %s", delivery.event, delivery.alert_id, delivery.attempts, exc)
+            log.info(
+                "webhook %s for alert %s failed (attempt %d): %s",
+                delivery.event,
+                delivery.alert_id,
+                delivery.attempts,
+                exc,
+            )
         delivered = False
     else:
         delivery.delivered_at, delivery.last_error = now, ""

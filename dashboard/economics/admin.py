@@ -5,8 +5,16 @@ from .models import CostProfile, HardwareSpec, ValueRates
 
 @admin.register(HardwareSpec)
 class HardwareSpecAdmin(admin.ModelAdmin):
-    list_display = ("name", "match_pattern", "memory_gb", "bandwidth_gb_s", "bf16_tflops", "tdp_watts",
-                    "launch_price_usd", "shipped")
+    list_display = (
+        "name",
+        "match_pattern",
+        "memory_gb",
+        "bandwidth_gb_s",
+        "bf16_tflops",
+        "tdp_watts",
+        "launch_price_usd",
+        "shipped",
+    )
     list_filter = ("shipped",)
     search_fields = ("name", "match_pattern", "notes")
 
@@ -19,11 +27,26 @@ class HardwareSpecAdmin(admin.ModelAdmin):
 
 @admin.register(CostProfile)
 class CostProfileAdmin(admin.ModelAdmin):
-    list_display = ("name", "machine", "assembly", "currency", "purchase_price", "amortisation_months",
-                    "electricity_price_per_kwh", "pue", "fixed_monthly")
+    list_display = (
+        "name",
+        "machine",
+        "assembly",
+        "currency",
+        "purchase_price",
+        "amortisation_months",
+        "electricity_price_per_kwh",
+        "pue",
+        "fixed_monthly",
+    )
     search_fields = ("name", "assembly", "machine__name")
 
 
 @admin.register(ValueRates)
 class ValueRatesAdmin(admin.ModelAdmin):
-    list_display = ("__str__", "currency", "serve_per_million_generated", "train_per_million_tokens", "train_per_gpu_hour")
+    list_display = (
+        "__str__",
+        "currency",
+        "serve_per_million_generated",
+        "train_per_million_tokens",
+        "train_per_gpu_hour",
+    )

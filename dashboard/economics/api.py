@@ -35,8 +35,13 @@ def _idle(value: float) -> float:
 
 
 @router.get("/machines/{name}/roi", auth=USER_AUTH, summary="Energy, cost, value, RoI and payback of one machine")
-def machine_roi(request, name: str, since: str | None = None, until: str | None = None,
-                idle_below_percent: float = roi.DEFAULT_IDLE_BELOW_PERCENT):
+def machine_roi(
+    request,
+    name: str,
+    since: str | None = None,
+    until: str | None = None,
+    idle_below_percent: float = roi.DEFAULT_IDLE_BELOW_PERCENT,
+):
     """`since`/`until`: a duration back from now (`7d`) or an ISO 8601 time; default: since it went
     into service. Hours whose mean accelerator utilisation is below `idle_below_percent` are idle."""
     m = get_object_or_404(Machine, name=name)
@@ -45,8 +50,9 @@ def machine_roi(request, name: str, since: str | None = None, until: str | None 
 
 
 @router.get("/machines/{name}/capacity", auth=USER_AUTH, summary="Which model sizes one machine can serve and train")
-def machine_capacity(request, name: str, context_tokens: int = capacity.DEFAULT_CONTEXT_TOKENS,
-                     batch: int = capacity.DEFAULT_BATCH):
+def machine_capacity(
+    request, name: str, context_tokens: int = capacity.DEFAULT_CONTEXT_TOKENS, batch: int = capacity.DEFAULT_BATCH
+):
     m = get_object_or_404(Machine, name=name)
     if not 1 <= context_tokens <= 1_048_576:
         raise HttpError(400, "context_tokens: must be between 1 and 1048576")
@@ -63,7 +69,11 @@ def machine_share(request, name: str, since: str | None = None, until: str | Non
 
 
 @router.get("/assemblies", auth=USER_AUTH, summary="Assemblies compared on measured throughput, energy and money")
-def assembly_comparison(request, since: str | None = None, until: str | None = None,
-                        idle_below_percent: float = roi.DEFAULT_IDLE_BELOW_PERCENT):
+def assembly_comparison(
+    request,
+    since: str | None = None,
+    until: str | None = None,
+    idle_below_percent: float = roi.DEFAULT_IDLE_BELOW_PERCENT,
+):
     start, end = _range(since, until)
     return assemblies.comparison(since=start, until=end, idle_below_percent=_idle(idle_below_percent))

@@ -18,8 +18,14 @@ from .roi import machine_roi
 
 DEFAULT_SPAN = timedelta(days=30)
 # (column, which way is better)
-COLUMNS = (("train_tokens_per_s", max), ("serve_tokens_per_s", max), ("train_tokens_per_joule", max),
-           ("serve_tokens_per_joule", max), ("cost_per_million_tokens", min), ("roi_percent", max))
+COLUMNS = (
+    ("train_tokens_per_s", max),
+    ("serve_tokens_per_s", max),
+    ("train_tokens_per_joule", max),
+    ("serve_tokens_per_joule", max),
+    ("cost_per_million_tokens", min),
+    ("roi_percent", max),
+)
 
 
 def _window_joules(machine: Machine, seqs: list[int]) -> dict[int, float]:
@@ -51,7 +57,9 @@ def machine_throughput(machine: Machine, lo: datetime, hi: datetime) -> dict[str
     return out
 
 
-def comparison(since: datetime | None = None, until: datetime | None = None, idle_below_percent: float = 10.0) -> dict[str, Any]:
+def comparison(
+    since: datetime | None = None, until: datetime | None = None, idle_below_percent: float = 10.0
+) -> dict[str, Any]:
     """One row per assembly with the best value of each column marked."""
     until = until or timezone.now()
     since = since or until - DEFAULT_SPAN
@@ -81,7 +89,7 @@ def comparison(since: datetime | None = None, until: datetime | None = None, idl
             )
         # Money is compared only within one currency: an assembly priced in two has no single figure.
         if len(money) == 1:
-            (currency, c), = money.items()
+            ((currency, c),) = money.items()
             row["currency"] = currency
             row["cost_per_million_tokens"] = f.cost_per_million_tokens(c["cost"], c["tokens"])
             row["roi_percent"] = f.roi_percent(c["value"], c["cost"]) if c["priced"] else None

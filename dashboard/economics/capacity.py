@@ -30,7 +30,7 @@ ASSUMPTIONS = {
     "multi_gpu": "a model may span all the machine's GPUs (tensor parallel or FSDP), so memory and bandwidth add up",
     "decode_bound": "batch × bandwidth / (weight bytes + batch × KV bytes of one sequence)",
     "model_size_of_jobs": "the job's model_params_b and precision where it gives them, else read from its name and "
-                          "command ('7b', '70B', 'int4'); jobs with no size either way are not shown",
+    "command ('7b', '70B', 'int4'); jobs with no size either way are not shown",
     "context_of_jobs": "a measured job's own context_tokens where it gives one, else the page's context",
 }
 
@@ -50,12 +50,16 @@ def _hardware(machine: Machine) -> dict[str, Any]:
         memory += mem or 0
         if bandwidth is not None:
             bandwidth = bandwidth + spec.bandwidth_gb_s if spec and spec.bandwidth_gb_s else None
-        devices.append({
-            "index": a.index, "name": a.name, "memory_bytes": mem,
-            "spec": spec.name if spec else None,
-            "bandwidth_gb_s": spec.bandwidth_gb_s if spec else None,
-            "source": spec.source_url if spec else None,
-        })
+        devices.append(
+            {
+                "index": a.index,
+                "name": a.name,
+                "memory_bytes": mem,
+                "spec": spec.name if spec else None,
+                "bandwidth_gb_s": spec.bandwidth_gb_s if spec else None,
+                "source": spec.source_url if spec else None,
+            }
+        )
     return {
         "devices": devices,
         "memory_bytes": memory or None,
@@ -66,7 +70,11 @@ def _hardware(machine: Machine) -> dict[str, Any]:
 
 def _measured(machine: Machine, context_tokens: int, batch: int, bandwidth: float | None) -> dict[str, list[dict]]:
     """Jobs that ran on the machine with a known model size, by size class label."""
-    sized = [(j, m) for j in Job.objects.filter(machine=machine).order_by("-created_at")[:500] if (m := job_model(j)).params_b]
+    sized = [
+        (j, m)
+        for j in Job.objects.filter(machine=machine).order_by("-created_at")[:500]
+        if (m := job_model(j)).params_b
+    ]
     rates = job_rates([j for j, _ in sized])
     out: dict[str, list[dict]] = {}
     for job, model in sized:
@@ -74,15 +82,26 @@ def _measured(machine: Machine, context_tokens: int, batch: int, bandwidth: floa
         if rate is None or model.params_b is None:
             continue
         arch = f.size_class_for(model.params_b)
-        row: dict[str, Any] = {"job_id": job.pk, "job_name": job.name, "kind": job.kind, "params_b": model.params_b,
-                               "params_source": model.params_source}
+        row: dict[str, Any] = {
+            "job_id": job.pk,
+            "job_name": job.name,
+            "kind": job.kind,
+            "params_b": model.params_b,
+            "params_source": model.params_source,
+        }
         if job.kind == Job.Kind.SERVE:
             context = model.context_tokens or context_tokens
-            row.update(precision=model.precision, precision_source=model.precision_source, context_tokens=context,
-                       tokens_per_s=rate["generated_per_s"])
+            row.update(
+                precision=model.precision,
+                precision_source=model.precision_source,
+                context_tokens=context,
+                tokens_per_s=rate["generated_per_s"],
+            )
             if bandwidth:
                 kv = f.kv_cache_bytes(arch.layers, arch.kv_heads, arch.head_dim, context, 1)
-                bound = f.decode_bound_tokens_per_s(bandwidth, f.weights_bytes(model.params_b, model.precision), kv, batch)
+                bound = f.decode_bound_tokens_per_s(
+                    bandwidth, f.weights_bytes(model.params_b, model.precision), kv, batch
+                )
                 row["bound_tokens_per_s"] = bound
                 row["efficiency_percent"] = f.efficiency_percent(rate["generated_per_s"], bound)
         else:
@@ -92,7 +111,9 @@ def _measured(machine: Machine, context_tokens: int, batch: int, bandwidth: floa
     return out
 
 
-def machine_capacity(machine: Machine, context_tokens: int = DEFAULT_CONTEXT_TOKENS, batch: int = DEFAULT_BATCH) -> dict[str, Any]:
+def machine_capacity(
+    machine: Machine, context_tokens: int = DEFAULT_CONTEXT_TOKENS, batch: int = DEFAULT_BATCH
+) -> dict[str, Any]:
     """Per size class: fits for serving at each precision and training by each method, the decode
     bound, and measured rates of jobs of that size."""
     hw = _hardware(machine)
@@ -109,25 +130,37 @@ def machine_capacity(machine: Machine, context_tokens: int = DEFAULT_CONTEXT_TOK
                 "needed_bytes": need,
                 "fits": f.fits(need, memory, hw["usable_fraction"]) if memory else None,
                 "bound_tokens_per_s": (
-                    f.decode_bound_tokens_per_s(bandwidth, f.weights_bytes(arch.params_b, p), kv, batch) if bandwidth else None
+                    f.decode_bound_tokens_per_s(bandwidth, f.weights_bytes(arch.params_b, p), kv, batch)
+                    if bandwidth
+                    else None
                 ),
             }
         train = {}
         for m in TRAIN_METHODS:
             need = f.train_bytes(arch.params_b, m)
             train[m] = {"needed_bytes": need, "fits": f.fits(need, memory, hw["usable_fraction"]) if memory else None}
-        rows.append({
-            "size": arch.label, "example": arch.example, "params_b": arch.params_b,
-            "layers": arch.layers, "kv_heads": arch.kv_heads, "head_dim": arch.head_dim,
-            "kv_cache_bytes": kv * batch, "serve": serve, "train": train,
-            "measured": measured.get(arch.label, []),
-        })
+        rows.append(
+            {
+                "size": arch.label,
+                "example": arch.example,
+                "params_b": arch.params_b,
+                "layers": arch.layers,
+                "kv_heads": arch.kv_heads,
+                "head_dim": arch.head_dim,
+                "kv_cache_bytes": kv * batch,
+                "serve": serve,
+                "train": train,
+                "measured": measured.get(arch.label, []),
+            }
+        )
     return {
         "machine": machine.name,
         "context_tokens": context_tokens,
         "batch": batch,
         "devices": hw["devices"],
-        "device_summary": ", ".join(f"{n} × {name}" for name, n in Counter(short_name(d["name"]) for d in hw["devices"]).items()),
+        "device_summary": ", ".join(
+            f"{n} × {name}" for name, n in Counter(short_name(d["name"]) for d in hw["devices"]).items()
+        ),
         "memory_bytes": memory,
         "usable_memory_fraction": hw["usable_fraction"],
         "bandwidth_gb_s": bandwidth,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 CSV_PATH = Path(__file__).resolve().parent / "data" / "ai_hardware_facts.csv"
 
@@ -39,18 +40,20 @@ def shipped_rows(path: Path = CSV_PATH) -> list[dict[str, Any]]:
     with path.open(newline="") as f:
         for row in csv.DictReader(f):
             name = row["name"].strip()
-            rows.append({
-                "name": name,
-                "match_pattern": MATCH_PATTERNS.get(name, re.escape(name)),
-                "memory_gb": _number(row["memory_gb"]),
-                "bandwidth_gb_s": _number(row["memory_bandwidth_gb_s"]),
-                "bf16_tflops": _number(row["fp16_dense_tflops"]),
-                "tdp_watts": _number(row["tdp_w"]),
-                "launch_price_usd": _number(row["launch_price_usd"]),
-                "source_url": row["source"].strip(),
-                "notes": row["notes"].strip(),
-                "shipped": True,
-            })
+            rows.append(
+                {
+                    "name": name,
+                    "match_pattern": MATCH_PATTERNS.get(name, re.escape(name)),
+                    "memory_gb": _number(row["memory_gb"]),
+                    "bandwidth_gb_s": _number(row["memory_bandwidth_gb_s"]),
+                    "bf16_tflops": _number(row["fp16_dense_tflops"]),
+                    "tdp_watts": _number(row["tdp_w"]),
+                    "launch_price_usd": _number(row["launch_price_usd"]),
+                    "source_url": row["source"].strip(),
+                    "notes": row["notes"].strip(),
+                    "shipped": True,
+                }
+            )
     return rows
 
 

@@ -68,9 +68,7 @@ def cost_per_million_tokens(cost: float, tokens: float) -> float | None:
     return cost / tokens * 1e6
 
 
-def payback_seconds(
-    purchase_price: float, net_earned: float, net_rate_per_s: float
-) -> float | None:
+def payback_seconds(purchase_price: float, net_earned: float, net_rate_per_s: float) -> float | None:
     """Seconds from now until the purchase price is earned back.
 
     ``net_earned`` is the value so far minus the running costs so far (energy and fixed), and
@@ -108,7 +106,11 @@ LORA_BYTES_PER_PARAM = 2.0 + LORA_TRAINABLE_FRACTION * FULL_ADAM_MIXED_BYTES_PER
 # QLoRA: the frozen base in 4-bit NF4 with double-quantised constants, about 4.127 bits a weight.
 QLORA_BASE_BYTES_PER_PARAM = 4.127 / 8
 QLORA_BYTES_PER_PARAM = QLORA_BASE_BYTES_PER_PARAM + LORA_TRAINABLE_FRACTION * FULL_ADAM_MIXED_BYTES_PER_PARAM
-TRAIN_BYTES_PER_PARAM = {"full": FULL_ADAM_MIXED_BYTES_PER_PARAM, "lora": LORA_BYTES_PER_PARAM, "qlora": QLORA_BYTES_PER_PARAM}
+TRAIN_BYTES_PER_PARAM = {
+    "full": FULL_ADAM_MIXED_BYTES_PER_PARAM,
+    "lora": LORA_BYTES_PER_PARAM,
+    "qlora": QLORA_BYTES_PER_PARAM,
+}
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,9 @@ def fits(needed_bytes: float, memory_bytes: float, usable_fraction: float = USAB
     return needed_bytes <= memory_bytes * usable_fraction
 
 
-def decode_bound_tokens_per_s(bandwidth_gb_s: float, weights: float, kv_per_sequence: float = 0.0, batch: int = 1) -> float:
+def decode_bound_tokens_per_s(
+    bandwidth_gb_s: float, weights: float, kv_per_sequence: float = 0.0, batch: int = 1
+) -> float:
     """Upper bound on decode tokens/s when memory bandwidth is the limit.
 
     Each decode step reads every weight once and each sequence's KV cache, and yields one token

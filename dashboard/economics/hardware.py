@@ -130,8 +130,13 @@ def windows(machine: Machine, lo: datetime, hi: datetime) -> dict[int, Window]:
     rows = (
         ThroughputSample.objects.filter(machine=machine, ts__gt=lo, ts__lte=hi)
         .values("seq", "job_key")
-        .annotate(ts=Max("ts"), interval_s=Max("interval_s"), g=Max("generated_tokens"),
-                  t=Max("train_tokens"), p=Max("prompt_tokens"))
+        .annotate(
+            ts=Max("ts"),
+            interval_s=Max("interval_s"),
+            g=Max("generated_tokens"),
+            t=Max("train_tokens"),
+            p=Max("prompt_tokens"),
+        )
         .order_by()
     )
     out: dict[int, Window] = {}
@@ -160,8 +165,12 @@ def job_rates(jobs: list[Job]) -> dict[int, dict[str, float]]:
         current = best.get(r["job_id"])
         tokens = (r["g"] or 0) + (r["t"] or 0)
         if current is None or tokens > current["tokens"]:
-            best[r["job_id"]] = {"tokens": tokens, "generated_per_s": (r["g"] or 0) / r["s"],
-                                 "train_per_s": (r["t"] or 0) / r["s"], "seconds": r["s"]}
+            best[r["job_id"]] = {
+                "tokens": tokens,
+                "generated_per_s": (r["g"] or 0) / r["s"],
+                "train_per_s": (r["t"] or 0) / r["s"],
+                "seconds": r["s"],
+            }
     return best
 
 

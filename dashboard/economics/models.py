@@ -55,27 +55,47 @@ class CostProfile(models.Model):
 
     name = models.CharField(max_length=120)
     machine = models.OneToOneField(
-        Machine, null=True, blank=True, on_delete=models.CASCADE, related_name="cost_profile",
+        Machine,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="cost_profile",
         help_text="this machine only; leave empty and fill 'assembly' to share the profile",
     )
     assembly = models.CharField(
-        max_length=255, blank=True,
+        max_length=255,
+        blank=True,
         help_text="every machine of this assembly, e.g. '4 × H100 80GB HBM3 · 256 GiB' (as the RoI page names it)",
     )
     currency = models.CharField(max_length=3, default="USD", validators=[currency_code])
-    purchase_price = models.DecimalField(max_digits=14, decimal_places=2, validators=[MinValueValidator(0)],
-                                         help_text="per machine, in the profile's currency")
+    purchase_price = models.DecimalField(
+        max_digits=14,
+        decimal_places=2,
+        validators=[MinValueValidator(0)],
+        help_text="per machine, in the profile's currency",
+    )
     amortisation_months = models.PositiveIntegerField(default=36, validators=[MinValueValidator(1)])
-    in_service_on = models.DateField(null=True, blank=True,
-                                     help_text="amortisation starts here; empty: the day the machine was enrolled")
+    in_service_on = models.DateField(
+        null=True, blank=True, help_text="amortisation starts here; empty: the day the machine was enrolled"
+    )
     electricity_price_per_kwh = models.DecimalField(max_digits=10, decimal_places=4, validators=[MinValueValidator(0)])
-    pue = models.FloatField(default=1.0, validators=[MinValueValidator(1.0)],
-                            help_text="facility power usage effectiveness: facility energy / IT energy (1.0-2.0)")
-    host_power_watts = models.FloatField(default=0, validators=[MinValueValidator(0)],
-                                         help_text="constant draw of the rest of the host (CPU, fans, disks), W; "
-                                         "the agent measures accelerators only")
-    fixed_monthly = models.DecimalField(max_digits=12, decimal_places=2, default=0, validators=[MinValueValidator(0)],
-                                        help_text="rack space, network, support..., per month")
+    pue = models.FloatField(
+        default=1.0,
+        validators=[MinValueValidator(1.0)],
+        help_text="facility power usage effectiveness: facility energy / IT energy (1.0-2.0)",
+    )
+    host_power_watts = models.FloatField(
+        default=0,
+        validators=[MinValueValidator(0)],
+        help_text="constant draw of the rest of the host (CPU, fans, disks), W; the agent measures accelerators only",
+    )
+    fixed_monthly = models.DecimalField(
+        max_digits=12,
+        decimal_places=2,
+        default=0,
+        validators=[MinValueValidator(0)],
+        help_text="rack space, network, support..., per month",
+    )
 
     class Meta:
         ordering = ["name"]
@@ -98,26 +118,46 @@ class CostProfile(models.Model):
 class ValueRates(models.Model):
     """What work is worth: one global row (no machine) and optional rows per machine that override it."""
 
-    machine = models.OneToOneField(Machine, null=True, blank=True, on_delete=models.CASCADE, related_name="value_rates",
-                                   help_text="empty: the global rates")
+    machine = models.OneToOneField(
+        Machine,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="value_rates",
+        help_text="empty: the global rates",
+    )
     currency = models.CharField(max_length=3, default="USD", validators=[currency_code])
     serve_per_million_generated = models.DecimalField(
-        max_digits=12, decimal_places=4, null=True, blank=True, validators=[MinValueValidator(0)],
+        max_digits=12,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
         help_text="price per million generated tokens served (what an API would charge)",
     )
     train_per_million_tokens = models.DecimalField(
-        max_digits=12, decimal_places=4, null=True, blank=True, validators=[MinValueValidator(0)],
+        max_digits=12,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
         help_text="price per million training tokens; when set it is used instead of the GPU-hour price",
     )
     train_per_gpu_hour = models.DecimalField(
-        max_digits=12, decimal_places=4, null=True, blank=True, validators=[MinValueValidator(0)],
+        max_digits=12,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
         help_text="rental equivalent per GPU-hour of training",
     )
 
     class Meta:
         verbose_name_plural = "value rates"
         constraints = [
-            models.UniqueConstraint(fields=["machine"], condition=models.Q(machine__isnull=True), name="valuerates_one_global")
+            models.UniqueConstraint(
+                fields=["machine"], condition=models.Q(machine__isnull=True), name="valuerates_one_global"
+            )
         ]
 
     def __str__(self) -> str:

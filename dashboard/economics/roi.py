@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta, timezone as dt_timezone
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from django.db.models import Max
@@ -24,7 +24,7 @@ from . import formulas as f
 from .hardware import all_specs, assembly_key, physical, spec_for
 from .models import CostProfile, ValueRates
 
-UTC = dt_timezone.utc
+UTC = UTC
 DEFAULT_IDLE_BELOW_PERCENT = 10.0
 DEFAULT_AMORTISATION_MONTHS = 36  # for a profile derived from catalogue prices
 RECENT = timedelta(days=7)  # the payback projection uses the net rate of the last week
@@ -51,10 +51,16 @@ class Profile:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "source": self.source, "name": self.name, "currency": self.currency,
-            "purchase_price": self.purchase_price, "amortisation_months": self.amortisation_months,
-            "in_service": self.in_service.isoformat(), "electricity_price_per_kwh": self.price_per_kwh,
-            "pue": self.pue, "host_power_watts": self.host_power_watts, "fixed_monthly": self.fixed_monthly,
+            "source": self.source,
+            "name": self.name,
+            "currency": self.currency,
+            "purchase_price": self.purchase_price,
+            "amortisation_months": self.amortisation_months,
+            "in_service": self.in_service.isoformat(),
+            "electricity_price_per_kwh": self.price_per_kwh,
+            "pue": self.pue,
+            "host_power_watts": self.host_power_watts,
+            "fixed_monthly": self.fixed_monthly,
         }
 
 
@@ -66,14 +72,22 @@ def effective_profile(machine: Machine) -> Profile | None:
     """The machine's own profile, else its assembly's, else one from catalogue prices, else None."""
     zone = timezone.get_current_timezone()
     accelerators = list(machine.accelerators.all())
-    row = CostProfile.objects.filter(machine=machine).first() or CostProfile.objects.filter(
-        machine=None, assembly=assembly_key(machine, accelerators)
-    ).first()
+    row = (
+        CostProfile.objects.filter(machine=machine).first()
+        or CostProfile.objects.filter(machine=None, assembly=assembly_key(machine, accelerators)).first()
+    )
     if row is not None:
         start = _start_of_day(row.in_service_on, zone) if row.in_service_on else machine.created_at
         return Profile(
-            "machine" if row.machine_id else "assembly", row.name, row.currency, float(row.purchase_price),
-            row.amortisation_months, start, float(row.electricity_price_per_kwh), row.pue, row.host_power_watts,
+            "machine" if row.machine_id else "assembly",
+            row.name,
+            row.currency,
+            float(row.purchase_price),
+            row.amortisation_months,
+            start,
+            float(row.electricity_price_per_kwh),
+            row.pue,
+            row.host_power_watts,
             float(row.fixed_monthly),
         )
     devices = physical(accelerators)
@@ -81,8 +95,18 @@ def effective_profile(machine: Machine) -> Profile | None:
     prices = [getattr(spec_for(a.name, specs), "launch_price_usd", None) for a in devices]
     if not devices or any(p is None for p in prices):
         return None  # never invent money
-    return Profile("catalogue", "catalogue launch prices", "USD", float(sum(prices)), DEFAULT_AMORTISATION_MONTHS,
-                   machine.created_at, None, 1.0, 0.0, 0.0)
+    return Profile(
+        "catalogue",
+        "catalogue launch prices",
+        "USD",
+        float(sum(prices)),
+        DEFAULT_AMORTISATION_MONTHS,
+        machine.created_at,
+        None,
+        1.0,
+        0.0,
+        0.0,
+    )
 
 
 def effective_rates(machine: Machine) -> ValueRates | None:
@@ -145,11 +169,15 @@ def _tokens_by_hour(machine: Machine, lo: datetime, hi: datetime) -> dict[dateti
     return out
 
 
-def _train_gpu_seconds(machine: Machine, lo: datetime, hi: datetime, now: datetime, edges: list[datetime]) -> list[float]:
+def _train_gpu_seconds(
+    machine: Machine, lo: datetime, hi: datetime, now: datetime, edges: list[datetime]
+) -> list[float]:
     """GPU-seconds of training attempts in each period between consecutive ``edges``."""
     out = [0.0] * (len(edges) - 1)
     spans = (
-        JobAttempt.objects.filter(machine=machine, job__kind=Job.Kind.TRAIN, started_at__isnull=False, started_at__lt=hi)
+        JobAttempt.objects.filter(
+            machine=machine, job__kind=Job.Kind.TRAIN, started_at__isnull=False, started_at__lt=hi
+        )
         .exclude(ended_at__lte=lo)
         .values_list("started_at", "ended_at", "gpus")
     )
@@ -175,8 +203,11 @@ def _day_edges(start: datetime, until: datetime) -> list[datetime]:
 
 
 def machine_roi(
-    machine: Machine, since: datetime | None = None, until: datetime | None = None,
-    idle_below_percent: float = DEFAULT_IDLE_BELOW_PERCENT, now: datetime | None = None,
+    machine: Machine,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    idle_below_percent: float = DEFAULT_IDLE_BELOW_PERCENT,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
     """Energy, cost, value, RoI, payback and idle cost of one machine, per day and in total.
 
@@ -196,13 +227,17 @@ def machine_roi(
     if profile is None:
         problems.append("set a cost profile: no purchase price is known for this machine or its assembly")
     elif profile.price_per_kwh is None:
-        problems.append("the cost profile comes from catalogue prices and has no electricity price: energy is not costed")
+        problems.append(
+            "the cost profile comes from catalogue prices and has no electricity price: energy is not costed"
+        )
     value_ok = rates is not None and (profile is None or rates.currency == profile.currency)
     if rates is None:
         problems.append("set value rates: nothing says what a token or a GPU-hour is worth")
     elif profile is not None and rates.currency != profile.currency:
-        problems.append(f"the value rates are in {rates.currency} and the cost profile in {profile.currency}: "
-                        "value is not compared with cost across currencies")
+        problems.append(
+            f"the value rates are in {rates.currency} and the cost profile in {profile.currency}: "
+            "value is not compared with cost across currencies"
+        )
     serve_rate = _num(rates.serve_per_million_generated) if value_ok else None
     train_token_rate = _num(rates.train_per_million_tokens) if value_ok else None
     train_hour_rate = _num(rates.train_per_gpu_hour) if value_ok else None
@@ -221,8 +256,19 @@ def machine_roi(
     for i in range(len(edges) - 1):
         a, b = edges[i], edges[i + 1]
         period_s = (b - a).total_seconds()
-        d = {"start": a, "end": b, "kwh": 0.0, "estimated_kwh": 0.0, "energy_unknown": False, "generated": 0,
-             "train": 0, "prompt": 0, "idle_hours": 0.0, "idle_kwh": 0.0, "monitored_hours": 0.0}
+        d = {
+            "start": a,
+            "end": b,
+            "kwh": 0.0,
+            "estimated_kwh": 0.0,
+            "energy_unknown": False,
+            "generated": 0,
+            "train": 0,
+            "prompt": 0,
+            "idle_hours": 0.0,
+            "idle_kwh": 0.0,
+            "monitored_hours": 0.0,
+        }
         while k < len(hour_keys) and hour_keys[k] < b:
             hk = hour_keys[k]
             k += 1
@@ -246,7 +292,9 @@ def machine_roi(
         d["train_gpu_hours"] = gpu_s[i] / 3600
         if profile:
             offset = (a - profile.in_service).total_seconds()
-            d["amortisation"] = f.amortisation_cost(profile.purchase_price, profile.amortisation_s, offset, offset + period_s)
+            d["amortisation"] = f.amortisation_cost(
+                profile.purchase_price, profile.amortisation_s, offset, offset + period_s
+            )
             d["fixed"] = f.fixed_cost(profile.fixed_monthly, period_s)
             price = profile.price_per_kwh or 0.0
             d["energy_cost"] = f.energy_cost(d["kwh"], price, profile.pue)
@@ -277,7 +325,9 @@ def _sum(rows: list[dict], key: str) -> float | None:
     return sum(values) if values else None
 
 
-def _report(machine, profile, rates, value_ok, problems, days, window, window_start, until, idle_below) -> dict[str, Any]:
+def _report(
+    machine, profile, rates, value_ok, problems, days, window, window_start, until, idle_below
+) -> dict[str, Any]:
     has_cost = profile is not None
     totals: dict[str, Any] = {
         "energy_kwh": sum(d["kwh"] for d in window),
@@ -315,8 +365,11 @@ def _report(machine, profile, rates, value_ok, problems, days, window, window_st
         "admin_url": reverse("admin:economics_costprofile_add") + f"?machine={machine.pk}",
         "totals": totals,
         "lifetime": {
-            "cost": lifetime_cost, "value": lifetime_value,
-            "roi_percent": f.roi_percent(lifetime_value, lifetime_cost) if lifetime_cost is not None and lifetime_value is not None else None,
+            "cost": lifetime_cost,
+            "value": lifetime_value,
+            "roi_percent": f.roi_percent(lifetime_value, lifetime_cost)
+            if lifetime_cost is not None and lifetime_value is not None
+            else None,
         },
         "payback": payback,
         "break_even": _break_even(days) if has_cost and value_ok else None,
@@ -328,7 +381,8 @@ def _rates_dict(rates: ValueRates | None) -> dict[str, Any] | None:
     if rates is None:
         return None
     return {
-        "scope": rates.machine.name if rates.machine_id else "global", "currency": rates.currency,
+        "scope": rates.machine.name if rates.machine_id else "global",
+        "currency": rates.currency,
         "serve_per_million_generated": _num(rates.serve_per_million_generated),
         "train_per_million_tokens": _num(rates.train_per_million_tokens),
         "train_per_gpu_hour": _num(rates.train_per_gpu_hour),
@@ -368,18 +422,32 @@ def _break_even(days: list[dict]) -> dict[str, Any] | None:
             found = None
     if found is None:
         return None
-    return {"t": int(found["end"].timestamp() * 1000), "date": found["end"].isoformat(),
-            "cum_value": found["cum_value"], "cum_cost": found["cum_cost"]}
+    return {
+        "t": int(found["end"].timestamp() * 1000),
+        "date": found["end"].isoformat(),
+        "cum_value": found["cum_value"],
+        "cum_cost": found["cum_cost"],
+    }
 
 
 def _day_dict(d: dict[str, Any]) -> dict[str, Any]:
     return {
         "t": int(d["start"].timestamp() * 1000),
         "end": int(d["end"].timestamp() * 1000),
-        "energy_kwh": d["kwh"], "energy_estimated_kwh": d["estimated_kwh"],
-        "energy_cost": d.get("energy_cost"), "amortisation": d.get("amortisation"), "fixed": d.get("fixed"),
-        "cost": d.get("cost"), "value": d.get("value"), "value_serve": d.get("value_serve"),
-        "value_train": d.get("value_train"), "cum_cost": d["cum_cost"], "cum_value": d["cum_value"],
-        "generated_tokens": d["generated"], "train_tokens": d["train"], "train_gpu_hours": d["train_gpu_hours"],
-        "idle_hours": d["idle_hours"], "idle_cost": d.get("idle_cost"),
+        "energy_kwh": d["kwh"],
+        "energy_estimated_kwh": d["estimated_kwh"],
+        "energy_cost": d.get("energy_cost"),
+        "amortisation": d.get("amortisation"),
+        "fixed": d.get("fixed"),
+        "cost": d.get("cost"),
+        "value": d.get("value"),
+        "value_serve": d.get("value_serve"),
+        "value_train": d.get("value_train"),
+        "cum_cost": d["cum_cost"],
+        "cum_value": d["cum_value"],
+        "generated_tokens": d["generated"],
+        "train_tokens": d["train"],
+        "train_gpu_hours": d["train_gpu_hours"],
+        "idle_hours": d["idle_hours"],
+        "idle_cost": d.get("idle_cost"),
     }

@@ -60,7 +60,11 @@ def share_or_split(machine: Machine, since: datetime | None = None, until: datet
         "train_alone_tokens_per_s": rate("train_alone"),
         "serve_together_tokens_per_s": rate("together_serve"),
         "train_together_tokens_per_s": rate("together_train"),
-        "seconds": {"serve_alone": classes["serve_alone"][1], "train_alone": classes["train_alone"][1], "together": together_s},
+        "seconds": {
+            "serve_alone": classes["serve_alone"][1],
+            "train_alone": classes["train_alone"][1],
+            "together": together_s,
+        },
         "runs": _runs(spans, ws, kinds),
         "min_seconds": MIN_SECONDS,
     }
@@ -80,19 +84,34 @@ def verdict(r: dict[str, Any], name: str) -> dict[str, Any]:
     if st is None:
         todo.append(f"both together on {name} for 10 minutes (submit the two jobs at once, targeted at {name})")
     if todo or not sa or not ta:
-        return {"combined_machines": None, "serve_loss_percent": None, "train_gain_machines": None,
-                "decision": None, "verdict": "Not enough data yet. Run " + "; ".join(todo) + "." if todo
-                else "Not enough data yet: a kind produced no tokens when alone.", "to_run": todo}
+        return {
+            "combined_machines": None,
+            "serve_loss_percent": None,
+            "train_gain_machines": None,
+            "decision": None,
+            "verdict": "Not enough data yet. Run " + "; ".join(todo) + "."
+            if todo
+            else "Not enough data yet: a kind produced no tokens when alone.",
+            "to_run": todo,
+        }
     serve_share = st / sa
     train_share = tt / ta
     combined = serve_share + train_share
     loss = (1 - serve_share) * 100
     cost = f"sharing costs serving {loss:.0f}%" if loss >= 0.5 else "sharing costs serving nothing measurable"
     decision = "share" if combined > 1 else "split"
-    sentence = (f"{cost} and gives training {train_share:.1f} of a machine for free: together they do "
-                f"{combined:.2f} machines' worth of work, so {decision}.")
-    return {"combined_machines": combined, "serve_loss_percent": loss, "train_gain_machines": train_share,
-            "decision": decision, "verdict": sentence[0].upper() + sentence[1:], "to_run": []}
+    sentence = (
+        f"{cost} and gives training {train_share:.1f} of a machine for free: together they do "
+        f"{combined:.2f} machines' worth of work, so {decision}."
+    )
+    return {
+        "combined_machines": combined,
+        "serve_loss_percent": loss,
+        "train_gain_machines": train_share,
+        "decision": decision,
+        "verdict": sentence[0].upper() + sentence[1:],
+        "to_run": [],
+    }
 
 
 def _runs(spans, ws, kinds) -> list[dict[str, Any]]:
@@ -109,8 +128,17 @@ def _runs(spans, ws, kinds) -> list[dict[str, Any]]:
         if a.job_id in by_job:
             # Which model each side ran: a share verdict holds for those sizes, not for every model.
             model = job_model(a.job)
-            out.append({"job_id": a.job_id, "name": a.job.name, "kind": a.job.kind, "attempt": a.number,
-                        "started_at": a.started_at.isoformat(), "ended_at": a.ended_at.isoformat() if a.ended_at else None,
-                        "classes": sorted(by_job[a.job_id]),
-                        "params_b": model.params_b, "params_source": model.params_source if model.params_b else None})
+            out.append(
+                {
+                    "job_id": a.job_id,
+                    "name": a.job.name,
+                    "kind": a.job.kind,
+                    "attempt": a.number,
+                    "started_at": a.started_at.isoformat(),
+                    "ended_at": a.ended_at.isoformat() if a.ended_at else None,
+                    "classes": sorted(by_job[a.job_id]),
+                    "params_b": model.params_b,
+                    "params_source": model.params_source if model.params_b else None,
+                }
+            )
     return out

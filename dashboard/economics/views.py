@@ -88,6 +88,11 @@ def _panel(m: Machine, params: dict[str, Any]) -> dict[str, Any]:
 
 def machine_panel(name: str) -> dict[str, Any]:
     """What templates/economics/_machine_panel.html needs on the machine page, with default parameters."""
-    params = {"since": None, "idle_below_percent": roi.DEFAULT_IDLE_BELOW_PERCENT,
-              "context_tokens": capacity.DEFAULT_CONTEXT_TOKENS, "batch": capacity.DEFAULT_BATCH, "errors": []}
+    params = {
+        "since": None,
+        "idle_below_percent": roi.DEFAULT_IDLE_BELOW_PERCENT,
+        "context_tokens": capacity.DEFAULT_CONTEXT_TOKENS,
+        "batch": capacity.DEFAULT_BATCH,
+        "errors": [],
+    }
     return {**_panel(get_object_or_404(Machine, name=name), params), "params": params}

@@ -24,7 +24,17 @@ class AgentTokenInline(admin.TabularInline):
 class MachineAdmin(admin.ModelAdmin):
     list_display = ("name", "hostname", "policy", "last_seen_at", "agent_version", "spool_dropped")
     search_fields = ("name", "hostname")
-    fields = ("name", "policy", "hostname", "os", "cpu_model", "cpu_cores", "cpu_threads", "mem_total_bytes", "last_seen_at")
+    fields = (
+        "name",
+        "policy",
+        "hostname",
+        "os",
+        "cpu_model",
+        "cpu_cores",
+        "cpu_threads",
+        "mem_total_bytes",
+        "last_seen_at",
+    )
     readonly_fields = ("hostname", "os", "cpu_model", "cpu_cores", "cpu_threads", "mem_total_bytes", "last_seen_at")
     inlines = [AcceleratorInline, AgentTokenInline]
     actions = ["issue_token"]

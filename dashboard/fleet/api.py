@@ -54,7 +54,9 @@ def ingest(request):
     except ValueError:
         raise HttpError(400, "Content-Length is not a number")
     if length > settings.INGEST_MAX_BYTES:
-        raise HttpError(413, f"batch is {length} bytes; the limit is {settings.INGEST_MAX_BYTES}: send fewer samples per batch")
+        raise HttpError(
+            413, f"batch is {length} bytes; the limit is {settings.INGEST_MAX_BYTES}: send fewer samples per batch"
+        )
     try:
         batch = parse_batch(request.body)
     except PayloadError as exc:
@@ -63,13 +65,19 @@ def ingest(request):
     return result.as_dict()
 
 
-@router.get("/machines", auth=USER_AUTH, summary="Machines by name with inventory, state and latest values, a page at a time")
+@router.get(
+    "/machines", auth=USER_AUTH, summary="Machines by name with inventory, state and latest values, a page at a time"
+)
 def machines(request, offset: int = 0, limit: int = 200):
     """`limit` is at most 1,000; `count` is the whole fleet, so clients know when to stop."""
     if offset < 0 or not 1 <= limit <= 1000:
         raise HttpError(400, "limit: must be between 1 and 1000, and offset not negative")
-    return {"count": Machine.objects.count(), "offset": offset, "limit": limit,
-            "machines": queries.fleet_overview(offset=offset, limit=limit)}
+    return {
+        "count": Machine.objects.count(),
+        "offset": offset,
+        "limit": limit,
+        "machines": queries.fleet_overview(offset=offset, limit=limit),
+    }
 
 
 @router.get("/machines/{name}", auth=USER_AUTH, summary="One machine")
@@ -103,11 +111,20 @@ def time_range(since: str, until: str | None):
     return start, end
 
 
-@router.get("/machines/{name}/throughput", auth=USER_AUTH, summary="Tokens by kind: totals, mean/median/peak tokens/s, tokens per joule")
+@router.get(
+    "/machines/{name}/throughput",
+    auth=USER_AUTH,
+    summary="Tokens by kind: totals, mean/median/peak tokens/s, tokens per joule",
+)
 def machine_throughput(request, name: str, since: str = "24h", until: str | None = None):
     m = get_object_or_404(Machine, name=name)
     start, end = time_range(since, until)
-    return {"machine": m.name, "since": start.isoformat(), "until": end.isoformat(), "throughput": throughput.machine_summary(m, start, end)}
+    return {
+        "machine": m.name,
+        "since": start.isoformat(),
+        "until": end.isoformat(),
+        "throughput": throughput.machine_summary(m, start, end),
+    }
 
 
 @router.get("/fleet/series", auth=USER_AUTH, summary="The fleet's tokens/s, one stacked series per machine")

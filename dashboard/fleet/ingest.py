@@ -11,9 +11,10 @@ SQLite gets the same INSERT with a multi-row VALUES. Neither builds a model inst
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone as dt_timezone
-from typing import Any, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from django.db import connection, transaction
 from django.db.models import F
@@ -57,10 +58,9 @@ def _copy(model, columns: Sequence[str], rows: list[list[Any]]) -> None:
         return
     qn = connection.ops.quote_name
     cols = ", ".join(qn(c) for c in columns)
-    with connection.cursor() as cursor:
-        with cursor.copy(f"COPY {qn(model._meta.db_table)} ({cols}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
+    with connection.cursor() as cursor, cursor.copy(f"COPY {qn(model._meta.db_table)} ({cols}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
 
 
 def _insert_pg_copy(model, columns: Sequence[str], rows: list[list[Any]], conflict: Sequence[str]) -> set[int]:
@@ -115,7 +115,7 @@ def _insert_returning_seq(model, columns: Sequence[str], rows: list[list[Any]], 
 
 
 def _ts(sample: Sample) -> datetime:
-    return datetime.fromtimestamp(sample.ts, tz=dt_timezone.utc)
+    return datetime.fromtimestamp(sample.ts, tz=UTC)
 
 
 def _store_tokens(machine: Machine, samples: list[tuple[Sample, int]], now: datetime) -> None:
@@ -130,9 +130,17 @@ def _store_tokens(machine: Machine, samples: list[tuple[Sample, int]], now: date
         ours = set(JobAttempt.objects.filter(job_id__in=claimed, machine=machine).values_list("job_id", flat=True))
     rows = [
         ThroughputSample(
-            machine=machine, seq=seq, job_id=t.job_id if t.job_id in ours else None, job_key=t.job_id or 0,
-            source=t.source, ts=_ts(s), interval_s=s.interval_s, prompt_tokens=t.prompt,
-            generated_tokens=t.generated, train_tokens=t.train, received_at=now,
+            machine=machine,
+            seq=seq,
+            job_id=t.job_id if t.job_id in ours else None,
+            job_key=t.job_id or 0,
+            source=t.source,
+            ts=_ts(s),
+            interval_s=s.interval_s,
+            prompt_tokens=t.prompt,
+            generated_tokens=t.generated,
+            train_tokens=t.train,
+            received_at=now,
         )
         for s, seq in samples
         for t in s.tokens

@@ -52,9 +52,13 @@ class FleetCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         now = timezone.now()
         machines = list(Machine.objects.prefetch_related("accelerators").order_by("name"))
-        online = GaugeMetricFamily("hwdash_machine_online", "1 if the machine reported recently, else 0.", labels=["machine"])
+        online = GaugeMetricFamily(
+            "hwdash_machine_online", "1 if the machine reported recently, else 0.", labels=["machine"]
+        )
         last_seen = GaugeMetricFamily(
-            "hwdash_machine_last_seen_timestamp_seconds", "When the machine last reported, Unix seconds.", labels=["machine"]
+            "hwdash_machine_last_seen_timestamp_seconds",
+            "When the machine last reported, Unix seconds.",
+            labels=["machine"],
         )
         dropped = CounterMetricFamily(
             "hwdash_spool_dropped", "Samples the machine's agent had to discard from its spool.", labels=["machine"]
@@ -119,7 +123,9 @@ def _authenticated(request: HttpRequest) -> bool:
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
     if not _authenticated(request):
-        response = JsonResponse({"error": "send a personal API token (Authorization: Bearer hwu_...) or log in"}, status=401)
+        response = JsonResponse(
+            {"error": "send a personal API token (Authorization: Bearer hwu_...) or log in"}, status=401
+        )
         response["WWW-Authenticate"] = 'Bearer realm="hwdash"'
         return response
     registry = CollectorRegistry(auto_describe=False)

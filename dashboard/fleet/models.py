@@ -90,8 +90,12 @@ class AgentToken(models.Model):
         if prefix is None:
             return None
         # Every batch authenticates: skip the machine's latest sample, which ingest never reads.
-        found = (cls.objects.select_related("machine").defer("machine__latest", "machine__worker_policy")
-                 .filter(prefix=prefix, revoked_at=None).first())
+        found = (
+            cls.objects.select_related("machine")
+            .defer("machine__latest", "machine__worker_policy")
+            .filter(prefix=prefix, revoked_at=None)
+            .first()
+        )
         if found is None or not tokens.matches(token, found.digest):
             return None
         return found
@@ -183,9 +187,7 @@ class GpuSample(GpuMetrics):
     received_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["machine", "seq", "gpu_index"], name="gpusample_unique_seq")
-        ]
+        constraints = [models.UniqueConstraint(fields=["machine", "seq", "gpu_index"], name="gpusample_unique_seq")]
         indexes = [
             models.Index(fields=["machine", "ts"], name="gpusample_machine_ts"),
             models.Index(fields=["received_at"], name="gpusample_received"),
@@ -219,9 +221,7 @@ class GpuRollup(GpuMetrics):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(
-                fields=["machine", "resolution_s", "bucket", "gpu_index"], name="gpurollup_unique"
-            )
+            models.UniqueConstraint(fields=["machine", "resolution_s", "bucket", "gpu_index"], name="gpurollup_unique")
         ]
 
 

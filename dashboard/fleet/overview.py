@@ -12,7 +12,7 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from django.conf import settings
@@ -70,7 +70,9 @@ class Filters:
     def url(self, **changes: Any) -> str:
         """This page's query string with ``changes``, leaving out defaults ('?' alone for none)."""
         chosen = replace(self, **changes)
-        pairs = [(f, getattr(chosen, f)) for f in ("q", "state", "sort", "page") if getattr(chosen, f) != getattr(Filters, f)]
+        pairs = [
+            (f, getattr(chosen, f)) for f in ("q", "state", "sort", "page") if getattr(chosen, f) != getattr(Filters, f)
+        ]
         return "?" + urlencode(pairs)
 
 
@@ -126,7 +128,7 @@ def fleet_rows(now: datetime) -> list[Row]:
     rows = []
     for pk, name, hostname, seen, n, util, used, total in raw:
         if seen is not None and seen.tzinfo is None:  # SQLite stores UTC without an offset
-            seen = seen.replace(tzinfo=timezone.utc)
+            seen = seen.replace(tzinfo=UTC)
         online = seen is not None and seen >= online_since
         rows.append(Row(pk, name, hostname, seen, n or 0, util, used, total, online, alerts.get(pk, 0)))
     return rows
@@ -241,20 +243,25 @@ def _card(m: dict[str, Any], accelerators: list[dict[str, Any]], line: dict | No
         "summary": summary,
         "open_alerts": row.open_alerts,
         "cpu": {**_meter(system.get("cpu_percent")), "text": percent(system.get("cpu_percent"))},
-        "ram": {**_meter(system.get("mem_used_bytes"), mem_total),
-                "text": f"{binary_bytes(system.get('mem_used_bytes'))} / {binary_bytes(mem_total)}"},
+        "ram": {
+            **_meter(system.get("mem_used_bytes"), mem_total),
+            "text": f"{binary_bytes(system.get('mem_used_bytes'))} / {binary_bytes(mem_total)}",
+        },
         "gpus": [
             {
                 "label": f"GPU {index}",
                 "name": name,
                 "util": {**_meter(g.get("util_percent")), "text": percent(g.get("util_percent"))},
-                "mem": {**_meter(g.get("mem_used_bytes"), total),
-                        "text": f"{binary_bytes(g.get('mem_used_bytes'))} / {binary_bytes(total)}"},
+                "mem": {
+                    **_meter(g.get("mem_used_bytes"), total),
+                    "text": f"{binary_bytes(g.get('mem_used_bytes'))} / {binary_bytes(total)}",
+                },
             }
             for index, name, g, total in gpus
         ],
-        "sparkline_json": json.dumps({"cpu": _rounded(line["cpu_percent"]),
-                                      "gpu": _rounded(line["gpu_util_percent"]) if accelerators else []}),
+        "sparkline_json": json.dumps(
+            {"cpu": _rounded(line["cpu_percent"]), "gpu": _rounded(line["gpu_util_percent"]) if accelerators else []}
+        ),
     }
 
 

@@ -11,7 +11,16 @@ import time
 from operator import itemgetter
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator, with_config
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+    with_config,
+)
 from typing_extensions import TypedDict
 
 from hwprobe.schema import GPU_METRICS, SYSTEM_METRICS, Metric
@@ -99,7 +108,10 @@ class Process(Strict):
 SystemPayload = _model(
     "SystemPayload",
     SYSTEM_METRICS,
-    cpu_per_core_percent=(list[Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]] | None, Field(None, max_length=4096)),
+    cpu_per_core_percent=(
+        list[Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]] | None,
+        Field(None, max_length=4096),
+    ),
 )
 GpuPayload = _model(
     "GpuPayload",
@@ -237,4 +249,3 @@ def parse_batch(body: bytes) -> Batch:
             message = f"is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})"
         more = f" (and {len(useful) - 1} more problem(s))" if len(useful) > 1 else ""
         raise PayloadError(f"{where}: {message}{more}") from None
-

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
 from django.db import transaction
 from django.db.models import Avg, Max, Min, Sum
@@ -36,7 +36,7 @@ from .models import (
     metric_columns,
 )
 
-UTC = dt_timezone.utc
+UTC = UTC
 MINUTE, HOUR = 60, 3600
 # Rows committed late by a slow transaction still carry a received_at before the watermark;
 # looking this far back catches them (buckets are recomputed, so overlap costs nothing but time).
@@ -78,8 +78,20 @@ def _floor(t: datetime, seconds: int) -> datetime:
     return datetime.fromtimestamp(epoch - epoch % seconds, tz=UTC)
 
 
-def _rollup(source, target, metrics, time_field, trunc, resolution, keys, machine_ids, lo, hi,
-            p95: Callable[[Key, int], dict[str, float | None]] | None = None, p95_columns: Iterable[str] = ()) -> int:
+def _rollup(
+    source,
+    target,
+    metrics,
+    time_field,
+    trunc,
+    resolution,
+    keys,
+    machine_ids,
+    lo,
+    hi,
+    p95: Callable[[Key, int], dict[str, float | None]] | None = None,
+    p95_columns: Iterable[str] = (),
+) -> int:
     """Recompute ``target`` buckets of ``resolution`` in [lo, hi) for these machines from ``source``.
 
     ``p95(key, count)`` gives the percentile columns of the bucket ``key`` holding ``count`` snapshots.
@@ -99,7 +111,9 @@ def _rollup(source, target, metrics, time_field, trunc, resolution, keys, machin
     for row in rows:
         fields = {c: row[c] for c in columns}
         if p95 is not None:
-            fields.update(p95((row["machine_id"], *(row[k] for k in keys), int(row["b"].timestamp())), row["count"] or 0))
+            fields.update(
+                p95((row["machine_id"], *(row[k] for k in keys), int(row["b"].timestamp())), row["count"] or 0)
+            )
         objs.append(
             target(
                 machine_id=row["machine_id"],
@@ -112,7 +126,11 @@ def _rollup(source, target, metrics, time_field, trunc, resolution, keys, machin
         )
     unique = ["machine", "resolution_s", "bucket", *keys]
     target.objects.bulk_create(
-        objs, batch_size=500, update_conflicts=True, unique_fields=unique, update_fields=["count", *columns, *p95_columns]
+        objs,
+        batch_size=500,
+        update_conflicts=True,
+        unique_fields=unique,
+        update_fields=["count", *columns, *p95_columns],
     )
     return len(objs)
 
@@ -184,8 +202,10 @@ def _stored_p95s(target, keys, names, machine_ids, lo, hi) -> dict[Key, dict]:
         machine_id__in=machine_ids, resolution_s=HOUR, bucket__gte=lo, bucket__lt=hi
     ).values_list("machine_id", *keys, "bucket", *(f"{n}_p95" for n in names))
     n_key = 1 + len(keys)
-    return {(*row[:n_key], int(row[n_key].timestamp())): dict(zip((f"{n}_p95" for n in names), row[n_key + 1 :]))
-            for row in rows}
+    return {
+        (*row[:n_key], int(row[n_key].timestamp())): dict(zip((f"{n}_p95" for n in names), row[n_key + 1 :]))
+        for row in rows
+    }
 
 
 def _rollup_scope(source, target, metrics, names, keys, machine_ids, m_lo, m_hi, h_lo, h_hi, now) -> int:
@@ -194,8 +214,20 @@ def _rollup_scope(source, target, metrics, names, keys, machine_ids, m_lo, m_hi,
     read_lo = min(m_lo, h_lo) if ended > h_lo else m_lo
     minute_p95, hour_p95 = _raw_p95s(source, keys, names, machine_ids, read_lo, max(m_hi, ended))
     empty = {f"{n}_p95": None for n in names}
-    written = _rollup(source, target, metrics, "ts", TruncMinute, MINUTE, keys, machine_ids, m_lo, m_hi,
-                      lambda key, count: minute_p95.get(key, empty), names)
+    written = _rollup(
+        source,
+        target,
+        metrics,
+        "ts",
+        TruncMinute,
+        MINUTE,
+        keys,
+        machine_ids,
+        m_lo,
+        m_hi,
+        lambda key, count: minute_p95.get(key, empty),
+        names,
+    )
 
     provisional = _minute_mean_p95s(target, keys, names, machine_ids, h_lo, h_hi)
     stored: dict[Key, dict] | None = None
@@ -225,10 +257,12 @@ def rollup_range(machine_ids: list[int], lo: datetime, hi: datetime, now: dateti
     h_lo, h_hi = _floor(lo, HOUR), _floor(hi, HOUR) + timedelta(seconds=HOUR)
     written = 0
     with transaction.atomic():
-        written += _rollup_scope(SystemSample, SystemRollup, SYSTEM_METRICS, SYSTEM_P95, [], machine_ids,
-                                 m_lo, m_hi, h_lo, h_hi, now)
-        written += _rollup_scope(GpuSample, GpuRollup, GPU_METRICS, GPU_P95, ["gpu_index"], machine_ids,
-                                 m_lo, m_hi, h_lo, h_hi, now)
+        written += _rollup_scope(
+            SystemSample, SystemRollup, SYSTEM_METRICS, SYSTEM_P95, [], machine_ids, m_lo, m_hi, h_lo, h_hi, now
+        )
+        written += _rollup_scope(
+            GpuSample, GpuRollup, GPU_METRICS, GPU_P95, ["gpu_index"], machine_ids, m_lo, m_hi, h_lo, h_hi, now
+        )
     return written
 
 

@@ -7,7 +7,7 @@ rollups, so a 7-day chart reads at most 168 rows per device.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.utils.dateparse import parse_datetime
@@ -16,7 +16,7 @@ from hwprobe.schema import GPU_METRICS, SYSTEM_METRICS, Metric
 
 from .models import Accelerator, GpuRollup, GpuSample, Machine, SystemRollup, SystemSample
 
-UTC = dt_timezone.utc
+UTC = UTC
 RAW_MAX = timedelta(hours=3)
 MINUTE_MAX = timedelta(days=3)
 TARGET_POINTS = 600
@@ -109,7 +109,7 @@ def machine_series(machine: Machine, metric_name: str, since: datetime, until: d
         epoch = int(t.timestamp())
         b = epoch - epoch % step
         acc = buckets.setdefault(device, {}).setdefault(b, [None, 0.0, 0, None])
-        lo, mean, hi = (values if gauge else (values[0], values[0], values[0]))
+        lo, mean, hi = values if gauge else (values[0], values[0], values[0])
         if lo is not None:
             acc[0] = lo if acc[0] is None else min(acc[0], lo)
         if mean is not None:

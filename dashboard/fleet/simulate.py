@@ -32,9 +32,10 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 from hwprobe.client import Backoff, IngestClient, Reply, Sender
 from hwprobe.spool import Spool
@@ -90,9 +91,22 @@ def _fixture_inventory() -> dict[str, Any]:
     try:
         return json.loads((FIXTURES / "sample_idle.json").read_text())["inventory"]
     except OSError:  # an install without the test fixtures: the same fields, by hand
-        return {"os": "Linux 6.8.0 (Ubuntu 24.04.3 LTS)", "accelerators": [
-            {"index": 0, "vendor": "nvidia", "name": "", "uuid": "", "mem_total_bytes": 0,
-             "power_limit_watts": 0.0, "parent_uuid": None, "mig_profile": None, "driver": "580.159.04"}]}
+        return {
+            "os": "Linux 6.8.0 (Ubuntu 24.04.3 LTS)",
+            "accelerators": [
+                {
+                    "index": 0,
+                    "vendor": "nvidia",
+                    "name": "",
+                    "uuid": "",
+                    "mem_total_bytes": 0,
+                    "power_limit_watts": 0.0,
+                    "parent_uuid": None,
+                    "mig_profile": None,
+                    "driver": "580.159.04",
+                }
+            ],
+        }
 
 
 def _pick(rng: random.Random, choices: tuple) -> Any:
@@ -105,7 +119,9 @@ def _pick(rng: random.Random, choices: tuple) -> Any:
     return choices[-1]
 
 
-def _stats(mean: float, low: float, high: float, lo: float = 0.0, hi: float = math.inf, digits: int = 3) -> dict[str, float]:
+def _stats(
+    mean: float, low: float, high: float, lo: float = 0.0, hi: float = math.inf, digits: int = 3
+) -> dict[str, float]:
     """``{min, mean, max}`` with min <= mean <= max inside [lo, hi] (the server checks both)."""
     mean = min(hi, max(lo, round(mean, digits)))
     return {"min": min(mean, max(lo, round(low, digits))), "mean": mean, "max": max(mean, min(hi, round(high, digits)))}
@@ -144,8 +160,10 @@ class MachineModel:
         self.intensity = rng.uniform(0.85, 1.0)  # how hard its jobs push the power cap
         self.mem_util_ratio = rng.uniform(0.3, 0.65)  # memory-controller load per unit of SM load
         self.job_until = 0.0
-        self.gpus = [GpuState(uuid=f"GPU-{uuid.uuid5(uuid.NAMESPACE_DNS, f'{name}/{i}')}", heat=rng.uniform(-3, 3))
-                     for i in range(gpus)]
+        self.gpus = [
+            GpuState(uuid=f"GPU-{uuid.uuid5(uuid.NAMESPACE_DNS, f'{name}/{i}')}", heat=rng.uniform(-3, 3))
+            for i in range(gpus)
+        ]
         self._new_job(time.time())
 
     # -- inventory -----------------------------------------------------------------------
@@ -162,9 +180,16 @@ class MachineModel:
             "cpu_threads": self.cpu_threads,
             "mem_total_bytes": self.mem_total_bytes,
             "accelerators": [
-                {**accelerator, "index": i, "name": self.gpu.name, "uuid": g.uuid,
-                 "mem_total_bytes": self.gpu.mem_total_bytes, "power_limit_watts": self.gpu.power_limit_watts,
-                 "parent_uuid": None, "mig_profile": None}
+                {
+                    **accelerator,
+                    "index": i,
+                    "name": self.gpu.name,
+                    "uuid": g.uuid,
+                    "mem_total_bytes": self.gpu.mem_total_bytes,
+                    "power_limit_watts": self.gpu.power_limit_watts,
+                    "parent_uuid": None,
+                    "mig_profile": None,
+                }
                 for i, g in enumerate(self.gpus)
             ],
         }
@@ -216,7 +241,7 @@ class MachineModel:
             # Power follows utilisation up to the cap; at the cap the SM clock drops (capture:
             # 698 W of 700, 1335-1410 MHz, clocks-event reason 4 = SW power cap).
             span = gpu.power_limit_watts - gpu.idle_watts
-            power = gpu.idle_watts + span * (u ** 1.3) * self.intensity
+            power = gpu.idle_watts + span * (u**1.3) * self.intensity
             capped = power > 0.96 * gpu.power_limit_watts
             if capped:
                 power = gpu.power_limit_watts * rng.uniform(0.985, 0.999)
@@ -231,27 +256,52 @@ class MachineModel:
             mem_used = int(gpu.mem_total_bytes * g.job_mem_fraction)
             host_mem_job += mem_used * 0.25
             spread = 0.0 if util == 0.0 else min(util, rng.uniform(2, 12))
-            gpus.append({
-                "index": i,
-                "uuid": g.uuid,
-                "util_percent": _stats(util, util - spread, util + spread / 3, 0, 100, 1),
-                "mem_util_percent": _stats(util * self.mem_util_ratio, (util - spread) * self.mem_util_ratio,
-                                           (util + 2) * self.mem_util_ratio, 0, 100, 1),
-                "mem_used_bytes": _flat(mem_used),
-                "power_watts": _stats(power, power * (1 - rng.uniform(0, 0.03)), power * (1 + rng.uniform(0, 0.03))),
-                "temp_c": _stats(temp, temp - rng.uniform(0, 1.5), temp + rng.uniform(0, 1.5), -273.15, 120, 1),
-                "sm_clock_mhz": _stats(sm, sm - (rng.uniform(0, 60) if capped else 0), sm + (rng.uniform(0, 60) if capped else 0), 0, 1e5, 1),
-                "mem_clock_mhz": _flat(gpu.mem_clock_mhz),
-                "mem_total_bytes": gpu.mem_total_bytes,
-                "power_limit_watts": gpu.power_limit_watts,
-                "ecc_errors": 0,
-                "xid_errors": 0,
-                "throttle_reasons": throttle,
-                # The process holds a little less than the board reports used (the capture:
-                # 1,184,890,880 of 1,194,131,456 bytes: the CUDA context).
-                "processes": [{"pid": g.pid, "name": "python3", "user": g.user, "mem_used_bytes": max(0, mem_used - 9_240_576)}]
-                if mem_used else [],
-            })
+            gpus.append(
+                {
+                    "index": i,
+                    "uuid": g.uuid,
+                    "util_percent": _stats(util, util - spread, util + spread / 3, 0, 100, 1),
+                    "mem_util_percent": _stats(
+                        util * self.mem_util_ratio,
+                        (util - spread) * self.mem_util_ratio,
+                        (util + 2) * self.mem_util_ratio,
+                        0,
+                        100,
+                        1,
+                    ),
+                    "mem_used_bytes": _flat(mem_used),
+                    "power_watts": _stats(
+                        power, power * (1 - rng.uniform(0, 0.03)), power * (1 + rng.uniform(0, 0.03))
+                    ),
+                    "temp_c": _stats(temp, temp - rng.uniform(0, 1.5), temp + rng.uniform(0, 1.5), -273.15, 120, 1),
+                    "sm_clock_mhz": _stats(
+                        sm,
+                        sm - (rng.uniform(0, 60) if capped else 0),
+                        sm + (rng.uniform(0, 60) if capped else 0),
+                        0,
+                        1e5,
+                        1,
+                    ),
+                    "mem_clock_mhz": _flat(gpu.mem_clock_mhz),
+                    "mem_total_bytes": gpu.mem_total_bytes,
+                    "power_limit_watts": gpu.power_limit_watts,
+                    "ecc_errors": 0,
+                    "xid_errors": 0,
+                    "throttle_reasons": throttle,
+                    # The process holds a little less than the board reports used (the capture:
+                    # 1,184,890,880 of 1,194,131,456 bytes: the CUDA context).
+                    "processes": [
+                        {
+                            "pid": g.pid,
+                            "name": "python3",
+                            "user": g.user,
+                            "mem_used_bytes": max(0, mem_used - 9_240_576),
+                        }
+                    ]
+                    if mem_used
+                    else [],
+                }
+            )
         return {
             "ts": round(end_ts, 3),
             "interval_s": self.interval_s,
@@ -272,8 +322,14 @@ class MachineModel:
         mem = min(self.mem_total_bytes * 0.95, self.mem_total_bytes * 0.04 + host_mem_job)
         active = busy_gpus > 0
         disk_read = rng.uniform(2e7, 4e8) if active else rng.uniform(0, 4096)
-        disk_write = rng.uniform(1e9, 3e9) if active and rng.random() < 0.03 else rng.uniform(0, 2e6 if active else 8192)
-        net = rng.uniform(5e6, 5e8) if active and self.workload == "training" else rng.uniform(1e4, 2e7 if active else 5e4)
+        disk_write = (
+            rng.uniform(1e9, 3e9) if active and rng.random() < 0.03 else rng.uniform(0, 2e6 if active else 8192)
+        )
+        net = (
+            rng.uniform(5e6, 5e8)
+            if active and self.workload == "training"
+            else rng.uniform(1e4, 2e7 if active else 5e4)
+        )
         return {
             "cpu_percent": _stats(cpu, cpu * rng.uniform(0.8, 1.0), min(100.0, cpu * rng.uniform(1.0, 1.3)), 0, 100),
             "load1": _stats(busy_gpus * 4.2 + rng.uniform(0, 1), busy_gpus * 3.9, busy_gpus * 4.5 + 1.2),
@@ -316,8 +372,10 @@ def enroll(names: list[str], token_file: Path) -> dict[str, tuple[str, int]]:
         existing = {m.name: m for m in Machine.objects.filter(name__in=names)}
         Machine.objects.bulk_create([Machine(name=n) for n in names if n not in existing])
         machines = {m.name: m for m in Machine.objects.filter(name__in=names)}
-        valid = {(t.machine_id, t.prefix): t.digest
-                 for t in AgentToken.objects.filter(machine__in=machines.values(), revoked_at=None)}
+        valid = {
+            (t.machine_id, t.prefix): t.digest
+            for t in AgentToken.objects.filter(machine__in=machines.values(), revoked_at=None)
+        }
         out: dict[str, tuple[str, int]] = {}
         new_tokens = []
         for name in names:
@@ -423,10 +481,12 @@ class Status:
     lag_s: float
 
     def line(self, machines: int, interval: float) -> str:
-        return (f"simulate | {self.elapsed_s:6.0f} s  {machines} machines  windows {self.windows:,}  accepted "
-                f"{self.accepted:,} ({self.accepted / max(self.elapsed_s, 1e-9):,.1f}/s of {machines / interval:,.1f}/s)  "
-                f"backlog {self.backlog:,}  latency p50 {self.p50_ms:.0f} ms p99 {self.p99_ms:.0f} ms  "
-                f"errors {self.errors}" + (f"  lag {self.lag_s:.1f} s" if self.lag_s >= 1 else ""))
+        return (
+            f"simulate | {self.elapsed_s:6.0f} s  {machines} machines  windows {self.windows:,}  accepted "
+            f"{self.accepted:,} ({self.accepted / max(self.elapsed_s, 1e-9):,.1f}/s of {machines / interval:,.1f}/s)  "
+            f"backlog {self.backlog:,}  latency p50 {self.p50_ms:.0f} ms p99 {self.p99_ms:.0f} ms  "
+            f"errors {self.errors}" + (f"  lag {self.lag_s:.1f} s" if self.lag_s >= 1 else "")
+        )
 
 
 @dataclass
@@ -517,10 +577,20 @@ class Simulator:
     def _status(self, started: float, lag_s: float) -> Status:
         c = self.counters
         with c.lock:
-            recent = c.latencies_s[self._lat_mark:]
+            recent = c.latencies_s[self._lat_mark :]
             self._lat_mark = len(c.latencies_s)
-            status = Status(time.monotonic() - started, c.windows, c.accepted, c.duplicates, c.requests, c.errors,
-                            self.backlog(), percentile(recent, 50) * 1000, percentile(recent, 99) * 1000, lag_s)
+            status = Status(
+                time.monotonic() - started,
+                c.windows,
+                c.accepted,
+                c.duplicates,
+                c.requests,
+                c.errors,
+                self.backlog(),
+                percentile(recent, 50) * 1000,
+                percentile(recent, 99) * 1000,
+                lag_s,
+            )
         self.history.append(status)
         return status
 
@@ -530,8 +600,10 @@ class Simulator:
         self._lat_mark = 0
         warm_mark: int | None = None
         n = len(self.vms)
-        threads = [threading.Thread(target=self._send_worker, name=f"sim-sender-{i}", daemon=True)
-                   for i in range(max(1, self.senders))]
+        threads = [
+            threading.Thread(target=self._send_worker, name=f"sim-sender-{i}", daemon=True)
+            for i in range(max(1, self.senders))
+        ]
         for t in threads:
             t.start()
         started = time.monotonic()
@@ -541,8 +613,10 @@ class Simulator:
         next_status = started + self.status_every_s
         deadline = started + seconds if seconds else math.inf
         lag = 0.0
-        self.print_fn(f"simulate | {n} machines x {self.gpus} GPUs, a window every {self.interval_s:g} s "
-                      f"({n / self.interval_s:,.1f} windows/s) to {self.url}; spools in {self.spool_dir}")
+        self.print_fn(
+            f"simulate | {n} machines x {self.gpus} GPUs, a window every {self.interval_s:g} s "
+            f"({n / self.interval_s:,.1f} windows/s) to {self.url}; spools in {self.spool_dir}"
+        )
         try:
             while not self.stop.is_set():
                 now = time.monotonic()
@@ -580,8 +654,15 @@ class Simulator:
             steady_latencies = self.counters.latencies_s[warm_mark:] if warm_mark is not None else []
         return self._finish(started, threads, lag, run_s, at_stop, steady_latencies)
 
-    def _finish(self, started: float, threads: list[threading.Thread], lag: float, run_s: float,
-                at_stop: Status, steady_latencies: list[float]) -> dict[str, Any]:
+    def _finish(
+        self,
+        started: float,
+        threads: list[threading.Thread],
+        lag: float,
+        run_s: float,
+        at_stop: Status,
+        steady_latencies: list[float],
+    ) -> dict[str, Any]:
         # Like the agent on SIGTERM: a few seconds to deliver what is spooled, then stop.
         deadline = time.monotonic() + self.flush_s
         while time.monotonic() < deadline:
@@ -606,18 +687,30 @@ class Simulator:
         steady = [s.backlog for s in self.history[:-1] if s.elapsed_s >= self.warmup_s]
         summary = {
             # Rates over the time windows were made (the final flush adds none).
-            "machines": len(self.vms), "gpus": self.gpus, "interval_s": self.interval_s, "seconds": run_s,
-            "windows": c.windows, "offered_per_s": len(self.vms) / self.interval_s,
-            "accepted": c.accepted, "accepted_per_s": c.accepted / run_s if run_s else 0.0,
-            "duplicates": c.duplicates, "requests": c.requests, "errors": c.errors, "last_error": c.last_error,
-            "p50_ms": percentile(c.latencies_s, 50) * 1000, "p99_ms": percentile(c.latencies_s, 99) * 1000,
-            "backlog_max": max(s.backlog for s in self.history), "backlog_at_stop": at_stop.backlog,
+            "machines": len(self.vms),
+            "gpus": self.gpus,
+            "interval_s": self.interval_s,
+            "seconds": run_s,
+            "windows": c.windows,
+            "offered_per_s": len(self.vms) / self.interval_s,
+            "accepted": c.accepted,
+            "accepted_per_s": c.accepted / run_s if run_s else 0.0,
+            "duplicates": c.duplicates,
+            "requests": c.requests,
+            "errors": c.errors,
+            "last_error": c.last_error,
+            "p50_ms": percentile(c.latencies_s, 50) * 1000,
+            "p99_ms": percentile(c.latencies_s, 99) * 1000,
+            "backlog_max": max(s.backlog for s in self.history),
+            "backlog_at_stop": at_stop.backlog,
             "backlog_final": final.backlog,  # after the flush
             # After the start-up burst (warmup_s): status samples of the backlog, request latency.
             "warmup_s": self.warmup_s,
-            "backlog_median": percentile(steady, 50), "backlog_p90": percentile(steady, 90),
+            "backlog_median": percentile(steady, 50),
+            "backlog_p90": percentile(steady, 90),
             "backlog_max_steady": max(steady, default=math.nan),
-            "p50_ms_steady": percentile(steady_latencies, 50) * 1000, "p99_ms_steady": percentile(steady_latencies, 99) * 1000,
+            "p50_ms_steady": percentile(steady_latencies, 50) * 1000,
+            "p99_ms_steady": percentile(steady_latencies, 99) * 1000,
             "history": [s.__dict__ for s in self.history],
         }
         if not any(t.is_alive() for t in threads):  # a request still in flight may yet ack
@@ -647,27 +740,48 @@ def default_dir(prefix: str) -> Path:
     return Path(settings.DATA_DIR) / "simulate" / prefix.rstrip("-_.")
 
 
-def main(url: str, machines: int, gpus: int, interval_s: float, seconds: float | None = None, prefix: str = "sim-",
-         spool_dir: str | None = None, token_file: str | None = None, senders: int = 32, batch_max: int = 100,
-         status_every_s: float = 10.0, enroll_only: bool = False, summary: str | None = None,
-         print_fn: Callable[[str], None] = print) -> dict[str, Any] | None:
+def main(
+    url: str,
+    machines: int,
+    gpus: int,
+    interval_s: float,
+    seconds: float | None = None,
+    prefix: str = "sim-",
+    spool_dir: str | None = None,
+    token_file: str | None = None,
+    senders: int = 32,
+    batch_max: int = 100,
+    status_every_s: float = 10.0,
+    enroll_only: bool = False,
+    summary: str | None = None,
+    print_fn: Callable[[str], None] = print,
+) -> dict[str, Any] | None:
     """Enroll ``machines`` virtual machines and, unless ``enroll_only``, run them (the command's body)."""
     base = default_dir(prefix)
     tokens_path = Path(token_file) if token_file else base / "tokens.json"
     t0 = time.perf_counter()
     enrolled = enroll(machine_names(machines, prefix), tokens_path)
-    print_fn(f"simulate | {len(enrolled)} machines enrolled ({prefix}0001..) in {time.perf_counter() - t0:.1f} s; "
-             f"tokens in {tokens_path}")
+    print_fn(
+        f"simulate | {len(enrolled)} machines enrolled ({prefix}0001..) in {time.perf_counter() - t0:.1f} s; "
+        f"tokens in {tokens_path}"
+    )
     if enroll_only:
         return None
     from django.db import connections
 
     connections.close_all()  # the run needs no database: only HTTP from here on
-    sim = Simulator(url, enrolled, gpus=gpus, interval_s=interval_s,
-                    spool_dir=Path(spool_dir) if spool_dir else base / "spool",
-                    senders=senders, batch_max=batch_max, status_every_s=status_every_s, print_fn=print_fn)
+    sim = Simulator(
+        url,
+        enrolled,
+        gpus=gpus,
+        interval_s=interval_s,
+        spool_dir=Path(spool_dir) if spool_dir else base / "spool",
+        senders=senders,
+        batch_max=batch_max,
+        status_every_s=status_every_s,
+        print_fn=print_fn,
+    )
     result = sim.run(seconds)
     if summary:
         Path(summary).write_text(json.dumps(result, indent=1))
     return result
-

@@ -32,19 +32,30 @@ def _series(rows, since: datetime, until: datetime, key_name) -> list[dict[str, 
     series = []
     for key in sorted(buckets, key=lambda k: (k is None, k)):
         times = sorted(buckets[key])
-        series.append({
-            "key": key,
-            "name": key_name(key),
-            "t": [(b + step // 2) * 1000 for b in times],
-            "mean": [round(buckets[key][b] / step, 3) for b in times],
-        })
+        series.append(
+            {
+                "key": key,
+                "name": key_name(key),
+                "t": [(b + step // 2) * 1000 for b in times],
+                "mean": [round(buckets[key][b] / step, 3) for b in times],
+            }
+        )
     return series, step
 
 
 def _payload(metric: str, since: datetime, until: datetime, series: list, step: int, **extra) -> dict[str, Any]:
     kind = METRICS[metric]
-    return {"metric": metric, "label": f"{LABELS[kind]} per second", "unit": "tokens/s", "resolution_s": None,
-            "step_s": step, "since": since.isoformat(), "until": until.isoformat(), "series": series, **extra}
+    return {
+        "metric": metric,
+        "label": f"{LABELS[kind]} per second",
+        "unit": "tokens/s",
+        "resolution_s": None,
+        "step_s": step,
+        "since": since.isoformat(),
+        "until": until.isoformat(),
+        "series": series,
+        **extra,
+    }
 
 
 def machine_series(machine: Machine, metric: str, since: datetime, until: datetime) -> dict[str, Any]:
@@ -68,7 +79,9 @@ def machine_series(machine: Machine, metric: str, since: datetime, until: dateti
 
 def job_series(job, metric: str, since: datetime, until: datetime) -> dict[str, Any]:
     column = KINDS[METRICS[metric]]
-    rows = ThroughputSample.objects.filter(job=job, ts__gte=since, ts__lt=until).order_by("ts").values_list("ts", column)
+    rows = (
+        ThroughputSample.objects.filter(job=job, ts__gte=since, ts__lt=until).order_by("ts").values_list("ts", column)
+    )
     series, step = _series([(None, ts, n) for ts, n in rows if n], since, until, lambda _: LABELS[METRICS[metric]])
     for s in series:
         s.pop("key")
@@ -89,7 +102,9 @@ def fleet_series(metric: str, since: datetime, until: datetime) -> dict[str, Any
     return _payload(metric, since, until, series, step)
 
 
-def _energy_joules(machine_id: int, gpus: list[int] | None, since: datetime | None, until: datetime | None) -> float | None:
+def _energy_joules(
+    machine_id: int, gpus: list[int] | None, since: datetime | None, until: datetime | None
+) -> float | None:
     """GPU energy over raw windows: sum of mean power x window length; None without a power reading."""
     qs = GpuSample.objects.filter(machine_id=machine_id, power_watts_mean__isnull=False)
     if gpus is not None:
@@ -106,11 +121,15 @@ def summary(windows: dict[int, dict[str, float]], intervals: dict[int, float], j
     """Per kind: total tokens, mean/median/peak tokens/s over windows, and tokens per joule."""
     out: dict[str, Any] = {}
     for kind in KINDS:
-        rates = [windows[seq][kind] / intervals[seq] for seq in sorted(windows) if windows[seq][kind] and intervals[seq]]
+        rates = [
+            windows[seq][kind] / intervals[seq] for seq in sorted(windows) if windows[seq][kind] and intervals[seq]
+        ]
         total = sum(windows[seq][kind] for seq in windows)
         out[kind] = {
             "total_tokens": int(total),
-            "mean_tokens_per_s": round(total / sum(intervals[s] for s in windows if windows[s][kind]), 3) if rates else None,
+            "mean_tokens_per_s": round(total / sum(intervals[s] for s in windows if windows[s][kind]), 3)
+            if rates
+            else None,
             "median_tokens_per_s": round(statistics.median(rates), 3) if rates else None,
             "peak_tokens_per_s": round(max(rates), 3) if rates else None,
             "tokens_per_joule": round(total / joules, 6) if (joules and total) else None,
@@ -121,7 +140,9 @@ def summary(windows: dict[int, dict[str, float]], intervals: dict[int, float], j
 def _windows(qs) -> tuple[dict[int, dict[str, float]], dict[int, float]]:
     windows: dict[int, dict[str, float]] = defaultdict(lambda: {k: 0.0 for k in KINDS})
     intervals: dict[int, float] = {}
-    for seq, interval, p, g, t in qs.values_list("seq", "interval_s", "prompt_tokens", "generated_tokens", "train_tokens"):
+    for seq, interval, p, g, t in qs.values_list(
+        "seq", "interval_s", "prompt_tokens", "generated_tokens", "train_tokens"
+    ):
         windows[seq]["prompt"] += p
         windows[seq]["generated"] += g
         windows[seq]["train"] += t
@@ -157,4 +178,3 @@ def job_summaries(job_ids: list[int]) -> dict[int, dict[str, Any]]:
         windows[seq]["train"] += t
         intervals[seq] = interval
     return {job_id: summary(w, i, None) for job_id, (w, i) in per_job.items()}
-

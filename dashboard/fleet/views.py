@@ -48,14 +48,19 @@ def _present(m: dict[str, Any]) -> dict[str, Any]:
         "gpus": gpus,
         "processes": [{"gpu": g["index"], **p} for g in gpus for p in g.get("processes") or []],
         "sparkline_json": json.dumps(
-            {"cpu": m["sparkline"]["cpu_percent"], "gpu": m["sparkline"]["gpu_util_percent"] if m["accelerators"] else []}
+            {
+                "cpu": m["sparkline"]["cpu_percent"],
+                "gpu": m["sparkline"]["gpu_util_percent"] if m["accelerators"] else [],
+            }
         ),
     }
 
 
 def _fleet_tokens(since: datetime) -> dict[str, int]:
     """Tokens the fleet counted since ``since``, per charted kind: which throughput charts have data."""
-    sums = ThroughputSample.objects.filter(ts__gte=since).aggregate(train=Sum("train_tokens"), generated=Sum("generated_tokens"))
+    sums = ThroughputSample.objects.filter(ts__gte=since).aggregate(
+        train=Sum("train_tokens"), generated=Sum("generated_tokens")
+    )
     return {kind: int(n or 0) for kind, n in sums.items()}
 
 

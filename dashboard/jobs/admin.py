@@ -7,7 +7,17 @@ class JobAttemptInline(admin.TabularInline):
     model = JobAttempt
     extra = 0
     can_delete = False
-    readonly_fields = ("number", "machine", "gpus", "placed_at", "started_at", "ended_at", "outcome", "exit_code", "message")
+    readonly_fields = (
+        "number",
+        "machine",
+        "gpus",
+        "placed_at",
+        "started_at",
+        "ended_at",
+        "outcome",
+        "exit_code",
+        "message",
+    )
 
 
 @admin.register(Job)

@@ -44,7 +44,13 @@ def command_line(argv: Iterable[str]) -> str:
 def _template(raw: dict[str, Any]) -> Template:
     argv = list(raw["argv"])
     kind = next((w for w in WORKLOADS if argv[1:4] == ["-m", "hwprobe.workloads", w]), None)
-    return {"name": raw["name"], "argv": argv, "workdir": raw.get("workdir"), "command": command_line(argv), "kind": kind}
+    return {
+        "name": raw["name"],
+        "argv": argv,
+        "workdir": raw.get("workdir"),
+        "command": command_line(argv),
+        "kind": kind,
+    }
 
 
 BUILTINS: list[Template] = [_template({"name": n, "argv": a}) for n, a in BUILTIN_TEMPLATES]
@@ -61,26 +67,41 @@ def machine_policy(machine: Machine) -> MachinePolicy:
     """What the form shows for ``machine``: its templates and whether its worker takes shell lines."""
     summary = machine.worker_policy
     if summary is None:
-        return {"reported": False, "allow_shell": False, "templates": [],
-                "note": "no worker has reported from this machine yet — jobs wait until one does"}
+        return {
+            "reported": False,
+            "allow_shell": False,
+            "templates": [],
+            "note": "no worker has reported from this machine yet — jobs wait until one does",
+        }
     shell = bool(summary.get("allow_shell"))
-    return {"reported": True, "allow_shell": shell, "templates": templates(summary),
-            "note": "shell allowed" if shell else "argument lists only"}
+    return {
+        "reported": True,
+        "allow_shell": shell,
+        "templates": templates(summary),
+        "note": "shell allowed" if shell else "argument lists only",
+    }
 
 
 def automatic_policy(machines: Iterable[Machine]) -> MachinePolicy:
     """For automatic placement: the templates every online machine's worker reported, else the built-ins."""
     summaries = [m.worker_policy for m in machines if m.worker_policy is not None and m.is_online()]
     if not summaries:
-        return {"reported": False, "allow_shell": False, "templates": BUILTINS,
-                "note": "no online machine's worker has reported yet: these are the built-in workloads, "
-                        "allowed unless a host's config says otherwise"}
-    common = [t for t in templates(summaries[0])
-              if all(any(_same(t, o) for o in templates(s)) for s in summaries[1:])]
+        return {
+            "reported": False,
+            "allow_shell": False,
+            "templates": BUILTINS,
+            "note": "no online machine's worker has reported yet: these are the built-in workloads, "
+            "allowed unless a host's config says otherwise",
+        }
+    common = [t for t in templates(summaries[0]) if all(any(_same(t, o) for o in templates(s)) for s in summaries[1:])]
     shell = all(s.get("allow_shell") for s in summaries)
     note = "templates every online machine's worker allows"
-    return {"reported": True, "allow_shell": shell, "templates": common,
-            "note": note + (" · shell allowed" if shell else " · argument lists only")}
+    return {
+        "reported": True,
+        "allow_shell": shell,
+        "templates": common,
+        "note": note + (" · shell allowed" if shell else " · argument lists only"),
+    }
 
 
 def _same(a: Template, b: Template) -> bool:
@@ -94,8 +115,11 @@ def _rules(summary: dict[str, Any]) -> list[Rule]:
 
 def _allowed(summary: dict[str, Any]) -> str:
     builtin = {(n, a) for n, a in BUILTIN_TEMPLATES}
-    parts = [command_line(t["argv"]) + (f" (in {t['workdir']})" if t.get("workdir") else "")
-             for t in summary.get("templates") or [] if (t["name"], tuple(t["argv"])) not in builtin]
+    parts = [
+        command_line(t["argv"]) + (f" (in {t['workdir']})" if t.get("workdir") else "")
+        for t in summary.get("templates") or []
+        if (t["name"], tuple(t["argv"])) not in builtin
+    ]
     if summary.get("builtin_workloads"):
         parts.insert(0, "python -m hwprobe.workloads train|serve ...")
     return "; ".join(parts) or "no command at all"
@@ -112,8 +136,9 @@ def refusal(machine: Machine, argv: list[str] | None, shell: str, workdir: str |
     if shell:
         if summary.get("allow_shell"):
             return None
-        return (f"{machine.name}'s worker takes argument lists only, not shell lines; "
-                f"it allows only: {_allowed(summary)}")
+        return (
+            f"{machine.name}'s worker takes argument lists only, not shell lines; it allows only: {_allowed(summary)}"
+        )
     if argv and any(rule.matches(list(argv), workdir or None) for rule in _rules(summary)):
         return None
     return f"{machine.name}'s worker allows only: {_allowed(summary)}"

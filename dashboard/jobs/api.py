@@ -30,14 +30,20 @@ class JobIn(BaseModel):
 
     name: Annotated[str, Field(min_length=1, max_length=200)]
     kind: Literal["train", "serve"]
-    command: Annotated[list[Annotated[str, Field(max_length=4096)]], Field(min_length=1, max_length=256)] | Annotated[str, Field(min_length=1, max_length=8192)]
+    command: (
+        Annotated[list[Annotated[str, Field(max_length=4096)]], Field(min_length=1, max_length=256)]
+        | Annotated[str, Field(min_length=1, max_length=8192)]
+    )
     machine: str | None = None
     gpus: Annotated[int, Field(ge=0, le=64)] = 1
     gpu_memory_gb: Annotated[float, Field(ge=0, le=4096, allow_inf_nan=False)] = 0
     priority: Annotated[int, Field(ge=-1000, le=1000)] = 0
     max_runtime_s: Annotated[int, Field(ge=1, le=30 * 86400)] | None = None
     workdir: Annotated[str, Field(max_length=1024)] = ""
-    env: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)], Annotated[str, Field(max_length=4096)]] = {}
+    env: dict[
+        Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)],
+        Annotated[str, Field(max_length=4096)],
+    ] = {}
     preemptible: bool = False
     metrics_url: Annotated[str, Field(max_length=500, pattern=r"^https?://[^\s]+$")] | None = None
     progress_pattern: Annotated[str, Field(max_length=500)] = ""
@@ -56,7 +62,9 @@ class JobIn(BaseModel):
             except re.error as exc:
                 raise ValueError(f"progress_pattern: not a valid regular expression ({exc})") from None
             if "tokens" not in pattern.groupindex:
-                raise ValueError("progress_pattern: needs a named group (?P<tokens>...) or a preset: " + ", ".join(PROGRESS_PRESETS))
+                raise ValueError(
+                    "progress_pattern: needs a named group (?P<tokens>...) or a preset: " + ", ".join(PROGRESS_PRESETS)
+                )
         return self
 
 
@@ -64,7 +72,9 @@ def _raise(exc: service.JobError):
     raise HttpError(exc.status, str(exc))
 
 
-@router.post("/jobs", auth=USER_AUTH, response={201: dict}, summary="Submit a training or serving job (operators and admins)")
+@router.post(
+    "/jobs", auth=USER_AUTH, response={201: dict}, summary="Submit a training or serving job (operators and admins)"
+)
 def submit(request, payload: JobIn):
     target = None
     if payload.machine:
@@ -89,7 +99,14 @@ def submit(request, payload: JobIn):
 
 
 @router.get("/jobs", auth=USER_AUTH, summary="Jobs, newest first, filtered by status, machine, kind, owner")
-def jobs(request, status: str | None = None, machine: str | None = None, kind: str | None = None, owner: str | None = None, limit: int = 100):
+def jobs(
+    request,
+    status: str | None = None,
+    machine: str | None = None,
+    kind: str | None = None,
+    owner: str | None = None,
+    limit: int = 100,
+):
     jobs = list(queries.job_list(status, machine, kind, owner)[: max(1, min(limit, 1000))])
     summaries = throughput.job_summaries([j.pk for j in jobs])
     return {"jobs": [{**queries.job_dict(j), "throughput": summaries.get(j.pk)} for j in jobs]}
@@ -100,14 +117,18 @@ def job(request, job_id: int):
     return queries.job_dict(get_object_or_404(Job, pk=job_id), attempts=True)
 
 
-@router.get("/jobs/{job_id}/series", auth=USER_AUTH, summary="The job's tokens/s (tokens.*) or its GPUs' metrics (gpu.*)")
+@router.get(
+    "/jobs/{job_id}/series", auth=USER_AUTH, summary="The job's tokens/s (tokens.*) or its GPUs' metrics (gpu.*)"
+)
 def job_series(request, job_id: int, metric: str, since: str | None = None, until: str | None = None):
     job = get_object_or_404(Job, pk=job_id)
-    start, end = (time_range(since, until) if since else queries.job_span(job))
+    start, end = time_range(since, until) if since else queries.job_span(job)
     if metric in throughput.METRICS:
         return throughput.job_series(job, metric, start, end)
     if not metric.startswith("gpu.") or job.machine is None:
-        raise HttpError(400, f"metric: expected one of {', '.join(sorted(throughput.METRICS))} or gpu.* for a placed job")
+        raise HttpError(
+            400, f"metric: expected one of {', '.join(sorted(throughput.METRICS))} or gpu.* for a placed job"
+        )
     try:
         data = series.machine_series(job.machine, metric, start, end)
     except series.SeriesError as exc:
@@ -213,13 +234,23 @@ def heartbeat(request, job_id: int, payload: HeartbeatIn):
 
 @agent_router.post("/agent/jobs/{job_id}/log", auth=AgentAuth())
 def log(request, job_id: int, payload: LogIn):
-    new = _agent_call(service.append_log, request.auth.machine, job_id, payload.attempt, [c.model_dump() for c in payload.chunks])
+    new = _agent_call(
+        service.append_log, request.auth.machine, job_id, payload.attempt, [c.model_dump() for c in payload.chunks]
+    )
     return {"stored": new}
 
 
 @agent_router.post("/agent/jobs/{job_id}/finish", auth=AgentAuth())
 def finish(request, job_id: int, payload: FinishIn):
-    _agent_call(service.finish, request.auth.machine, job_id, payload.attempt, payload.outcome, payload.exit_code, payload.message)
+    _agent_call(
+        service.finish,
+        request.auth.machine,
+        job_id,
+        payload.attempt,
+        payload.outcome,
+        payload.exit_code,
+        payload.message,
+    )
     return {"ok": True}
 
 
@@ -227,5 +258,6 @@ def finish(request, job_id: int, payload: FinishIn):
 def agent_policy(request, payload: PolicyIn):
     # update(), not save(): ingest writes other columns of the same row concurrently.
     Machine.objects.filter(pk=request.auth.machine.pk).update(
-        worker_policy=payload.model_dump(), worker_seen_at=timezone.now())
+        worker_policy=payload.model_dump(), worker_seen_at=timezone.now()
+    )
     return {"ok": True, "templates": len(payload.templates)}

@@ -21,10 +21,21 @@ GIB = 2**30
 
 # Prefills for ?template=train|serve: the built-in workloads every host allows.
 TEMPLATES: dict[str, dict[str, Any]] = {
-    "train": {"name": "train-demo", "kind": "train", "command": "python -m hwprobe.workloads train --seconds 60",
-              "gpus": 1, "gpu_memory_gb": 4, "preemptible": True},
-    "serve": {"name": "serve-demo", "kind": "serve", "command": "python -m hwprobe.workloads serve --port 8100 --load 2 --seconds 60",
-              "gpus": 1, "gpu_memory_gb": 4},
+    "train": {
+        "name": "train-demo",
+        "kind": "train",
+        "command": "python -m hwprobe.workloads train --seconds 60",
+        "gpus": 1,
+        "gpu_memory_gb": 4,
+        "preemptible": True,
+    },
+    "serve": {
+        "name": "serve-demo",
+        "kind": "serve",
+        "command": "python -m hwprobe.workloads serve --port 8100 --load 2 --seconds 60",
+        "gpus": 1,
+        "gpu_memory_gb": 4,
+    },
 }
 
 
@@ -50,8 +61,16 @@ class MachineSelect(forms.Select):
 
     policies: dict[str, allowlist.MachinePolicy]
 
-    def create_option(self, name: str, value: Any, label: Any, selected: Any, index: int,
-                      subindex: int | None = None, attrs: dict[str, Any] | None = None) -> dict[str, Any]:
+    def create_option(
+        self,
+        name: str,
+        value: Any,
+        label: Any,
+        selected: Any,
+        index: int,
+        subindex: int | None = None,
+        attrs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         option = super().create_option(name, value, label, selected, index, subindex, attrs)
         policy = getattr(self, "policies", {}).get(str(value))
         if policy is not None:
@@ -79,49 +98,74 @@ class JobForm(forms.Form):
     command = forms.CharField(
         widget=forms.TextInput(attrs={"class": "mono", "spellcheck": "false", "autocomplete": "off"}),
         help_text="One line, split into arguments as a POSIX shell would (quotes work); no shell runs it. "
-                  "The machine's worker decides whether it runs, when the job arrives: this form only warns "
-                  "from what the worker last reported, and a host may change its policy after that.",
+        "The machine's worker decides whether it runs, when the job arrives: this form only warns "
+        "from what the worker last reported, and a host may change its policy after that.",
     )
     shell = forms.BooleanField(
-        required=False, label="Run through the shell",
+        required=False,
+        label="Run through the shell",
         help_text="Send the line as a shell string (pipes, &&, $VARS). Hosts refuse this unless their worker config allows it.",
     )
-    workdir = forms.CharField(required=False, label="Working folder", widget=forms.TextInput(attrs={"class": "mono"}),
-                              help_text="On the machine; empty means the worker's own folder.")
+    workdir = forms.CharField(
+        required=False,
+        label="Working folder",
+        widget=forms.TextInput(attrs={"class": "mono"}),
+        help_text="On the machine; empty means the worker's own folder.",
+    )
     env = forms.CharField(
-        required=False, label="Environment",
-        widget=forms.Textarea(attrs={"rows": 3, "class": "mono", "spellcheck": "false", "placeholder": "HF_HOME=/data/hf"}),
+        required=False,
+        label="Environment",
+        widget=forms.Textarea(
+            attrs={"rows": 3, "class": "mono", "spellcheck": "false", "placeholder": "HF_HOME=/data/hf"}
+        ),
         help_text="KEY=VALUE, one per line.",
     )
     gpus = forms.IntegerField(initial=1, label="GPUs")
     gpu_memory_gb = forms.FloatField(initial=0, label="GPU memory per GPU (GiB)")
     machine = forms.CharField(required=False, widget=MachineSelect())
-    priority = forms.IntegerField(initial=0, help_text="Higher runs first; a serving job may preempt lower-priority training.")
+    priority = forms.IntegerField(
+        initial=0, help_text="Higher runs first; a serving job may preempt lower-priority training."
+    )
     max_runtime_s = forms.IntegerField(required=False, label="Maximum run time (s)", help_text="Empty for no limit.")
-    preemptible = forms.BooleanField(required=False, label="Preemptible",
-                                     help_text="Training only: may be stopped for a serving job and resumed later.")
+    preemptible = forms.BooleanField(
+        required=False,
+        label="Preemptible",
+        help_text="Training only: may be stopped for a serving job and resumed later.",
+    )
     metrics_url = forms.CharField(
-        required=False, label="Metrics URL", max_length=500,
+        required=False,
+        label="Metrics URL",
+        max_length=500,
         widget=forms.TextInput(attrs={"class": "mono", "placeholder": "http://127.0.0.1:8000/metrics"}),
         help_text="A serving engine's Prometheus endpoint (vLLM, llama.cpp, TGI, SGLang), scraped on the machine "
-                  "while the job runs. The built-in serve workload needs none.",
+        "while the job runs. The built-in serve workload needs none.",
     )
     progress_pattern = forms.CharField(
-        required=False, label="Progress pattern", max_length=500,
-        widget=forms.TextInput(attrs={"class": "mono", "list": "progress-presets", "spellcheck": "false",
-                                      "placeholder": "hwprobe"}),
+        required=False,
+        label="Progress pattern",
+        max_length=500,
+        widget=forms.TextInput(
+            attrs={"class": "mono", "list": "progress-presets", "spellcheck": "false", "placeholder": "hwprobe"}
+        ),
         help_text="How to read tokens from the job's output: a preset (" + ", ".join(PROGRESS_PRESETS) + ") or a "
-                  "regular expression with a running total in (?P<tokens>...). Empty: the built-in workloads' line.",
+        "regular expression with a running total in (?P<tokens>...). Empty: the built-in workloads' line.",
     )
     # The "Model" fieldset: all optional, for the economics pages.
     model_params_b = forms.FloatField(
-        required=False, label="Parameters (billions)", widget=forms.NumberInput(attrs={"step": "any", "placeholder": "8"}),
+        required=False,
+        label="Parameters (billions)",
+        widget=forms.NumberInput(attrs={"step": "any", "placeholder": "8"}),
         help_text="8 for an 8 B model. Empty: read from the name or command (“llama-8b”), if it says.",
     )
-    precision = forms.ChoiceField(required=False, choices=[("", "Unknown")] + Job.Precision.choices,
-                                  label="Precision", help_text="Of the weights as served or trained.")
-    context_tokens = forms.IntegerField(required=False, label="Context length (tokens)",
-                                        widget=forms.NumberInput(attrs={"placeholder": "8192"}))
+    precision = forms.ChoiceField(
+        required=False,
+        choices=[("", "Unknown")] + Job.Precision.choices,
+        label="Precision",
+        help_text="Of the weights as served or trained.",
+    )
+    context_tokens = forms.IntegerField(
+        required=False, label="Context length (tokens)", widget=forms.NumberInput(attrs={"placeholder": "8192"})
+    )
 
     job_fields: dict[str, Any]  # set by clean(): what service.submit takes
 
@@ -130,7 +174,9 @@ class JobForm(forms.Form):
         machines = list(Machine.objects.prefetch_related("accelerators").order_by("name"))
         widget = self.fields["machine"].widget
         widget.choices = [("", "Automatic placement")] + [(m.name, machine_label(m)) for m in machines]
-        widget.policies = {"": allowlist.automatic_policy(machines)} | {m.name: allowlist.machine_policy(m) for m in machines}
+        widget.policies = {"": allowlist.automatic_policy(machines)} | {
+            m.name: allowlist.machine_policy(m) for m in machines
+        }
 
     def picker(self) -> allowlist.MachinePolicy | None:
         """The templates of the machine now chosen (the page shows them before any script runs)."""
@@ -152,9 +198,23 @@ class JobForm(forms.Form):
             except ValueError as exc:  # an unclosed quote
                 self.add_error("command", f"cannot split it into arguments: {exc}")
                 return data
-        fields = {k: data[k] for k in ("name", "kind", "gpus", "gpu_memory_gb", "priority", "max_runtime_s",
-                                         "workdir", "env", "preemptible", "progress_pattern",
-                                         "model_params_b", "context_tokens")}
+        fields = {
+            k: data[k]
+            for k in (
+                "name",
+                "kind",
+                "gpus",
+                "gpu_memory_gb",
+                "priority",
+                "max_runtime_s",
+                "workdir",
+                "env",
+                "preemptible",
+                "progress_pattern",
+                "model_params_b",
+                "context_tokens",
+            )
+        }
         fields["metrics_url"] = data["metrics_url"].strip() or None
         fields["precision"] = data["precision"] or None
         try:
@@ -170,8 +230,12 @@ class JobForm(forms.Form):
                 self.add_error("machine", f"no machine named {job.machine!r}")
                 return data
         if target is not None:
-            reason = allowlist.refusal(target, command if isinstance(command, list) else None,
-                                       command if isinstance(command, str) else "", job.workdir or None)
+            reason = allowlist.refusal(
+                target,
+                command if isinstance(command, list) else None,
+                command if isinstance(command, str) else "",
+                job.workdir or None,
+            )
             if reason:
                 self.add_error("command", reason)
                 return data

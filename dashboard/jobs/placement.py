@@ -9,7 +9,7 @@ serialised and never hand out the same memory twice.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone as dt_timezone
+from datetime import UTC, datetime
 
 from django.db import transaction
 from django.utils import timezone
@@ -38,7 +38,7 @@ class Capacity:
 def _latest_ts(machine: Machine) -> datetime | None:
     if not machine.latest:
         return None
-    return datetime.fromtimestamp(machine.latest["ts"], tz=dt_timezone.utc)
+    return datetime.fromtimestamp(machine.latest["ts"], tz=UTC)
 
 
 def capacity(machine: Machine, active: list[Job]) -> Capacity:
@@ -120,8 +120,12 @@ def _preempt_for(job: Job, caps: list[Capacity], active_by_machine: dict[int, li
         return []
     for cap in caps:
         victims = [
-            j for j in active_by_machine.get(cap.machine.pk, [])
-            if j.kind == Job.Kind.TRAIN and j.preemptible and j.priority < job.priority and j.status == Job.Status.RUNNING
+            j
+            for j in active_by_machine.get(cap.machine.pk, [])
+            if j.kind == Job.Kind.TRAIN
+            and j.preemptible
+            and j.priority < job.priority
+            and j.status == Job.Status.RUNNING
         ]
         if not victims:
             continue
@@ -171,7 +175,9 @@ def place_queued(now: datetime | None = None) -> list[Placement]:
         waiting: list[Job] = []
 
         for job in queued:
-            candidates = [caps[job.target_id]] if job.target_id in caps else ([] if job.target_id else list(caps.values()))
+            candidates = (
+                [caps[job.target_id]] if job.target_id in caps else ([] if job.target_id else list(caps.values()))
+            )
             choice = None
             for cap in sorted(candidates, key=lambda c: sum(g.free_bytes for g in c.gpus)):
                 gpus = choose_gpus(job, cap)
@@ -194,7 +200,9 @@ def place_queued(now: datetime | None = None) -> list[Placement]:
             job.assigned_gpus = gpus
             job.attempt += 1
             job.placed_at = now
-            job.status_message = f"placed on {cap.machine.name}" + (f", GPU {', '.join(map(str, gpus))}" if gpus else "")
+            job.status_message = f"placed on {cap.machine.name}" + (
+                f", GPU {', '.join(map(str, gpus))}" if gpus else ""
+            )
             placed_jobs.append(job)
             attempts.append(JobAttempt(job=job, number=job.attempt, machine=cap.machine, gpus=gpus, placed_at=now))
             # Book it in this pass too, so the next queued job sees the memory as taken.

@@ -13,7 +13,9 @@ from dashboard.fleet import throughput
 from .models import Job, JobLog
 
 
-def job_list(status: str | None = None, machine: str | None = None, kind: str | None = None, owner: str | None = None) -> QuerySet[Job]:
+def job_list(
+    status: str | None = None, machine: str | None = None, kind: str | None = None, owner: str | None = None
+) -> QuerySet[Job]:
     qs = Job.objects.select_related("owner", "machine", "target").order_by("-created_at", "-pk")
     if status:
         qs = qs.filter(status=status)
@@ -64,9 +66,17 @@ def job_dict(job: Job, attempts: bool = False) -> dict[str, Any]:
     if attempts:
         out["throughput"] = throughput.job_summary(job)
         out["attempts"] = [
-            {"number": a.number, "machine": a.machine.name if a.machine else None, "gpus": a.gpus,
-             "placed_at": _iso(a.placed_at), "started_at": _iso(a.started_at), "ended_at": _iso(a.ended_at),
-             "outcome": a.outcome, "exit_code": a.exit_code, "message": a.message}
+            {
+                "number": a.number,
+                "machine": a.machine.name if a.machine else None,
+                "gpus": a.gpus,
+                "placed_at": _iso(a.placed_at),
+                "started_at": _iso(a.started_at),
+                "ended_at": _iso(a.ended_at),
+                "outcome": a.outcome,
+                "exit_code": a.exit_code,
+                "message": a.message,
+            }
             for a in job.attempts.select_related("machine")
         ]
     return out
@@ -86,7 +96,10 @@ def job_log(job: Job, after: int = 0, limit: int = 2000) -> dict[str, Any]:
     return {
         "job": job.pk,
         "status": job.status,
-        "chunks": [{"id": c.pk, "attempt": c.attempt, "stream": c.stream, "text": c.text, "ts": c.ts.timestamp()} for c in chunks],
+        "chunks": [
+            {"id": c.pk, "attempt": c.attempt, "stream": c.stream, "text": c.text, "ts": c.ts.timestamp()}
+            for c in chunks
+        ],
         "last_id": chunks[-1].pk if chunks else after,
     }
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -24,7 +24,9 @@ class JobError(Exception):
 
 
 def audit(actor, action: str, job: Job | None = None, **detail: Any) -> None:
-    AuditEvent.objects.create(actor=actor if getattr(actor, "pk", None) else None, action=action, job=job, detail=detail)
+    AuditEvent.objects.create(
+        actor=actor if getattr(actor, "pk", None) else None, action=action, job=job, detail=detail
+    )
 
 
 def _enqueue_placement() -> None:
@@ -38,11 +40,24 @@ def submit(user, fields: dict[str, Any]) -> Job:
     if not is_operator(user):
         raise JobError("only operators and admins may submit jobs", 403)
     # Optional text fields arrive as None from the API and the form; the columns say "" for none.
-    fields = {k: v for k, v in fields.items() if not (v is None and k in ("metrics_url", "progress_pattern", "shell", "workdir", "precision"))}
+    fields = {
+        k: v
+        for k, v in fields.items()
+        if not (v is None and k in ("metrics_url", "progress_pattern", "shell", "workdir", "precision"))
+    }
     with transaction.atomic():
         job = Job.objects.create(owner=user, status_message="waiting for placement", **fields)
-        audit(user, "job.submit", job, name=job.name, kind=job.kind, command=job.command_display,
-              machine=job.target.name if job.target else None, gpus=job.gpus, gpu_memory_gb=job.gpu_memory_gb)
+        audit(
+            user,
+            "job.submit",
+            job,
+            name=job.name,
+            kind=job.kind,
+            command=job.command_display,
+            machine=job.target.name if job.target else None,
+            gpus=job.gpus,
+            gpu_memory_gb=job.gpu_memory_gb,
+        )
         transaction.on_commit(_enqueue_placement)
     return job
 
@@ -136,8 +151,16 @@ def append_log(machine: Machine, job_id: int, attempt: int, chunks: list[dict[st
             if job.log_bytes + size > limit:
                 text, size = LOG_LIMIT_NOTE, limit + 1 - job.log_bytes  # marks the job as full
             job.log_bytes += size
-            rows.append(JobLog(job=job, attempt=attempt, seq=c["seq"], stream=c["stream"], text=text,
-                               ts=datetime.fromtimestamp(c["ts"], tz=dt_timezone.utc)))
+            rows.append(
+                JobLog(
+                    job=job,
+                    attempt=attempt,
+                    seq=c["seq"],
+                    stream=c["stream"],
+                    text=text,
+                    ts=datetime.fromtimestamp(c["ts"], tz=UTC),
+                )
+            )
         JobLog.objects.bulk_create(rows, ignore_conflicts=True)
         if rows:
             job.save(update_fields=["log_bytes"])
@@ -156,7 +179,9 @@ OUTCOME_STATUS = {
 
 def _finish(job: Job, outcome: str, exit_code: int | None, message: str) -> None:
     now = timezone.now()
-    JobAttempt.objects.filter(job=job, number=job.attempt).update(ended_at=now, outcome=outcome, exit_code=exit_code, message=message[:500])
+    JobAttempt.objects.filter(job=job, number=job.attempt).update(
+        ended_at=now, outcome=outcome, exit_code=exit_code, message=message[:500]
+    )
     job.exit_code = exit_code
     job.pgid = None
     if outcome == "preempted":
@@ -191,7 +216,12 @@ def mark_lost(now: datetime | None = None) -> list[int]:
     lost = []
     with transaction.atomic():
         for job in Job.objects.select_for_update().filter(status=Job.Status.RUNNING, heartbeat_at__lt=limit):
-            _finish(job, "lost", None, f"no heartbeat from the worker on {job.machine} since {job.heartbeat_at:%H:%M:%S} UTC")
+            _finish(
+                job,
+                "lost",
+                None,
+                f"no heartbeat from the worker on {job.machine} since {job.heartbeat_at:%H:%M:%S} UTC",
+            )
             lost.append(job.pk)
         # A placed job nobody claimed (its machine's worker is down) goes back to the queue.
         stale = now - timedelta(seconds=settings.JOB_CLAIM_TIMEOUT_S)

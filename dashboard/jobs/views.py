@@ -35,7 +35,11 @@ def job_list(request: HttpRequest) -> HttpResponse:
         "statuses": Job.Status.choices,
         "kinds": Job.Kind.choices,
         "machines": Machine.objects.filter(jobs__isnull=False).distinct().values_list("name", flat=True),
-        "owners": get_user_model().objects.filter(jobs__isnull=False).distinct().order_by("username").values_list("username", flat=True),
+        "owners": get_user_model()
+        .objects.filter(jobs__isnull=False)
+        .distinct()
+        .order_by("username")
+        .values_list("username", flat=True),
         "can_submit": is_operator(request.user),
     }
     return render(request, "jobs/_jobs.html" if request.GET.get("partial") else "jobs/list.html", context)
@@ -87,5 +91,7 @@ def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     except service.JobError as exc:
         messages.error(request, str(exc))
     else:
-        messages.success(request, "Job cancelled." if job.is_finished else "Cancel requested: the worker is stopping the job.")
+        messages.success(
+            request, "Job cancelled." if job.is_finished else "Cancel requested: the worker is stopping the job."
+        )
     return redirect("jobs:job", pk=job.pk)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import calendar
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone as dt_timezone, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -27,14 +27,23 @@ from django.db.models import F, Max, Sum
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from dashboard.economics import formulas as f, roi
+from dashboard.economics import formulas as f
+from dashboard.economics import roi
 from dashboard.fleet import retention
-from dashboard.fleet.models import Accelerator, GpuRollup, GpuSample, Machine, SystemRollup, SystemSample, ThroughputSample
+from dashboard.fleet.models import (
+    Accelerator,
+    GpuRollup,
+    GpuSample,
+    Machine,
+    SystemRollup,
+    SystemSample,
+    ThroughputSample,
+)
 from dashboard.fleet.rollup import P95, percentile
 from dashboard.fleet.series import SeriesError, parse_time
 from dashboard.jobs.models import JobAttempt
 
-UTC = dt_timezone.utc
+UTC = UTC
 KINDS = ("day", "week", "month", "custom")
 # Raw windows are read into Python; past a week of them, minute means give the same picture faster.
 RAW_MAX_SPAN = timedelta(days=7)
@@ -93,8 +102,10 @@ def parse_moment(value: str, now: datetime, zone: tzinfo, name: str) -> datetime
     except (ValueError, SeriesError):
         moment = None
     if moment is None:
-        raise ReportError(f"{name}: expected an ISO date (2026-11-20), an ISO time (2026-11-20T08:00:00+01:00) "
-                          f"or a duration back from now (24h, 7d); got {value!r}")
+        raise ReportError(
+            f"{name}: expected an ISO date (2026-11-20), an ISO time (2026-11-20T08:00:00+01:00) "
+            f"or a duration back from now (24h, 7d); got {value!r}"
+        )
     return moment if moment.tzinfo else moment.replace(tzinfo=zone)
 
 
@@ -142,8 +153,11 @@ def resolve_period(params: dict[str, str], now: datetime | None = None) -> Perio
         previous_start, previous_end = start - (end - start), start
         if params.get("previous_from", "").strip():  # what the page's CSV link passes for a calendar period
             previous_start = parse_moment(params["previous_from"], now, zone, "previous_from")
-            previous_end = (parse_moment(params["previous_to"], now, zone, "previous_to")
-                            if params.get("previous_to", "").strip() else previous_start + (end - start))
+            previous_end = (
+                parse_moment(params["previous_to"], now, zone, "previous_to")
+                if params.get("previous_to", "").strip()
+                else previous_start + (end - start)
+            )
             if not previous_start < previous_end <= start:
                 raise ReportError("previous_to: the previous period must end after it starts and no later than from")
         return Period("custom", start, end, zone, previous_start, previous_end)
@@ -202,24 +216,44 @@ def _rows(scope: str, source: str, machine: Machine, start: datetime, end: datet
         qs = model.objects.filter(machine=machine, ts__gte=start, ts__lt=end)
     else:
         model = GpuRollup if scope == "gpu" else SystemRollup
-        qs = model.objects.filter(machine=machine, resolution_s=60 if source == "minute" else 3600,
-                                  bucket__gte=start, bucket__lt=end)
+        qs = model.objects.filter(
+            machine=machine, resolution_s=60 if source == "minute" else 3600, bucket__gte=start, bucket__lt=end
+        )
     seconds = "interval_s" if source == "raw" else "count"
     if scope == "gpu":
-        util, power = ("util_percent_p95", "power_watts_p95") if source == "hour" else ("util_percent_mean", "power_watts_mean")
+        util, power = (
+            ("util_percent_p95", "power_watts_p95") if source == "hour" else ("util_percent_mean", "power_watts_mean")
+        )
         return qs.values_list("gpu_index", seconds, "util_percent_mean", util, "power_watts_mean", power)
     util = "cpu_percent_p95" if source == "hour" else "cpu_percent_mean"
     return ((-1, s, u, p, None, None) for s, u, p in qs.values_list(seconds, "cpu_percent_mean", util))
 
 
-FIGURES = ("mean_util_percent", "p95_util_percent", "busy_hours", "idle_hours", "mean_power_watts",
-           "p95_power_watts", "energy_kwh")
+FIGURES = (
+    "mean_util_percent",
+    "p95_util_percent",
+    "busy_hours",
+    "idle_hours",
+    "mean_power_watts",
+    "p95_power_watts",
+    "energy_kwh",
+)
 
 
 def _device_figures(rows, idle_below: float) -> dict[int, dict[str, Any]]:
     """Per device: the FIGURES from rows of (device, seconds, util, util for p95, power, power for p95)."""
-    acc: dict[int, dict[str, Any]] = defaultdict(lambda: {"util_s": 0.0, "util_sum": 0.0, "busy": 0.0, "idle": 0.0,
-                                                          "power_s": 0.0, "power_j": 0.0, "u": [], "p": []})
+    acc: dict[int, dict[str, Any]] = defaultdict(
+        lambda: {
+            "util_s": 0.0,
+            "util_sum": 0.0,
+            "busy": 0.0,
+            "idle": 0.0,
+            "power_s": 0.0,
+            "power_j": 0.0,
+            "u": [],
+            "p": [],
+        }
+    )
     for device, seconds, util, util_q, power, power_q in rows:
         a = acc[device]
         seconds = float(seconds or 0)
@@ -283,11 +317,24 @@ def _jobs(machine: Machine, start: datetime, end: datetime) -> dict[str, Any]:
     for a in attempts:
         outcome = a.outcome or ("running" if a.ended_at is None else "unknown")
         outcomes[outcome] += 1
-        rows.append({"job": a.job_id, "name": a.job.name, "kind": a.job.kind, "attempt": a.number,
-                     "gpus": a.gpus, "started_at": a.started_at, "ended_at": a.ended_at, "outcome": outcome})
-    return {"jobs": len({a.job_id for a in attempts}), "attempts": len(attempts),
-            "outcomes": {o: outcomes[o] for o in (*OUTCOMES, *sorted(set(outcomes) - set(OUTCOMES))) if outcomes[o]},
-            "rows": rows}
+        rows.append(
+            {
+                "job": a.job_id,
+                "name": a.job.name,
+                "kind": a.job.kind,
+                "attempt": a.number,
+                "gpus": a.gpus,
+                "started_at": a.started_at,
+                "ended_at": a.ended_at,
+                "outcome": outcome,
+            }
+        )
+    return {
+        "jobs": len({a.job_id for a in attempts}),
+        "attempts": len(attempts),
+        "outcomes": {o: outcomes[o] for o in (*OUTCOMES, *sorted(set(outcomes) - set(OUTCOMES))) if outcomes[o]},
+        "rows": rows,
+    }
 
 
 def _money(machine: Machine, start: datetime, end: datetime, idle_below: float, now: datetime) -> dict[str, Any]:
@@ -295,23 +342,51 @@ def _money(machine: Machine, start: datetime, end: datetime, idle_below: float, 
     profile = roi.effective_profile(machine)
     in_service = profile.in_service if profile else machine.created_at
     if end <= in_service:
-        return {"currency": profile.currency if profile else None, "problems": ["the machine was not in service yet"],
-                **{k: None for k in ("energy_kwh", "energy_cost", "cost", "idle_cost", "value", "roi_percent",
-                                      "idle_hours", "monitored_hours", "cost_per_million_tokens")}}
+        return {
+            "currency": profile.currency if profile else None,
+            "problems": ["the machine was not in service yet"],
+            **{
+                k: None
+                for k in (
+                    "energy_kwh",
+                    "energy_cost",
+                    "cost",
+                    "idle_cost",
+                    "value",
+                    "roi_percent",
+                    "idle_hours",
+                    "monitored_hours",
+                    "cost_per_million_tokens",
+                )
+            },
+        }
     r = roi.machine_roi(machine, since=start, until=end, idle_below_percent=idle_below, now=now)
     t = r["totals"]
     return {
-        "currency": r["currency"], "problems": r["problems"],
+        "currency": r["currency"],
+        "problems": r["problems"],
         "energy_kwh": t["energy_kwh"] if t["monitored_hours"] else None,
-        "energy_incomplete": t["energy_incomplete"], "energy_estimated_kwh": t["energy_estimated_kwh"],
-        "energy_cost": t["energy_cost"], "cost": t["cost"], "idle_cost": t["idle_cost"], "value": t["value"],
-        "roi_percent": t["roi_percent"], "idle_hours": t["idle_hours"], "monitored_hours": t["monitored_hours"],
+        "energy_incomplete": t["energy_incomplete"],
+        "energy_estimated_kwh": t["energy_estimated_kwh"],
+        "energy_cost": t["energy_cost"],
+        "cost": t["cost"],
+        "idle_cost": t["idle_cost"],
+        "value": t["value"],
+        "roi_percent": t["roi_percent"],
+        "idle_hours": t["idle_hours"],
+        "monitored_hours": t["monitored_hours"],
         "cost_per_million_tokens": t["cost_per_million_tokens"],
     }
 
 
-def period_figures(machine: Machine, start: datetime, end: datetime, idle_below: float,
-                   now: datetime, accelerators: dict[int, Accelerator]) -> dict[str, Any]:
+def period_figures(
+    machine: Machine,
+    start: datetime,
+    end: datetime,
+    idle_below: float,
+    now: datetime,
+    accelerators: dict[int, Accelerator],
+) -> dict[str, Any]:
     source = source_for(start, end, now)
     gpus = _device_figures(_rows("gpu", source, machine, start, end), idle_below)
     cpu = _device_figures(_rows("cpu", source, machine, start, end), idle_below).get(-1, {})
@@ -319,20 +394,39 @@ def period_figures(machine: Machine, start: datetime, end: datetime, idle_below:
     for index in sorted(set(accelerators) | set(gpus)):
         figures = gpus.get(index) or dict.fromkeys(FIGURES)
         devices.append({"scope": "gpu", "index": index, "name": device_name(accelerators.get(index), index), **figures})
-    devices.append({"scope": "cpu", "index": None, "name": "CPU",
-                    **(cpu or dict.fromkeys(FIGURES)),
-                    "energy_kwh": None, "mean_power_watts": None, "p95_power_watts": None})
+    devices.append(
+        {
+            "scope": "cpu",
+            "index": None,
+            "name": "CPU",
+            **(cpu or dict.fromkeys(FIGURES)),
+            "energy_kwh": None,
+            "mean_power_watts": None,
+            "p95_power_watts": None,
+        }
+    )
     return {
-        "start": start, "end": end, "hours": (end - start).total_seconds() / 3600,
-        "source": source, "source_label": SOURCES[source],
-        "devices": devices, "tokens": _tokens(machine, start, end), "jobs": _jobs(machine, start, end),
+        "start": start,
+        "end": end,
+        "hours": (end - start).total_seconds() / 3600,
+        "source": source,
+        "source_label": SOURCES[source],
+        "devices": devices,
+        "tokens": _tokens(machine, start, end),
+        "jobs": _jobs(machine, start, end),
         "money": _money(machine, start, end, idle_below, now),
     }
 
 
-def machine_report(machine: Machine, start: datetime, end: datetime,
-                   idle_below_percent: float = roi.DEFAULT_IDLE_BELOW_PERCENT, now: datetime | None = None,
-                   previous_start: datetime | None = None, previous_end: datetime | None = None) -> dict[str, Any]:
+def machine_report(
+    machine: Machine,
+    start: datetime,
+    end: datetime,
+    idle_below_percent: float = roi.DEFAULT_IDLE_BELOW_PERCENT,
+    now: datetime | None = None,
+    previous_start: datetime | None = None,
+    previous_end: datetime | None = None,
+) -> dict[str, Any]:
     """Figures for [start, end) and for the previous period: by default the same length just before."""
     now = now or timezone.now()
     if previous_start is None:
@@ -362,8 +456,11 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
         ("Training tokens", "int", lambda p: p["tokens"]["train"]),
         ("Jobs run", "int", lambda p: p["jobs"]["jobs"]),
         ("Attempts", "int", lambda p: p["jobs"]["attempts"]),
-        *((f"… {o}", "int", (lambda o: lambda p: p["jobs"]["outcomes"].get(o, 0))(o))
-          for o in OUTCOMES if now["jobs"]["outcomes"].get(o) or before["jobs"]["outcomes"].get(o)),
+        *(
+            (f"… {o}", "int", (lambda o: lambda p: p["jobs"]["outcomes"].get(o, 0))(o))
+            for o in OUTCOMES
+            if now["jobs"]["outcomes"].get(o) or before["jobs"]["outcomes"].get(o)
+        ),
         ("Energy cost", "money", lambda p: p["money"]["energy_cost"]),
         ("Cost", "money", lambda p: p["money"]["cost"]),
         ("Idle cost", "money", lambda p: p["money"]["idle_cost"]),
@@ -373,8 +470,15 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for label, kind, get in rows:
         a, b = get(now), get(before)
-        out.append({"label": label, "kind": kind, "now": a, "before": b,
-                    "change": a - b if a is not None and b is not None else None})
+        out.append(
+            {
+                "label": label,
+                "kind": kind,
+                "now": a,
+                "before": b,
+                "change": a - b if a is not None and b is not None else None,
+            }
+        )
     return out
 
 
@@ -396,20 +500,26 @@ def utilisation_chart(machine: Machine, start: datetime, end: datetime, now: dat
     resolution = 60 if end - start <= CHART_MINUTES_MAX_SPAN and (minutes is None or start >= minutes) else 3600
     series: dict[str, dict[int, float]] = defaultdict(dict)
     accelerators = {a.index: a for a in machine.accelerators.all()}
-    gpu_rows = GpuRollup.objects.filter(machine=machine, resolution_s=resolution, bucket__gte=start, bucket__lt=end,
-                                        util_percent_mean__isnull=False).values_list("gpu_index", "bucket", "util_percent_mean")
+    gpu_rows = GpuRollup.objects.filter(
+        machine=machine, resolution_s=resolution, bucket__gte=start, bucket__lt=end, util_percent_mean__isnull=False
+    ).values_list("gpu_index", "bucket", "util_percent_mean")
     for index, bucket, util in gpu_rows:
         series[device_name(accelerators.get(index), index)][int(bucket.timestamp())] = util
-    cpu_rows = SystemRollup.objects.filter(machine=machine, resolution_s=resolution, bucket__gte=start, bucket__lt=end,
-                                           cpu_percent_mean__isnull=False).values_list("bucket", "cpu_percent_mean")
+    cpu_rows = SystemRollup.objects.filter(
+        machine=machine, resolution_s=resolution, bucket__gte=start, bucket__lt=end, cpu_percent_mean__isnull=False
+    ).values_list("bucket", "cpu_percent_mean")
     for bucket, util in cpu_rows:
         series["CPU"][int(bucket.timestamp())] = util
     times = sorted({t for points in series.values() for t in points})
-    names = sorted((n for n in series if n != "CPU"), key=lambda n: int(n.split()[1])) + (["CPU"] if "CPU" in series else [])
+    names = sorted((n for n in series if n != "CPU"), key=lambda n: int(n.split()[1])) + (
+        ["CPU"] if "CPU" in series else []
+    )
     return {
         "resolution_s": resolution,
         "t": [(t + resolution // 2) * 1000 for t in times],
-        "series": [{"name": n, "values": [round(series[n][t], 2) if t in series[n] else None for t in times]} for n in names],
+        "series": [
+            {"name": n, "values": [round(series[n][t], 2) if t in series[n] else None for t in times]} for n in names
+        ],
     }
 
 
@@ -417,8 +527,12 @@ def utilisation_chart(machine: Machine, start: datetime, end: datetime, now: dat
 # Fleet
 
 
-def fleet_report(start: datetime, end: datetime, idle_below_percent: float = roi.DEFAULT_IDLE_BELOW_PERCENT,
-                 now: datetime | None = None) -> dict[str, Any]:
+def fleet_report(
+    start: datetime,
+    end: datetime,
+    idle_below_percent: float = roi.DEFAULT_IDLE_BELOW_PERCENT,
+    now: datetime | None = None,
+) -> dict[str, Any]:
     """Every machine's cost, idle cost, value and RoI for [start, end), ranked two ways.
 
     Idle cost ranks highest first, RoI highest first; machines without the figure come last.
@@ -428,28 +542,42 @@ def fleet_report(start: datetime, end: datetime, idle_below_percent: float = roi
     machines = list(Machine.objects.prefetch_related("accelerators").order_by("name"))
     util = {
         r["machine_id"]: r
-        for r in GpuRollup.objects.filter(resolution_s=3600, bucket__gte=start, bucket__lt=end,
-                                          util_percent_mean__isnull=False)
-        .values("machine_id").annotate(s=Sum("count"), u=Sum(_weighted("util_percent_mean"))).order_by()
+        for r in GpuRollup.objects.filter(
+            resolution_s=3600, bucket__gte=start, bucket__lt=end, util_percent_mean__isnull=False
+        )
+        .values("machine_id")
+        .annotate(s=Sum("count"), u=Sum(_weighted("util_percent_mean")))
+        .order_by()
     }
     rows = []
     for m in machines:
         money = _money(m, start, end, idle_below_percent, now)
         u = util.get(m.pk)
-        rows.append({
-            "machine": m.name,
-            "gpus": sum(1 for a in m.accelerators.all() if not a.parent_uuid),
-            "mean_gpu_util_percent": u["u"] / u["s"] if u and u["s"] else None,
-            **money,
-        })
+        rows.append(
+            {
+                "machine": m.name,
+                "gpus": sum(1 for a in m.accelerators.all() if not a.parent_uuid),
+                "mean_gpu_util_percent": u["u"] / u["s"] if u and u["s"] else None,
+                **money,
+            }
+        )
 
     def rank(key: str):
-        known = sorted((r for r in rows if r[key] is not None), key=lambda r: (r["currency"] or "", -r[key], r["machine"]))
+        known = sorted(
+            (r for r in rows if r[key] is not None), key=lambda r: (r["currency"] or "", -r[key], r["machine"])
+        )
         return known + [r for r in rows if r[key] is None]
 
     currencies = sorted({r["currency"] for r in rows if r["currency"] and r["cost"] is not None})
-    return {"start": start, "end": end, "idle_below_percent": idle_below_percent, "machines": rows,
-            "by_idle_cost": rank("idle_cost"), "by_roi": rank("roi_percent"), "currencies": currencies}
+    return {
+        "start": start,
+        "end": end,
+        "idle_below_percent": idle_below_percent,
+        "machines": rows,
+        "by_idle_cost": rank("idle_cost"),
+        "by_roi": rank("roi_percent"),
+        "currencies": currencies,
+    }
 
 
 def _weighted(column: str):
@@ -467,12 +595,32 @@ def money_suffix(currency: str | None) -> str:
 def machine_csv_columns(currency: str | None) -> list[str]:
     cur = money_suffix(currency)
     return [
-        "period", "from", "to", "period_hours", "scope", "device", "name", "source",
-        "mean_util_percent", "p95_util_percent", "busy_hours", "idle_hours",
-        "mean_power_watts", "p95_power_watts", "energy_kwh",
-        "prompt_tokens", "generated_tokens", "train_tokens", "jobs", "attempts",
+        "period",
+        "from",
+        "to",
+        "period_hours",
+        "scope",
+        "device",
+        "name",
+        "source",
+        "mean_util_percent",
+        "p95_util_percent",
+        "busy_hours",
+        "idle_hours",
+        "mean_power_watts",
+        "p95_power_watts",
+        "energy_kwh",
+        "prompt_tokens",
+        "generated_tokens",
+        "train_tokens",
+        "jobs",
+        "attempts",
         *(f"attempts_{o}" for o in OUTCOMES),
-        f"energy_cost_{cur}", f"cost_{cur}", f"idle_cost_{cur}", f"value_{cur}", "roi_percent",
+        f"energy_cost_{cur}",
+        f"cost_{cur}",
+        f"idle_cost_{cur}",
+        f"value_{cur}",
+        "roi_percent",
     ]
 
 
@@ -491,22 +639,36 @@ def machine_report_csv(report: dict[str, Any], zone: tzinfo = UTC) -> list[list[
     out: list[list[Any]] = [columns]
     for label in ("current", "previous"):
         p = report[label]
-        base = {"period": label, "from": p["start"].astimezone(zone).isoformat(), "to": p["end"].astimezone(zone).isoformat(),
-                "period_hours": p["hours"], "source": p["source"]}
+        base = {
+            "period": label,
+            "from": p["start"].astimezone(zone).isoformat(),
+            "to": p["end"].astimezone(zone).isoformat(),
+            "period_hours": p["hours"],
+            "source": p["source"],
+        }
         for d in p["devices"]:
             row = {**base, **d, "device": d["index"] if d["scope"] == "gpu" else ""}
             out.append([_cell(row.get(c)) for c in columns])
         money, jobs = p["money"], p["jobs"]
         monitored, idle = money.get("monitored_hours"), money.get("idle_hours")
         row = {
-            **base, "scope": "machine", "name": report["machine"],
-            "busy_hours": monitored - idle if monitored and idle is not None else None, "idle_hours": idle if monitored else None,
+            **base,
+            "scope": "machine",
+            "name": report["machine"],
+            "busy_hours": monitored - idle if monitored and idle is not None else None,
+            "idle_hours": idle if monitored else None,
             "energy_kwh": money["energy_kwh"],
-            "prompt_tokens": p["tokens"]["prompt"], "generated_tokens": p["tokens"]["generated"], "train_tokens": p["tokens"]["train"],
-            "jobs": jobs["jobs"], "attempts": jobs["attempts"],
+            "prompt_tokens": p["tokens"]["prompt"],
+            "generated_tokens": p["tokens"]["generated"],
+            "train_tokens": p["tokens"]["train"],
+            "jobs": jobs["jobs"],
+            "attempts": jobs["attempts"],
             **{f"attempts_{o}": jobs["outcomes"].get(o, 0) for o in OUTCOMES},
-            f"energy_cost_{cur}": money["energy_cost"], f"cost_{cur}": money["cost"], f"idle_cost_{cur}": money["idle_cost"],
-            f"value_{cur}": money["value"], "roi_percent": money["roi_percent"],
+            f"energy_cost_{cur}": money["energy_cost"],
+            f"cost_{cur}": money["cost"],
+            f"idle_cost_{cur}": money["idle_cost"],
+            f"value_{cur}": money["value"],
+            "roi_percent": money["roi_percent"],
         }
         out.append([_cell(row.get(c)) for c in columns])
     return out
@@ -516,13 +678,32 @@ def fleet_report_csv(report: dict[str, Any]) -> list[list[Any]]:
     """One row per machine with both ranks; money headers carry the currency when there is one."""
     single = report["currencies"][0] if len(report["currencies"]) == 1 else None
     cur = money_suffix(single) if single else "in_currency"
-    columns = ["machine", "rank_idle_cost", "rank_roi", "gpus", "mean_gpu_util_percent", "monitored_hours", "idle_hours",
-               "energy_kwh", "currency", f"cost_{cur}", f"idle_cost_{cur}", f"value_{cur}", "roi_percent"]
+    columns = [
+        "machine",
+        "rank_idle_cost",
+        "rank_roi",
+        "gpus",
+        "mean_gpu_util_percent",
+        "monitored_hours",
+        "idle_hours",
+        "energy_kwh",
+        "currency",
+        f"cost_{cur}",
+        f"idle_cost_{cur}",
+        f"value_{cur}",
+        "roi_percent",
+    ]
     idle_rank = {r["machine"]: i + 1 for i, r in enumerate(report["by_idle_cost"]) if r["idle_cost"] is not None}
     roi_rank = {r["machine"]: i + 1 for i, r in enumerate(report["by_roi"]) if r["roi_percent"] is not None}
     out: list[list[Any]] = [columns]
     for r in report["by_idle_cost"]:
-        row = {**r, "rank_idle_cost": idle_rank.get(r["machine"]), "rank_roi": roi_rank.get(r["machine"]),
-               f"cost_{cur}": r["cost"], f"idle_cost_{cur}": r["idle_cost"], f"value_{cur}": r["value"]}
+        row = {
+            **r,
+            "rank_idle_cost": idle_rank.get(r["machine"]),
+            "rank_roi": roi_rank.get(r["machine"]),
+            f"cost_{cur}": r["cost"],
+            f"idle_cost_{cur}": r["idle_cost"],
+            f"value_{cur}": r["value"],
+        }
         out.append([_cell(row.get(c)) for c in columns])
     return out

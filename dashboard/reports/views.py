@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import csv
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib.auth.views import redirect_to_login
@@ -34,8 +35,11 @@ def _signed_in(view: Callable) -> Callable:
         if not request.user.is_authenticated and header.startswith("Bearer "):
             user = ApiToken.authenticate(header.removeprefix("Bearer ").strip())
             if user is None:
-                return HttpResponse("Authorization: the token is unknown or revoked.\n", status=401,
-                                    content_type="text/plain; charset=utf-8")
+                return HttpResponse(
+                    "Authorization: the token is unknown or revoked.\n",
+                    status=401,
+                    content_type="text/plain; charset=utf-8",
+                )
             request.user = user
         if not request.user.is_authenticated:
             return redirect_to_login(request.get_full_path())
@@ -76,12 +80,16 @@ def _form(params: dict[str, str], period: Period | None, idle_below: float | Non
 def _exact_query(period: Period, idle_below: float) -> str:
     """The same report with every boundary spelled out, so the CSV is the page's figures."""
     zone = period.zone
-    return urlencode({
-        "from": period.start.astimezone(zone).isoformat(), "to": period.end.astimezone(zone).isoformat(),
-        "previous_from": period.previous_start.astimezone(zone).isoformat(),
-        "previous_to": period.previous_end.astimezone(zone).isoformat(),
-        "tz": period.zone_name, "idle_below_percent": f"{idle_below:g}",
-    })
+    return urlencode(
+        {
+            "from": period.start.astimezone(zone).isoformat(),
+            "to": period.end.astimezone(zone).isoformat(),
+            "previous_from": period.previous_start.astimezone(zone).isoformat(),
+            "previous_to": period.previous_end.astimezone(zone).isoformat(),
+            "tz": period.zone_name,
+            "idle_below_percent": f"{idle_below:g}",
+        }
+    )
 
 
 def _neighbours(params: dict[str, str], period: Period) -> dict[str, str | None]:
@@ -92,7 +100,9 @@ def _neighbours(params: dict[str, str], period: Period) -> dict[str, str | None]
     base = {k: v for k, v in params.items() if k in ("period", "tz", "idle_below_percent")}
     base["period"] = period.kind
     before = urlencode({**base, "date": report.shift_period(period.kind, first, -1).isoformat()})
-    after = None if period.partial else urlencode({**base, "date": report.shift_period(period.kind, first, 1).isoformat()})
+    after = (
+        None if period.partial else urlencode({**base, "date": report.shift_period(period.kind, first, 1).isoformat()})
+    )
     return {"before": before, "after": after}
 
 
@@ -111,8 +121,9 @@ def _machine_figures(m: Machine, params: dict[str, str]):
     """The period the parameters name, the idle threshold, and the machine's figures for both periods."""
     period = report.resolve_period(params)
     idle_below = _idle_below(params)
-    figures = report.machine_report(m, period.start, period.end, idle_below,
-                                    previous_start=period.previous_start, previous_end=period.previous_end)
+    figures = report.machine_report(
+        m, period.start, period.end, idle_below, previous_start=period.previous_start, previous_end=period.previous_end
+    )
     return period, idle_below, figures
 
 
@@ -135,8 +146,14 @@ def machine(request: HttpRequest, name: str) -> HttpResponse:
         "neighbours": _neighbours(params, period),
         "chart": {
             "utilisation": report.utilisation_chart(m, period.start, period.end),
-            "devices": [{"name": row["now"]["name"], "now": row["now"]["mean_util_percent"],
-                         "before": row["before"].get("mean_util_percent")} for row in figures["rows"]],
+            "devices": [
+                {
+                    "name": row["now"]["name"],
+                    "now": row["now"]["mean_util_percent"],
+                    "before": row["before"].get("mean_util_percent"),
+                }
+                for row in figures["rows"]
+            ],
         },
     }
     with timezone.override(period.zone):
@@ -169,7 +186,9 @@ def fleet(request: HttpRequest) -> HttpResponse:
         "r": figures,
         "form": _form(params, period, idle_below),
         "csv_query": _exact_query(period, idle_below),
-        "machine_query": urlencode({k: v for k, v in params.items() if k in ("period", "date", "from", "to", "tz", "idle_below_percent")}),
+        "machine_query": urlencode(
+            {k: v for k, v in params.items() if k in ("period", "date", "from", "to", "tz", "idle_below_percent")}
+        ),
         "neighbours": _neighbours(params, period),
     }
     with timezone.override(period.zone):

@@ -10,7 +10,8 @@ import platform
 import re
 import subprocess
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from hwprobe.collectors import NotApplicable
 

@@ -11,7 +11,8 @@ import logging
 import os
 import re
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from hwprobe.collectors import NotApplicable
 
@@ -113,7 +114,7 @@ def _text(value: Any) -> str | None:
 class _Device:
     """One device the collector reports: a physical GPU, or a MIG device after its parent."""
 
-    def __init__(self, handle: Any, parent: "_Device | None" = None) -> None:
+    def __init__(self, handle: Any, parent: _Device | None = None) -> None:
         self.handle = handle
         self.parent = parent
         self.uuid: str | None = None
@@ -128,8 +129,9 @@ class NvidiaCollector:
 
     name = "nvidia"
 
-    def __init__(self, nvml: Any = None, pid_info: PidInfo = psutil_pid_info,
-                 pgid_of: Callable[[int], int | None] = os_pgid) -> None:
+    def __init__(
+        self, nvml: Any = None, pid_info: PidInfo = psutil_pid_info, pgid_of: Callable[[int], int | None] = os_pgid
+    ) -> None:
         self._nvml = nvml if nvml is not None else _load_pynvml()
         self._pid_info = pid_info
         self._pgid_of = pgid_of
@@ -206,9 +208,7 @@ class NvidiaCollector:
             return None
         for device in self.devices:
             if device.parent is None:
-                registered = self._query_ok(
-                    "nvmlDeviceRegisterEvents", device.handle, _XID_CRITICAL_ERROR, event_set
-                )
+                registered = self._query_ok("nvmlDeviceRegisterEvents", device.handle, _XID_CRITICAL_ERROR, event_set)
                 device.xid_errors = 0 if registered else None
         for device in self.devices:
             if device.parent is not None and device.parent.xid_errors is not None:
@@ -372,8 +372,13 @@ class NvidiaCollector:
             entry = merged.get(pid)
             if entry is None:
                 name, user = self._describe(pid)
-                merged[pid] = {"pid": pid, "name": name, "user": user, "pgid": self._pgid_of(pid),
-                               "mem_used_bytes": int(used) if used is not None else None}
+                merged[pid] = {
+                    "pid": pid,
+                    "name": name,
+                    "user": user,
+                    "pgid": self._pgid_of(pid),
+                    "mem_used_bytes": int(used) if used is not None else None,
+                }
             elif used is not None and entry["mem_used_bytes"] is None:
                 # A C+G process is listed twice with the same memory: count it once.
                 entry["mem_used_bytes"] = int(used)

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterable
 from types import SimpleNamespace
-from typing import Any, Iterable
+from typing import Any
 
 import pynvml
 
@@ -56,7 +57,7 @@ def _error(code: int) -> dict[str, Any]:
 class _Handle:
     """An opaque device handle, as NVML's are."""
 
-    def __init__(self, data: dict[str, Any], parent: "_Handle | None" = None) -> None:
+    def __init__(self, data: dict[str, Any], parent: _Handle | None = None) -> None:
         self.data = data
         self.parent = parent
 
@@ -279,33 +280,46 @@ def _procs(value: Iterable[Any]) -> list[dict[str, Any]]:
 
 def _record_device(nv: Any, handle: Any, pids: set[int]) -> dict[str, Any]:
     dev: dict[str, Any] = {}
-    for fn in ("nvmlDeviceGetName", "nvmlDeviceGetUUID", "nvmlDeviceGetPowerUsage",
-               "nvmlDeviceGetEnforcedPowerLimit", "nvmlDeviceGetMaxMigDeviceCount",
-               "nvmlDeviceGetGpuInstanceId", "nvmlDeviceGetComputeInstanceId"):
+    for fn in (
+        "nvmlDeviceGetName",
+        "nvmlDeviceGetUUID",
+        "nvmlDeviceGetPowerUsage",
+        "nvmlDeviceGetEnforcedPowerLimit",
+        "nvmlDeviceGetMaxMigDeviceCount",
+        "nvmlDeviceGetGpuInstanceId",
+        "nvmlDeviceGetComputeInstanceId",
+    ):
         dev[fn] = _call(nv, fn, handle)
     for fn in ("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"):
         if hasattr(nv, fn):
             dev["nvmlDeviceGetCurrentClocksEventReasons"] = _call(nv, fn, handle)
             break
-    dev["nvmlDeviceGetMemoryInfo"] = _call(nv, "nvmlDeviceGetMemoryInfo", handle,
-                                           convert=_fields("total", "free", "used"))
+    dev["nvmlDeviceGetMemoryInfo"] = _call(
+        nv, "nvmlDeviceGetMemoryInfo", handle, convert=_fields("total", "free", "used")
+    )
     if hasattr(nv, "nvmlMemory_v2"):
         dev["nvmlDeviceGetMemoryInfo_v2"] = _call(
-            nv, "nvmlDeviceGetMemoryInfo", handle, version=nv.nvmlMemory_v2,
-            convert=_fields("total", "reserved", "free", "used"))
-    dev["nvmlDeviceGetUtilizationRates"] = _call(nv, "nvmlDeviceGetUtilizationRates", handle,
-                                                 convert=_fields("gpu", "memory"))
-    dev["nvmlDeviceGetTemperature"] = {"gpu": _call(nv, "nvmlDeviceGetTemperature", handle,
-                                                    nv.NVML_TEMPERATURE_GPU)}
-    dev["nvmlDeviceGetClockInfo"] = {name: _call(nv, "nvmlDeviceGetClockInfo", handle, getattr(nv, const))
-                                     for name, const in (("graphics", "NVML_CLOCK_GRAPHICS"),
-                                                         ("sm", "NVML_CLOCK_SM"),
-                                                         ("mem", "NVML_CLOCK_MEM"))}
+            nv,
+            "nvmlDeviceGetMemoryInfo",
+            handle,
+            version=nv.nvmlMemory_v2,
+            convert=_fields("total", "reserved", "free", "used"),
+        )
+    dev["nvmlDeviceGetUtilizationRates"] = _call(
+        nv, "nvmlDeviceGetUtilizationRates", handle, convert=_fields("gpu", "memory")
+    )
+    dev["nvmlDeviceGetTemperature"] = {"gpu": _call(nv, "nvmlDeviceGetTemperature", handle, nv.NVML_TEMPERATURE_GPU)}
+    dev["nvmlDeviceGetClockInfo"] = {
+        name: _call(nv, "nvmlDeviceGetClockInfo", handle, getattr(nv, const))
+        for name, const in (("graphics", "NVML_CLOCK_GRAPHICS"), ("sm", "NVML_CLOCK_SM"), ("mem", "NVML_CLOCK_MEM"))
+    }
     dev["nvmlDeviceGetEccMode"] = _call(nv, "nvmlDeviceGetEccMode", handle, convert=list)
     dev["nvmlDeviceGetTotalEccErrors"] = {
         f"{kind}_volatile": _call(nv, "nvmlDeviceGetTotalEccErrors", handle, error_type, nv.NVML_VOLATILE_ECC)
-        for kind, error_type in (("corrected", nv.NVML_MEMORY_ERROR_TYPE_CORRECTED),
-                                 ("uncorrected", nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED))
+        for kind, error_type in (
+            ("corrected", nv.NVML_MEMORY_ERROR_TYPE_CORRECTED),
+            ("uncorrected", nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED),
+        )
     }
     for fn in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
         dev[fn] = _call(nv, fn, handle, convert=_procs)
@@ -313,10 +327,21 @@ def _record_device(nv: Any, handle: Any, pids: set[int]) -> dict[str, Any]:
             pids.update(p["pid"] for p in dev[fn])
     dev["nvmlDeviceGetMigMode"] = _call(nv, "nvmlDeviceGetMigMode", handle, convert=list)
     dev["nvmlDeviceGetAttributes"] = _call(
-        nv, "nvmlDeviceGetAttributes", handle,
-        convert=_fields("multiprocessorCount", "sharedCopyEngineCount", "sharedDecoderCount",
-                        "sharedEncoderCount", "sharedJpegCount", "sharedOfaCount",
-                        "gpuInstanceSliceCount", "computeInstanceSliceCount", "memorySizeMB"))
+        nv,
+        "nvmlDeviceGetAttributes",
+        handle,
+        convert=_fields(
+            "multiprocessorCount",
+            "sharedCopyEngineCount",
+            "sharedDecoderCount",
+            "sharedEncoderCount",
+            "sharedJpegCount",
+            "sharedOfaCount",
+            "gpuInstanceSliceCount",
+            "computeInstanceSliceCount",
+            "memorySizeMB",
+        ),
+    )
     return dev
 
 
@@ -343,15 +368,24 @@ def record(nvml: Any = None, note: str = "") -> dict[str, Any]:
                 dev["nvmlDeviceRegisterEvents"] = event_set
             else:
                 dev["nvmlDeviceRegisterEvents"] = _call(
-                    nv, "nvmlDeviceRegisterEvents", handle, nv.nvmlEventTypeXidCriticalError, event_set,
-                    convert=lambda _: True)
+                    nv,
+                    "nvmlDeviceRegisterEvents",
+                    handle,
+                    nv.nvmlEventTypeXidCriticalError,
+                    event_set,
+                    convert=lambda _: True,
+                )
                 if dev["nvmlDeviceRegisterEvents"] is None:
                     dev["nvmlDeviceRegisterEvents"] = True
                 _call(nv, "nvmlEventSetFree", event_set)
             mode = dev["nvmlDeviceGetMigMode"]
             max_count = dev["nvmlDeviceGetMaxMigDeviceCount"]
-            if isinstance(mode, list) and mode and mode[0] == getattr(nv, "NVML_DEVICE_MIG_ENABLE", 1) \
-                    and isinstance(max_count, int):
+            if (
+                isinstance(mode, list)
+                and mode
+                and mode[0] == getattr(nv, "NVML_DEVICE_MIG_ENABLE", 1)
+                and isinstance(max_count, int)
+            ):
                 dev["mig_devices"] = []
                 for slot in range(max_count):
                     child = _call(nv, "nvmlDeviceGetMigDeviceHandleByIndex", handle, slot)
@@ -383,7 +417,7 @@ class _Node:
         self.value = value
         self.children: list[_Node] = []
 
-    def get(self, *path: str) -> "_Node | None":
+    def get(self, *path: str) -> _Node | None:
         node: _Node | None = self
         for key in path:
             node = next((c for c in node.children if c.key == key), None) if node else None
@@ -516,23 +550,23 @@ def _processes(node: _Node | None) -> list[dict[str, Any]]:
             ci = None if _is_error(ci) else ci
         elif child.key == "Process ID":
             used = _number(child.value_at("Used GPU Memory"), _MIB)
-            procs.append({
-                "pid": int(child.value or 0),
-                "type": child.value_at("Type") or "",
-                "name": child.value_at("Name"),
-                "usedGpuMemory": None if _is_error(used) else used,
-                "gpuInstanceId": gi,
-                "computeInstanceId": ci,
-            })
+            procs.append(
+                {
+                    "pid": int(child.value or 0),
+                    "type": child.value_at("Type") or "",
+                    "name": child.value_at("Name"),
+                    "usedGpuMemory": None if _is_error(used) else used,
+                    "gpuInstanceId": gi,
+                    "computeInstanceId": ci,
+                }
+            )
     return procs
 
 
 def _split_procs(procs: list[dict[str, Any]], dev: dict[str, Any]) -> None:
     keep = ("pid", "usedGpuMemory", "gpuInstanceId", "computeInstanceId")
-    dev["nvmlDeviceGetComputeRunningProcesses"] = [
-        {k: p[k] for k in keep} for p in procs if "C" in p["type"]]
-    dev["nvmlDeviceGetGraphicsRunningProcesses"] = [
-        {k: p[k] for k in keep} for p in procs if "G" in p["type"]]
+    dev["nvmlDeviceGetComputeRunningProcesses"] = [{k: p[k] for k in keep} for p in procs if "C" in p["type"]]
+    dev["nvmlDeviceGetGraphicsRunningProcesses"] = [{k: p[k] for k in keep} for p in procs if "G" in p["type"]]
 
 
 def parse_nvidia_smi_list(text: str) -> dict[tuple[int, int | None], dict[str, str]]:
@@ -559,8 +593,9 @@ def _profile_slices(profile: str) -> tuple[int, int] | None:
     return (int(match.group(1)) if match.group(1) else gi), gi
 
 
-def _mig_device(node: _Node, parent_name: str | None, procs: list[dict[str, Any]],
-                listed: dict[str, str] | None) -> dict[str, Any]:
+def _mig_device(
+    node: _Node, parent_name: str | None, procs: list[dict[str, Any]], listed: dict[str, str] | None
+) -> dict[str, Any]:
     slot = int(node.value_at("Index") or 0)
     gi = _number(node.value_at("GPU Instance ID"))
     ci = _number(node.value_at("Compute Instance ID"))
@@ -580,6 +615,7 @@ def _mig_device(node: _Node, parent_name: str | None, procs: list[dict[str, Any]
         slices = _profile_slices(listed["profile"])
         shared = node.get("Device Attributes", "Shared")
         if slices and shared is not None and not _is_error(v1):
+
             def count(key: str) -> int:
                 value = _number(shared.value_at(key))
                 return 0 if _is_error(value) else value
@@ -615,11 +651,12 @@ def nvidia_smi_q_to_recording(text: str, listing: str | None = None) -> dict[str
     for index, gpu in enumerate(gpus):
         name = gpu.value_at("Product Name")
         v1, v2 = _memory(gpu.get("FB Memory Usage"))
-        util = {"gpu": _number(gpu.value_at("Utilization", "GPU")),
-                "memory": _number(gpu.value_at("Utilization", "Memory"))}
+        util = {
+            "gpu": _number(gpu.value_at("Utilization", "GPU")),
+            "memory": _number(gpu.value_at("Utilization", "Memory")),
+        }
         power = gpu.get("GPU Power Readings") or gpu.get("Power Readings")
-        draw = _first(power, ("Average Power Draw",), ("Power Draw",), ("Instantaneous Power Draw",)) \
-            if power else None
+        draw = _first(power, ("Average Power Draw",), ("Power Draw",), ("Instantaneous Power Draw",)) if power else None
         limit = _first(power, ("Current Power Limit",), ("Enforced Power Limit",)) if power else None
         clocks = gpu.get("Clocks")
         procs = _processes(gpu.get("Processes"))
@@ -629,7 +666,8 @@ def nvidia_smi_q_to_recording(text: str, listing: str | None = None) -> dict[str
             "nvmlDeviceGetMemoryInfo": v1,
             "nvmlDeviceGetMemoryInfo_v2": v2,
             "nvmlDeviceGetUtilizationRates": _error(_NOT_SUPPORTED)
-            if any(_is_error(v) for v in util.values()) else util,
+            if any(_is_error(v) for v in util.values())
+            else util,
             "nvmlDeviceGetPowerUsage": _number(draw, 1000.0),
             "nvmlDeviceGetEnforcedPowerLimit": _number(limit, 1000.0),
             "nvmlDeviceGetTemperature": {"gpu": _number(gpu.value_at("Temperature", "GPU Current Temp"))},
@@ -638,7 +676,8 @@ def nvidia_smi_q_to_recording(text: str, listing: str | None = None) -> dict[str
                 for key, label in (("graphics", "Graphics"), ("sm", "SM"), ("mem", "Memory"))
             },
             "nvmlDeviceGetCurrentClocksEventReasons": _reasons(
-                gpu.get("Clocks Event Reasons") or gpu.get("Clocks Throttle Reasons")),
+                gpu.get("Clocks Event Reasons") or gpu.get("Clocks Throttle Reasons")
+            ),
             "nvmlDeviceGetEccMode": _error(_NOT_SUPPORTED),
             "nvmlDeviceGetTotalEccErrors": _ecc_volatile(gpu.get("ECC Errors", "Volatile")),
             "nvmlDeviceGetMigMode": _error(_NOT_SUPPORTED),
@@ -657,8 +696,7 @@ def nvidia_smi_q_to_recording(text: str, listing: str | None = None) -> dict[str
         migs = [n for n in gpu.children if n.key == "MIG Device"]
         if mig_mode[0] == 1:
             dev["mig_devices"] = [
-                _mig_device(n, name, procs, listed.get((index, int(n.value_at("Index") or 0))))
-                for n in migs
+                _mig_device(n, name, procs, listed.get((index, int(n.value_at("Index") or 0)))) for n in migs
             ]
             # H100/A100 have seven MIG slots; the empty ones answer NOT_FOUND, as on real NVML.
             dev["nvmlDeviceGetMaxMigDeviceCount"] = max(7, len(migs))

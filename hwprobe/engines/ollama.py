@@ -36,5 +36,9 @@ def parse_response(reply: dict[str, Any]) -> OllamaCounts | None:
     if not isinstance(reply, dict) or ("eval_count" not in reply and "prompt_eval_count" not in reply):
         return None
     prompt, generated = _count(reply.get("prompt_eval_count")), _count(reply.get("eval_count"))
-    return OllamaCounts(prompt, generated, _rate(prompt, reply.get("prompt_eval_duration")),
-                        _rate(generated, reply.get("eval_duration")))
+    return OllamaCounts(
+        prompt,
+        generated,
+        _rate(prompt, reply.get("prompt_eval_duration")),
+        _rate(generated, reply.get("eval_duration")),
+    )

@@ -47,8 +47,13 @@ ENGINES: dict[str, dict[str, str]] = {
     "tgi": {"prompt": "tgi_request_input_length_sum", "generated": "tgi_request_generated_tokens_sum"},
     "hwprobe": {"prompt": "hwprobe_serve_prompt_tokens_total", "generated": "hwprobe_serve_generated_tokens_total"},
 }
-_PREFIXES = (("vllm:", "vllm"), ("llamacpp:", "llamacpp"), ("sglang:", "sglang"), ("tgi_", "tgi"),
-             ("hwprobe_serve_", "hwprobe"))
+_PREFIXES = (
+    ("vllm:", "vllm"),
+    ("llamacpp:", "llamacpp"),
+    ("sglang:", "sglang"),
+    ("tgi_", "tgi"),
+    ("hwprobe_serve_", "hwprobe"),
+)
 _SAMPLE_LINE = re.compile(r"^(vllm:|llamacpp:|sglang:|tgi_|hwprobe_serve_)", re.MULTILINE)
 START_TIME = "process_start_time_seconds"
 MAX_BODY = 8 * 1024 * 1024
@@ -198,13 +203,15 @@ def fetch(url: str, timeout_s: float) -> str:
 
     parts = urlsplit(url)
     if parts.scheme == "https":
-        conn: http.client.HTTPConnection = _https_connection(parts.hostname or "", parts.port or 443,
-                                                            timeout=timeout_s)
+        conn: http.client.HTTPConnection = _https_connection(parts.hostname or "", parts.port or 443, timeout=timeout_s)
     else:
         conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout_s)
     try:
-        conn.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), headers={
-            "User-Agent": f"hwprobe/{__version__}", "Accept": "text/plain;version=0.0.4"})
+        conn.request(
+            "GET",
+            (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+            headers={"User-Agent": f"hwprobe/{__version__}", "Accept": "text/plain;version=0.0.4"},
+        )
         response = conn.getresponse()
         body = response.read(MAX_BODY + 1)
     except http.client.HTTPException as err:
@@ -286,4 +293,3 @@ def parse_target(spec: str) -> tuple[str, str]:
     if sep and engine in ENGINE_NAMES:
         return url, engine
     return spec, "auto"
-

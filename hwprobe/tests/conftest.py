@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import socket
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -27,8 +28,10 @@ CAPTURES = {
 def capture_q(gpu: str, phase: str) -> tuple[str, str]:
     """(nvidia-smi -q text, nvidia-smi -L text) of one capture, phase "idle" or "load"."""
     bundle = (FIXTURES / "nvidia_smi" / CAPTURES[gpu]).read_text()
-    return (nvml_replay.capture_section(bundle, f"{phase} :: query (-q)"),
-            nvml_replay.capture_section(bundle, "capabilities :: list (-L)"))
+    return (
+        nvml_replay.capture_section(bundle, f"{phase} :: query (-q)"),
+        nvml_replay.capture_section(bundle, "capabilities :: list (-L)"),
+    )
 
 
 def replay(gpu: str, phase: str) -> nvml_replay.NvmlReplay:
@@ -48,8 +51,9 @@ class Sink:
     ``responder(document) -> (status, body)`` decides each reply; the default accepts all.
     """
 
-    def __init__(self, port: int | None = None,
-                 responder: Callable[[dict[str, Any]], tuple[int, dict[str, Any]]] | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, responder: Callable[[dict[str, Any]], tuple[int, dict[str, Any]]] | None = None
+    ) -> None:
         self.port = port or free_port()
         self.responder = responder or (lambda doc: (200, {"accepted": len(doc["samples"])}))
         self.requests: list[dict[str, Any]] = []
@@ -62,7 +66,7 @@ class Sink:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "Sink":
+    def start(self) -> Sink:
         sink = self
 
         class Handler(BaseHTTPRequestHandler):

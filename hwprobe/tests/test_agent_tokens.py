@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import time
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +61,8 @@ def test_a_closing_window_takes_what_the_ledger_holds() -> None:
     first, second = agent_.spool.samples
     assert first["tokens"] == [
         {"job_id": 4, "source": "report", "prompt": 0, "generated": 0, "train": 512},
-        {"job_id": None, "source": "prometheus", "prompt": 10, "generated": 7, "train": 0}]
+        {"job_id": None, "source": "prometheus", "prompt": 10, "generated": 7, "train": 0},
+    ]
     assert "tokens" not in second
 
 
@@ -71,8 +71,9 @@ def test_the_running_agent_puts_reported_and_scraped_tokens_into_its_windows(tmp
     endpoint = _Endpoint(metrics.exposition())
     sink = Sink().start()
     port = udp_port()
-    proc = agent(tmp_path, sink.url, "--token", "t", *FAST, "--report-port", str(port),
-                 "--scrape", f"{endpoint.url}=hwprobe")
+    proc = agent(
+        tmp_path, sink.url, "--token", "t", *FAST, "--report-port", str(port), "--scrape", f"{endpoint.url}=hwprobe"
+    )
     try:
         assert wait_until(lambda: len(sink.accepted) >= 2, 20), proc.stderr
         channel.send(channel.token_datagram(21, "report", train=1000), port)

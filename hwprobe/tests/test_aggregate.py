@@ -8,12 +8,26 @@ from hwprobe.aggregate import Window
 from hwprobe.schema import GPU_METRICS, SYSTEM_METRICS
 
 
-def snap(cpu: float | None, util: float | None, reasons: int | None, cores: list[float],
-         procs: list[dict[str, Any]] | None = None, ecc: int | None = 0) -> dict[str, Any]:
+def snap(
+    cpu: float | None,
+    util: float | None,
+    reasons: int | None,
+    cores: list[float],
+    procs: list[dict[str, Any]] | None = None,
+    ecc: int | None = 0,
+) -> dict[str, Any]:
     return {
         "system": {"cpu_percent": cpu, "mem_total_bytes": 100, "cpu_per_core_percent": cores},
-        "gpus": [{"index": 0, "uuid": "GPU-a", "util_percent": util, "throttle_reasons": reasons,
-                  "ecc_errors": ecc, "processes": procs}],
+        "gpus": [
+            {
+                "index": 0,
+                "uuid": "GPU-a",
+                "util_percent": util,
+                "throttle_reasons": reasons,
+                "ecc_errors": ecc,
+                "processes": procs,
+            }
+        ],
     }
 
 

@@ -8,7 +8,9 @@ from hwprobe.collectors import NotApplicable
 from hwprobe.collectors.apple import AppleCollector, parse_ioreg_accelerator, parse_vm_stat
 from hwprobe.tests.conftest import FIXTURES
 
-IOREG = (FIXTURES / "apple_silicon" / "ioreg_IOAccelerator_mbp16_2021_m1_t6000_exelban_stats_1094_excerpt.txt").read_text()
+IOREG = (
+    FIXTURES / "apple_silicon" / "ioreg_IOAccelerator_mbp16_2021_m1_t6000_exelban_stats_1094_excerpt.txt"
+).read_text()
 VM_STAT = (FIXTURES / "apple_silicon" / "vm_stat_page4096_wazuh_22113_excerpt.txt").read_text()
 MEMSIZE = "34359738368\n"  # a 32 GiB machine
 

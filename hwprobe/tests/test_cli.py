@@ -20,8 +20,14 @@ FAST = ["--interval", "0.2", "--send-every", "0.4", "--backoff-base", "0.1", "--
 
 def agent(tmp_path: Path, server: str, *extra: str) -> subprocess.Popen[str]:
     env = {**os.environ, "HWPROBE_STATE_DIR": str(tmp_path), "HWPROBE_TOKEN": "tok"}
-    return subprocess.Popen([sys.executable, "-m", "hwprobe", "run", "--server", server, *extra],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "hwprobe", "run", "--server", server, *extra],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_until(condition, timeout_s: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
@@ -34,8 +40,9 @@ def wait_until(condition, timeout_s: float = 10.0) -> bool:  # type: ignore[no-u
 
 
 def test_sample_prints_one_json_document_and_exits_zero() -> None:
-    done = subprocess.run([sys.executable, "-m", "hwprobe", "sample"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-m", "hwprobe", "sample"], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
     assert done.returncode == 0, done.stderr
     document = json.loads(done.stdout)
     assert set(document) == {"inventory", "sample"}
@@ -50,8 +57,14 @@ def test_sample_prints_one_json_document_and_exits_zero() -> None:
 
 def test_run_refuses_to_start_without_a_token(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HWPROBE_")}
-    done = subprocess.run([sys.executable, "-m", "hwprobe", "run", "--server", "http://127.0.0.1:9"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-m", "hwprobe", "run", "--server", "http://127.0.0.1:9"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 2 and "token" in done.stderr
 
 

@@ -26,7 +26,18 @@ def sender(spool: Spool, url: str, **kw: Any) -> Sender:
 
 def test_it_classifies_replies() -> None:
     assert [classify(s) for s in (200, 204, None, 500, 503, 429, 413, 401, 403, 400, 422)] == [
-        OK, OK, RETRY, RETRY, RETRY, RETRY, SPLIT, AUTH, AUTH, REJECT, REJECT]
+        OK,
+        OK,
+        RETRY,
+        RETRY,
+        RETRY,
+        RETRY,
+        SPLIT,
+        AUTH,
+        AUTH,
+        REJECT,
+        REJECT,
+    ]
 
 
 def test_backoff_is_exponential_with_full_jitter_and_a_cap() -> None:
@@ -61,8 +72,9 @@ def test_inventory_rides_only_until_accepted_and_again_after_it_changes(tmp_path
     assert [d["inventory"] for d in sink.requests] == [{"hostname": "h"}, None, {"hostname": "h2"}]
 
 
-def test_it_retries_after_5xx_and_delivers_when_the_server_recovers(tmp_path: Path,
-                                                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_it_retries_after_5xx_and_delivers_when_the_server_recovers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     replies = iter([(503, {"error": "busy"}), (500, {"error": "oops"})])
     sink = Sink(responder=lambda doc: next(replies, (200, {}))).start()
     try:
@@ -88,8 +100,7 @@ def test_it_retries_when_nothing_listens(tmp_path: Path) -> None:
 
 
 def test_it_halves_the_batch_on_413(tmp_path: Path) -> None:
-    sink = Sink(responder=lambda doc: (413, {"error": "too large"}) if len(doc["samples"]) > 2
-                else (200, {})).start()
+    sink = Sink(responder=lambda doc: (413, {"error": "too large"}) if len(doc["samples"]) > 2 else (200, {})).start()
     try:
         spool = filled(tmp_path, 8)
         s = sender(spool, sink.url)
@@ -102,8 +113,11 @@ def test_it_halves_the_batch_on_413(tmp_path: Path) -> None:
 
 
 def test_it_dead_letters_a_malformed_batch_and_goes_on(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    sink = Sink(responder=lambda doc: (400, {"error": "samples[0].ts: not a number"})
-                if doc["samples"][0]["seq"] == 1 else (200, {})).start()
+    sink = Sink(
+        responder=lambda doc: (
+            (400, {"error": "samples[0].ts: not a number"}) if doc["samples"][0]["seq"] == 1 else (200, {})
+        )
+    ).start()
     try:
         spool = filled(tmp_path, 2)
         s = sender(spool, sink.url, batch_max=1)
@@ -112,14 +126,16 @@ def test_it_dead_letters_a_malformed_batch_and_goes_on(tmp_path: Path, caplog: p
             assert s.step() == 0.0
         assert sink.accepted_seqs() == [2]
         assert spool.dead == 1 and spool.dead_letters()[0]["error"] == "400: samples[0].ts: not a number"
-        assert any("samples[0].ts: not a number" in r.getMessage() and r.levelno == logging.ERROR
-                   for r in caplog.records)
+        assert any(
+            "samples[0].ts: not a number" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records
+        )
     finally:
         sink.stop()
 
 
-def test_a_refused_token_is_logged_clearly_and_samples_stay_spooled(tmp_path: Path,
-                                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_a_refused_token_is_logged_clearly_and_samples_stay_spooled(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     sink = Sink(responder=lambda doc: (401, {"error": "bad token"})).start()
     try:
         spool = filled(tmp_path, 2)
@@ -155,8 +171,9 @@ def test_every_batch_carries_the_spools_cumulative_drop_count(tmp_path: Path, si
 
 
 def test_a_refused_inventory_is_dropped_so_samples_keep_flowing(tmp_path: Path) -> None:
-    sink = Sink(responder=lambda doc: (400, {"error": "inventory.os: not a string"})
-                if doc["inventory"] else (200, {})).start()
+    sink = Sink(
+        responder=lambda doc: (400, {"error": "inventory.os: not a string"}) if doc["inventory"] else (200, {})
+    ).start()
     try:
         spool = filled(tmp_path, 2)
         s = sender(spool, sink.url, inventory={"hostname": "h", "os": "x"})
@@ -169,10 +186,20 @@ def test_a_refused_inventory_is_dropped_so_samples_keep_flowing(tmp_path: Path) 
 
 def test_facts_nobody_could_read_are_left_out_of_the_wire_document(tmp_path: Path, sink: Sink) -> None:
     spool = Spool(tmp_path / "s.db")
-    spool.put({"ts": 1.0, "interval_s": 1.0, "count": 1, "system": {"load1": None},
-               "gpus": [{"index": 0, "uuid": None, "processes": None}]})
-    s = sender(spool, sink.url, inventory={"hostname": "h", "cpu_model": None,
-                                           "accelerators": [{"index": 0, "name": None, "vendor": "apple"}]})
+    spool.put(
+        {
+            "ts": 1.0,
+            "interval_s": 1.0,
+            "count": 1,
+            "system": {"load1": None},
+            "gpus": [{"index": 0, "uuid": None, "processes": None}],
+        }
+    )
+    s = sender(
+        spool,
+        sink.url,
+        inventory={"hostname": "h", "cpu_model": None, "accelerators": [{"index": 0, "name": None, "vendor": "apple"}]},
+    )
     s.step()
     [doc] = sink.requests
     assert doc["inventory"] == {"hostname": "h", "accelerators": [{"index": 0, "vendor": "apple"}]}

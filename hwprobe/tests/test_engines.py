@@ -14,9 +14,8 @@ import pytest
 
 from hwprobe.engines import ollama, prometheus
 from hwprobe.engines.prometheus import CounterRate, Target, parse
-from hwprobe.workloads.serve import Metrics
-
 from hwprobe.tests.conftest import FIXTURES
+from hwprobe.workloads.serve import Metrics
 
 LLM = FIXTURES / "llm_metrics"
 OLLAMA = FIXTURES / "ollama"
@@ -88,7 +87,9 @@ def test_tgi_token_histograms_are_the_ones_its_reference_table_names() -> None:
         row = next(line for line in table.splitlines() if line.startswith(f"| `{family}`"))
         assert "Histogram" in row and "Count" in row
     assert {v.removesuffix("_sum") for v in prometheus.ENGINES["tgi"].values()} == {
-        "tgi_request_input_length", "tgi_request_generated_tokens"}
+        "tgi_request_input_length",
+        "tgi_request_generated_tokens",
+    }
 
 
 def test_the_built_in_serve_workload_exposition_is_read() -> None:
@@ -100,7 +101,9 @@ def test_the_built_in_serve_workload_exposition_is_read() -> None:
 
 def test_a_named_engine_overrides_detection_and_an_unknown_text_is_reported() -> None:
     assert parse(text("sglang/sglang_docs_production_metrics_example.txt"), "vllm").totals == {
-        "prompt": None, "generated": None}
+        "prompt": None,
+        "generated": None,
+    }
     reading = parse("# nothing here\nsomething_else_total 3\n")
     assert reading.engine is None and reading.problems == ["no known engine's metrics found"]
 
@@ -115,7 +118,9 @@ def test_a_nan_token_counter_is_skipped_and_the_other_kind_kept() -> None:
 
 def test_a_malformed_line_elsewhere_costs_nothing() -> None:
     capture = text("sglang/sglang_docs_production_metrics_example.txt")
-    broken = capture.replace("# HELP sglang:token_usage", 'sglang:token_usage{model_name="x" oops\n# HELP sglang:token_usage')
+    broken = capture.replace(
+        "# HELP sglang:token_usage", 'sglang:token_usage{model_name="x" oops\n# HELP sglang:token_usage'
+    )
     reading = parse(broken)
     assert reading.totals == {"prompt": 8_128_902.0, "generated": 7_557_572.0}
     assert reading.problems == []
@@ -126,8 +131,11 @@ def test_our_sample_parser_agrees_with_prometheus_client_on_every_capture(path: 
     from prometheus_client.parser import text_string_to_metric_families
 
     theirs = [(s.name, s.value) for f in text_string_to_metric_families(path.read_text()) for s in f.samples]
-    ours = [prometheus.parse_sample(line.strip()) for line in path.read_text().splitlines()
-            if line.strip() and not line.startswith("#")]
+    ours = [
+        prometheus.parse_sample(line.strip())
+        for line in path.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert len(ours) == len(theirs)
     for (name, value), (their_name, their_value) in zip(ours, theirs):
         # prometheus_client renames a counter sample without _total (llama.cpp's
@@ -146,8 +154,10 @@ def test_label_values_with_braces_spaces_and_escaped_quotes_are_skipped_whole() 
 
 def test_a_malformed_token_line_is_skipped_and_the_other_read() -> None:
     capture = text("vllm/datadog_vllm_metrics.txt")
-    broken = capture.replace('vllm:prompt_tokens_total{model_name="facebook/opt-125m"} 5.0',
-                             'vllm:prompt_tokens_total{model_name="facebook/opt-125m"} five')
+    broken = capture.replace(
+        'vllm:prompt_tokens_total{model_name="facebook/opt-125m"} 5.0',
+        'vllm:prompt_tokens_total{model_name="facebook/opt-125m"} five',
+    )
     reading = parse(broken)
     assert reading.totals == {"prompt": None, "generated": 7.0}
     assert any("skipped a malformed line" in p for p in reading.problems)
@@ -164,7 +174,10 @@ def test_the_first_scrape_only_sets_the_baseline() -> None:
 
 
 def test_counters_that_started_with_the_job_count_from_zero() -> None:
-    assert CounterRate(from_zero=True).update({"prompt": 40.0, "generated": 32.0}) == {"prompt": 40.0, "generated": 32.0}
+    assert CounterRate(from_zero=True).update({"prompt": 40.0, "generated": 32.0}) == {
+        "prompt": 40.0,
+        "generated": 32.0,
+    }
 
 
 def test_a_counter_reset_counts_the_new_total_as_produced_since() -> None:
@@ -179,9 +192,13 @@ def test_an_engine_restart_is_seen_by_its_start_time_even_when_totals_grew() -> 
     rate.update({"prompt": 100.0, "generated": 100.0}, start_time=1_700_000_000.0)
     # Restarted and already past the old totals by the next scrape: a decrease cannot show it.
     assert rate.update({"prompt": 150.0, "generated": 120.0}, start_time=1_700_000_050.0) == {
-        "prompt": 150.0, "generated": 120.0}
+        "prompt": 150.0,
+        "generated": 120.0,
+    }
     assert rate.update({"prompt": 160.0, "generated": 125.0}, start_time=1_700_000_050.0) == {
-        "prompt": 10.0, "generated": 5.0}
+        "prompt": 10.0,
+        "generated": 5.0,
+    }
 
 
 def test_a_missing_kind_keeps_its_last_total_and_loses_nothing_later() -> None:
@@ -240,8 +257,10 @@ def test_a_live_endpoint_is_scraped_through_the_same_parser() -> None:
     try:
         target = Target(endpoint.url, engine="vllm")
         assert target.scrape(2.0) == {}
-        endpoint.body = endpoint.body.replace("vllm:generation_tokens_total{model_name=\"facebook/opt-125m\"} 7.0",
-                                              "vllm:generation_tokens_total{model_name=\"facebook/opt-125m\"} 19.0")
+        endpoint.body = endpoint.body.replace(
+            'vllm:generation_tokens_total{model_name="facebook/opt-125m"} 7.0',
+            'vllm:generation_tokens_total{model_name="facebook/opt-125m"} 19.0',
+        )
         assert target.scrape(2.0) == {"generated": 12.0}
     finally:
         endpoint.close()

@@ -74,14 +74,23 @@ class FakeDashboard:
                 return 200, {"ok": True}
         return 404, {"error": "not found"}
 
-    def start(self) -> "FakeDashboard":
+    def start(self) -> FakeDashboard:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
                 ok = fake.config_status == 200
-                self._reply(fake.config_status, {"machine": "gpu-01", "queue": "machine.gpu-01", "broker_url": "memory://",
-                                                 "broker_transport_options": {}} if ok else {"error": "invalid token"})
+                self._reply(
+                    fake.config_status,
+                    {
+                        "machine": "gpu-01",
+                        "queue": "machine.gpu-01",
+                        "broker_url": "memory://",
+                        "broker_transport_options": {},
+                    }
+                    if ok
+                    else {"error": "invalid token"},
+                )
 
             def do_POST(self) -> None:  # noqa: N802
                 assert self.headers["Authorization"] == "Bearer tok"
@@ -124,8 +133,18 @@ def dash():
 
 
 def job_spec(argv=None, shell=None, **kw) -> dict[str, Any]:
-    spec = {"name": "t", "kind": "train", "argv": argv, "shell": shell, "workdir": None, "env": {},
-            "gpus": [], "gpu_uuids": [], "max_runtime_s": None, "grace_s": 2}
+    spec = {
+        "name": "t",
+        "kind": "train",
+        "argv": argv,
+        "shell": shell,
+        "workdir": None,
+        "env": {},
+        "gpus": [],
+        "gpu_uuids": [],
+        "max_runtime_s": None,
+        "grace_s": 2,
+    }
     spec.update(kw)
     return spec
 
@@ -310,7 +329,9 @@ def test_a_409_on_claim_runs_nothing(dash, tmp_path):
 
 
 def test_a_409_while_running_stops_the_job_without_reporting(dash, tmp_path):
-    worker = threading.Thread(target=run, args=(dash, job_spec(py("print('up', flush=True); import time; time.sleep(300)")), tmp_path))
+    worker = threading.Thread(
+        target=run, args=(dash, job_spec(py("print('up', flush=True); import time; time.sleep(300)")), tmp_path)
+    )
     worker.start()
     assert wait_until(lambda: "up" in dash.text())
     dash.stale = True
@@ -397,7 +418,9 @@ def test_the_log_shipper_keeps_seqs_across_retries_and_notes_dropped_output():
     assert [c["seq"] for c in chunks] == sorted({c["seq"] for c in chunks})
     assert "".join(c["text"] for c in chunks if c["stream"] == "stdout") == "0123456789"
     assert [c["text"] for c in chunks if c["stream"] == "stderr"] == [
-        "abc", "[hwprobe: 16 characters of output were dropped while the server was unreachable]\n"]
+        "abc",
+        "[hwprobe: 16 characters of output were dropped while the server was unreachable]\n",
+    ]
 
 
 def test_the_worker_app_takes_json_only_and_acknowledges_jobs_at_their_end(dash, tmp_path):
@@ -459,8 +482,14 @@ def test_the_worker_tells_the_dashboard_its_hosts_policy_at_start(dash, tmp_path
     config = tmp_path / "worker.toml"
     config.write_text('builtin_workloads = false\n[[allow]]\nname = "ft"\nargv = ["python3", "train.py", "*"]\n')
     assert start_worker(monkeypatch, ["--server", dash.url, "--token", "tok", "--config", str(config)]) == 0
-    assert dash.policies == [{"builtin_workloads": False, "allow_shell": False, "run_as": None,
-                              "templates": [{"name": "ft", "argv": ["python3", "train.py", "*"], "workdir": None}]}]
+    assert dash.policies == [
+        {
+            "builtin_workloads": False,
+            "allow_shell": False,
+            "run_as": None,
+            "templates": [{"name": "ft", "argv": ["python3", "train.py", "*"], "workdir": None}],
+        }
+    ]
 
 
 def test_a_refused_policy_report_is_logged_and_the_worker_starts_anyway(dash, tmp_path, monkeypatch, caplog):
@@ -484,8 +513,13 @@ def test_an_edited_policy_is_reported_again_before_the_next_job_and_only_then(da
     api = ServerApi(dash.url, "tok")
     reporter = worker.PolicyReporter(api)
     assert reporter.report(worker.effective_policy(str(config))[0])
-    task = worker.register(worker.make_app("memory://", "q"), api, str(config),
-                           {"heartbeat_s": 0.2, "flush_s": 0.2, "jobs_dir": tmp_path}, reporter)
+    task = worker.register(
+        worker.make_app("memory://", "q"),
+        api,
+        str(config),
+        {"heartbeat_s": 0.2, "flush_s": 0.2, "jobs_dir": tmp_path},
+        reporter,
+    )
     task.run(job_id=7, attempt=1, spec=job_spec(["touch", str(tmp_path / "ran")]))
     assert len(dash.policies) == 1  # unchanged: not sent again
     config.write_text("allow_shell = true\n")
@@ -521,8 +555,9 @@ def test_a_job_given_a_gpu_by_uuid_sees_exactly_that_gpu(dash, tmp_path):
 
     if not torch_cuda():
         pytest.skip("needs PyTorch and a visible CUDA GPU")
-    uuid = subprocess.run(["nvidia-smi", "--query-gpu=uuid", "--format=csv,noheader"], capture_output=True,
-                          text=True, check=True).stdout.split()[0]
+    uuid = subprocess.run(
+        ["nvidia-smi", "--query-gpu=uuid", "--format=csv,noheader"], capture_output=True, text=True, check=True
+    ).stdout.split()[0]
     code = "import torch; print(torch.cuda.device_count())"
     policy = Policy(rules=ALLOW_PY.rules, pass_env=("LD_LIBRARY_PATH",))
     run(dash, job_spec(py(code), gpus=[0], gpu_uuids=[uuid]), tmp_path, policy)

@@ -79,7 +79,10 @@ def test_it_counts_volatile_ecc_errors_where_ecc_is_on_and_reports_none_where_it
 def test_it_lists_gpu_processes_with_their_memory() -> None:
     [sample] = collector("h100", "load").collect()["gpus"]
     assert [(p["pid"], p["mem_used_bytes"]) for p in sample["processes"]] == [
-        (11327, 2566 * MiB), (11328, 1542 * MiB), (11345, 15690 * MiB)]
+        (11327, 2566 * MiB),
+        (11328, 1542 * MiB),
+        (11345, 15690 * MiB),
+    ]
     # psutil cannot see these pids here, so the names come from NVML and the user is unknown.
     assert [p["name"] for p in sample["processes"]] == ["memhog", "memhog", "gpu_burn"]
     assert all(p["user"] is None for p in sample["processes"])

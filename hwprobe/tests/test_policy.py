@@ -14,8 +14,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def spec(argv=None, shell=None, env=None, workdir=None) -> dict:
-    return {"name": "j", "kind": "train", "argv": argv, "shell": shell, "workdir": workdir, "env": env or {},
-            "gpus": [], "gpu_uuids": [], "max_runtime_s": None, "grace_s": 10}
+    return {
+        "name": "j",
+        "kind": "train",
+        "argv": argv,
+        "shell": shell,
+        "workdir": workdir,
+        "env": env or {},
+        "gpus": [],
+        "gpu_uuids": [],
+        "max_runtime_s": None,
+        "grace_s": 10,
+    }
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -31,13 +41,16 @@ def test_without_a_file_the_built_in_workloads_are_allowed(python, workload):
     assert Policy().check(spec([python, "-m", "hwprobe.workloads", workload])) is None
 
 
-@pytest.mark.parametrize("argv", [
-    ["touch", "/tmp/x"],
-    ["python", "-m", "hwprobe.workloads", "evil"],
-    ["python", "-m", "hwprobe.workloadsX", "train"],
-    ["python", "-c", "import os"],
-    ["/tmp/python", "-m", "hwprobe.workloads", "train"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["touch", "/tmp/x"],
+        ["python", "-m", "hwprobe.workloads", "evil"],
+        ["python", "-m", "hwprobe.workloadsX", "train"],
+        ["python", "-c", "import os"],
+        ["/tmp/python", "-m", "hwprobe.workloads", "train"],
+    ],
+)
 def test_without_a_file_anything_else_is_refused_and_the_reason_names_what_is_allowed(argv):
     reason = Policy().check(spec(argv))
     assert reason is not None
@@ -76,14 +89,17 @@ def test_a_rule_with_a_workdir_pattern_needs_a_matching_workdir():
 
 
 def test_a_file_lists_allowed_commands_and_keeps_the_built_ins(tmp_path):
-    path = write(tmp_path, '''
+    path = write(
+        tmp_path,
+        """
 run_as = "mluser"
 allow_shell = false
 pass_env = ["HF_*"]
 [[allow]]
 name = "llama-finetune"
 argv = ["python3", "train.py", "*"]
-''')
+""",
+    )
     p = policy.load(path)
     assert p.run_as == "mluser" and p.pass_env == ("HF_*",) and p.source == path
     assert p.check(spec(["python3", "train.py", "--lr=1e-4"])) is None
@@ -109,15 +125,18 @@ def test_an_empty_command_is_refused():
     assert "no command" in Policy().check(spec([]))
 
 
-@pytest.mark.parametrize("text, words", [
-    ("allow_shel = true\n", "unknown key(s) allow_shel"),
-    ("allow_shell = 1\n", "allow_shell must be true or false"),
-    ("[[allow]]\nargv = 'python'\n", "allow[0].argv must be a list of strings"),
-    ("[[allow]]\nargv = ['**']\n", "must name a program first"),
-    ("[[allow]]\nargv = ['a', '**', 'b']\n", "may only be the last"),
-    ("[[allow]]\nargv = ['a']\nuser = 'x'\n", "allow[0]: unknown key(s) user"),
-    ("allow_shell = \n", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("allow_shel = true\n", "unknown key(s) allow_shel"),
+        ("allow_shell = 1\n", "allow_shell must be true or false"),
+        ("[[allow]]\nargv = 'python'\n", "allow[0].argv must be a list of strings"),
+        ("[[allow]]\nargv = ['**']\n", "must name a program first"),
+        ("[[allow]]\nargv = ['a', '**', 'b']\n", "may only be the last"),
+        ("[[allow]]\nargv = ['a']\nuser = 'x'\n", "allow[0]: unknown key(s) user"),
+        ("allow_shell = \n", "not valid TOML"),
+    ],
+)
 def test_a_broken_file_is_an_error_that_names_the_key(tmp_path, text, words):
     with pytest.raises(PolicyError, match=None) as info:
         policy.load(write(tmp_path, text))
@@ -153,17 +172,43 @@ def test_is_builtin_recognises_the_workloads():
 
 
 def test_the_summary_for_the_dashboard_lists_patterns_as_written_and_the_built_ins(tmp_path):
-    path = write(tmp_path, 'run_as = "mluser"\nallow_shell = true\n'
-                           '[[allow]]\nname = "ft"\nargv = ["python3", "train.py", "*"]\nworkdir = "/srv/llama*"\n'
-                           '[[allow]]\nargv = ["vllm", "serve", "**"]\n')
+    path = write(
+        tmp_path,
+        'run_as = "mluser"\nallow_shell = true\n'
+        '[[allow]]\nname = "ft"\nargv = ["python3", "train.py", "*"]\nworkdir = "/srv/llama*"\n'
+        '[[allow]]\nargv = ["vllm", "serve", "**"]\n',
+    )
     summary = policy.load(path).summary()
-    assert summary == {"builtin_workloads": True, "allow_shell": True, "run_as": "mluser", "templates": [
-        {"name": "built-in train", "argv": ["python", "-m", "hwprobe.workloads", "train", "--seconds", "60"], "workdir": None},
-        {"name": "built-in serve", "argv": ["python", "-m", "hwprobe.workloads", "serve", "--port", "8100", "--load", "2",
-                                            "--seconds", "60"], "workdir": None},
-        {"name": "ft", "argv": ["python3", "train.py", "*"], "workdir": "/srv/llama*"},
-        {"name": "vllm", "argv": ["vllm", "serve", "**"], "workdir": None},
-    ]}
+    assert summary == {
+        "builtin_workloads": True,
+        "allow_shell": True,
+        "run_as": "mluser",
+        "templates": [
+            {
+                "name": "built-in train",
+                "argv": ["python", "-m", "hwprobe.workloads", "train", "--seconds", "60"],
+                "workdir": None,
+            },
+            {
+                "name": "built-in serve",
+                "argv": [
+                    "python",
+                    "-m",
+                    "hwprobe.workloads",
+                    "serve",
+                    "--port",
+                    "8100",
+                    "--load",
+                    "2",
+                    "--seconds",
+                    "60",
+                ],
+                "workdir": None,
+            },
+            {"name": "ft", "argv": ["python3", "train.py", "*"], "workdir": "/srv/llama*"},
+            {"name": "vllm", "argv": ["vllm", "serve", "**"], "workdir": None},
+        ],
+    }
     # Each built-in template is a command the host's own check accepts.
     for template in summary["templates"][:2]:
         assert Policy().check(spec(template["argv"])) is None

@@ -13,8 +13,13 @@ import pytest
 from hwprobe import channel
 from hwprobe.progress import JobMeter, LineSplitter, make_parser
 from hwprobe.tests.conftest import FIXTURES
-from hwprobe.tests.test_executor import ALLOW_PY, FakeDashboard, job_spec, run  # noqa: F401 - fixtures
-from hwprobe.tests.test_executor import dash  # noqa: F401 - the fake dashboard fixture
+from hwprobe.tests.test_executor import (  # noqa: F401 - fixtures
+    ALLOW_PY,
+    FakeDashboard,
+    dash,  # noqa: F401 - the fake dashboard fixture
+    job_spec,
+    run,
+)
 from hwprobe.workloads import progress_line
 
 LOGS = FIXTURES / "progress"
@@ -30,19 +35,27 @@ def total(pattern: str | None, text: str) -> dict[str, float]:
 
 
 def test_the_built_in_training_line_gives_deltas_of_its_running_total() -> None:
-    lines = [progress_line("train", step=10, tokens=20480, elapsed_s=1.0, tokens_per_s=20480.0, loss=2.5),
-             "saved the model to mingru.npz",
-             progress_line("train", step=25, tokens=51200, elapsed_s=2.5, tokens_per_s=20480.0, loss=2.4, final=1)]
+    lines = [
+        progress_line("train", step=10, tokens=20480, elapsed_s=1.0, tokens_per_s=20480.0, loss=2.5),
+        "saved the model to mingru.npz",
+        progress_line("train", step=25, tokens=51200, elapsed_s=2.5, tokens_per_s=20480.0, loss=2.4, final=1),
+    ]
     parser = make_parser(None)
     assert [parser.feed(line) for line in lines] == [{"train": 20480.0}, {}, {"train": 30720.0}]
 
 
 def test_the_built_in_serving_line_gives_prompt_and_generated_tokens() -> None:
-    text = "\n".join([
-        "serving on http://127.0.0.1:40111 with a fresh untrained model",
-        progress_line("serve", requests=4, prompt_tokens=160, generated_tokens=128, elapsed_s=1.0, tokens_per_s=128.0),
-        progress_line("serve", requests=9, prompt_tokens=350, generated_tokens=288, elapsed_s=2.0, tokens_per_s=160.0),
-    ])
+    text = "\n".join(
+        [
+            "serving on http://127.0.0.1:40111 with a fresh untrained model",
+            progress_line(
+                "serve", requests=4, prompt_tokens=160, generated_tokens=128, elapsed_s=1.0, tokens_per_s=128.0
+            ),
+            progress_line(
+                "serve", requests=9, prompt_tokens=350, generated_tokens=288, elapsed_s=2.0, tokens_per_s=160.0
+            ),
+        ]
+    )
     assert total("hwprobe", text) == {"prompt": 350.0, "generated": 288.0}
 
 
@@ -111,15 +124,30 @@ def test_the_built_in_serve_registers_its_port_and_leaves_serving_counts_to_the_
     meter = JobMeter(11, None, builtin_serve=True, port=agent_side.port)
     meter.start()
     meter.feed("stdout", "serving on http://0.0.0.0:40111 with a fresh untrained model\n")
-    meter.feed("stdout", progress_line("serve", requests=3, prompt_tokens=90, generated_tokens=64,
-                                       elapsed_s=1.0, tokens_per_s=64.0) + "\n")
+    meter.feed(
+        "stdout",
+        progress_line("serve", requests=3, prompt_tokens=90, generated_tokens=64, elapsed_s=1.0, tokens_per_s=64.0)
+        + "\n",
+    )
     meter.finish()
     settle(lambda: len(agent_side.scrapes) == 2)
     assert agent_side.scrapes == [
-        {"kind": "scrape", "url": "http://127.0.0.1:40111/metrics", "job": 11, "engine": "hwprobe",
-         "stop": False, "from_zero": True},
-        {"kind": "scrape", "url": "http://127.0.0.1:40111/metrics", "job": 11, "engine": "auto",
-         "stop": True, "from_zero": False},
+        {
+            "kind": "scrape",
+            "url": "http://127.0.0.1:40111/metrics",
+            "job": 11,
+            "engine": "hwprobe",
+            "stop": False,
+            "from_zero": True,
+        },
+        {
+            "kind": "scrape",
+            "url": "http://127.0.0.1:40111/metrics",
+            "job": 11,
+            "engine": "auto",
+            "stop": True,
+            "from_zero": False,
+        },
     ]
     assert agent_side.ledger.drain() == []
 
@@ -127,26 +155,40 @@ def test_the_built_in_serve_registers_its_port_and_leaves_serving_counts_to_the_
 def test_a_metrics_url_is_registered_at_start_and_training_lines_still_count(agent_side: Any) -> None:
     meter = JobMeter(12, None, metrics_url="http://127.0.0.1:9/metrics", port=agent_side.port)
     meter.start()
-    meter.feed("stderr", progress_line("train", step=1, tokens=4096, elapsed_s=1.0, tokens_per_s=4096.0, loss=3.0) + "\n")
+    meter.feed(
+        "stderr", progress_line("train", step=1, tokens=4096, elapsed_s=1.0, tokens_per_s=4096.0, loss=3.0) + "\n"
+    )
     settle(lambda: agent_side.received >= 2)
     assert agent_side.scrapes[0]["url"] == "http://127.0.0.1:9/metrics" and not agent_side.scrapes[0]["from_zero"]
-    assert agent_side.ledger.drain() == [{"job_id": 12, "source": "progress", "prompt": 0, "generated": 0, "train": 4096}]
+    assert agent_side.ledger.drain() == [
+        {"job_id": 12, "source": "progress", "prompt": 0, "generated": 0, "train": 4096}
+    ]
 
 
-def test_a_job_run_sends_its_printed_tokens_to_the_agent(dash: FakeDashboard, tmp_path: Path,  # noqa: F811
-                                                         agent_side: Any) -> None:
-    code = ("import sys\n"
-            "for i in range(1, 4): print(f'HWPROBE_PROGRESS kind=train step={i} tokens={i * 1000} loss=2.0', flush=True)\n"
-            "sys.stdout.write('HWPROBE_PROGRESS kind=train step=4 tokens=4500 final=1')\n")  # no newline at the end
+def test_a_job_run_sends_its_printed_tokens_to_the_agent(
+    dash: FakeDashboard,
+    tmp_path: Path,  # noqa: F811
+    agent_side: Any,
+) -> None:
+    code = (
+        "import sys\n"
+        "for i in range(1, 4): print(f'HWPROBE_PROGRESS kind=train step={i} tokens={i * 1000} loss=2.0', flush=True)\n"
+        "sys.stdout.write('HWPROBE_PROGRESS kind=train step=4 tokens=4500 final=1')\n"
+    )  # no newline at the end
     spec = job_spec(argv=[sys.executable, "-c", code])
     result = run(dash, spec, tmp_path, report_port=agent_side.port)
     assert result.outcome == "succeeded", dash.text()
     settle(lambda: agent_side.received >= 4)
-    assert agent_side.ledger.drain() == [{"job_id": 7, "source": "progress", "prompt": 0, "generated": 0, "train": 4500}]
+    assert agent_side.ledger.drain() == [
+        {"job_id": 7, "source": "progress", "prompt": 0, "generated": 0, "train": 4500}
+    ]
 
 
-def test_a_job_learns_the_agent_port_from_its_environment(dash: FakeDashboard, tmp_path: Path,  # noqa: F811
-                                                          agent_side: Any) -> None:
+def test_a_job_learns_the_agent_port_from_its_environment(
+    dash: FakeDashboard,
+    tmp_path: Path,  # noqa: F811
+    agent_side: Any,
+) -> None:
     code = "import os; print('port', os.environ['HWPROBE_REPORT_PORT'], os.environ['HWPROBE_JOB_ID'])"
     result = run(dash, job_spec(argv=[sys.executable, "-c", code]), tmp_path, report_port=agent_side.port)
     assert result.outcome == "succeeded"

@@ -45,13 +45,15 @@ def test_counts_arrive_at_the_agent_with_the_job_id(agent_channel: Any) -> None:
     report.tokens(30, kind="generated", job=7)
     assert report.flush() == 1
     assert drained(agent_channel.ledger) == [
-        {"job_id": 7, "source": "report", "prompt": 12, "generated": 30, "train": 300}]
+        {"job_id": 7, "source": "report", "prompt": 12, "generated": 30, "train": 300}
+    ]
 
 
 def test_the_background_thread_flushes_without_being_asked(agent_channel: Any) -> None:
     report.tokens(64, job=8)
     assert drained(agent_channel.ledger, 3.0) == [
-        {"job_id": 8, "source": "report", "prompt": 0, "generated": 0, "train": 64}]
+        {"job_id": 8, "source": "report", "prompt": 0, "generated": 0, "train": 64}
+    ]
 
 
 def test_an_ollama_reply_is_counted_as_its_own_source(agent_channel: Any) -> None:
@@ -62,16 +64,26 @@ def test_an_ollama_reply_is_counted_as_its_own_source(agent_channel: Any) -> Non
     report.ollama({"model": "llama3.2", "done": False}, job=9)  # a partial chunk adds nothing
     report.flush()
     assert drained(agent_channel.ledger) == [
-        {"job_id": 9, "source": "ollama", "prompt": 26, "generated": 282, "train": 0}]
+        {"job_id": 9, "source": "ollama", "prompt": 26, "generated": 282, "train": 0}
+    ]
 
 
 def test_a_script_reports_for_the_job_the_worker_named_and_flushes_at_exit(agent_channel: Any) -> None:
-    env = {**os.environ, "HWPROBE_JOB_ID": "42", "HWPROBE_REPORT_PORT": str(agent_channel.port),
-           "PYTHONPATH": str(ROOT)}
-    subprocess.run([sys.executable, "-c", "from hwprobe import report\nfor _ in range(1000): report.tokens(4)"],
-                   env=env, check=True, timeout=30)
+    env = {
+        **os.environ,
+        "HWPROBE_JOB_ID": "42",
+        "HWPROBE_REPORT_PORT": str(agent_channel.port),
+        "PYTHONPATH": str(ROOT),
+    }
+    subprocess.run(
+        [sys.executable, "-c", "from hwprobe import report\nfor _ in range(1000): report.tokens(4)"],
+        env=env,
+        check=True,
+        timeout=30,
+    )
     assert drained(agent_channel.ledger) == [
-        {"job_id": 42, "source": "report", "prompt": 0, "generated": 0, "train": 4000}]
+        {"job_id": 42, "source": "report", "prompt": 0, "generated": 0, "train": 4000}
+    ]
 
 
 def test_without_an_agent_calls_stay_cheap_and_nothing_is_raised(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -88,8 +100,13 @@ def test_without_an_agent_calls_stay_cheap_and_nothing_is_raised(monkeypatch: py
 def test_a_subprocess_with_no_agent_exits_promptly_and_cleanly() -> None:
     env = {**os.environ, "HWPROBE_REPORT_PORT": str(free_port()), "PYTHONPATH": str(ROOT)}
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", "from hwprobe import report\nreport.tokens(5)\nprint('ok')"],
-                          env=env, capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-c", "from hwprobe import report\nreport.tokens(5)\nprint('ok')"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert (done.returncode, done.stdout.strip(), done.stderr) == (0, "ok", "")
     assert time.monotonic() - started < 10
 
@@ -110,9 +127,16 @@ def test_a_wrong_kind_or_a_negative_count_raises_at_once() -> None:
 
 
 def test_malformed_datagrams_are_counted_and_ignored(agent_channel: Any) -> None:
-    for data in (b"not json", b"[1]", b'{"v": 2, "source": "report"}', b'{"v": 1, "source": "prometheus"}',
-                 b'{"v": 1, "source": "report", "train": -5}', b'{"v": 1, "source": "report", "job": "x"}',
-                 b'{"v": 1, "scrape": "file:///etc/passwd"}', b"x" * 5000):
+    for data in (
+        b"not json",
+        b"[1]",
+        b'{"v": 2, "source": "report"}',
+        b'{"v": 1, "source": "prometheus"}',
+        b'{"v": 1, "source": "report", "train": -5}',
+        b'{"v": 1, "source": "report", "job": "x"}',
+        b'{"v": 1, "scrape": "file:///etc/passwd"}',
+        b"x" * 5000,
+    ):
         agent_channel.handle(data)
     assert agent_channel.malformed == 8
     agent_channel.handle(channel.token_datagram(3, "report", train=10))

@@ -61,8 +61,10 @@ def test_dead_letters_leave_the_queue_and_are_counted(tmp_path: Path) -> None:
 def test_it_reopens_after_the_writer_was_killed(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     # A process that writes and dies without closing anything (os._exit skips every cleanup).
-    code = (f"from hwprobe.spool import Spool; s = Spool({str(path)!r}); "
-            f"[s.put({{'n': i}}) for i in range(4)]; import os; os._exit(9)")
+    code = (
+        f"from hwprobe.spool import Spool; s = Spool({str(path)!r}); "
+        f"[s.put({{'n': i}}) for i in range(4)]; import os; os._exit(9)"
+    )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 9
     spool = Spool(path)
     assert [s["n"] for s in spool.peek(10)] == [0, 1, 2, 3]

@@ -33,8 +33,10 @@ class ScriptedPsutil:
 
     def net_io_counters(self, pernic: bool = False) -> Any:
         n = self.calls
-        return {"lo": SimpleNamespace(bytes_recv=10**9 * n, bytes_sent=10**9 * n),
-                "eth0": SimpleNamespace(bytes_recv=300 * n, bytes_sent=100 * n)}
+        return {
+            "lo": SimpleNamespace(bytes_recv=10**9 * n, bytes_sent=10**9 * n),
+            "eth0": SimpleNamespace(bytes_recv=300 * n, bytes_sent=100 * n),
+        }
 
 
 def test_it_reports_every_system_metric_on_the_real_host() -> None:

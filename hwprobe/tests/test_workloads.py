@@ -28,9 +28,14 @@ class Proc:
     """A workload process whose stdout lines arrive on a queue (so reads can time out)."""
 
     def __init__(self, *args: str, cwd: Path) -> None:
-        self.p = subprocess.Popen([sys.executable, "-m", "hwprobe.workloads", *args], cwd=cwd,
-                                  env={**os.environ, "PYTHONPATH": str(ROOT)},
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "hwprobe.workloads", *args],
+            cwd=cwd,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -73,8 +78,14 @@ def progress(lines: list[str]) -> list[dict]:
 def test_the_progress_line_format_reads_back():
     line = progress_line("train", step=3, tokens=6144, elapsed_s=1.04, tokens_per_s=5120.25, loss=2.31456)
     assert line == "HWPROBE_PROGRESS kind=train step=3 tokens=6144 elapsed_s=1.0 tokens_per_s=5120.2 loss=2.315"
-    assert parse_progress(line) == {"kind": "train", "step": 3, "tokens": 6144, "elapsed_s": 1.0,
-                                    "tokens_per_s": 5120.2, "loss": 2.315}
+    assert parse_progress(line) == {
+        "kind": "train",
+        "step": 3,
+        "tokens": 6144,
+        "elapsed_s": 1.0,
+        "tokens_per_s": 5120.2,
+        "loss": 2.315,
+    }
     assert parse_progress("step=3 loss=1") is None
 
 
@@ -155,8 +166,9 @@ def test_sigterm_saves_a_checkpoint_that_resume_continues_from(tmp_path):
 
 
 def post(url: str, body: object) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read())
@@ -167,8 +179,10 @@ def post(url: str, body: object) -> tuple[int, dict]:
 def metrics(url: str) -> dict[str, float]:
     with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
         text = response.read().decode()
-    return {name: float(value) for name, value in
-            (line.split(" ") for line in text.splitlines() if line and not line.startswith("#"))}
+    return {
+        name: float(value)
+        for name, value in (line.split(" ") for line in text.splitlines() if line and not line.startswith("#"))
+    }
 
 
 def test_serve_answers_generate_and_counts_tokens_in_metrics(tmp_path):

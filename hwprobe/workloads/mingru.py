@@ -53,12 +53,12 @@ def init_params(cfg: Config, seed: int = 0) -> dict[str, np.ndarray]:
     d, h, v = cfg.dim, cfg.hidden, cfg.size
     params = {"embed": normal(v, d, scale=0.5)}
     for i in range(cfg.layers):
-        params[f"l{i}.wz"] = normal(d, h, scale=d ** -0.5)
+        params[f"l{i}.wz"] = normal(d, h, scale=d**-0.5)
         params[f"l{i}.bz"] = np.full(h, -1.0, DTYPE)
-        params[f"l{i}.wh"] = normal(d, h, scale=d ** -0.5)
+        params[f"l{i}.wh"] = normal(d, h, scale=d**-0.5)
         params[f"l{i}.bh"] = np.zeros(h, DTYPE)
-        params[f"l{i}.wo"] = normal(h, d, scale=0.5 * h ** -0.5)
-    params["out.w"] = normal(d, v, scale=d ** -0.5)
+        params[f"l{i}.wo"] = normal(h, d, scale=0.5 * h**-0.5)
+    params["out.w"] = normal(d, v, scale=d**-0.5)
     params["out.b"] = np.zeros(v, DTYPE)
     return params
 
@@ -67,9 +67,13 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (np.tanh(0.5 * x) + 1.0)  # no overflow warnings for large |x|
 
 
-def forward(params: dict[str, np.ndarray], cfg: Config, idx: np.ndarray,
-            state: list[np.ndarray] | None = None, keep: bool = False
-            ) -> tuple[np.ndarray, list[np.ndarray], Any]:
+def forward(
+    params: dict[str, np.ndarray],
+    cfg: Config,
+    idx: np.ndarray,
+    state: list[np.ndarray] | None = None,
+    keep: bool = False,
+) -> tuple[np.ndarray, list[np.ndarray], Any]:
     """Logits (B, T, vocab) for token ids ``idx`` (B, T), the final state per layer, and (with
     ``keep``) what :func:`backward` needs. ``state`` None starts from zeros."""
     batch, steps = idx.shape
@@ -94,8 +98,9 @@ def forward(params: dict[str, np.ndarray], cfg: Config, idx: np.ndarray,
     return logits, new_state, (cache, x, idx) if keep else None
 
 
-def loss_and_grads(params: dict[str, np.ndarray], cfg: Config, idx: np.ndarray, targets: np.ndarray
-                   ) -> tuple[float, dict[str, np.ndarray]]:
+def loss_and_grads(
+    params: dict[str, np.ndarray], cfg: Config, idx: np.ndarray, targets: np.ndarray
+) -> tuple[float, dict[str, np.ndarray]]:
     """Mean cross-entropy (nats per character) of ``targets`` given ``idx``, and its gradients."""
     logits, _, (cache, x_last, _) = forward(params, cfg, idx, keep=True)
     batch, steps, vocab = logits.shape
@@ -153,8 +158,14 @@ def clip(grads: dict[str, np.ndarray], max_norm: float = 1.0) -> float:
 class Adam:
     """Adam (Kingma & Ba) over a dict of arrays, with its moments kept for checkpoints."""
 
-    def __init__(self, params: dict[str, np.ndarray], lr: float = 3e-3, beta1: float = 0.9,
-                 beta2: float = 0.99, eps: float = 1e-8) -> None:
+    def __init__(
+        self,
+        params: dict[str, np.ndarray],
+        lr: float = 3e-3,
+        beta1: float = 0.9,
+        beta2: float = 0.99,
+        eps: float = 1e-8,
+    ) -> None:
         self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
         self.t = 0
         self.m = {k: np.zeros_like(v) for k, v in params.items()}
@@ -162,8 +173,8 @@ class Adam:
 
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
         self.t += 1
-        c1 = 1.0 - self.beta1 ** self.t
-        c2 = 1.0 - self.beta2 ** self.t
+        c1 = 1.0 - self.beta1**self.t
+        c2 = 1.0 - self.beta2**self.t
         for k, g in grads.items():
             m, v = self.m[k], self.v[k]
             m *= self.beta1
@@ -202,8 +213,14 @@ def decode(cfg: Config, ids: list[int]) -> str:
     return "".join(cfg.vocab[i] for i in ids)
 
 
-def generate(params: dict[str, np.ndarray], cfg: Config, prompt: list[int], max_tokens: int,
-             temperature: float = 0.8, rng: np.random.Generator | None = None) -> list[int]:
+def generate(
+    params: dict[str, np.ndarray],
+    cfg: Config,
+    prompt: list[int],
+    max_tokens: int,
+    temperature: float = 0.8,
+    rng: np.random.Generator | None = None,
+) -> list[int]:
     """Up to ``max_tokens`` new token ids after ``prompt`` (temperature 0: always the likeliest)."""
     rng = rng or np.random.default_rng()
     start = prompt or [cfg.vocab.index("\n") if "\n" in cfg.vocab else 0]
@@ -222,8 +239,9 @@ def generate(params: dict[str, np.ndarray], cfg: Config, prompt: list[int], max_
     return out
 
 
-def save(path: str | Path, params: dict[str, np.ndarray], cfg: Config,
-         extra: dict[str, np.ndarray] | None = None) -> None:
+def save(
+    path: str | Path, params: dict[str, np.ndarray], cfg: Config, extra: dict[str, np.ndarray] | None = None
+) -> None:
     """Write the model (and optimiser state in ``extra``) atomically: a kill mid-write leaves
     the previous file intact."""
     path = Path(path)
@@ -244,7 +262,7 @@ def load(path: str | Path) -> tuple[dict[str, np.ndarray], Config, dict[str, np.
         arrays = {k: data[k] for k in data.files}
     dim, hidden, layers = (int(v) for v in arrays.pop("dims"))
     cfg = Config(str(arrays.pop("vocab")), dim, hidden, layers)
-    params = {k[len("param."):]: v.astype(DTYPE) for k, v in arrays.items() if k.startswith("param.")}
+    params = {k[len("param.") :]: v.astype(DTYPE) for k, v in arrays.items() if k.startswith("param.")}
     extra = {k: v for k, v in arrays.items() if not k.startswith("param.")}
     expected = set(init_params(Config(cfg.vocab[:1] or "x", 1, 1, layers)))
     if set(params) != expected:

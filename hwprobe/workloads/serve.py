@@ -52,8 +52,12 @@ class Metrics:
                 ("hwprobe_serve_prompt_tokens_total", "counter", "Prompt tokens processed.", self.prompt_tokens),
                 ("hwprobe_serve_generated_tokens_total", "counter", "Tokens generated.", self.generated_tokens),
                 ("hwprobe_serve_request_errors_total", "counter", "Requests refused as malformed.", self.errors),
-                ("hwprobe_serve_request_seconds_total", "counter", "Time spent answering requests, in seconds.",
-                 round(self.request_seconds, 6)),
+                (
+                    "hwprobe_serve_request_seconds_total",
+                    "counter",
+                    "Time spent answering requests, in seconds.",
+                    round(self.request_seconds, 6),
+                ),
                 ("hwprobe_serve_requests_in_flight", "gauge", "Requests being answered now.", self.in_flight),
             ]
         lines = []
@@ -161,10 +165,14 @@ def _load_loop(port: int, stop: threading.Event, text: str, max_tokens: int, see
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     while not stop.is_set():
         start = int(rng.integers(0, max(1, len(text) - 64)))
-        prompt = text[start: start + int(rng.integers(16, 64))]
+        prompt = text[start : start + int(rng.integers(16, 64))]
         try:
-            conn.request("POST", "/generate", body=json.dumps({"prompt": prompt, "max_tokens": max_tokens}),
-                         headers={"Content-Type": "application/json"})
+            conn.request(
+                "POST",
+                "/generate",
+                body=json.dumps({"prompt": prompt, "max_tokens": max_tokens}),
+                headers={"Content-Type": "application/json"},
+            )
             conn.getresponse().read()
         except (OSError, http.client.HTTPException):
             conn.close()
@@ -209,8 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     serving = threading.Thread(target=server.serve_forever, name="serve", daemon=True)
     serving.start()
-    loops = [threading.Thread(target=_load_loop, args=(port, stop, text, args.load_tokens, i), daemon=True)
-             for i in range(max(0, args.load))]
+    loops = [
+        threading.Thread(target=_load_loop, args=(port, stop, text, args.load_tokens, i), daemon=True)
+        for i in range(max(0, args.load))
+    ]
     for loop in loops:
         loop.start()
 
@@ -221,9 +231,17 @@ def main(argv: list[str] | None = None) -> int:
         if now - last >= args.report_every:
             with metrics.lock:
                 requests, prompt, generated = metrics.requests, metrics.prompt_tokens, metrics.generated_tokens
-            print(progress_line("serve", requests=requests, prompt_tokens=prompt, generated_tokens=generated,
-                                elapsed_s=now - start, tokens_per_s=(generated - last_generated) / (now - last)),
-                  flush=True)
+            print(
+                progress_line(
+                    "serve",
+                    requests=requests,
+                    prompt_tokens=prompt,
+                    generated_tokens=generated,
+                    elapsed_s=now - start,
+                    tokens_per_s=(generated - last_generated) / (now - last),
+                ),
+                flush=True,
+            )
             last, last_generated = now, generated
         if args.seconds and now - start >= args.seconds:
             break
@@ -235,9 +253,18 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - start
     with metrics.lock:
         requests, prompt, generated = metrics.requests, metrics.prompt_tokens, metrics.generated_tokens
-    print(progress_line("serve", requests=requests, prompt_tokens=prompt, generated_tokens=generated,
-                        elapsed_s=elapsed, tokens_per_s=generated / elapsed if elapsed > 0 else 0.0, final=1),
-          flush=True)
+    print(
+        progress_line(
+            "serve",
+            requests=requests,
+            prompt_tokens=prompt,
+            generated_tokens=generated,
+            elapsed_s=elapsed,
+            tokens_per_s=generated / elapsed if elapsed > 0 else 0.0,
+            final=1,
+        ),
+        flush=True,
+    )
     return 0
 
 

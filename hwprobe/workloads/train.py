@@ -34,8 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seq", type=int, default=64, help="characters per sequence")
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=("auto", "numpy", "cuda"), default="auto",
-                   help="auto: PyTorch on the GPU when installed and a GPU is visible, else numpy")
+    p.add_argument(
+        "--device",
+        choices=("auto", "numpy", "cuda"),
+        default="auto",
+        help="auto: PyTorch on the GPU when installed and a GPU is visible, else numpy",
+    )
     p.add_argument("--report-every", type=float, default=1.0, help="seconds between progress lines")
     return p
 
@@ -75,8 +79,12 @@ def main(argv: list[str] | None = None) -> int:
             mingru.clip(grads)
             adam.step(params, grads)
             return loss
-    print(f"training a minGRU ({cfg.layers} layers, {cfg.hidden} state, {len(cfg.vocab)} characters) "
-          f"on {'cuda (PyTorch)' if use_cuda else 'cpu (numpy)'}, batch {batch} x {args.seq}", flush=True)
+
+    print(
+        f"training a minGRU ({cfg.layers} layers, {cfg.hidden} state, {len(cfg.vocab)} characters) "
+        f"on {'cuda (PyTorch)' if use_cuda else 'cpu (numpy)'}, batch {batch} x {args.seq}",
+        flush=True,
+    )
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -102,8 +110,17 @@ def main(argv: list[str] | None = None) -> int:
         now = time.monotonic()
         if now - last_report >= args.report_every:
             reported_loss = since_loss / since_steps
-            print(progress_line("train", step=step, tokens=tokens, elapsed_s=now - start,
-                                tokens_per_s=since_tokens / (now - last_report), loss=reported_loss), flush=True)
+            print(
+                progress_line(
+                    "train",
+                    step=step,
+                    tokens=tokens,
+                    elapsed_s=now - start,
+                    tokens_per_s=since_tokens / (now - last_report),
+                    loss=reported_loss,
+                ),
+                flush=True,
+            )
             last_report, since_tokens, since_loss, since_steps = now, 0, 0.0, 0
 
     if use_cuda:
@@ -114,8 +131,18 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - start
     mean_loss = since_loss / since_steps if since_steps else reported_loss
     print(f"saved the model to {out}", flush=True)
-    print(progress_line("train", step=step, tokens=tokens, elapsed_s=elapsed,
-                        tokens_per_s=tokens / elapsed if elapsed > 0 else 0.0, loss=mean_loss, final=1), flush=True)
+    print(
+        progress_line(
+            "train",
+            step=step,
+            tokens=tokens,
+            elapsed_s=elapsed,
+            tokens_per_s=tokens / elapsed if elapsed > 0 else 0.0,
+            loss=mean_loss,
+            final=1,
+        ),
+        flush=True,
+    )
     return 0
 
 

@@ -7,95 +7,172 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('fleet', '0002_throughput'),
-        ('jobs', '0002_throughput_sources'),
+        ("fleet", "0002_throughput"),
+        ("jobs", "0002_throughput_sources"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='AlertRule',
+            name="AlertRule",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('kind', models.CharField(choices=[('machine_offline', 'Machine offline'), ('gpu_temperature', 'GPU temperature'), ('gpu_idle_with_job', 'GPU idle while a job runs'), ('job_failed', 'Job failed or lost'), ('spool_dropping', 'Agent spool dropping samples')], max_length=24)),
-                ('threshold', models.FloatField()),
-                ('webhook_url', models.URLField(blank=True, help_text='Gets a JSON POST when an alert fires and when it resolves; empty for none.', max_length=500)),
-                ('enabled', models.BooleanField(default=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('machine', models.ForeignKey(blank=True, help_text='Only this machine; empty for every machine.', null=True, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='fleet.machine')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=100)),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("machine_offline", "Machine offline"),
+                            ("gpu_temperature", "GPU temperature"),
+                            ("gpu_idle_with_job", "GPU idle while a job runs"),
+                            ("job_failed", "Job failed or lost"),
+                            ("spool_dropping", "Agent spool dropping samples"),
+                        ],
+                        max_length=24,
+                    ),
+                ),
+                ("threshold", models.FloatField()),
+                (
+                    "webhook_url",
+                    models.URLField(
+                        blank=True,
+                        help_text="Gets a JSON POST when an alert fires and when it resolves; empty for none.",
+                        max_length=500,
+                    ),
+                ),
+                ("enabled", models.BooleanField(default=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "machine",
+                    models.ForeignKey(
+                        blank=True,
+                        help_text="Only this machine; empty for every machine.",
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="fleet.machine",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name', 'pk'],
+                "ordering": ["name", "pk"],
             },
         ),
         migrations.CreateModel(
-            name='Alert',
+            name="Alert",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('key', models.CharField(max_length=100)),
-                ('gpu_index', models.PositiveSmallIntegerField(blank=True, null=True)),
-                ('message', models.CharField(max_length=500)),
-                ('fired_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('resolved_at', models.DateTimeField(blank=True, null=True)),
-                ('resolution', models.CharField(blank=True, max_length=200)),
-                ('last_notified', models.CharField(blank=True, max_length=8)),
-                ('job', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='jobs.job')),
-                ('machine', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='fleet.machine')),
-                ('rule', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='alerts', to='alerts.alertrule')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("key", models.CharField(max_length=100)),
+                ("gpu_index", models.PositiveSmallIntegerField(blank=True, null=True)),
+                ("message", models.CharField(max_length=500)),
+                ("fired_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("resolved_at", models.DateTimeField(blank=True, null=True)),
+                ("resolution", models.CharField(blank=True, max_length=200)),
+                ("last_notified", models.CharField(blank=True, max_length=8)),
+                (
+                    "job",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="jobs.job",
+                    ),
+                ),
+                (
+                    "machine",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="fleet.machine",
+                    ),
+                ),
+                (
+                    "rule",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="alerts", to="alerts.alertrule"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-fired_at', '-pk'],
+                "ordering": ["-fired_at", "-pk"],
             },
         ),
         migrations.CreateModel(
-            name='SpoolWatch',
+            name="SpoolWatch",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('dropped', models.BigIntegerField()),
-                ('increased_at', models.DateTimeField(blank=True, null=True)),
-                ('machine', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='fleet.machine')),
-                ('rule', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='alerts.alertrule')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("dropped", models.BigIntegerField()),
+                ("increased_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "machine",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="+", to="fleet.machine"
+                    ),
+                ),
+                (
+                    "rule",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="+", to="alerts.alertrule"
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='WebhookDelivery',
+            name="WebhookDelivery",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('event', models.CharField(choices=[('fired', 'Fired'), ('resolved', 'Resolved')], max_length=8)),
-                ('url', models.URLField(max_length=500)),
-                ('payload', models.JSONField()),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('next_try_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('delivered_at', models.DateTimeField(blank=True, null=True)),
-                ('gave_up_at', models.DateTimeField(blank=True, null=True)),
-                ('last_error', models.CharField(blank=True, max_length=500)),
-                ('alert', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='deliveries', to='alerts.alert')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("event", models.CharField(choices=[("fired", "Fired"), ("resolved", "Resolved")], max_length=8)),
+                ("url", models.URLField(max_length=500)),
+                ("payload", models.JSONField()),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("next_try_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("delivered_at", models.DateTimeField(blank=True, null=True)),
+                ("gave_up_at", models.DateTimeField(blank=True, null=True)),
+                ("last_error", models.CharField(blank=True, max_length=500)),
+                (
+                    "alert",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="deliveries", to="alerts.alert"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['created_at', 'pk'],
+                "ordering": ["created_at", "pk"],
             },
         ),
         migrations.AddIndex(
-            model_name='alert',
-            index=models.Index(fields=['resolved_at', '-fired_at'], name='alert_open_recent'),
+            model_name="alert",
+            index=models.Index(fields=["resolved_at", "-fired_at"], name="alert_open_recent"),
         ),
         migrations.AddConstraint(
-            model_name='alert',
-            constraint=models.UniqueConstraint(condition=models.Q(('resolved_at', None)), fields=('rule', 'key'), name='alert_one_open_per_key'),
+            model_name="alert",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("resolved_at", None)), fields=("rule", "key"), name="alert_one_open_per_key"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='spoolwatch',
-            constraint=models.UniqueConstraint(fields=('rule', 'machine'), name='spoolwatch_unique'),
+            model_name="spoolwatch",
+            constraint=models.UniqueConstraint(fields=("rule", "machine"), name="spoolwatch_unique"),
         ),
         migrations.AddIndex(
-            model_name='webhookdelivery',
-            index=models.Index(fields=['delivered_at', 'gave_up_at', 'next_try_at'], name='webhook_due'),
+            model_name="webhookdelivery",
+            index=models.Index(fields=["delivered_at", "gave_up_at", "next_try_at"], name="webhook_due"),
         ),
     ]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import SCREENSHOTS, log_in, make_batch
 
+from conftest import SCREENSHOTS, log_in, make_batch
 from dashboard.alerts.evaluate import evaluate
 from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.models import Machine
@@ -14,8 +14,6 @@ from dashboard.fleet.payload import parse_batch
 from dashboard.jobs.tests.test_browser import worker
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
-
-
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from dashboard.jobs.models import Job
 pytestmark = pytest.mark.django_db
 
 
-
 @pytest.fixture
 def t0() -> datetime:
     return timezone.now().replace(microsecond=0)
@@ -41,8 +40,12 @@ def seen(machine: Machine, at: datetime, temps: list[float | None] | None = None
     """The machine reported at ``at``; its newest window had these GPU temperatures."""
     machine.last_seen_at = at
     if temps is not None:
-        machine.latest = {"seq": 1, "ts": at.timestamp(), "system": {},
-                          "gpus": [{"index": i, "uuid": f"GPU-{i}", "temp_c": t} for i, t in enumerate(temps)]}
+        machine.latest = {
+            "seq": 1,
+            "ts": at.timestamp(),
+            "system": {},
+            "gpus": [{"index": i, "uuid": f"GPU-{i}", "temp_c": t} for i, t in enumerate(temps)],
+        }
     machine.save()
 
 
@@ -93,15 +96,34 @@ def gpu_windows(machine: Machine, gpu: int, util: float, start: datetime, end: d
     rows, ts, seq = [], start, seq0
     while ts <= end:
         seq += 1
-        rows.append(GpuSample(machine=machine, seq=seq, gpu_index=gpu, ts=ts, interval_s=10, count=10,
-                              util_percent_min=util, util_percent_mean=util, util_percent_max=util))
+        rows.append(
+            GpuSample(
+                machine=machine,
+                seq=seq,
+                gpu_index=gpu,
+                ts=ts,
+                interval_s=10,
+                count=10,
+                util_percent_min=util,
+                util_percent_mean=util,
+                util_percent_max=util,
+            )
+        )
         ts += timedelta(seconds=10)
     GpuSample.objects.bulk_create(rows)
 
 
 def a_running_job(owner, machine: Machine, gpus: list[int], started_at: datetime) -> Job:
-    return Job.objects.create(name="train-demo", kind="train", owner=owner, status=Job.Status.RUNNING, machine=machine,
-                              assigned_gpus=gpus, gpus=len(gpus), started_at=started_at)
+    return Job.objects.create(
+        name="train-demo",
+        kind="train",
+        owner=owner,
+        status=Job.Status.RUNNING,
+        machine=machine,
+        assigned_gpus=gpus,
+        gpus=len(gpus),
+        started_at=started_at,
+    )
 
 
 def test_gpu_idle_with_a_running_job_fires_once_and_resolves_when_the_gpu_works(machine, operator, t0):
@@ -145,8 +167,15 @@ def test_gpu_idle_resolves_when_the_job_ends(machine, operator, t0):
 
 
 def a_finished_job(owner, machine, status: str, finished_at: datetime, message: str = "") -> Job:
-    return Job.objects.create(name="train-demo", kind="train", owner=owner, status=status, machine=machine,
-                              finished_at=finished_at, status_message=message)
+    return Job.objects.create(
+        name="train-demo",
+        kind="train",
+        owner=owner,
+        status=status,
+        machine=machine,
+        finished_at=finished_at,
+        status_message=message,
+    )
 
 
 def test_a_failed_or_lost_job_fires_once_and_expires_after_the_threshold(machine, operator, t0):
@@ -227,7 +256,13 @@ def test_a_rule_with_a_webhook_queues_fired_then_resolved(machine, t0):
     assert (fired.event, resolved.event) == ("fired", "resolved")
     assert fired.url == rule.webhook_url and fired.next_try_at == t0 + minutes(6)
     assert fired.payload["event"] == "fired" and fired.payload["alert"]["machine"] == "gpu-01"
-    assert fired.payload["rule"] == {"id": rule.pk, "name": rule.name, "kind": "machine_offline", "threshold": 5.0, "unit": "min"}
+    assert fired.payload["rule"] == {
+        "id": rule.pk,
+        "name": rule.name,
+        "kind": "machine_offline",
+        "threshold": 5.0,
+        "unit": "min",
+    }
     assert resolved.payload["alert"]["resolved_at"] == (t0 + minutes(8)).isoformat()
     assert resolved.payload["text"].startswith("[RESOLVED] machine_offline rule: gpu-01 has sent nothing")
     assert Alert.objects.get(rule=rule).last_notified == "resolved"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from conftest import make_batch
 from django.utils import timezone
 
+from conftest import make_batch
 from dashboard.alerts.evaluate import evaluate
 from dashboard.alerts.models import Alert, AlertRule
 from dashboard.fleet.ingest import store_batch
@@ -17,8 +17,14 @@ pytestmark = pytest.mark.django_db
 
 
 def rule_form(**kw) -> dict:
-    return {"name": "Hot GPU", "kind": "gpu_temperature", "threshold": "85", "machine": "", "webhook_url": "",
-            "enabled": "on"} | kw
+    return {
+        "name": "Hot GPU",
+        "kind": "gpu_temperature",
+        "threshold": "85",
+        "machine": "",
+        "webhook_url": "",
+        "enabled": "on",
+    } | kw
 
 
 @pytest.fixture
@@ -48,7 +54,13 @@ def test_an_admin_creates_a_rule(client, admin_user, machine):
     assert r.status_code == 302 and r["Location"] == "/alerts/"
     rule = AlertRule.objects.get()
     assert (rule.name, rule.kind, rule.threshold, rule.machine, rule.created_by, rule.enabled) == (
-        "Hot GPU", "gpu_temperature", 85.0, machine, admin_user, True)
+        "Hot GPU",
+        "gpu_temperature",
+        85.0,
+        machine,
+        admin_user,
+        True,
+    )
     page = client.get("/alerts/").content.decode()
     assert "Hot GPU" in page and "85 °C" in page and "https://hooks.example.com/x" in page
 
@@ -56,26 +68,31 @@ def test_an_admin_creates_a_rule(client, admin_user, machine):
 def test_an_admin_disables_a_rule(client, admin_user):
     rule = AlertRule.objects.create(name="Offline", kind="machine_offline", threshold=5)
     client.force_login(admin_user)
-    r = client.post(f"/alerts/rules/{rule.pk}/", rule_form(name="Offline", kind="machine_offline", threshold="5", enabled=""))
+    r = client.post(
+        f"/alerts/rules/{rule.pk}/", rule_form(name="Offline", kind="machine_offline", threshold="5", enabled="")
+    )
     assert r.status_code == 302
     rule.refresh_from_db()
     assert rule.enabled is False and rule.created_by is None  # editing does not claim the rule
 
 
-@pytest.mark.parametrize("fields, field, message", [
-    ({"threshold": "500"}, "threshold", "between 20 and 120"),
-    ({"kind": "machine_offline", "threshold": "0"}, "threshold", "more than 0"),
-    ({"threshold": "hot"}, "threshold", "Enter a number."),
-    ({"webhook_url": "ftp://example.com/hook"}, "webhook_url", "Enter a valid URL."),
-    ({"name": ""}, "name", "This field is required."),
-])
+@pytest.mark.parametrize(
+    "fields, field, message",
+    [
+        ({"threshold": "500"}, "threshold", "between 20 and 120"),
+        ({"kind": "machine_offline", "threshold": "0"}, "threshold", "more than 0"),
+        ({"threshold": "hot"}, "threshold", "Enter a number."),
+        ({"webhook_url": "ftp://example.com/hook"}, "webhook_url", "Enter a valid URL."),
+        ({"name": ""}, "name", "This field is required."),
+    ],
+)
 def test_the_form_shows_each_error_next_to_its_field(client, admin_user, fields, field, message):
     client.force_login(admin_user)
     r = client.post("/alerts/rules/new/", rule_form(**fields))
     assert r.status_code == 200
     page = r.content.decode()
     start = page.index(f'id="field-{field}"')
-    assert message in page[start:page.index("</div>", page.index("errorlist", start))]
+    assert message in page[start : page.index("</div>", page.index("errorlist", start))]
     assert not AlertRule.objects.exists()
 
 

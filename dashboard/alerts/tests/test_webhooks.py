@@ -85,7 +85,11 @@ def test_it_retries_with_backoff_and_delivers_on_the_third_attempt(machine, hook
 
     assert deliver_due(t0) == 0
     d = WebhookDelivery.objects.get()
-    assert (d.attempts, d.next_try_at, d.last_error) == (1, t0 + timedelta(seconds=30), "HTTP 500 Internal Server Error")
+    assert (d.attempts, d.next_try_at, d.last_error) == (
+        1,
+        t0 + timedelta(seconds=30),
+        "HTTP 500 Internal Server Error",
+    )
 
     assert deliver_due(t0 + timedelta(seconds=29)) == 0  # not due yet: no request
     assert len(hook.requests) == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+
 from django import template
 
 register = template.Library()
@@ -40,7 +42,6 @@ def get(mapping: dict, key: str):
 def when(iso: str | None) -> str:
     """A <time> element from an ISO 8601 string: UTC text without JavaScript; static/js/roi.js shows
     it in the browser's zone."""
-    from datetime import timezone as dt_timezone
 
     from django.utils.dateparse import parse_datetime
     from django.utils.html import format_html
@@ -48,5 +49,5 @@ def when(iso: str | None) -> str:
     moment = parse_datetime(iso) if iso else None
     if moment is None:
         return "–"
-    utc = moment.astimezone(dt_timezone.utc)
+    utc = moment.astimezone(UTC)
     return format_html('<time datetime="{}">{} UTC</time>', utc.isoformat(), utc.strftime("%Y-%m-%d %H:%M"))

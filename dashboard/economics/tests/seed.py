@@ -15,7 +15,7 @@ GPU-hour of training.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.contrib.auth import get_user_model
@@ -24,7 +24,7 @@ from dashboard.economics.models import CostProfile, ValueRates
 from dashboard.fleet.models import Accelerator, GpuRollup, GpuSample, Machine, ThroughputSample
 from dashboard.jobs.models import Job, JobAttempt
 
-UTC = dt_timezone.utc
+UTC = UTC
 H100 = "NVIDIA H100 80GB HBM3"
 H100_BYTES = 85520809984
 
@@ -37,40 +37,106 @@ def owner():
     return get_user_model().objects.get_or_create(username="seed-owner")[0]
 
 
-def machine_with(name: str, gpus: int, model: str = H100, mem_bytes: int | None = H100_BYTES,
-                 vendor: str = "nvidia", power_limit: float | None = 700.0, created: datetime | None = None) -> Machine:
-    m = Machine.objects.create(name=name, mem_total_bytes=256 * 2**30, created_at=created or today() - timedelta(days=3))
+def machine_with(
+    name: str,
+    gpus: int,
+    model: str = H100,
+    mem_bytes: int | None = H100_BYTES,
+    vendor: str = "nvidia",
+    power_limit: float | None = 700.0,
+    created: datetime | None = None,
+) -> Machine:
+    m = Machine.objects.create(
+        name=name, mem_total_bytes=256 * 2**30, created_at=created or today() - timedelta(days=3)
+    )
     for i in range(gpus):
-        Accelerator.objects.create(machine=m, index=i, vendor=vendor, name=model, uuid=f"{name}-{i}",
-                                   mem_total_bytes=mem_bytes, power_limit_watts=power_limit)
+        Accelerator.objects.create(
+            machine=m,
+            index=i,
+            vendor=vendor,
+            name=model,
+            uuid=f"{name}-{i}",
+            mem_total_bytes=mem_bytes,
+            power_limit_watts=power_limit,
+        )
     return m
 
 
 def hours(machine: Machine, start: datetime, n: int, watts: float | None, util: float | None, gpus: int = 2) -> None:
     for h in range(n):
         for g in range(gpus):
-            GpuRollup.objects.create(machine=machine, gpu_index=g, resolution_s=3600, bucket=start + timedelta(hours=h),
-                                     count=3600, power_watts_mean=watts, util_percent_mean=util)
+            GpuRollup.objects.create(
+                machine=machine,
+                gpu_index=g,
+                resolution_s=3600,
+                bucket=start + timedelta(hours=h),
+                count=3600,
+                power_watts_mean=watts,
+                util_percent_mean=util,
+            )
 
 
-def job(machine: Machine, name: str, kind: str, start: datetime, end: datetime, gpus: list[int], argv: list[str] | None = None) -> Job:
-    j = Job.objects.create(name=name, kind=kind, owner=owner(), machine=machine, assigned_gpus=gpus,
-                           argv=argv or ["python", "-m", "hwprobe.workloads", kind], status="succeeded",
-                           started_at=start, finished_at=end)
-    JobAttempt.objects.create(job=j, number=1, machine=machine, gpus=gpus, started_at=start, ended_at=end, outcome="succeeded")
+def job(
+    machine: Machine,
+    name: str,
+    kind: str,
+    start: datetime,
+    end: datetime,
+    gpus: list[int],
+    argv: list[str] | None = None,
+) -> Job:
+    j = Job.objects.create(
+        name=name,
+        kind=kind,
+        owner=owner(),
+        machine=machine,
+        assigned_gpus=gpus,
+        argv=argv or ["python", "-m", "hwprobe.workloads", kind],
+        status="succeeded",
+        started_at=start,
+        finished_at=end,
+    )
+    JobAttempt.objects.create(
+        job=j, number=1, machine=machine, gpus=gpus, started_at=start, ended_at=end, outcome="succeeded"
+    )
     return j
 
 
-def tokens(machine: Machine, seq: int, ts: datetime, job: Job | None = None, generated: int = 0, train: int = 0,
-           source: str = "progress", interval_s: float = 10.0) -> None:
-    ThroughputSample.objects.create(machine=machine, seq=seq, job=job, job_key=job.pk if job else 0, source=source,
-                                    ts=ts, interval_s=interval_s, generated_tokens=generated, train_tokens=train)
+def tokens(
+    machine: Machine,
+    seq: int,
+    ts: datetime,
+    job: Job | None = None,
+    generated: int = 0,
+    train: int = 0,
+    source: str = "progress",
+    interval_s: float = 10.0,
+) -> None:
+    ThroughputSample.objects.create(
+        machine=machine,
+        seq=seq,
+        job=job,
+        job_key=job.pk if job else 0,
+        source=source,
+        ts=ts,
+        interval_s=interval_s,
+        generated_tokens=generated,
+        train_tokens=train,
+    )
 
 
 def gpu_window(machine: Machine, seq: int, ts: datetime, watts: float, gpus: int = 2, interval_s: float = 10.0) -> None:
     for g in range(gpus):
-        GpuSample.objects.create(machine=machine, seq=seq, gpu_index=g, ts=ts, interval_s=interval_s, count=10,
-                                 power_watts_mean=watts, util_percent_mean=90.0)
+        GpuSample.objects.create(
+            machine=machine,
+            seq=seq,
+            gpu_index=g,
+            ts=ts,
+            interval_s=interval_s,
+            count=10,
+            power_watts_mean=watts,
+            util_percent_mean=90.0,
+        )
 
 
 def priced_machine(name: str = "gpu-01") -> Machine:
@@ -87,11 +153,20 @@ def priced_machine(name: str = "gpu-01") -> Machine:
         tokens(m, h + 1, ts, serve, generated=400_000, source="prometheus", interval_s=3600)
     job(m, "train demo", "train", day2 + timedelta(hours=6), day2 + timedelta(hours=12), [0, 1])
     CostProfile.objects.create(
-        name="H100 pair", machine=m, currency="USD", purchase_price=Decimal("36525"), amortisation_months=12,
-        in_service_on=day1.date(), electricity_price_per_kwh=Decimal("0.25"), pue=1.2, fixed_monthly=Decimal("608.75"),
+        name="H100 pair",
+        machine=m,
+        currency="USD",
+        purchase_price=Decimal("36525"),
+        amortisation_months=12,
+        in_service_on=day1.date(),
+        electricity_price_per_kwh=Decimal("0.25"),
+        pue=1.2,
+        fixed_monthly=Decimal("608.75"),
     )
-    ValueRates.objects.get_or_create(machine=None, defaults={
-        "currency": "USD", "serve_per_million_generated": Decimal("10"), "train_per_gpu_hour": Decimal("2")})
+    ValueRates.objects.get_or_create(
+        machine=None,
+        defaults={"currency": "USD", "serve_per_million_generated": Decimal("10"), "train_per_gpu_hour": Decimal("2")},
+    )
     return m
 
 

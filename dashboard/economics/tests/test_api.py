@@ -127,8 +127,13 @@ def test_a_profile_comes_from_the_catalogue_price_where_one_is_known(api):
 
 def test_an_assembly_profile_serves_every_machine_of_that_assembly(api):
     m = seed.machine_with("gpu-10", 2)
-    CostProfile.objects.create(name="H100 pairs", assembly="2 × H100 80GB HBM3 · 256 GiB RAM", currency="EUR",
-                               purchase_price=Decimal("1000"), electricity_price_per_kwh=Decimal("0.3"))
+    CostProfile.objects.create(
+        name="H100 pairs",
+        assembly="2 × H100 80GB HBM3 · 256 GiB RAM",
+        currency="EUR",
+        purchase_price=Decimal("1000"),
+        electricity_price_per_kwh=Decimal("0.3"),
+    )
     body = roi_of(api, m.name)
     assert body["profile"]["source"] == "assembly"
     assert body["currency"] == "EUR"
@@ -151,8 +156,11 @@ def test_a_user_row_in_the_catalogue_wins_over_the_shipped_one(api):
 
 def test_bad_parameters_get_a_400_with_one_sentence(api):
     seed.priced_machine()
-    for params, word in (({"since": "yesterday"}, "since"), ({"idle_below_percent": "150"}, "idle_below_percent"),
-                         ({"since": "1h", "until": "2h"}, "since")):
+    for params, word in (
+        ({"since": "yesterday"}, "since"),
+        ({"idle_below_percent": "150"}, "idle_below_percent"),
+        ({"since": "1h", "until": "2h"}, "since"),
+    ):
         r = api.get("/api/v1/machines/gpu-01/roi", params)
         assert r.status_code == 400 and word in r.json()["error"], params
     r = api.get("/api/v1/machines/gpu-01/capacity", {"batch": 0})
@@ -162,8 +170,12 @@ def test_bad_parameters_get_a_400_with_one_sentence(api):
 
 def test_the_api_needs_a_user(client, db):
     seed.priced_machine()
-    for url in ("/api/v1/machines/gpu-01/roi", "/api/v1/machines/gpu-01/capacity", "/api/v1/machines/gpu-01/share",
-                "/api/v1/assemblies"):
+    for url in (
+        "/api/v1/machines/gpu-01/roi",
+        "/api/v1/machines/gpu-01/capacity",
+        "/api/v1/machines/gpu-01/share",
+        "/api/v1/assemblies",
+    ):
         assert client.get(url).status_code == 401, url
 
 
@@ -202,7 +214,12 @@ def test_capacity_uses_the_jobs_stated_model_over_a_misleading_name(api):
     assert rows["70B"]["measured"] == []  # the name says 70b, the job says 7
     measured = {r["job_id"]: r for r in rows["7-8B"]["measured"]}
     row = measured[stated.pk]
-    assert (row["params_b"], row["params_source"], row["precision"], row["precision_source"]) == (7, "job", "fp16", "job")
+    assert (row["params_b"], row["params_source"], row["precision"], row["precision_source"]) == (
+        7,
+        "job",
+        "fp16",
+        "job",
+    )
     # 7 B at fp16: 800 / (14 + 0.537 GB) = 55.03 tokens/s bound, not the 198 of int4
     assert row["bound_tokens_per_s"] == approx(55.03, abs=0.01)
     assert row["efficiency_percent"] == approx(30 / 55.03 * 100, abs=0.1)
@@ -218,7 +235,9 @@ def test_a_measured_job_uses_its_own_context_and_falls_back_per_field(api):
     j.save()
     for i in range(10):
         seed.tokens(m, i + 1, t0 + timedelta(seconds=10 * (i + 1)), j, generated=1200)
-    row = next(r for r in api.get("/api/v1/machines/mac-03/capacity").json()["sizes"] if r["size"] == "7-8B")["measured"][0]
+    row = next(r for r in api.get("/api/v1/machines/mac-03/capacity").json()["sizes"] if r["size"] == "7-8B")[
+        "measured"
+    ][0]
     assert (row["params_source"], row["precision"], row["precision_source"]) == ("name", "int4", "name")
     assert row["context_tokens"] == 32768
     assert row["bound_tokens_per_s"] == approx(800 / (3.5 + 4.295), abs=0.05)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-
 import pytest
-from conftest import BROWSER_ZONE as ZONE, SCREENSHOTS, log_in
+
+from conftest import BROWSER_ZONE as ZONE
+from conftest import SCREENSHOTS, log_in
 
 from . import seed
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
-
 
 
 @pytest.fixture
@@ -18,10 +18,6 @@ def fleet(transactional_db, django_user_model, settings):
     django_user_model.objects.create_user("victor", password="victor-pass")
     seed.priced_machine()
     seed.shared_machine()
-
-
-
-
 
 
 def test_the_roi_page_charts_value_against_cost_and_shows_capacity(fleet, live_server, page):
@@ -39,7 +35,8 @@ def test_the_roi_page_charts_value_against_cost_and_shows_capacity(fleet, live_s
     page.wait_for_url(live_server.url + "/economics/machines/gpu-01/")
     for chart in ("roi-cumulative", "roi-breakdown"):
         page.wait_for_function(
-            "id => { const el = document.getElementById(id); return el && el.data && el.data.length > 0; }", arg=chart)
+            "id => { const el = document.getElementById(id); return el && el.data && el.data.length > 0; }", arg=chart
+        )
     names = page.evaluate("document.getElementById('roi-cumulative').data.map(t => t.name)")
     assert names[:2] == ["Cumulative cost", "Cumulative value"]
     assert page.evaluate("document.getElementById('roi-cumulative').layout.yaxis.title.text") == "Cumulative (USD)"
@@ -68,7 +65,9 @@ def test_the_roi_page_charts_value_against_cost_and_shows_capacity(fleet, live_s
 def test_the_machine_page_draws_the_roi_chart_without_telemetry_charts(fleet, live_server, page):
     log_in(page, live_server.url)
     page.goto(live_server.url + "/machines/gpu-02/")  # no telemetry: the page loads no Plotly itself
-    page.wait_for_function("() => { const el = document.getElementById('roi-cumulative'); return el && el.textContent.length > 0; }")
+    page.wait_for_function(
+        "() => { const el = document.getElementById('roi-cumulative'); return el && el.textContent.length > 0; }"
+    )
     assert page.locator("#capacity-table tbody tr").count() == 7
     assert "Sharing costs serving 18%" in page.locator("#share-verdict").inner_text()
     assert page.errors == []

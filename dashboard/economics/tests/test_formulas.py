@@ -132,19 +132,33 @@ def test_decode_bound_grows_with_the_batch_until_the_cache_dominates():
 
 def test_the_size_class_of_a_parameter_count():
     assert [f.size_class_for(p).label for p in (1, 1.5, 3, 7, 8, 13, 14, 34, 70, 72, 405)] == [
-        "1B", "1B", "3B", "7-8B", "7-8B", "13B", "13B", "30-34B", "70B", "70B", "405B"]
+        "1B",
+        "1B",
+        "3B",
+        "7-8B",
+        "7-8B",
+        "13B",
+        "13B",
+        "30-34B",
+        "70B",
+        "70B",
+        "405B",
+    ]
 
 
-@pytest.mark.parametrize("text,size", [
-    ("serve llama-3.1-8b-instruct", 8.0),
-    ("Llama-2-70B-chat-hf", 70.0),
-    ("vllm serve Qwen/Qwen2.5-1.5B-Instruct", 1.5),
-    ("mistral 7B int4", 7.0),
-    ("finetune llama_13b_lora", 13.0),
-    ("mixtral-8x7b", None),  # a mixture of experts: 8x7b is not 7B
-    ("python -m hwprobe.workloads train --seconds 60", None),
-    ("bf16 4bit run", None),
-])
+@pytest.mark.parametrize(
+    "text,size",
+    [
+        ("serve llama-3.1-8b-instruct", 8.0),
+        ("Llama-2-70B-chat-hf", 70.0),
+        ("vllm serve Qwen/Qwen2.5-1.5B-Instruct", 1.5),
+        ("mistral 7B int4", 7.0),
+        ("finetune llama_13b_lora", 13.0),
+        ("mixtral-8x7b", None),  # a mixture of experts: 8x7b is not 7B
+        ("python -m hwprobe.workloads train --seconds 60", None),
+        ("bf16 4bit run", None),
+    ],
+)
 def test_the_model_size_is_read_from_a_jobs_name_or_command(text, size):
     assert parse_params_b(text) == size
 

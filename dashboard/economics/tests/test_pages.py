@@ -66,7 +66,7 @@ def test_a_machine_without_a_price_links_to_the_admin(client, viewer):
     m = seed.machine_with("gpu-09", 1)
     client.force_login(viewer)
     html = client.get("/machines/gpu-09/").content.decode()
-    assert f'/admin/economics/costprofile/add/?machine={m.pk}' in html
+    assert f"/admin/economics/costprofile/add/?machine={m.pk}" in html
     assert "set value rates" in html
 
 

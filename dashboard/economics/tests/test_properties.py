@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dashboard.economics import formulas as f
 
@@ -11,21 +12,33 @@ seconds = st.floats(min_value=0, max_value=20 * 365 * 86400, allow_nan=False)
 watts = st.lists(st.floats(min_value=0, max_value=20_000, allow_nan=False), min_size=1, max_size=48)
 
 
-def cumulative_cost(t_s: float, price: float, period_s: float, per_kwh: float, pue: float, monthly: float,
-                    power_by_hour: list[float]) -> float:
+def cumulative_cost(
+    t_s: float, price: float, period_s: float, per_kwh: float, pue: float, monthly: float, power_by_hour: list[float]
+) -> float:
     """Cost from going into service until ``t_s``, with the hourly power trace repeating."""
     hours_done = int(t_s // 3600)
     energy = sum(power_by_hour[h % len(power_by_hour)] for h in range(min(hours_done, 2000))) * 3600 / 3.6e6
-    return (f.amortisation_cost(price, period_s, 0, t_s) + f.fixed_cost(monthly, t_s)
-            + f.energy_cost(energy, per_kwh, pue))
+    return (
+        f.amortisation_cost(price, period_s, 0, t_s) + f.fixed_cost(monthly, t_s) + f.energy_cost(energy, per_kwh, pue)
+    )
 
 
-@given(seconds, seconds, money, st.integers(1, 120), st.floats(0, 2, allow_nan=False), st.floats(1, 3, allow_nan=False), money, watts)
+@given(
+    seconds,
+    seconds,
+    money,
+    st.integers(1, 120),
+    st.floats(0, 2, allow_nan=False),
+    st.floats(1, 3, allow_nan=False),
+    money,
+    watts,
+)
 def test_cost_never_decreases_with_time(t1, t2, price, months, per_kwh, pue, monthly, power):
     lo, hi = sorted((t1, t2))
     period = months * f.SECONDS_PER_MONTH
     assert cumulative_cost(lo, price, period, per_kwh, pue, monthly, power) <= cumulative_cost(
-        hi, price, period, per_kwh, pue, monthly, power) + 1e-6 * max(1.0, price + monthly)
+        hi, price, period, per_kwh, pue, monthly, power
+    ) + 1e-6 * max(1.0, price + monthly)
 
 
 @given(money, st.integers(1, 120), seconds, seconds, seconds)
@@ -65,7 +78,11 @@ def test_a_larger_model_never_trains_where_a_smaller_one_does_not(p1, p2, method
 def test_fewer_bits_never_need_more_memory(arch, mem, context, batch):
     needs = [f.serve_bytes(arch, p, context, batch) for p in ("fp16", "int8", "int4")]
     assert needs[0] >= needs[1] >= needs[2]
-    assert f.train_bytes(arch.params_b, "full") >= f.train_bytes(arch.params_b, "lora") >= f.train_bytes(arch.params_b, "qlora")
+    assert (
+        f.train_bytes(arch.params_b, "full")
+        >= f.train_bytes(arch.params_b, "lora")
+        >= f.train_bytes(arch.params_b, "qlora")
+    )
 
 
 @given(st.floats(1, 10_000), st.floats(0.1, 1000), st.sampled_from(tuple(f.BYTES_PER_PARAM)), st.integers(1, 256))

@@ -6,32 +6,61 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('fleet', '0001_initial'),
-        ('jobs', '0001_initial'),
+        ("fleet", "0001_initial"),
+        ("jobs", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ThroughputSample',
+            name="ThroughputSample",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('seq', models.BigIntegerField()),
-                ('job_key', models.BigIntegerField(default=0)),
-                ('source', models.CharField(choices=[('progress', 'Job output'), ('prometheus', 'Serving engine metrics'), ('ollama', 'Ollama API'), ('report', 'hwprobe.report API')], max_length=16)),
-                ('ts', models.DateTimeField()),
-                ('interval_s', models.FloatField()),
-                ('prompt_tokens', models.BigIntegerField(default=0)),
-                ('generated_tokens', models.BigIntegerField(default=0)),
-                ('train_tokens', models.BigIntegerField(default=0)),
-                ('received_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('job', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='throughput', to='jobs.job')),
-                ('machine', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='fleet.machine')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("seq", models.BigIntegerField()),
+                ("job_key", models.BigIntegerField(default=0)),
+                (
+                    "source",
+                    models.CharField(
+                        choices=[
+                            ("progress", "Job output"),
+                            ("prometheus", "Serving engine metrics"),
+                            ("ollama", "Ollama API"),
+                            ("report", "hwprobe.report API"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("ts", models.DateTimeField()),
+                ("interval_s", models.FloatField()),
+                ("prompt_tokens", models.BigIntegerField(default=0)),
+                ("generated_tokens", models.BigIntegerField(default=0)),
+                ("train_tokens", models.BigIntegerField(default=0)),
+                ("received_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "job",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="throughput",
+                        to="jobs.job",
+                    ),
+                ),
+                (
+                    "machine",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="+", to="fleet.machine"
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['machine', 'ts'], name='throughput_machine_ts'), models.Index(fields=['job', 'ts'], name='throughput_job_ts')],
-                'constraints': [models.UniqueConstraint(fields=('machine', 'seq', 'job_key', 'source'), name='throughput_unique')],
+                "indexes": [
+                    models.Index(fields=["machine", "ts"], name="throughput_machine_ts"),
+                    models.Index(fields=["job", "ts"], name="throughput_job_ts"),
+                ],
+                "constraints": [
+                    models.UniqueConstraint(fields=("machine", "seq", "job_key", "source"), name="throughput_unique")
+                ],
             },
         ),
     ]

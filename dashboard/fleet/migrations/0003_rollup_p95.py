@@ -4,30 +4,29 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('fleet', '0002_throughput'),
+        ("fleet", "0002_throughput"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='gpurollup',
-            name='power_watts_p95',
+            model_name="gpurollup",
+            name="power_watts_p95",
             field=models.FloatField(null=True),
         ),
         migrations.AddField(
-            model_name='gpurollup',
-            name='temp_c_p95',
+            model_name="gpurollup",
+            name="temp_c_p95",
             field=models.FloatField(null=True),
         ),
         migrations.AddField(
-            model_name='gpurollup',
-            name='util_percent_p95',
+            model_name="gpurollup",
+            name="util_percent_p95",
             field=models.FloatField(null=True),
         ),
         migrations.AddField(
-            model_name='systemrollup',
-            name='cpu_percent_p95',
+            model_name="systemrollup",
+            name="cpu_percent_p95",
             field=models.FloatField(null=True),
         ),
     ]

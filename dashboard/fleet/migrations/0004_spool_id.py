@@ -4,20 +4,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('fleet', '0003_rollup_p95'),
+        ("fleet", "0003_rollup_p95"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='machine',
-            name='seq_offset',
+            model_name="machine",
+            name="seq_offset",
             field=models.BigIntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='machine',
-            name='spool_id',
+            model_name="machine",
+            name="spool_id",
             field=models.CharField(blank=True, max_length=64),
         ),
     ]

@@ -4,20 +4,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('fleet', '0004_spool_id'),
+        ("fleet", "0004_spool_id"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='machine',
-            name='worker_policy',
+            model_name="machine",
+            name="worker_policy",
             field=models.JSONField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='machine',
-            name='worker_seen_at',
+            model_name="machine",
+            name="worker_seen_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
     ]

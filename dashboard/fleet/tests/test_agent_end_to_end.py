@@ -32,8 +32,22 @@ class Server:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "dashboard.wsgi", "-b", f"127.0.0.1:{self.port}", "-w", "1", "--log-level", "warning"],
-            cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "dashboard.wsgi",
+                "-b",
+                f"127.0.0.1:{self.port}",
+                "-w",
+                "1",
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -60,9 +74,27 @@ def server(process_env):
 
 def start_agent(env, server, token, spool: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "hwprobe", "run", "--server", server.url, "--token", token,
-         "--interval", "0.25", "--send-every", "1", "--spool", str(spool)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "hwprobe",
+            "run",
+            "--server",
+            server.url,
+            "--token",
+            token,
+            "--interval",
+            "0.25",
+            "--send-every",
+            "1",
+            "--spool",
+            str(spool),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -107,7 +139,9 @@ def test_samples_taken_while_the_server_is_down_arrive_exactly_once(process_env,
         down_from = SystemSample.objects.filter(machine=machine).count()
         time.sleep(5)  # the agent keeps sampling into its spool
         server.start()
-        wait_for(lambda: SystemSample.objects.filter(machine=machine).count() >= down_from + 6, 60, "the spooled samples")
+        wait_for(
+            lambda: SystemSample.objects.filter(machine=machine).count() >= down_from + 6, 60, "the spooled samples"
+        )
     finally:
         stop_agent(agent)
     seqs = list(SystemSample.objects.filter(machine=machine).order_by("seq").values_list("seq", flat=True))

@@ -6,10 +6,10 @@ from datetime import timedelta
 from io import StringIO
 
 import pytest
-from conftest import make_batch
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from conftest import make_batch
 from dashboard.accounts.models import ApiToken
 from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.models import AgentToken, Machine
@@ -56,7 +56,9 @@ def test_an_agent_token_cannot_read_user_data(client, machine, agent_token):
 def test_tokens_are_stored_hashed(machine, viewer):
     agent = machine.issue_token()
     user = ApiToken.issue(viewer)
-    stored = list(AgentToken.objects.values_list("prefix", "digest")) + list(ApiToken.objects.values_list("prefix", "digest"))
+    stored = list(AgentToken.objects.values_list("prefix", "digest")) + list(
+        ApiToken.objects.values_list("prefix", "digest")
+    )
     for prefix, digest in stored:
         assert agent not in (prefix, digest) and user not in (prefix, digest)
         assert len(digest) == 64

@@ -13,8 +13,9 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import BROWSER_ZONE as ZONE, SCREENSHOTS, log_in, make_inventory, make_sample
 
+from conftest import BROWSER_ZONE as ZONE
+from conftest import SCREENSHOTS, log_in, make_inventory, make_sample
 from dashboard.fleet import rollup
 from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.models import Machine
@@ -23,8 +24,17 @@ from dashboard.jobs.models import Job, JobAttempt
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
-CHARTS = ("chart-cpu", "chart-ram", "chart-gpu-util", "chart-gpu-mem", "chart-gpu-power", "chart-gpu-temp",
-          "chart-tokens-train", "chart-tokens-prompt", "chart-tokens-generated")
+CHARTS = (
+    "chart-cpu",
+    "chart-ram",
+    "chart-gpu-util",
+    "chart-gpu-mem",
+    "chart-gpu-power",
+    "chart-gpu-temp",
+    "chart-tokens-train",
+    "chart-tokens-prompt",
+    "chart-tokens-generated",
+)
 DRAWN = "id => { const el = document.getElementById(id); return el && el.data && el.data.length && el.data[0].x.length > 0; }"
 
 
@@ -39,7 +49,14 @@ def add_tokens(samples: list[dict], train_job: int, serve_job: int) -> None:
         level = 0.6 + 0.3 * math.sin(i / 40)
         sample["tokens"] = [{"job_id": train_job, "source": "progress", "train": int(180_000 * level)}]
         if i >= 180:
-            sample["tokens"].append({"job_id": serve_job, "source": "prometheus", "prompt": int(9_000 * level), "generated": int(12_000 * level)})
+            sample["tokens"].append(
+                {
+                    "job_id": serve_job,
+                    "source": "prometheus",
+                    "prompt": int(9_000 * level),
+                    "generated": int(12_000 * level),
+                }
+            )
 
 
 def an_hour_of_samples(gpus: int) -> list[dict]:
@@ -50,8 +67,16 @@ def an_hour_of_samples(gpus: int) -> list[dict]:
         sample = make_sample(i + 1, now - 10 * (359 - i), gpus=gpus, cpu=40 + 25 * wave, util=60 + 30 * wave)
         for g, gpu in enumerate(sample["gpus"]):
             level = 0.5 + 0.4 * math.sin(i / 25 + g)
-            gpu["util_percent"] = {"min": max(0, 100 * level - 15), "mean": 100 * level, "max": min(100, 100 * level + 15)}
-            gpu["power_watts"] = {"min": 150 + 450 * level - 30, "mean": 150 + 450 * level, "max": 150 + 450 * level + 30}
+            gpu["util_percent"] = {
+                "min": max(0, 100 * level - 15),
+                "mean": 100 * level,
+                "max": min(100, 100 * level + 15),
+            }
+            gpu["power_watts"] = {
+                "min": 150 + 450 * level - 30,
+                "mean": 150 + 450 * level,
+                "max": 150 + 450 * level + 30,
+            }
             gpu["temp_c"] = {"min": 40 + 35 * level - 1, "mean": 40 + 35 * level, "max": 40 + 35 * level + 1}
             used = 20e9 + 50e9 * level
             gpu["mem_used_bytes"] = {"min": used - 1e8, "mean": used, "max": used + 1e8}
@@ -64,9 +89,21 @@ def fleet(transactional_db, django_user_model):
     victor = django_user_model.objects.create_user("victor", password="victor-pass")
     gpu_box = Machine.objects.create(name="gpu-01")
     started = datetime.fromtimestamp(time.time() - 3660, ZoneInfo("UTC"))
-    jobs = [Job.objects.create(owner=victor, name=name, kind=kind, argv=["x"], gpus=len(gpus), machine=gpu_box,
-                               assigned_gpus=gpus, status="running", started_at=started, attempt=1)
-            for name, kind, gpus in (("llama-finetune", "train", [0, 1]), ("chat-serve", "serve", [2]))]
+    jobs = [
+        Job.objects.create(
+            owner=victor,
+            name=name,
+            kind=kind,
+            argv=["x"],
+            gpus=len(gpus),
+            machine=gpu_box,
+            assigned_gpus=gpus,
+            status="running",
+            started_at=started,
+            attempt=1,
+        )
+        for name, kind, gpus in (("llama-finetune", "train", [0, 1]), ("chat-serve", "serve", [2]))
+    ]
     for job in jobs:  # tokens are linked to a job only where it has an attempt
         JobAttempt.objects.create(job=job, number=1, machine=gpu_box, gpus=job.assigned_gpus, started_at=started)
     samples = an_hour_of_samples(gpus=4)
@@ -78,10 +115,6 @@ def fleet(transactional_db, django_user_model):
     Machine.objects.create(name="gpu-03")  # enrolled, agent not started yet
     rollup.catch_up()
     return {job.name: job.pk for job in jobs}  # the ORM is out of reach once Playwright runs
-
-
-
-
 
 
 def test_a_user_logs_in_and_sees_the_fleet_and_a_machines_charts(fleet, live_server, page):
@@ -108,12 +141,16 @@ def test_a_user_logs_in_and_sees_the_fleet_and_a_machines_charts(fleet, live_ser
         assert page.evaluate(f"document.getElementById('{chart}').data[0].x.length") > 0
 
     # One trace per GPU on the GPU charts (mean lines carry the legend).
-    names = page.evaluate("document.getElementById('chart-gpu-util').data.filter(t => t.showlegend !== false).map(t => t.name)")
+    names = page.evaluate(
+        "document.getElementById('chart-gpu-util').data.filter(t => t.showlegend !== false).map(t => t.name)"
+    )
     assert names == [f"GPU {i}" for i in range(4)]
     # Times are wall-clock strings in the browser's zone, and the axis says which zone.
     layout_title = page.evaluate("document.getElementById('chart-cpu').layout.xaxis.title.text")
     assert layout_title == f"Time ({ZONE})"
-    first_ms = page.evaluate("fetch('/api/v1/machines/gpu-01/series?metric=system.cpu_percent&since=1h').then(r => r.json()).then(j => j.series[0].t[0])")
+    first_ms = page.evaluate(
+        "fetch('/api/v1/machines/gpu-01/series?metric=system.cpu_percent&since=1h').then(r => r.json()).then(j => j.series[0].t[0])"
+    )
     first_x = page.evaluate("document.getElementById('chart-cpu').data[0].x[0]")
     assert first_x == datetime.fromtimestamp(first_ms / 1000, ZoneInfo(ZONE)).strftime("%Y-%m-%d %H:%M:%S")
     # Byte axes in binary units, percentages on a fixed 0-100 scale.
@@ -124,7 +161,10 @@ def test_a_user_logs_in_and_sees_the_fleet_and_a_machines_charts(fleet, live_ser
     # Throughput: stacked by job, in tokens/s, with a summary per kind.
     tokens = page.evaluate("document.getElementById('chart-tokens-generated').data.map(t => [t.name, t.stackgroup])")
     assert tokens == [[f"#{fleet['chat-serve']} chat-serve", "tokens"]]
-    assert page.evaluate("document.getElementById('chart-tokens-train').layout.yaxis.title.text") == "Throughput (tokens/s)"
+    assert (
+        page.evaluate("document.getElementById('chart-tokens-train').layout.yaxis.title.text")
+        == "Throughput (tokens/s)"
+    )
     assert "tokens/J" in page.inner_text("#machine-throughput [data-kind='train'] .throughput-summary")
     assert page.locator("#machine-throughput .throughput-empty").is_hidden()
     page.wait_for_timeout(500)  # let the last relayout settle before the picture
@@ -153,5 +193,7 @@ def test_a_user_logs_in_and_sees_the_fleet_and_a_machines_charts(fleet, live_ser
     page.goto(live_server.url + "/")
     page.select_option("#fleet-filters select[name='state']", "offline")
     page.wait_for_url("**state=offline**")
-    assert [page.locator(".machine").nth(i).get_attribute("data-machine") for i in range(page.locator(".machine").count())] == ["cpu-02"]
+    assert [
+        page.locator(".machine").nth(i).get_attribute("data-machine") for i in range(page.locator(".machine").count())
+    ] == ["cpu-02"]
     assert page.errors == []

@@ -38,6 +38,8 @@ def test_the_compose_file_parses(tmp_path):
     (work / "docker-compose.yml").write_text((ROOT / "docker-compose.yml").read_text())
     (work / ".env").write_text(env)
     (work / "Dockerfile").write_text((ROOT / "Dockerfile").read_text())
-    done = subprocess.run(["docker-compose", "config", "--services"], cwd=work, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["docker-compose", "config", "--services"], cwd=work, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert set(done.stdout.split()) == {"postgres", "redis", "web", "worker", "beat"}

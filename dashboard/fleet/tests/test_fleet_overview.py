@@ -19,8 +19,13 @@ pytestmark = pytest.mark.django_db
 GIB = 2**30
 
 
-def a_machine(name: str, seen_s_ago: float | None = 5, utils: tuple = (50.0,), model: str = "NVIDIA H100 80GB HBM3",
-              hostname: str = "") -> Machine:
+def a_machine(
+    name: str,
+    seen_s_ago: float | None = 5,
+    utils: tuple = (50.0,),
+    model: str = "NVIDIA H100 80GB HBM3",
+    hostname: str = "",
+) -> Machine:
     """A machine as ingest leaves it: inventory, ``latest`` with one entry per GPU, ``last_seen_at``."""
     now = timezone.now()
     seen = None if seen_s_ago is None else now - timedelta(seconds=seen_s_ago)
@@ -30,13 +35,31 @@ def a_machine(name: str, seen_s_ago: float | None = 5, utils: tuple = (50.0,), m
             "seq": 1,
             "ts": seen.timestamp(),
             "system": {"cpu_percent": 20.0, "mem_used_bytes": 64 * GIB, "mem_total_bytes": 256 * GIB},
-            "gpus": [{"index": i, "util_percent": u, "mem_used_bytes": 40 * GIB, "mem_total_bytes": 80 * GIB, "processes": []}
-                     for i, u in enumerate(utils)],
+            "gpus": [
+                {
+                    "index": i,
+                    "util_percent": u,
+                    "mem_used_bytes": 40 * GIB,
+                    "mem_total_bytes": 80 * GIB,
+                    "processes": [],
+                }
+                for i, u in enumerate(utils)
+            ],
         }
-    m = Machine.objects.create(name=name, hostname=hostname or f"{name}.example", last_seen_at=seen, latest=latest,
-                               cpu_threads=128, mem_total_bytes=256 * GIB)
-    Accelerator.objects.bulk_create([Accelerator(machine=m, index=i, vendor="nvidia", name=model, mem_total_bytes=80 * GIB)
-                                     for i in range(len(utils))])
+    m = Machine.objects.create(
+        name=name,
+        hostname=hostname or f"{name}.example",
+        last_seen_at=seen,
+        latest=latest,
+        cpu_threads=128,
+        mem_total_bytes=256 * GIB,
+    )
+    Accelerator.objects.bulk_create(
+        [
+            Accelerator(machine=m, index=i, vendor="nvidia", name=model, mem_total_bytes=80 * GIB)
+            for i in range(len(utils))
+        ]
+    )
     return m
 
 
@@ -132,7 +155,7 @@ def test_the_totals_cover_the_whole_fleet_whatever_the_filter(client, viewer):
     a_machine("d", seen_s_ago=None, utils=())
     client.force_login(viewer)
     totals = get(client, "/?q=zzz")
-    totals = totals[totals.index('id="fleet-totals"'):totals.index("</section>", totals.index('id="fleet-totals"'))]
+    totals = totals[totals.index('id="fleet-totals"') : totals.index("</section>", totals.index('id="fleet-totals"'))]
     assert "<strong>4</strong>" in totals
     assert "2 online" in totals and "1 offline" in totals and "1 never seen" in totals
     assert "3 × H100 80GB HBM3, 1 × A100-SXM4-80GB" in totals
@@ -157,7 +180,7 @@ def test_a_card_shows_preformatted_meters(client, viewer):
     a_machine("gpu-01", utils=(95.0, 10.0))
     client.force_login(viewer)
     page = get(client, "/")
-    card = page[page.index('data-machine="gpu-01"'):]
+    card = page[page.index('data-machine="gpu-01"') :]
     assert "2 × H100 80GB HBM3 · 128 CPU threads" in card
     assert '<div class="bar hot"><span style="width: 95.0%"></span></div>' in card
     assert "40.0 GiB / 80.0 GiB" in card and "64.0 GiB / 256 GiB" in card and "20 %" in card

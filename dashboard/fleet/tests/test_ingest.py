@@ -6,8 +6,8 @@ import json
 import time
 
 import pytest
-from conftest import make_batch, make_sample
 
+from conftest import make_batch, make_sample
 from dashboard.fleet.models import Accelerator, GpuSample, Machine, SystemSample
 
 URL = "/api/v1/ingest"
@@ -191,4 +191,11 @@ def test_a_reinstalled_agent_restarting_at_seq_1_loses_nothing(client, machine, 
     nxt = make_batch([3])
     nxt["spool_id"] = "spool-b"
     assert post(client, agent_token, nxt).json()["accepted"] == 1
-    assert list(SystemSample.objects.filter(machine=machine).order_by("seq").values_list("seq", flat=True)) == [1, 2, 3, 4, 5, 6]
+    assert list(SystemSample.objects.filter(machine=machine).order_by("seq").values_list("seq", flat=True)) == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]

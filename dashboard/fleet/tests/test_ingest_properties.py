@@ -6,9 +6,11 @@ import copy
 import json
 
 import pytest
-from conftest import make_batch
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
+from conftest import make_batch
 from dashboard.fleet.models import GpuSample, SystemSample
 
 URL = "/api/v1/ingest"
@@ -20,7 +22,11 @@ json_leaf = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=20),
 )
-json_value = st.recursive(json_leaf, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+json_value = st.recursive(
+    json_leaf,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 
 
 def _paths(doc, prefix=()):
@@ -46,14 +52,27 @@ def _set(doc, path, value):
 
 def _snapshot(machine):
     return (
-        list(SystemSample.objects.filter(machine=machine).order_by("seq").values_list("seq", "cpu_percent_mean", "mem_used_bytes_max")),
-        list(GpuSample.objects.filter(machine=machine).order_by("seq", "gpu_index").values_list("seq", "util_percent_mean")),
+        list(
+            SystemSample.objects.filter(machine=machine)
+            .order_by("seq")
+            .values_list("seq", "cpu_percent_mean", "mem_used_bytes_max")
+        ),
+        list(
+            GpuSample.objects.filter(machine=machine)
+            .order_by("seq", "gpu_index")
+            .values_list("seq", "util_percent_mean")
+        ),
     )
 
 
 @pytest.fixture
 def seeded(client, machine, agent_token):
-    r = client.post(URL, data=json.dumps(make_batch([1, 2, 3])), content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {agent_token}")
+    r = client.post(
+        URL,
+        data=json.dumps(make_batch([1, 2, 3])),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {agent_token}",
+    )
     assert r.status_code == 200
     return client, machine, agent_token
 

@@ -6,11 +6,11 @@ import json
 from datetime import timedelta
 
 import pytest
-from conftest import make_batch
 from django.utils import timezone
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import make_batch
 from dashboard.accounts.models import ApiToken
 from dashboard.alerts.models import Alert, AlertRule
 from dashboard.fleet.ingest import store_batch
@@ -52,8 +52,16 @@ def scrape(client, **headers) -> dict[tuple[str, tuple], float]:
 
 
 def gpu(index: int, machine: str = "gpu-01") -> tuple:
-    return tuple(sorted({"machine": machine, "gpu": str(index), "uuid": f"GPU-{index:08d}-test",
-                         "model": "NVIDIA H100 80GB HBM3"}.items()))
+    return tuple(
+        sorted(
+            {
+                "machine": machine,
+                "gpu": str(index),
+                "uuid": f"GPU-{index:08d}-test",
+                "model": "NVIDIA H100 80GB HBM3",
+            }.items()
+        )
+    )
 
 
 def test_it_exports_the_latest_values_with_machine_and_gpu_labels(client, fleet, viewer):
@@ -83,7 +91,9 @@ def test_an_offline_machine_exports_only_its_state(client, fleet, viewer):
     assert samples[("hwdash_machine_online", m)] == 0.0
     assert ("hwdash_machine_last_seen_timestamp_seconds", m) in samples
     assert ("hwdash_cpu_percent", m) not in samples
-    assert not any(dict(labels).get("machine") == "gpu-02" for name, labels in samples if name.startswith("hwdash_gpu_"))
+    assert not any(
+        dict(labels).get("machine") == "gpu-02" for name, labels in samples if name.startswith("hwdash_gpu_")
+    )
 
 
 def test_it_counts_jobs_by_status_and_open_alerts_by_kind(client, fleet, viewer):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_batch
 
+from conftest import make_batch
 from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.models import Machine
 from dashboard.fleet.payload import parse_batch
@@ -78,8 +78,14 @@ def test_a_machine_page_shows_inventory_charts_and_processes(client, viewer, mac
     page = client.get(f"/machines/{machine.name}/").content.decode()
     assert "AMD EPYC 7763 64-Core Processor" in page
     assert "NVIDIA H100 80GB HBM3" in page and "700 W" in page
-    for metric in ("system.cpu_percent", "system.mem_used_bytes", "gpu.util_percent", "gpu.mem_used_bytes",
-                   "gpu.power_watts", "gpu.temp_c"):
+    for metric in (
+        "system.cpu_percent",
+        "system.mem_used_bytes",
+        "gpu.util_percent",
+        "gpu.mem_used_bytes",
+        "gpu.power_watts",
+        "gpu.temp_c",
+    ):
         assert f'data-metric="{metric}"' in page
     assert "/api/v1/machines/gpu-01/series" in page
     assert "<td>alice</td>" in page and "4242" in page

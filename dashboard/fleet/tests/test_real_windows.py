@@ -19,7 +19,9 @@ def test_the_real_agents_h100_windows_validate_and_store(machine):
     windows = [json.loads(line) for line in (FIXTURES / "windows_load.jsonl").read_text().splitlines()]
     sample = json.loads((FIXTURES / "sample_idle.json").read_text())
     samples = [{**w, "seq": i + 1} for i, w in enumerate(windows)]
-    batch = parse_batch(json.dumps({"agent_version": "0.1.0", "inventory": sample["inventory"], "samples": samples}).encode())
+    batch = parse_batch(
+        json.dumps({"agent_version": "0.1.0", "inventory": sample["inventory"], "samples": samples}).encode()
+    )
     result = store_batch(machine, batch)
     assert result.accepted == len(windows)
     assert GpuSample.objects.filter(machine=machine, util_percent_max__gte=99).exists()

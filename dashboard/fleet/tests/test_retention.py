@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from dashboard.fleet import retention, tasks
 from dashboard.fleet.models import GpuRollup, GpuSample, RollupState, SystemRollup, SystemSample, ThroughputSample
 
-UTC = dt_timezone.utc
+UTC = UTC
 NOW = datetime(2026, 11, 26, 12, 30, tzinfo=UTC)
 RAW_EDGE = datetime(2026, 11, 12, 12, 0, tzinfo=UTC)  # 14 days back, down to the hour
 MINUTE_EDGE = datetime(2026, 8, 28, 12, 0, tzinfo=UTC)  # 90 days back
@@ -26,9 +26,12 @@ def _defaults(settings):
 
 def raw(machine, seq: int, ts: datetime, received: datetime) -> None:
     SystemSample.objects.create(machine=machine, seq=seq, ts=ts, interval_s=10, count=10, received_at=received)
-    GpuSample.objects.create(machine=machine, seq=seq, gpu_index=0, ts=ts, interval_s=10, count=10, received_at=received)
-    ThroughputSample.objects.create(machine=machine, seq=seq, source="progress", ts=ts, interval_s=10,
-                                    generated_tokens=1, received_at=received)
+    GpuSample.objects.create(
+        machine=machine, seq=seq, gpu_index=0, ts=ts, interval_s=10, count=10, received_at=received
+    )
+    ThroughputSample.objects.create(
+        machine=machine, seq=seq, source="progress", ts=ts, interval_s=10, generated_tokens=1, received_at=received
+    )
 
 
 def rolled(machine, resolution: int, bucket: datetime) -> None:
@@ -69,11 +72,19 @@ def test_raw_rows_the_rollups_have_not_reached_are_kept_whatever_their_age(machi
 
 @pytest.mark.django_db
 def test_minute_rollups_go_after_90_days_and_hours_stay(machine):
-    for bucket in (MINUTE_EDGE - timedelta(days=200), MINUTE_EDGE - timedelta(minutes=1), MINUTE_EDGE, NOW - timedelta(days=1)):
+    for bucket in (
+        MINUTE_EDGE - timedelta(days=200),
+        MINUTE_EDGE - timedelta(minutes=1),
+        MINUTE_EDGE,
+        NOW - timedelta(days=1),
+    ):
         rolled(machine, 60, bucket)
         rolled(machine, 3600, bucket.replace(minute=0))
     done = retention.purge(NOW)
-    assert sorted(SystemRollup.objects.filter(resolution_s=60).values_list("bucket", flat=True)) == [MINUTE_EDGE, NOW - timedelta(days=1)]
+    assert sorted(SystemRollup.objects.filter(resolution_s=60).values_list("bucket", flat=True)) == [
+        MINUTE_EDGE,
+        NOW - timedelta(days=1),
+    ]
     assert GpuRollup.objects.filter(resolution_s=60).count() == 2
     assert SystemRollup.objects.filter(resolution_s=3600).count() == 4  # hours are kept for years
     assert done["systemrollup_60s"] == 2 and "systemrollup_3600s" not in done
@@ -88,7 +99,11 @@ def test_hours_and_tokens_go_too_when_an_age_is_set(machine, settings):
     raw(machine, 1, NOW - timedelta(days=31), NOW - timedelta(days=31))
     raw(machine, 2, NOW - timedelta(days=29), NOW - timedelta(days=29))
     retention.purge(NOW)
-    assert SystemRollup.objects.filter(resolution_s=3600).count() == GpuRollup.objects.filter(resolution_s=3600).count() == 1
+    assert (
+        SystemRollup.objects.filter(resolution_s=3600).count()
+        == GpuRollup.objects.filter(resolution_s=3600).count()
+        == 1
+    )
     assert seqs(ThroughputSample) == [2]
 
 

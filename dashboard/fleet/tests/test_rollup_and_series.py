@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import make_batch
-from django.test.utils import CaptureQueriesContext
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
+from conftest import make_batch
 from dashboard.fleet import rollup
 from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.models import GpuRollup, SystemRollup
 from dashboard.fleet.payload import Batch
 from dashboard.fleet.series import SeriesError, machine_series, parse_time, resolution_for
 
-UTC = dt_timezone.utc
+UTC = UTC
 T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC).timestamp()
 
 
@@ -26,9 +26,12 @@ def ingest(machine, seqs, t_end, **kw):
 @pytest.mark.django_db
 def test_minute_rollups_take_min_of_mins_mean_of_means_max_of_maxes(machine):
     # 6 windows at T0+10 .. T0+60 s: five land in the 10:00 minute, the last at 10:01:00.
-    store_batch(machine, Batch.model_validate({"samples": [
-        {**make_batch([i], ts=T0 + 10 * i, cpu=10.0 * i)["samples"][0]} for i in range(1, 7)
-    ]}))
+    store_batch(
+        machine,
+        Batch.model_validate(
+            {"samples": [{**make_batch([i], ts=T0 + 10 * i, cpu=10.0 * i)["samples"][0]} for i in range(1, 7)]}
+        ),
+    )
     rollup.catch_up()
     first = SystemRollup.objects.get(machine=machine, resolution_s=60, bucket=datetime(2026, 11, 20, 10, 0, tzinfo=UTC))
     assert first.count == 50  # five windows of ten 1 s snapshots
@@ -80,7 +83,9 @@ def test_a_seven_day_range_never_reads_raw_rows():
 @pytest.mark.django_db
 def test_series_reads_raw_rows_for_an_hour_with_one_series_per_gpu(machine):
     ingest(machine, range(1, 31), T0 + 300)
-    data = machine_series(machine, "gpu.util_percent", datetime.fromtimestamp(T0, UTC), datetime.fromtimestamp(T0 + 3600, UTC))
+    data = machine_series(
+        machine, "gpu.util_percent", datetime.fromtimestamp(T0, UTC), datetime.fromtimestamp(T0 + 3600, UTC)
+    )
     assert data["unit"] == "%" and data["resolution_s"] is None
     assert [s["device"] for s in data["series"]] == [0, 1]
     assert len(data["series"][0]["t"]) == 30 and data["series"][0]["mean"][0] == 50.0
@@ -131,7 +136,10 @@ def test_rollups_keep_the_p95_of_the_raw_window_means(machine):
     minute = SystemRollup.objects.get(machine=machine, resolution_s=60, bucket=ten)
     # 10, 20, 30, 40, 50: rank 0.95 × 4 = 3.8 -> 40 + 0.8 × 10 = 48
     assert minute.cpu_percent_p95 == pytest.approx(48.0)
-    assert SystemRollup.objects.get(machine=machine, resolution_s=60, bucket=ten + timedelta(minutes=1)).cpu_percent_p95 == 60.0
+    assert (
+        SystemRollup.objects.get(machine=machine, resolution_s=60, bucket=ten + timedelta(minutes=1)).cpu_percent_p95
+        == 60.0
+    )
     # The hour: 10 ... 60, rank 0.95 × 5 = 4.75 -> 50 + 0.75 × 10 = 57.5 (not a p95 of the minutes' p95s)
     assert SystemRollup.objects.get(machine=machine, resolution_s=3600).cpu_percent_p95 == pytest.approx(57.5)
     gpu = GpuRollup.objects.get(machine=machine, resolution_s=3600, gpu_index=1)

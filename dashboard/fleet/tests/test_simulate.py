@@ -34,9 +34,18 @@ def _seqs(name: str) -> list[int]:
 def test_the_simulator_enrolls_machines_and_their_samples_arrive_in_order(live_server, tmp_path):
     lines: list[str] = []
     tokens = tmp_path / "tokens.json"
-    summary = simulate.main(live_server.url, machines=3, gpus=2, interval_s=0.5, seconds=3.0, prefix="t-",
-                            spool_dir=str(tmp_path / "spool"), token_file=str(tokens), status_every_s=1.0,
-                            print_fn=lines.append)
+    summary = simulate.main(
+        live_server.url,
+        machines=3,
+        gpus=2,
+        interval_s=0.5,
+        seconds=3.0,
+        prefix="t-",
+        spool_dir=str(tmp_path / "spool"),
+        token_file=str(tokens),
+        status_every_s=1.0,
+        print_fn=lines.append,
+    )
 
     assert summary["errors"] == 0 and summary["backlog_final"] == 0
     assert summary["accepted"] == summary["windows"] >= 3 * 4
@@ -49,13 +58,24 @@ def test_the_simulator_enrolls_machines_and_their_samples_arrive_in_order(live_s
         assert GpuSample.objects.filter(machine__name=name).count() == 2 * len(seqs)
         machine = Machine.objects.get(name=name)
         assert machine.cpu_model and machine.last_seq == len(seqs)
-        assert {a.name for a in Accelerator.objects.filter(machine=machine)} <= {g.name for g in simulate.GPU_MODELS.values()}
+        assert {a.name for a in Accelerator.objects.filter(machine=machine)} <= {
+            g.name for g in simulate.GPU_MODELS.values()
+        }
     assert AgentToken.objects.count() == 3
 
     # Again, with a fresh spool folder: the same machines and tokens, and the seqs carry on.
     before = {name: len(_seqs(name)) for name in names}
-    again = simulate.main(live_server.url, machines=3, gpus=2, interval_s=0.5, seconds=1.2, prefix="t-",
-                          spool_dir=str(tmp_path / "fresh-spool"), token_file=str(tokens), print_fn=lines.append)
+    again = simulate.main(
+        live_server.url,
+        machines=3,
+        gpus=2,
+        interval_s=0.5,
+        seconds=1.2,
+        prefix="t-",
+        spool_dir=str(tmp_path / "fresh-spool"),
+        token_file=str(tokens),
+        print_fn=lines.append,
+    )
     assert again["errors"] == 0 and again["duplicates"] == 0 and again["accepted"] >= 3
     assert AgentToken.objects.count() == 3 and Machine.objects.count() == 3
     for name in names:

@@ -2,25 +2,35 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import make_batch
 
+from conftest import make_batch
 from dashboard.fleet import rollup, throughput
 from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.payload import Batch
 from dashboard.jobs.models import Job, JobAttempt
 
-UTC = dt_timezone.utc
+UTC = UTC
 T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 
 
 @pytest.fixture
 def training(machine, operator):
     """A training job on GPU 0 whose windows (10 s each) carry 1000, 2000 and 3000 tokens."""
-    job = Job.objects.create(owner=operator, name="tiny-7b", kind="train", argv=["x"], gpus=1, machine=machine,
-                             assigned_gpus=[0], status="running", started_at=T0, attempt=1)
+    job = Job.objects.create(
+        owner=operator,
+        name="tiny-7b",
+        kind="train",
+        argv=["x"],
+        gpus=1,
+        machine=machine,
+        assigned_gpus=[0],
+        status="running",
+        started_at=T0,
+        attempt=1,
+    )
     JobAttempt.objects.create(job=job, number=1, machine=machine, gpus=[0])
     batch = make_batch([1, 2, 3], ts=(T0 + timedelta(seconds=30)).timestamp(), gpus=1)
     for sample, tokens in zip(batch["samples"], (1000, 2000, 3000)):

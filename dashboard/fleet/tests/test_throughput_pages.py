@@ -7,9 +7,9 @@ import time
 from datetime import timedelta
 
 import pytest
-from conftest import make_batch
 from django.utils import timezone
 
+from conftest import make_batch
 from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.payload import Batch
 from dashboard.fleet.templatetags.fleet_format import si
@@ -21,8 +21,13 @@ pytestmark = pytest.mark.django_db
 def a_job(owner, machine=None, **kw) -> Job:
     fields = {"name": "tiny-7b", "kind": "train", "argv": ["x"], "gpus": 1} | kw
     if machine is not None:
-        fields |= {"machine": machine, "assigned_gpus": [0], "status": "running", "attempt": 1,
-                   "started_at": timezone.now() - timedelta(minutes=5)}
+        fields |= {
+            "machine": machine,
+            "assigned_gpus": [0],
+            "status": "running",
+            "attempt": 1,
+            "started_at": timezone.now() - timedelta(minutes=5),
+        }
     job = Job.objects.create(owner=owner, **fields)
     if machine is not None:
         JobAttempt.objects.create(job=job, number=1, machine=machine, gpus=[0])
@@ -120,7 +125,7 @@ def test_a_job_without_tokens_says_how_to_report_them(client, viewer, operator):
     job = a_job(operator)
     client.force_login(viewer)
     page = client.get(f"/jobs/{job.pk}/").content.decode()
-    assert "No tokens counted for this job<span class=\"not-started\"> yet: it has not started</span>" in page
+    assert 'No tokens counted for this job<span class="not-started"> yet: it has not started</span>' in page
     assert hidden(page, 'class="throughput-body"') and not hidden(page, 'class="throughput-empty"')
     assert "data-gpus" not in page  # not placed: no GPU utilisation to ask for
 
@@ -140,7 +145,7 @@ def test_the_jobs_list_shows_mean_peak_and_total_tokens_of_each_jobs_main_kind(c
 def test_the_machine_pages_jobs_table_has_no_throughput_column(client, viewer, machine, training):
     client.force_login(viewer)
     page = client.get(f"/machines/{machine.name}/").content.decode()
-    jobs_table = page[page.index('id="machine-jobs"'):]
+    jobs_table = page[page.index('id="machine-jobs"') :]
     assert "Throughput</th>" not in jobs_table
 
 

@@ -7,8 +7,8 @@ import sys
 import time
 
 import pytest
-from conftest import make_batch
 
+from conftest import make_batch
 from dashboard.fleet import tasks
 from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.models import SystemRollup
@@ -31,10 +31,25 @@ def test_a_real_worker_runs_the_beat_tasks(process_env, machine):
     for gpu in hot["samples"][0]["gpus"]:
         gpu["temp_c"] = {"min": 90.0, "mean": 91.0, "max": 92.0}
     store_batch(machine, Batch.model_validate(hot))
-    AlertRule.objects.create(name="hot", kind="gpu_temperature", threshold=85,
-                             created_at=timezone.now() - timedelta(minutes=5))
+    AlertRule.objects.create(
+        name="hot", kind="gpu_temperature", threshold=85, created_at=timezone.now() - timedelta(minutes=5)
+    )
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "dashboard", "worker", "--pool", "solo", "--loglevel", "INFO", "--without-heartbeat", "--without-gossip", "--without-mingle"],
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "dashboard",
+            "worker",
+            "--pool",
+            "solo",
+            "--loglevel",
+            "INFO",
+            "--without-heartbeat",
+            "--without-gossip",
+            "--without-mingle",
+        ],
         env=process_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -4,20 +4,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('jobs', '0001_initial'),
+        ("jobs", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='job',
-            name='metrics_url',
+            model_name="job",
+            name="metrics_url",
             field=models.URLField(blank=True, max_length=500),
         ),
         migrations.AddField(
-            model_name='job',
-            name='progress_pattern',
+            model_name="job",
+            name="progress_pattern",
             field=models.CharField(blank=True, max_length=500),
         ),
     ]

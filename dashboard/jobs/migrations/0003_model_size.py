@@ -4,29 +4,46 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('jobs', '0002_throughput_sources'),
+        ("jobs", "0002_throughput_sources"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='job',
-            name='context_tokens',
+            model_name="job",
+            name="context_tokens",
             field=models.PositiveIntegerField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='job',
-            name='model_params_b',
+            model_name="job",
+            name="model_params_b",
             field=models.FloatField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='job',
-            name='precision',
-            field=models.CharField(blank=True, choices=[('fp32', 'fp32'), ('bf16', 'bf16'), ('fp16', 'fp16'), ('fp8', 'fp8'), ('int8', 'int8'), ('int4', 'int4')], max_length=4),
+            model_name="job",
+            name="precision",
+            field=models.CharField(
+                blank=True,
+                choices=[
+                    ("fp32", "fp32"),
+                    ("bf16", "bf16"),
+                    ("fp16", "fp16"),
+                    ("fp8", "fp8"),
+                    ("int8", "int8"),
+                    ("int4", "int4"),
+                ],
+                max_length=4,
+            ),
         ),
         migrations.AddConstraint(
-            model_name='job',
-            constraint=models.CheckConstraint(condition=models.Q(('model_params_b__isnull', True), models.Q(('model_params_b__gt', 0), ('model_params_b__lte', 10000)), _connector='OR'), name='job_model_params_b_range'),
+            model_name="job",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("model_params_b__isnull", True),
+                    models.Q(("model_params_b__gt", 0), ("model_params_b__lte", 10000)),
+                    _connector="OR",
+                ),
+                name="job_model_params_b_range",
+            ),
         ),
     ]

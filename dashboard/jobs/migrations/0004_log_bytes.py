@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('jobs', '0003_model_size'),
+        ("jobs", "0003_model_size"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='job',
-            name='log_bytes',
+            model_name="job",
+            name="log_bytes",
             field=models.BigIntegerField(default=0),
         ),
     ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timezone as dt_timezone
+from datetime import UTC
 
 from django import template
 from django.utils import timezone
@@ -47,7 +47,7 @@ def local_time(moment) -> str:
     """A <time> element: UTC text for reading without JavaScript; static/js/jobs.js shows it in the browser's zone."""
     if moment is None:
         return "–"
-    utc = moment.astimezone(dt_timezone.utc)
+    utc = moment.astimezone(UTC)
     return format_html('<time datetime="{}">{} UTC</time>', utc.isoformat(), utc.strftime("%Y-%m-%d %H:%M:%S"))
 
 

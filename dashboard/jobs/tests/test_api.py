@@ -15,7 +15,12 @@ from dashboard.jobs.models import AuditEvent, Job, JobLog
 from dashboard.jobs.placement import place_queued
 from dashboard.jobs.tests.test_placement import online
 
-TRAIN = {"name": "tiny lm", "kind": "train", "command": ["python", "-m", "hwprobe.workloads", "train", "--seconds", "5"], "gpus": 0}
+TRAIN = {
+    "name": "tiny lm",
+    "kind": "train",
+    "command": ["python", "-m", "hwprobe.workloads", "train", "--seconds", "5"],
+    "gpus": 0,
+}
 
 
 def post(client, url, body=None, token=None):
@@ -53,13 +58,24 @@ def test_anonymous_users_and_agent_tokens_cannot_submit(client, agent_token):
 @pytest.mark.django_db
 @pytest.mark.parametrize(
     "change, field",
-    [({"kind": "mine"}, "kind"), ({"gpus": -1}, "gpus"), ({"gpu_memory_gb": -5}, "gpu_memory_gb"),
-     ({"command": []}, "command"), ({"env": {"1BAD": "x"}}, "env"), ({"machine": "nowhere"}, "machine"),
-     ({"surprise": 1}, "surprise"), ({"kind": "serve", "preemptible": True}, "preemptible"),
-     ({"model_params_b": 0}, "model_params_b"), ({"model_params_b": -7}, "model_params_b"),
-     ({"model_params_b": 10_001}, "model_params_b"), ({"model_params_b": "seven"}, "model_params_b"),
-     ({"precision": "fp64"}, "precision"), ({"precision": "INT4"}, "precision"),
-     ({"context_tokens": 0}, "context_tokens"), ({"context_tokens": 8192.5}, "context_tokens")],
+    [
+        ({"kind": "mine"}, "kind"),
+        ({"gpus": -1}, "gpus"),
+        ({"gpu_memory_gb": -5}, "gpu_memory_gb"),
+        ({"command": []}, "command"),
+        ({"env": {"1BAD": "x"}}, "env"),
+        ({"machine": "nowhere"}, "machine"),
+        ({"surprise": 1}, "surprise"),
+        ({"kind": "serve", "preemptible": True}, "preemptible"),
+        ({"model_params_b": 0}, "model_params_b"),
+        ({"model_params_b": -7}, "model_params_b"),
+        ({"model_params_b": 10_001}, "model_params_b"),
+        ({"model_params_b": "seven"}, "model_params_b"),
+        ({"precision": "fp64"}, "precision"),
+        ({"precision": "INT4"}, "precision"),
+        ({"context_tokens": 0}, "context_tokens"),
+        ({"context_tokens": 8192.5}, "context_tokens"),
+    ],
 )
 def test_bad_submissions_name_the_field(client, operator, change, field):
     client.force_login(operator)
@@ -114,7 +130,10 @@ def test_operators_cancel_their_own_jobs_and_admins_any(client, operator, admin_
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
     client.force_login(admin_user)
     assert post(client, f"/api/v1/jobs/{theirs.pk}/cancel").json()["status"] == "cancelled"
-    assert list(AuditEvent.objects.filter(action="job.cancel").values_list("actor__username", flat=True)) == ["admin", "olga"]
+    assert list(AuditEvent.objects.filter(action="job.cancel").values_list("actor__username", flat=True)) == [
+        "admin",
+        "olga",
+    ]
 
 
 @pytest.mark.django_db
@@ -129,7 +148,9 @@ def test_the_jobs_list_filters(client, operator, viewer):
 @pytest.fixture
 def placed(operator):
     m = online("gpu-01", gpus=0)
-    job = service.submit(operator, {"name": "a", "kind": "train", "argv": ["python", "-m", "hwprobe.workloads", "train"], "gpus": 0})
+    job = service.submit(
+        operator, {"name": "a", "kind": "train", "argv": ["python", "-m", "hwprobe.workloads", "train"], "gpus": 0}
+    )
     place_queued()
     job.refresh_from_db()
     return m, job, m.issue_token()
@@ -147,7 +168,9 @@ def test_a_worker_claims_once_streams_its_log_and_finishes(client, placed):
     chunk = {"seq": 0, "stream": "stdout", "text": "step 1\n", "ts": time.time()}
     assert post(client, f"{base}/log", {"attempt": 1, "chunks": [chunk]}, token).json() == {"stored": 1}
     assert post(client, f"{base}/log", {"attempt": 1, "chunks": [chunk]}, token).json() == {"stored": 0}
-    assert post(client, f"{base}/finish", {"attempt": 1, "outcome": "succeeded", "exit_code": 0}, token).status_code == 200
+    assert (
+        post(client, f"{base}/finish", {"attempt": 1, "outcome": "succeeded", "exit_code": 0}, token).status_code == 200
+    )
     job.refresh_from_db()
     assert job.status == "succeeded" and job.exit_code == 0 and JobLog.objects.get().text == "step 1\n"
     assert job.attempts.get().outcome == "succeeded"
@@ -204,17 +227,24 @@ def test_a_jobs_log_is_bounded_and_says_so(client, placed, settings):
     texts = list(JobLog.objects.order_by("seq").values_list("text", flat=True))
     assert texts[:2] == ["x" * 40] * 2 and "JOB_LOG_MAX_BYTES" in texts[2]
     more = [{"seq": 9, "stream": "stdout", "text": "y", "ts": time.time()}]
-    assert post(client, f"/api/v1/agent/jobs/{job.pk}/log", {"attempt": 1, "chunks": more}, token).json() == {"stored": 0}
+    assert post(client, f"/api/v1/agent/jobs/{job.pk}/log", {"attempt": 1, "chunks": more}, token).json() == {
+        "stored": 0
+    }
     bad = [{"seq": 10, "stream": "stdout", "text": "y", "ts": 1e20}]
     assert post(client, f"/api/v1/agent/jobs/{job.pk}/log", {"attempt": 1, "chunks": bad}, token).status_code == 400
 
 
 # ---- the worker's policy report ---------------------------------------------------------------
 
-REPORT = {"builtin_workloads": True, "allow_shell": False, "run_as": "mluser", "templates": [
-    {"name": "llama-finetune", "argv": ["python3", "train.py", "*"], "workdir": "/srv/llama*"},
-    {"name": "vllm", "argv": ["vllm", "serve", "**"], "workdir": None},
-]}
+REPORT = {
+    "builtin_workloads": True,
+    "allow_shell": False,
+    "run_as": "mluser",
+    "templates": [
+        {"name": "llama-finetune", "argv": ["python3", "train.py", "*"], "workdir": "/srv/llama*"},
+        {"name": "vllm", "argv": ["vllm", "serve", "**"], "workdir": None},
+    ],
+}
 
 
 @pytest.mark.django_db
@@ -244,14 +274,16 @@ def test_only_an_agent_token_may_report_a_policy(client, machine, operator):
 @pytest.mark.django_db
 @pytest.mark.parametrize(
     "change, error",
-    [({"allow_shell": "maybe"}, "allow_shell"),
-     ({"templates": [{"name": "x", "argv": []}]}, "templates.0.argv"),
-     ({"templates": [{"name": "", "argv": ["a"]}]}, "templates.0.name"),
-     ({"templates": [{"name": "x", "argv": ["**", "a"]}]}, 'templates.0: argv: "**" may only be the last'),
-     ({"templates": [{"name": "x", "argv": ["a", "**", "b"]}]}, "templates.0: argv"),
-     ({"templates": [{"name": "x", "argv": ["a" * 5000]}]}, "templates.0.argv.0"),
-     ({"templates": [{"name": "x", "argv": ["a"]}] * 201}, "templates"),
-     ({"run_as": "u" * 65}, "run_as")],
+    [
+        ({"allow_shell": "maybe"}, "allow_shell"),
+        ({"templates": [{"name": "x", "argv": []}]}, "templates.0.argv"),
+        ({"templates": [{"name": "", "argv": ["a"]}]}, "templates.0.name"),
+        ({"templates": [{"name": "x", "argv": ["**", "a"]}]}, 'templates.0: argv: "**" may only be the last'),
+        ({"templates": [{"name": "x", "argv": ["a", "**", "b"]}]}, "templates.0: argv"),
+        ({"templates": [{"name": "x", "argv": ["a" * 5000]}]}, "templates.0.argv.0"),
+        ({"templates": [{"name": "x", "argv": ["a"]}] * 201}, "templates"),
+        ({"run_as": "u" * 65}, "run_as"),
+    ],
 )
 def test_a_bad_policy_report_is_refused_with_the_field_named(client, machine, agent_token, change, error):
     r = post(client, "/api/v1/agent/policy", {**REPORT, **change}, agent_token)
@@ -263,9 +295,15 @@ def test_a_bad_policy_report_is_refused_with_the_field_named(client, machine, ag
 
 @pytest.mark.django_db
 def test_the_api_refuses_what_the_target_machines_worker_reported_it_refuses(client, operator):
-    m = Machine.objects.create(name="gpu-07", worker_policy={
-        "builtin_workloads": False, "allow_shell": False, "run_as": None,
-        "templates": [{"name": "train", "argv": ["python3", "train.py", "*"], "workdir": None}]})
+    m = Machine.objects.create(
+        name="gpu-07",
+        worker_policy={
+            "builtin_workloads": False,
+            "allow_shell": False,
+            "run_as": None,
+            "templates": [{"name": "train", "argv": ["python3", "train.py", "*"], "workdir": None}],
+        },
+    )
     client.force_login(operator)
     r = post(client, "/api/v1/jobs", {**TRAIN, "machine": m.name, "command": ["rm", "-rf", "/"]})
     assert r.status_code == 400 and r.json()["error"].startswith("command: gpu-07's worker allows only")

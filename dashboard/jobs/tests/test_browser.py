@@ -13,9 +13,10 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import BROWSER_ZONE as ZONE, SCREENSHOTS, log_in, make_batch
 from django.db import connections
 
+from conftest import BROWSER_ZONE as ZONE
+from conftest import SCREENSHOTS, log_in, make_batch
 from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.models import Machine
 from dashboard.fleet.payload import Batch
@@ -58,8 +59,6 @@ def worker(fn, *args):
         return pool.submit(call).result()
 
 
-
-
 def test_an_operator_submits_a_job_and_watches_it_run_log_and_finish(fleet, live_server, page):
     base = live_server.url
     log_in(page, base, "olga", "olga-pass", then="/jobs/")
@@ -92,17 +91,33 @@ def test_an_operator_submits_a_job_and_watches_it_run_log_and_finish(fleet, live
     # The worker's part: placed, claimed, a few lines of log, then done.
     assert [p.machine for p in worker(placement.place_queued)] == ["cpu-01"]
     worker(service.claim, fleet, job.pk, 1)
-    page.wait_for_function("document.querySelector('#job-state .status').textContent.trim() === 'Running'", timeout=15000)
+    page.wait_for_function(
+        "document.querySelector('#job-state .status').textContent.trim() === 'Running'", timeout=15000
+    )
     now = time.time()
-    worker(service.append_log, fleet, job.pk, 1, [
-        {"seq": 0, "stream": "stdout", "text": "epoch 1/3 loss 0.912\nepoch 2/3 loss 0.544\n", "ts": now},
-        {"seq": 1, "stream": "stderr", "text": "warning: no GPU visible, training on the CPU\n", "ts": now},
-        {"seq": 2, "stream": "stdout", "text": "epoch 3/3 loss 0.301\n", "ts": now},
-    ])
+    worker(
+        service.append_log,
+        fleet,
+        job.pk,
+        1,
+        [
+            {"seq": 0, "stream": "stdout", "text": "epoch 1/3 loss 0.912\nepoch 2/3 loss 0.544\n", "ts": now},
+            {"seq": 1, "stream": "stderr", "text": "warning: no GPU visible, training on the CPU\n", "ts": now},
+            {"seq": 2, "stream": "stdout", "text": "epoch 3/3 loss 0.301\n", "ts": now},
+        ],
+    )
     page.wait_for_selector("#job-log .stderr", timeout=15000)
-    worker(service.append_log, fleet, job.pk, 1, [{"seq": 3, "stream": "stdout", "text": "saved checkpoint to ./ckpt\n", "ts": time.time()}])
+    worker(
+        service.append_log,
+        fleet,
+        job.pk,
+        1,
+        [{"seq": 3, "stream": "stdout", "text": "saved checkpoint to ./ckpt\n", "ts": time.time()}],
+    )
     worker(service.finish, fleet, job.pk, 1, "succeeded", 0, "")
-    page.wait_for_function("document.querySelector('#job-state .status').textContent.trim() === 'Succeeded'", timeout=15000)
+    page.wait_for_function(
+        "document.querySelector('#job-state .status').textContent.trim() === 'Succeeded'", timeout=15000
+    )
 
     log = page.inner_text("#job-log")
     assert "epoch 1/3 loss 0.912" in log and "saved checkpoint to ./ckpt" in log
@@ -124,22 +139,33 @@ def test_an_operator_submits_a_job_and_watches_it_run_log_and_finish(fleet, live
 
 
 def test_the_template_picker_follows_the_machine_and_fills_the_command(fleet, live_server, page):
-    reported = {"builtin_workloads": False, "allow_shell": False, "run_as": None,
-                "templates": [{"name": "ft", "argv": ["python3", "train.py", "*"], "workdir": "/srv/llama*"}]}
+    reported = {
+        "builtin_workloads": False,
+        "allow_shell": False,
+        "run_as": None,
+        "templates": [{"name": "ft", "argv": ["python3", "train.py", "*"], "workdir": "/srv/llama*"}],
+    }
     worker(lambda: Machine.objects.filter(pk=fleet.pk).update(worker_policy=reported))
     log_in(page, live_server.url, "olga", "olga-pass", then="/jobs/new/")
     # Automatic placement: what every online machine's worker allows (cpu-01 is the only one online).
     assert page.locator("#templates button.template").all_inner_texts() == ["python3 train.py *"]
     page.select_option("#id_machine", "gpu-09")
     assert page.locator("#templates button.template").count() == 0
-    assert page.inner_text("#templates-note") == "no worker has reported from this machine yet — jobs wait until one does"
+    assert (
+        page.inner_text("#templates-note") == "no worker has reported from this machine yet — jobs wait until one does"
+    )
     page.select_option("#id_machine", "cpu-01")
     assert page.inner_text("#templates-note") == "argument lists only"
     page.click("#templates button.template")
     assert page.input_value("#id_command") == "python3 train.py *"
     assert page.input_value("#id_workdir") == "/srv/llama*"
-    assert page.evaluate("(() => { const c = document.getElementById('id_command'); "
-                         "return c.value.slice(c.selectionStart, c.selectionEnd); })()") == "*"
+    assert (
+        page.evaluate(
+            "(() => { const c = document.getElementById('id_command'); "
+            "return c.value.slice(c.selectionStart, c.selectionEnd); })()"
+        )
+        == "*"
+    )
     page.keyboard.type("--epochs=3")
     assert page.input_value("#id_command") == "python3 train.py --epochs=3"
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

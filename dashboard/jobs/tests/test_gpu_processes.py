@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import make_batch
 
+from conftest import make_batch
 from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.payload import Batch
 from dashboard.jobs import queries
@@ -22,8 +22,18 @@ def test_the_job_page_shows_the_gpu_processes_of_the_jobs_process_group(client, 
         {"pid": 102, "name": "python3", "user": "olga", "pgid": 100, "mem_used_bytes": 10 * 2**30},
     ]
     store_batch(machine, Batch.model_validate(batch))
-    job = Job.objects.create(owner=operator, name="ddp", kind="train", argv=["x"], gpus=2, machine=machine,
-                             assigned_gpus=[0, 1], status="running", attempt=1, pgid=100)
+    job = Job.objects.create(
+        owner=operator,
+        name="ddp",
+        kind="train",
+        argv=["x"],
+        gpus=2,
+        machine=machine,
+        assigned_gpus=[0, 1],
+        status="running",
+        attempt=1,
+        pgid=100,
+    )
     job = Job.objects.select_related("machine").get(pk=job.pk)  # with the machine's latest sample
     found = queries.job_gpu_processes(job)
     assert [(p["gpu"], p["pid"]) for p in found["processes"]] == [(0, 101), (1, 102)]

@@ -8,8 +8,8 @@ import re
 from datetime import timedelta
 
 import pytest
-from conftest import make_batch
 
+from conftest import make_batch
 from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.models import Machine
 from dashboard.fleet.payload import Batch
@@ -43,8 +43,18 @@ def a_job(owner, **kw) -> Job:
 
 
 def form(**kw) -> dict:
-    return {"name": "train-demo", "kind": "train", "command": TRAIN, "gpus": "1", "gpu_memory_gb": "4",
-            "machine": "", "priority": "0", "max_runtime_s": "", "workdir": "", "env": ""} | kw
+    return {
+        "name": "train-demo",
+        "kind": "train",
+        "command": TRAIN,
+        "gpus": "1",
+        "gpu_memory_gb": "4",
+        "machine": "",
+        "priority": "0",
+        "max_runtime_s": "",
+        "workdir": "",
+        "env": "",
+    } | kw
 
 
 @pytest.fixture(autouse=True)
@@ -87,18 +97,34 @@ def test_a_viewer_gets_a_403_on_the_form_and_on_cancel(client, viewer, operator)
     assert job.status == "queued" and not job.cancel_requested
 
 
-def test_an_operator_submits_a_job_and_lands_on_its_page(client, operator, online, no_broker, django_capture_on_commit_callbacks):
+def test_an_operator_submits_a_job_and_lands_on_its_page(
+    client, operator, online, no_broker, django_capture_on_commit_callbacks
+):
     client.force_login(operator)
     assert "Submit job" in client.get("/jobs/").content.decode()
     with django_capture_on_commit_callbacks(execute=True):
-        r = client.post("/jobs/new/", form(machine="gpu-01", env="HF_HOME=/data/hf\n\nA=1=2", max_runtime_s="600",
-                                           preemptible="on", workdir="/srv/work"))
+        r = client.post(
+            "/jobs/new/",
+            form(
+                machine="gpu-01",
+                env="HF_HOME=/data/hf\n\nA=1=2",
+                max_runtime_s="600",
+                preemptible="on",
+                workdir="/srv/work",
+            ),
+        )
     job = Job.objects.get()
     assert r.status_code == 302 and r["Location"] == f"/jobs/{job.pk}/"
     assert job.owner == operator and job.target == online
     assert job.argv == ["python", "-m", "hwprobe.workloads", "train", "--seconds", "60"] and job.shell == ""
     assert job.env == {"HF_HOME": "/data/hf", "A": "1=2"}
-    assert (job.gpus, job.gpu_memory_gb, job.max_runtime_s, job.preemptible, job.workdir) == (1, 4.0, 600, True, "/srv/work")
+    assert (job.gpus, job.gpu_memory_gb, job.max_runtime_s, job.preemptible, job.workdir) == (
+        1,
+        4.0,
+        600,
+        True,
+        "/srv/work",
+    )
     event = AuditEvent.objects.get()
     assert (event.action, event.actor, event.job) == ("job.submit", operator, job)
     assert no_broker == [1]  # placement enqueued once the job was committed
@@ -116,8 +142,10 @@ def test_the_command_is_split_like_a_shell_would_or_sent_as_a_shell_string(clien
 
 def test_every_error_is_shown_next_to_its_field(client, operator, online):
     client.force_login(operator)
-    r = client.post("/jobs/new/", form(env="HF_HOME=/x\nnot a pair", machine="nope", gpu_memory_gb="-1", gpus="65",
-                                       command="python -c 'oops"))
+    r = client.post(
+        "/jobs/new/",
+        form(env="HF_HOME=/x\nnot a pair", machine="nope", gpu_memory_gb="-1", gpus="65", command="python -c 'oops"),
+    )
     assert r.status_code == 200
     errors = r.context["form"].errors
     assert errors["env"] == ["line 2: write KEY=VALUE (got 'not a pair')"]
@@ -285,7 +313,9 @@ def test_the_form_takes_a_metrics_url_and_a_progress_pattern(client, operator):
     client.force_login(operator)
     page = client.get("/jobs/new/").content.decode()
     assert 'id="field-metrics_url"' in page and '<option value="hf-trainer">' in page
-    client.post("/jobs/new/", form(kind="serve", metrics_url="http://127.0.0.1:8000/metrics", progress_pattern="hf-trainer"))
+    client.post(
+        "/jobs/new/", form(kind="serve", metrics_url="http://127.0.0.1:8000/metrics", progress_pattern="hf-trainer")
+    )
     client.post("/jobs/new/", form(progress_pattern=r"seen (?P<tokens>\d+)"))
     preset, custom = Job.objects.order_by("pk")
     assert (preset.metrics_url, preset.progress_pattern) == ("http://127.0.0.1:8000/metrics", "hf-trainer")
@@ -307,7 +337,9 @@ def test_the_form_takes_the_model_and_the_job_page_shows_it(client, operator):
     client.force_login(operator)
     page = client.get("/jobs/new/").content.decode()
     assert 'id="model-fields"' in page and "<legend>Model</legend>" in page
-    assert 'id="field-model_params_b"' in page and '<option value="int4">' in page and 'id="field-context_tokens"' in page
+    assert (
+        'id="field-model_params_b"' in page and '<option value="int4">' in page and 'id="field-context_tokens"' in page
+    )
     r = client.post("/jobs/new/", form(kind="serve", model_params_b="70.6", precision="int4", context_tokens="32768"))
     job = Job.objects.get()
     assert r.status_code == 302 and r["Location"] == f"/jobs/{job.pk}/"
@@ -343,22 +375,32 @@ def test_a_bad_model_field_is_shown_next_to_it(client, operator):
 
 # ---- templates the hosts allow ------------------------------------------------------------------
 
-HOST_POLICY = {"builtin_workloads": False, "allow_shell": False, "run_as": None, "templates": [
-    {"name": "llama-finetune", "argv": ["python3", "train.py", "*"], "workdir": None},
-    {"name": "vllm", "argv": ["vllm", "serve", "**"], "workdir": "/srv/*"},
-]}
+HOST_POLICY = {
+    "builtin_workloads": False,
+    "allow_shell": False,
+    "run_as": None,
+    "templates": [
+        {"name": "llama-finetune", "argv": ["python3", "train.py", "*"], "workdir": None},
+        {"name": "vllm", "argv": ["vllm", "serve", "**"], "workdir": "/srv/*"},
+    ],
+}
 
 
 def option_policies(page: str) -> dict[str, dict]:
     """Each machine option's data-policy, as the page's script reads it."""
-    return {value: json.loads(html.unescape(raw))
-            for value, raw in re.findall(r'<option value="([^"]*)"[^>]* data-policy="([^"]*)"', page)}
+    return {
+        value: json.loads(html.unescape(raw))
+        for value, raw in re.findall(r'<option value="([^"]*)"[^>]* data-policy="([^"]*)"', page)
+    }
 
 
 def picker_commands(page: str) -> list[str]:
     """The template buttons the page renders without any script."""
     block = page.split('id="field-templates"')[1].split('class="field')[0]
-    return [html.unescape(c) for c in re.findall(r'<button type="button" class="template"[^>]* data-command="([^"]*)"', block)]
+    return [
+        html.unescape(c)
+        for c in re.findall(r'<button type="button" class="template"[^>]* data-command="([^"]*)"', block)
+    ]
 
 
 def test_each_machine_option_carries_the_templates_its_worker_reported(client, operator, online):
@@ -378,8 +420,10 @@ def test_the_picker_is_rendered_for_the_chosen_machine_without_any_script(client
     client.force_login(operator)
     page = client.get("/jobs/new/").content.decode()
     # Automatic placement with no worker reported: the built-in workloads.
-    assert picker_commands(page) == ["python -m hwprobe.workloads train --seconds 60",
-                                     "python -m hwprobe.workloads serve --port 8100 --load 2 --seconds 60"]
+    assert picker_commands(page) == [
+        "python -m hwprobe.workloads train --seconds 60",
+        "python -m hwprobe.workloads serve --port 8100 --load 2 --seconds 60",
+    ]
     Machine.objects.filter(pk=online.pk).update(worker_policy={**HOST_POLICY, "allow_shell": True})
     page = client.post("/jobs/new/", form(machine="gpu-01", name="")).content.decode()  # re-shown for its error
     assert picker_commands(page) == ["python3 train.py *", "vllm serve **"]
@@ -392,8 +436,11 @@ def test_automatic_placement_offers_what_every_online_worker_allows(client, oper
     Machine.objects.filter(pk=online.pk).update(worker_policy=HOST_POLICY)
     Machine.objects.filter(pk=other.pk).update(worker_policy={**HOST_POLICY, "templates": HOST_POLICY["templates"][:1]})
     # An offline machine's old report does not narrow the choice.
-    stale = Machine.objects.create(name="gpu-03", worker_policy={**HOST_POLICY, "templates": []},
-                                   last_seen_at=online.last_seen_at - timedelta(seconds=settings.OFFLINE_AFTER_S + 60))
+    stale = Machine.objects.create(
+        name="gpu-03",
+        worker_policy={**HOST_POLICY, "templates": []},
+        last_seen_at=online.last_seen_at - timedelta(seconds=settings.OFFLINE_AFTER_S + 60),
+    )
     assert not stale.is_online()
     client.force_login(operator)
     automatic = option_policies(client.get("/jobs/new/").content.decode())[""]
@@ -407,7 +454,8 @@ def test_a_command_the_target_machines_worker_refuses_is_shown_next_to_the_comma
     r = client.post("/jobs/new/", form(machine="gpu-01", command="rm -rf /"))
     assert r.status_code == 200
     assert r.context["form"].errors == {
-        "command": ["gpu-01's worker allows only: python3 train.py *; vllm serve ** (in /srv/*)"]}
+        "command": ["gpu-01's worker allows only: python3 train.py *; vllm serve ** (in /srv/*)"]
+    }
     block = r.content.decode().split('id="field-command"')[1].split('class="field')[0]
     assert "gpu-01&#x27;s worker allows only" in block
     assert "worker decides whether it runs" in block  # the help text says the worker has the last word
@@ -424,9 +472,15 @@ def test_a_command_the_target_machines_worker_refuses_is_shown_next_to_the_comma
 def test_a_command_that_fits_a_template_is_submitted(client, operator, online):
     Machine.objects.filter(pk=online.pk).update(worker_policy=HOST_POLICY)
     client.force_login(operator)
-    assert client.post("/jobs/new/", form(machine="gpu-01", command="python3 train.py --config=a.yaml")).status_code == 302
-    assert client.post("/jobs/new/", form(machine="gpu-01", command="vllm serve m --port 8000",
-                                          workdir="/srv/models")).status_code == 302
+    assert (
+        client.post("/jobs/new/", form(machine="gpu-01", command="python3 train.py --config=a.yaml")).status_code == 302
+    )
+    assert (
+        client.post(
+            "/jobs/new/", form(machine="gpu-01", command="vllm serve m --port 8000", workdir="/srv/models")
+        ).status_code
+        == 302
+    )
     assert Job.objects.count() == 2
 
 

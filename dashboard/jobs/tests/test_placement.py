@@ -6,14 +6,14 @@ import threading
 import time
 
 import pytest
-from conftest import make_batch
 from django.db import connection
 
+from conftest import make_batch
 from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.models import Machine
 from dashboard.fleet.payload import Batch
-from dashboard.jobs.models import Job
 from dashboard.jobs import placement
+from dashboard.jobs.models import Job
 from dashboard.jobs.placement import place_queued
 
 # make_batch: each GPU has 85,520,809,984 B total and 40e9 used, so about 42.4 GiB free.
@@ -35,8 +35,16 @@ def online(name: str, gpus: int = 2, used: float = 40e9, policy: str = "shared")
 
 
 def job(owner, name="j", gpus=1, mem=30.0, kind="train", priority=0, **kw) -> Job:
-    return Job.objects.create(owner=owner, name=name, kind=kind, argv=["python", "-m", "hwprobe.workloads", kind],
-                              gpus=gpus, gpu_memory_gb=mem, priority=priority, **kw)
+    return Job.objects.create(
+        owner=owner,
+        name=name,
+        kind=kind,
+        argv=["python", "-m", "hwprobe.workloads", kind],
+        gpus=gpus,
+        gpu_memory_gb=mem,
+        priority=priority,
+        **kw,
+    )
 
 
 @pytest.mark.django_db

@@ -16,16 +16,18 @@ from pathlib import Path
 import pytest
 from django.db.models import Sum
 
+from conftest import make_batch
+from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.models import ThroughputSample
+from dashboard.fleet.payload import Batch
 from dashboard.fleet.tests.test_agent_end_to_end import ROOT, Server, free_port, wait_for
 from dashboard.jobs.models import Job
 from dashboard.jobs.tests.test_worker_e2e import QUEUE, Worker, log_text, purge, settle, stop, submit
-from dashboard.fleet.ingest import store_batch
-from dashboard.fleet.payload import Batch
-from conftest import make_batch
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(sys.platform != "linux", reason="process groups are checked through /proc")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(sys.platform != "linux", reason="process groups are checked through /proc"),
+]
 
 
 def udp_port() -> int:
@@ -44,12 +46,34 @@ class Agent:
         env = {k: v for k, v in env.items() if k not in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL")}
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "hwprobe", "run", "--server", server.url, "--token", token,
-                 "--interval", "0.5", "--send-every", "1", "--spool", str(tmp / "spool.sqlite"),
-                 "--report-port", str(port)],
-                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        wait_for(lambda: "report channel on" in self.log.read_text() or self.proc.poll() is not None, 20,
-                 "the agent to listen")
+                [
+                    sys.executable,
+                    "-m",
+                    "hwprobe",
+                    "run",
+                    "--server",
+                    server.url,
+                    "--token",
+                    token,
+                    "--interval",
+                    "0.5",
+                    "--send-every",
+                    "1",
+                    "--spool",
+                    str(tmp / "spool.sqlite"),
+                    "--report-port",
+                    str(port),
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for(
+            lambda: "report channel on" in self.log.read_text() or self.proc.poll() is not None,
+            20,
+            "the agent to listen",
+        )
         assert self.proc.poll() is None, self.log.read_text()
 
     def stop(self) -> None:
@@ -94,8 +118,12 @@ def series_total(client, job: Job, metric: str) -> tuple[float, list[float]]:
 def test_train_and_serve_jobs_report_tokens_per_second_through_the_series_api(fleet, operator, client):
     worker, agent = fleet
     train = submit(operator, ["python", "-m", "hwprobe.workloads", "train", "--seconds", "6"], name="train")
-    serve = submit(operator, ["python", "-m", "hwprobe.workloads", "serve", "--port", "0", "--load", "2",
-                              "--seconds", "6"], name="serve", kind="serve")
+    serve = submit(
+        operator,
+        ["python", "-m", "hwprobe.workloads", "serve", "--port", "0", "--load", "2", "--seconds", "6"],
+        name="serve",
+        kind="serve",
+    )
     train, serve = settle(train, worker, 60), settle(serve, worker, 60)
     assert (train.status, serve.status) == ("succeeded", "succeeded"), worker.output()
 
@@ -110,11 +138,15 @@ def test_train_and_serve_jobs_report_tokens_per_second_through_the_series_api(fl
     # Serving tokens come from scraping /metrics each 0.5 s: what the server generated after the
     # last scrape before it shut down is not seen, so the total may fall a little short.
     try:
-        wait_for(lambda: stored(serve, "generated_tokens") >= 0.8 * served["generated_tokens"], 15,
-                 "the serving job's windows")
+        wait_for(
+            lambda: stored(serve, "generated_tokens") >= 0.8 * served["generated_tokens"],
+            15,
+            "the serving job's windows",
+        )
     except AssertionError:
-        raise AssertionError((stored(serve, "generated_tokens"), served, agent.log.read_text()[-3000:],
-                              worker.output()[-3000:]))
+        raise AssertionError(
+            (stored(serve, "generated_tokens"), served, agent.log.read_text()[-3000:], worker.output()[-3000:])
+        )
     generated = stored(serve, "generated_tokens")
     assert 0.8 * served["generated_tokens"] <= generated <= served["generated_tokens"], (generated, served)
     assert 0.8 * served["prompt_tokens"] <= stored(serve, "prompt_tokens") <= served["prompt_tokens"]

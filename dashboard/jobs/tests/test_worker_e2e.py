@@ -15,10 +15,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import make_batch
 from django.conf import settings
 from django.utils import timezone
 
+from conftest import make_batch
 from dashboard.celery import app as dashboard_celery
 from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.payload import Batch
@@ -27,8 +27,10 @@ from dashboard.jobs import service, tasks
 from dashboard.jobs.models import Job, JobLog
 from hwprobe.tests.test_executor import group_members
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(sys.platform != "linux", reason="process groups are checked through /proc")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(sys.platform != "linux", reason="process groups are checked through /proc"),
+]
 
 PY = sys.executable
 QUEUE = "machine.gpu-01"  # conftest's machine
@@ -60,17 +62,33 @@ class Worker:
 
     def __init__(self, env: dict, server: Server, token: str, tmp: Path) -> None:
         config = tmp / "worker.toml"
-        config.write_text(textwrap.dedent(f"""
+        config.write_text(
+            textwrap.dedent(f"""
             allow_shell = true
             [[allow]]
             name = "python -c"
             argv = [{PY!r}, "-c", "**"]
-        """).replace("'", '"'))
+        """).replace("'", '"')
+        )
         self.log = tmp / "worker.log"
         self.jobs_dir = tmp / "jobs"
-        argv = [PY, "-c", "import sys; from hwprobe.worker import main; sys.exit(main(sys.argv[1:]))",
-                "--server", server.url, "--token", token, "--config", str(config),
-                "--jobs-dir", str(self.jobs_dir), "--heartbeat", "1", "--concurrency", "2"]
+        argv = [
+            PY,
+            "-c",
+            "import sys; from hwprobe.worker import main; sys.exit(main(sys.argv[1:]))",
+            "--server",
+            server.url,
+            "--token",
+            token,
+            "--config",
+            str(config),
+            "--jobs-dir",
+            str(self.jobs_dir),
+            "--heartbeat",
+            "1",
+            "--concurrency",
+            "2",
+        ]
         # A machine has no Django: nothing of the server's configuration reaches the worker.
         env = {k: v for k, v in env.items() if k not in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL")}
         with open(self.log, "w") as out:
@@ -99,9 +117,20 @@ def loop(process_env, machine, tmp_path):
 
 
 def submit(user, command, **fields) -> Job:
-    values = {"name": "e2e", "kind": "train", "argv": None, "shell": "", "workdir": "", "env": {},
-              "gpus": 0, "gpu_memory_gb": 0, "priority": 0, "max_runtime_s": None, "preemptible": False,
-              "target": None}
+    values = {
+        "name": "e2e",
+        "kind": "train",
+        "argv": None,
+        "shell": "",
+        "workdir": "",
+        "env": {},
+        "gpus": 0,
+        "gpu_memory_gb": 0,
+        "priority": 0,
+        "max_runtime_s": None,
+        "preemptible": False,
+        "target": None,
+    }
     if isinstance(command, str):
         values["shell"] = command
     else:
@@ -133,7 +162,11 @@ def running_pgid(job: Job, worker: Worker) -> int:
     return Job.objects.get(pk=job.pk).pgid
 
 
-SLEEPER = [PY, "-c", "import subprocess, time; subprocess.Popen(['sleep', '300']); print('up', flush=True); time.sleep(300)"]
+SLEEPER = [
+    PY,
+    "-c",
+    "import subprocess, time; subprocess.Popen(['sleep', '300']); print('up', flush=True); time.sleep(300)",
+]
 
 
 def test_a_built_in_training_job_runs_to_success_with_its_log_stored(loop, operator):
@@ -232,12 +265,17 @@ def test_placement_sends_a_job_to_the_machine_with_room_and_its_worker_runs_it(p
         (tmp_path / m.name).mkdir()
         workers.append(Worker(process_env, server, m.issue_token(), tmp_path / m.name))
     try:
-        job = settle(submit(operator, [PY, "-c", "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"],
-                            gpus=1, gpu_memory_gb=40), workers[1])
+        job = settle(
+            submit(
+                operator, [PY, "-c", "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"], gpus=1, gpu_memory_gb=40
+            ),
+            workers[1],
+        )
         assert (job.status, job.machine.name) == ("succeeded", "gpu-roomy"), workers[1].output()
         assert log_text(job).strip() == "GPU-00000000-test"  # the GPU's UUID from the inventory
-        waiting = service.submit(operator, {"name": "huge", "kind": "train", "argv": [PY, "-c", "pass"],
-                                            "gpus": 1, "gpu_memory_gb": 500})
+        waiting = service.submit(
+            operator, {"name": "huge", "kind": "train", "argv": [PY, "-c", "pass"], "gpus": 1, "gpu_memory_gb": 500}
+        )
         assert tasks.place() == 0
         waiting.refresh_from_db()
         assert waiting.status == "queued"
@@ -255,12 +293,27 @@ def test_serving_preempts_training_which_checkpoints_and_resumes_later(loop, ope
         store_batch(machine, Batch.model_validate(batch))
 
     telemetry(2, used=0)
-    train = submit(operator, ["python", "-m", "hwprobe.workloads", "train", "--seconds", "0", "--resume"],
-                   gpus=1, gpu_memory_gb=60, preemptible=True, name="trainer")
+    train = submit(
+        operator,
+        ["python", "-m", "hwprobe.workloads", "train", "--seconds", "0", "--resume"],
+        gpus=1,
+        gpu_memory_gb=60,
+        preemptible=True,
+        name="trainer",
+    )
     wait_for(lambda: "HWPROBE_PROGRESS" in log_text(train), 40, "training to make progress")
     telemetry(3, used=65e9)  # the trainer holds its memory now
-    serve = service.submit(operator, {"name": "server", "kind": "serve", "argv": [PY, "-c", "print('serving')"],
-                                      "gpus": 1, "gpu_memory_gb": 60, "priority": 10})
+    serve = service.submit(
+        operator,
+        {
+            "name": "server",
+            "kind": "serve",
+            "argv": [PY, "-c", "print('serving')"],
+            "gpus": 1,
+            "gpu_memory_gb": 60,
+            "priority": 10,
+        },
+    )
     assert tasks.place() == 0  # no room: the trainer is asked to make some
     assert Job.objects.get(pk=train.pk).preempt_requested
     wait_for(lambda: Job.objects.get(pk=train.pk).status == "queued", 30, "the trainer to checkpoint and requeue")

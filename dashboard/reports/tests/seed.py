@@ -27,7 +27,7 @@ Money (economics.roi): 36,525 USD over 12 months is 100 USD a day, 608.75 USD a 
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.contrib.auth import get_user_model
@@ -37,7 +37,7 @@ from dashboard.fleet import rollup
 from dashboard.fleet.models import Accelerator, GpuSample, Machine, SystemSample, ThroughputSample
 from dashboard.jobs.models import Job, JobAttempt
 
-UTC = dt_timezone.utc
+UTC = UTC
 DAY1 = datetime(2026, 11, 10, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 
@@ -45,32 +45,74 @@ HOUR = timedelta(hours=1)
 def _machine(name: str, day1: datetime, gpus: int = 2) -> Machine:
     m = Machine.objects.create(name=name, created_at=day1, mem_total_bytes=256 * 2**30)
     for i in range(gpus):
-        Accelerator.objects.create(machine=m, index=i, vendor="nvidia", name="NVIDIA H100 80GB HBM3",
-                                   uuid=f"{name}-{i}", mem_total_bytes=85520809984, power_limit_watts=700.0)
+        Accelerator.objects.create(
+            machine=m,
+            index=i,
+            vendor="nvidia",
+            name="NVIDIA H100 80GB HBM3",
+            uuid=f"{name}-{i}",
+            mem_total_bytes=85520809984,
+            power_limit_watts=700.0,
+        )
     return m
 
 
 def _profile(m: Machine, day1: datetime) -> None:
     CostProfile.objects.create(
-        name="H100 pair", machine=m, currency="USD", purchase_price=Decimal("36525"), amortisation_months=12,
-        in_service_on=day1.date(), electricity_price_per_kwh=Decimal("0.25"), pue=1.2, fixed_monthly=Decimal("608.75"),
+        name="H100 pair",
+        machine=m,
+        currency="USD",
+        purchase_price=Decimal("36525"),
+        amortisation_months=12,
+        in_service_on=day1.date(),
+        electricity_price_per_kwh=Decimal("0.25"),
+        pue=1.2,
+        fixed_monthly=Decimal("608.75"),
     )
 
 
 def _window(m: Machine, seq: int, end: datetime, cpu: float, gpus: list[tuple[float, float]]) -> None:
-    SystemSample.objects.create(machine=m, seq=seq, ts=end, interval_s=3600, count=3600, cpu_percent_mean=cpu,
-                                cpu_percent_min=cpu, cpu_percent_max=cpu)
+    SystemSample.objects.create(
+        machine=m,
+        seq=seq,
+        ts=end,
+        interval_s=3600,
+        count=3600,
+        cpu_percent_mean=cpu,
+        cpu_percent_min=cpu,
+        cpu_percent_max=cpu,
+    )
     for index, (util, watts) in enumerate(gpus):
-        GpuSample.objects.create(machine=m, seq=seq, gpu_index=index, ts=end, interval_s=3600, count=3600,
-                                 util_percent_mean=util, util_percent_min=util, util_percent_max=util,
-                                 power_watts_mean=watts, power_watts_min=watts, power_watts_max=watts)
+        GpuSample.objects.create(
+            machine=m,
+            seq=seq,
+            gpu_index=index,
+            ts=end,
+            interval_s=3600,
+            count=3600,
+            util_percent_mean=util,
+            util_percent_min=util,
+            util_percent_max=util,
+            power_watts_mean=watts,
+            power_watts_min=watts,
+            power_watts_max=watts,
+        )
 
 
 def _job(m: Machine, name: str, kind: str, start: datetime, end: datetime, gpus: list[int], outcome: str) -> Job:
     owner = get_user_model().objects.get_or_create(username="seed-owner")[0]
-    job = Job.objects.create(name=name, kind=kind, owner=owner, machine=m, assigned_gpus=gpus, argv=["x"],
-                             status=outcome if outcome in ("succeeded", "failed", "cancelled") else "succeeded",
-                             started_at=start, finished_at=end, attempt=1)
+    job = Job.objects.create(
+        name=name,
+        kind=kind,
+        owner=owner,
+        machine=m,
+        assigned_gpus=gpus,
+        argv=["x"],
+        status=outcome if outcome in ("succeeded", "failed", "cancelled") else "succeeded",
+        started_at=start,
+        finished_at=end,
+        attempt=1,
+    )
     JobAttempt.objects.create(job=job, number=1, machine=m, gpus=gpus, started_at=start, ended_at=end, outcome=outcome)
     return job
 
@@ -80,22 +122,43 @@ def two_days(day1: datetime = DAY1, name: str = "gpu-01") -> Machine:
     day2 = day1 + timedelta(days=1)
     m = _machine(name, day1)
     _profile(m, day1)
-    ValueRates.objects.get_or_create(machine=None, defaults={
-        "currency": "USD", "serve_per_million_generated": Decimal("10"), "train_per_gpu_hour": Decimal("2")})
+    ValueRates.objects.get_or_create(
+        machine=None,
+        defaults={"currency": "USD", "serve_per_million_generated": Decimal("10"), "train_per_gpu_hour": Decimal("2")},
+    )
     for h in range(24):
         _window(m, h + 1, day1 + h * HOUR + HOUR / 2, 3.0, [(2.0, 80.0), (2.0, 80.0)])
-        _window(m, 25 + h, day2 + h * HOUR + HOUR / 2, 50.0 if h < 6 else 5.0, [(4.0 * h, 100.0 + 20 * h), (40.0, 300.0)])
+        _window(
+            m, 25 + h, day2 + h * HOUR + HOUR / 2, 50.0 if h < 6 else 5.0, [(4.0 * h, 100.0 + 20 * h), (40.0, 300.0)]
+        )
     _job(m, "warmup", "serve", day1 + 10 * HOUR, day1 + 11 * HOUR, [0], "cancelled")
     chat = _job(m, "chat", "serve", day2, day2 + 24 * HOUR, [1], "succeeded")
     finetune = _job(m, "finetune", "train", day2 + 6 * HOUR, day2 + 12 * HOUR, [0], "failed")
     for h in range(24):
         ts = day2 + h * HOUR + HOUR / 2
         for source, generated, prompt in (("prometheus", 100_000, 50_000), ("progress", 90_000, 45_000)):
-            ThroughputSample.objects.create(machine=m, seq=25 + h, job=chat, job_key=chat.pk, source=source, ts=ts,
-                                            interval_s=3600, generated_tokens=generated, prompt_tokens=prompt)
+            ThroughputSample.objects.create(
+                machine=m,
+                seq=25 + h,
+                job=chat,
+                job_key=chat.pk,
+                source=source,
+                ts=ts,
+                interval_s=3600,
+                generated_tokens=generated,
+                prompt_tokens=prompt,
+            )
         if 6 <= h < 12:
-            ThroughputSample.objects.create(machine=m, seq=25 + h, job=finetune, job_key=finetune.pk, source="progress",
-                                            ts=ts, interval_s=3600, train_tokens=200_000)
+            ThroughputSample.objects.create(
+                machine=m,
+                seq=25 + h,
+                job=finetune,
+                job_key=finetune.pk,
+                source="progress",
+                ts=ts,
+                interval_s=3600,
+                train_tokens=200_000,
+            )
     rollup.catch_up()
     return m
 

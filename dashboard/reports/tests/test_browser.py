@@ -8,7 +8,9 @@ from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import BROWSER_ZONE as ZONE, SCREENSHOTS, log_in
+
+from conftest import BROWSER_ZONE as ZONE
+from conftest import SCREENSHOTS, log_in
 
 from . import seed
 
@@ -24,10 +26,6 @@ def fleet(transactional_db, django_user_model, settings):
     settings.TIME_ZONE = "UTC"
     django_user_model.objects.create_user("victor", password="victor-pass")
     seed.fleet(DAY1)
-
-
-
-
 
 
 def figure(page, device: str, name: str) -> str:
@@ -52,7 +50,9 @@ def test_a_machine_report_shows_the_figures_prints_on_a4_and_downloads_its_csv(f
     assert local.strftime("%Y-%m-%d %H:%M") in page.inner_text("#report-range")
     assert "124.54 USD" in page.inner_text("#report-summary")
 
-    page.wait_for_function("() => { const el = document.getElementById('chart-report-util'); return el.data && el.data.length === 3; }")
+    page.wait_for_function(
+        "() => { const el = document.getElementById('chart-report-util'); return el.data && el.data.length === 3; }"
+    )
     names = page.evaluate("document.getElementById('chart-report-util').data.map(t => t.name)")
     assert names == ["GPU 0 · H100 80GB HBM3", "GPU 1 · H100 80GB HBM3", "CPU"]
     assert page.evaluate("document.getElementById('chart-report-util').layout.xaxis.title.text") == f"Time ({ZONE})"
@@ -68,8 +68,16 @@ def test_a_machine_report_shows_the_figures_prints_on_a4_and_downloads_its_csv(f
     assert download.value.suggested_filename == f"gpu-01-report-{DAY2.astimezone(ZoneInfo(ZONE)).date()}.csv"
     with open(download.value.path(), newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    assert {"mean_util_percent", "p95_util_percent", "busy_hours", "idle_hours", "energy_kwh", "prompt_tokens",
-            "cost_usd", "roi_percent"} <= set(rows[0])
+    assert {
+        "mean_util_percent",
+        "p95_util_percent",
+        "busy_hours",
+        "idle_hours",
+        "energy_kwh",
+        "prompt_tokens",
+        "cost_usd",
+        "roi_percent",
+    } <= set(rows[0])
     assert rows[0]["from"] == local.isoformat()
     assert (rows[0]["mean_util_percent"], rows[0]["p95_util_percent"]) == ("46.0", "87.4")
 

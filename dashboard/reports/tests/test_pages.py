@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import timedelta
-
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -62,8 +61,10 @@ def test_a_viewer_reads_a_machines_day_beside_the_day_before(client, viewer):
 def test_times_are_shown_in_the_zone_the_page_was_asked_for(client, viewer):
     seed.two_days(DAY1)
     client.force_login(viewer)
-    r = client.get("/reports/machines/gpu-01/", {"from": DAY2.isoformat(), "to": (DAY2 + timedelta(days=1)).isoformat(),
-                                                 "tz": "Australia/Adelaide"})
+    r = client.get(
+        "/reports/machines/gpu-01/",
+        {"from": DAY2.isoformat(), "to": (DAY2 + timedelta(days=1)).isoformat(), "tz": "Australia/Adelaide"},
+    )
     html = r.content.decode()
     local = DAY2.astimezone(ZoneInfo("Australia/Adelaide"))  # midnight UTC is 09:30 or 10:30 there
     assert local.strftime("%Y-%m-%d %H:%M") in html and local.minute == 30
@@ -89,7 +90,7 @@ def test_the_fleet_report_ranks_machines_and_links_to_their_reports(client, view
     r = client.get("/reports/", {"period": "day", "date": DAY1.date().isoformat(), "tz": "UTC"})
     assert r.status_code == 200
     html = r.content.decode()
-    idle = html[html.index('id="rank-idle-cost"'):html.index('id="rank-roi"')]
+    idle = html[html.index('id="rank-idle-cost"') : html.index('id="rank-roi"')]
     assert idle.index("gpu-01") < idle.index("gpu-02") < idle.index("gpu-03")
     assert "121.15 USD" in idle
     assert f'href="/reports/machines/gpu-01/?period=day&amp;date={DAY1.date()}&amp;tz=UTC"' in html

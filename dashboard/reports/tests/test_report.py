@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -12,7 +12,7 @@ from dashboard.reports.report import ReportError, resolve_period
 
 from . import seed
 
-UTC = dt_timezone.utc
+UTC = UTC
 DAY2 = seed.DAY1 + timedelta(days=1)
 DAY3 = DAY2 + timedelta(days=1)
 
@@ -40,7 +40,11 @@ def test_a_machines_day_matches_the_figures_worked_out_by_hand():
     assert gpu0["p95_power_watts"] == pytest.approx(537.0)
     assert gpu0["energy_kwh"] == pytest.approx(7.92)
     assert (gpu1["mean_util_percent"], gpu1["p95_util_percent"], gpu1["busy_hours"], gpu1["energy_kwh"]) == (
-        pytest.approx(40.0), pytest.approx(40.0), 24.0, pytest.approx(7.2))
+        pytest.approx(40.0),
+        pytest.approx(40.0),
+        24.0,
+        pytest.approx(7.2),
+    )
     assert cpu["mean_util_percent"] == pytest.approx(16.25)
     assert cpu["p95_util_percent"] == pytest.approx(50.0)
     assert (cpu["busy_hours"], cpu["idle_hours"], cpu["energy_kwh"]) == (6.0, 18.0, None)
@@ -67,7 +71,12 @@ def test_the_previous_period_of_equal_length_sits_beside_it():
     before = r["previous"]
     assert (before["start"], before["end"]) == (seed.DAY1, DAY2)
     gpu0, cpu = devices(before)["GPU 0"], devices(before)["CPU"]
-    assert (gpu0["mean_util_percent"], gpu0["p95_util_percent"], gpu0["busy_hours"], gpu0["idle_hours"]) == (2.0, 2.0, 0.0, 24.0)
+    assert (gpu0["mean_util_percent"], gpu0["p95_util_percent"], gpu0["busy_hours"], gpu0["idle_hours"]) == (
+        2.0,
+        2.0,
+        0.0,
+        24.0,
+    )
     assert gpu0["energy_kwh"] == pytest.approx(1.92)
     assert cpu["idle_hours"] == 24.0
     assert before["jobs"]["outcomes"] == {"cancelled": 1}
@@ -83,8 +92,10 @@ def test_the_previous_period_of_equal_length_sits_beside_it():
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize(("days_later", "source", "label"), [
-    (0, "raw", "agent windows"), (20, "minute", "minute rollups"), (120, "hour", "hour rollups")])
+@pytest.mark.parametrize(
+    ("days_later", "source", "label"),
+    [(0, "raw", "agent windows"), (20, "minute", "minute rollups"), (120, "hour", "hour rollups")],
+)
 def test_older_periods_read_coarser_rollups_and_say_so(days_later, source, label):
     # Past 14 days raw windows are gone, past 90 the minutes: the figures come from what is kept.
     # Here each minute and hour holds one window, so the figures are the same at every level.
@@ -121,7 +132,10 @@ def test_the_fleet_report_ranks_machines_by_idle_cost_and_by_roi():
 
     day2 = report.fleet_report(DAY2, DAY3, now=DAY3)
     assert [(r["machine"], r["roi_percent"]) for r in day2["by_roi"]] == [
-        ("gpu-01", pytest.approx(-71.0927, abs=1e-4)), ("gpu-02", pytest.approx(-100.0)), ("gpu-03", None)]
+        ("gpu-01", pytest.approx(-71.0927, abs=1e-4)),
+        ("gpu-02", pytest.approx(-100.0)),
+        ("gpu-03", None),
+    ]
     assert day2["by_roi"][1]["cost"] == pytest.approx(120.0)  # amortisation and fixed costs only
     assert day2["currencies"] == ["USD"]
 
@@ -157,23 +171,33 @@ def test_custom_periods_take_dates_times_and_durations():
     assert (p.previous_start, p.previous_end) == (p.start - (p.end - p.start), p.start)
     p = resolve_period({"from": "7d"}, now)
     assert (p.start, p.end) == (now - timedelta(days=7), now)
-    p = resolve_period({"from": "2026-11-20T00:00:00Z", "to": "2026-11-21T00:00:00Z",
-                        "previous_from": "2026-11-01T00:00:00Z", "previous_to": "2026-11-02T00:00:00Z"}, now)
+    p = resolve_period(
+        {
+            "from": "2026-11-20T00:00:00Z",
+            "to": "2026-11-21T00:00:00Z",
+            "previous_from": "2026-11-01T00:00:00Z",
+            "previous_to": "2026-11-02T00:00:00Z",
+        },
+        now,
+    )
     assert p.previous_start == datetime(2026, 11, 1, tzinfo=UTC)
 
 
-@pytest.mark.parametrize(("params", "message"), [
-    ({"period": "fortnight"}, "period: expected one of day, week, month, custom"),
-    ({"period": "custom"}, "from: required"),
-    ({"from": "last tuesday"}, "from: expected an ISO date"),
-    ({"from": "2026-11-20", "to": "2026-11-19"}, "to: must be after from"),
-    ({"from": "2027-01-01"}, "from: must be in the past"),
-    ({"from": "2024-01-01"}, "to: a report covers at most 400 days"),
-    ({"date": "2026-13-01"}, "date: expected an ISO date"),
-    ({"period": "month", "date": "2027-02-01"}, "date: that period has not started yet"),
-    ({"tz": "Mars/Olympus"}, "tz: unknown time zone"),
-    ({"from": "2026-11-20", "to": "2026-11-21", "previous_from": "2026-11-20T12:00:00Z"}, "previous_to:"),
-])
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"period": "fortnight"}, "period: expected one of day, week, month, custom"),
+        ({"period": "custom"}, "from: required"),
+        ({"from": "last tuesday"}, "from: expected an ISO date"),
+        ({"from": "2026-11-20", "to": "2026-11-19"}, "to: must be after from"),
+        ({"from": "2027-01-01"}, "from: must be in the past"),
+        ({"from": "2024-01-01"}, "to: a report covers at most 400 days"),
+        ({"date": "2026-13-01"}, "date: expected an ISO date"),
+        ({"period": "month", "date": "2027-02-01"}, "date: that period has not started yet"),
+        ({"tz": "Mars/Olympus"}, "tz: unknown time zone"),
+        ({"from": "2026-11-20", "to": "2026-11-21", "previous_from": "2026-11-20T12:00:00Z"}, "previous_to:"),
+    ],
+)
 def test_bad_parameters_are_refused_with_a_sentence_naming_them(params, message):
     with pytest.raises(ReportError, match=message.replace("(", r"\(")):
         resolve_period(params, datetime(2026, 11, 26, 12, 0, tzinfo=UTC))
