@@ -4,7 +4,7 @@ Run from the repository root on a GPU host (Python with torch, psutil, nvidia-ml
 
     python3 bench/gpu_check.py --out DIR --seconds 40
 
-Writes (7 files): nvml_idle.json and nvml_load.json (nvml_replay.record(), replayable with
+Writes (7 files): nvml_idle.json and nvml_load.json (hwprobe.testing.nvml_replay.record(), replayable with
 nvml_replay.from_recording), sample_idle.json (``python -m hwprobe sample``), compare.txt (the
 PASS/FAIL table), nvidia_smi_q_idle.txt and nvidia_smi_q_load.txt (``nvidia-smi -q``),
 windows_load.jsonl (one 10 s window per line from the real collectors + aggregation while a
@@ -224,7 +224,7 @@ def main() -> int:
         print(f"no NVIDIA GPU here ({type(err).__name__}: {err}): nothing to check")
         return 0
 
-    from hwprobe.collectors import nvml_replay
+    from hwprobe.testing import nvml_replay
 
     say(f"{count} NVIDIA GPU(s); python {sys.version.split()[0]}; output in {out}")
     have_smi = shutil.which("nvidia-smi") is not None

@@ -1,7 +1,7 @@
 """NVIDIA GPUs (and their MIG devices) through NVML.
 
 The NVML source is a parameter: the real ``pynvml`` module (nvidia-ml-py) by default, or a
-replay of captured output (:mod:`hwprobe.collectors.nvml_replay`) in tests. Every per-field
+replay of captured output (:mod:`hwprobe.testing.nvml_replay`) in tests. Every per-field
 query goes through :meth:`NvidiaCollector._query`, which turns an NVML error into ``None``.
 """
 

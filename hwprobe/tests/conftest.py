@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from hwprobe.collectors import nvml_replay
+from hwprobe.testing import nvml_replay
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

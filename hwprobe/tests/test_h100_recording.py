@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hwprobe.collectors import nvml_replay
 from hwprobe.collectors.nvidia import NvidiaCollector
+from hwprobe.testing import nvml_replay
 
 HERE = Path(__file__).parent / "fixtures" / "h100_device"
 

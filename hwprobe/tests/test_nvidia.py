@@ -8,8 +8,9 @@ import logging
 import pynvml
 import pytest
 
-from hwprobe.collectors import NotApplicable, nvml_replay
+from hwprobe.collectors import NotApplicable
 from hwprobe.collectors.nvidia import NvidiaCollector, mig_profile_from_attributes, mig_profile_from_name
+from hwprobe.testing import nvml_replay
 from hwprobe.tests.conftest import capture_q, replay
 
 MiB = 1024 * 1024

@@ -1,0 +1,1 @@
+"""Test support for the agent (fake NVML sources, recorders, capture parsers); not in the wheel."""
