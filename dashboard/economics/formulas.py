@@ -191,3 +191,33 @@ def efficiency_percent(measured: float, bound: float) -> float | None:
     if bound <= 0:
         return None
     return measured / bound * 100.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Compute and storage bounds (the planner's roofline)
+
+# A forward pass costs about 2 FLOPs per parameter per token (one multiply-add per weight).
+# Training adds the backward pass: full fine-tuning computes gradients for activations and
+# weights (2 + 4 = 6 per parameter, Kaplan et al. 2020); LoRA and QLoRA freeze the base, so its
+# weight gradients are skipped (2 + 2 = 4; the adapters' own share is about 1 % and left out).
+FORWARD_FLOPS_PER_PARAM = 2.0
+TRAIN_FLOPS_PER_PARAM = {"full": 6.0, "lora": 4.0, "qlora": 4.0}
+
+
+def compute_bound_tokens_per_s(tflops: float, params_b: float) -> float:
+    """Upper bound on decode tokens/s when compute is the limit: dense TFLOPS / (2 × parameters)."""
+    return tflops * 1e12 / (FORWARD_FLOPS_PER_PARAM * params_b * 1e9)
+
+
+def train_bound_tokens_per_s(tflops: float, params_b: float, method: str) -> float:
+    """Upper bound on training tokens/s: dense TFLOPS / (FLOPs per parameter of ``method`` × parameters)."""
+    return tflops * 1e12 / (TRAIN_FLOPS_PER_PARAM[method] * params_b * 1e9)
+
+
+def streamed_bound_tokens_per_s(storage_read_bytes_per_s: float, streamed_bytes: float, batch: int = 1) -> float:
+    """Upper bound on decode tokens/s when the weights that are not resident are read from storage at
+    every step (OnnxStream's weights provider): batch × storage read bytes/s / streamed bytes.
+    Infinite when nothing is streamed (the model fits and storage is not the limit)."""
+    if streamed_bytes <= 0:
+        return float("inf")
+    return batch * storage_read_bytes_per_s / streamed_bytes
