@@ -312,7 +312,7 @@ def main() -> int:
             if not series:
                 continue
 
-            def peak(metric: str) -> float | None:
+            def peak(metric: str, series: list[dict[str, Any]] = series) -> float | None:
                 values = [stat(g[metric]) for g in series if g[metric] is not None]
                 return max(values) if values else None
 

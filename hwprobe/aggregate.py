@@ -52,7 +52,7 @@ class _Series:
         if cores:
             if len(self.cores) != len(cores):  # CPU hot-plug: start over rather than misalign
                 self.cores = [[] for _ in cores]
-            for bucket, value in zip(self.cores, cores):
+            for bucket, value in zip(self.cores, cores, strict=True):
                 bucket.append(value)
 
 

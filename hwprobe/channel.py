@@ -54,8 +54,8 @@ def port_from_env(default: int = DEFAULT_PORT) -> int:
         return default
 
 
-def token_datagram(job: int | None, source: str, prompt: int = 0, generated: int = 0, train: int = 0) -> bytes:
-    """One token-count datagram (counts produced since the previous one)."""
+def token_datagram(job: int | None, source: str, prompt: float = 0, generated: float = 0, train: float = 0) -> bytes:
+    """One token-count datagram (tokens produced since the previous one; fractions are kept)."""
     return json.dumps(
         {"v": 1, "job": job, "source": source, "prompt": prompt, "generated": generated, "train": train},
         separators=(",", ":"),
@@ -124,7 +124,7 @@ class Ledger:
                 out.append(
                     {"job_id": job, "source": source, "prompt": whole[0], "generated": whole[1], "train": whole[2]}
                 )
-                fractions = [v - w for v, w in zip(row, whole)]
+                fractions = [v - w for v, w in zip(row, whole, strict=True)]
                 if any(fractions):
                     self._counts[(job, source)] = fractions
                 else:

@@ -12,37 +12,21 @@ Reply policy (design.md, ``POST /api/v1/ingest``):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from hwprobe import __version__
+from hwprobe import __version__, http_client
 
 log = logging.getLogger("hwprobe")
 
 INGEST_PATH = "/api/v1/ingest"
 
 OK, RETRY, SPLIT, AUTH, REJECT = "ok", "retry", "split", "auth", "reject"
-
-
-def _http_client() -> Any:
-    """http.client, imported without ssl where it is not needed: ssl costs ~6 MiB of RSS."""
-    if "http.client" in sys.modules or "ssl" in sys.modules:
-        import http.client
-
-        return http.client
-    sys.modules["ssl"] = None  # type: ignore[assignment]  # http.client tolerates a missing ssl
-    try:
-        import http.client
-    finally:
-        del sys.modules["ssl"]
-    return http.client
 
 
 @dataclass
@@ -77,57 +61,15 @@ class IngestClient:
         parts = urlsplit(server.rstrip("/"))
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"server must be an http(s) URL, not {server!r}")
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname
-        self._port = parts.port
-        self._path = (parts.path or "") + INGEST_PATH
         self._token = token
         self.timeout_s = timeout_s
-        self.url = f"{parts.scheme}://{parts.netloc}{self._path}"
+        self.url = f"{parts.scheme}://{parts.netloc}{parts.path or ''}{INGEST_PATH}"
 
     def post(self, document: dict[str, Any], timeout_s: float | None = None) -> Reply:
         """Send one document; never raises for network trouble (it becomes ``status=None``)."""
-        body = json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
-        if self._https:
-            import http.client as hc  # https needs ssl anyway
-        else:
-            hc = _http_client()
         timeout = timeout_s if timeout_s is not None else self.timeout_s
-        cls = hc.HTTPSConnection if self._https else hc.HTTPConnection
-        conn = cls(self._host, self._port, timeout=timeout)
-        try:
-            conn.request(
-                "POST",
-                self._path,
-                body=body,
-                headers={
-                    "Content-Type": "application/json",
-                    "Authorization": f"Bearer {self._token}",
-                    "User-Agent": f"hwprobe/{__version__}",
-                },
-            )
-            response = conn.getresponse()
-            raw = response.read(1_000_000)
-            status = response.status
-            retry_after = response.getheader("Retry-After")
-        except (OSError, hc.HTTPException) as err:
-            return Reply(None, error=f"{type(err).__name__}: {err}")
-        finally:
-            conn.close()
-        parsed: dict[str, Any] | None = None
-        try:
-            value = json.loads(raw) if raw else None
-            parsed = value if isinstance(value, dict) else None
-        except ValueError:
-            parsed = None
-        error = None
-        if not 200 <= status < 300:
-            error = (parsed or {}).get("error") or raw[:200].decode("utf-8", "replace").strip() or f"HTTP {status}"
-        try:
-            delay = float(retry_after) if retry_after else None
-        except ValueError:
-            delay = None  # an HTTP-date Retry-After: our own backoff is good enough
-        return Reply(status, parsed, error, delay)
+        response = http_client.send_json("POST", self.url, document, self._token, timeout)
+        return Reply(response.status, response.json(), response.error, response.retry_after_s())
 
 
 class Backoff:

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import codecs
 import fnmatch
-import http.client
-import json
 import logging
 import os
 import pwd
@@ -46,7 +44,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from hwprobe import __version__, channel
+from hwprobe import channel, http_client
 from hwprobe.client import OK, RETRY, Backoff, Reply, classify
 from hwprobe.policy import Policy, is_builtin
 from hwprobe.progress import JobMeter
@@ -115,38 +113,9 @@ class StaleAttempt(ApiError):
 def request_json(
     base: str, method: str, path: str, token: str, body: dict[str, Any] | None = None, timeout_s: float = 10.0
 ) -> Reply:
-    """One HTTP request with a bearer token; never raises for network trouble (status None)."""
-    parts = urlsplit(base.rstrip("/"))
-    conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = conn_cls(parts.hostname or "", parts.port, timeout=timeout_s)
-    raw_body = None if body is None else json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
-    try:
-        conn.request(
-            method,
-            (parts.path or "") + path,
-            body=raw_body,
-            headers={
-                "Content-Type": "application/json",
-                "Authorization": f"Bearer {token}",
-                "User-Agent": f"hwprobe/{__version__}",
-            },
-        )
-        response = conn.getresponse()
-        status, raw = response.status, response.read(1_000_000)
-    except (OSError, http.client.HTTPException) as err:
-        return Reply(None, error=f"{type(err).__name__}: {err}")
-    finally:
-        conn.close()
-    try:
-        value = json.loads(raw) if raw else None
-    except ValueError:
-        value = None
-    parsed = value if isinstance(value, dict) else None
-    error = None
-    if not 200 <= status < 300:
-        detail = (parsed or {}).get("error") or (parsed or {}).get("detail")
-        error = str(detail) if detail else raw[:200].decode("utf-8", "replace").strip() or f"HTTP {status}"
-    return Reply(status, parsed, error)
+    """One JSON request with a bearer token; never raises for network trouble (status None)."""
+    response = http_client.send_json(method, base.rstrip("/") + path, body, token, timeout_s)
+    return Reply(response.status, response.json(), response.error)
 
 
 class ServerApi:

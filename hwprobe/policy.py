@@ -100,7 +100,7 @@ class Rule:
             argv = argv[: len(patterns)]
         elif len(argv) != len(patterns):
             return False
-        return all(fnmatch.fnmatchcase(arg, pat) for arg, pat in zip(argv, patterns))
+        return all(fnmatch.fnmatchcase(arg, pat) for arg, pat in zip(argv, patterns, strict=True))
 
     def describe(self) -> str:
         return f"{self.name} ({shlex.join(self.argv)})"

@@ -135,7 +135,7 @@ class NvidiaCollector:
         self._nvml = nvml if nvml is not None else _load_pynvml()
         self._pid_info = pid_info
         self._pgid_of = pgid_of
-        self._logged: set[tuple[str, int]] = set()
+        self._logged: set[tuple[str, int | None]] = set()  # (function, NVML return code)
         self._names: dict[int, tuple[str | None, str | None]] = {}
         nv = self._nvml
         try:
@@ -294,7 +294,7 @@ class NvidiaCollector:
             gpus.append(sample)
         # NVML lists a MIG instance's processes on the parent GPU too: keep them on the instance
         # only, so memory per process (and per user or job) is not counted twice.
-        by_device = dict(zip(self.devices, gpus))
+        by_device = dict(zip(self.devices, gpus, strict=True))
         for device, sample in by_device.items():
             parent = by_device.get(device.parent) if device.parent is not None else None
             if parent and parent["processes"] and sample["processes"]:

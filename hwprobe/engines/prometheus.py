@@ -32,10 +32,8 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import urlsplit
 
-from hwprobe import __version__
+from hwprobe import http_client
 
 log = logging.getLogger("hwprobe")
 
@@ -198,51 +196,17 @@ class CounterRate:
 
 
 def fetch(url: str, timeout_s: float) -> str:
-    """The body of ``GET url`` as text; raises OSError or ValueError (a non-200 answer too)."""
-    import http.client
-
-    parts = urlsplit(url)
-    if parts.scheme == "https":
-        conn: http.client.HTTPConnection = _https_connection(parts.hostname or "", parts.port or 443, timeout=timeout_s)
-    else:
-        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout_s)
-    try:
-        conn.request(
-            "GET",
-            (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
-            headers={"User-Agent": f"hwprobe/{__version__}", "Accept": "text/plain;version=0.0.4"},
-        )
-        response = conn.getresponse()
-        body = response.read(MAX_BODY + 1)
-    except http.client.HTTPException as err:
-        raise OSError(f"{type(err).__name__}: {err}") from None
-    finally:
-        conn.close()
+    """The body of ``GET url`` as text; raises OSError (no answer) or ValueError (not a usable 200)."""
+    response = http_client.get(
+        url, headers={"Accept": "text/plain;version=0.0.4"}, timeout_s=timeout_s, max_bytes=MAX_BODY
+    )
+    if response.status is None:
+        raise OSError(response.error)
     if response.status != 200:
         raise ValueError(f"HTTP {response.status}")
-    if len(body) > MAX_BODY:
+    if response.truncated:
         raise ValueError(f"the response is larger than {MAX_BODY} bytes")
-    return body.decode("utf-8", "replace")
-
-
-def _https_class() -> type:
-    import http.client
-    import ssl
-
-    class HTTPS(http.client.HTTPConnection):
-        # Built on HTTPConnection: the agent may have imported http.client without ssl (to save
-        # memory), and then http.client.HTTPSConnection does not exist.
-        default_port = 443
-
-        def connect(self) -> None:
-            super().connect()
-            self.sock = ssl.create_default_context().wrap_socket(self.sock, server_hostname=self.host)
-
-    return HTTPS
-
-
-def _https_connection(host: str, port: int, timeout: float) -> Any:
-    return _https_class()(host, port, timeout=timeout)
+    return response.body.decode("utf-8", "replace")
 
 
 class Target:

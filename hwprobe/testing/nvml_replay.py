@@ -347,9 +347,7 @@ def _record_device(nv: Any, handle: Any, pids: set[int]) -> dict[str, Any]:
 
 def record(nvml: Any = None, note: str = "") -> dict[str, Any]:
     """Query every call NvidiaCollector makes, on every GPU and MIG device, into a JSON-able dict."""
-    nv = nvml
-    if nv is None:
-        import pynvml as nv  # noqa: PLW0621 - the real library, only when recording for real
+    nv = pynvml if nvml is None else nvml
     nv.nvmlInit()
     try:
         pids: set[int] = set()

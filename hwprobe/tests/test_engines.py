@@ -137,7 +137,7 @@ def test_our_sample_parser_agrees_with_prometheus_client_on_every_capture(path: 
         if line.strip() and not line.startswith("#")
     ]
     assert len(ours) == len(theirs)
-    for (name, value), (their_name, their_value) in zip(ours, theirs):
+    for (name, value), (their_name, their_value) in zip(ours, theirs, strict=True):
         # prometheus_client renames a counter sample without _total (llama.cpp's
         # n_busy_slots_per_decode) to name_total; we keep the name as written.
         assert their_name in (name, name + "_total")

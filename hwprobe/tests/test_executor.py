@@ -280,7 +280,10 @@ def test_cancel_stops_the_whole_process_group_including_grandchildren(dash, tmp_
 
 
 def test_a_command_that_ignores_sigterm_is_killed_after_the_grace_period(dash, tmp_path):
-    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(300)"
+    code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('ready', flush=True); time.sleep(300)"
+    )
     worker = threading.Thread(target=run, args=(dash, job_spec(py(code), grace_s=1), tmp_path))
     worker.start()
     assert wait_until(lambda: "ready" in dash.text())
@@ -374,7 +377,10 @@ def test_the_built_in_workload_runs_with_this_interpreter(dash, tmp_path):
 def test_a_job_dies_with_its_worker(dash, tmp_path):
     """The worker process is SIGKILLed: the job's whole group goes within the grace period."""
     pids = tmp_path / "pids"
-    code = f"import os, subprocess, time; c = subprocess.Popen(['sleep', '300']); open({str(pids)!r}, 'w').write(str(c.pid)); time.sleep(300)"
+    code = (
+        "import os, subprocess, time; c = subprocess.Popen(['sleep', '300']); "
+        f"open({str(pids)!r}, 'w').write(str(c.pid)); time.sleep(300)"
+    )
     script = textwrap.dedent(f"""
         from pathlib import Path
         from hwprobe.executor import ServerApi, run_job

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,16 +14,17 @@ import pytest
 from hwprobe import channel
 from hwprobe.progress import JobMeter, LineSplitter, make_parser
 from hwprobe.tests.conftest import FIXTURES
-from hwprobe.tests.test_executor import (  # noqa: F401 - fixtures
-    ALLOW_PY,
-    FakeDashboard,
-    dash,  # noqa: F401 - the fake dashboard fixture
-    job_spec,
-    run,
-)
+from hwprobe.tests.test_executor import FakeDashboard, job_spec, run
 from hwprobe.workloads import progress_line
 
 LOGS = FIXTURES / "progress"
+
+
+@pytest.fixture
+def dash() -> Iterator[FakeDashboard]:
+    fake = FakeDashboard().start()
+    yield fake
+    fake.stop()
 
 
 def total(pattern: str | None, text: str) -> dict[str, float]:
@@ -167,7 +169,7 @@ def test_a_metrics_url_is_registered_at_start_and_training_lines_still_count(age
 
 def test_a_job_run_sends_its_printed_tokens_to_the_agent(
     dash: FakeDashboard,
-    tmp_path: Path,  # noqa: F811
+    tmp_path: Path,
     agent_side: Any,
 ) -> None:
     code = (
@@ -186,7 +188,7 @@ def test_a_job_run_sends_its_printed_tokens_to_the_agent(
 
 def test_a_job_learns_the_agent_port_from_its_environment(
     dash: FakeDashboard,
-    tmp_path: Path,  # noqa: F811
+    tmp_path: Path,
     agent_side: Any,
 ) -> None:
     code = "import os; print('port', os.environ['HWPROBE_REPORT_PORT'], os.environ['HWPROBE_JOB_ID'])"

@@ -247,7 +247,7 @@ def save(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    arrays = {f"param.{k}": v for k, v in params.items()}
+    arrays: dict[str, Any] = {f"param.{k}": v for k, v in params.items()}
     arrays["vocab"] = np.array(cfg.vocab)
     arrays["dims"] = np.array([cfg.dim, cfg.hidden, cfg.layers])
     arrays.update(extra or {})
