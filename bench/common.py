@@ -22,6 +22,8 @@ PG = os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432")
 
 sys.path.insert(0, str(ROOT))
 
+from dashboard.core import stats  # noqa: E402  (needs ROOT on the path)
+
 
 def say(message: str) -> None:
     print(f"bench | {message}", flush=True)
@@ -192,12 +194,9 @@ def median(values) -> float:
 
 
 def percentile(values, p: float) -> float:
-    """Nearest-rank percentile of a list (p in 0..100)."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered) + 0.5)) - 1))
-    return ordered[k]
+    """The ``p``-th percentile (0-100) of ``values`` (dashboard.core.stats' rule); NaN for none."""
+    result = stats.percentile(values, p / 100)
+    return float("nan") if result is None else result
 
 
 def timed(fn, repeats: int) -> list[float]:

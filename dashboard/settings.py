@@ -72,12 +72,16 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django.contrib.humanize",
+    # Layers, lowest first: each app imports only those above it in this list (.importlinter).
+    "dashboard.core",
     "dashboard.accounts",
     "dashboard.fleet",
     "dashboard.jobs",
+    "dashboard.alerts",
     "dashboard.economics",
     "dashboard.reports",
-    "dashboard.alerts",
+    "dashboard.devtools",
+    "dashboard.web",
 ]
 
 MIDDLEWARE = [

@@ -2,8 +2,8 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from dashboard.api import api
-from dashboard.fleet.metrics import metrics
+from dashboard.web.api import api
+from dashboard.web.metrics import metrics
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -16,5 +16,5 @@ urlpatterns = [
     path("alerts/", include("dashboard.alerts.urls")),
     path("metrics", metrics, name="metrics"),
     path("reports/", include("dashboard.reports.urls")),
-    path("", include("dashboard.fleet.urls")),
+    path("", include("dashboard.web.urls")),
 ]

@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
-from django.utils import timezone
 from ninja import Router
 from ninja.errors import HttpError
 
 from dashboard.accounts.auth import USER_AUTH
+from dashboard.core.periods import parse_range
 from dashboard.fleet.models import Machine
-from dashboard.fleet.series import SeriesError, parse_time
 
 from . import assemblies, capacity, roi, share
 
 router = Router(tags=["economics"])
-
-
-def _range(since: str | None, until: str | None):
-    now = timezone.now()
-    try:
-        start = parse_time(since, now, "since") if since else None
-        end = parse_time(until, now, "until") if until else None
-    except SeriesError as exc:
-        raise HttpError(400, str(exc))
-    if start and end and end <= start:
-        raise HttpError(400, "since: must be before until")
-    return start, end
 
 
 def _idle(value: float) -> float:
@@ -45,7 +32,7 @@ def machine_roi(
     """`since`/`until`: a duration back from now (`7d`) or an ISO 8601 time; default: since it went
     into service. Hours whose mean accelerator utilisation is below `idle_below_percent` are idle."""
     m = get_object_or_404(Machine, name=name)
-    start, end = _range(since, until)
+    start, end = parse_range(since, until)
     return roi.machine_roi(m, since=start, until=end, idle_below_percent=_idle(idle_below_percent))
 
 
@@ -64,7 +51,7 @@ def machine_capacity(
 @router.get("/machines/{name}/share", auth=USER_AUTH, summary="Share or split: training and serving alone and together")
 def machine_share(request, name: str, since: str | None = None, until: str | None = None):
     m = get_object_or_404(Machine, name=name)
-    start, end = _range(since, until)
+    start, end = parse_range(since, until)
     return share.share_or_split(m, since=start, until=end)
 
 
@@ -75,5 +62,5 @@ def assembly_comparison(
     until: str | None = None,
     idle_below_percent: float = roi.DEFAULT_IDLE_BELOW_PERCENT,
 ):
-    start, end = _range(since, until)
+    start, end = parse_range(since, until)
     return assemblies.comparison(since=start, until=end, idle_below_percent=_idle(idle_below_percent))

@@ -7,9 +7,11 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.db.models import Max, Sum
+from django.db.models import Sum
 
-from dashboard.fleet.models import Accelerator, Machine, ThroughputSample
+from dashboard.fleet import throughput
+from dashboard.fleet.models import Accelerator, Machine
+from dashboard.jobs import throughput as job_throughput
 from dashboard.jobs.models import Job, JobAttempt
 
 from . import catalogue
@@ -122,39 +124,23 @@ class Window:
 
 
 def windows(machine: Machine, lo: datetime, hi: datetime) -> dict[int, Window]:
-    """Windows with tokens between ``lo`` and ``hi``, by seq.
-
-    Several sources may report the same job's tokens (its output and its engine's metrics), so
-    per job the largest count is kept, then jobs are summed.
-    """
-    rows = (
-        ThroughputSample.objects.filter(machine=machine, ts__gt=lo, ts__lte=hi)
-        .values("seq", "job_key")
-        .annotate(
-            ts=Max("ts"),
-            interval_s=Max("interval_s"),
-            g=Max("generated_tokens"),
-            t=Max("train_tokens"),
-            p=Max("prompt_tokens"),
-        )
-        .order_by()
-    )
+    """Windows with tokens stamped in ``[lo, hi)``, by seq: per job the best source, jobs summed."""
     out: dict[int, Window] = {}
-    for r in rows:
-        w = out.setdefault(r["seq"], Window(r["seq"], r["ts"], r["interval_s"]))
-        w.generated += r["g"] or 0
-        w.train += r["t"] or 0
-        w.prompt += r["p"] or 0
-        if r["job_key"]:
-            w.jobs.add(r["job_key"])
+    for t in throughput.window_tokens(throughput.machine_rows(machine, lo, hi)):
+        w = out.setdefault(t.seq, Window(t.seq, t.ts, t.interval_s))
+        w.generated += t.generated
+        w.train += t.train
+        w.prompt += t.prompt
+        if t.job_key:
+            w.jobs.add(t.job_key)
     return out
 
 
 def job_rates(jobs: list[Job]) -> dict[int, dict[str, float]]:
     """Per job: generated and training tokens/s over the windows it reported, from its best source."""
     rows = (
-        ThroughputSample.objects.filter(job__in=jobs)
-        .values("job_id", "source")
+        job_throughput.rows_of([j.pk for j in jobs])
+        .values("job_key", "source")
         .annotate(g=Sum("generated_tokens"), t=Sum("train_tokens"), s=Sum("interval_s"))
         .order_by()
     )
@@ -162,10 +148,10 @@ def job_rates(jobs: list[Job]) -> dict[int, dict[str, float]]:
     for r in rows:
         if not r["s"]:
             continue
-        current = best.get(r["job_id"])
+        current = best.get(r["job_key"])
         tokens = (r["g"] or 0) + (r["t"] or 0)
         if current is None or tokens > current["tokens"]:
-            best[r["job_id"]] = {
+            best[r["job_key"]] = {
                 "tokens": tokens,
                 "generated_per_s": (r["g"] or 0) / r["s"],
                 "train_per_s": (r["t"] or 0) / r["s"],

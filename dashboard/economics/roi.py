@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from django.db.models import Max
-from django.db.models.functions import TruncHour
 from django.urls import reverse
 from django.utils import timezone
 
-from dashboard.fleet.models import GpuRollup, Machine, ThroughputSample
+from dashboard.core.periods import day_edges, window_filter
+from dashboard.fleet import throughput
+from dashboard.fleet.models import GpuRollup, Machine
 from dashboard.jobs.models import Job, JobAttempt
 
 from . import formulas as f
@@ -129,7 +129,7 @@ def _hours(machine: Machine, lo: datetime, hi: datetime, idle_below: float) -> d
         spec = spec_for(a.name, specs)
         rated[a.index] = a.power_limit_watts or (spec.tdp_watts if spec else None)
     rows = GpuRollup.objects.filter(
-        machine=machine, resolution_s=3600, bucket__gte=lo, bucket__lt=hi, gpu_index__in=list(rated)
+        machine=machine, resolution_s=3600, gpu_index__in=list(rated), **window_filter(lo, hi, "bucket")
     ).values_list("bucket", "gpu_index", "count", "power_watts_mean", "util_percent_mean")
     hours: dict[datetime, dict[str, Any]] = {}
     for bucket, index, count, power, util in rows:
@@ -152,20 +152,13 @@ def _hours(machine: Machine, lo: datetime, hi: datetime, idle_below: float) -> d
 
 
 def _tokens_by_hour(machine: Machine, lo: datetime, hi: datetime) -> dict[datetime, dict[str, int]]:
-    """Generated, training and prompt tokens per UTC hour (per job, the source that counted most)."""
-    rows = (
-        ThroughputSample.objects.filter(machine=machine, ts__gt=lo, ts__lte=hi)
-        .annotate(hour=TruncHour("ts", tzinfo=UTC))
-        .values("hour", "seq", "job_key")
-        .annotate(g=Max("generated_tokens"), t=Max("train_tokens"), p=Max("prompt_tokens"))
-        .order_by()
-    )
+    """Generated, training and prompt tokens per UTC hour (per window and job, the best source)."""
     out: dict[datetime, dict[str, int]] = defaultdict(lambda: {"generated": 0, "train": 0, "prompt": 0})
-    for r in rows:
-        bucket = out[r["hour"]]
-        bucket["generated"] += r["g"] or 0
-        bucket["train"] += r["t"] or 0
-        bucket["prompt"] += r["p"] or 0
+    for w in throughput.window_tokens(throughput.machine_rows(machine, lo, hi)):
+        bucket = out[_floor_hour(w.ts)]
+        bucket["generated"] += w.generated
+        bucket["train"] += w.train
+        bucket["prompt"] += w.prompt
     return out
 
 
@@ -189,17 +182,6 @@ def _train_gpu_seconds(
             if overlap > 0:
                 out[i] += overlap * n
     return out
-
-
-def _day_edges(start: datetime, until: datetime) -> list[datetime]:
-    zone = timezone.get_current_timezone()
-    edges = [start]
-    day = start.astimezone(zone).date() + timedelta(days=1)
-    while (edge := _start_of_day(day, zone)) < until:
-        edges.append(edge)
-        day += timedelta(days=1)
-    edges.append(until)
-    return edges
 
 
 def machine_roi(
@@ -242,7 +224,7 @@ def machine_roi(
     train_token_rate = _num(rates.train_per_million_tokens) if value_ok else None
     train_hour_rate = _num(rates.train_per_gpu_hour) if value_ok else None
 
-    edges = _day_edges(start, until)
+    edges = day_edges(start, until, timezone.get_current_timezone())
     if window_start > start and window_start not in edges:
         edges = sorted([*edges, window_start])
     hours = _hours(machine, start, until, idle_below_percent)

@@ -11,8 +11,8 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.utils import timezone
 
+from dashboard.core.periods import PeriodError, parse_moment
 from dashboard.fleet.models import Machine
-from dashboard.fleet.series import SeriesError, parse_time
 
 from . import assemblies, capacity, roi, share
 
@@ -39,8 +39,8 @@ def _params(request: HttpRequest) -> dict[str, Any]:
     out["since"] = None
     if out["since_text"]:
         try:
-            out["since"] = parse_time(out["since_text"], timezone.now(), "since")
-        except SeriesError as exc:
+            out["since"] = parse_moment(out["since_text"], timezone.now(), "since")
+        except PeriodError as exc:
             out["errors"].append(str(exc))
     return out
 

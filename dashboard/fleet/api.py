@@ -2,36 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from django.conf import settings
 from django.shortcuts import get_object_or_404
-from django.utils import timezone
 from ninja import Router
 from ninja.errors import HttpError
-from ninja.security import HttpBearer
 
 from dashboard.accounts.auth import USER_AUTH
+from dashboard.core.periods import required_range
 
-from . import queries, series, throughput
+from . import queries, throughput
+from .auth import AgentAuth
 from .ingest import store_batch
-from .models import AgentToken, Machine
+from .models import Machine
 from .payload import Batch, PayloadError, parse_batch
 
 router = Router(tags=["fleet"])
-
-
-class AgentAuth(HttpBearer):
-    """An agent's own token; it can write only its own machine's data."""
-
-    def authenticate(self, request, token: str) -> AgentToken | None:
-        found = AgentToken.authenticate(token)
-        if found is not None:
-            now = timezone.now()
-            # One write a minute at most: every batch authenticates.
-            if found.last_used_at is None or now - found.last_used_at > timedelta(seconds=60):
-                AgentToken.objects.filter(pk=found.pk).update(last_used_at=now)
-        return found
 
 
 @router.post(
@@ -85,32 +70,6 @@ def machine(request, name: str):
     return queries.machine_detail(get_object_or_404(Machine, name=name))
 
 
-@router.get("/machines/{name}/series", auth=USER_AUTH, summary="A downsampled series of one metric")
-def machine_series(request, name: str, metric: str, since: str = "1h", until: str | None = None):
-    """`since`/`until` take a duration back from now (`30m`, `1h`, `24h`, `7d`) or an ISO 8601 time."""
-    m = get_object_or_404(Machine, name=name)
-    start, end = time_range(since, until)
-    if metric in throughput.METRICS:
-        return throughput.machine_series(m, metric, start, end)
-    try:
-        return series.machine_series(m, metric, start, end)
-    except series.SeriesError as exc:
-        raise HttpError(400, str(exc))
-
-
-def time_range(since: str, until: str | None):
-    """Every time-ranged endpoint reads `since`/`until` the same way (see series.parse_time)."""
-    now = timezone.now()
-    try:
-        start = series.parse_time(since, now, "since")
-        end = series.parse_time(until, now, "until") if until else now
-    except series.SeriesError as exc:
-        raise HttpError(400, str(exc))
-    if end <= start:
-        raise HttpError(400, "since: must be before until")
-    return start, end
-
-
 @router.get(
     "/machines/{name}/throughput",
     auth=USER_AUTH,
@@ -118,7 +77,7 @@ def time_range(since: str, until: str | None):
 )
 def machine_throughput(request, name: str, since: str = "24h", until: str | None = None):
     m = get_object_or_404(Machine, name=name)
-    start, end = time_range(since, until)
+    start, end = required_range(since, until)
     return {
         "machine": m.name,
         "since": start.isoformat(),
@@ -131,5 +90,5 @@ def machine_throughput(request, name: str, since: str = "24h", until: str | None
 def fleet_series(request, metric: str = "tokens.generated", since: str = "1h", until: str | None = None):
     if metric not in throughput.METRICS:
         raise HttpError(400, f"metric: expected one of {', '.join(sorted(throughput.METRICS))}")
-    start, end = time_range(since, until)
+    start, end = required_range(since, until)
     return throughput.fleet_series(metric, start, end)

@@ -119,20 +119,11 @@ def _ts(sample: Sample) -> datetime:
 
 
 def _store_tokens(machine: Machine, samples: list[tuple[Sample, int]], now: datetime) -> None:
-    """Token counts of new windows; a job is linked only if it ran on this very machine."""
-    claimed = {t.job_id for s, _ in samples for t in s.tokens if t.job_id}
-    if not claimed:
-        ours: set[int] = set()
-    else:
-        from dashboard.jobs.models import JobAttempt
-
-        # A token writes only its own machine's data: tokens for someone else's job stay unlinked.
-        ours = set(JobAttempt.objects.filter(job_id__in=claimed, machine=machine).values_list("job_id", flat=True))
+    """Token counts of new windows, with the job id the agent reported (checked when read)."""
     rows = [
         ThroughputSample(
             machine=machine,
             seq=seq,
-            job_id=t.job_id if t.job_id in ours else None,
             job_key=t.job_id or 0,
             source=t.source,
             ts=_ts(s),

@@ -14,7 +14,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
 
-from dashboard import tokens
+from dashboard.core.models import HashedToken
 from hwprobe.schema import GPU_METRICS, STATS, SYSTEM_METRICS, Metric
 
 machine_name = RegexValidator(
@@ -67,42 +67,28 @@ class Machine(models.Model):
 
     def issue_token(self, label: str = "") -> str:
         """Create a new agent token for this machine and return it: it is never shown again."""
-        token, prefix, digest = tokens.new_token("hwa")
-        AgentToken.objects.create(machine=self, prefix=prefix, digest=digest, label=label)
-        return token
+        return AgentToken.mint(machine=self, label=label)
 
 
-class AgentToken(models.Model):
+class AgentToken(HashedToken):
+    """A machine's agent token (``hwa_…``): it writes only that machine's data."""
+
+    KIND = "hwa"
+
     machine = models.ForeignKey(Machine, on_delete=models.CASCADE, related_name="tokens")
     label = models.CharField(max_length=100, blank=True)
-    prefix = models.CharField(max_length=tokens.PREFIX_LEN, unique=True)
-    digest = models.CharField(max_length=64)
-    created_at = models.DateTimeField(default=timezone.now)
-    last_used_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"hwa_{self.prefix}_… ({self.machine})"
 
     @classmethod
     def authenticate(cls, token: str) -> AgentToken | None:
-        prefix = tokens.split(token, "hwa")
-        if prefix is None:
-            return None
         # Every batch authenticates: skip the machine's latest sample, which ingest never reads.
-        found = (
-            cls.objects.select_related("machine")
-            .defer("machine__latest", "machine__worker_policy")
-            .filter(prefix=prefix, revoked_at=None)
-            .first()
-        )
-        if found is None or not tokens.matches(token, found.digest):
-            return None
+        joined = cls.objects.select_related("machine").defer("machine__latest", "machine__worker_policy")
+        found = cls.find(token, joined)
+        if found is not None:
+            found.touch()
         return found
-
-    def revoke(self) -> None:
-        self.revoked_at = timezone.now()
-        self.save(update_fields=["revoked_at"])
 
 
 class Accelerator(models.Model):
@@ -247,8 +233,10 @@ class ThroughputSample(models.Model):
 
     machine = models.ForeignKey(Machine, on_delete=models.CASCADE, related_name="+")
     seq = models.BigIntegerField()
-    job = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="throughput")
-    job_key = models.BigIntegerField(default=0)  # job id or 0: NULLs never collide in a unique index
+    # The job id the agent reported (0: outside any job). Telemetry sits below jobs and keeps no
+    # link to them: the jobs app counts a row for a job only if one of the job's attempts ran on
+    # this machine, so a machine's token cannot credit tokens to another machine's job.
+    job_key = models.BigIntegerField(default=0)  # 0, not NULL: NULLs never collide in a unique index
     source = models.CharField(max_length=16, choices=Source.choices)
     ts = models.DateTimeField()  # end of the window
     interval_s = models.FloatField()
@@ -263,5 +251,5 @@ class ThroughputSample(models.Model):
         ]
         indexes = [
             models.Index(fields=["machine", "ts"], name="throughput_machine_ts"),
-            models.Index(fields=["job", "ts"], name="throughput_job_ts"),
+            models.Index(fields=["job_key", "ts"], name="throughput_job_key_ts"),
         ]

@@ -16,7 +16,7 @@ from django.db.models import Model, QuerySet
 from django.utils import timezone
 
 from .models import GpuRollup, GpuSample, RollupState, SystemRollup, SystemSample, ThroughputSample
-from .rollup import HOUR, MARGIN, MINUTE, _floor
+from .rollup import HOUR, MARGIN, MINUTE, floor_to
 
 BATCH = 10_000
 
@@ -25,7 +25,7 @@ def cutoff(now: datetime, days: int) -> datetime | None:
     """The start of the hour ``days`` days before ``now``: older rows go; None when kept forever."""
     if days <= 0:
         return None
-    return _floor(now - timedelta(days=days), HOUR)
+    return floor_to(now - timedelta(days=days), HOUR)
 
 
 def _delete(model: type[Model], qs: QuerySet) -> int:

@@ -23,6 +23,7 @@ from django.db.models import Avg, Max, Min, Sum
 from django.db.models.functions import TruncHour, TruncMinute
 from django.utils import timezone
 
+from dashboard.core.stats import P95, percentile
 from hwprobe.schema import GPU_METRICS, SYSTEM_METRICS, Metric
 
 from .models import (
@@ -42,22 +43,8 @@ MINUTE, HOUR = 60, 3600
 # looking this far back catches them (buckets are recomputed, so overlap costs nothing but time).
 MARGIN = timedelta(minutes=2)
 MACHINES_PER_QUERY = 100
-P95 = 0.95
-
 # Bucket key: (machine_id, [gpu_index,] bucket start in epoch seconds).
 Key = tuple[int, ...]
-
-
-def percentile(values: Iterable[float], q: float) -> float | None:
-    """The ``q`` quantile (0-1) by linear interpolation between closest ranks (numpy's default
-    method): for n sorted values, the value at rank q × (n − 1). None for no values."""
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    rank = q * (len(ordered) - 1)
-    below = int(rank)
-    above = min(below + 1, len(ordered) - 1)
-    return ordered[below] + (ordered[above] - ordered[below]) * (rank - below)
 
 
 def _aggregates(metrics: tuple[Metric, ...]) -> dict:
@@ -73,7 +60,7 @@ def _aggregates(metrics: tuple[Metric, ...]) -> dict:
     return out
 
 
-def _floor(t: datetime, seconds: int) -> datetime:
+def floor_to(t: datetime, seconds: int) -> datetime:
     epoch = int(t.timestamp())
     return datetime.fromtimestamp(epoch - epoch % seconds, tz=UTC)
 
@@ -210,7 +197,7 @@ def _stored_p95s(target, keys, names, machine_ids, lo, hi) -> dict[Key, dict]:
 
 def _rollup_scope(source, target, metrics, names, keys, machine_ids, m_lo, m_hi, h_lo, h_hi, now) -> int:
     """Minute then hour buckets of one scope (system or GPU), with their p95 columns."""
-    ended = min(h_hi, _floor(now, HOUR))  # hours before this are over
+    ended = min(h_hi, floor_to(now, HOUR))  # hours before this are over
     read_lo = min(m_lo, h_lo) if ended > h_lo else m_lo
     minute_p95, hour_p95 = _raw_p95s(source, keys, names, machine_ids, read_lo, max(m_hi, ended))
     empty = {f"{n}_p95": None for n in names}
@@ -253,8 +240,8 @@ def _rollup_scope(source, target, metrics, names, keys, machine_ids, m_lo, m_hi,
 def rollup_range(machine_ids: list[int], lo: datetime, hi: datetime, now: datetime | None = None) -> int:
     """Recompute minute and hour buckets covering [lo, hi] for these machines; return rows written."""
     now = now or timezone.now()
-    m_lo, m_hi = _floor(lo, MINUTE), _floor(hi, MINUTE) + timedelta(seconds=MINUTE)
-    h_lo, h_hi = _floor(lo, HOUR), _floor(hi, HOUR) + timedelta(seconds=HOUR)
+    m_lo, m_hi = floor_to(lo, MINUTE), floor_to(hi, MINUTE) + timedelta(seconds=MINUTE)
+    h_lo, h_hi = floor_to(lo, HOUR), floor_to(hi, HOUR) + timedelta(seconds=HOUR)
     written = 0
     with transaction.atomic():
         written += _rollup_scope(

@@ -6,12 +6,10 @@ rollups, so a 7-day chart reads at most 168 rows per device.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.utils.dateparse import parse_datetime
-
+from dashboard.core.periods import window_filter
 from hwprobe.schema import GPU_METRICS, SYSTEM_METRICS, Metric
 
 from .models import Accelerator, GpuRollup, GpuSample, Machine, SystemRollup, SystemSample
@@ -25,29 +23,9 @@ NICE_STEPS = (10, 20, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600
 METRICS: dict[str, tuple[str, Metric]] = {f"system.{m.name}": ("system", m) for m in SYSTEM_METRICS}
 METRICS.update({f"gpu.{m.name}": ("gpu", m) for m in GPU_METRICS})
 
-_DURATION = re.compile(r"^(\d+)(s|m|h|d|w)$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
 
 class SeriesError(ValueError):
     pass
-
-
-def parse_time(value: str, now: datetime, name: str = "since") -> datetime:
-    """A duration back from now (``90s``, ``30m``, ``1h``, ``24h``, ``7d``, ``2w``) or an ISO 8601 time."""
-    value = value.strip()
-    match = _DURATION.match(value)
-    if match:
-        return now - timedelta(seconds=int(match[1]) * _UNITS[match[2]])
-    try:
-        parsed = parse_datetime(value)
-    except ValueError:
-        parsed = None
-    if parsed is None:
-        raise SeriesError(f"{name}: expected a duration such as 1h, 24h or 7d, or an ISO 8601 time; got {value!r}")
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed
 
 
 def resolution_for(span: timedelta) -> int:
@@ -93,7 +71,7 @@ def machine_series(machine: Machine, metric_name: str, since: datetime, until: d
     else:
         model = GpuSample if resolution == 0 else GpuRollup
     time_field = "ts" if resolution == 0 else "bucket"
-    qs = model.objects.filter(machine=machine, **{f"{time_field}__gte": since, f"{time_field}__lt": until})
+    qs = model.objects.filter(machine=machine, **window_filter(since, until, time_field))
     if resolution:
         qs = qs.filter(resolution_s=resolution)
     keys = ["gpu_index"] if scope == "gpu" else []

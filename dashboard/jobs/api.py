@@ -13,11 +13,13 @@ from ninja.errors import HttpError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dashboard.accounts.auth import USER_AUTH
-from dashboard.fleet import series, throughput
-from dashboard.fleet.api import AgentAuth, time_range
+from dashboard.core.periods import required_range
+from dashboard.fleet import series
+from dashboard.fleet import throughput as telemetry_throughput
+from dashboard.fleet.auth import AgentAuth
 from dashboard.fleet.models import Machine
 
-from . import allowlist, queries, service
+from . import allowlist, queries, service, throughput
 from .models import MAX_PARAMS_B, Job
 from .tasks import PROGRESS_PRESETS, machine_queue
 
@@ -122,12 +124,12 @@ def job(request, job_id: int):
 )
 def job_series(request, job_id: int, metric: str, since: str | None = None, until: str | None = None):
     job = get_object_or_404(Job, pk=job_id)
-    start, end = time_range(since, until) if since else queries.job_span(job)
-    if metric in throughput.METRICS:
+    start, end = required_range(since, until) if since else queries.job_span(job)
+    if metric in telemetry_throughput.METRICS:
         return throughput.job_series(job, metric, start, end)
     if not metric.startswith("gpu.") or job.machine is None:
         raise HttpError(
-            400, f"metric: expected one of {', '.join(sorted(throughput.METRICS))} or gpu.* for a placed job"
+            400, f"metric: expected one of {', '.join(sorted(telemetry_throughput.METRICS))} or gpu.* for a placed job"
         )
     try:
         data = series.machine_series(job.machine, metric, start, end)

@@ -8,8 +8,7 @@ from typing import Any
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from dashboard.fleet import throughput
-
+from . import throughput
 from .models import Job, JobLog
 
 

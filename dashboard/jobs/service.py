@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from kombu.exceptions import OperationalError
 
 from dashboard.accounts.models import is_operator
 from dashboard.fleet.models import Machine
 
 from .models import AuditEvent, Job, JobAttempt, JobLog
+
+log = logging.getLogger(__name__)
+PLACE_TASK = "dashboard.jobs.tasks.place"
 
 
 class JobError(Exception):
@@ -30,9 +36,15 @@ def audit(actor, action: str, job: Job | None = None, **detail: Any) -> None:
 
 
 def _enqueue_placement() -> None:
-    from .tasks import place
+    """Ask a Celery worker for a placement pass now (by task name: tasks.py imports this module).
 
-    place.delay()
+    A broker that cannot take the message never fails the caller, whose change is already
+    committed: the beat tick runs placement every 15 s anyway.
+    """
+    try:
+        current_app.send_task(PLACE_TASK, ignore_result=True)
+    except (OperationalError, OSError) as exc:
+        log.warning("placement request not sent (%s); the next beat tick places the job", exc)
 
 
 def submit(user, fields: dict[str, Any]) -> Job:

@@ -5,15 +5,15 @@ from __future__ import annotations
 from celery import shared_task
 
 from dashboard.celery import app
+from hwprobe import progress
+from hwprobe.worker import RUN_TASK
 
 from . import placement, service
 from .models import Job
 
-RUN_TASK = "hwprobe.run_job"  # consumed by `python -m hwprobe worker` on each machine
-
 # Names the worker understands in `progress_pattern` besides a regular expression with a
-# (?P<tokens>...) group; hwprobe/progress.py holds their expressions.
-PROGRESS_PRESETS = ("hwprobe", "hf-trainer", "lightning", "nanogpt")
+# (?P<tokens>...) group: the agent's own list, so the two sides cannot drift apart.
+PROGRESS_PRESETS = progress.PRESETS
 
 
 def machine_queue(name: str) -> str:
@@ -48,7 +48,7 @@ def dispatch(job_id: int, attempt: int) -> None:
     )
 
 
-@shared_task(name="dashboard.jobs.tasks.place", ignore_result=True, time_limit=120)
+@shared_task(name=service.PLACE_TASK, ignore_result=True, time_limit=120)
 def place() -> int:
     """Place what fits and send each placed job to its machine's queue."""
     placed = placement.place_queued()

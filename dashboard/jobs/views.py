@@ -11,10 +11,9 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from dashboard.accounts.models import is_operator
-from dashboard.fleet import throughput
 from dashboard.fleet.models import Machine
 
-from . import queries, service
+from . import queries, service, throughput
 from .forms import TEMPLATES, JobForm
 from .models import Job
 from .tasks import PROGRESS_PRESETS

@@ -15,21 +15,19 @@ same period; tokens count each window once per job, the source that counted most
 
 from __future__ import annotations
 
-import calendar
 from collections import Counter, defaultdict
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.conf import settings
-from django.db.models import F, Max, Sum
+from django.db.models import F, Sum
 from django.utils import timezone
-from django.utils.dateparse import parse_date, parse_datetime
 
+from dashboard.core.periods import window_filter
+from dashboard.core.stats import P95, percentile
 from dashboard.economics import formulas as f
 from dashboard.economics import roi
-from dashboard.fleet import retention
+from dashboard.fleet import retention, throughput
 from dashboard.fleet.models import (
     Accelerator,
     GpuRollup,
@@ -37,17 +35,12 @@ from dashboard.fleet.models import (
     Machine,
     SystemRollup,
     SystemSample,
-    ThroughputSample,
 )
-from dashboard.fleet.rollup import P95, percentile
-from dashboard.fleet.series import SeriesError, parse_time
 from dashboard.jobs.models import JobAttempt
 
 UTC = UTC
-KINDS = ("day", "week", "month", "custom")
 # Raw windows are read into Python; past a week of them, minute means give the same picture faster.
 RAW_MAX_SPAN = timedelta(days=7)
-MAX_SPAN = timedelta(days=400)
 CHART_MINUTES_MAX_SPAN = timedelta(days=3)
 OUTCOMES = ("succeeded", "failed", "cancelled", "timeout", "preempted", "refused", "lost", "unclaimed", "running")
 SOURCES = {
@@ -58,140 +51,9 @@ SOURCES = {
 
 
 class ReportError(ValueError):
-    """A parameter a report cannot use; the message is one sentence naming it."""
+    """A parameter a report cannot use; the message is one sentence naming it.
 
-
-# ---------------------------------------------------------------------------------------------
-# Periods
-
-
-@dataclass
-class Period:
-    kind: str  # day, week, month or custom
-    start: datetime
-    end: datetime  # exclusive; never after now
-    zone: tzinfo
-    previous_start: datetime
-    previous_end: datetime
-    partial: bool = False  # a calendar period still running: it ends now
-
-    @property
-    def zone_name(self) -> str:
-        return getattr(self.zone, "key", None) or str(self.zone)
-
-
-def parse_zone(name: str) -> tzinfo:
-    """An IANA zone name (the browser's), else the server's TIME_ZONE."""
-    if not name:
-        return timezone.get_current_timezone()
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ReportError(f"tz: unknown time zone {name!r}; use an IANA name such as Europe/Berlin") from None
-
-
-def parse_moment(value: str, now: datetime, zone: tzinfo, name: str) -> datetime:
-    """A duration back from now (as the series API takes: 24h, 7d), an ISO date (midnight in
-    ``zone``) or an ISO time (``zone`` when it carries no offset)."""
-    value = value.strip()
-    try:
-        day = parse_date(value)
-        if day is not None:
-            return datetime.combine(day, time.min, tzinfo=zone)
-        moment = parse_datetime(value) or parse_time(value, now, name)
-    except (ValueError, SeriesError):
-        moment = None
-    if moment is None:
-        raise ReportError(
-            f"{name}: expected an ISO date (2026-11-20), an ISO time (2026-11-20T08:00:00+01:00) "
-            f"or a duration back from now (24h, 7d); got {value!r}"
-        )
-    return moment if moment.tzinfo else moment.replace(tzinfo=zone)
-
-
-def _calendar_start(kind: str, day: date) -> date:
-    if kind == "week":
-        return day - timedelta(days=day.weekday())
-    if kind == "month":
-        return day.replace(day=1)
-    return day
-
-
-def shift_period(kind: str, day: date, n: int) -> date:
-    """The start of the calendar period ``n`` periods after the one starting on ``day``."""
-    if kind == "day":
-        return day + timedelta(days=n)
-    if kind == "week":
-        return day + timedelta(weeks=n)
-    months = day.year * 12 + day.month - 1 + n
-    return date(months // 12, months % 12 + 1, 1)
-
-
-def resolve_period(params: dict[str, str], now: datetime | None = None) -> Period:
-    """The period the query parameters ask for: ``from``/``to`` (custom; optionally ``previous_from``
-    and ``previous_to``, else the same length just before), or ``period`` (day, week, month)
-    containing ``date`` (default today), in the zone ``tz``. A running period ends now and is
-    compared with the same stretch of the period before it."""
-    now = now or timezone.now()
-    zone = parse_zone(params.get("tz", "").strip())
-    kind = params.get("period", "").strip() or ("custom" if params.get("from") or params.get("to") else "day")
-    if kind not in KINDS:
-        raise ReportError(f"period: expected one of {', '.join(KINDS)}; got {kind!r}")
-
-    if kind == "custom":
-        if not params.get("from", "").strip():
-            raise ReportError("from: required for a custom period (an ISO date or time, or a duration such as 7d)")
-        start = parse_moment(params["from"], now, zone, "from")
-        end = parse_moment(params["to"], now, zone, "to") if params.get("to", "").strip() else now
-        if start >= now:
-            raise ReportError("from: must be in the past")
-        end = min(end, now)
-        if end <= start:
-            raise ReportError("to: must be after from")
-        if end - start > MAX_SPAN:
-            raise ReportError(f"to: a report covers at most {MAX_SPAN.days} days")
-        previous_start, previous_end = start - (end - start), start
-        if params.get("previous_from", "").strip():  # what the page's CSV link passes for a calendar period
-            previous_start = parse_moment(params["previous_from"], now, zone, "previous_from")
-            previous_end = (
-                parse_moment(params["previous_to"], now, zone, "previous_to")
-                if params.get("previous_to", "").strip()
-                else previous_start + (end - start)
-            )
-            if not previous_start < previous_end <= start:
-                raise ReportError("previous_to: the previous period must end after it starts and no later than from")
-        return Period("custom", start, end, zone, previous_start, previous_end)
-
-    text = params.get("date", "").strip()
-    try:
-        day = parse_date(text) if text else now.astimezone(zone).date()
-    except ValueError:  # well formed but no such day
-        day = None
-    if day is None:
-        raise ReportError(f"date: expected an ISO date such as 2026-11-20; got {text!r}")
-    first = _calendar_start(kind, day)
-    start = datetime.combine(first, time.min, tzinfo=zone)
-    if start >= now:
-        raise ReportError("date: that period has not started yet")
-    natural_end = datetime.combine(shift_period(kind, first, 1), time.min, tzinfo=zone)
-    end = min(natural_end, now)
-    previous_start = datetime.combine(shift_period(kind, first, -1), time.min, tzinfo=zone)
-    # The same stretch of the previous period (a whole month is compared with the whole month before).
-    previous_end = start if end == natural_end else min(start, previous_start + (end - start))
-    return Period(kind, start, end, zone, previous_start, previous_end, partial=end < natural_end)
-
-
-def period_title(period: Period) -> str:
-    """'Tuesday 24 November 2026', 'Week of 23 November 2026', 'November 2026' or a range, in its zone."""
-    start = period.start.astimezone(period.zone)
-    if period.kind == "day":
-        return start.strftime("%A %-d %B %Y")
-    if period.kind == "week":
-        return "Week of " + start.strftime("%A %-d %B %Y")
-    if period.kind == "month":
-        return f"{calendar.month_name[start.month]} {start.year}"
-    end = period.end.astimezone(period.zone)
-    return f"{start:%-d %b %Y %H:%M} – {end:%-d %b %Y %H:%M}"
+    Period parameters raise ``dashboard.core.periods.PeriodError`` (also a ValueError)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,11 +75,11 @@ def _rows(scope: str, source: str, machine: Machine, start: datetime, end: datet
     """(device, seconds, util mean, util for the p95, power mean, power for the p95) per window or bucket."""
     if source == "raw":
         model = GpuSample if scope == "gpu" else SystemSample
-        qs = model.objects.filter(machine=machine, ts__gte=start, ts__lt=end)
+        qs = model.objects.filter(machine=machine, **window_filter(start, end))
     else:
         model = GpuRollup if scope == "gpu" else SystemRollup
         qs = model.objects.filter(
-            machine=machine, resolution_s=60 if source == "minute" else 3600, bucket__gte=start, bucket__lt=end
+            machine=machine, resolution_s=60 if source == "minute" else 3600, **window_filter(start, end, "bucket")
         )
     seconds = "interval_s" if source == "raw" else "count"
     if scope == "gpu":
@@ -289,19 +151,8 @@ def device_name(acc: Accelerator | None, index: int) -> str:
 
 
 def _tokens(machine: Machine, start: datetime, end: datetime) -> dict[str, int]:
-    """Tokens of windows ending in [start, end): per window and job, the source that counted most."""
-    rows = (
-        ThroughputSample.objects.filter(machine=machine, ts__gte=start, ts__lt=end)
-        .values("seq", "job_key")
-        .annotate(p=Max("prompt_tokens"), g=Max("generated_tokens"), t=Max("train_tokens"))
-        .order_by()
-    )
-    out = {"prompt": 0, "generated": 0, "train": 0}
-    for r in rows:
-        out["prompt"] += r["p"] or 0
-        out["generated"] += r["g"] or 0
-        out["train"] += r["t"] or 0
-    return out
+    """Tokens of the windows stamped in [start, end), by kind (per window and job, the best source)."""
+    return throughput.totals(throughput.window_tokens(throughput.machine_rows(machine, start, end)))
 
 
 def _jobs(machine: Machine, start: datetime, end: datetime) -> dict[str, Any]:
@@ -501,12 +352,12 @@ def utilisation_chart(machine: Machine, start: datetime, end: datetime, now: dat
     series: dict[str, dict[int, float]] = defaultdict(dict)
     accelerators = {a.index: a for a in machine.accelerators.all()}
     gpu_rows = GpuRollup.objects.filter(
-        machine=machine, resolution_s=resolution, bucket__gte=start, bucket__lt=end, util_percent_mean__isnull=False
+        machine=machine, resolution_s=resolution, **window_filter(start, end, "bucket"), util_percent_mean__isnull=False
     ).values_list("gpu_index", "bucket", "util_percent_mean")
     for index, bucket, util in gpu_rows:
         series[device_name(accelerators.get(index), index)][int(bucket.timestamp())] = util
     cpu_rows = SystemRollup.objects.filter(
-        machine=machine, resolution_s=resolution, bucket__gte=start, bucket__lt=end, cpu_percent_mean__isnull=False
+        machine=machine, resolution_s=resolution, **window_filter(start, end, "bucket"), cpu_percent_mean__isnull=False
     ).values_list("bucket", "cpu_percent_mean")
     for bucket, util in cpu_rows:
         series["CPU"][int(bucket.timestamp())] = util
@@ -543,7 +394,7 @@ def fleet_report(
     util = {
         r["machine_id"]: r
         for r in GpuRollup.objects.filter(
-            resolution_s=3600, bucket__gte=start, bucket__lt=end, util_percent_mean__isnull=False
+            resolution_s=3600, **window_filter(start, end, "bucket"), util_percent_mean__isnull=False
         )
         .values("machine_id")
         .annotate(s=Sum("count"), u=Sum(_weighted("util_percent_mean")))

@@ -8,44 +8,20 @@ instead of a session.
 from __future__ import annotations
 
 import csv
-import functools
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
-from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
 
-from dashboard.accounts.models import ApiToken
+from dashboard.accounts.auth import token_or_session
+from dashboard.core.periods import Period, PeriodError, resolve_period, shift_period
 from dashboard.economics.roi import DEFAULT_IDLE_BELOW_PERCENT
 from dashboard.fleet.models import Machine
 
 from . import report
-from .report import Period, ReportError
-
-
-def _signed_in(view: Callable) -> Callable:
-    """Any signed-in user (viewers included); CSV views also take a personal API token."""
-
-    @functools.wraps(view)
-    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
-        header = request.headers.get("Authorization", "")
-        if not request.user.is_authenticated and header.startswith("Bearer "):
-            user = ApiToken.authenticate(header.removeprefix("Bearer ").strip())
-            if user is None:
-                return HttpResponse(
-                    "Authorization: the token is unknown or revoked.\n",
-                    status=401,
-                    content_type="text/plain; charset=utf-8",
-                )
-            request.user = user
-        if not request.user.is_authenticated:
-            return redirect_to_login(request.get_full_path())
-        return view(request, *args, **kwargs)
-
-    return wrapper
+from .report import ReportError
 
 
 def _idle_below(params: dict[str, str]) -> float:
@@ -99,10 +75,8 @@ def _neighbours(params: dict[str, str], period: Period) -> dict[str, str | None]
     first = period.start.astimezone(period.zone).date()
     base = {k: v for k, v in params.items() if k in ("period", "tz", "idle_below_percent")}
     base["period"] = period.kind
-    before = urlencode({**base, "date": report.shift_period(period.kind, first, -1).isoformat()})
-    after = (
-        None if period.partial else urlencode({**base, "date": report.shift_period(period.kind, first, 1).isoformat()})
-    )
+    before = urlencode({**base, "date": shift_period(period.kind, first, -1).isoformat()})
+    after = None if period.partial else urlencode({**base, "date": shift_period(period.kind, first, 1).isoformat()})
     return {"before": before, "after": after}
 
 
@@ -113,13 +87,13 @@ def _csv_response(rows: list[list[Any]], filename: str) -> HttpResponse:
     return response
 
 
-def _bad_request(exc: ReportError) -> HttpResponse:
+def _bad_request(exc: ValueError) -> HttpResponse:
     return HttpResponse(f"{exc}\n", status=400, content_type="text/plain; charset=utf-8")
 
 
 def _machine_figures(m: Machine, params: dict[str, str]):
     """The period the parameters name, the idle threshold, and the machine's figures for both periods."""
-    period = report.resolve_period(params)
+    period = resolve_period(params)
     idle_below = _idle_below(params)
     figures = report.machine_report(
         m, period.start, period.end, idle_below, previous_start=period.previous_start, previous_end=period.previous_end
@@ -127,19 +101,19 @@ def _machine_figures(m: Machine, params: dict[str, str]):
     return period, idle_below, figures
 
 
-@_signed_in
+@token_or_session(login_page=True)
 def machine(request: HttpRequest, name: str) -> HttpResponse:
     m = get_object_or_404(Machine, name=name)
     params = request.GET.dict()
     try:
         period, idle_below, figures = _machine_figures(m, params)
-    except ReportError as exc:
+    except (ReportError, PeriodError) as exc:
         context = {"m": m, "error": str(exc), "form": _form(params, None, None)}
         return render(request, "reports/machine.html", context, status=400)
     context = {
         "m": m,
         "period": period,
-        "title": report.period_title(period),
+        "title": period.title,
         "r": figures,
         "form": _form(params, period, idle_below),
         "csv_query": _exact_query(period, idle_below),
@@ -160,29 +134,29 @@ def machine(request: HttpRequest, name: str) -> HttpResponse:
         return render(request, "reports/machine.html", context)
 
 
-@_signed_in
+@token_or_session(login_page=True)
 def machine_csv(request: HttpRequest, name: str) -> HttpResponse:
     m = get_object_or_404(Machine, name=name)
     try:
         period, _, figures = _machine_figures(m, request.GET.dict())
-    except ReportError as exc:
+    except (ReportError, PeriodError) as exc:
         return _bad_request(exc)
     day = period.start.astimezone(period.zone).date().isoformat()
     return _csv_response(report.machine_report_csv(figures, period.zone), f"{m.name}-report-{day}.csv")
 
 
-@_signed_in
+@token_or_session(login_page=True)
 def fleet(request: HttpRequest) -> HttpResponse:
     params = request.GET.dict()
     try:
-        period = report.resolve_period(params)
+        period = resolve_period(params)
         idle_below = _idle_below(params)
-    except ReportError as exc:
+    except (ReportError, PeriodError) as exc:
         return render(request, "reports/fleet.html", {"error": str(exc), "form": _form(params, None, None)}, status=400)
     figures = report.fleet_report(period.start, period.end, idle_below)
     context = {
         "period": period,
-        "title": report.period_title(period),
+        "title": period.title,
         "r": figures,
         "form": _form(params, period, idle_below),
         "csv_query": _exact_query(period, idle_below),
@@ -195,13 +169,13 @@ def fleet(request: HttpRequest) -> HttpResponse:
         return render(request, "reports/fleet.html", context)
 
 
-@_signed_in
+@token_or_session(login_page=True)
 def fleet_csv(request: HttpRequest) -> HttpResponse:
     params = request.GET.dict()
     try:
-        period = report.resolve_period(params)
+        period = resolve_period(params)
         idle_below = _idle_below(params)
-    except ReportError as exc:
+    except (ReportError, PeriodError) as exc:
         return _bad_request(exc)
     figures = report.fleet_report(period.start, period.end, idle_below)
     day = period.start.astimezone(period.zone).date().isoformat()

@@ -115,7 +115,6 @@ def tokens(
     ThroughputSample.objects.create(
         machine=machine,
         seq=seq,
-        job=job,
         job_key=job.pk if job else 0,
         source=source,
         ts=ts,

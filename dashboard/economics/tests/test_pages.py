@@ -50,7 +50,7 @@ def test_bad_parameters_fall_back_to_the_defaults_and_say_so(client, viewer):
     client.force_login(viewer)
     html = client.get("/economics/machines/gpu-01/", {"batch": "many", "since": "soon"}).content.decode()
     assert "batch: expected a number from 1 to 4096; using 1" in html
-    assert "since: expected a duration" in html
+    assert "since: expected an ISO date" in html
     assert "context 4096 tokens, batch 1" in html
 
 

@@ -13,7 +13,7 @@ from dashboard.fleet import rollup
 from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.models import GpuRollup, SystemRollup
 from dashboard.fleet.payload import Batch
-from dashboard.fleet.series import SeriesError, machine_series, parse_time, resolution_for
+from dashboard.fleet.series import machine_series, resolution_for
 
 UTC = UTC
 T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC).timestamp()
@@ -62,16 +62,6 @@ def test_a_late_batch_is_folded_into_its_old_buckets(machine):
     rollup.catch_up()
     minute = SystemRollup.objects.get(machine=machine, resolution_s=60)
     assert minute.count == 30 and minute.cpu_percent_max == 95.0
-
-
-def test_durations_and_iso_times_parse_the_same_way():
-    now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
-    assert parse_time("1h", now) == now - timedelta(hours=1)
-    assert parse_time("7d", now) == now - timedelta(days=7)
-    assert parse_time("2026-11-26T10:00:00Z", now) == datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
-    assert parse_time("2026-11-26T10:00:00", now).tzinfo is not None
-    with pytest.raises(SeriesError, match="duration"):
-        parse_time("yesterday", now)
 
 
 def test_a_seven_day_range_never_reads_raw_rows():

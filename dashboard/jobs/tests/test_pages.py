@@ -8,12 +8,13 @@ import re
 from datetime import timedelta
 
 import pytest
+from celery import current_app
 
 from conftest import make_batch
 from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.models import Machine
 from dashboard.fleet.payload import Batch
-from dashboard.jobs import placement, service, tasks
+from dashboard.jobs import placement, service
 from dashboard.jobs.models import AuditEvent, Job
 
 pytestmark = pytest.mark.django_db
@@ -61,7 +62,7 @@ def form(**kw) -> dict:
 def no_broker(monkeypatch):
     """Placement is enqueued on commit; here we only count the calls (no broker in unit tests)."""
     calls = []
-    monkeypatch.setattr(tasks.place, "delay", lambda: calls.append(1))
+    monkeypatch.setattr(current_app, "send_task", lambda name, **options: calls.append(1))
     return calls
 
 

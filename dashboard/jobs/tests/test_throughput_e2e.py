@@ -18,9 +18,9 @@ from django.db.models import Sum
 
 from conftest import make_batch
 from dashboard.fleet.ingest import store_batch
-from dashboard.fleet.models import ThroughputSample
 from dashboard.fleet.payload import Batch
 from dashboard.fleet.tests.test_agent_end_to_end import ROOT, Server, free_port, wait_for
+from dashboard.jobs import throughput as job_throughput
 from dashboard.jobs.models import Job
 from dashboard.jobs.tests.test_worker_e2e import QUEUE, Worker, log_text, purge, settle, stop, submit
 
@@ -104,7 +104,7 @@ def final_fields(job: Job) -> dict[str, int]:
 
 
 def stored(job: Job, column: str) -> int:
-    return ThroughputSample.objects.filter(job=job).aggregate(n=Sum(column))["n"] or 0
+    return job_throughput.rows_of([job.pk]).aggregate(n=Sum(column))["n"] or 0
 
 
 def series_total(client, job: Job, metric: str) -> tuple[float, list[float]]:
@@ -133,7 +133,7 @@ def test_train_and_serve_jobs_report_tokens_per_second_through_the_series_api(fl
     # Every printed token arrives (the last window may come a second or two after the job ended).
     wait_for(lambda: stored(train, "train_tokens") >= trained, 15, "the training job's last window")
     assert stored(train, "train_tokens") == trained
-    assert set(ThroughputSample.objects.filter(job=train).values_list("source", flat=True)) == {"progress"}
+    assert set(job_throughput.rows_of([train.pk]).values_list("source", flat=True)) == {"progress"}
 
     # Serving tokens come from scraping /metrics each 0.5 s: what the server generated after the
     # last scrape before it shut down is not seen, so the total may fall a little short.
@@ -150,7 +150,7 @@ def test_train_and_serve_jobs_report_tokens_per_second_through_the_series_api(fl
     generated = stored(serve, "generated_tokens")
     assert 0.8 * served["generated_tokens"] <= generated <= served["generated_tokens"], (generated, served)
     assert 0.8 * served["prompt_tokens"] <= stored(serve, "prompt_tokens") <= served["prompt_tokens"]
-    assert set(ThroughputSample.objects.filter(job=serve).values_list("source", flat=True)) == {"prometheus"}
+    assert set(job_throughput.rows_of([serve.pk]).values_list("source", flat=True)) == {"prometheus"}
     assert "scraping http://127.0.0.1:" in agent.log.read_text()
 
     client.force_login(operator)
@@ -161,7 +161,7 @@ def test_train_and_serve_jobs_report_tokens_per_second_through_the_series_api(fl
     assert means and all(m > 0 for m in means)
     assert total == pytest.approx(generated, abs=0.001 * 60 * len(means))
     # Plausible rates: the windows' tokens/s are near what the workload printed as its average.
-    rates = [s.train_tokens / s.interval_s for s in ThroughputSample.objects.filter(job=train) if s.train_tokens]
+    rates = [s.train_tokens / s.interval_s for s in job_throughput.rows_of([train.pk]) if s.train_tokens]
     assert max(rates) < 5 * final_fields_rate(train)
     assert series_total(client, train, "tokens.generated")[1] == []
 

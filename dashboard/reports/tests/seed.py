@@ -140,7 +140,6 @@ def two_days(day1: datetime = DAY1, name: str = "gpu-01") -> Machine:
             ThroughputSample.objects.create(
                 machine=m,
                 seq=25 + h,
-                job=chat,
                 job_key=chat.pk,
                 source=source,
                 ts=ts,
@@ -152,7 +151,6 @@ def two_days(day1: datetime = DAY1, name: str = "gpu-01") -> Machine:
             ThroughputSample.objects.create(
                 machine=m,
                 seq=25 + h,
-                job=finetune,
                 job_key=finetune.pk,
                 source="progress",
                 ts=ts,

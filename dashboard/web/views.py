@@ -15,10 +15,10 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from dashboard.economics.views import machine_panel
+from dashboard.fleet import queries, throughput
+from dashboard.fleet.models import Machine, ThroughputSample
 from dashboard.jobs.pages import machine_jobs
 
-from . import queries, throughput
-from .models import Machine, ThroughputSample
 from .overview import SORTS, STATES, Filters, fleet_page
 
 RANGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}

@@ -1,13 +1,24 @@
-"""The /api/v1/ JSON API. Errors are always {"error": "one readable sentence"}."""
+"""The /api/v1/ JSON API, assembled from each app's router. Errors are always
+{"error": "one readable sentence"}.
+
+The one endpoint defined here composes two layers: a machine's series labels token series with
+the names of the jobs that ran there, which telemetry (``fleet``) does not know.
+"""
 
 from __future__ import annotations
 
 from django.http import Http404
-from ninja import NinjaAPI
+from django.shortcuts import get_object_or_404
+from ninja import NinjaAPI, Router
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
+from dashboard.accounts.auth import USER_AUTH
+from dashboard.core.periods import PeriodError, required_range
 from dashboard.economics.api import router as economics_router
+from dashboard.fleet import series, throughput
 from dashboard.fleet.api import router as fleet_router
+from dashboard.fleet.models import Machine
+from dashboard.jobs import throughput as job_throughput
 from dashboard.jobs.api import agent_router
 from dashboard.jobs.api import router as jobs_router
 
@@ -17,10 +28,28 @@ api = NinjaAPI(
     urls_namespace="api",
     description="Telemetry ingest for hwprobe agents and read access for users.",
 )
+composed = Router(tags=["fleet"])
+
+
+@composed.get("/machines/{name}/series", auth=USER_AUTH, summary="A downsampled series of one metric")
+def machine_series(request, name: str, metric: str, since: str = "1h", until: str | None = None):
+    """`since`/`until` take a duration back from now (`30m`, `1h`, `24h`, `7d`) or an ISO 8601 time."""
+    m = get_object_or_404(Machine, name=name)
+    start, end = required_range(since, until)
+    if metric in throughput.METRICS:
+        return throughput.machine_series(m, metric, start, end, job_throughput.names_on(m))
+    try:
+        return series.machine_series(m, metric, start, end)
+    except series.SeriesError as exc:
+        raise HttpError(400, str(exc)) from None
+
+
 api.add_router("", fleet_router)
+api.add_router("", composed)
 api.add_router("", jobs_router)
 api.add_router("", agent_router)
 api.add_router("", economics_router)
+api.add_router("", "dashboard.economics.plan_api.router")
 
 
 @api.exception_handler(AuthenticationError)
@@ -33,6 +62,11 @@ def unauthorized(request, exc):
 @api.exception_handler(HttpError)
 def http_error(request, exc: HttpError):
     return api.create_response(request, {"error": str(exc)}, status=exc.status_code)
+
+
+@api.exception_handler(PeriodError)
+def bad_period(request, exc: PeriodError):
+    return api.create_response(request, {"error": str(exc)}, status=400)
 
 
 @api.exception_handler(Http404)

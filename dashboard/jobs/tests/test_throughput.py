@@ -10,6 +10,8 @@ from conftest import make_batch
 from dashboard.fleet import rollup, throughput
 from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.payload import Batch
+from dashboard.fleet.tests.test_ingest import post
+from dashboard.jobs import throughput as job_throughput
 from dashboard.jobs.models import Job, JobAttempt
 
 UTC = UTC
@@ -42,7 +44,7 @@ def training(machine, operator):
 
 @pytest.mark.django_db
 def test_a_jobs_summary_gives_mean_median_peak_and_tokens_per_joule(training):
-    s = throughput.job_summary(training)["train"]
+    s = job_throughput.job_summary(training)["train"]
     # 6000 tokens over 30 s of windows; per-window rates 100, 200, 300 tokens/s.
     assert s["total_tokens"] == 6000
     assert s["mean_tokens_per_s"] == 200.0 and s["median_tokens_per_s"] == 200.0 and s["peak_tokens_per_s"] == 300.0
@@ -52,12 +54,13 @@ def test_a_jobs_summary_gives_mean_median_peak_and_tokens_per_joule(training):
 
 @pytest.mark.django_db
 def test_the_machine_series_stacks_tokens_per_second_by_job(training, machine):
-    data = throughput.machine_series(machine, "tokens.train", T0, T0 + timedelta(hours=1))
+    names = job_throughput.names_on(machine)
+    data = throughput.machine_series(machine, "tokens.train", T0, T0 + timedelta(hours=1), names)
     assert data["unit"] == "tokens/s" and data["step_s"] == 10
     [series] = data["series"]
     assert series["job"] == training.pk and series["name"] == f"#{training.pk} tiny-7b"
     assert series["mean"] == [100.0, 200.0, 300.0]
-    generated = throughput.machine_series(machine, "tokens.generated", T0, T0 + timedelta(hours=1))
+    generated = throughput.machine_series(machine, "tokens.generated", T0, T0 + timedelta(hours=1), names)
     assert generated["series"][0]["name"] == "outside jobs" and generated["series"][0]["mean"] == [5.0]
 
 
@@ -80,3 +83,24 @@ def test_the_series_api_serves_tokens_for_machines_jobs_and_the_fleet(client, vi
     assert listing["throughput"]["train"]["peak_tokens_per_s"] == 300.0
     summary = client.get(f"/api/v1/machines/{machine.name}/throughput", since).json()["throughput"]
     assert summary["generated"]["total_tokens"] == 50
+
+
+@pytest.mark.django_db
+def test_a_job_counts_only_tokens_from_machines_it_ran_on(client, machine, agent_token, operator):
+    """An agent's token writes its own machine's rows; a job id it names that never ran there
+    gets none of them."""
+
+    ours = Job.objects.create(owner=operator, name="a", kind="train", argv=["x"], gpus=0)
+    JobAttempt.objects.create(job=ours, number=1, machine=machine)
+    theirs = Job.objects.create(owner=operator, name="b", kind="serve", argv=["x"], gpus=0)
+    batch = make_batch([1])
+    batch["samples"][0]["tokens"] = [
+        {"job_id": ours.pk, "source": "progress", "train": 5120},
+        {"job_id": theirs.pk, "source": "prometheus", "prompt": 10, "generated": 300},
+        {"job_id": None, "source": "report", "generated": 7},
+    ]
+    assert post(client, agent_token, batch).status_code == 200
+    post(client, agent_token, batch)  # replayed
+    assert [r.train_tokens for r in job_throughput.rows_of([ours.pk])] == [5120]
+    assert not job_throughput.rows_of([theirs.pk]).exists()
+    assert job_throughput.job_summary(theirs)["generated"]["total_tokens"] == 0

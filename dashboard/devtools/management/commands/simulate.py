@@ -1,7 +1,7 @@
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from dashboard.fleet import simulate
+from dashboard.devtools import simulator as simulate
 from dashboard.fleet.models import machine_name
 
 

@@ -37,12 +37,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from dashboard.core import stats
 from hwprobe.client import Backoff, IngestClient, Reply, Sender
 from hwprobe.spool import Spool
 
 log = logging.getLogger("hwprobe.simulate")
 
-FIXTURES = Path(__file__).resolve().parents[2] / "hwprobe" / "tests" / "fixtures" / "h100_device"
 GIB = 2**30
 DAY_S = 86400.0
 
@@ -86,27 +86,25 @@ USERS = ("alice", "bob", "chen", "dana", "emeka", "farah", "svc-infer")
 THROTTLE_IDLE, THROTTLE_POWER_CAP = 1, 4
 
 
-def _fixture_inventory() -> dict[str, Any]:
-    """The real H100 host's inventory (sample_idle.json): the template every machine copies."""
-    try:
-        return json.loads((FIXTURES / "sample_idle.json").read_text())["inventory"]
-    except OSError:  # an install without the test fixtures: the same fields, by hand
-        return {
-            "os": "Linux 6.8.0 (Ubuntu 24.04.3 LTS)",
-            "accelerators": [
-                {
-                    "index": 0,
-                    "vendor": "nvidia",
-                    "name": "",
-                    "uuid": "",
-                    "mem_total_bytes": 0,
-                    "power_limit_watts": 0.0,
-                    "parent_uuid": None,
-                    "mig_profile": None,
-                    "driver": "580.159.04",
-                }
-            ],
-        }
+def _template_inventory() -> dict[str, Any]:
+    """The fields of a real H100 host's inventory (the agent's ``sample`` on it; the recording is in
+    hwprobe/tests/fixtures/h100_device/sample_idle.json): every simulated machine copies them."""
+    return {
+        "os": "Linux 6.8.0 (Ubuntu 24.04.3 LTS)",
+        "accelerators": [
+            {
+                "index": 0,
+                "vendor": "nvidia",
+                "name": "",
+                "uuid": "",
+                "mem_total_bytes": 0,
+                "power_limit_watts": 0.0,
+                "parent_uuid": None,
+                "mig_profile": None,
+                "driver": "580.159.04",
+            }
+        ],
+    }
 
 
 def _pick(rng: random.Random, choices: tuple) -> Any:
@@ -170,7 +168,7 @@ class MachineModel:
 
     def inventory(self) -> dict[str, Any]:
         """The inventory the agent would send, built on the captured H100 host's record."""
-        template = _fixture_inventory()
+        template = _template_inventory()
         accelerator = template["accelerators"][0]
         return {
             "hostname": f"{self.name}.sim",
@@ -362,7 +360,7 @@ def enroll(names: list[str], token_file: Path) -> dict[str, tuple[str, int]]:
     """
     from django.db import transaction
 
-    from dashboard import tokens
+    from dashboard.core import tokens
     from dashboard.fleet.models import AgentToken, Machine
 
     kept: dict[str, str] = {}
@@ -401,11 +399,9 @@ def enroll(names: list[str], token_file: Path) -> dict[str, tuple[str, int]]:
 
 
 def percentile(values: list[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100); NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, math.ceil(p / 100 * len(ordered)) - 1))]
+    """The ``p``-th percentile (0-100) of ``values`` (dashboard.core.stats' rule); NaN for none."""
+    result = stats.percentile(values, p / 100)
+    return math.nan if result is None else result
 
 
 class Counters:

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from dashboard.alerts.models import Alert, AlertRule
 from dashboard.fleet.models import Accelerator, Machine
-from dashboard.fleet.overview import PAGE_SIZE
+from dashboard.web.overview import PAGE_SIZE
 
 pytestmark = pytest.mark.django_db
 

@@ -23,10 +23,9 @@ from django.urls import reverse
 from django.utils.http import urlencode
 
 from dashboard.alerts.models import Alert
-
-from .models import Accelerator, Machine
-from .queries import sparklines
-from .templatetags.fleet_format import ago, binary_bytes, percent
+from dashboard.core.templatetags.units import ago, binary_bytes, percent
+from dashboard.fleet.models import Accelerator, Machine
+from dashboard.fleet.queries import sparklines
 
 PAGE_SIZE = 60
 STATES = {"all": "All states", "online": "Online", "offline": "Offline", "never": "Never seen"}

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dashboard.fleet import simulate
+from dashboard.devtools import simulator as simulate
 from dashboard.fleet.models import Accelerator, AgentToken, GpuSample, Machine, SystemSample
 from dashboard.fleet.payload import parse_batch
 

@@ -12,18 +12,17 @@ from collections.abc import Iterator
 from typing import Any
 
 from django.db.models import Count
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from dashboard.accounts.models import ApiToken
+from dashboard.accounts.auth import token_or_session
 from dashboard.alerts.models import Alert, AlertRule
+from dashboard.fleet.models import Machine
 from dashboard.jobs.models import Job
-
-from .models import Machine
 
 # (metric name, help, key in latest["system"])
 SYSTEM_GAUGES = (
@@ -112,22 +111,9 @@ def _alerts() -> Iterator[Metric]:
     yield family
 
 
-def _authenticated(request: HttpRequest) -> bool:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return ApiToken.authenticate(token.strip()) is not None
-    return request.user.is_authenticated
-
-
 @require_GET
+@token_or_session(login_page=False)
 def metrics(request: HttpRequest) -> HttpResponse:
-    if not _authenticated(request):
-        response = JsonResponse(
-            {"error": "send a personal API token (Authorization: Bearer hwu_...) or log in"}, status=401
-        )
-        response["WWW-Authenticate"] = 'Bearer realm="hwdash"'
-        return response
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FleetCollector())
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -10,9 +10,9 @@ import pytest
 from django.utils import timezone
 
 from conftest import make_batch
+from dashboard.core.templatetags.units import si
 from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.payload import Batch
-from dashboard.fleet.templatetags.fleet_format import si
 from dashboard.jobs.models import Job, JobAttempt
 
 pytestmark = pytest.mark.django_db
