@@ -54,16 +54,20 @@ def in_venv() -> bool:
 
 
 def bootstrap() -> None:
-    """Make `.venv` current with requirements.txt, then continue inside it."""
+    """Make `.venv` current with the locked requirements-dev.txt, then continue inside it.
+
+    Every package is checked against the lock's hashes, wherever pip finds it (PyPI or a local
+    mirror). Editing either lock (requirements.txt, which requirements-dev.txt repeats) re-installs.
+    """
     if not VENV_PYTHON.exists():
         say(f"creating {VENV.relative_to(ROOT)}")
         try:
             venv.EnvBuilder(with_pip=True).create(VENV)
         except Exception as exc:  # ensurepip missing is the usual cause on Debian/Ubuntu
             sys.exit(f"dev.py | could not create .venv ({exc}); on Debian: apt-get install python3-venv")
-    wanted = requirements_hash(ROOT / "requirements.txt")
+    wanted = "".join(requirements_hash(ROOT / lock) for lock in ("requirements.txt", "requirements-dev.txt"))
     if not STAMP.exists() or STAMP.read_text().strip() != wanted:
-        say("installing requirements.txt into .venv")
+        say("installing requirements-dev.txt into .venv")
         subprocess.run(
             [
                 str(VENV_PYTHON),
@@ -72,8 +76,9 @@ def bootstrap() -> None:
                 "install",
                 "--disable-pip-version-check",
                 "-q",
+                "--require-hashes",
                 "-r",
-                str(ROOT / "requirements.txt"),
+                str(ROOT / "requirements-dev.txt"),
             ],
             check=True,
         )
