@@ -1,4 +1,4 @@
-"""``python -m hwprobe sample`` (one JSON document) and ``python -m hwprobe run`` (the agent)."""
+"""``hwprobe sample`` (one JSON document), ``hwprobe run`` (the agent), ``hwprobe worker``, ``hwprobe units``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=os.environ.get("HWPROBE_LOG_LEVEL", "INFO"))
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("sample", help="print one {inventory, sample} JSON document and exit")
-    commands.add_parser("worker", help="run this machine's job worker (python -m hwprobe worker --help)")
+    commands.add_parser("worker", help="run this machine's job worker (hwprobe worker --help)")
+    commands.add_parser("units", help="write systemd units or launchd plists for the agent (hwprobe units --help)")
     run = commands.add_parser("run", help="sample, spool and send to the server until stopped")
     run.add_argument(
         "--server", default=os.environ.get("HWPROBE_SERVER"), help="dashboard base URL (env HWPROBE_SERVER)"
@@ -59,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         from hwprobe.worker import main as worker_main
 
         return worker_main(argv[1:])
+    if argv and argv[0] == "units":
+        from hwprobe.units import main as units_main
+
+        return units_main(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(
         stream=sys.stderr, level=args.log_level.upper(), format="%(asctime)s hwprobe %(levelname)s %(message)s"
