@@ -40,7 +40,7 @@ def test_a_70b_int4_serving_workload_on_four_h100s_per_machine():
     # Cost per million tokens = 405.41 / 500 = 0.81 USD. Value = 500 × 2 = 1,000 USD a day;
     # RoI = (1,000 − 405.41) / 405.41 = 146.66 %. Payback = 400,000 / (1,000 − 40.36) = 416.82 days.
     w = Workload(
-        serve=[ServeModel(params_b=70, precision="int4", context_tokens=8192, tokens_per_day=500e6, peak_concurrent=32)],
+        serve=[ServeModel(params_b=70, precision="int4", context_tokens=8192, tokens_per_day=5e8, peak_concurrent=32)],
         electricity_price_per_kwh=0.15, pue=1.2, amortisation_months=36, serve_value_per_million=2.0,
     )  # fmt: skip
     row = planner.evaluate(h100s(4, 25_000), w, {})
@@ -78,7 +78,8 @@ def test_continuous_training_and_serving_get_their_own_machines():
     #   12,367.5 tok/s; needed 2,314.81 -> 1 machine, busy 0.18717.
     # Energy: (2 × 700 × (0.1 + 0.9 × 0.87648) + 700 × (0.1 + 0.9 × 0.18717)) × 24 h = 34.3746 kWh × 0.15 = 5.16 USD.
     # Amortisation: 3 × 30,000 / 1,095.75 = 82.14 USD. Cost 87.29 USD a day for 300 M tokens: 0.29 USD per million.
-    # Value: 100 × 2 + 200 × 0.5 = 300 USD; RoI = (300 − 87.29) / 87.29 = 243.68 %; payback 90,000 / (300 − 5.16) = 305.25 days.
+    # Value: 100 × 2 + 200 × 0.5 = 300 USD; RoI = (300 − 87.29) / 87.29 = 243.68 %;
+    # payback 90,000 / (300 − 5.16) = 305.25 days.
     w = Workload(
         serve=[ServeModel(params_b=8, precision="fp16", context_tokens=4096, tokens_per_day=100e6, peak_concurrent=8)],
         train=[TrainModel(params_b=8, method="lora", tokens_per_day=200e6)],
