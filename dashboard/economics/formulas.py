@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SECONDS_PER_HOUR = 3600.0
 SECONDS_PER_DAY = 86400.0
 DAYS_PER_MONTH = 365.25 / 12  # 30.4375: a month in amortisation and fixed costs
 SECONDS_PER_MONTH = DAYS_PER_MONTH * SECONDS_PER_DAY

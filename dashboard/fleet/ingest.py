@@ -6,7 +6,7 @@ holding a window stored before (a replay after a lost reply) fails that COPY on 
 it is rolled back and written again with one ``INSERT ... ON CONFLICT DO NOTHING RETURNING seq``
 per table, fed by COPY into a temp table, which skips stored windows and tells which were new.
 SQLite gets the same INSERT with a multi-row VALUES. Neither builds a model instance per row
-(NOTES.md: most of bulk_create's time); bench/README.md has the figures."""
+(most of bulk_create's time goes there); bench/README.md has the figures."""
 
 from __future__ import annotations
 

@@ -138,8 +138,6 @@ def _abstract(name: str, metrics: tuple[Metric, ...]) -> type[models.Model]:
 SystemMetrics = _abstract("SystemMetrics", SYSTEM_METRICS)
 GpuMetrics = _abstract("GpuMetrics", GPU_METRICS)
 
-SYSTEM_COLUMNS = [c for m in SYSTEM_METRICS for c in metric_columns(m)]
-GPU_COLUMNS = [c for m in GPU_METRICS for c in metric_columns(m)]
 
 # Gauges whose rollups also keep a 95th percentile of the raw window means (``<name>_p95``):
 # the ones a report ranks or bills on, where a mean hides the peaks.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,6 +27,27 @@ def accelerator_dict(a: Accelerator) -> dict[str, Any]:
         "mig_profile": a.mig_profile or None,
         "driver": a.driver or None,
     }
+
+
+def devices(
+    accelerators: Iterable[Accelerator | dict[str, Any]], latest: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """Inventory joined with the latest sample: one row per device, inventory first, by index.
+
+    A row holds the inventory's fields overlaid with the sample's values that are not None (the
+    sample's ``mem_total_bytes`` wins: a MIG device's can change). A device in the inventory
+    without a sample keeps its inventory fields; one sampled but not in the inventory (the
+    inventory arrives with the agent's first batch only) is named ``GPU <index>``.
+    """
+    sampled = {g["index"]: g for g in (latest or {}).get("gpus") or []}
+    rows = []
+    for acc in accelerators:
+        inventory = accelerator_dict(acc) if isinstance(acc, Accelerator) else acc
+        sample = sampled.pop(inventory["index"], {})
+        rows.append({**inventory, **{k: v for k, v in sample.items() if v is not None}})
+    for index, sample in sorted(sampled.items()):
+        rows.append({"name": f"GPU {index}", "mem_total_bytes": None, "power_limit_watts": None, **sample})
+    return rows
 
 
 def accelerator_summary(accelerators: list[Accelerator]) -> str:

@@ -15,6 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from dashboard.fleet.models import Machine
+from dashboard.fleet.queries import devices
 
 from .models import Job, JobAttempt
 
@@ -45,20 +46,17 @@ def capacity(machine: Machine, active: list[Job]) -> Capacity:
     """What is free on ``machine`` given its telemetry and its active jobs."""
     accelerators = list(machine.accelerators.all())
     parents = {a.parent_uuid for a in accelerators if a.parent_uuid}
-    latest = {g["index"]: g for g in (machine.latest or {}).get("gpus", [])}
     seen_at = _latest_ts(machine)
     free: dict[int, float] = {}
     uuids: dict[int, str] = {}
-    for acc in accelerators:
-        if acc.uuid and acc.uuid in parents:
+    for device in devices(accelerators, machine.latest):
+        if device.get("uuid") and device["uuid"] in parents:
             continue  # a GPU split into MIG devices is scheduled through its devices
-        g = latest.get(acc.index)
-        total = (g or {}).get("mem_total_bytes") or acc.mem_total_bytes
-        used = (g or {}).get("mem_used_bytes")
+        total, used = device.get("mem_total_bytes"), device.get("mem_used_bytes")
         if total is None or used is None:
             continue  # no telemetry for this device: nothing to promise
-        free[acc.index] = max(0.0, total - used)
-        uuids[acc.index] = acc.uuid
+        free[device["index"]] = max(0.0, total - used)
+        uuids[device["index"]] = device.get("uuid") or ""
     kinds = set()
     for job in active:
         kinds.add(job.kind)

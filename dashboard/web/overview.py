@@ -25,7 +25,7 @@ from django.utils.http import urlencode
 from dashboard.alerts.models import Alert
 from dashboard.core.templatetags.units import ago, binary_bytes, percent
 from dashboard.fleet.models import Accelerator, Machine
-from dashboard.fleet.queries import sparklines
+from dashboard.fleet.queries import devices, sparklines
 
 PAGE_SIZE = 60
 STATES = {"all": "All states", "online": "Online", "offline": "Offline", "never": "Never seen"}
@@ -220,12 +220,7 @@ def _card(m: dict[str, Any], accelerators: list[dict[str, Any]], line: dict | No
     latest = m["latest"] or {}
     system = latest.get("system") or {}
     mem_total = system.get("mem_total_bytes") or m["mem_total_bytes"]
-    sampled = {g["index"]: g for g in latest.get("gpus") or []}
-    gpus = []
-    for acc in accelerators:  # inventory joined with the latest sample; a device may lack either
-        g = sampled.pop(acc["index"], {})
-        gpus.append((acc["index"], acc["name"], g, g.get("mem_total_bytes") or acc["mem_total_bytes"]))
-    gpus += [(i, f"GPU {i}", g, g.get("mem_total_bytes")) for i, g in sorted(sampled.items())]
+    gpus = devices(accelerators, latest)
     models = Counter(a["name"].replace("NVIDIA ", "") for a in accelerators if not a["parent_uuid"])
     summary = ", ".join(f"{n} × {name}" for name, n in models.items()) or "No accelerators"
     if m["cpu_threads"]:
@@ -248,15 +243,15 @@ def _card(m: dict[str, Any], accelerators: list[dict[str, Any]], line: dict | No
         },
         "gpus": [
             {
-                "label": f"GPU {index}",
-                "name": name,
+                "label": f"GPU {g['index']}",
+                "name": g["name"],
                 "util": {**_meter(g.get("util_percent")), "text": percent(g.get("util_percent"))},
                 "mem": {
-                    **_meter(g.get("mem_used_bytes"), total),
-                    "text": f"{binary_bytes(g.get('mem_used_bytes'))} / {binary_bytes(total)}",
+                    **_meter(g.get("mem_used_bytes"), g["mem_total_bytes"]),
+                    "text": f"{binary_bytes(g.get('mem_used_bytes'))} / {binary_bytes(g['mem_total_bytes'])}",
                 },
             }
-            for index, name, g, total in gpus
+            for g in gpus
         ],
         "sparkline_json": json.dumps(
             {"cpu": _rounded(line["cpu_percent"]), "gpu": _rounded(line["gpu_util_percent"]) if accelerators else []}

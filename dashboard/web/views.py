@@ -24,22 +24,10 @@ from .overview import SORTS, STATES, Filters, fleet_page
 RANGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
 
 
-def _gpus(m: dict[str, Any]) -> list[dict[str, Any]]:
-    """Inventory joined with the latest sample, one row per device (a device may lack either)."""
-    latest = {g["index"]: g for g in ((m["latest"] or {}).get("gpus") or [])}
-    rows = []
-    for acc in m["accelerators"]:
-        sample = latest.pop(acc["index"], {})
-        rows.append({**acc, "processes": [], **{k: v for k, v in sample.items() if v is not None}})
-    for index, sample in sorted(latest.items()):
-        rows.append({"name": f"GPU {index}", "mem_total_bytes": None, "power_limit_watts": None, **sample})
-    return rows
-
-
 def _present(m: dict[str, Any]) -> dict[str, Any]:
     latest = m["latest"] or {}
     system = latest.get("system") or {}
-    gpus = _gpus(m)
+    gpus = [{"processes": [], **d} for d in queries.devices(m["accelerators"], m["latest"])]
     return {
         **m,
         "last_seen_at": parse_datetime(m["last_seen"]) if m["last_seen"] else None,

@@ -1,4 +1,5 @@
-"""Formatting for people: raw numbers stay raw everywhere else (STYLE.md, units in names)."""
+"""Formatting for people, in templates and page code only: stored and sent numbers stay raw, with
+their unit in their name (``mem_used_bytes``)."""
 
 from __future__ import annotations
 
@@ -22,19 +23,6 @@ def binary_bytes(value: float | None) -> str:
             scaled = value / size
             return f"{scaled:.0f} {unit}" if scaled >= 100 else f"{scaled:.1f} {unit}"
     return f"{value:.0f} B"
-
-
-@register.filter
-def percent_of(value: float | None, total: float | None) -> float:
-    """value / total as a percentage clamped to 0-100, for bar widths; 0 when either is unknown."""
-    if value is None or not total:
-        return 0.0
-    return max(0.0, min(100.0, 100.0 * value / total))
-
-
-@register.filter
-def clamp_percent(value: float | None) -> float:
-    return 0.0 if value is None else max(0.0, min(100.0, value))
 
 
 @register.filter
