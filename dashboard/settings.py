@@ -85,6 +85,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "dashboard.core.health.HealthzMiddleware",  # first: probes call /healthz by IP (see its module)
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -156,7 +157,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = DATA_DIR / "staticfiles"
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(DATA_DIR / "staticfiles")))  # the image collects into /app/staticfiles
 STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise warns on every request without it
 # Serve straight from static/ too, so a fresh checkout works without collectstatic.
 WHITENOISE_USE_FINDERS = True
