@@ -176,3 +176,33 @@ def test_a_measured_efficiency_is_named_in_the_efficiency_table():
         ("discrete", "measured", 0.31),
         ("unified", "default", planner.DEFAULT_SERVE_EFFICIENCY["unified"].value),
     }
+
+
+def test_the_capacity_table_gets_a_streamed_column_where_a_model_does_not_fit():
+    # 405B (405.9e9 params) at int4 on 192 GB × 0.75: streamed = 202.95e9 − (144e9 − 2.114e9) bytes per token;
+    # at 7.88 GB/s that is 7.88e9 / 61.064e9 = 0.129 tok/s. The 1B row fits, so it has no streamed figure.
+    capacity = {
+        "memory_bytes": 192e9,
+        "usable_memory_fraction": 0.75,
+        "context_tokens": 4096,
+        "sizes": [
+            {"params_b": 405.9, "serve": {"int4": {"fits": False}}},
+            {"params_b": 1.24, "serve": {"int4": {"fits": True}}},
+        ],
+    }
+    planner.streamed_column(capacity, 7.88e9)
+    kv = 2 * 126 * 8 * 128 * 4096 * 2
+    big, small = (row["serve"]["int4"]["streamed_tokens_per_s"] for row in capacity["sizes"])
+    assert big == pytest.approx(7.88e9 / (405.9e9 * 0.5 - (144e9 - kv)))
+    assert round(big, 3) == 0.129 and small is None
+
+
+def test_the_planner_reads_the_machines_storage_speed_only_once_the_field_exists():
+    class Before:  # today's Machine: no such field
+        pass
+
+    class After:
+        storage_read_bytes_per_s = 3.2e9
+
+    assert planner.storage_read_bytes_per_s(Before()) is None
+    assert planner.storage_read_bytes_per_s(After()) == 3.2e9
