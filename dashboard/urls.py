@@ -7,6 +7,7 @@ from dashboard.web.metrics import metrics
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("agent/", include("dashboard.fleet.install")),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/v1/", api.urls),

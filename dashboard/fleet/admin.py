@@ -1,6 +1,7 @@
 from django.contrib import admin, messages
 from django.utils import timezone
 
+from .install import install_line
 from .models import Accelerator, AgentToken, Machine
 
 
@@ -46,10 +47,11 @@ class MachineAdmin(admin.ModelAdmin):
 
     def _show_token(self, request, machine: Machine) -> None:
         token = machine.issue_token(label=f"admin:{request.user}")
+        server = request.build_absolute_uri("/").rstrip("/")
         messages.warning(
             request,
-            f"Agent token for {machine.name} (shown once, copy it now): {token} — on the machine run: "
-            f"python -m hwprobe run --server {request.build_absolute_uri('/').rstrip('/')} --token {token}",
+            f"Agent token for {machine.name}, shown once (copy it now): {token} — to install and start its agent, "
+            f"run this on {machine.name} as root: {install_line(server, token)}",
         )
 
     @admin.action(description="Issue a new agent token")

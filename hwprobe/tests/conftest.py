@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
+import tomllib
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,6 +18,7 @@ import pytest
 from hwprobe.testing import nvml_replay
 
 FIXTURES = Path(__file__).parent / "fixtures"
+REPO = Path(__file__).resolve().parents[2]
 
 CAPTURES = {
     "h100": "linux-x86_64__nvidia-h100-80gb-hbm3__590.48.01__excerpt.txt",
@@ -37,6 +41,21 @@ def capture_q(gpu: str, phase: str) -> tuple[str, str]:
 def replay(gpu: str, phase: str) -> nvml_replay.NvmlReplay:
     q, listing = capture_q(gpu, phase)
     return nvml_replay.from_nvidia_smi_q(q, listing)
+
+
+def dependency_wheels(dest: Path) -> Path:
+    """The agent's runtime dependencies (pyproject.toml's pins) as wheels in ``dest``, so that test
+    installs run with ``--no-index --find-links dest``: fast, and the same versions every time."""
+    pins = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    if not list(dest.glob("psutil-*.whl")) or not list(dest.glob("nvidia_ml_py-*.whl")):
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--no-deps", "-d", str(dest)]
+            + pins,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    return dest
 
 
 def free_port() -> int:
