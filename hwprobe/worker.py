@@ -9,7 +9,8 @@ prefetched per thread; a redelivered message is harmless because the server's ``
 409 and nothing runs. The host's policy file (``--config``, see :mod:`hwprobe.policy`) is read
 again before every job, so editing it needs no restart.
 
-Celery is needed here, not by the telemetry agent: install ``hwprobe/requirements-worker.txt``.
+Celery is needed here, not by the telemetry agent: install the wheel with its ``worker`` extra
+(``install.sh --worker`` does) or ``hwprobe/requirements-worker.txt``.
 """
 
 from __future__ import annotations
