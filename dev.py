@@ -3,6 +3,7 @@
 
     python3 dev.py run              web + worker + beat + a local agent, on http://127.0.0.1:8000
     python3 dev.py test [ARGS...]   python -m pytest ARGS (default: the whole suite)
+    python3 dev.py lint             import layers, ruff (lint and format) and mypy, as CI runs them
 
 Both create `.venv` and install requirements.txt into it when needed. Only the standard library
 is used until the script has re-executed itself inside that virtualenv.
@@ -225,8 +226,30 @@ def run() -> int:
     return status
 
 
+LINTERS = {
+    "layers (lint-imports)": ["lint-imports", "--no-cache"],
+    "ruff check": ["ruff", "check", "."],
+    "ruff format": ["ruff", "format", "--check", "."],
+    "mypy": ["mypy"],
+}
+
+
+def lint() -> int:
+    """Run every linter (configured in .importlinter and pyproject.toml); 1 if any failed."""
+    failed = []
+    for name, argv in LINTERS.items():
+        say(f"lint: {name}")
+        if subprocess.run([str(BIN / argv[0]), *argv[1:]], cwd=ROOT).returncode != 0:
+            failed.append(name)
+    say("lint: " + (f"FAILED: {', '.join(failed)}" if failed else "all passed"))
+    return 1 if failed else 0
+
+
 def main() -> int:
     command = sys.argv[1] if len(sys.argv) > 1 else ""
+    if command == "lint":
+        bootstrap()
+        return lint()
     if command not in ("run", "test"):
         print(__doc__.strip(), file=sys.stderr)
         return 2
