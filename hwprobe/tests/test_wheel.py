@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import venv
@@ -18,14 +19,19 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    dist = tmp_path_factory.mktemp("dist")
+    """``python -m pip wheel . --no-deps -w dist`` in a clean copy of the checkout: setuptools
+    builds in the source tree, and a build/ left there must not leak into the next wheel."""
+    src = tmp_path_factory.mktemp("src")
+    shutil.copy2(REPO / "pyproject.toml", src)
+    shutil.copytree(REPO / "hwprobe", src / "hwprobe", ignore=shutil.ignore_patterns("__pycache__", "fixtures"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--quiet", "-w", str(dist)],
+        [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--quiet", "-w", "dist"],
+        cwd=src,
         check=True,
         capture_output=True,
         timeout=600,
     )
-    [built] = dist.glob("hwprobe-*.whl")
+    [built] = (src / "dist").glob("hwprobe-*.whl")
     return built
 
 
