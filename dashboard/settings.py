@@ -75,6 +75,7 @@ INSTALLED_APPS = [
     # Layers, lowest first: each app imports only those above it in this list (.importlinter).
     "dashboard.core",
     "dashboard.accounts",
+    "dashboard.teams",
     "dashboard.fleet",
     "dashboard.jobs",
     "dashboard.alerts",

@@ -15,6 +15,7 @@ from django.db import models
 from django.utils import timezone
 
 from dashboard.core.models import HashedToken
+from dashboard.teams.models import Team
 from hwprobe.schema import GPU_METRICS, STATS, SYSTEM_METRICS, Metric
 
 machine_name = RegexValidator(
@@ -35,8 +36,13 @@ class Machine(models.Model):
     cpu_cores = models.PositiveIntegerField(null=True, blank=True)
     cpu_threads = models.PositiveIntegerField(null=True, blank=True)
     mem_total_bytes = models.BigIntegerField(null=True, blank=True)
+    # Sequential read speed of the storage models load from, measured once by the agent; the
+    # planner bounds tokens/s of a model streamed from storage with it. None: not measured.
+    storage_read_bytes_per_s = models.FloatField(null=True, blank=True)
     agent_version = models.CharField(max_length=32, blank=True)
     policy = models.CharField(max_length=16, choices=Policy.choices, default=Policy.SHARED)
+    # The team that owns it; empty: the shared pool every team uses within its quota.
+    team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.SET_NULL, related_name="machines")
     created_at = models.DateTimeField(default=timezone.now)
     last_seen_at = models.DateTimeField(null=True, blank=True)
     last_seq = models.BigIntegerField(default=0)

@@ -7,6 +7,7 @@ from django.db import models
 from django.utils import timezone
 
 from dashboard.fleet.models import Machine
+from dashboard.teams.models import Team, default_team_id
 
 MAX_PARAMS_B = 10_000  # billions: well above any model yet, low enough to catch a count in units
 
@@ -20,6 +21,8 @@ class Job(models.Model):
         QUEUED = "queued", "Queued"
         PLACED = "placed", "Placed"
         RUNNING = "running", "Running"
+        # No word from its worker: the host or the server may be away; the job may well still run.
+        UNREACHABLE = "unreachable", "Unreachable"
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
         CANCELLED = "cancelled", "Cancelled"
@@ -33,7 +36,7 @@ class Job(models.Model):
         INT8 = "int8", "int8"
         INT4 = "int4", "int4"
 
-    ACTIVE = (Status.PLACED, Status.RUNNING)
+    ACTIVE = (Status.PLACED, Status.RUNNING, Status.UNREACHABLE)
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.LOST)
 
     name = models.CharField(max_length=200)
@@ -58,6 +61,9 @@ class Job(models.Model):
     precision = models.CharField(max_length=4, choices=Precision.choices, blank=True)  # of the weights
     context_tokens = models.PositiveIntegerField(null=True, blank=True)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="jobs")
+    team = models.ForeignKey(Team, on_delete=models.PROTECT, default=default_team_id, related_name="jobs")
+    # Placed over its team's quota or on another team's machine: preempted when the owners need it.
+    borrowing = models.BooleanField(default=False)
 
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED, db_index=True)
     status_message = models.CharField(max_length=500, blank=True)  # why it waits, why it failed
@@ -75,6 +81,13 @@ class Job(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # The worker that took the current attempt (its id survives restarts: hwprobe/jobspool.py); a
+    # worker that comes back without an attempt it took has lost it.
+    worker_id = models.CharField(max_length=64, blank=True)
+    unreachable_since = models.DateTimeField(null=True, blank=True)
+    # While unreachable: when the host was first heard from again (agent or worker); if the job's
+    # own worker stays silent JOB_LOST_AFTER_S past this, the job is lost.
+    host_back_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -129,6 +142,19 @@ class JobLog(models.Model):
     class Meta:
         ordering = ["job", "attempt", "seq"]
         constraints = [models.UniqueConstraint(fields=["job", "attempt", "seq"], name="joblog_unique")]
+
+
+class IdempotencyKey(models.Model):
+    """A submission's ``Idempotency-Key``: a retry with the same key and body gets the same job."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    request_sha256 = models.CharField(max_length=64)
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "key"], name="idempotencykey_unique")]
 
 
 class AuditEvent(models.Model):
