@@ -604,9 +604,9 @@ def unified_vs_discrete(
 
 
 def storage_read_bytes_per_s(machine: Any) -> float | None:
-    """The machine's sequential storage read speed (bytes/s) as its agent reported it; None until the
-    fleet's Machine model carries ``storage_read_bytes_per_s``."""
-    value = getattr(machine, "storage_read_bytes_per_s", None)
+    """The machine's sequential storage read speed (bytes/s) as its agent reported it; None if not
+    measured."""
+    value = machine.storage_read_bytes_per_s
     return float(value) if value else None
 
 

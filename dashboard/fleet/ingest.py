@@ -186,6 +186,7 @@ def _apply_inventory(machine: Machine, inventory: Inventory) -> dict[str, Any]:
         "cpu_cores": inventory.cpu_cores,
         "cpu_threads": inventory.cpu_threads,
         "mem_total_bytes": inventory.mem_total_bytes,
+        "storage_read_bytes_per_s": inventory.storage_read_bytes_per_s,
     }
 
 

@@ -185,6 +185,7 @@ class Inventory(Strict):
     cpu_cores: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
     cpu_threads: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
     mem_total_bytes: Annotated[int, Field(ge=0, le=MAX_SEQ)] | None = None
+    storage_read_bytes_per_s: Annotated[float, Field(ge=0, le=1e13, allow_inf_nan=False)] | None = None
     accelerators: list[InventoryAccelerator] = Field(default_factory=list, max_length=MAX_DEVICES)
 
     @model_validator(mode="after")

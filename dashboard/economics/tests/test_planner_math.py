@@ -12,6 +12,7 @@ import pytest
 
 from dashboard.economics import planner
 from dashboard.economics.planner import Candidate, Efficiency, ServeModel, TrainModel, Workload
+from dashboard.fleet.models import Machine
 
 DAY_S = 86400
 MONTH_DAYS = 30.4375
@@ -197,12 +198,6 @@ def test_the_capacity_table_gets_a_streamed_column_where_a_model_does_not_fit():
     assert round(big, 3) == 0.129 and small is None
 
 
-def test_the_planner_reads_the_machines_storage_speed_only_once_the_field_exists():
-    class Before:  # today's Machine: no such field
-        pass
-
-    class After:
-        storage_read_bytes_per_s = 3.2e9
-
-    assert planner.storage_read_bytes_per_s(Before()) is None
-    assert planner.storage_read_bytes_per_s(After()) == 3.2e9
+def test_the_planner_reads_the_storage_speed_the_machines_agent_reported():
+    assert planner.storage_read_bytes_per_s(Machine(name="m", storage_read_bytes_per_s=None)) is None
+    assert planner.storage_read_bytes_per_s(Machine(name="m", storage_read_bytes_per_s=3.2e9)) == 3.2e9
