@@ -47,6 +47,33 @@ GPU_METRICS: tuple[Metric, ...] = (
     Metric("throttle_reasons", "", "Clock throttle reasons (NVML bitmask)", kind="last", integer=True),
     Metric("ecc_errors", "", "Volatile ECC errors", kind="last", integer=True),
     Metric("xid_errors", "", "XID events", kind="last", integer=True),
+    # NVML GPU Performance Monitoring (GPM, Hopper and later; None elsewhere): what the SMs did,
+    # where util_percent only says whether any kernel ran. MIG devices: their GPU instance's share.
+    Metric("sm_util_percent", "%", "SM activity (GPM)", percent=True),
+    Metric("sm_occupancy_percent", "%", "SM occupancy (GPM)", percent=True),
+    Metric("tensor_util_percent", "%", "Tensor core activity (GPM)", percent=True),
+    Metric("dram_bw_util_percent", "%", "Memory bandwidth used (GPM)", percent=True),
+    Metric("fp16_util_percent", "%", "FP16 pipe activity, non-tensor (GPM)", percent=True),
+    Metric("fp32_util_percent", "%", "FP32 pipe activity, non-tensor (GPM)", percent=True),
+    Metric("fp64_util_percent", "%", "FP64 pipe activity, non-tensor (GPM)", percent=True),
+    Metric("pcie_tx_bytes_per_s", "B/s", "PCIe out (GPM)"),
+    Metric("pcie_rx_bytes_per_s", "B/s", "PCIe in (GPM)"),
+    Metric("nvlink_tx_bytes_per_s", "B/s", "NVLink out (GPM)"),
+    Metric("nvlink_rx_bytes_per_s", "B/s", "NVLink in (GPM)"),
+    # Health: share of each window the clocks were held down, and memory and driver faults.
+    Metric("thermal_slowdown_percent", "%", "Clocks held down by heat", percent=True),
+    Metric("power_brake_percent", "%", "Clocks held down by the power brake", percent=True),
+    Metric("power_cap_percent", "%", "Clocks held down by the power cap", percent=True),
+    Metric("ecc_uncorrected_errors", "", "Volatile uncorrectable ECC errors", kind="last", integer=True),
+    Metric("xid_last", "", "Latest XID code (0: none since the agent started)", kind="last", integer=True),
+    Metric("retired_pages", "", "Retired memory pages", kind="last", integer=True),
+    Metric("retired_pages_pending", "", "Page retirement pending a reset (1: yes)", kind="last", integer=True),
+    Metric("remapped_rows_correctable", "", "Rows remapped for correctable errors", kind="last", integer=True),
+    Metric("remapped_rows_uncorrectable", "", "Rows remapped for uncorrectable errors", kind="last", integer=True),
+    Metric("row_remap_pending", "", "Row remapping pending a reset (1: yes)", kind="last", integer=True),
+    Metric("row_remap_failed", "", "Row remapping failed (1: yes)", kind="last", integer=True),
+    Metric("nvml_errors", "", "NVML errors reading the device since the agent started", kind="last", integer=True),
+    Metric("nvml_last_error", "", "Latest NVML error code (0: none)", kind="last", integer=True),
 )
 
 SYSTEM_GAUGES = tuple(m.name for m in SYSTEM_METRICS if m.kind == "gauge")

@@ -3,6 +3,11 @@
 The NVML source is a parameter: the real ``pynvml`` module (nvidia-ml-py) by default, or a
 replay of captured output (:mod:`hwprobe.testing.nvml_replay`) in tests. Every per-field
 query goes through :meth:`NvidiaCollector._query`, which turns an NVML error into ``None``.
+
+Efficiency metrics (SM, tensor and DRAM activity) come from NVML's GPU Performance Monitoring
+(GPM, Hopper and later): one GPM sample per device per ``collect()``, and the metrics between
+the previous sample and this one, so about one collection interval apart. MIG devices are
+sampled through their parent with their GPU instance id (``nvmlGpmMigSampleGet``).
 """
 
 from __future__ import annotations
@@ -35,6 +40,49 @@ _NO_INSTANCE = 0xFFFFFFFF  # gpuInstanceId of an event that is not tied to a MIG
 _MAX_EVENTS_PER_POLL = 256  # an event storm must not stall the 1 s loop
 
 PidInfo = Callable[[int], "tuple[str | None, str | None]"]
+
+MIB = 1024 * 1024
+
+# GPM metric (NVML_GPM_METRIC_<name>) -> (our metric, scale to our unit). Rates are MiB/s in NVML.
+GPM_METRICS: tuple[tuple[str, str, float], ...] = (
+    ("SM_UTIL", "sm_util_percent", 1.0),
+    ("SM_OCCUPANCY", "sm_occupancy_percent", 1.0),
+    ("ANY_TENSOR_UTIL", "tensor_util_percent", 1.0),
+    ("DRAM_BW_UTIL", "dram_bw_util_percent", 1.0),
+    ("FP16_UTIL", "fp16_util_percent", 1.0),
+    ("FP32_UTIL", "fp32_util_percent", 1.0),
+    ("FP64_UTIL", "fp64_util_percent", 1.0),
+    ("PCIE_TX_PER_SEC", "pcie_tx_bytes_per_s", MIB),
+    ("PCIE_RX_PER_SEC", "pcie_rx_bytes_per_s", MIB),
+    ("NVLINK_TOTAL_TX_PER_SEC", "nvlink_tx_bytes_per_s", MIB),
+    ("NVLINK_TOTAL_RX_PER_SEC", "nvlink_rx_bytes_per_s", MIB),
+)
+
+# Cumulative nanoseconds the clocks were held down, per reason (nvmlDeviceGetFieldValues); the
+# share of each interval they grew by is the throttle duration. Field ids are stable C values.
+_FI_SW_POWER_CAP = 74  # NVML_FI_DEV_PERF_POLICY_POWER = NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_POWER_CAP
+_FI_SW_THERMAL = 269  # NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_THERM_SLOWDOWN
+_FI_HW_THERMAL = 270  # NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_THERM_SLOWDOWN
+_FI_HW_POWER_BRAKE = 271  # NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_POWER_BRAKE_SLOWDOWN
+_THROTTLE_FIELDS = (_FI_SW_POWER_CAP, _FI_SW_THERMAL, _FI_HW_THERMAL, _FI_HW_POWER_BRAKE)
+# Clocks-event bits used when the counters are not there (older drivers): the reason active at
+# the snapshot counts as the whole second.
+_BITS_THERMAL = 0x20 | 0x40  # SW and HW thermal slowdown
+_BITS_POWER_BRAKE = 0x80  # HW power brake slowdown
+_BITS_POWER_CAP = 0x04  # SW power cap
+
+
+def psutil_pid_exists(pid: int) -> bool | None:
+    """Whether ``pid`` is in this host's process table; None if psutil cannot tell.
+
+    Meaningful only when the agent shares the host's pid namespace (a container needs
+    ``--pid=host``), as NVML reports host pids."""
+    import psutil
+
+    try:
+        return bool(psutil.pid_exists(pid))
+    except (psutil.Error, OSError):
+        return None
 
 
 def psutil_pid_info(pid: int) -> tuple[str | None, str | None]:
@@ -121,7 +169,15 @@ class _Device:
         self.name: str | None = None
         self.mig_profile: str | None = None
         self.gpu_instance_id: int | None = None
+        self.compute_instance_id: int | None = None
         self.xid_errors: int | None = None  # None: events not available for this device
+        self.xid_last: int | None = None  # the latest XID code seen (0: none yet); None as above
+        self.nvml_errors = 0  # NVML calls about this device that failed for a reason other than "not supported"
+        self.nvml_last_error = 0  # the NVML return code of the latest such failure (0: NVML_SUCCESS, none yet)
+        self.gpm_supported: bool | None = None  # None: this driver or nvidia-ml-py cannot say
+        self.gpm_samples: list[Any] = []  # two allocated GPM samples, used in turn
+        self.gpm_taken = 0  # samples taken so far
+        self.throttle_counters: dict[int, tuple[int, int]] = {}  # field id -> (value ns, timestamp us)
 
 
 class NvidiaCollector:
@@ -130,11 +186,17 @@ class NvidiaCollector:
     name = "nvidia"
 
     def __init__(
-        self, nvml: Any = None, pid_info: PidInfo = psutil_pid_info, pgid_of: Callable[[int], int | None] = os_pgid
+        self,
+        nvml: Any = None,
+        pid_info: PidInfo = psutil_pid_info,
+        pgid_of: Callable[[int], int | None] = os_pgid,
+        pid_exists: Callable[[int], bool | None] = psutil_pid_exists,
     ) -> None:
         self._nvml = nvml if nvml is not None else _load_pynvml()
         self._pid_info = pid_info
         self._pgid_of = pgid_of
+        self._pid_exists = pid_exists
+        self._current: _Device | None = None  # the device being sampled, for its NVML error count
         self._logged: set[tuple[str, int | None]] = set()  # (function, NVML return code)
         self._names: dict[int, tuple[str | None, str | None]] = {}
         nv = self._nvml
@@ -161,6 +223,7 @@ class NvidiaCollector:
             self.devices.append(gpu)
             self.devices.extend(self._mig_devices(gpu))
         self._event_set = self._register_xid_events()
+        self._setup_gpm()
 
     # -- NVML access -------------------------------------------------------------------------
 
@@ -194,6 +257,7 @@ class NvidiaCollector:
             mig.uuid = _text(self._query("nvmlDeviceGetUUID", handle))
             mig.name = _text(self._query("nvmlDeviceGetName", handle))
             mig.gpu_instance_id = self._query("nvmlDeviceGetGpuInstanceId", handle)
+            mig.compute_instance_id = self._query("nvmlDeviceGetComputeInstanceId", handle)
             mig.mig_profile = mig_profile_from_name(mig.name)
             if mig.mig_profile is None:
                 attrs = self._query("nvmlDeviceGetAttributes", handle)
@@ -213,7 +277,29 @@ class NvidiaCollector:
         for device in self.devices:
             if device.parent is not None and device.parent.xid_errors is not None:
                 device.xid_errors = 0 if device.gpu_instance_id is not None else None
+        for device in self.devices:
+            device.xid_last = 0 if device.xid_errors is not None else None
         return event_set
+
+    def _setup_gpm(self) -> None:
+        """Ask each physical GPU whether it has GPM; allocate two samples per device that does."""
+        for device in self.devices:
+            if device.parent is None:
+                support = self._query("nvmlGpmQueryDeviceSupport", device.handle)
+                if support is not None:
+                    device.gpm_supported = bool(getattr(support, "isSupportedDevice", 0))
+            else:
+                # GPM is a property of the chip: a MIG device has it where its parent does.
+                device.gpm_supported = device.parent.gpm_supported if device.gpu_instance_id is not None else None
+            if device.gpm_supported:
+                samples = [self._query("nvmlGpmSampleAlloc"), self._query("nvmlGpmSampleAlloc")]
+                if None in samples:
+                    device.gpm_supported = None
+                    for sample in samples:
+                        if sample is not None:
+                            self._query_ok("nvmlGpmSampleFree", sample)
+                else:
+                    device.gpm_samples = samples
 
     def _query_ok(self, function: str, *args: Any) -> bool:
         """Like _query for calls that return nothing: True when NVML did not raise."""
@@ -230,6 +316,9 @@ class NvidiaCollector:
 
     def _query_error(self, function: str, err: Any) -> None:
         code = getattr(err, "value", None)
+        if code not in _QUIET and self._current is not None:
+            self._current.nvml_errors += 1
+            self._current.nvml_last_error = int(code) if isinstance(code, int) else 999  # NVML_ERROR_UNKNOWN
         if code not in _QUIET and (function, code) not in self._logged:
             self._logged.add((function, code))
             log.warning("nvidia: %s failed: %s (reported once)", function, err)
@@ -252,17 +341,21 @@ class NvidiaCollector:
             gpu = by_uuid.get(_text(self._query("nvmlDeviceGetUUID", event.device)))
             if gpu is None or gpu.xid_errors is None:
                 continue
+            code = int(getattr(event, "eventData", 0) or 0)
             gpu.xid_errors += 1
+            gpu.xid_last = code
             instance = getattr(event, "gpuInstanceId", _NO_INSTANCE)
             for mig in self.devices:
                 if mig.parent is gpu and mig.xid_errors is not None and mig.gpu_instance_id == instance:
                     mig.xid_errors += 1
+                    mig.xid_last = code
 
     # -- Collector protocol ------------------------------------------------------------------
 
     def inventory(self) -> dict[str, Any]:
         """``accelerators``: index, vendor, name, uuid, mem_total_bytes, power_limit_watts (W),
-        parent_uuid and mig_profile (MIG devices only, else None), driver."""
+        parent_uuid, mig_profile, gpu_instance_id and compute_instance_id (MIG devices only, else
+        None), gpm_supported (None: the driver cannot say), driver."""
         accelerators = []
         for index, device in enumerate(self.devices):
             memory = self._memory(device.handle)
@@ -276,6 +369,9 @@ class NvidiaCollector:
                     "power_limit_watts": self._watts("nvmlDeviceGetEnforcedPowerLimit", device.handle),
                     "parent_uuid": device.parent.uuid if device.parent else None,
                     "mig_profile": device.mig_profile,
+                    "gpu_instance_id": device.gpu_instance_id,
+                    "compute_instance_id": device.compute_instance_id,
+                    "gpm_supported": device.gpm_supported,
                     "driver": self.driver,
                 }
             )
@@ -295,6 +391,7 @@ class NvidiaCollector:
         # NVML lists a MIG instance's processes on the parent GPU too: keep them on the instance
         # only, so memory per process (and per user or job) is not counted twice.
         by_device = dict(zip(self.devices, gpus, strict=True))
+        self._attribute_to_compute_instances(by_device)
         for device, sample in by_device.items():
             parent = by_device.get(device.parent) if device.parent is not None else None
             if parent and parent["processes"] and sample["processes"]:
@@ -305,8 +402,38 @@ class NvidiaCollector:
             del self._names[pid]
         return {"gpus": gpus}
 
+    def _attribute_to_compute_instances(self, by_device: dict[_Device, dict[str, Any]]) -> None:
+        """Keep each MIG process on the compute instance that runs it.
+
+        The compute instances of one GPU instance share its memory, and NVML may list the GPU
+        instance's processes on each of their MIG devices; the process's own computeInstanceId
+        says which one runs it. Without that id the process stays on the first of them, so its
+        memory is never counted twice."""
+        claimed: set[tuple[int, int | None, int]] = set()  # (id of parent, GPU instance, pid)
+        for device, sample in by_device.items():
+            if device.parent is None or not sample["processes"]:
+                continue
+            kept = []
+            for proc in sample["processes"]:
+                ci = proc.pop("_compute_instance", None)
+                key = (id(device.parent), device.gpu_instance_id, proc["pid"])
+                if ci is not None and device.compute_instance_id is not None:
+                    if ci == device.compute_instance_id:
+                        kept.append(proc)
+                elif key not in claimed:
+                    kept.append(proc)
+                claimed.add(key)
+            sample["processes"] = kept
+        for sample in by_device.values():
+            for proc in sample["processes"] or ():
+                proc.pop("_compute_instance", None)
+
     def close(self) -> None:
-        """Free the event set and shut NVML down (nvmlInit is reference-counted)."""
+        """Free the GPM samples and the event set; shut NVML down (nvmlInit is reference-counted)."""
+        for device in getattr(self, "devices", ()):
+            for sample in device.gpm_samples:
+                self._query_ok("nvmlGpmSampleFree", sample)
+            device.gpm_samples = []
         if getattr(self, "_event_set", None) is not None:
             self._query_ok("nvmlEventSetFree", self._event_set)
             self._event_set = None
@@ -345,22 +472,152 @@ class NvidiaCollector:
                     return int(value)
         return None
 
-    def _ecc_errors(self, handle: Any) -> int | None:
-        """Volatile corrected + uncorrected ECC errors; None when ECC is off or unsupported."""
+    def _ecc_counts(self, handle: Any) -> tuple[int, int] | None:
+        """Volatile (corrected, uncorrected) ECC errors of one handle; None when ECC is off or unsupported."""
         nv = self._nvml
         mode = self._query("nvmlDeviceGetEccMode", handle)
         if not mode or mode[0] != getattr(nv, "NVML_FEATURE_ENABLED", 1):
             return None
-        total = 0
+        counts = []
         for error_type in (nv.NVML_MEMORY_ERROR_TYPE_CORRECTED, nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED):
             count = self._query("nvmlDeviceGetTotalEccErrors", handle, error_type, nv.NVML_VOLATILE_ECC)
             if count is None:
                 return None
-            total += int(count)
-        return total
+            counts.append(int(count))
+        return counts[0], counts[1]
+
+    def _ecc(self, device: _Device) -> tuple[int, int] | None:
+        """(corrected, uncorrected) for a device; a MIG device without its own counts shows its parent's,
+        since its memory is the parent's memory."""
+        counts = self._ecc_counts(device.handle)
+        if counts is None and device.parent is not None:
+            counts = self._ecc_counts(device.parent.handle)
+        return counts
+
+    def _memory_health(self, device: _Device) -> dict[str, int | None]:
+        """Retired pages (pre-Ampere) and row remapping (Ampere and later) of a physical GPU; None
+        where the GPU has neither, and on MIG devices (their parent reports them)."""
+        nv = self._nvml
+        out: dict[str, int | None] = dict.fromkeys(
+            (
+                "retired_pages",
+                "retired_pages_pending",
+                "remapped_rows_correctable",
+                "remapped_rows_uncorrectable",
+                "row_remap_pending",
+                "row_remap_failed",
+            ),
+        )
+        if device.parent is not None:
+            return out
+        handle = device.handle
+        pending = self._query("nvmlDeviceGetRetiredPagesPendingStatus", handle)
+        if pending is not None:
+            total = 0
+            for cause in (
+                getattr(nv, "NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS", 0),
+                getattr(nv, "NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR", 1),
+            ):
+                pages = self._query("nvmlDeviceGetRetiredPages", handle, cause)
+                if pages is None:
+                    total = -1
+                    break
+                total += len(pages)
+            out["retired_pages"] = total if total >= 0 else None
+            out["retired_pages_pending"] = int(bool(pending))
+        rows = self._query("nvmlDeviceGetRemappedRows", handle)
+        if rows is not None:
+            corrected, uncorrected, is_pending, failed = (int(v) for v in rows)
+            out["remapped_rows_correctable"] = corrected
+            out["remapped_rows_uncorrectable"] = uncorrected
+            out["row_remap_pending"] = int(bool(is_pending))
+            out["row_remap_failed"] = int(bool(failed))
+        return out
+
+    def _throttle_durations(self, device: _Device, reasons: int | None) -> dict[str, float | None]:
+        """% of the time since the previous snapshot that clocks were held down by thermal slowdown,
+        the power brake and the software power cap; from NVML's nanosecond counters, else from the
+        reason bits active now (a 1 s snapshot then counts whole)."""
+        out: dict[str, float | None] = {
+            "thermal_slowdown_percent": None,
+            "power_brake_percent": None,
+            "power_cap_percent": None,
+        }
+        if device.parent is not None:
+            return out  # clocks belong to the parent GPU
+        values = self._query("nvmlDeviceGetFieldValues", device.handle, list(_THROTTLE_FIELDS))
+        shares: dict[int, float] = {}
+        if values is not None:
+            for value in values:
+                if int(getattr(value, "nvmlReturn", 1)) != 0:
+                    continue
+                field_id, ts_us = int(value.fieldId), int(value.timestamp)
+                counter = int(value.value.ullVal)
+                before = device.throttle_counters.get(field_id)
+                device.throttle_counters[field_id] = (counter, ts_us)
+                if before is not None and ts_us > before[1] and counter >= before[0]:
+                    shares[field_id] = min(100.0, (counter - before[0]) / ((ts_us - before[1]) * 1000.0) * 100.0)
+        if shares:
+            if _FI_SW_THERMAL in shares or _FI_HW_THERMAL in shares:
+                out["thermal_slowdown_percent"] = round(
+                    min(100.0, shares.get(_FI_SW_THERMAL, 0.0) + shares.get(_FI_HW_THERMAL, 0.0)), 3
+                )
+            if _FI_HW_POWER_BRAKE in shares:
+                out["power_brake_percent"] = round(shares[_FI_HW_POWER_BRAKE], 3)
+            if _FI_SW_POWER_CAP in shares:
+                out["power_cap_percent"] = round(shares[_FI_SW_POWER_CAP], 3)
+        elif values is None and reasons is not None:
+            out["thermal_slowdown_percent"] = 100.0 if reasons & _BITS_THERMAL else 0.0
+            out["power_brake_percent"] = 100.0 if reasons & _BITS_POWER_BRAKE else 0.0
+            out["power_cap_percent"] = 100.0 if reasons & _BITS_POWER_CAP else 0.0
+        return out
+
+    def _gpm(self, device: _Device) -> dict[str, float | None]:
+        """GPM metrics between the previous ``collect()`` and now (%, bytes/s); all None where the
+        device has no GPM, and on the first snapshot (there is no earlier sample yet)."""
+        out: dict[str, float | None] = {name: None for _, name, _ in GPM_METRICS}
+        if not device.gpm_samples:
+            return out
+        nv = self._nvml
+        current = device.gpm_samples[device.gpm_taken % 2]
+        if device.parent is None:
+            taken = self._query("nvmlGpmSampleGet", device.handle, current)
+        else:
+            taken = self._query("nvmlGpmMigSampleGet", device.parent.handle, device.gpu_instance_id, current)
+        if taken is None:
+            device.gpm_taken = 0  # start the pair again: the previous sample is no longer adjacent
+            return out
+        device.gpm_taken += 1
+        if device.gpm_taken < 2:
+            return out
+        previous = device.gpm_samples[device.gpm_taken % 2]
+        struct = getattr(nv, "c_nvmlGpmMetricsGet_t", None)
+        ids = [(getattr(nv, f"NVML_GPM_METRIC_{gpm}", None), name, scale) for gpm, name, scale in GPM_METRICS]
+        ids = [entry for entry in ids if entry[0] is not None]
+        if struct is None or not ids:
+            return out
+        request = struct()
+        request.version = nv.NVML_GPM_METRICS_GET_VERSION
+        request.numMetrics = len(ids)
+        request.sample1 = previous
+        request.sample2 = current
+        for i, (metric_id, _, _) in enumerate(ids):
+            request.metrics[i].metricId = metric_id
+        if self._query("nvmlGpmMetricsGet", request) is None:
+            return out
+        for i, (_, name, scale) in enumerate(ids):
+            metric = request.metrics[i]
+            if int(metric.nvmlReturn) != 0:
+                continue
+            value = float(metric.value)
+            if value != value or value < 0:  # NaN or negative: a reading NVML could not make
+                continue
+            out[name] = round(min(value, 100.0) if scale == 1.0 else value * scale, 3)
+        return out
 
     def _processes(self, handle: Any) -> list[dict[str, Any]] | None:
-        """Compute and graphics processes: pid, name, user, mem_used_bytes (None if hidden)."""
+        """Compute and graphics processes: pid, name, user, pgid, exists (in the host's process
+        table; None if unknown), mem_used_bytes (None if hidden)."""
         compute = self._query("nvmlDeviceGetComputeRunningProcesses", handle)
         graphics = self._query("nvmlDeviceGetGraphicsRunningProcesses", handle)
         if compute is None and graphics is None:
@@ -372,12 +629,16 @@ class NvidiaCollector:
             entry = merged.get(pid)
             if entry is None:
                 name, user = self._describe(pid)
+                ci = getattr(proc, "computeInstanceId", None)
                 merged[pid] = {
                     "pid": pid,
                     "name": name,
                     "user": user,
                     "pgid": self._pgid_of(pid),
+                    "exists": self._pid_exists(pid),
                     "mem_used_bytes": int(used) if used is not None else None,
+                    # Read by collect() to place the process on its compute instance, then dropped.
+                    "_compute_instance": int(ci) if ci is not None and int(ci) != _NO_INSTANCE else None,
                 }
             elif used is not None and entry["mem_used_bytes"] is None:
                 # A C+G process is listed twice with the same memory: count it once.
@@ -397,11 +658,20 @@ class NvidiaCollector:
         return cached
 
     def _sample(self, device: _Device) -> dict[str, Any]:
+        self._current = device
+        try:
+            return self._read(device)
+        finally:
+            self._current = None
+
+    def _read(self, device: _Device) -> dict[str, Any]:
         nv = self._nvml
         handle = device.handle
         util = self._query("nvmlDeviceGetUtilizationRates", handle)
         total, used = self._memory(handle)
-        return {
+        reasons = self._throttle_reasons(handle)
+        ecc = self._ecc(device)
+        sample = {
             "uuid": device.uuid,
             "util_percent": float(util.gpu) if util is not None else None,
             "mem_util_percent": float(util.memory) if util is not None else None,
@@ -412,8 +682,17 @@ class NvidiaCollector:
             "temp_c": self._query("nvmlDeviceGetTemperature", handle, nv.NVML_TEMPERATURE_GPU),
             "sm_clock_mhz": self._query("nvmlDeviceGetClockInfo", handle, nv.NVML_CLOCK_SM),
             "mem_clock_mhz": self._query("nvmlDeviceGetClockInfo", handle, nv.NVML_CLOCK_MEM),
-            "throttle_reasons": self._throttle_reasons(handle),
-            "ecc_errors": self._ecc_errors(handle),
+            "throttle_reasons": reasons,
+            "ecc_errors": sum(ecc) if ecc is not None else None,
+            "ecc_uncorrected_errors": ecc[1] if ecc is not None else None,
             "xid_errors": device.xid_errors,
+            "xid_last": device.xid_last,
             "processes": self._processes(handle),
         }
+        sample.update(self._throttle_durations(device, reasons))
+        sample.update(self._memory_health(device))
+        sample.update(self._gpm(device))
+        # Last, so that every failure of this snapshot is counted.
+        sample["nvml_errors"] = device.nvml_errors
+        sample["nvml_last_error"] = device.nvml_last_error
+        return sample

@@ -5,8 +5,10 @@ Two ways to build one:
 * :func:`from_recording` takes the JSON document that :func:`record` writes while querying a
   real NVML (``bench/gpu_check.py`` does this on a real GPU);
 * :func:`from_nvidia_smi_q` parses real ``nvidia-smi -q`` text (optionally with ``nvidia-smi
-  -L`` text for MIG UUIDs and profiles). A field shown ``N/A`` raises NOT_SUPPORTED, as NVML
-  itself would.
+  -L`` text for MIG UUIDs and profiles) or ``nvidia-smi -q -x`` XML (what users on any OS can
+  attach to a bug report). A field shown ``N/A`` raises NOT_SUPPORTED, as NVML itself would.
+  Anything else (a ``--query-gpu`` CSV, the default table) raises :class:`CaptureFormatError`
+  rather than passing for a host without GPUs.
 
 Recording format (``"format": "hwprobe.nvml_recording", "version": 1``): the top level and each
 device map an NVML function name to what it returned; a failed call is stored as
@@ -17,14 +19,25 @@ NOT_SUPPORTED. Calls with an enum argument store a small dict keyed by that argu
 Memory is in bytes, power in mW, as NVML returns them. MIG devices sit in their parent's
 ``mig_devices`` list with their ``slot``.
 
+Readings that change from call to call are lists served in turn (the last one repeats):
+``gpm_readings`` (what ``nvmlGpmMetricsGet`` returned between consecutive samples, keyed by the
+``NVML_GPM_METRIC_<name>`` suffix, e.g. ``{"SM_UTIL": 96.6}``; a MIG device's own list is what
+``nvmlGpmMigSampleGet`` of its GPU instance reads) and ``nvmlDeviceGetFieldValues``
+(``[{"timestamp_us": t, "values": {"<field id>": value}}]``). ``nvmlDeviceGetRetiredPages`` is
+``{"single_bit": [addresses], "double_bit": [addresses]}`` and ``nvmlDeviceGetRemappedRows`` the
+4-tuple ``[correctable, uncorrectable, pending, failed]``.
+
 Exceptions and constants are the real ``pynvml`` ones (nvidia-ml-py imports without a driver).
 """
 
 from __future__ import annotations
 
+import ctypes
 import re
 import time
-from collections.abc import Iterable
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable
+from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
@@ -50,6 +63,40 @@ _REASON_BITS = {
 }
 
 
+class CaptureFormatError(ValueError):
+    """A capture the replay cannot read; ``str()`` says what it looks like and what to send instead."""
+
+
+# NVML_GPM_METRIC_<name> value -> name, as recordings key their GPM readings.
+GPM_NAMES = {
+    value: name.removeprefix("NVML_GPM_METRIC_")
+    for name, value in vars(pynvml).items()
+    if name.startswith("NVML_GPM_METRIC_") and name != "NVML_GPM_METRIC_MAX"
+}
+# What record() asks GPM for: the metrics the collector reports.
+RECORDED_GPM = (
+    "SM_UTIL",
+    "SM_OCCUPANCY",
+    "ANY_TENSOR_UTIL",
+    "HMMA_TENSOR_UTIL",
+    "DRAM_BW_UTIL",
+    "FP16_UTIL",
+    "FP32_UTIL",
+    "FP64_UTIL",
+    "PCIE_TX_PER_SEC",
+    "PCIE_RX_PER_SEC",
+    "NVLINK_TOTAL_TX_PER_SEC",
+    "NVLINK_TOTAL_RX_PER_SEC",
+)
+# Clocks-event counters (ns) the collector reads through nvmlDeviceGetFieldValues.
+THROTTLE_FIELDS = {
+    "SW Power Capping": 74,
+    "SW Thermal Slowdown": 269,
+    "HW Thermal Slowdown": 270,
+    "HW Power Braking": 271,
+}
+
+
 def _error(code: int) -> dict[str, Any]:
     return {"nvml_error": code, "message": str(pynvml.NVMLError(code))}
 
@@ -66,6 +113,8 @@ class NvmlReplay:
     """Serves NVML calls from a recording dict. Unknown constants come from pynvml."""
 
     NVMLError = pynvml.NVMLError
+    # The GPM request is a ctypes structure the caller fills in; it is the real one.
+    c_nvmlGpmMetricsGet_t = pynvml.c_nvmlGpmMetricsGet_t
 
     def __init__(self, recording: dict[str, Any]) -> None:
         if recording.get("format") != FORMAT:
@@ -79,6 +128,10 @@ class NvmlReplay:
             }
         self._events: list[SimpleNamespace] = []
         self.initialised = 0
+        # GPM samples handed out: token -> [device data, ordinal of the sample on that device]
+        self._gpm_samples: dict[int, list[Any]] = {}
+        self._gpm_taken: dict[int, int] = {}  # id(device data) -> samples taken
+        self._field_calls: dict[int, int] = {}  # id(device data) -> nvmlDeviceGetFieldValues calls
 
     def __getattr__(self, name: str) -> Any:
         # Constants and exception classes are the real ones; functions must be ours, so that a
@@ -210,6 +263,90 @@ class NvmlReplay:
     def nvmlDeviceGetAttributes(self, handle: _Handle) -> SimpleNamespace:
         return SimpleNamespace(**self._dev(handle, "nvmlDeviceGetAttributes"))
 
+    def nvmlDeviceGetRetiredPagesPendingStatus(self, handle: _Handle) -> int:
+        return int(self._dev(handle, "nvmlDeviceGetRetiredPagesPendingStatus"))
+
+    def nvmlDeviceGetRetiredPages(self, handle: _Handle, cause: int) -> list[int]:
+        kind = "double_bit" if cause == pynvml.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR else "single_bit"
+        return list(self._dev(handle, "nvmlDeviceGetRetiredPages", kind))
+
+    def nvmlDeviceGetRemappedRows(self, handle: _Handle) -> tuple[int, int, int, int]:
+        corrected, uncorrected, pending, failed = self._dev(handle, "nvmlDeviceGetRemappedRows")
+        return int(corrected), int(uncorrected), int(pending), int(failed)
+
+    def nvmlDeviceGetFieldValues(self, handle: _Handle, field_ids: list[int]) -> list[SimpleNamespace]:
+        readings = self._dev(handle, "nvmlDeviceGetFieldValues")
+        calls = self._field_calls.get(id(handle.data), 0)
+        self._field_calls[id(handle.data)] = calls + 1
+        reading = readings[min(calls, len(readings) - 1)]
+        # A static reading still moves its clock on by a second per call, as a 1 s agent loop does.
+        ts = int(reading["timestamp_us"]) + (max(0, calls - len(readings) + 1) * 1_000_000)
+        out = []
+        for field_id in field_ids:
+            value = reading["values"].get(str(field_id))
+            out.append(
+                SimpleNamespace(
+                    fieldId=field_id,
+                    timestamp=ts,
+                    nvmlReturn=pynvml.NVML_SUCCESS if value is not None else _NOT_SUPPORTED,
+                    value=SimpleNamespace(ullVal=int(value or 0)),
+                )
+            )
+        return out
+
+    # -- GPM -----------------------------------------------------------------------------
+
+    def nvmlGpmQueryDeviceSupport(self, handle: _Handle) -> SimpleNamespace:
+        return SimpleNamespace(**self._dev(handle, "nvmlGpmQueryDeviceSupport"))
+
+    def nvmlGpmSampleAlloc(self) -> Any:
+        token = len(self._gpm_samples) + 1
+        self._gpm_samples[token] = [None, 0]
+        # An opaque pointer as NVML's is; its address is our token, never dereferenced.
+        return ctypes.cast(ctypes.c_void_p(token * 16), pynvml.c_nvmlGpmSample_t)
+
+    def nvmlGpmSampleFree(self, sample: Any) -> None:
+        self._gpm_samples.pop(self._token(sample), None)
+
+    @staticmethod
+    def _token(sample: Any) -> int:
+        return int(ctypes.cast(sample, ctypes.c_void_p).value or 0) // 16
+
+    def _take(self, data: dict[str, Any], sample: Any) -> Any:
+        self._get(data, "gpm_readings")  # NOT_SUPPORTED where the recording has none
+        entry = self._gpm_samples.get(self._token(sample))
+        if entry is None:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        taken = self._gpm_taken.get(id(data), 0) + 1
+        self._gpm_taken[id(data)] = taken
+        entry[0], entry[1] = data, taken
+        return sample
+
+    def nvmlGpmSampleGet(self, handle: _Handle, sample: Any) -> Any:
+        if not isinstance(handle, _Handle):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return self._take(handle.data, sample)
+
+    def nvmlGpmMigSampleGet(self, handle: _Handle, gpu_instance_id: int, sample: Any) -> Any:
+        for child in self._children.get(id(handle), {}).values():
+            if child.data.get("nvmlDeviceGetGpuInstanceId") == gpu_instance_id:
+                return self._take(child.data, sample)
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+
+    def nvmlGpmMetricsGet(self, request: Any) -> Any:
+        first = self._gpm_samples.get(self._token(request.sample1))
+        second = self._gpm_samples.get(self._token(request.sample2))
+        if not first or not second or first[0] is None or first[0] is not second[0] or first[1] >= second[1]:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        readings = second[0]["gpm_readings"]
+        reading = readings[min(second[1] - 2, len(readings) - 1)]
+        for i in range(request.numMetrics):
+            metric = request.metrics[i]
+            value = reading.get(GPM_NAMES.get(metric.metricId, ""))
+            metric.nvmlReturn = pynvml.NVML_SUCCESS if value is not None else _NOT_SUPPORTED
+            metric.value = float(value) if value is not None else 0.0
+        return request
+
     # -- events --------------------------------------------------------------------------
 
     def nvmlEventSetCreate(self) -> object:
@@ -326,6 +463,28 @@ def _record_device(nv: Any, handle: Any, pids: set[int]) -> dict[str, Any]:
         if isinstance(dev[fn], list):
             pids.update(p["pid"] for p in dev[fn])
     dev["nvmlDeviceGetMigMode"] = _call(nv, "nvmlDeviceGetMigMode", handle, convert=list)
+    dev["nvmlDeviceGetRetiredPagesPendingStatus"] = _call(nv, "nvmlDeviceGetRetiredPagesPendingStatus", handle)
+    dev["nvmlDeviceGetRetiredPages"] = {
+        kind: _call(nv, "nvmlDeviceGetRetiredPages", handle, cause, convert=list)
+        for kind, cause in (
+            ("single_bit", nv.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS),
+            ("double_bit", nv.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR),
+        )
+    }
+    dev["nvmlDeviceGetRemappedRows"] = _call(nv, "nvmlDeviceGetRemappedRows", handle, convert=list)
+    fields = _call(nv, "nvmlDeviceGetFieldValues", handle, list(THROTTLE_FIELDS.values()))
+    if isinstance(fields, dict):
+        dev["nvmlDeviceGetFieldValues"] = fields
+    else:
+        dev["nvmlDeviceGetFieldValues"] = [
+            {
+                "timestamp_us": max((int(f.timestamp) for f in fields), default=0),
+                "values": {str(int(f.fieldId)): int(f.value.ullVal) for f in fields if int(f.nvmlReturn) == 0},
+            }
+        ]
+    dev["nvmlGpmQueryDeviceSupport"] = _call(
+        nv, "nvmlGpmQueryDeviceSupport", handle, convert=_fields("isSupportedDevice")
+    )
     dev["nvmlDeviceGetAttributes"] = _call(
         nv,
         "nvmlDeviceGetAttributes",
@@ -345,8 +504,65 @@ def _record_device(nv: Any, handle: Any, pids: set[int]) -> dict[str, Any]:
     return dev
 
 
-def record(nvml: Any = None, note: str = "") -> dict[str, Any]:
-    """Query every call NvidiaCollector makes, on every GPU and MIG device, into a JSON-able dict."""
+def _gpm_reading(nv: Any, first: Any, second: Any) -> dict[str, Any]:
+    """The metrics between two GPM samples, keyed by NVML_GPM_METRIC_ name; a failed metric is left out."""
+    ids = [(getattr(nv, f"NVML_GPM_METRIC_{name}"), name) for name in RECORDED_GPM]
+    request = nv.c_nvmlGpmMetricsGet_t()
+    request.version = nv.NVML_GPM_METRICS_GET_VERSION
+    request.numMetrics = len(ids)
+    request.sample1, request.sample2 = first, second
+    for i, (metric_id, _) in enumerate(ids):
+        request.metrics[i].metricId = metric_id
+    nv.nvmlGpmMetricsGet(request)
+    return {
+        name: round(float(request.metrics[i].value), 3)
+        for i, (_, name) in enumerate(ids)
+        if int(request.metrics[i].nvmlReturn) == 0
+    }
+
+
+def record_gpm(nv: Any, recording: dict[str, Any], handles: list[Any], interval_s: float = 1.0) -> None:
+    """Add one GPM reading over ``interval_s`` s to each device of ``recording`` whose GPU has GPM.
+
+    ``handles`` are the physical GPUs' handles in the recording's order. A device without GPM
+    gets nothing (the replay then answers NOT_SUPPORTED); a failure is stored as its error."""
+    pairs: list[tuple[dict[str, Any], Any, Any, Any]] = []  # (device data, take(sample), first, second)
+    for dev, handle in zip(recording["devices"], handles, strict=True):
+        support = dev.get("nvmlGpmQueryDeviceSupport")
+        if not isinstance(support, dict) or not support.get("isSupportedDevice"):
+            continue
+        targets: list[tuple[dict[str, Any], Callable[[Any], Any]]] = [(dev, partial(nv.nvmlGpmSampleGet, handle))]
+        for mig in dev.get("mig_devices", []):
+            gi = mig.get("nvmlDeviceGetGpuInstanceId")
+            if isinstance(gi, int):
+                targets.append((mig, partial(nv.nvmlGpmMigSampleGet, handle, gi)))
+        for data, take in targets:
+            try:
+                first, second = nv.nvmlGpmSampleAlloc(), nv.nvmlGpmSampleAlloc()
+                take(first)
+            except nv.NVMLError as err:
+                data["gpm_readings"] = {"nvml_error": getattr(err, "value", -1), "message": str(err)}
+                continue
+            pairs.append((data, take, first, second))
+    if pairs:
+        time.sleep(interval_s)
+    for data, take, first, second in pairs:
+        try:
+            take(second)
+            data["gpm_readings"] = [_gpm_reading(nv, first, second)]
+        except nv.NVMLError as err:
+            data["gpm_readings"] = {"nvml_error": getattr(err, "value", -1), "message": str(err)}
+        finally:
+            for sample in (first, second):
+                try:
+                    nv.nvmlGpmSampleFree(sample)
+                except nv.NVMLError:
+                    pass
+
+
+def record(nvml: Any = None, note: str = "", gpm_interval_s: float = 1.0) -> dict[str, Any]:
+    """Query every call NvidiaCollector makes, on every GPU and MIG device, into a JSON-able dict;
+    GPM metrics over ``gpm_interval_s`` s where the GPU has GPM."""
     nv = pynvml if nvml is None else nvml
     nv.nvmlInit()
     try:
@@ -358,8 +574,10 @@ def record(nvml: Any = None, note: str = "") -> dict[str, Any]:
             "nvmlSystemGetDriverVersion": _call(nv, "nvmlSystemGetDriverVersion"),
             "devices": [],
         }
+        handles = []
         for index in range(nv.nvmlDeviceGetCount()):
             handle = nv.nvmlDeviceGetHandleByIndex(index)
+            handles.append(handle)
             dev = _record_device(nv, handle, pids)
             event_set = _call(nv, "nvmlEventSetCreate")
             if isinstance(event_set, dict) and "nvml_error" in event_set:
@@ -396,6 +614,7 @@ def record(nvml: Any = None, note: str = "") -> dict[str, Any]:
         recording["nvmlSystemGetProcessName"] = {
             str(pid): _call(nv, "nvmlSystemGetProcessName", pid) for pid in sorted(pids)
         }
+        record_gpm(nv, recording, handles, gpm_interval_s)
         return recording
     finally:
         try:
@@ -633,14 +852,26 @@ def _mig_device(
 
 
 def nvidia_smi_q_to_recording(text: str, listing: str | None = None) -> dict[str, Any]:
-    """Build a recording from ``nvidia-smi -q`` text (and ``nvidia-smi -L`` for MIG names)."""
-    root = _parse_tree(text)
-    listed = parse_nvidia_smi_list(listing) if listing else {}
+    """Build a recording from ``nvidia-smi -q`` text or ``nvidia-smi -q -x`` XML (and ``nvidia-smi
+    -L`` for MIG names); raise CaptureFormatError for any other output."""
+    kind = capture_kind(text)
+    if kind == "xml":
+        return _recording_from_tree(
+            _xml_tree(text), parse_nvidia_smi_list(listing) if listing else {}, "nvidia-smi -q -x"
+        )
+    if kind != "q":
+        raise CaptureFormatError(_UNREADABLE[kind])
+    return _recording_from_tree(_parse_tree(text), parse_nvidia_smi_list(listing) if listing else {}, "nvidia-smi -q")
+
+
+def _recording_from_tree(
+    root: _Node, listed: dict[tuple[int, int | None], dict[str, str]], source: str
+) -> dict[str, Any]:
     driver = root.value_at("Driver Version")
     recording: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
-        "meta": {"source": "nvidia-smi -q", "timestamp": root.value_at("Timestamp")},
+        "meta": {"source": source, "timestamp": root.value_at("Timestamp")},
         "nvmlSystemGetDriverVersion": driver if driver else _error(_NOT_SUPPORTED),
         "devices": [],
         "nvmlSystemGetProcessName": {},
@@ -687,6 +918,7 @@ def nvidia_smi_q_to_recording(text: str, listing: str | None = None) -> dict[str
         mig_mode = (_mode(gpu.value_at("MIG Mode", "Current")), _mode(gpu.value_at("MIG Mode", "Pending")))
         if not _is_error(mig_mode[0]):
             dev["nvmlDeviceGetMigMode"] = [mig_mode[0], 0 if _is_error(mig_mode[1]) else mig_mode[1]]
+        _memory_health(gpu, dev)
         _split_procs(procs, dev)
         for proc in procs:
             if proc["name"]:
@@ -702,8 +934,208 @@ def nvidia_smi_q_to_recording(text: str, listing: str | None = None) -> dict[str
     return recording
 
 
+def _memory_health(gpu: _Node, dev: dict[str, Any]) -> None:
+    """Retired pages, row remapping and the clocks-event counters as NVML would return them."""
+    retired = gpu.get("Retired Pages")
+    if retired is not None:
+        single = _number(retired.value_at("Single Bit ECC"))
+        double = _number(retired.value_at("Double Bit ECC"))
+        pending = {"Yes": 1, "No": 0}.get(retired.value_at("Pending Page Blacklist") or "")
+        if not _is_error(single) and not _is_error(double) and pending is not None:
+            # The capture counts pages without their addresses: n entries stand for n pages.
+            dev["nvmlDeviceGetRetiredPages"] = {"single_bit": list(range(single)), "double_bit": list(range(double))}
+            dev["nvmlDeviceGetRetiredPagesPendingStatus"] = pending
+    rows = gpu.get("Remapped Rows")
+    if rows is not None and rows.children:
+        yes_no = {"Yes": 1, "No": 0}
+        values = [
+            _number(rows.value_at("Correctable Error")),
+            _number(rows.value_at("Uncorrectable Error")),
+            yes_no.get(rows.value_at("Pending") or "", _error(_NOT_SUPPORTED)),
+            yes_no.get(rows.value_at("Remapping Failure Occurred") or "", _error(_NOT_SUPPORTED)),
+        ]
+        if not any(_is_error(v) for v in values):
+            dev["nvmlDeviceGetRemappedRows"] = values
+    counters = gpu.get("Clocks Event Reasons Counters")
+    if counters is not None:
+        found = {}
+        for label, field_id in THROTTLE_FIELDS.items():
+            us = _number(counters.value_at(label))
+            if not _is_error(us):
+                found[str(field_id)] = int(us) * 1000  # nvidia-smi shows µs, NVML counts ns
+        if found:
+            dev["nvmlDeviceGetFieldValues"] = [{"timestamp_us": 0, "values": found}]
+
+
+# -- what a capture is -------------------------------------------------------------------------
+
+_UNREADABLE = {
+    "csv": "this looks like `nvidia-smi --query-gpu` CSV, which names only the fields it was asked for; "
+    "send the output of `nvidia-smi -q` (or `nvidia-smi -q -x` for XML) instead",
+    "table": "this looks like the default `nvidia-smi` table, which leaves out most fields; "
+    "send the output of `nvidia-smi -q` (or `nvidia-smi -q -x` for XML) instead",
+    "empty": "the capture is empty; send the output of `nvidia-smi -q` (or `nvidia-smi -q -x`)",
+    "unknown": "this is neither `nvidia-smi -q` text nor `nvidia-smi -q -x` XML (no 'NVSMI LOG' header, "
+    "no 'Attached GPUs' line, no <nvidia_smi_log> element); send one of those",
+}
+
+
+def capture_kind(text: str) -> str:
+    """What an nvidia-smi capture is: "q" (-q text), "xml" (-q -x), "csv" (--query-*), "table"
+    (the default table), "empty" or "unknown"."""
+    head = text.lstrip("\ufeff \t\r\n")
+    if not head:
+        return "empty"
+    if head.startswith("<?xml") or "<nvidia_smi_log" in head[:2000]:
+        return "xml"
+    if re.search(r"^=+NVSMI LOG=+\s*$", text, re.MULTILINE) or re.search(r"^Attached GPUs\s+:", text, re.MULTILINE):
+        return "q"
+    if "NVIDIA-SMI" in head[:2000] and re.search(r"^\+[-=+]+\+\s*$", text, re.MULTILINE):
+        return "table"
+    first = head.splitlines()[0]
+    if first.count(",") >= 1 and not first.rstrip().endswith(":"):
+        return "csv"
+    return "unknown"
+
+
+# nvidia-smi -q -x element -> the label nvidia-smi -q prints, so both go through one reader.
+_XML_LABELS = {
+    "timestamp": "Timestamp",
+    "driver_version": "Driver Version",
+    "product_name": "Product Name",
+    "uuid": "GPU UUID",
+    "fb_memory_usage": "FB Memory Usage",
+    "total": "Total",
+    "reserved": "Reserved",
+    "used": "Used",
+    "free": "Free",
+    "utilization": "Utilization",
+    "gpu_util": "GPU",
+    "memory_util": "Memory",
+    "gpu_power_readings": "GPU Power Readings",
+    "power_readings": "Power Readings",
+    "power_draw": "Power Draw",
+    "average_power_draw": "Average Power Draw",
+    "instant_power_draw": "Instantaneous Power Draw",
+    "current_power_limit": "Current Power Limit",
+    "enforced_power_limit": "Enforced Power Limit",
+    "temperature": "Temperature",
+    "gpu_temp": "GPU Current Temp",
+    "clocks": "Clocks",
+    "graphics_clock": "Graphics",
+    "sm_clock": "SM",
+    "mem_clock": "Memory",
+    "clocks_event_reasons": "Clocks Event Reasons",
+    "clocks_throttle_reasons": "Clocks Throttle Reasons",
+    "clocks_event_reasons_counters": "Clocks Event Reasons Counters",
+    "ecc_mode": "ECC Mode",
+    "current_ecc": "Current",
+    "pending_ecc": "Pending",
+    "ecc_errors": "ECC Errors",
+    "ecc_error_count": "ECC Errors",
+    "volatile": "Volatile",
+    "volatile_count": "Volatile",
+    "sram_correctable": "SRAM Correctable",
+    "sram_uncorrectable": "SRAM Uncorrectable",
+    "dram_correctable": "DRAM Correctable",
+    "dram_uncorrectable": "DRAM Uncorrectable",
+    "single_bit": "Single Bit",
+    "double_bit": "Double Bit",
+    "mig_mode": "MIG Mode",
+    "current_mig": "Current",
+    "pending_mig": "Pending",
+    "mig_device": "MIG Device",
+    "index": "Index",
+    "gpu_instance_id": "GPU Instance ID",
+    "compute_instance_id": "Compute Instance ID",
+    "device_attributes": "Device Attributes",
+    "shared": "Shared",
+    "multiprocessor_count": "Multiprocessor count",
+    "copy_engine_count": "Copy Engine count",
+    "encoder_count": "Encoder count",
+    "decoder_count": "Decoder count",
+    "ofa_count": "OFA count",
+    "jpg_count": "JPG count",
+    "remapped_rows": "Remapped Rows",
+    "remapped_row_corr": "Correctable Error",
+    "remapped_row_unc": "Uncorrectable Error",
+    "remapped_row_pending": "Pending",
+    "remapped_row_failure": "Remapping Failure Occurred",
+    "processes": "Processes",
+}
+_XML_REASONS = {  # clocks_event_reason_<x> / clocks_throttle_reason_<x>
+    "gpu_idle": "Idle",
+    "applications_clocks_setting": "Applications Clocks Setting",
+    "sw_power_cap": "SW Power Cap",
+    "hw_slowdown": "HW Slowdown",
+    "hw_thermal_slowdown": "HW Thermal Slowdown",
+    "hw_power_brake_slowdown": "HW Power Brake Slowdown",
+    "sync_boost": "Sync Boost",
+    "sw_thermal_slowdown": "SW Thermal Slowdown",
+    "display_clocks_setting": "Display Clock Setting",
+}
+
+
+def _xml_label(tag: str) -> str:
+    match = re.match(r"^clocks_(?:event|throttle)_reason_(.+)$", tag)
+    if match and match.group(1) in _XML_REASONS:
+        return _XML_REASONS[match.group(1)]
+    return _XML_LABELS.get(tag, tag)
+
+
+def _xml_node(element: ET.Element, in_mig: bool = False) -> _Node:
+    label = _xml_label(element.tag)
+    if in_mig and element.tag == "fb_memory_usage":
+        label = "Shared FB Memory Usage"
+    text = (element.text or "").strip()
+    node = _Node(label, text if len(element) == 0 else None)
+    for child in element:
+        if child.tag == "mig_devices":  # -q prints each MIG device straight under its GPU
+            node.children.extend(_xml_node(mig, in_mig=True) for mig in child)
+        elif child.tag == "processes":
+            node.children.append(_xml_processes(child))
+        else:
+            node.children.append(_xml_node(child, in_mig))
+    return node
+
+
+def _xml_processes(element: ET.Element) -> _Node:
+    """``<process_info>`` elements in the flat order -q prints: instance ids, then the process."""
+    node = _Node("Processes", None)
+    for info in element.findall("process_info"):
+        for tag, label in (("gpu_instance_id", "GPU instance ID"), ("compute_instance_id", "Compute instance ID")):
+            if info.find(tag) is not None:
+                node.children.append(_Node(label, (info.findtext(tag) or "").strip()))
+        process = _Node("Process ID", (info.findtext("pid") or "").strip())
+        for tag, label in (("type", "Type"), ("process_name", "Name"), ("used_memory", "Used GPU Memory")):
+            process.children.append(_Node(label, (info.findtext(tag) or "").strip()))
+        node.children.append(process)
+    return node
+
+
+def _xml_tree(text: str) -> _Node:
+    # The DOCTYPE names a DTD file that is never fetched: ElementTree does not resolve entities.
+    try:
+        log = ET.fromstring(text.encode("utf-8"))
+    except ET.ParseError as err:
+        raise CaptureFormatError(f"the nvidia-smi -q -x XML does not parse ({err})") from None
+    if log.tag != "nvidia_smi_log":
+        raise CaptureFormatError(f"the XML's root is <{log.tag}>, not nvidia-smi's <nvidia_smi_log>")
+    root = _Node("", None)
+    for child in log:
+        if child.tag == "gpu":
+            gpu = _xml_node(child)
+            gpu.key = f"GPU {child.get('id', '')}".strip()
+            gpu.value = None
+            root.children.append(gpu)
+        else:
+            root.children.append(_xml_node(child))
+    return root
+
+
 def from_nvidia_smi_q(text: str, listing: str | None = None) -> NvmlReplay:
-    """A replay serving the values of one ``nvidia-smi -q`` output (N/A -> NOT_SUPPORTED)."""
+    """A replay serving the values of one ``nvidia-smi -q`` text or ``-q -x`` XML output (N/A ->
+    NOT_SUPPORTED); CaptureFormatError for any other output."""
     return NvmlReplay(nvidia_smi_q_to_recording(text, listing))
 
 
