@@ -175,6 +175,9 @@ def _apply_inventory(machine: Machine, inventory: Inventory) -> dict[str, Any]:
                 "power_limit_watts": acc.power_limit_watts,
                 "parent_uuid": acc.parent_uuid or "",
                 "mig_profile": acc.mig_profile or "",
+                "gpu_instance_id": acc.gpu_instance_id,
+                "compute_instance_id": acc.compute_instance_id,
+                "gpm_supported": acc.gpm_supported,
                 "driver": acc.driver or "",
             },
         )

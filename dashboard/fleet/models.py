@@ -109,6 +109,10 @@ class Accelerator(models.Model):
     power_limit_watts = models.FloatField(null=True, blank=True)
     parent_uuid = models.CharField(max_length=128, blank=True)
     mig_profile = models.CharField(max_length=64, blank=True)
+    # A MIG device's GPU instance (whose memory its compute instances share) and compute instance.
+    gpu_instance_id = models.PositiveIntegerField(null=True, blank=True)
+    compute_instance_id = models.PositiveIntegerField(null=True, blank=True)
+    gpm_supported = models.BooleanField(null=True, blank=True)  # NVML GPM metrics; None: the agent could not tell
     driver = models.CharField(max_length=64, blank=True)
 
     class Meta:

@@ -102,6 +102,7 @@ class Process(Strict):
     name: Annotated[str, Field(max_length=255)] | None = None
     user: Annotated[str, Field(max_length=255)] | None = None
     pgid: Annotated[int, Field(ge=0, le=2**32)] | None = None  # ties the process to a job
+    exists: bool | None = None  # in the host's process table (False: NVML lists a pid that is gone)
     mem_used_bytes: Annotated[int, Field(ge=0, le=MAX_SEQ)] | None = None
 
 
@@ -175,6 +176,9 @@ class InventoryAccelerator(Strict):
     power_limit_watts: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)] | None = None
     parent_uuid: Annotated[str, Field(max_length=128)] | None = None
     mig_profile: Annotated[str, Field(max_length=64)] | None = None
+    gpu_instance_id: Annotated[int, Field(ge=0, le=2**32)] | None = None
+    compute_instance_id: Annotated[int, Field(ge=0, le=2**32)] | None = None
+    gpm_supported: bool | None = None
     driver: Annotated[str, Field(max_length=64)] | None = None
 
 

@@ -25,6 +25,9 @@ def accelerator_dict(a: Accelerator) -> dict[str, Any]:
         "power_limit_watts": a.power_limit_watts,
         "parent_uuid": a.parent_uuid or None,
         "mig_profile": a.mig_profile or None,
+        "gpu_instance_id": a.gpu_instance_id,
+        "compute_instance_id": a.compute_instance_id,
+        "gpm_supported": a.gpm_supported,
         "driver": a.driver or None,
     }
 
