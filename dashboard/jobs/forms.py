@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from dashboard.fleet.models import Machine
 from dashboard.fleet.queries import accelerator_summary
 
-from . import allowlist
+from . import allowlist, feasibility
 from .api import JobIn
 from .models import Job
 from .tasks import PROGRESS_PRESETS
@@ -37,6 +37,16 @@ TEMPLATES: dict[str, dict[str, Any]] = {
         "gpu_memory_gb": 4,
     },
 }
+
+
+def template_initial(name: str, machine: str | None = None) -> dict[str, Any]:
+    """A template's prefill, sized to the fleet: no GPU where no machine (or the chosen one) has one."""
+    initial = dict(TEMPLATES.get(name, {}))
+    if initial and feasibility.refusal(initial["gpus"], initial["gpu_memory_gb"], machine):
+        initial.update(gpus=0, gpu_memory_gb=0)
+    if initial and machine:
+        initial["machine"] = machine
+    return initial
 
 
 def machine_label(machine: Machine) -> str:
@@ -75,6 +85,9 @@ class MachineSelect(forms.Select):
         policy = getattr(self, "policies", {}).get(str(value))
         if policy is not None:
             option["attrs"]["data-policy"] = json.dumps(policy)
+        gpus = getattr(self, "gpus", {}).get(str(value))
+        if gpus is not None:  # a template clicked for this machine asks for no GPU where it has none
+            option["attrs"]["data-gpus"] = str(gpus)
         return option
 
 
@@ -104,7 +117,8 @@ class JobForm(forms.Form):
     shell = forms.BooleanField(
         required=False,
         label="Run through the shell",
-        help_text="Send the line as a shell string (pipes, &&, $VARS). Hosts refuse this unless their worker config allows it.",
+        help_text="Send the line as a shell string (pipes, &&, $VARS). "
+        "Hosts refuse this unless their worker config allows it.",
     )
     workdir = forms.CharField(
         required=False,
@@ -177,6 +191,10 @@ class JobForm(forms.Form):
         widget.policies = {"": allowlist.automatic_policy(machines)} | {
             m.name: allowlist.machine_policy(m) for m in machines
         }
+        counts = feasibility.gpu_counts()
+        widget.gpus = {name: n for name, n in counts.items() if n is not None}
+        if counts and None not in counts.values():
+            widget.gpus[""] = max(counts.values())  # automatic placement: the best the fleet has
 
     def picker(self) -> allowlist.MachinePolicy | None:
         """The templates of the machine now chosen (the page shows them before any script runs)."""
@@ -187,8 +205,10 @@ class JobForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
-        if self.errors:
-            return data  # some text did not even parse: JobIn would only repeat it
+        # Every error at once: fields that did not even parse keep their own error, and JobIn judges
+        # the rest with a stand-in for those (its errors about a stand-in are not shown).
+        unparsed = set(self.errors)
+        data = {**STAND_INS, **{k: v for k, v in data.items() if k not in unparsed}}
         line = data["command"]
         if data["shell"]:
             command: list[str] | str = line
@@ -197,7 +217,8 @@ class JobForm(forms.Form):
                 command = shlex.split(line)
             except ValueError as exc:  # an unclosed quote
                 self.add_error("command", f"cannot split it into arguments: {exc}")
-                return data
+                unparsed.add("command")
+                command = ["stand-in"]
         fields = {
             k: data[k]
             for k in (
@@ -221,14 +242,29 @@ class JobForm(forms.Form):
             job = JobIn(command=command, machine=data["machine"] or None, **fields)
         except ValidationError as exc:
             for field, message in _messages(exc, isinstance(command, list)):
-                self.add_error(field if field in self.fields else None, message)
-            return data
+                if field not in unparsed:
+                    self.add_error(field if field in self.fields else None, message)
+                    unparsed.add(field)
+        else:
+            if not unparsed:
+                self._check_fleet(job, command)
+        if "machine" not in unparsed:
+            # With a size that did not parse, only the machine's existence is checked (0 GPUs fit anywhere).
+            sized = not ({"gpus", "gpu_memory_gb"} & unparsed)
+            refused = feasibility.refusal(
+                data["gpus"] if sized else 0, data["gpu_memory_gb"] if sized else 0, data["machine"] or None
+            )
+            if refused:  # no machine could ever take it: say so now rather than let it wait forever
+                self.add_error(refused[0], refused[1])
+        return data
+
+    def _check_fleet(self, job: JobIn, command: list[str] | str) -> None:
+        """The target's worker policy; sets ``job_fields`` when nothing stands against the job."""
         target = None
         if job.machine:
             target = Machine.objects.filter(name=job.machine).first()
             if target is None:
-                self.add_error("machine", f"no machine named {job.machine!r}")
-                return data
+                return  # feasibility.refusal names the field
         if target is not None:
             reason = allowlist.refusal(
                 target,
@@ -238,14 +274,83 @@ class JobForm(forms.Form):
             )
             if reason:
                 self.add_error("command", reason)
-                return data
+                return
         # The same fields the API hands to service.submit.
         self.job_fields = job.model_dump(exclude={"command", "machine"}) | {
             "argv": command if isinstance(command, list) else None,
             "shell": command if isinstance(command, str) else "",
             "target": target,
         }
-        return data
+
+    def placement(self) -> dict[str, Any]:
+        """For the page: why no machine could take a job of the size now in the form, or where it could start now."""
+        values = {}
+        for name in ("gpus", "gpu_memory_gb"):
+            try:
+                values[name] = float(self[name].value() or 0)
+            except (TypeError, ValueError):
+                return {"refusal": None, "ready": []}
+        gpus, memory = int(values["gpus"]), values["gpu_memory_gb"]
+        machine = str(self["machine"].value() or "") or None
+        refused = feasibility.refusal(gpus, memory, machine) if gpus >= 0 and memory >= 0 else None
+        kind = str(self["kind"].value() or "train")
+        return {
+            "refusal": refused[1] if refused else None,
+            "ready": [] if refused else feasibility.ready_now(max(gpus, 0), max(memory, 0), kind, machine),
+        }
+
+
+# What JobIn sees for a field that did not parse (its own error is already on the field).
+STAND_INS: dict[str, Any] = {
+    "name": "stand-in",
+    "kind": "train",
+    "command": "stand-in",
+    "shell": False,
+    "workdir": "",
+    "env": {},
+    "gpus": 0,
+    "gpu_memory_gb": 0.0,
+    "machine": "",
+    "priority": 0,
+    "max_runtime_s": None,
+    "preemptible": False,
+    "metrics_url": "",
+    "progress_pattern": "",
+    "model_params_b": None,
+    "precision": "",
+    "context_tokens": None,
+}
+UNITS = {"gpu_memory_gb": " GiB", "max_runtime_s": " s"}
+
+
+def _number(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:,g}"
+
+
+def _words(field: str, err: dict[str, Any]) -> str:
+    """pydantic's message in the operator's words: 'must be 0 or more', not 'Input should be ...'."""
+    ctx, kind, unit = err.get("ctx") or {}, err["type"], UNITS.get(field, "")
+    if kind == "greater_than_equal":
+        return f"must be {_number(ctx['ge'])}{unit} or more"
+    if kind == "greater_than":
+        return f"must be more than {_number(ctx['gt'])}{unit}"
+    if kind == "less_than_equal":
+        return f"must be at most {_number(ctx['le'])}{unit}"
+    if kind == "less_than":
+        return f"must be less than {_number(ctx['lt'])}{unit}"
+    if kind == "string_too_short":
+        return "required" if ctx.get("min_length") == 1 else f"needs at least {ctx['min_length']} characters"
+    if kind == "string_too_long":
+        return f"at most {ctx['max_length']:,} characters"
+    if kind == "too_short":
+        return "required"
+    if kind == "too_long":
+        return f"at most {ctx['max_length']:,} items"
+    if kind == "finite_number":
+        return "must be a finite number"
+    if kind == "string_pattern_mismatch" and field == "metrics_url":
+        return "must be an http:// or https:// address without spaces"
+    return str(err["msg"]).removeprefix("Value error, ")
 
 
 def _messages(exc: ValidationError, command_is_list: bool):
@@ -265,4 +370,4 @@ def _messages(exc: ValidationError, command_is_list: bool):
             yield field, f"{rest[0]} is not a valid variable name: use letters, digits and _, not starting with a digit"
             continue
         where = f"argument {rest[0] + 1}: " if field == "command" and rest else (f"{rest[0]}: " if rest else "")
-        yield str(field), where + err["msg"]
+        yield str(field), where + _words(str(field), err)

@@ -10,11 +10,11 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from dashboard.accounts.models import is_operator
 from dashboard.fleet.models import Machine
+from dashboard.teams import access as team_access
 
 from . import queries, service, throughput
-from .forms import TEMPLATES, JobForm
+from .forms import JobForm, template_initial
 from .models import Job
 from .tasks import PROGRESS_PRESETS
 
@@ -24,7 +24,8 @@ FILTERS = ("status", "machine", "kind", "owner")
 @login_required
 def job_list(request: HttpRequest) -> HttpResponse:
     chosen = {f: request.GET.get(f) or "" for f in FILTERS}
-    jobs = list(queries.job_list(**{f: v or None for f, v in chosen.items()})[:200])
+    visible = team_access.scope_jobs(queries.job_list(**{f: v or None for f, v in chosen.items()}), request.user)
+    jobs = list(visible[:200])
     summaries = throughput.job_summaries([job.pk for job in jobs])
     for job in jobs:
         job.throughput_summary = summaries.get(job.pk)  # read by the main_throughput filter
@@ -39,14 +40,15 @@ def job_list(request: HttpRequest) -> HttpResponse:
         .distinct()
         .order_by("username")
         .values_list("username", flat=True),
-        "can_submit": is_operator(request.user),
+        "can_submit": team_access.can_submit(request.user),
     }
     return render(request, "jobs/_jobs.html" if request.GET.get("partial") else "jobs/list.html", context)
 
 
 @login_required
 def job_page(request: HttpRequest, pk: int) -> HttpResponse:
-    job = get_object_or_404(Job.objects.select_related("owner", "machine", "target"), pk=pk)
+    visible = team_access.scope_jobs(Job.objects.select_related("owner", "machine", "target", "team"), request.user)
+    job = get_object_or_404(visible, pk=pk)
     context = {
         "job": job,
         "attempts": job.attempts.select_related("machine"),
@@ -62,27 +64,29 @@ def job_page(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 def job_new(request: HttpRequest) -> HttpResponse:
-    if not is_operator(request.user):
+    if not team_access.can_submit(request.user):
         return render(request, "jobs/forbidden.html", status=403)
     if request.method == "POST":
         form = JobForm(request.POST)
         if form.is_valid():
             try:
-                job = service.submit(request.user, form.job_fields)
+                # A user who submits for several teams picks one (POST "team", a slug).
+                team = team_access.team_for_submit(request.user, request.POST.get("team") or None)
+                job = service.submit(request.user, {**form.job_fields, "team": team})
             except service.JobError as exc:
                 form.add_error(None, str(exc))
             else:
                 messages.success(request, f"Job #{job.pk} submitted.")
                 return redirect("jobs:job", pk=job.pk)
     else:
-        form = JobForm(initial=TEMPLATES.get(request.GET.get("template", ""), {}))
+        form = JobForm(initial=template_initial(request.GET.get("template", ""), request.GET.get("machine") or None))
     return render(request, "jobs/new.html", {"form": form, "progress_presets": PROGRESS_PRESETS})
 
 
 @login_required
 @require_POST
 def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
-    job = get_object_or_404(Job, pk=pk)
+    job = get_object_or_404(team_access.scope_jobs(Job.objects.all(), request.user), pk=pk)
     if not service.can_cancel(request.user, job):
         return render(request, "jobs/forbidden.html", {"action": "cancel this job"}, status=403)
     try:

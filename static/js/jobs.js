@@ -124,9 +124,24 @@ window.JobTimes = window.JobTimes || (function () {
     if (match) input.setSelectionRange(match.index, match.index + match[0].length);
   }
 
+  // A template asks for one GPU of 4 GiB where the machine (or the fleet, for automatic placement)
+  // has one, and for none where it has none, so the first click gives a job that can run.
+  function fitToMachine() {
+    const option = machine.options[machine.selectedIndex];
+    const count = option && option.dataset.gpus;
+    if (count === undefined || count === "") return;
+    const gpus = document.getElementById("id_gpus");
+    const memory = document.getElementById("id_gpu_memory_gb");
+    if (!gpus || !memory) return;
+    if (Number(count) === 0) { gpus.value = "0"; memory.value = "0"; }
+    else if (Number(gpus.value) > Number(count)) gpus.value = count;
+    gpus.dispatchEvent(new Event("change", { bubbles: true }));
+  }
+
   list.addEventListener("click", (event) => {
     const button = event.target.closest("button.template");
     if (!button) return;
+    fitToMachine();
     command.value = button.dataset.command;
     const shell = document.getElementById("id_shell");
     if (shell) shell.checked = false;  // templates are argument lists
@@ -139,5 +154,34 @@ window.JobTimes = window.JobTimes || (function () {
     if (workdir && button.dataset.workdir && !workdir.value) workdir.value = button.dataset.workdir;
     selectPattern(command);
   });
-  machine.addEventListener("change", show);
+  machine.addEventListener("change", () => { show(); fitToMachine(); });
+})();
+
+(function placementNow() {
+  // Under the machine choice: which machines could start a job of this size now, or why none ever
+  // could (the server's own rule, GET /api/v1/jobs/placement).
+  const box = document.getElementById("placement-now");
+  const text = document.getElementById("placement-text");
+  const form = box && box.closest("form");
+  if (!box || !text || !form) return;
+  let timer = null;
+  async function check() {
+    const url = new URL(box.dataset.url, window.location.href);
+    for (const name of ["gpus", "gpu_memory_gb", "kind", "machine"]) {
+      const field = form.elements[name];
+      if (field) url.searchParams.set(name, field.value || (name === "machine" ? "" : "0"));
+    }
+    const response = await fetch(url, { credentials: "same-origin" });
+    if (!response.ok) return;  // a half-typed number: the form says what is wrong on submit
+    const answer = await response.json();
+    text.className = answer.refusal ? "bad" : "muted";
+    text.textContent = answer.refusal ? "Can never run: " + answer.refusal.error
+      : answer.ready.length ? "Could start now on: " + answer.ready.join(", ")
+      : "No machine has room for it now: it would wait in the queue.";
+  }
+  form.addEventListener("change", (event) => {
+    if (!["gpus", "gpu_memory_gb", "kind", "machine"].includes(event.target.name)) return;
+    clearTimeout(timer);
+    timer = setTimeout(() => check().catch((err) => console.warn("placement check failed", err)), 150);
+  });
 })();
