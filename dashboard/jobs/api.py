@@ -19,7 +19,7 @@ from dashboard.fleet import throughput as telemetry_throughput
 from dashboard.fleet.auth import AgentAuth
 from dashboard.fleet.models import Machine
 
-from . import allowlist, queries, service, throughput
+from . import allowlist, feasibility, queries, service, throughput
 from .models import MAX_PARAMS_B, Job
 from .tasks import PROGRESS_PRESETS, machine_queue
 
@@ -88,6 +88,9 @@ def submit(request, payload: JobIn):
         fields.update(argv=None, shell=payload.command)
     else:
         fields.update(argv=payload.command, shell="")
+    refused = feasibility.refusal(payload.gpus, payload.gpu_memory_gb, payload.machine)
+    if refused:  # no machine could ever take it: waiting would be forever
+        raise HttpError(400, f"{refused[0]}: {refused[1]}")
     if target is not None:
         # What the target's worker reported it allows: refuse now what it would refuse on arrival.
         reason = allowlist.refusal(target, fields["argv"], fields["shell"], fields["workdir"] or None)
@@ -98,6 +101,16 @@ def submit(request, payload: JobIn):
     except service.JobError as exc:
         _raise(exc)
     return Status(201, queries.job_dict(job))
+
+
+@router.get("/jobs/placement", auth=USER_AUTH, summary="Whether a job of this size could ever run, and where now")
+def placement_check(request, gpus: int = 1, gpu_memory_gb: float = 0, kind: str = "train", machine: str = ""):
+    """`refusal` is why no machine could ever take it (or null); `ready` the online machines with room now."""
+    refused = feasibility.refusal(gpus, gpu_memory_gb, machine or None)
+    return {
+        "refusal": {"field": refused[0], "error": refused[1]} if refused else None,
+        "ready": [] if refused else feasibility.ready_now(gpus, gpu_memory_gb, kind, machine or None),
+    }
 
 
 @router.get("/jobs", auth=USER_AUTH, summary="Jobs, newest first, filtered by status, machine, kind, owner")
