@@ -26,7 +26,14 @@ GIB = 2**30  # gpu_memory_gb is in GiB, as nvidia-smi and the frameworks count m
 class Gpu:
     index: int
     uuid: str
-    free_bytes: float
+    free_bytes: float  # of its memory pool
+    # Devices that share one memory (the compute instances of a MIG GPU instance) share a pool;
+    # "" is a pool of the device's own.
+    pool: str = ""
+
+    @property
+    def pool_key(self) -> str:
+        return self.pool or f"device:{self.index}"
 
 
 @dataclass
@@ -35,6 +42,11 @@ class Capacity:
     gpus: list[Gpu]
     active_kinds: set[str] = field(default_factory=set)
 
+    @property
+    def free_bytes(self) -> float:
+        """Free memory on the machine, each pool counted once."""
+        return sum({g.pool_key: g.free_bytes for g in self.gpus}.values())
+
 
 def _latest_ts(machine: Machine) -> datetime | None:
     if not machine.latest:
@@ -42,12 +54,23 @@ def _latest_ts(machine: Machine) -> datetime | None:
     return datetime.fromtimestamp(machine.latest["ts"], tz=UTC)
 
 
+def _pool(device: dict) -> str:
+    """The memory a device draws from: a MIG device's GPU instance (its compute instances share it)."""
+    if device.get("parent_uuid") and device.get("gpu_instance_id") is not None:
+        return f"{device['parent_uuid']}/gi:{device['gpu_instance_id']}"
+    return ""
+
+
 def capacity(machine: Machine, active: list[Job]) -> Capacity:
-    """What is free on ``machine`` given its telemetry and its active jobs."""
+    """What is free on ``machine`` given its telemetry and its active jobs.
+
+    The compute instances of one MIG GPU instance each report the instance's shared memory:
+    it is one pool, counted once, and what a job reserves on one of them is gone for all."""
     accelerators = list(machine.accelerators.all())
     parents = {a.parent_uuid for a in accelerators if a.parent_uuid}
     seen_at = _latest_ts(machine)
-    free: dict[int, float] = {}
+    pools: dict[int, str] = {}
+    pool_free: dict[str, float] = {}
     uuids: dict[int, str] = {}
     for device in devices(accelerators, machine.latest):
         if device.get("uuid") and device["uuid"] in parents:
@@ -55,8 +78,14 @@ def capacity(machine: Machine, active: list[Job]) -> Capacity:
         total, used = device.get("mem_total_bytes"), device.get("mem_used_bytes")
         if total is None or used is None:
             continue  # no telemetry for this device: nothing to promise
-        free[device["index"]] = max(0.0, total - used)
+        pool = _pool(device)
+        pools[device["index"]] = pool
+        pool_free.setdefault(pool or f"device:{device['index']}", max(0.0, total - used))
         uuids[device["index"]] = device.get("uuid") or ""
+
+    def key(index: int) -> str:
+        return pools[index] or f"device:{index}"
+
     kinds = set()
     for job in active:
         kinds.add(job.kind)
@@ -66,9 +95,9 @@ def capacity(machine: Machine, active: list[Job]) -> Capacity:
         )
         if unseen:
             for index in job.assigned_gpus:
-                if index in free:
-                    free[index] = max(0.0, free[index] - job.gpu_memory_gb * GIB)
-    gpus = [Gpu(i, uuids[i], free[i]) for i in sorted(free)]
+                if index in pools:
+                    pool_free[key(index)] = max(0.0, pool_free[key(index)] - job.gpu_memory_gb * GIB)
+    gpus = [Gpu(i, uuids[i], pool_free[key(i)], pools[i]) for i in sorted(pools)]
     return Capacity(machine, gpus, kinds)
 
 
@@ -80,9 +109,16 @@ def choose_gpus(job: Job, cap: Capacity) -> list[int] | None:
         return []
     need = job.gpu_memory_gb * GIB
     fitting = sorted((g for g in cap.gpus if g.free_bytes >= need), key=lambda g: (g.free_bytes, g.index))
-    if len(fitting) < job.gpus:
-        return None
-    return sorted(g.index for g in fitting[: job.gpus])
+    # Two devices of one memory pool each need the job's memory from that pool.
+    left = {g.pool_key: g.free_bytes for g in cap.gpus}
+    chosen = []
+    for g in fitting:
+        if left[g.pool_key] >= need:
+            left[g.pool_key] -= need
+            chosen.append(g.index)
+            if len(chosen) == job.gpus:
+                return sorted(chosen)
+    return None
 
 
 def why_waiting(job: Job, caps: list[Capacity]) -> str:
