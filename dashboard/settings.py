@@ -218,6 +218,9 @@ JOB_LOG_MAX_BYTES = env_int("JOB_LOG_MAX_BYTES", 8 * 1024 * 1024)  # log text st
 # The broker URL handed to `hwprobe worker` (GET /api/v1/agent/config); defaults to ours.
 AGENT_BROKER_URL = env_str("AGENT_BROKER_URL")
 
+# Teams: fair share decays usage with this half-life (dashboard/teams/fairshare.py).
+FAIRSHARE_HALF_LIFE_S = env_int("FAIRSHARE_HALF_LIFE_S", 7 * 86400)
+
 # Alerts: webhook POSTs time out, and are retried with exponential backoff up to a number of tries.
 ALERT_WEBHOOK_TIMEOUT_S = env_int("ALERT_WEBHOOK_TIMEOUT_S", 10)
 ALERT_WEBHOOK_BACKOFF_S = env_int("ALERT_WEBHOOK_BACKOFF_S", 30)  # first retry; doubles each time, at most 1 h

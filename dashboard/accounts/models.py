@@ -37,6 +37,7 @@ class ApiToken(HashedToken):
         if found is None or not found.user.is_active:
             return None
         found.touch()
+        found.user.api_token = found  # which token acted: dashboard/teams/access.py honours its team scope
         return found.user
 
 

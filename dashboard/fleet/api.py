@@ -9,6 +9,7 @@ from ninja.errors import HttpError
 
 from dashboard.accounts.auth import USER_AUTH
 from dashboard.core.periods import required_range
+from dashboard.teams import access as team_access
 
 from . import queries, throughput
 from .auth import AgentAuth
@@ -54,20 +55,23 @@ def ingest(request):
     "/machines", auth=USER_AUTH, summary="Machines by name with inventory, state and latest values, a page at a time"
 )
 def machines(request, offset: int = 0, limit: int = 200):
-    """`limit` is at most 1,000; `count` is the whole fleet, so clients know when to stop."""
+    """`limit` is at most 1,000; `count` is the whole fleet the user's teams see, so clients know when to stop."""
     if offset < 0 or not 1 <= limit <= 1000:
         raise HttpError(400, "limit: must be between 1 and 1000, and offset not negative")
+    visible = team_access.scope_machines(Machine.objects.all(), request.user)
     return {
-        "count": Machine.objects.count(),
+        "count": visible.count(),
         "offset": offset,
         "limit": limit,
-        "machines": queries.fleet_overview(offset=offset, limit=limit),
+        "machines": queries.fleet_overview(offset=offset, limit=limit, machines=visible),
     }
 
 
 @router.get("/machines/{name}", auth=USER_AUTH, summary="One machine")
 def machine(request, name: str):
-    return queries.machine_detail(get_object_or_404(Machine, name=name))
+    return queries.machine_detail(
+        get_object_or_404(team_access.scope_machines(Machine.objects.all(), request.user), name=name)
+    )
 
 
 @router.get(
@@ -76,7 +80,7 @@ def machine(request, name: str):
     summary="Tokens by kind: totals, mean/median/peak tokens/s, tokens per joule",
 )
 def machine_throughput(request, name: str, since: str = "24h", until: str | None = None):
-    m = get_object_or_404(Machine, name=name)
+    m = get_object_or_404(team_access.scope_machines(Machine.objects.all(), request.user), name=name)
     start, end = required_range(since, until)
     return {
         "machine": m.name,

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Avg, Prefetch
+from django.db.models import Avg, Prefetch, QuerySet
 from django.utils import timezone
 
 from .models import Accelerator, GpuRollup, Machine, SystemRollup
@@ -109,10 +109,14 @@ def sparklines(machine_ids: list[int], now: datetime) -> dict[int, dict[str, lis
     return out
 
 
-def fleet_overview(now: datetime | None = None, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
-    """Machines by name with inventory, online state, latest values and a sparkline (a page of them)."""
+def fleet_overview(
+    now: datetime | None = None, offset: int = 0, limit: int | None = None, machines: QuerySet | None = None
+) -> list[dict[str, Any]]:
+    """Machines by name with inventory, online state, latest values and a sparkline (a page of them);
+    ``machines`` narrows the fleet (to what a user's teams may see)."""
     now = now or timezone.now()
-    qs = Machine.objects.prefetch_related(Prefetch("accelerators")).order_by("name")
+    base = machines if machines is not None else Machine.objects.all()
+    qs = base.prefetch_related(Prefetch("accelerators")).order_by("name")
     machines = list(qs[offset : offset + limit] if limit is not None else qs[offset:])
     lines = sparklines([m.pk for m in machines], now)
     return [machine_dict(m, now, lines.get(m.pk)) for m in machines]

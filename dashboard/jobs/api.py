@@ -18,6 +18,8 @@ from dashboard.fleet import series
 from dashboard.fleet import throughput as telemetry_throughput
 from dashboard.fleet.auth import AgentAuth
 from dashboard.fleet.models import Machine
+from dashboard.teams import access as team_access
+from dashboard.teams.models import Team
 
 from . import allowlist, feasibility, queries, service, throughput
 from .models import MAX_PARAMS_B, Job
@@ -53,6 +55,7 @@ class JobIn(BaseModel):
     model_params_b: Annotated[float, Field(gt=0, le=MAX_PARAMS_B, allow_inf_nan=False)] | None = None
     precision: Job.Precision | None = None
     context_tokens: Annotated[int, Field(ge=1, le=100_000_000)] | None = None
+    team: Annotated[str, Field(max_length=64)] | None = None  # a team's slug; default: the user's only team
 
     @model_validator(mode="after")
     def only_training_is_preemptible(self) -> JobIn:
@@ -74,16 +77,26 @@ def _raise(exc: service.JobError):
     raise HttpError(exc.status, str(exc))
 
 
+def _visible_job(request, job_id: int) -> Job:
+    """The job if one of the user's teams may see it (dashboard/teams/access.py), else a 404."""
+    return get_object_or_404(team_access.scope_jobs(Job.objects.all(), request.user), pk=job_id)
+
+
 @router.post(
     "/jobs", auth=USER_AUTH, response={201: dict}, summary="Submit a training or serving job (operators and admins)"
 )
 def submit(request, payload: JobIn):
     target = None
     if payload.machine:
-        target = Machine.objects.filter(name=payload.machine).first()
+        target = team_access.scope_machines(Machine.objects.all(), request.user).filter(name=payload.machine).first()
         if target is None:
             raise HttpError(400, f"machine: no machine named {payload.machine!r}")
-    fields = payload.model_dump(exclude={"command", "machine"})
+    fields = payload.model_dump(exclude={"command", "machine", "team"})
+    if payload.team:
+        team = Team.objects.filter(slug=payload.team).first()
+        if team is None or not team_access.can_see(request.user, team.pk):
+            raise HttpError(400, f"team: no team named {payload.team!r}")
+        fields["team"] = team
     if isinstance(payload.command, str):
         fields.update(argv=None, shell=payload.command)
     else:
@@ -122,21 +135,22 @@ def jobs(
     owner: str | None = None,
     limit: int = 100,
 ):
-    jobs = list(queries.job_list(status, machine, kind, owner)[: max(1, min(limit, 1000))])
+    visible = team_access.scope_jobs(queries.job_list(status, machine, kind, owner), request.user)
+    jobs = list(visible[: max(1, min(limit, 1000))])
     summaries = throughput.job_summaries([j.pk for j in jobs])
     return {"jobs": [{**queries.job_dict(j), "throughput": summaries.get(j.pk)} for j in jobs]}
 
 
 @router.get("/jobs/{job_id}", auth=USER_AUTH, summary="One job with its attempts")
 def job(request, job_id: int):
-    return queries.job_dict(get_object_or_404(Job, pk=job_id), attempts=True)
+    return queries.job_dict(_visible_job(request, job_id), attempts=True)
 
 
 @router.get(
     "/jobs/{job_id}/series", auth=USER_AUTH, summary="The job's tokens/s (tokens.*) or its GPUs' metrics (gpu.*)"
 )
 def job_series(request, job_id: int, metric: str, since: str | None = None, until: str | None = None):
-    job = get_object_or_404(Job, pk=job_id)
+    job = _visible_job(request, job_id)
     start, end = required_range(since, until) if since else queries.job_span(job)
     if metric in telemetry_throughput.METRICS:
         return throughput.job_series(job, metric, start, end)
@@ -155,13 +169,13 @@ def job_series(request, job_id: int, metric: str, since: str | None = None, unti
 
 @router.get("/jobs/{job_id}/log", auth=USER_AUTH, summary="Log chunks after a given id (for live tailing)")
 def job_log(request, job_id: int, after: int = 0):
-    return queries.job_log(get_object_or_404(Job, pk=job_id), after)
+    return queries.job_log(_visible_job(request, job_id), after)
 
 
 @router.post("/jobs/{job_id}/cancel", auth=USER_AUTH, summary="Cancel a job (its owner or an admin)")
 def cancel(request, job_id: int):
     try:
-        job = service.cancel(request.user, get_object_or_404(Job, pk=job_id))
+        job = service.cancel(request.user, _visible_job(request, job_id))
     except service.JobError as exc:
         _raise(exc)
     return queries.job_dict(job)

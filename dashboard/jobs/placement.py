@@ -16,7 +16,9 @@ from django.utils import timezone
 
 from dashboard.fleet.models import Machine
 from dashboard.fleet.queries import devices
+from dashboard.teams import quota
 
+from . import teamusage
 from .models import Job, JobAttempt
 
 GIB = 2**30  # gpu_memory_gb is in GiB, as nvidia-smi and the frameworks count memory
@@ -148,6 +150,15 @@ def why_waiting(job: Job, caps: list[Capacity]) -> str:
     return f"needs {need}; the largest free is 1 × {largest / GIB:.0f} GiB on {cap.machine.name}"
 
 
+def _first_fit(job: Job, candidates: list[Capacity]) -> tuple[Capacity, list[int]] | None:
+    """The fullest machine among ``candidates`` where ``job`` fits, with its GPUs."""
+    for cap in sorted(candidates, key=lambda c: sum(g.free_bytes for g in c.gpus)):
+        gpus = choose_gpus(job, cap)
+        if gpus is not None:
+            return cap, gpus
+    return None
+
+
 def _preempt_for(job: Job, caps: list[Capacity], active_by_machine: dict[int, list[Job]]) -> list[Job]:
     """Preemptible training jobs of lower priority whose stopping would make room for ``job``."""
     if job.kind != Job.Kind.SERVE:
@@ -174,6 +185,27 @@ def _preempt_for(job: Job, caps: list[Capacity], active_by_machine: dict[int, li
     return []
 
 
+def _borrowers_for(job: Job, caps: list[Capacity], active_by_machine: dict[int, list[Job]]) -> list[Job]:
+    """Other teams' borrowing jobs whose preemption would make room for in-quota ``job``
+    (``caps`` are the machines it may use as its team's own): dashboard/teams/quota.py."""
+    for cap in caps:
+        victims = [
+            j
+            for j in active_by_machine.get(cap.machine.pk, [])
+            if j.status == Job.Status.RUNNING and quota.may_preempt(j.team_id, j.borrowing, job.team_id, quota.OWN)
+        ]
+        if not victims:
+            continue
+        freed = {g.index: g.free_bytes for g in cap.gpus}
+        for v in victims:
+            for index in v.assigned_gpus:
+                if index in freed:
+                    freed[index] += v.gpu_memory_gb * GIB
+        if choose_gpus(job, Capacity(cap.machine, [Gpu(i, "", f) for i, f in freed.items()], set())) is not None:
+            return victims
+    return []
+
+
 @dataclass
 class Placement:
     job_id: int
@@ -182,7 +214,8 @@ class Placement:
 
 
 def place_queued(now: datetime | None = None) -> list[Placement]:
-    """Place every queued job that fits, highest priority first, then first come first served."""
+    """Place every queued job that fits: highest priority first, then the team with the highest
+    fair-share factor, then first come first served; within its team's quota, or as a borrower."""
     now = now or timezone.now()
     placed: list[Placement] = []
     with transaction.atomic():
@@ -192,11 +225,16 @@ def place_queued(now: datetime | None = None) -> list[Placement]:
         queued = list(
             Job.objects.select_for_update(of=("self",))
             .filter(status=Job.Status.QUEUED, cancel_requested=False)
-            .select_related("target")
+            .select_related("target", "team")
             .order_by("-priority", "created_at", "pk")
         )
         if not queued:
             return placed
+        # Teams (dashboard/teams/): fair-share order within a priority, quotas, borrowing.
+        share = teamusage.fair_share(now)
+        queued.sort(key=lambda j: (-j.priority, -share.get(j.team_id, 1.0), j.created_at, j.pk))
+        usage = teamusage.quota_usage({j.team for j in queued}, now)
+        borrowers: list[tuple[Job, quota.Decision, list[Capacity]]] = []  # placed after the in-quota jobs
         active = list(Job.objects.filter(status__in=Job.ACTIVE, machine__isnull=False))
         active_by_machine: dict[int, list[Job]] = {}
         for j in active:
@@ -208,34 +246,17 @@ def place_queued(now: datetime | None = None) -> list[Placement]:
         attempts: list[JobAttempt] = []
         waiting: list[Job] = []
 
-        for job in queued:
-            candidates = (
-                [caps[job.target_id]] if job.target_id in caps else ([] if job.target_id else list(caps.values()))
-            )
-            choice = None
-            for cap in sorted(candidates, key=lambda c: sum(g.free_bytes for g in c.gpus)):
-                gpus = choose_gpus(job, cap)
-                if gpus is not None:
-                    choice = (cap, gpus)
-                    break
-            if choice is None:
-                victims = _preempt_for(job, candidates, active_by_machine)
-                message = why_waiting(job, candidates)
-                if victims:
-                    Job.objects.filter(pk__in=[v.pk for v in victims]).update(preempt_requested=True)
-                    message += "; preempting training job(s) " + ", ".join(f"#{v.pk}" for v in victims)
-                if job.status_message != message:
-                    job.status_message = message
-                    waiting.append(job)
-                continue
-            cap, gpus = choice
+        def book(job: Job, cap: Capacity, gpus: list[int], borrowing: bool) -> None:
             job.status = Job.Status.PLACED
             job.machine = cap.machine
             job.assigned_gpus = gpus
             job.attempt += 1
             job.placed_at = now
-            job.status_message = f"placed on {cap.machine.name}" + (
-                f", GPU {', '.join(map(str, gpus))}" if gpus else ""
+            job.borrowing = borrowing
+            job.status_message = (
+                f"placed on {cap.machine.name}"
+                + (f", GPU {', '.join(map(str, gpus))}" if gpus else "")
+                + (" (borrowing: preemptible when the owners need it)" if borrowing else "")
             )
             placed_jobs.append(job)
             attempts.append(JobAttempt(job=job, number=job.attempt, machine=cap.machine, gpus=gpus, placed_at=now))
@@ -244,7 +265,49 @@ def place_queued(now: datetime | None = None) -> list[Placement]:
             caps[cap.machine.pk] = capacity(cap.machine, active_by_machine[cap.machine.pk])
             placed.append(Placement(job.pk, job.attempt, cap.machine.name))
 
-        fields = ["status", "machine", "assigned_gpus", "attempt", "placed_at", "status_message"]
+        def wait(job: Job, message: str) -> None:
+            if job.status_message != message:
+                job.status_message = message
+                waiting.append(job)
+
+        for job in queued:
+            decision = quota.decide(job.team, usage[job.team_id], job.gpus, job.preemptible)
+            candidates = (
+                [caps[job.target_id]] if job.target_id in caps else ([] if job.target_id else list(caps.values()))
+            )
+            uses = {
+                c.machine.pk: quota.machine_use(job.team_id, c.machine.team_id, decision, job.preemptible)
+                for c in candidates
+            }
+            own = [c for c in candidates if uses[c.machine.pk] == quota.OWN]
+            choice = _first_fit(job, own)
+            if choice is not None:
+                book(job, *choice, borrowing=False)
+                usage[job.team_id].gpus += job.gpus
+                continue
+            victims = [] if decision.wait else _borrowers_for(job, own, active_by_machine)
+            borrowable = [c for c in candidates if uses[c.machine.pk] is not None]
+            if not victims and any(uses[c.machine.pk] == quota.BORROW for c in borrowable):
+                borrowers.append((job, decision, borrowable))
+                continue
+            victims = victims or _preempt_for(job, own, active_by_machine)
+            message = decision.wait or why_waiting(job, candidates)
+            if victims:
+                Job.objects.filter(pk__in=[v.pk for v in victims]).update(preempt_requested=True)
+                what = "borrowing job(s)" if victims[0].borrowing else "training job(s)"
+                message += f"; preempting {what} " + ", ".join(f"#{v.pk}" for v in victims)
+            wait(job, message)
+
+        # Borrowers take only what every in-quota job of this pass left idle.
+        for job, decision, borrowable in borrowers:
+            choice = _first_fit(job, [caps[c.machine.pk] for c in borrowable])
+            if choice is None:
+                over = "; over its team's quota, it may only borrow idle GPUs" if decision.borrow else ""
+                wait(job, why_waiting(job, borrowable) + over)
+                continue
+            book(job, *choice, borrowing=True)
+
+        fields = ["status", "machine", "assigned_gpus", "attempt", "placed_at", "status_message", "borrowing"]
         Job.objects.bulk_update(placed_jobs, fields, batch_size=500)
         Job.objects.bulk_update(waiting, ["status_message"], batch_size=500)
         # The (job, number) unique constraint is the last line of defence against a double start.

@@ -15,7 +15,7 @@ from .models import Job, JobLog
 def job_list(
     status: str | None = None, machine: str | None = None, kind: str | None = None, owner: str | None = None
 ) -> QuerySet[Job]:
-    qs = Job.objects.select_related("owner", "machine", "target").order_by("-created_at", "-pk")
+    qs = Job.objects.select_related("owner", "machine", "target", "team").order_by("-created_at", "-pk")
     if status:
         qs = qs.filter(status=status)
     if machine:
@@ -52,6 +52,8 @@ def job_dict(job: Job, attempts: bool = False) -> dict[str, Any]:
         "precision": job.precision or None,
         "context_tokens": job.context_tokens,
         "owner": job.owner.get_username(),
+        "team": job.team.slug,
+        "borrowing": job.borrowing,
         "status": job.status,
         "status_message": job.status_message,
         "exit_code": job.exit_code,

@@ -12,8 +12,8 @@ from django.db import transaction
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
-from dashboard.accounts.models import is_operator
 from dashboard.fleet.models import Machine
+from dashboard.teams import access as team_access
 
 from .models import AuditEvent, Job, JobAttempt, JobLog
 
@@ -49,8 +49,12 @@ def _enqueue_placement() -> None:
 
 def submit(user, fields: dict[str, Any]) -> Job:
     """Queue a job for ``user`` (already validated fields); placement runs once it is committed."""
-    if not is_operator(user):
-        raise JobError("only operators and admins may submit jobs", 403)
+    # The team: as given (a Team), else the user's only team; the role there decides (dashboard/teams/access.py).
+    team = fields.pop("team", None) or team_access.team_for_submit(user, None)
+    if team is None:
+        raise JobError("team: you may submit for several teams; name one", 400)
+    if not team_access.can_submit(user, team.pk):
+        raise JobError(f"only operators and admins may submit jobs (for team {team.slug})", 403)
     # Optional text fields arrive as None from the API and the form; the columns say "" for none.
     fields = {
         k: v
@@ -58,7 +62,7 @@ def submit(user, fields: dict[str, Any]) -> Job:
         if not (v is None and k in ("metrics_url", "progress_pattern", "shell", "workdir", "precision"))
     }
     with transaction.atomic():
-        job = Job.objects.create(owner=user, status_message="waiting for placement", **fields)
+        job = Job.objects.create(owner=user, team=team, status_message="waiting for placement", **fields)
         audit(
             user,
             "job.submit",
@@ -69,13 +73,16 @@ def submit(user, fields: dict[str, Any]) -> Job:
             machine=job.target.name if job.target else None,
             gpus=job.gpus,
             gpu_memory_gb=job.gpu_memory_gb,
+            team=team.slug,
         )
         transaction.on_commit(_enqueue_placement)
     return job
 
 
 def can_cancel(user, job: Job) -> bool:
-    return bool(user.is_authenticated and (user.is_staff or (job.owner_id == user.pk and is_operator(user))))
+    if user.is_authenticated and team_access.is_team_admin(user, job.team_id):
+        return True  # a team's admins may cancel any of its jobs; staff are admins of every team
+    return bool(user.is_authenticated and job.owner_id == user.pk and team_access.can_submit(user, job.team_id))
 
 
 def cancel(user, job: Job) -> Job:
@@ -202,7 +209,11 @@ def _finish(job: Job, outcome: str, exit_code: int | None, message: str) -> None
         job.preempt_requested = False
         job.machine = None
         job.assigned_gpus = []
-        job.status_message = "preempted by a higher-priority serving job; queued to resume"
+        job.status_message = (
+            "preempted: its team's borrowed GPUs were needed back; queued to resume"
+            if job.borrowing
+            else "preempted by a higher-priority serving job; queued to resume"
+        )
         transaction.on_commit(_enqueue_placement)
     else:
         job.status = OUTCOME_STATUS[outcome]

@@ -101,5 +101,7 @@ def team_for_submit(user: Any, slug: str | None) -> Team | None:
     teams = submit_teams(user)
     if len(teams) == 1:
         return teams[0]
+    if not teams and len(team_roles(user)) == 1:  # a viewer of one team: the role check then says no
+        return Team.objects.get(pk=next(iter(team_roles(user))))
     default = Team.objects.get(pk=default_team_id())
     return default if any(t.pk == default.pk for t in teams) else None

@@ -289,9 +289,10 @@ def _pages(filters: Filters, count: int) -> list[dict[str, Any] | None]:
     return out
 
 
-def fleet_page(filters: Filters, now: datetime) -> dict[str, Any]:
-    """Everything the fleet page shows for ``filters``: totals, the count line, page links, cards."""
-    rows = fleet_rows(now)
+def fleet_page(filters: Filters, now: datetime, visible: set[int] | None = None) -> dict[str, Any]:
+    """Everything the fleet page shows for ``filters``: totals, the count line, page links, cards;
+    ``visible`` (machine ids) narrows the fleet to what the user's teams may see."""
+    rows = [r for r in fleet_rows(now) if visible is None or r.id in visible]
     chosen = _sorted(_matches(rows, filters), filters.sort)
     last = max(1, math.ceil(len(chosen) / PAGE_SIZE))
     filters = replace(filters, page=min(filters.page, last))

@@ -18,6 +18,7 @@ from dashboard.economics.views import machine_panel
 from dashboard.fleet import queries, throughput
 from dashboard.fleet.models import Machine, ThroughputSample
 from dashboard.jobs.pages import machine_jobs
+from dashboard.teams import access as team_access
 
 from .overview import SORTS, STATES, Filters, fleet_page
 
@@ -52,11 +53,17 @@ def _fleet_tokens(since: datetime) -> dict[str, int]:
     return {kind: int(n or 0) for kind, n in sums.items()}
 
 
+def _visible_machine_ids(user) -> set[int] | None:
+    if team_access.visible_team_ids(user) is None:
+        return None
+    return set(team_access.scope_machines(Machine.objects.all(), user).values_list("pk", flat=True))
+
+
 @login_required
 def overview(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
     context = {
-        **fleet_page(Filters.from_query(request.GET), now),
+        **fleet_page(Filters.from_query(request.GET), now, _visible_machine_ids(request.user)),
         "states": STATES,
         "sorts": SORTS,
         "server_url": request.build_absolute_uri("/").rstrip("/"),
@@ -69,7 +76,7 @@ def overview(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def machine(request: HttpRequest, name: str) -> HttpResponse:
-    machine_obj = get_object_or_404(Machine, name=name)
+    machine_obj = get_object_or_404(team_access.scope_machines(Machine.objects.all(), request.user), name=name)
     m = _present(queries.machine_detail(machine_obj))
     context = {
         "m": m,
