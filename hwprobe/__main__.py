@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
         "(env HWPROBE_REPORT_PORT, default 8791; 0: off)",
     )
     run.add_argument(
+        "--report-socket",
+        default=None,
+        help="Unix socket (mode 0600) where the job worker and hwprobe.report send token counts "
+        "(default $HWPROBE_STATE_DIR/report.sock; empty: off)",
+    )
+    run.add_argument(
         "--scrape",
         action="append",
         default=[],
@@ -106,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout_s=args.timeout,
         report_port=port_from_env() if args.report_port is None else args.report_port,
         scrape=args.scrape,
+        report_socket=args.report_socket,
     )
 
 

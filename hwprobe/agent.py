@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hwprobe.aggregate import Window
-from hwprobe.channel import DEFAULT_PORT, Ledger, Listener
+from hwprobe.channel import DEFAULT_PORT, Channel, Ledger, Listener, SocketListener, default_socket_path
 from hwprobe.client import Backoff, IngestClient, Sender
 from hwprobe.collectors import Probe, build_probe
 from hwprobe.spool import Spool
@@ -38,8 +38,25 @@ def sample_once(probe: Probe | None = None, settle_s: float = 0.5) -> dict[str, 
         probe.close()
 
 
+class _Stop(threading.Event):
+    """``Agent.stop``: setting it also wakes the sampling loop at once."""
+
+    def __init__(self, wake: threading.Event) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def set(self) -> None:
+        super().set()
+        self._wake.set()
+
+
 class Agent:
-    """Runs the sampling loop on the calling thread and the sender on its own thread."""
+    """Runs the sampling loop on the calling thread and the sender on its own thread.
+
+    :meth:`flush` (the report channel's ``flush`` message) closes the current window at once
+    and waits until the server has it, so a job's last tokens are stored when the worker reports
+    the job's end.
+    """
 
     def __init__(
         self,
@@ -52,9 +69,11 @@ class Agent:
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         ledger: Ledger | None = None,
+        report_udp: Callable[[], bool] | None = None,
     ) -> None:
         self.probe = probe
         self.ledger = ledger  # token counts that leave with each window (design.md, Throughput)
+        self.report_udp = report_udp  # whether the UDP report port listens (None: turned off)
         self.spool = spool
         self.sender = sender
         self.interval_s = interval_s
@@ -62,7 +81,10 @@ class Agent:
         self.flush_timeout_s = flush_timeout_s
         self._monotonic = monotonic
         self._wall = wall
-        self.stop = threading.Event()
+        self._wake_loop = threading.Event()
+        self.stop = _Stop(self._wake_loop)
+        self._flush_lock = threading.Lock()
+        self._flush_waiters: list[tuple[threading.Event, dict[str, int | None]]] = []
         self._wake = threading.Event()
         self._sender_stop = threading.Event()
         self._sender_thread: threading.Thread | None = None
@@ -84,19 +106,54 @@ class Agent:
             else:  # backing off: new windows must not cut the wait short
                 self._sender_stop.wait(delay)
 
-    def _put(self, window: Window) -> None:
+    def _put(self, window: Window) -> int | None:
+        """Spool the window with the ledger's tokens; its seq, None when nothing was spooled."""
         if window.count == 0:
-            return
+            return None
         sample = window.close(self._wall())
-        tokens = self.ledger.drain() if self.ledger is not None else None
-        if tokens:
-            sample["tokens"] = tokens
+        if self.ledger is not None:
+            tokens = self.ledger.drain()
+            if tokens:
+                sample["tokens"] = tokens
+            dropped = self.ledger.take_dropped()
+            if dropped:
+                sample["tokens_dropped"] = dropped
+        if self.report_udp is not None:
+            sample["report_udp"] = self.report_udp()
+        seq = None
         try:
             seq = self.spool.put(sample)
             log.debug("window of %d snapshots spooled as seq %d", window.count, seq)
         except Exception as err:
             log.error("could not spool a window: %s: %s", type(err).__name__, err)
         self._wake.set()
+        return seq
+
+    def flush(self, timeout_s: float = 3.0) -> bool:
+        """Close the current window now and wait until the server has it; False on timeout."""
+        deadline = self._monotonic() + timeout_s
+        done = threading.Event()
+        result: dict[str, int | None] = {"seq": None}
+        with self._flush_lock:
+            self._flush_waiters.append((done, result))
+        self._wake_loop.set()
+        if not done.wait(max(0.0, deadline - self._monotonic())) or result["seq"] is None:
+            return False
+        seq = result["seq"]
+        while True:
+            waiting = self.spool.peek(1)
+            if not waiting or waiting[0]["seq"] > seq:
+                return True
+            if self._monotonic() >= deadline:
+                return False
+            self._sender_stop.wait(0.05)
+
+    def _answer_flushes(self, seq: int | None) -> None:
+        with self._flush_lock:
+            waiters, self._flush_waiters = self._flush_waiters, []
+        for done, result in waiters:
+            result["seq"] = seq
+            done.set()
 
     def _refresh_inventory(self) -> None:
         try:
@@ -123,7 +180,7 @@ class Agent:
         while not self.stop.is_set():
             window.add(self.probe.collect())
             if window.count >= self.per_window:
-                self._put(window)
+                self._answer_flushes(self._put(window))
                 self._refresh_inventory()
                 window = Window(self._wall())
             tick += 1
@@ -131,13 +188,20 @@ class Agent:
             now = self._monotonic()
             if origin + tick * self.interval_s < now:
                 tick = int((now - origin) / self.interval_s) + 1
-            self.stop.wait(origin + tick * self.interval_s - now)
+            while not self.stop.is_set() and self._wake_loop.wait(origin + tick * self.interval_s - self._monotonic()):
+                self._wake_loop.clear()
+                if self._flush_waiters and not self.stop.is_set():
+                    # A job ended: its window leaves now rather than at the window's natural end.
+                    if window.count == 0:
+                        window.add(self.probe.collect())
+                    self._answer_flushes(self._put(window))
+                    window = Window(self._wall())
         self._shutdown(window)
         return 0
 
     def _shutdown(self, window: Window) -> None:
         log.info("stopping: spooling the partial window and flushing for up to %.3g s", self.flush_timeout_s)
-        self._put(window)
+        self._answer_flushes(self._put(window))
         self._sender_stop.set()
         self._wake.set()
         deadline = self._monotonic() + self.flush_timeout_s
@@ -181,9 +245,11 @@ def run_agent(
     timeout_s: float = 10.0,
     report_port: int = DEFAULT_PORT,
     scrape: list[str] | tuple[str, ...] = (),
+    report_socket: str | None = None,
 ) -> int:
-    """Build the probe, spool, client, sender, the local report channel (``report_port``, 0: off)
-    and the scraping of ``scrape`` (``URL[=engine]``); run until SIGTERM/SIGINT; return 0."""
+    """Build the probe, spool, client, sender, the local report channel (the Unix socket
+    ``report_socket``, default ``$HWPROBE_STATE_DIR/report.sock``, "" off; UDP ``report_port``,
+    0 off) and the scraping of ``scrape`` (``URL[=engine]``); run until SIGTERM/SIGINT; return 0."""
     spool = Spool(spool_path, **({"max_samples": spool_max} if spool_max else {}))
     client = IngestClient(server, token, timeout_s=timeout_s)
     sender = Sender(spool, client, batch_max=batch_max, backoff=Backoff(base_s=backoff_base_s, cap_s=backoff_cap_s))
@@ -198,16 +264,30 @@ def run_agent(
 
             url, engine = parse_target(spec)
             scraper.add(url, None, engine)
+    report = Channel(ledger, on_scrape=scraper.on_message if scraper else None)
     listener = None
     if report_port:
-        try:
-            listener = Listener(report_port, ledger, on_scrape=scraper.on_message if scraper else None).start()
+        listener = Listener(report_port, report).start()
+        if listener.bound:
             log.info("report channel on udp 127.0.0.1:%d", listener.port)
-        except OSError as err:  # another agent holds the port: run without the channel
-            log.error(
-                "report channel: cannot listen on udp 127.0.0.1:%d (%s); job token counts are off", report_port, err
-            )
-    agent = Agent(build_probe(), spool, sender, interval_s=interval_s, send_every_s=send_every_s, ledger=ledger)
+    agent = Agent(
+        build_probe(),
+        spool,
+        sender,
+        interval_s=interval_s,
+        send_every_s=send_every_s,
+        ledger=ledger,
+        report_udp=(lambda: listener.bound) if listener is not None else None,
+    )
+    report.on_flush = agent.flush
+    unix = None
+    socket_path = default_socket_path() if report_socket is None else report_socket
+    if socket_path:
+        try:
+            unix = SocketListener(socket_path, report).start()
+            log.info("report channel on unix socket %s", socket_path)
+        except OSError as err:  # jobs fall back to UDP; say why once
+            log.error("report channel: cannot listen on unix socket %s (%s)", socket_path, err)
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("received %s", signal.Signals(signum).name)
@@ -221,5 +301,7 @@ def run_agent(
     finally:
         if listener is not None:
             listener.close()
+        if unix is not None:
+            unix.close()
         if scraper is not None:
             scraper.close()

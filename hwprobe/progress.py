@@ -23,11 +23,16 @@ as new tokens from zero. Lines are split on ``\\n`` and ``\\r`` (progress bars r
 
 from __future__ import annotations
 
+import logging
 import re
-from typing import Protocol
+import threading
+import time
+from typing import Any, Protocol
 
 from hwprobe import channel
 from hwprobe.workloads import parse_progress
+
+log = logging.getLogger("hwprobe.worker")
 
 KINDS = ("prompt", "generated", "train")
 PRESETS = ("hwprobe", "hf-trainer", "lightning", "nanogpt")
@@ -68,6 +73,8 @@ class HwprobeParser:
 
     def __init__(self) -> None:
         self.totals = _Totals()
+        self.elapsed_s: float | None = None  # the workload's own clock at its latest line
+        self.final: dict[str, float] | None = None  # the totals of the line marked final=1
 
     def feed(self, line: str) -> dict[str, float]:
         if "HWPROBE_PROGRESS" not in line:
@@ -75,6 +82,15 @@ class HwprobeParser:
         fields = parse_progress(line)
         if not fields:
             return {}
+        elapsed = fields.get("elapsed_s")
+        if isinstance(elapsed, (int, float)) and elapsed >= 0:
+            self.elapsed_s = float(elapsed)
+        if fields.get("final") == 1:
+            self.final = {
+                kind: float(value)
+                for key, kind in self._FIELDS.get(str(fields.get("kind")), ())
+                if isinstance(value := fields.get(key), (int, float))
+            }
         out: dict[str, float] = {}
         for key, kind in self._FIELDS.get(str(fields.get("kind")), ()):
             value = fields.get(key)
@@ -161,13 +177,133 @@ class LineSplitter:
 _SERVING = re.compile(r"^serving on http://(\[[^\]]*\]|[^:/\s]+):(\d+)")
 
 
+class Delivery:
+    """Sends one job's counts to the agent: over its Unix socket when there is one (counts it
+    cannot take yet stay here and go with the next send), else as UDP datagrams."""
+
+    def __init__(self, job_id: int, port: int, socket_path: str | None) -> None:
+        self.job_id, self.port = job_id, port
+        self.client = channel.SocketClient(socket_path) if socket_path else None
+        self._lock = threading.Lock()
+        self._unsent: dict[str, list[float]] = {}  # source -> [prompt, generated, train, active_s]
+
+    def send(self, source: str, counts: dict[str, float], active_s: float | None, last_try: bool = False) -> None:
+        """Count ``counts`` (per kind) of ``source`` produced over ``active_s`` seconds."""
+        with self._lock:
+            row = self._unsent.setdefault(source, [0.0, 0.0, 0.0, 0.0])
+            for i, kind in enumerate(KINDS):
+                row[i] += counts.get(kind, 0.0)
+            row[3] += active_s or 0.0
+            self._deliver(last_try)
+
+    def _deliver(self, last_try: bool) -> None:
+        if not self._unsent:
+            return
+        messages = [
+            channel.token_datagram(self.job_id, source, p, g, t, active_s=active or None)
+            for source, (p, g, t, active) in self._unsent.items()
+        ]
+        if self.client is not None and self.client.send(*messages):
+            self._unsent.clear()
+            return
+        if self.client is None or last_try:
+            # UDP: fire and forget. With a socket configured, only when the job has ended and
+            # the socket still cannot be reached (better a datagram than nothing).
+            for data in messages:
+                channel.send(data, self.port)
+            self._unsent.clear()
+
+    def flush(self) -> bool:
+        """Send what is left, then have the agent deliver it to the server; True once it has."""
+        with self._lock:
+            self._deliver(last_try=True)
+        return self.client.flush() if self.client is not None else False
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+
+class JobScrape:
+    """A job's Prometheus endpoint, scraped by the worker every ``interval_s`` for the job's
+    lifetime, and once more right before the worker stops the job and after it ended.
+
+    The tokens between two scrapes count as produced over the time between them (a scrape that
+    saw no new tokens ends an idle stretch, which does not count).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        engine: str,
+        from_zero: bool,
+        send: Any,
+        interval_s: float = 1.0,
+        timeout_s: float = 2.0,
+    ) -> None:
+        from hwprobe.engines.prometheus import Target
+
+        self.target = Target(url, None, engine, from_zero)
+        self.url, self.send, self.interval_s, self.timeout_s = url, send, interval_s, timeout_s
+        self._lock = threading.Lock()
+        self._last_ok: float | None = time.monotonic() if from_zero else None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hwprobe-job-scrape", daemon=True)
+
+    def start(self) -> JobScrape:
+        self._thread.start()
+        return self
+
+    def scrape(self, quiet: bool = False) -> dict[str, float]:
+        """Scrape once now and send what it found; returns the deltas."""
+        with self._lock:
+            deltas = self.target.scrape(self.timeout_s, quiet=quiet)
+            if self.target.failing:
+                return {}
+            now = time.monotonic()
+            span = now - self._last_ok if (deltas and self._last_ok is not None) else None
+            self._last_ok = now
+            if deltas:
+                self.send(deltas, span)
+            return deltas
+
+    def settle(self, totals: dict[str, float], at: float) -> None:
+        """Count what the engine said it produced in all (its last counter values, printed after
+        its last scrape) beyond what the scrapes saw."""
+        with self._lock:
+            rest = {k: v - self.target.rate.last.get(k, 0.0) for k, v in totals.items() if k in ("prompt", "generated")}
+            rest = {k: v for k, v in rest.items() if v > 0}
+            if rest:
+                span = at - self._last_ok if self._last_ok is not None else None
+                for kind, value in rest.items():
+                    self.target.rate.last[kind] = self.target.rate.last.get(kind, 0.0) + value
+                self._last_ok = at
+                self.send(rest, span)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.scrape()
+            except Exception:  # one bad scrape must not end the job's counting
+                log.exception("scrape %s: unexpected error", self.url)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(self.timeout_s + 1)
+
+
 class JobMeter:
     """Reads one job's output for tokens and tells the local agent (:mod:`hwprobe.channel`).
 
-    Progress-line counts go as source ``progress``. A job with a Prometheus endpoint
-    (``metrics_url``, or the built-in ``serve``, whose first line names its port) has that
-    endpoint registered with the agent for the job's lifetime; its prompt and generated tokens
-    then come from the scrapes, and the same kinds in its progress lines are not sent again.
+    Progress-line counts go as source ``progress``, each with the seconds of work it covers: the
+    difference of the workload's own ``elapsed_s`` for the built-in line, else the time since the
+    previous counted line (since the job started, for the first). A job with a Prometheus endpoint
+    (``metrics_url``, or the built-in ``serve``, whose first line names its port) is scraped by
+    this meter (:class:`JobScrape`) as source ``prometheus``; the same kinds in its progress lines
+    are not sent again. When the job ends, :meth:`finish` scrapes a last time, counts the built-in
+    serve's final totals, sends what is left and waits (a few seconds at most) until the agent
+    has delivered everything to the server.
     """
 
     def __init__(
@@ -177,24 +313,41 @@ class JobMeter:
         metrics_url: str | None = None,
         builtin_serve: bool = False,
         port: int | None = None,
+        socket_path: str | None = "",
+        scrape_interval_s: float = 1.0,
     ) -> None:
         self.job_id, self.port = job_id, channel.port_from_env() if port is None else port
         self.parser = make_parser(pattern)
         self.metrics_url = metrics_url
         self.builtin_serve = builtin_serve and not metrics_url
-        self.scraped: str | None = None  # the URL registered for this job
+        self.scraped: str | None = None  # the URL scraped for this job
+        self.scrape: JobScrape | None = None
+        self.scrape_interval_s = scrape_interval_s
         self.sent: dict[str, float] = {k: 0.0 for k in KINDS}  # what left as source "progress"
+        self.delivery = Delivery(job_id, self.port, channel.socket_from_env() if socket_path == "" else socket_path)
         self._splitters = {"stdout": LineSplitter(), "stderr": LineSplitter()}
+        self._lock = threading.Lock()
+        self._started = self._last_line = time.monotonic()
+        self._last_elapsed: float | None = None
+        self.delivered = False
 
     def start(self) -> None:
-        """Register ``metrics_url`` (if any) with the agent."""
+        """Start scraping ``metrics_url`` (if any)."""
         if self.metrics_url:
-            self._register(self.metrics_url, "auto", from_zero=False)
+            self._scrape(self.metrics_url, "auto", from_zero=False)
 
-    def _register(self, url: str, engine: str, from_zero: bool) -> None:
+    def _scrape(self, url: str, engine: str, from_zero: bool) -> None:
         self.scraped = url
-        if self.port:
-            channel.send(channel.scrape_datagram(url, self.job_id, engine, from_zero=from_zero), self.port)
+        try:
+            self.scrape = JobScrape(
+                url,
+                engine,
+                from_zero,
+                lambda deltas, span: self.delivery.send("prometheus", deltas, span),
+                interval_s=self.scrape_interval_s,
+            ).start()
+        except ValueError as err:
+            log.warning("job %s: metrics_url not scraped: %s", self.job_id, err)
 
     def feed(self, stream: str, text: str) -> None:
         """Take decoded output of ``stream`` ("stdout" or "stderr") as it comes."""
@@ -206,24 +359,45 @@ class JobMeter:
             self._line(stream, line)
 
     def _line(self, stream: str, line: str) -> None:
-        if self.builtin_serve and self.scraped is None and stream == "stdout":
-            match = _SERVING.match(line)
-            if match:
-                host = match.group(1)
-                host = "127.0.0.1" if host in ("0.0.0.0", "[::]", "") else host
-                # The server starts with the job, so its counters start at zero: count in full.
-                self._register(f"http://{host}:{match.group(2)}/metrics", "hwprobe", from_zero=True)
+        with self._lock:  # stdout and stderr are read by two threads
+            if self.builtin_serve and self.scraped is None and stream == "stdout":
+                match = _SERVING.match(line)
+                if match:
+                    host = match.group(1)
+                    host = "127.0.0.1" if host in ("0.0.0.0", "[::]", "") else host
+                    # The server starts with the job, so its counters start at zero: count in full.
+                    self._scrape(f"http://{host}:{match.group(2)}/metrics", "hwprobe", from_zero=True)
+                    return
+            counts = self.parser.feed(line)
+            if self.scraped:
+                counts = {k: v for k, v in counts.items() if k == "train"}
+            if not counts:
                 return
-        counts = self.parser.feed(line)
-        if self.scraped:
-            counts = {k: v for k, v in counts.items() if k == "train"}
-        if counts:
+            now = time.monotonic()
+            elapsed = getattr(self.parser, "elapsed_s", None)
+            if elapsed is not None:
+                span = elapsed - (self._last_elapsed or 0.0)
+                self._last_elapsed = elapsed
+            else:
+                span = now - self._last_line
+            self._last_line = now
             for kind, value in counts.items():
                 self.sent[kind] += value
-            if self.port:
-                channel.send(channel.token_datagram(self.job_id, "progress", **counts), self.port)
+            self.delivery.send("progress", counts, span if span > 0 else None)
+
+    def stopping(self) -> None:
+        """The worker is about to stop the job: read its engine's counters while it still answers."""
+        if self.scrape is not None:
+            self.scrape.scrape()
 
     def finish(self) -> None:
-        """Unregister the job's endpoint (the agent scrapes it no more)."""
-        if self.scraped and self.port:
-            channel.send(channel.scrape_datagram(self.scraped, self.job_id, stop=True), self.port)
+        """After the job ended and its output was read: the last scrape, the rest of the counts,
+        and the agent's delivery to the server (``delivered`` says whether the server has them)."""
+        if self.scrape is not None:
+            self.scrape.stop()
+            self.scrape.scrape(quiet=True)  # an engine that outlives its job's command
+            final = getattr(self.parser, "final", None)
+            if final and self.scrape.target.rate.from_zero:
+                self.scrape.settle(final, time.monotonic())
+        self.delivered = self.delivery.flush()
+        self.delivery.close()

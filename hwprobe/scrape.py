@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from hwprobe.channel import Ledger
@@ -30,6 +31,7 @@ class Scraper:
         self._lock = threading.Lock()
         self._targets: dict[tuple[str, int | None], Any] = {}
         self._stopping: set[tuple[str, int | None]] = set()
+        self._last_ok: dict[tuple[str, int | None], float | None] = {}  # last successful scrape
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -46,6 +48,9 @@ class Scraper:
                 log.warning("scrape %s for job %s refused: %d targets already", url, job, MAX_TARGETS)
                 return
             self._targets[key] = Target(url, job, engine, from_zero)
+            # The counters of a from_zero endpoint started about now: the first scrape's tokens
+            # were produced since.
+            self._last_ok[key] = time.monotonic() if from_zero else None
             log.info("scraping %s (%s) for %s", url, engine, f"job {job}" if job else "this machine")
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="hwprobe-scrape", daemon=True)
@@ -84,15 +89,26 @@ class Scraper:
             except Exception:  # a surprise in one target must not end the others' scraping
                 log.exception("scrape %s: unexpected error", target.url)
                 deltas = {}
-            if deltas:
-                self.ledger.add(
-                    target.job, "prometheus", prompt=deltas.get("prompt", 0.0), generated=deltas.get("generated", 0.0)
-                )
+            now = time.monotonic()
+            if not target.failing:
+                # Tokens between two scrapes were produced over the time between them; a scrape
+                # that saw none ends an idle stretch, which does not count.
+                previous = self._last_ok.get(key)
+                self._last_ok[key] = now
+                if deltas:
+                    self.ledger.add(
+                        target.job,
+                        "prometheus",
+                        prompt=deltas.get("prompt", 0.0),
+                        generated=deltas.get("generated", 0.0),
+                        active_s=now - previous if previous is not None else None,
+                    )
             if last:
                 with self._lock:
                     if key in self._stopping:
                         self._stopping.discard(key)
                         self._targets.pop(key, None)
+                        self._last_ok.pop(key, None)
                         log.info("stopped scraping %s for job %s", target.url, target.job)
 
     def _run(self) -> None:

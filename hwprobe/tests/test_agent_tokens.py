@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,9 @@ def test_a_scraper_keeps_scraping_the_others_when_one_endpoint_is_down() -> None
         scraper.add(f"http://127.0.0.1:{free_port()}/metrics", 1, "vllm")
         scraper.add(endpoint.url, 2, "auto", from_zero=True)
         scraper.scrape_once()
-        assert ledger.drain() == [{"job_id": 2, "source": "prometheus", "prompt": 0, "generated": 5, "train": 0}]
+        (entry,) = ledger.drain()
+        assert entry.pop("active_s") > 0  # counted since the registration: the counters started then
+        assert entry == {"job_id": 2, "source": "prometheus", "prompt": 0, "generated": 5, "train": 0}
         scraper.remove(endpoint.url, 2)
         scraper.scrape_once()
         assert [t.job for t in scraper.targets] == [1]
@@ -130,4 +133,29 @@ def test_an_agent_whose_report_port_is_taken_still_runs(tmp_path: Path) -> None:
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=20)
             sink.stop()
-    assert proc.returncode == 0 and "cannot listen" in err
+    assert proc.returncode == 0 and "cannot listen" in err and "trying again" in err
+    with sink.lock:
+        flags = [s.get("report_udp") for doc in sink.accepted for s in doc["samples"]]
+    assert flags and not any(flags)  # each window says the UDP port is not ours
+
+
+def test_a_flush_over_the_socket_returns_once_the_server_has_the_tokens(tmp_path: Path) -> None:
+    sink = Sink().start()
+    # Windows of 10 s: only the flush can make the tokens leave within the test's few seconds.
+    proc = agent(tmp_path, sink.url, "--token", "t", "--interval", "0.2", "--send-every", "10", "--report-port", "0")
+    try:
+        path = tmp_path / "report.sock"
+        assert wait_until(lambda: path.exists(), 20), proc.stderr
+        client = channel.SocketClient(path)
+        assert client.send(channel.token_datagram(31, "progress", train=777, active_s=1.5))
+        started = time.monotonic()
+        assert client.flush() is True
+        assert time.monotonic() - started < 3
+        assert totals(window_tokens(sink), 31, "progress")["train"] == 777
+        client.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+        sink.stop()
+    assert proc.returncode == 0, err
+    assert not (tmp_path / "report.sock").exists()  # removed on the way out

@@ -14,8 +14,10 @@ import pytest
 from hwprobe import channel
 from hwprobe.progress import JobMeter, LineSplitter, make_parser
 from hwprobe.tests.conftest import FIXTURES
+from hwprobe.tests.test_engines import _Endpoint
 from hwprobe.tests.test_executor import FakeDashboard, job_spec, run
 from hwprobe.workloads import progress_line
+from hwprobe.workloads.serve import Metrics
 
 LOGS = FIXTURES / "progress"
 
@@ -108,11 +110,11 @@ def test_lines_are_cut_at_newlines_and_carriage_returns_across_chunks() -> None:
 
 
 @pytest.fixture
-def agent_side() -> Any:
-    ledger, scrapes = channel.Ledger(), []
-    listener = channel.Listener(0, ledger, on_scrape=scrapes.append).start()
-    listener.scrapes = scrapes
-    yield listener
+def agent_side(tmp_path: Path) -> Iterator[channel.SocketListener]:
+    """The agent's Unix socket (with a flush that answers at once), as the meter finds it."""
+    ledger = channel.Ledger()
+    listener = channel.SocketListener(tmp_path / "report.sock", channel.Channel(ledger, on_flush=lambda _: True))
+    yield listener.start()
     listener.close()
 
 
@@ -122,76 +124,106 @@ def settle(condition: Any, timeout_s: float = 5.0) -> None:
         time.sleep(0.02)
 
 
-def test_the_built_in_serve_registers_its_port_and_leaves_serving_counts_to_the_scrape(agent_side: Any) -> None:
-    meter = JobMeter(11, None, builtin_serve=True, port=agent_side.port)
-    meter.start()
-    meter.feed("stdout", "serving on http://0.0.0.0:40111 with a fresh untrained model\n")
-    meter.feed(
-        "stdout",
-        progress_line("serve", requests=3, prompt_tokens=90, generated_tokens=64, elapsed_s=1.0, tokens_per_s=64.0)
-        + "\n",
-    )
+def sums(entries: list[dict[str, Any]]) -> dict[tuple[Any, str], dict[str, float]]:
+    """Counts and active seconds per (job, source) over drained entries."""
+    out: dict[tuple[Any, str], dict[str, float]] = {}
+    for e in entries:
+        row = out.setdefault((e["job_id"], e["source"]), {"prompt": 0, "generated": 0, "train": 0, "active_s": 0.0})
+        for k in ("prompt", "generated", "train", "active_s"):
+            row[k] += e.get(k, 0)
+    return out
+
+
+def test_progress_lines_carry_the_workloads_own_seconds(agent_side: Any) -> None:
+    meter = JobMeter(12, None, port=0, socket_path=str(agent_side.path))
+    for step, elapsed in ((1, 1.1), (2, 2.1), (3, 3.0)):
+        line = progress_line("train", step=step, tokens=step * 4096, elapsed_s=elapsed, tokens_per_s=1.0, loss=3.0)
+        meter.feed("stdout", line + "\n")
     meter.finish()
-    settle(lambda: len(agent_side.scrapes) == 2)
-    assert agent_side.scrapes == [
-        {
-            "kind": "scrape",
-            "url": "http://127.0.0.1:40111/metrics",
-            "job": 11,
-            "engine": "hwprobe",
-            "stop": False,
-            "from_zero": True,
-        },
-        {
-            "kind": "scrape",
-            "url": "http://127.0.0.1:40111/metrics",
-            "job": 11,
-            "engine": "auto",
-            "stop": True,
-            "from_zero": False,
-        },
-    ]
-    assert agent_side.ledger.drain() == []
+    assert meter.delivered
+    settle(lambda: agent_side.channel.received >= 4)
+    (row,) = sums(agent_side.channel.ledger.drain()).values()
+    assert row["train"] == 3 * 4096
+    assert row["active_s"] == pytest.approx(3.0)  # 1.1 + 1.0 + 0.9: the workload's clock, not ours
 
 
-def test_a_metrics_url_is_registered_at_start_and_training_lines_still_count(agent_side: Any) -> None:
-    meter = JobMeter(12, None, metrics_url="http://127.0.0.1:9/metrics", port=agent_side.port)
-    meter.start()
-    meter.feed(
-        "stderr", progress_line("train", step=1, tokens=4096, elapsed_s=1.0, tokens_per_s=4096.0, loss=3.0) + "\n"
-    )
-    settle(lambda: agent_side.received >= 2)
-    assert agent_side.scrapes[0]["url"] == "http://127.0.0.1:9/metrics" and not agent_side.scrapes[0]["from_zero"]
-    assert agent_side.ledger.drain() == [
-        {"job_id": 12, "source": "progress", "prompt": 0, "generated": 0, "train": 4096}
-    ]
+def test_the_built_in_serve_is_scraped_and_its_final_totals_are_counted_in_full(agent_side: Any) -> None:
+    metrics = Metrics()
+    endpoint = _Endpoint(metrics.exposition())
+    try:
+        meter = JobMeter(11, None, builtin_serve=True, port=0, socket_path=str(agent_side.path), scrape_interval_s=0.1)
+        meter.start()
+        meter.feed("stdout", f"serving on {endpoint.url.removesuffix('/metrics')} with a fresh untrained model\n")
+        metrics.prompt_tokens, metrics.generated_tokens = 90, 64
+        endpoint.body = metrics.exposition()
+        settle(lambda: agent_side.channel.received >= 1)
+        line = progress_line("serve", requests=3, prompt_tokens=90, generated_tokens=64, elapsed_s=1.0, tokens_per_s=1)
+        meter.feed("stdout", line + "\n")
+        # The server answered its last scrape, then served more and exited: its final line says how much.
+        endpoint.close()
+        final = progress_line(
+            "serve", requests=5, prompt_tokens=150, generated_tokens=100, elapsed_s=1.5, tokens_per_s=1, final=1
+        )
+        meter.feed("stdout", final + "\n")
+        meter.finish()
+        assert meter.delivered
+    finally:
+        endpoint.close()
+    settle(lambda: agent_side.channel.received >= 3)
+    totals = sums(agent_side.channel.ledger.drain())
+    assert set(totals) == {(11, "prometheus")}  # the serving kinds in its lines are not sent again
+    assert (totals[(11, "prometheus")]["prompt"], totals[(11, "prometheus")]["generated"]) == (150, 100)
+    assert totals[(11, "prometheus")]["active_s"] > 0
+
+
+def test_a_metrics_url_sets_its_baseline_at_start_and_training_lines_still_count(agent_side: Any) -> None:
+    metrics = Metrics()
+    metrics.generated_tokens = 1000  # served before the job started: not the job's
+    endpoint = _Endpoint(metrics.exposition())
+    try:
+        meter = JobMeter(12, None, metrics_url=endpoint.url, port=0, socket_path=str(agent_side.path))
+        meter.start()
+        meter.stopping()  # the first scrape: the baseline
+        meter.feed(
+            "stderr", progress_line("train", step=1, tokens=4096, elapsed_s=1.0, tokens_per_s=4096.0, loss=3.0) + "\n"
+        )
+        metrics.generated_tokens = 1040
+        endpoint.body = metrics.exposition()
+        meter.stopping()  # what the worker does right before it sends SIGTERM
+        meter.finish()
+    finally:
+        endpoint.close()
+    settle(lambda: agent_side.channel.received >= 2)
+    totals = sums(agent_side.channel.ledger.drain())
+    assert totals[(12, "progress")]["train"] == 4096
+    assert totals[(12, "prometheus")]["generated"] == 40
 
 
 def test_a_job_run_sends_its_printed_tokens_to_the_agent(
-    dash: FakeDashboard,
-    tmp_path: Path,
-    agent_side: Any,
+    dash: FakeDashboard, tmp_path: Path, agent_side: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv(channel.SOCKET_ENV, str(agent_side.path))
     code = (
         "import sys\n"
         "for i in range(1, 4): print(f'HWPROBE_PROGRESS kind=train step={i} tokens={i * 1000} loss=2.0', flush=True)\n"
         "sys.stdout.write('HWPROBE_PROGRESS kind=train step=4 tokens=4500 final=1')\n"
     )  # no newline at the end
     spec = job_spec(argv=[sys.executable, "-c", code])
-    result = run(dash, spec, tmp_path, report_port=agent_side.port)
+    result = run(dash, spec, tmp_path, report_port=0)
     assert result.outcome == "succeeded", dash.text()
-    settle(lambda: agent_side.received >= 4)
-    assert agent_side.ledger.drain() == [
-        {"job_id": 7, "source": "progress", "prompt": 0, "generated": 0, "train": 4500}
-    ]
+    # Everything was delivered before the job's end was reported: no waiting here.
+    entries = agent_side.channel.ledger.drain()
+    assert sums(entries)[(7, "progress")]["train"] == 4500
 
 
-def test_a_job_learns_the_agent_port_from_its_environment(
-    dash: FakeDashboard,
-    tmp_path: Path,
-    agent_side: Any,
+def test_a_job_learns_where_the_agent_listens_from_its_environment(
+    dash: FakeDashboard, tmp_path: Path, agent_side: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    code = "import os; print('port', os.environ['HWPROBE_REPORT_PORT'], os.environ['HWPROBE_JOB_ID'])"
-    result = run(dash, job_spec(argv=[sys.executable, "-c", code]), tmp_path, report_port=agent_side.port)
+    monkeypatch.setenv(channel.SOCKET_ENV, str(agent_side.path))
+    code = (
+        "import os; e = os.environ; "
+        "print('at', e['HWPROBE_REPORT_PORT'], e['HWPROBE_REPORT_SOCKET'], e['HWPROBE_JOB_ID'])"
+    )
+    result = run(dash, job_spec(argv=[sys.executable, "-c", code]), tmp_path, report_port=8799)
     assert result.outcome == "succeeded"
-    assert f"port {agent_side.port} 7" in dash.text()
+    assert f"at 8799 {agent_side.path} 7" in dash.text()
