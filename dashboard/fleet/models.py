@@ -52,6 +52,8 @@ class Machine(models.Model):
     seq_offset = models.BigIntegerField(default=0)
     # The agent's cumulative count of samples its spool had to discard (never reset by us).
     spool_dropped = models.BigIntegerField(default=0)
+    # Token reports the agent's channel could not use (malformed, over capacity), summed over windows.
+    tokens_dropped = models.BigIntegerField(default=0)
     # The newest sample as received (means and last values), for cards and the process table.
     latest = models.JSONField(null=True, blank=True)
     # What the machine's job worker allows, as it last reported it (hwprobe.policy.Policy.summary);
@@ -251,6 +253,10 @@ class ThroughputSample(models.Model):
     prompt_tokens = models.BigIntegerField(default=0)
     generated_tokens = models.BigIntegerField(default=0)
     train_tokens = models.BigIntegerField(default=0)
+    # Seconds of the window the source was producing (null: an older agent; the window counts whole).
+    active_s = models.FloatField(null=True)
+    # The counts at the resolution they were measured: [[end_ts, active_s, prompt, generated, train]].
+    points = models.JSONField(null=True)
     received_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
