@@ -291,7 +291,9 @@ def place_queued(now: datetime | None = None) -> list[Placement]:
                 borrowers.append((job, decision, borrowable))
                 continue
             victims = victims or _preempt_for(job, own, active_by_machine)
-            message = decision.wait or why_waiting(job, candidates)
+            message = decision.wait or why_waiting(job, own or candidates)
+            if not decision.wait and candidates and not own:
+                message += "; those machines belong to other teams, which lend only to preemptible jobs"
             if victims:
                 Job.objects.filter(pk__in=[v.pk for v in victims]).update(preempt_requested=True)
                 what = "borrowing job(s)" if victims[0].borrowing else "training job(s)"

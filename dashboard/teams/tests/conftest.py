@@ -44,7 +44,7 @@ def stranger(django_user_model, team_b):
     return member(django_user_model, "bob", team_b, "operator")
 
 
-def online(name: str, team: Team | None, gpus: int = 1, used: float = 40e9) -> Machine:
+def online(name: str, team: Team | None = None, gpus: int = 1, used: float = 40e9) -> Machine:
     """A machine that just reported ``gpus`` GPUs with about 42 GiB free each (make_batch)."""
     m = Machine.objects.create(name=name, team=team)
     batch = make_batch([1], gpus=gpus)
