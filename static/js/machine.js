@@ -106,7 +106,7 @@
     });
   });
   // Redraw with the other palette when the system switches between light and dark.
-  window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => poller.now());
+  document.addEventListener("themechange", () => poller.now());  // static/js/base.js
 
   markRange();
   Charts.tickAgo();

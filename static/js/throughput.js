@@ -230,7 +230,7 @@ window.Throughput = (function () {
         if (now && drawn !== null && now.dataset.status !== drawn && !FINISHED.includes(drawn)) tick();
       }).observe(state.parentNode, { childList: true });
     }
-    window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => draw().catch(() => {}));
+    document.addEventListener("themechange", () => draw().catch(() => {}));  // static/js/base.js
     tick();
   }
 

@@ -182,7 +182,7 @@ def test_a_card_shows_preformatted_meters(client, viewer):
     page = get(client, "/")
     card = page[page.index('data-machine="gpu-01"') :]
     assert "2 × H100 80GB HBM3 · 128 CPU threads" in card
-    assert '<div class="bar hot"><span style="width: 95.0%"></span></div>' in card
+    assert '<div class="bar hot"><span data-width="95.0"></span></div>' in card
     assert "40.0 GiB / 80.0 GiB" in card and "64.0 GiB / 256 GiB" in card and "20 %" in card
     assert 'class="dot online"' in card and "last seen 5 s ago" in card
 
