@@ -72,6 +72,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django.contrib.humanize",
+    "axes",  # login lockout after repeated failures (LOGIN_FAILURE_LIMIT); admins unlock in the admin
     # Layers, lowest first: each app imports only those above it in this list (.importlinter).
     "dashboard.core",
     "dashboard.accounts",
@@ -95,7 +96,23 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # A NUL or lone surrogate in a path parameter or query value: 400 naming it, not a database 500.
+    "dashboard.core.validation.StorableRequestMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a locked-out login into the lockout page
 ]
+
+# Login throttling (django-axes): LOGIN_FAILURE_LIMIT wrong passwords for one username from one
+# address lock that pair out for LOGIN_LOCKOUT_MINUTES (0: until an admin deletes the access
+# attempt in Admin -> Axes -> Access attempts, or runs `manage.py axes_reset_username NAME`).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out pair before any password check
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = (env_int("LOGIN_LOCKOUT_MINUTES", 15) / 60) or None  # hours; None: until unlocked
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]  # a user elsewhere, or others here, can still log in
+AXES_RESET_ON_SUCCESS = True  # a right password clears the earlier failures
+AXES_LOCKOUT_TEMPLATE = "accounts/locked_out.html"
 
 ROOT_URLCONF = "dashboard.urls"
 WSGI_APPLICATION = "dashboard.wsgi.application"
@@ -183,6 +200,12 @@ else:
         "control_folder": str(_broker_dir / "control"),
     }
 
+# The cache holds the per-minute counts of personal-token API calls (dashboard/accounts/ratelimit.py):
+# in Redis every web worker shares them; without Redis each process counts alone.
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+API_TOKEN_RATE_PER_MIN = env_int("API_TOKEN_RATE_PER_MIN", 600)  # per user; past it 429 + Retry-After; 0: off
+
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]  # never pickle: a broker message must not be able to run code
@@ -235,6 +258,21 @@ LOGGING = {
     "loggers": {"django.server": {"level": "WARNING"}},
 }
 
-if not DEBUG:
-    SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
-    CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+# HTTPS=1 (or the older SECURE_COOKIES=1) when users reach the dashboard over HTTPS, usually a
+# proxy that terminates TLS in front of gunicorn: cookies only over HTTPS, plain HTTP redirected,
+# and HSTS. The proxy must set X-Forwarded-Proto (overwriting what a client sent). `dev.py run`
+# sets neither and stays on plain HTTP. /healthz answers before the redirect (core/health.py).
+HTTPS = env_bool("HTTPS", env_bool("SECURE_COOKIES", False))
+if HTTPS:
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = env_int("HSTS_SECONDS", 365 * 86400)
+    # Both bind every subdomain of the domain (preload: in browsers, for months): the operator's call.
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("HSTS_INCLUDE_SUBDOMAINS", False)
+    SECURE_HSTS_PRELOAD = env_bool("HSTS_PRELOAD", False)
+    SILENCED_SYSTEM_CHECKS = [
+        check
+        for check, chosen in (("security.W005", SECURE_HSTS_INCLUDE_SUBDOMAINS), ("security.W021", SECURE_HSTS_PRELOAD))
+        if not chosen
+    ]

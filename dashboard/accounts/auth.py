@@ -14,17 +14,26 @@ from ninja.security import HttpBearer, django_auth
 from dashboard.core.auth import bearer_token
 
 from .models import ApiToken
+from .ratelimit import RateLimited, count_call
 
 
 class UserToken(HttpBearer):
     def authenticate(self, request, token: str):
         user = ApiToken.authenticate(token)
         if user is not None:
+            count_call(user.pk)  # RateLimited becomes a 429 (dashboard/web/api.py)
             request.user = user
         return user
 
 
 USER_AUTH = [UserToken(), django_auth]
+
+
+def rate_limited_response(exc: RateLimited) -> HttpResponse:
+    """429 with ``Retry-After``: the API's answer and the token-read views' alike."""
+    response = JsonResponse({"error": str(exc)}, status=429)
+    response["Retry-After"] = str(exc.retry_after_s)
+    return response
 
 
 def signed_in_user(request: HttpRequest) -> Any | None:
@@ -37,6 +46,7 @@ def signed_in_user(request: HttpRequest) -> Any | None:
     token = bearer_token(request)
     user = ApiToken.authenticate(token) if token else None
     if user is not None:
+        count_call(user.pk)
         request.user = user
     return user
 
@@ -49,7 +59,11 @@ def token_or_session(*, login_page: bool) -> Callable[[Callable[..., HttpRespons
     def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
         @wraps(view)
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-            if signed_in_user(request) is not None:
+            try:
+                user = signed_in_user(request)
+            except RateLimited as exc:
+                return rate_limited_response(exc)
+            if user is not None:
                 return view(request, *args, **kwargs)
             token = bearer_token(request)
             if token is None and login_page:

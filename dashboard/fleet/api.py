@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.shortcuts import get_object_or_404
-from ninja import Router
+from ninja import Query, Router
 from ninja.errors import HttpError
+from pydantic import BaseModel
 
 from dashboard.accounts.auth import USER_AUTH
 from dashboard.core.periods import required_range
@@ -13,11 +14,17 @@ from dashboard.teams import access as team_access
 
 from . import queries, throughput
 from .auth import AgentAuth
-from .ingest import store_batch
+from .ingest import SeqExhausted, store_batch
 from .models import Machine
-from .payload import Batch, PayloadError, parse_batch
+from .payload import MAX_BIGINT, Batch, PayloadError, parse_batch
 
 router = Router(tags=["fleet"])
+
+
+class IngestReply(BaseModel):
+    accepted: int  # windows stored now
+    duplicates: int  # windows stored before (a replay), skipped
+    last_seq: int  # the highest seq stored from this agent's spool
 
 
 @router.post(
@@ -27,37 +34,63 @@ router = Router(tags=["fleet"])
     openapi_extra={
         "requestBody": {"required": True, "content": {"application/json": {"schema": Batch.model_json_schema()}}},
         "responses": {
-            "200": {"description": "Stored; replayed samples are counted as duplicates"},
-            "400": {"description": "Malformed batch; nothing stored"},
+            "200": {
+                "description": "Stored; replayed samples are counted as duplicates",
+                "content": {"application/json": {"schema": IngestReply.model_json_schema()}},
+            },
+            "400": {"description": "Malformed batch, naming the field; nothing stored"},
             "401": {"description": "Missing, unknown or revoked token"},
+            "409": {"description": "The machine's window numbering has no room for this spool; nothing stored"},
+            "411": {"description": "A chunked body this server cannot read to its end: send Content-Length"},
             "413": {"description": "Body larger than INGEST_MAX_BYTES"},
         },
     },
 )
 def ingest(request):
     try:
-        length = int(request.headers.get("Content-Length") or 0)
-    except ValueError:
-        raise HttpError(400, "Content-Length is not a number")
-    if length > settings.INGEST_MAX_BYTES:
-        raise HttpError(
-            413, f"batch is {length} bytes; the limit is {settings.INGEST_MAX_BYTES}: send fewer samples per batch"
-        )
-    try:
-        batch = parse_batch(request.body)
+        batch = parse_batch(_ingest_body(request))
+        result = store_batch(request.auth.machine, batch)
+    except SeqExhausted as exc:
+        raise HttpError(409, str(exc)) from None
     except PayloadError as exc:
-        raise HttpError(400, str(exc))
-    result = store_batch(request.auth.machine, batch)
+        raise HttpError(400, str(exc)) from None
     return result.as_dict()
+
+
+def _ingest_body(request) -> bytes:
+    """The batch's bytes, at most INGEST_MAX_BYTES, sent with a Content-Length or chunked."""
+    limit = settings.INGEST_MAX_BYTES
+    too_big = f"the limit is {limit} bytes: send fewer samples per batch"
+    if request.headers.get("Content-Length"):
+        try:
+            length = int(request.headers["Content-Length"])
+        except ValueError:
+            raise HttpError(400, "Content-Length: is not a number") from None
+        if length > limit:
+            raise HttpError(413, f"body: the batch is {length} bytes; {too_big}")
+        return request.body
+    if "chunked" not in request.headers.get("Transfer-Encoding", "").lower():
+        return request.body  # no body at all: parse_batch says so
+    # Django reads a body only as far as Content-Length says, so a chunked one looked empty. A
+    # server that decodes chunks and ends the stream with the body (gunicorn) says so with the WSGI
+    # flag wsgi.input_terminated; reading one that does not (runserver) would wait forever.
+    if not request.META.get("wsgi.input_terminated"):
+        raise HttpError(411, "Content-Length: required by this server, which cannot read a chunked body to its end")
+    body = request.META["wsgi.input"].read(limit + 1)
+    if len(body) > limit:
+        raise HttpError(413, f"body: the chunked batch is over {limit} bytes; {too_big}")
+    return body
 
 
 @router.get(
     "/machines", auth=USER_AUTH, summary="Machines by name with inventory, state and latest values, a page at a time"
 )
-def machines(request, offset: int = 0, limit: int = 200):
+def machines(
+    request,
+    offset: int = Query(0, ge=0, le=MAX_BIGINT),  # type: ignore[type-arg]
+    limit: int = Query(200, ge=1, le=1000),  # type: ignore[type-arg]
+):
     """`limit` is at most 1,000; `count` is the whole fleet the user's teams see, so clients know when to stop."""
-    if offset < 0 or not 1 <= limit <= 1000:
-        raise HttpError(400, "limit: must be between 1 and 1000, and offset not negative")
     visible = team_access.scope_machines(Machine.objects.all(), request.user)
     return {
         "count": visible.count(),

@@ -25,10 +25,14 @@ from psycopg.errors import UniqueViolation
 from hwprobe.schema import GPU_METRICS, SYSTEM_METRICS, Metric
 
 from .models import Accelerator, GpuSample, Machine, SystemSample, ThroughputSample, metric_columns
-from .payload import Batch, Inventory, Sample
+from .payload import MAX_BIGINT, Batch, Inventory, PayloadError, Sample
 
 # Keep each statement's parameters under SQLite's 32,766 limit.
 MAX_PARAMS = 30_000
+
+
+class SeqExhausted(PayloadError):
+    """This machine's stored numbering has no room for the batch: a 409 that says what to do."""
 
 
 @dataclass
@@ -223,6 +227,11 @@ def _store(machine: Machine, batch: Batch, now: datetime, all_new: bool) -> Inge
     received = adapt(now)
     offset = _seq_offset(machine, batch)
     samples = batch.samples
+    if offset + max(s.seq for s in samples) > MAX_BIGINT:  # refused before any row is written
+        raise SeqExhausted(
+            f"seq: this machine's windows are numbered up to {machine.last_seq}, and this spool's would pass "
+            "the database's limit of 2**63-1; enroll the machine anew under another name"
+        )
     seqs = [s.seq + offset for s in samples]  # from the agent's numbering to this machine's
     times = [adapt(_ts(s)) for s in samples]
     system_rows = [

@@ -23,16 +23,22 @@ from pydantic import (
 )
 from typing_extensions import TypedDict
 
+from dashboard.core.validation import Text
 from hwprobe.schema import GPU_METRICS, SYSTEM_METRICS, Metric
 
 MAX_SAMPLES = 1000
 MAX_DEVICES = 64
-MAX_SEQ = 2**63 - 1
+MAX_BIGINT = 2**63 - 1  # PostgreSQL's bigint: byte counts and ids
+# A window's seq stays a JSON-safe integer: past 2**53 a client that reads numbers as doubles
+# (JavaScript, many JSON libraries) rounds it, and two windows would share a seq. At one window a
+# second that is 285 million years of numbering. It also leaves room below MAX_BIGINT for the
+# offset a reinstalled agent's new spool gets (ingest._seq_offset): 1,023 spools ending at 2**53.
+MAX_SEQ = 2**53 - 1
 EARLIEST_TS = 946684800.0  # 2000-01-01: anything older is a broken clock, not history
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
-Name = Annotated[str, Field(max_length=255)]
-OptionalName = Annotated[str, Field(max_length=255)] | None  # null: the agent could not read it
+Name = Annotated[Text, Field(max_length=255)]
+OptionalName = Annotated[Text, Field(max_length=255)] | None  # null: the agent could not read it
 
 
 class Strict(BaseModel):
@@ -86,7 +92,7 @@ def _metric_type(metric: Metric) -> Any:
     if metric.kind == "gauge":
         return (PercentGauge if metric.percent else Gauge if metric.non_negative else SignedGauge) | None
     if metric.integer:
-        return Annotated[int, Field(ge=0, le=MAX_SEQ)] | None
+        return Annotated[int, Field(ge=0, le=MAX_BIGINT)] | None
     return Annotated[float, Field(ge=0, le=1e18, allow_inf_nan=False)] | None
 
 
@@ -99,11 +105,11 @@ def _model(name: str, metrics: tuple[Metric, ...], **extra: Any) -> type[Strict]
 
 class Process(Strict):
     pid: Annotated[int, Field(ge=0, le=2**32)]
-    name: Annotated[str, Field(max_length=255)] | None = None
-    user: Annotated[str, Field(max_length=255)] | None = None
+    name: Annotated[Text, Field(max_length=255)] | None = None
+    user: Annotated[Text, Field(max_length=255)] | None = None
     pgid: Annotated[int, Field(ge=0, le=2**32)] | None = None  # ties the process to a job
     exists: bool | None = None  # in the host's process table (False: NVML lists a pid that is gone)
-    mem_used_bytes: Annotated[int, Field(ge=0, le=MAX_SEQ)] | None = None
+    mem_used_bytes: Annotated[int, Field(ge=0, le=MAX_BIGINT)] | None = None
 
 
 SystemPayload = _model(
@@ -118,7 +124,7 @@ GpuPayload = _model(
     "GpuPayload",
     GPU_METRICS,
     index=(Annotated[int, Field(ge=0, le=255)], ...),
-    uuid=(Annotated[str, Field(max_length=128)] | None, None),
+    uuid=(Annotated[Text, Field(max_length=128)] | None, None),
     processes=(list[Process] | None, Field(None, max_length=1024)),
 )
 
@@ -129,7 +135,7 @@ TokenCountValue = Annotated[int, Field(ge=0, le=10**15)]
 class TokenCount(Strict):
     """Tokens produced during the window, by one job (or none) through one source."""
 
-    job_id: Annotated[int, Field(ge=1, le=MAX_SEQ)] | None = None
+    job_id: Annotated[int, Field(ge=1, le=MAX_BIGINT)] | None = None
     source: Literal["progress", "prometheus", "ollama", "report"]
     prompt: TokenCountValue = 0
     generated: TokenCountValue = 0
@@ -169,17 +175,17 @@ class Sample(Strict):
 
 class InventoryAccelerator(Strict):
     index: Annotated[int, Field(ge=0, le=255)]
-    vendor: Annotated[str, Field(max_length=32)] | None = "unknown"
+    vendor: Annotated[Text, Field(max_length=32)] | None = "unknown"
     name: OptionalName = ""
-    uuid: Annotated[str, Field(max_length=128)] | None = None
-    mem_total_bytes: Annotated[int, Field(ge=0, le=MAX_SEQ)] | None = None
+    uuid: Annotated[Text, Field(max_length=128)] | None = None
+    mem_total_bytes: Annotated[int, Field(ge=0, le=MAX_BIGINT)] | None = None
     power_limit_watts: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)] | None = None
-    parent_uuid: Annotated[str, Field(max_length=128)] | None = None
-    mig_profile: Annotated[str, Field(max_length=64)] | None = None
+    parent_uuid: Annotated[Text, Field(max_length=128)] | None = None
+    mig_profile: Annotated[Text, Field(max_length=64)] | None = None
     gpu_instance_id: Annotated[int, Field(ge=0, le=2**32)] | None = None
     compute_instance_id: Annotated[int, Field(ge=0, le=2**32)] | None = None
     gpm_supported: bool | None = None
-    driver: Annotated[str, Field(max_length=64)] | None = None
+    driver: Annotated[Text, Field(max_length=64)] | None = None
 
 
 class Inventory(Strict):
@@ -188,7 +194,7 @@ class Inventory(Strict):
     cpu_model: OptionalName = ""
     cpu_cores: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
     cpu_threads: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
-    mem_total_bytes: Annotated[int, Field(ge=0, le=MAX_SEQ)] | None = None
+    mem_total_bytes: Annotated[int, Field(ge=0, le=MAX_BIGINT)] | None = None
     storage_read_bytes_per_s: Annotated[float, Field(ge=0, le=1e13, allow_inf_nan=False)] | None = None
     accelerators: list[InventoryAccelerator] = Field(default_factory=list, max_length=MAX_DEVICES)
 
@@ -201,9 +207,9 @@ class Inventory(Strict):
 
 
 class Batch(Strict):
-    agent_version: Annotated[str, Field(max_length=32)] = ""
-    spool_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
-    dropped: Annotated[int, Field(ge=0, le=MAX_SEQ)] = 0
+    agent_version: Annotated[Text, Field(max_length=32)] = ""
+    spool_id: Annotated[Text, Field(min_length=1, max_length=64)] | None = None
+    dropped: Annotated[int, Field(ge=0, le=MAX_BIGINT)] = 0
     inventory: Inventory | None = None
     samples: list[Sample] = Field(min_length=1, max_length=MAX_SAMPLES)
 
@@ -250,7 +256,7 @@ def parse_batch(body: bytes) -> Batch:
         elif _FIELD_PREFIX.match(message):  # a model's check names the field it is about
             suffix, _, message = message.partition(": ")
             where = f"{where}.{suffix}"
-        if first["type"] == "json_invalid":
-            message = f"is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})"
+        if first["type"] == "json_invalid":  # a lone surrogate escape (\ud800) is refused here too
+            where, message = "body", f"is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})"
         more = f" (and {len(useful) - 1} more problem(s))" if len(useful) > 1 else ""
         raise PayloadError(f"{where}: {message}{more}") from None

@@ -7,13 +7,19 @@ the names of the jobs that ran there, which telemetry (``fleet``) does not know.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from django.http import Http404
 from django.shortcuts import get_object_or_404
 from ninja import NinjaAPI, Router
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
-from dashboard.accounts.auth import USER_AUTH
+from dashboard.accounts.auth import USER_AUTH, rate_limited_response
+from dashboard.accounts.ratelimit import RateLimited
+from dashboard.core import openapi
 from dashboard.core.periods import PeriodError, required_range
+from dashboard.core.validation import StorableTextParser, UnstorableText
 from dashboard.economics.api import router as economics_router
 from dashboard.fleet import series, throughput
 from dashboard.fleet.api import router as fleet_router
@@ -22,10 +28,18 @@ from dashboard.jobs import throughput as job_throughput
 from dashboard.jobs.api import agent_router
 from dashboard.jobs.api import router as jobs_router
 
-api = NinjaAPI(
+
+class Api(NinjaAPI):
+    def get_openapi_schema(self, *args: Any, **kwargs: Any) -> Any:
+        # The error answers every route shares, and hand-written schemas' $defs (dashboard/core/openapi.py).
+        return openapi.complete(super().get_openapi_schema(*args, **kwargs))
+
+
+api = Api(
     title="AI fleet dashboard API",
     version="1",
     urls_namespace="api",
+    parser=StorableTextParser(),  # a NUL in any body field: 400 naming it (dashboard/core/validation.py)
     description="Telemetry ingest for hwprobe agents and read access for users.",
 )
 composed = Router(tags=["fleet"])
@@ -59,9 +73,19 @@ def unauthorized(request, exc):
     )
 
 
+@api.exception_handler(RateLimited)
+def too_many(request, exc: RateLimited):
+    return rate_limited_response(exc)
+
+
 @api.exception_handler(HttpError)
 def http_error(request, exc: HttpError):
-    return api.create_response(request, {"error": str(exc)}, status=exc.status_code)
+    message = str(exc)
+    if isinstance(exc.__cause__, UnstorableText):  # the parser's own sentence, naming the field
+        message = str(exc.__cause__)
+    elif isinstance(exc.__cause__, json.JSONDecodeError):
+        message = f"body: is not valid JSON ({exc.__cause__})"
+    return api.create_response(request, {"error": message}, status=exc.status_code)
 
 
 @api.exception_handler(PeriodError)
