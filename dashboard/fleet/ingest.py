@@ -135,6 +135,8 @@ def _store_tokens(machine: Machine, samples: list[tuple[Sample, int]], now: date
             prompt_tokens=t.prompt,
             generated_tokens=t.generated,
             train_tokens=t.train,
+            active_s=t.active_s,
+            points=t.points,
             received_at=now,
         )
         for s, seq in samples
@@ -160,7 +162,7 @@ def _latest(sample: Sample, seq: int) -> dict[str, Any]:
         entry = {"index": gpu.index, "uuid": gpu.uuid, **summary(gpu, GPU_METRICS)}
         entry["processes"] = [p.model_dump() for p in gpu.processes or []]
         gpus.append(entry)
-    return {"seq": seq, "ts": sample.ts, "system": system, "gpus": gpus}
+    return {"seq": seq, "ts": sample.ts, "system": system, "gpus": gpus, "report_udp": sample.report_udp}
 
 
 def _apply_inventory(machine: Machine, inventory: Inventory) -> dict[str, Any]:
@@ -264,6 +266,9 @@ def _store(machine: Machine, batch: Batch, now: datetime, all_new: bool) -> Inge
         "last_seq": Greatest(F("last_seq"), newest_seq),
         "spool_dropped": Greatest(F("spool_dropped"), batch.dropped),
     }
+    tokens_dropped = sum(s.tokens_dropped for s, seq in zip(samples, seqs, strict=True) if seq in new)
+    if tokens_dropped:  # counted once: a replayed window is not new
+        updates["tokens_dropped"] = F("tokens_dropped") + tokens_dropped
     if batch.agent_version:
         updates["agent_version"] = batch.agent_version
     if newest_seq in new and newest_seq >= machine.last_seq:

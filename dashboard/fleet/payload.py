@@ -132,6 +132,11 @@ GpuPayload = _model(
 TokenCountValue = Annotated[int, Field(ge=0, le=10**15)]
 
 
+TokenPoint = Annotated[
+    list[Annotated[float, Field(ge=0, le=10**15, allow_inf_nan=False)]], Field(min_length=5, max_length=5)
+]
+
+
 class TokenCount(Strict):
     """Tokens produced during the window, by one job (or none) through one source."""
 
@@ -140,6 +145,10 @@ class TokenCount(Strict):
     prompt: TokenCountValue = 0
     generated: TokenCountValue = 0
     train: TokenCountValue = 0
+    # Seconds of work the counts took, and the counts per measured second as
+    # [end_ts, active_s, prompt, generated, train]; older agents send neither.
+    active_s: Annotated[float, Field(gt=0, le=86400, allow_inf_nan=False)] | None = None
+    points: list[TokenPoint] | None = Field(default=None, max_length=600)
 
 
 class Sample(Strict):
@@ -150,6 +159,8 @@ class Sample(Strict):
     system: SystemPayload = Field(default_factory=SystemPayload)  # type: ignore[valid-type]
     gpus: list[GpuPayload] = Field(default_factory=list, max_length=MAX_DEVICES)  # type: ignore[valid-type]
     tokens: list[TokenCount] = Field(default_factory=list, max_length=256)
+    tokens_dropped: Annotated[int, Field(ge=0, le=10**12)] = 0  # token reports the agent could not use
+    report_udp: bool | None = None  # whether the agent's UDP report port listened (None: turned off)
 
     @field_validator("ts")
     @classmethod

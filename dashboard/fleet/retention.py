@@ -49,6 +49,12 @@ def purge(now: datetime | None = None) -> dict[str, int]:
         for model in (SystemSample, GpuSample):
             done[model._meta.model_name] = _delete(model, model.objects.filter(ts__lt=raw, received_at__lt=rolled_up))
 
+    if raw is not None:  # token counts keep their windows; their 1 s points go with the raw windows
+        old = ThroughputSample.objects.filter(ts__lt=raw, points__isnull=False)
+        done["throughputsample_points"] = 0
+        while ids := list(old.values_list("pk", flat=True)[:BATCH]):
+            done["throughputsample_points"] += ThroughputSample.objects.filter(pk__in=ids).update(points=None)
+
     tokens = cutoff(now, settings.RETENTION_THROUGHPUT_DAYS)
     if tokens is not None:
         done["throughputsample"] = _delete(ThroughputSample, ThroughputSample.objects.filter(ts__lt=tokens))

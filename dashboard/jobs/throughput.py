@@ -43,10 +43,18 @@ def job_summaries(job_ids: list[int]) -> dict[int, dict[str, Any]]:
 
 
 def job_series(job: Job, metric: str, since: datetime, until: datetime) -> dict[str, Any]:
-    """The job's tokens/s of one kind (``tokens.train`` ...)."""
+    """The job's tokens/s of one kind (``tokens.train`` ...): at the resolution it was measured
+    (about 1 s) over a span of up to two hours, per window beyond."""
     column = throughput.KINDS[throughput.METRICS[metric]]
-    rows = rows_of([job.pk]).filter(**window_filter(since, until)).order_by("ts").values_list("ts", column)
     label = throughput.LABELS[throughput.METRICS[metric]]
+    in_range = rows_of([job.pk]).filter(**window_filter(since, until))
+    fine = throughput.fine_series(in_range, metric, since, until, label)
+    if fine is not None:
+        for s in fine["series"]:
+            s.pop("key")
+        fine["job"] = job.pk
+        return fine
+    rows = in_range.order_by("ts").values_list("ts", column)
     data = throughput.series_of([(None, ts, n) for ts, n in rows if n], metric, since, until, lambda _: label)
     for s in data["series"]:
         s.pop("key")

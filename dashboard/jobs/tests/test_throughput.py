@@ -35,7 +35,7 @@ def training(machine, operator):
     )
     JobAttempt.objects.create(job=job, number=1, machine=machine, gpus=[0])
     batch = make_batch([1, 2, 3], ts=(T0 + timedelta(seconds=30)).timestamp(), gpus=1)
-    for sample, tokens in zip(batch["samples"], (1000, 2000, 3000)):
+    for sample, tokens in zip(batch["samples"], (1000, 2000, 3000), strict=True):
         sample["tokens"] = [{"job_id": job.pk, "source": "progress", "train": tokens}]
     batch["samples"][2]["tokens"].append({"job_id": None, "source": "report", "generated": 50})
     store_batch(machine, Batch.model_validate(batch))
@@ -104,3 +104,75 @@ def test_a_job_counts_only_tokens_from_machines_it_ran_on(client, machine, agent
     assert [r.train_tokens for r in job_throughput.rows_of([ours.pk])] == [5120]
     assert not job_throughput.rows_of([theirs.pk]).exists()
     assert job_throughput.job_summary(theirs)["generated"]["total_tokens"] == 0
+
+
+# ---- rates over active time, and the job's chart at the resolution it was measured -------------
+
+
+@pytest.fixture
+def short_train(machine, operator):
+    """The issue's case: a job producing 73,000 tokens/s for 25 s, spread over three 10 s windows
+    that it fills for 3, 10 and 12 s (the last window's active time includes the line that
+    arrived after a 2 s step), with 1 s points in each."""
+    job = Job.objects.create(
+        owner=operator, name="short", kind="train", argv=["x"], gpus=0, machine=machine, status="succeeded", attempt=1
+    )
+    JobAttempt.objects.create(job=job, number=1, machine=machine, gpus=[])
+    end = T0 + timedelta(seconds=30)
+    batch = make_batch([11, 12, 13], ts=end.timestamp(), gpus=0)
+    for sample, active in zip(batch["samples"], (3, 10, 12), strict=True):
+        start = sample["ts"] - 10
+        points = [[start + 10 - active + i + 1, 1.0, 0, 0, 73_000] for i in range(active)]
+        sample["tokens"] = [
+            {
+                "job_id": job.pk,
+                "source": "progress",
+                "train": 73_000 * active,
+                "active_s": float(active),
+                "points": points,
+            }
+        ]
+    store_batch(machine, Batch.model_validate(batch))
+    return job
+
+
+@pytest.mark.django_db
+def test_mean_and_median_count_only_the_seconds_the_job_was_producing(short_train):
+    s = job_throughput.job_summary(short_train)["train"]
+    assert s["total_tokens"] == 73_000 * 25
+    assert s["active_s"] == 25.0
+    # Over whole windows this was 1,825,000 / 30 s = 60.8 k/s, 17 % low.
+    assert s["mean_tokens_per_s"] == 73_000.0 and s["median_tokens_per_s"] == 73_000.0
+
+
+@pytest.mark.django_db
+def test_rows_of_an_older_agent_without_active_time_count_their_whole_window(training):
+    s = job_throughput.job_summary(training)["train"]
+    assert s["active_s"] == 30.0 and s["mean_tokens_per_s"] == 200.0
+
+
+@pytest.mark.django_db
+def test_the_job_chart_draws_the_measured_seconds(short_train):
+    data = job_throughput.job_series(short_train, "tokens.train", T0, T0 + timedelta(seconds=40))
+    [series] = data["series"]
+    assert len(series["t"]) == 25 and set(series["mean"]) == {73_000.0}
+    assert data["resolution_s"] == 1.0 and data["step_s"] == 2
+
+
+@pytest.mark.django_db
+def test_a_long_span_falls_back_to_windows(short_train):
+    data = job_throughput.job_series(short_train, "tokens.train", T0 - timedelta(days=1), T0 + timedelta(hours=1))
+    assert data["step_s"] > 10 and len(data["series"][0]["t"]) == 1
+
+
+@pytest.mark.django_db
+def test_reports_the_agent_could_not_use_add_up_on_the_machine_once(machine):
+    batch = make_batch([21, 22], gpus=0)
+    batch["samples"][0]["tokens_dropped"] = 3
+    batch["samples"][1]["tokens_dropped"] = 4
+    batch["samples"][1]["report_udp"] = False
+    store_batch(machine, Batch.model_validate(batch))
+    store_batch(machine, Batch.model_validate(batch))  # a replay adds nothing
+    machine.refresh_from_db()
+    assert machine.tokens_dropped == 7
+    assert machine.latest["report_udp"] is False
