@@ -64,6 +64,7 @@ api.add_router("", jobs_router)
 api.add_router("", agent_router)
 api.add_router("", economics_router)
 api.add_router("", "dashboard.economics.plan_api.router")
+api.add_router("", "dashboard.reports.api.router")
 
 
 @api.exception_handler(AuthenticationError)
