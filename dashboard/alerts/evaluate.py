@@ -16,44 +16,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import Count, Max, Min, QuerySet
 from django.utils import timezone
 
-from dashboard.fleet.models import GpuSample, Machine
 from dashboard.jobs.models import Job
 
-from . import webhooks
+from . import ghosts, health, idle, webhooks
+from .findings import Finding, Verdict, span
+from .findings import machines as _machines
 from .models import Alert, AlertRule, SpoolWatch, WebhookDelivery
 
 log = logging.getLogger(__name__)
 
 IDLE_UTIL_PERCENT = 5.0  # a GPU whose window means all stay under this is idle
-# An idle span may start this much after the window's start (an agent's first window, a short gap).
-IDLE_COVERAGE_SLACK = timedelta(seconds=60)
-
-
-@dataclass(frozen=True)
-class Finding:
-    key: str
-    message: str
-    machine_id: int | None = None
-    gpu_index: int | None = None
-    job_id: int | None = None
-
-
-@dataclass
-class Verdict:
-    firing: list[Finding] = field(default_factory=list)
-    unknown: set[str] = field(default_factory=set)
-
-
-def _machines(rule: AlertRule) -> QuerySet[Machine]:
-    machines = Machine.objects.order_by("name")
-    return machines.filter(pk=rule.machine_id) if rule.machine_id else machines
 
 
 def machine_offline(rule: AlertRule, now: datetime) -> Verdict:
@@ -102,9 +79,8 @@ def gpu_idle_with_job(rule: AlertRule, now: datetime) -> Verdict:
     device with no utilisation) the GPU is unknown, not idle.
     """
     verdict = Verdict()
-    span = timedelta(minutes=rule.threshold)
-    since = now - span
-    slack = min(IDLE_COVERAGE_SLACK, span / 4)
+    length = timedelta(minutes=rule.threshold)
+    since = now - length
     jobs = Job.objects.filter(status=Job.Status.RUNNING, started_at__lte=since, machine__isnull=False).select_related(
         "machine"
     )
@@ -113,23 +89,17 @@ def gpu_idle_with_job(rule: AlertRule, now: datetime) -> Verdict:
     for job in jobs:
         for gpu in job.assigned_gpus or []:
             key = f"job:{job.pk}:gpu:{gpu}"
-            seen = GpuSample.objects.filter(
-                machine_id=job.machine_id, gpu_index=gpu, ts__gt=since, ts__lte=now
-            ).aggregate(
-                n=Count("util_percent_mean"),
-                top=Max("util_percent_mean"),
-                first=Min("ts"),
-            )
-            if seen["n"] and seen["top"] >= IDLE_UTIL_PERCENT:
+            seen = span(job.machine_id, gpu, since, now, "util_percent")
+            if seen.windows and seen.top is not None and seen.top >= IDLE_UTIL_PERCENT:
                 continue  # busy at some point: not idle
-            if not seen["n"] or seen["first"] - since > slack:
+            if not seen.covers(since, length):
                 verdict.unknown.add(key)  # no data, or not for the whole span
                 continue
             verdict.firing.append(
                 Finding(
                     key,
-                    f"{job.machine.name} GPU {gpu} has been idle (under {IDLE_UTIL_PERCENT:g} %) for {rule.threshold:g} min "
-                    f"while job #{job.pk} {job.name} holds it",
+                    f"{job.machine.name} GPU {gpu} has been idle (under {IDLE_UTIL_PERCENT:g} %) "
+                    f"for {rule.threshold:g} min while job #{job.pk} {job.name} holds it",
                     job.machine_id,
                     gpu,
                     job.pk,
@@ -195,6 +165,36 @@ CHECKS: dict[str, Callable[[AlertRule, datetime], Verdict]] = {
     AlertRule.Kind.GPU_IDLE_WITH_JOB: gpu_idle_with_job,
     AlertRule.Kind.JOB_FAILED: job_failed,
     AlertRule.Kind.SPOOL_DROPPING: spool_dropping,
+    AlertRule.Kind.GPU_XID: health.gpu_xid,
+    AlertRule.Kind.GPU_ECC_UNCORRECTABLE: health.gpu_ecc_uncorrectable,
+    AlertRule.Kind.GPU_MEMORY_REMAP: health.gpu_memory_remap,
+    AlertRule.Kind.GPU_THROTTLE: health.gpu_throttle,
+    AlertRule.Kind.GPU_MISSING: health.gpu_missing,
+    AlertRule.Kind.GPU_NVML_ERRORS: health.gpu_nvml_errors,
+    AlertRule.Kind.GHOST_MEMORY: ghosts.ghost_memory,
+    AlertRule.Kind.JOB_ALLOCATED_IDLE: idle.job_allocated_idle,
+}
+
+
+def _with_advice(rule: AlertRule, message: str) -> str:
+    """The finding and, for the health kinds, the rule's one line of what to do (500 characters at most)."""
+    advice = rule.advice if rule.kind in HEALTH_KINDS else ""
+    if not advice:
+        return message[:500]
+    tail = f" — What to do: {advice}"
+    return message[: 500 - len(tail)] + tail
+
+
+# Kinds whose alerts say what to do in their message; the older kinds' messages are unchanged.
+HEALTH_KINDS = {
+    AlertRule.Kind.GPU_XID,
+    AlertRule.Kind.GPU_ECC_UNCORRECTABLE,
+    AlertRule.Kind.GPU_MEMORY_REMAP,
+    AlertRule.Kind.GPU_THROTTLE,
+    AlertRule.Kind.GPU_MISSING,
+    AlertRule.Kind.GPU_NVML_ERRORS,
+    AlertRule.Kind.GHOST_MEMORY,
+    AlertRule.Kind.JOB_ALLOCATED_IDLE,
 }
 
 
@@ -233,7 +233,7 @@ def apply(rule: AlertRule, verdict: Verdict, now: datetime) -> tuple[int, int]:
             machine_id=f.machine_id,
             gpu_index=f.gpu_index,
             job_id=f.job_id,
-            message=f.message[:500],
+            message=_with_advice(rule, f.message),
             fired_at=now,
         )
         _notify(alert, WebhookDelivery.Event.FIRED, now)

@@ -33,7 +33,17 @@ class AlertRuleForm(forms.ModelForm):
 
     class Meta:
         model = AlertRule
-        fields = ["name", "kind", "threshold", "machine", "webhook_url", "enabled"]
+        fields = [
+            "name",
+            "kind",
+            "threshold",
+            "machine",
+            "webhook_url",
+            "enabled",
+            "level",
+            "action",
+            "allowed_processes",
+        ]
         help_texts = {"threshold": _threshold_help()}
         labels = {"enabled": "Enabled (a disabled rule resolves its open alerts)"}
 
@@ -50,9 +60,15 @@ class AlertRuleForm(forms.ModelForm):
         if kind == AlertRule.Kind.GPU_TEMPERATURE:
             if not 20 <= threshold <= 120:
                 self.add_error("threshold", "a GPU temperature limit is in °C, between 20 and 120")
+        elif kind in (AlertRule.Kind.GPU_ECC_UNCORRECTABLE, AlertRule.Kind.GPU_MEMORY_REMAP):
+            if not 0 <= threshold <= 1_000_000:
+                self.add_error("threshold", "a count: 0 or more")
         elif kind == AlertRule.Kind.JOB_FAILED:
             if not 0 <= threshold <= MAX_MINUTES:
                 self.add_error("threshold", f"minutes the alert stays open: 0 to {MAX_MINUTES} (a week)")
         elif not 0 < threshold <= MAX_MINUTES:
             self.add_error("threshold", f"in minutes: more than 0, at most {MAX_MINUTES} (a week)")
+        level = data.get("level")
+        if kind == AlertRule.Kind.JOB_ALLOCATED_IDLE and level is not None and not 0 < level <= 100:
+            self.add_error("level", "an SM activity in %: more than 0, at most 100")
         return data

@@ -1,0 +1,207 @@
+"""Ghost memory: GPU memory held by processes outside any running job, and its cleanup.
+
+From a machine's newest window (each GPU process with its pid, process group, memory and
+whether the host's process table still has it) a process is a ghost when it is not in the
+process group of a job running there and it is
+
+* ``gone``: NVML still charges memory to a pid the host no longer has;
+* ``orphaned``: in the process group of a job that ended (its group was killed outside the
+  worker, or a child outlived it);
+* ``unknown``: in no job's group and not named in the rule's allowed services.
+
+The rule fires once per machine while a ghost has held memory for ``threshold`` minutes. An
+operator who may stop the job (its owner or a team admin, the rule of ``jobs.service.can_cancel``)
+confirms the cleanup of an orphaned group; the machine's worker fetches the request and stops the
+group only if it ran that job. Gone and unknown processes are reported, never touched.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from dashboard.fleet.models import Machine
+from dashboard.jobs.models import Job, JobAttempt
+from dashboard.jobs.service import audit, can_cancel
+
+from .findings import Finding, Verdict, machines
+from .models import AlertRule, CleanupRequest, GhostProcess
+
+GIB = 2**30
+
+
+class CleanupError(Exception):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _processes(latest: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """GPU processes of a window by pid, with the devices they hold memory on and their total."""
+    found: dict[int, dict[str, Any]] = {}
+    for gpu in latest.get("gpus") or ():
+        for proc in gpu.get("processes") or ():
+            entry = found.setdefault(proc["pid"], {**proc, "gpus": [], "mem_used_bytes": None})
+            entry["gpus"].append(gpu["index"])
+            if proc.get("mem_used_bytes") is not None:
+                entry["mem_used_bytes"] = (entry["mem_used_bytes"] or 0) + proc["mem_used_bytes"]
+    return found
+
+
+def classify(machine: Machine, allowed: set[str]) -> list[dict[str, Any]]:
+    """The ghosts in ``machine``'s newest window: process fields plus ``reason`` and ``job`` (or None)."""
+    jobs = Job.objects.filter(machine=machine, pgid__isnull=False)
+    running = set(jobs.filter(status__in=Job.ACTIVE).values_list("pgid", flat=True))
+    ended: dict[int, Job] = {}
+    for job in jobs.filter(status__in=Job.FINISHED).order_by("finished_at", "pk"):
+        ended[job.pgid] = job  # the latest job with that group wins (pgids are reused)
+    ghosts = []
+    for pid, proc in sorted(_processes(machine.latest or {}).items()):
+        pgid = proc.get("pgid")
+        if pgid is not None and pgid in running:
+            continue
+        job = ended.get(pgid) if pgid is not None else None
+        if proc.get("exists") is False:
+            reason = GhostProcess.Reason.GONE
+        elif job is not None:
+            reason = GhostProcess.Reason.ORPHANED
+        elif (proc.get("name") or "") in allowed:
+            continue
+        else:
+            reason = GhostProcess.Reason.UNKNOWN
+        ghosts.append({**proc, "pid": pid, "reason": reason, "job": job})
+    return ghosts
+
+
+def _track(machine: Machine, ghosts: list[dict[str, Any]], now: datetime) -> list[GhostProcess]:
+    """Remember since when each ghost holds memory; forget the ones that are gone from the list."""
+    known = {g.pid: g for g in GhostProcess.objects.filter(machine=machine)}
+    kept = []
+    for ghost in ghosts:
+        row = known.pop(ghost["pid"], None)
+        same = row is not None and row.pgid == ghost.get("pgid") and row.name == (ghost.get("name") or "")
+        if not same:
+            if row is not None:
+                row.delete()  # a reused pid is a new process
+            row = GhostProcess(machine=machine, pid=ghost["pid"], first_seen_at=now)
+        row.pgid, row.name, row.user = ghost.get("pgid"), ghost.get("name") or "", ghost.get("user") or ""
+        row.gpus, row.mem_used_bytes, row.reason = ghost["gpus"], ghost.get("mem_used_bytes"), ghost["reason"]
+        row.job, row.last_seen_at = ghost["job"], now
+        row.save()
+        kept.append(row)
+    GhostProcess.objects.filter(pk__in=[r.pk for r in known.values()]).delete()
+    return kept
+
+
+def _summary(machine: Machine, old: list[GhostProcess], minutes: float) -> str:
+    held = sum(g.mem_used_bytes or 0 for g in old) / GIB
+    parts = []
+    orphaned = [g for g in old if g.reason == GhostProcess.Reason.ORPHANED]
+    if orphaned:
+        jobs = sorted({f"#{g.job_id}" for g in orphaned if g.job_id})
+        parts.append(f"{len(orphaned)} left by ended job(s) {', '.join(jobs)} (cleanup can be confirmed)")
+    gone = [g for g in old if g.reason == GhostProcess.Reason.GONE]
+    if gone:
+        parts.append(f"{len(gone)} dead pid(s) still charged memory")
+    unknown = [g for g in old if g.reason == GhostProcess.Reason.UNKNOWN]
+    if unknown:
+        named = ", ".join(f"{g.name or '?'} pid {g.pid}" for g in unknown[:3]) + (" …" if len(unknown) > 3 else "")
+        parts.append(f"{len(unknown)} outside any job ({named})")
+    return f"{machine.name}: {held:.1f} GiB of GPU memory held for {minutes:g}+ min outside running jobs: " + "; ".join(
+        parts
+    )
+
+
+def ghost_memory(rule: AlertRule, now: datetime) -> Verdict:
+    """Machines where a ghost has held GPU memory for ``threshold`` minutes or more."""
+    verdict = Verdict()
+    wait = timedelta(minutes=rule.threshold)
+    for m in machines(rule).exclude(latest=None):
+        key = f"machine:{m.pk}:ghosts"
+        if not m.is_online(now):
+            verdict.unknown.add(key)
+            continue
+        tracked = _track(m, classify(m, rule.allowed_names), now)
+        old = [g for g in tracked if now - g.first_seen_at >= wait and (g.mem_used_bytes or 0) > 0]
+        if old:
+            verdict.firing.append(Finding(key, _summary(m, old, rule.threshold), m.pk))
+    return verdict
+
+
+# ---- the operator's confirmation and the worker's side ----------------------------------------
+
+
+def confirm_cleanup(user: Any, machine: Machine, pgid: int) -> CleanupRequest:
+    """Ask ``machine``'s worker to stop process group ``pgid``, left behind by a job that ended there."""
+    ghosts = list(
+        GhostProcess.objects.filter(machine=machine, pgid=pgid, reason=GhostProcess.Reason.ORPHANED).select_related(
+            "job"
+        )
+    )
+    if not ghosts or ghosts[0].job is None:
+        raise CleanupError(f"no ended job's processes in group {pgid} on {machine.name}: nothing to clean up", 404)
+    job = ghosts[0].job
+    if not can_cancel(user, job):
+        raise CleanupError("only the job's owner (an operator) or an admin may confirm its cleanup", 403)
+    if not JobAttempt.objects.filter(job=job, machine=machine).exists():
+        raise CleanupError(f"job #{job.pk} never ran on {machine.name}", 409)
+    try:
+        with transaction.atomic():
+            request = CleanupRequest.objects.create(
+                machine=machine,
+                job=job,
+                pgid=pgid,
+                pids=[g.pid for g in ghosts],
+                mem_used_bytes=sum(g.mem_used_bytes or 0 for g in ghosts),
+                confirmed_by=user,
+            )
+            audit(
+                user,
+                "ghost.cleanup_confirm",
+                job,
+                machine=machine.name,
+                pgid=pgid,
+                pids=request.pids,
+                mem_used_bytes=request.mem_used_bytes,
+                request=request.pk,
+            )
+    except IntegrityError:
+        raise CleanupError(
+            f"a cleanup of group {pgid} on {machine.name} is already waiting for the worker", 409
+        ) from None
+    return request
+
+
+def pending_cleanups(machine: Machine) -> list[dict[str, Any]]:
+    """What ``machine``'s worker should stop: confirmed requests, oldest first."""
+    return [
+        {"id": r.pk, "pgid": r.pgid, "pids": r.pids, "job_id": r.job_id}
+        for r in CleanupRequest.objects.filter(machine=machine, status=CleanupRequest.Status.CONFIRMED).order_by("pk")
+    ]
+
+
+def report_cleanup(machine: Machine, request_id: int, outcome: str, message: str = "") -> CleanupRequest:
+    """The worker's answer: ``done`` (it stopped the group), ``refused`` (not a job it ran) or ``gone``."""
+    if outcome not in (CleanupRequest.Status.DONE, CleanupRequest.Status.REFUSED, CleanupRequest.Status.GONE):
+        raise CleanupError("outcome: one of done, refused, gone")
+    with transaction.atomic():
+        request = CleanupRequest.objects.select_for_update().filter(pk=request_id, machine=machine).first()
+        if request is None:
+            raise CleanupError("no such cleanup request for this machine", 404)
+        if request.status != CleanupRequest.Status.CONFIRMED:
+            return request  # a repeated report changes nothing
+        request.status, request.finished_at, request.message = outcome, timezone.now(), message[:500]
+        request.save(update_fields=["status", "finished_at", "message"])
+        audit(
+            None,
+            f"ghost.cleanup_{outcome}",
+            request.job,
+            machine=machine.name,
+            pgid=request.pgid,
+            request=request.pk,
+            message=request.message,
+        )
+    return request

@@ -1,0 +1,262 @@
+"""GPU health rules: XID errors with their meaning, uncorrectable ECC, retired pages and row
+remapping, sustained throttling, a GPU NVML no longer lists, and NVML errors reading a device.
+
+They read what the agent reports per GPU (hwprobe/schema.py): counters since the agent started
+(``xid_errors``, ``nvml_errors``) through a watch that notes when they grew, the rest from the
+newest window or, for throttling, from the raw windows of the last ``threshold`` minutes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from .findings import Finding, Verdict, gpu_rows, machines, span
+from .models import AlertRule, GpuWatch, KnownGpu
+
+# NVIDIA's XID catalogue (docs.nvidia.com/deploy/xid-errors): what it means, what to do.
+XID_MEANING: dict[int, tuple[str, str]] = {
+    13: ("graphics engine exception, usually the application (illegal memory access)", "check the job's code"),
+    31: ("GPU memory page fault, usually the application", "check the job's code; repeated on many jobs: reset"),
+    43: ("GPU stopped processing, a fault of the user application", "no action for the GPU"),
+    45: ("preemptive cleanup after earlier errors or a killed process", "look at the XID before it"),
+    48: ("double-bit ECC error (uncorrectable)", "drain and reset the GPU; RMA if it comes back"),
+    61: ("internal micro-controller breakpoint or warning", "reset the GPU; update the driver if it repeats"),
+    62: ("internal micro-controller halt", "drain and reset the GPU"),
+    63: ("ECC page retirement or row remapping recorded", "drain and reset the GPU to apply it"),
+    64: ("ECC page retirement or row remapper recording failure", "drain the GPU and open an RMA"),
+    74: ("NVLink error", "check the NVLink bridge or fabric; reset the GPUs"),
+    79: ("GPU has fallen off the bus", "drain the machine and reboot; check power and PCIe seating"),
+    92: ("high single-bit ECC error rate", "watch it; drain and reset if uncorrectable errors follow"),
+    94: ("contained ECC error: only the affected application was stopped", "reset the GPU when it is idle"),
+    95: ("uncontained ECC error: every application on the GPU is affected", "drain and reset the GPU now"),
+    109: ("context switch timeout", "check the job; reset the GPU if it repeats"),
+    119: ("GSP RPC timeout (GPU System Processor firmware)", "drain and reset the GPU; update the driver"),
+    120: ("GSP error", "drain and reset the GPU; update the driver"),
+}
+NVML_ERROR_NAMES = {
+    1: "not initialised",
+    2: "invalid argument",
+    4: "no permission",
+    8: "insufficient power",
+    9: "driver not loaded",
+    10: "timeout",
+    11: "interrupt issue",
+    14: "corrupted InfoROM",
+    15: "GPU is lost",
+    16: "GPU reset required",
+    17: "operating system error",
+    18: "library and driver versions differ",
+    20: "out of memory",
+    999: "unknown error",
+}
+GPU_IS_LOST = 15
+SUSTAINED_THROTTLE_PERCENT = 50.0  # the span's mean share of time with clocks held down
+
+
+def xid_meaning(code: int | None) -> str:
+    """'XID 79 (GPU has fallen off the bus): drain the machine and reboot; …' for an alert message."""
+    if not code:
+        return "XID"
+    meaning = XID_MEANING.get(code)
+    if meaning is None:
+        return f"XID {code} (see NVIDIA's XID catalogue)"
+    return f"XID {code} ({meaning[0]}): {meaning[1]}"
+
+
+def nvml_error_name(code: int | None) -> str:
+    return NVML_ERROR_NAMES.get(code or 0, f"NVML error {code}")
+
+
+def _counter(
+    rule: AlertRule,
+    now: datetime,
+    field: str,
+    detail_field: str,
+    physical_only: bool,
+    describe: Callable[[str, int, GpuWatch], str],
+) -> Verdict:
+    """GPUs whose counter ``field`` (since the agent started) grew in the last ``threshold`` minutes.
+
+    The first look takes 0 as the baseline, so counts from before the rule existed are news once;
+    a count that went down means the agent restarted, and what it shows now is new."""
+    verdict = Verdict()
+    quiet = timedelta(minutes=rule.threshold)
+    watches = {(w.machine_id, w.gpu_index): w for w in GpuWatch.objects.filter(rule=rule)}
+    for m in machines(rule).exclude(latest=None).prefetch_related("accelerators"):
+        online = m.is_online(now)
+        for gpu in gpu_rows(m, physical_only):
+            index, value = gpu["index"], gpu.get(field)
+            key = f"machine:{m.pk}:gpu:{index}"
+            watch = watches.get((m.pk, index))
+            if value is not None:
+                if watch is None:
+                    watch = watches[(m.pk, index)] = GpuWatch.objects.create(
+                        rule=rule, machine=m, gpu_index=index, value=0
+                    )
+                grew = value > watch.value or (value < watch.value and value > 0)
+                if grew:
+                    watch.increased_at, watch.detail = now, gpu.get(detail_field)
+                if grew or value != watch.value:
+                    watch.value = value
+                    watch.save(update_fields=["value", "increased_at", "detail"])
+            if not online or (value is None and watch is None):
+                verdict.unknown.add(key)
+                continue
+            if watch is not None and watch.increased_at is not None and now - watch.increased_at < quiet:
+                verdict.firing.append(Finding(key, describe(m.name, index, watch), m.pk, index))
+    return verdict
+
+
+def gpu_xid(rule: AlertRule, now: datetime) -> Verdict:
+    """A new XID on a GPU; open until ``threshold`` minutes pass without another."""
+
+    def describe(name: str, index: int, watch: GpuWatch) -> str:
+        return f"{name} GPU {index}: {xid_meaning(watch.detail)} ({watch.value} XID event(s) since the agent started)"
+
+    return _counter(rule, now, "xid_errors", "xid_last", True, describe)
+
+
+def gpu_nvml_errors(rule: AlertRule, now: datetime) -> Verdict:
+    """NVML calls failing on a device; open until ``threshold`` minutes pass without another."""
+
+    def describe(name: str, index: int, watch: GpuWatch) -> str:
+        return (
+            f"{name} GPU {index}: NVML cannot read the device ({nvml_error_name(watch.detail)}; "
+            f"{watch.value} failed call(s) since the agent started)"
+        )
+
+    return _counter(rule, now, "nvml_errors", "nvml_last_error", False, describe)
+
+
+def _latest_condition(
+    rule: AlertRule, now: datetime, fields: tuple[str, ...], judge: Callable[[dict[str, Any]], str | None]
+) -> Verdict:
+    """Physical GPUs whose newest window ``judge`` finds wrong (it returns what is wrong, or None)."""
+    verdict = Verdict()
+    for m in machines(rule).exclude(latest=None).prefetch_related("accelerators"):
+        online = m.is_online(now)
+        for gpu in gpu_rows(m):
+            key = f"machine:{m.pk}:gpu:{gpu['index']}"
+            if not online or all(gpu.get(f) is None for f in fields):
+                verdict.unknown.add(key)
+                continue
+            wrong = judge(gpu)
+            if wrong:
+                verdict.firing.append(Finding(key, f"{m.name} GPU {gpu['index']}: {wrong}", m.pk, gpu["index"]))
+    return verdict
+
+
+def gpu_ecc_uncorrectable(rule: AlertRule, now: datetime) -> Verdict:
+    """More volatile uncorrectable ECC errors than ``threshold`` since the driver loaded."""
+
+    def judge(gpu: dict[str, Any]) -> str | None:
+        count = gpu.get("ecc_uncorrected_errors")
+        if count is not None and count > rule.threshold:
+            return f"{count} uncorrectable ECC error(s) since the driver loaded"
+        return None
+
+    return _latest_condition(rule, now, ("ecc_uncorrected_errors",), judge)
+
+
+def gpu_memory_remap(rule: AlertRule, now: datetime) -> Verdict:
+    """A row remap or page retirement pending or failed, or at least ``threshold`` retired pages."""
+
+    def judge(gpu: dict[str, Any]) -> str | None:
+        wrong = []
+        if gpu.get("row_remap_failed"):
+            wrong.append("row remapping failed")
+        if gpu.get("row_remap_pending"):
+            wrong.append(
+                f"a row remap is pending a GPU reset ({gpu.get('remapped_rows_uncorrectable') or 0} rows "
+                "remapped for uncorrectable errors)"
+            )
+        if gpu.get("retired_pages_pending"):
+            wrong.append("a page retirement is pending a GPU reset")
+        pages = gpu.get("retired_pages")
+        if pages is not None and rule.threshold > 0 and pages >= rule.threshold:
+            wrong.append(f"{pages} retired pages")
+        return "; ".join(wrong) or None
+
+    fields = ("row_remap_failed", "row_remap_pending", "retired_pages_pending", "retired_pages")
+    return _latest_condition(rule, now, fields, judge)
+
+
+def gpu_throttle(rule: AlertRule, now: datetime) -> Verdict:
+    """Clocks held down by heat or the power brake at least half of the last ``threshold`` minutes."""
+    verdict = Verdict()
+    length = timedelta(minutes=rule.threshold)
+    since = now - length
+    for m in machines(rule).exclude(latest=None).prefetch_related("accelerators"):
+        online = m.is_online(now)
+        for gpu in gpu_rows(m):
+            key = f"machine:{m.pk}:gpu:{gpu['index']}"
+            if not online:
+                verdict.unknown.add(key)
+                continue
+            causes = []
+            judged = False
+            for column, cause in (("thermal_slowdown_percent", "heat"), ("power_brake_percent", "the power brake")):
+                seen = span(m.pk, gpu["index"], since, now, column)
+                if not seen.covers(since, length):
+                    continue
+                judged = True
+                if seen.mean is not None and seen.mean >= SUSTAINED_THROTTLE_PERCENT:
+                    causes.append(f"{cause} {seen.mean:.0f} % of the time")
+            if not judged:
+                verdict.unknown.add(key)
+            elif causes:
+                held = " and ".join(causes)
+                message = f"{m.name} GPU {gpu['index']}: clocks held down by {held} over {rule.threshold:g} min"
+                verdict.firing.append(Finding(key, message, m.pk, gpu["index"]))
+    return verdict
+
+
+def gpu_missing(rule: AlertRule, now: datetime) -> Verdict:
+    """A GPU the machine listed before that NVML no longer lists, or reports lost, for ``threshold`` minutes.
+
+    Every physical GPU a machine reports is remembered (``KnownGpu``); one removed on purpose is
+    forgotten by deleting it in the admin."""
+    verdict = Verdict()
+    wait = timedelta(minutes=rule.threshold)
+    for m in machines(rule).exclude(last_seen_at=None).prefetch_related("accelerators"):
+        known = {k.uuid: k for k in KnownGpu.objects.filter(machine=m)}
+        online = m.is_online(now)
+        listed: set[str] = set()
+        for gpu in gpu_rows(m):
+            uuid = gpu.get("uuid")
+            if not uuid or gpu.get("vendor") != "nvidia":
+                continue
+            lost = gpu.get("nvml_last_error") == GPU_IS_LOST
+            if not lost:
+                listed.add(uuid)
+            entry = known.get(uuid)
+            if entry is None:
+                entry = known[uuid] = KnownGpu.objects.create(
+                    machine=m, uuid=uuid, name=gpu.get("name") or "", index=gpu["index"], last_listed_at=now
+                )
+            if not lost and online:
+                KnownGpu.objects.filter(pk=entry.pk).update(last_listed_at=now, missing_since=None, index=gpu["index"])
+                entry.missing_since = None
+        for uuid, entry in known.items():
+            key = f"machine:{m.pk}:gpu:{uuid}"
+            if not online:
+                verdict.unknown.add(key)
+                continue
+            if uuid in listed:
+                continue
+            if entry.missing_since is None:
+                entry.missing_since = now
+                KnownGpu.objects.filter(pk=entry.pk).update(missing_since=now)
+            if now - entry.missing_since >= wait:
+                gone = f"{(now - entry.last_listed_at).total_seconds() / 60:.0f} min"
+                verdict.firing.append(
+                    Finding(
+                        key,
+                        f"{m.name}: {entry.name or 'a GPU'} ({uuid}, last at index {entry.index}) is no longer listed "
+                        f"by NVML or is lost, for {gone}",
+                        m.pk,
+                        entry.index,
+                    )
+                )
+    return verdict
