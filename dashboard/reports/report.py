@@ -334,9 +334,19 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _side_by_side(current: dict[str, Any], previous: dict[str, Any]) -> list[dict[str, Any]]:
-    """Device rows of both periods paired up, for the page's table."""
+    """Device rows of both periods paired up, for the page's table.
+
+    A device may have figures in one period only (samples for a GPU the inventory does not list, in
+    one of them): the other side is then a row of unknown figures, never a missing one.
+    """
+    now = {(d["scope"], d["index"]): d for d in current["devices"]}
     before = {(d["scope"], d["index"]): d for d in previous["devices"]}
-    return [{"now": d, "before": before.get((d["scope"], d["index"]), {})} for d in current["devices"]]
+    rows = []
+    for key in sorted(now.keys() | before.keys(), key=lambda k: (k[0] == "cpu", k[1] or 0)):  # GPUs, then the CPU
+        known = now.get(key) or before[key]
+        empty = {"scope": known["scope"], "index": known["index"], "name": known["name"], **dict.fromkeys(FIGURES)}
+        rows.append({"now": now.get(key) or empty, "before": before.get(key) or empty})
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------

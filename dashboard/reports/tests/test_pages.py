@@ -103,3 +103,19 @@ def test_the_nav_and_the_machine_page_link_to_reports(client, viewer):
     client.force_login(viewer)
     html = client.get("/machines/gpu-01/").content.decode()
     assert 'href="/reports/"' in html and 'href="/reports/machines/gpu-01/"' in html
+
+
+@pytest.mark.django_db
+def test_samples_of_a_gpu_the_inventory_lacks_show_as_a_row_of_their_own(client, machine, viewer):
+    # One window with GPU 0 and no inventory: the period before has no row for that GPU at all.
+    from conftest import make_batch
+    from dashboard.fleet.ingest import store_batch
+    from dashboard.fleet.payload import Batch
+
+    store_batch(machine, Batch.model_validate(make_batch([1], inventory=False, gpus=1)))
+    client.force_login(viewer)
+    page = client.get("/reports/machines/gpu-01/")
+    assert page.status_code == 200
+    assert b'data-device="0"' in page.content and b"GPU 0" in page.content
+    csv = client.get("/reports/machines/gpu-01.csv")
+    assert csv.status_code == 200 and "GPU 0" in csv.content.decode()
