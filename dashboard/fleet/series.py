@@ -62,6 +62,19 @@ def machine_series(machine: Machine, metric_name: str, since: datetime, until: d
     scope, metric = METRICS[metric_name]
     span = until - since
     resolution = resolution_for(span)
+    # A range longer than the machine's data (7 d of a machine that reported for 30 min) is read
+    # at the resolution of the data's own span: coarse buckets would hold a point or two, which
+    # draw no line, and the newest of them is not closed yet anyway.
+    first = data_since(machine, since, until) if resolution else None
+    note = None
+    if first is not None and resolution_for(until - first) < resolution:
+        span = until - first
+        resolution = resolution_for(span)
+        note = (
+            f"{_duration(span)} of data in this range: drawn from "
+            + ("10 s windows" if resolution == 0 else "minute rollups")
+            + ", since hour rollups would hold too few points"
+        )
     step = step_for(span, resolution or 10)
     gauge = metric.kind == "gauge"
     columns = [f"{metric.name}_{s}" for s in ("min", "mean", "max")] if gauge else [metric.name]
@@ -71,7 +84,7 @@ def machine_series(machine: Machine, metric_name: str, since: datetime, until: d
     else:
         model = GpuSample if resolution == 0 else GpuRollup
     time_field = "ts" if resolution == 0 else "bucket"
-    qs = model.objects.filter(machine=machine, **window_filter(since, until, time_field))
+    qs = model.objects.filter(machine=machine, **window_filter(first if note else since, until, time_field))
     if resolution:
         qs = qs.filter(resolution_s=resolution)
     keys = ["gpu_index"] if scope == "gpu" else []
@@ -122,5 +135,37 @@ def machine_series(machine: Machine, metric_name: str, since: datetime, until: d
         "step_s": step,
         "since": since.isoformat(),
         "until": until.isoformat(),
+        # Where the data starts when that is later than ``since`` (charts may start there), and why
+        # the resolution is finer than the range alone would give.
+        "data_since": first.isoformat() if first is not None and note else None,
+        "note": note,
         "series": series,
     }
+
+
+def data_since(machine: Machine, since: datetime, until: datetime) -> datetime | None:
+    """The first raw window of ``machine`` in ``[since, until)``; None when it has none there, or
+    when rollups reach further back (raw windows past their retention): then the range is all data."""
+    first = (
+        SystemSample.objects.filter(machine=machine, **window_filter(since, until))
+        .order_by("ts")
+        .values_list("ts", flat=True)
+        .first()
+    )
+    if first is None:
+        return None
+    # Minute rollups outlive raw windows (RETENTION_MINUTE_DAYS > RETENTION_RAW_DAYS).
+    older = SystemRollup.objects.filter(
+        machine=machine, resolution_s=60, bucket__gte=since, bucket__lt=first - timedelta(minutes=1)
+    )
+    return None if older.exists() else first
+
+
+def _duration(span: timedelta) -> str:
+    """'32 min', '5 h', '2 d' (rounded down: the data covers at least that)."""
+    seconds = int(span.total_seconds())
+    if seconds < 3600:
+        return f"{max(1, seconds // 60)} min"
+    if seconds < 86400:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 86400} d"
