@@ -45,6 +45,8 @@ class Job(models.Model):
     shell = models.TextField(blank=True)  # a shell string instead, only where the host allows it
     workdir = models.CharField(max_length=1024, blank=True)
     env = models.JSONField(default=dict, blank=True)
+    # Names in env the submitter marked secret, besides those that look secret (jobs/masking.py).
+    secret_env = models.JSONField(default=list, blank=True)
     gpus = models.PositiveSmallIntegerField(default=1)
     gpu_memory_gb = models.FloatField(default=0)  # needed per GPU
     target = models.ForeignKey(Machine, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
