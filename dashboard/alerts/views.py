@@ -7,9 +7,14 @@ from django.contrib.auth.decorators import login_required
 from django.db.models import Prefetch
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
 
+from dashboard.fleet.models import Machine
+from dashboard.jobs.service import audit, can_cancel
+
+from . import ghosts
 from .forms import AlertRuleForm
-from .models import Alert, AlertRule, WebhookDelivery
+from .models import Alert, AlertRule, CleanupRequest, GhostProcess, WebhookDelivery
 
 RECENT = 50
 
@@ -26,8 +31,43 @@ def alert_list(request: HttpRequest) -> HttpResponse:
         "recent": _alerts().exclude(resolved_at=None).order_by("-resolved_at", "-pk")[:RECENT],
         "rules": AlertRule.objects.select_related("machine", "created_by"),
         "can_edit": request.user.is_staff,
+        "ghosts": _ghosts(request.user),
+        "cleanups": CleanupRequest.objects.select_related("machine", "job", "confirmed_by")[:20],
     }
     return render(request, "alerts/list.html", context)
+
+
+def _ghosts(user) -> list[GhostProcess]:
+    """Processes holding GPU memory outside running jobs, each marked whether ``user`` may confirm its cleanup."""
+    rows = list(GhostProcess.objects.select_related("machine", "job").order_by("machine__name", "pid"))
+    waiting = set(
+        CleanupRequest.objects.filter(status=CleanupRequest.Status.CONFIRMED).values_list("machine_id", "pgid")
+    )
+    for g in rows:
+        g.cleanup_waiting = (g.machine_id, g.pgid) in waiting
+        g.can_clean = (
+            g.reason == GhostProcess.Reason.ORPHANED
+            and g.job is not None
+            and not g.cleanup_waiting
+            and can_cancel(user, g.job)
+        )
+    return rows
+
+
+@login_required
+@require_POST
+def confirm_cleanup(request: HttpRequest, machine: str, pgid: int) -> HttpResponse:
+    found = get_object_or_404(Machine, name=machine)
+    try:
+        done = ghosts.confirm_cleanup(request.user, found, pgid)
+    except ghosts.CleanupError as exc:
+        messages.error(request, str(exc))
+        return redirect("alerts:list")
+    messages.success(
+        request,
+        f"Cleanup of process group {done.pgid} on {found.name} confirmed: its worker stops it at its next poll.",
+    )
+    return redirect("alerts:list")
 
 
 @login_required
@@ -41,6 +81,17 @@ def rule_edit(request: HttpRequest, pk: int | None = None) -> HttpResponse:
         if rule is None:
             saved.created_by = request.user
         saved.save()
+        audit(
+            request.user,
+            "alert_rule.create" if rule is None else "alert_rule.edit",
+            rule=saved.pk,
+            name=saved.name,
+            kind=saved.kind,
+            threshold=saved.threshold,
+            enabled=saved.enabled,
+            level=saved.level,
+            action=saved.action,
+        )
         messages.success(request, f"Rule “{saved.name}” {'saved' if rule else 'created'}.")
         return redirect("alerts:list")
     return render(request, "alerts/rule_form.html", {"form": form, "rule": rule})

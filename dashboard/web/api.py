@@ -62,6 +62,7 @@ api.add_router("", fleet_router)
 api.add_router("", composed)
 api.add_router("", jobs_router)
 api.add_router("", agent_router)
+api.add_router("", "dashboard.alerts.api.agent_router")  # ghost-memory cleanups for workers
 api.add_router("", economics_router)
 api.add_router("", "dashboard.economics.plan_api.router")
 api.add_router("", "dashboard.reports.api.router")
