@@ -235,11 +235,23 @@ RETENTION_THROUGHPUT_DAYS = env_int("RETENTION_THROUGHPUT_DAYS", 0)  # token cou
 DATA_UPLOAD_MAX_MEMORY_SIZE = INGEST_MAX_BYTES + 1024
 
 # Jobs
-JOB_LOST_AFTER_S = env_int("JOB_LOST_AFTER_S", 30)  # running job without worker heartbeats
+# A running job with no word from its worker is `unreachable` (it may well still run: hosts keep
+# their jobs through a server outage), then `lost` once its host is heard from again while the
+# worker stays silent, or once nothing at all is heard of it for much longer (docs/design.md).
+JOB_UNREACHABLE_AFTER_S = env_int("JOB_UNREACHABLE_AFTER_S", 30)  # no heartbeat: unreachable
+JOB_LOST_AFTER_S = env_int("JOB_LOST_AFTER_S", 30)  # host back (agent or worker heard), job still silent: lost
+JOB_SILENT_LOST_AFTER_S = env_int("JOB_SILENT_LOST_AFTER_S", 1800)  # no word of the job at all: lost
+JOB_CHECK_INTERVAL_S = env_int("JOB_CHECK_INTERVAL_S", 10)  # how often the beat applies these rules
+CELERY_BEAT_SCHEDULE["check-lost"]["schedule"] = float(JOB_CHECK_INTERVAL_S)
 JOB_CLAIM_TIMEOUT_S = env_int("JOB_CLAIM_TIMEOUT_S", 300)  # placed job no worker picked up
 JOB_LOG_MAX_BYTES = env_int("JOB_LOG_MAX_BYTES", 8 * 1024 * 1024)  # log text stored per job
-# The broker URL handed to `hwprobe worker` (GET /api/v1/agent/config); defaults to ours.
-AGENT_BROKER_URL = env_str("AGENT_BROKER_URL")
+# Hosts long-poll POST /api/v1/agent/jobs/next: it answers when a job is placed there, else 204
+# after JOB_POLL_WAIT_S. Placement wakes it through Redis; without Redis (or while it is down) the
+# request looks at the database every JOB_POLL_INTERVAL_S, and with Redis every JOB_POLL_RECHECK_S.
+JOB_POLL_WAIT_S = env_int("JOB_POLL_WAIT_S", 25)
+JOB_POLL_INTERVAL_S = float(env_str("JOB_POLL_INTERVAL_S", "1"))
+JOB_POLL_RECHECK_S = float(env_str("JOB_POLL_RECHECK_S", "5"))
+IDEMPOTENCY_KEY_TTL_S = env_int("IDEMPOTENCY_KEY_TTL_S", 86400)  # POST /api/v1/jobs retries within this
 
 # Teams: fair share decays usage with this half-life (dashboard/teams/fairshare.py).
 FAIRSHARE_HALF_LIFE_S = env_int("FAIRSHARE_HALF_LIFE_S", 7 * 86400)

@@ -1,29 +1,33 @@
-"""Runs one job on this machine: policy, claim, spawn, stream the log, heartbeat, stop, finish.
+"""Runs one job on this machine: policy, spawn, stream the log, heartbeat, stop, finish.
 
-Independent of Celery (``hwprobe.worker`` calls :func:`run_job` from its task), so tests drive
-it directly against a local HTTP server. The server's side is in ``docs/design.md`` (Jobs):
-every call names the attempt, and a 409 means "this attempt is no longer yours: stop".
+``hwprobe.worker`` takes the job from the server (``POST /api/v1/agent/jobs/next`` hands it over
+already ``running``) and calls :func:`run_job` in a thread of its own; tests drive it directly
+against a local HTTP server. The server's side is in ``docs/design.md`` (Jobs): every call names
+the attempt, and a 409 on a heartbeat means "this attempt is no longer yours: stop".
 
 The order of events:
 
 1. the host's policy (:mod:`hwprobe.policy`) is checked first; a refused job is finished with
    outcome ``refused`` and nothing runs;
-2. ``claim``: a 409 (a redelivered message, or a job cancelled meanwhile) runs nothing;
-3. the command starts in a new session (its own process group), through a small supervisor
+2. the command starts in a new session (its own process group), through a small supervisor
    (``SHIM``) that is the group leader: it waits for the command, and if the worker dies it
    stops the whole group (SIGTERM, ``grace_s``, SIGKILL), so a job never outlives its worker;
-4. stdout and stderr are read as they come and sent to ``/log`` in numbered chunks (about
-   every second, or as soon as 16 KiB are waiting); a heartbeat every 5 s reports pid/pgid and
-   brings back ``cancel`` / ``preempt``;
-5. cancel, preemption, the maximum run time and a 409 send SIGTERM to the group, then SIGKILL
+3. stdout and stderr are read as they come and kept in numbered chunks (about every second, or
+   as soon as 16 KiB are waiting) in the worker's spool (:mod:`hwprobe.jobspool`), whose outbox
+   sends them to ``/log``; a heartbeat every 5 s reports pid/pgid and brings back ``cancel`` /
+   ``preempt``. While the server is away the job keeps running: its log, its latest heartbeat
+   and its finish wait in the spool and go, in order, once the server answers again;
+4. cancel, preemption, the maximum run time and a 409 send SIGTERM to the group, then SIGKILL
    after ``grace_s``; when the command ends, whatever is left of its group is killed;
-6. meanwhile each output line is read for tokens (:mod:`hwprobe.progress`) and the counts go to
+5. meanwhile each output line is read for tokens (:mod:`hwprobe.progress`) and the counts go to
    the local agent over UDP; a job's Prometheus endpoint (``metrics_url``, or the port the
    built-in ``serve`` prints) is registered with the agent for the job's lifetime;
-7. ``finish`` reports ``succeeded`` (exit 0), ``failed`` (any other exit; ``exit_code`` is
+6. ``finish`` reports ``succeeded`` (exit 0), ``failed`` (any other exit; ``exit_code`` is
    negative for a signal, as in Python), ``cancelled``, ``timeout`` or ``preempted``.
 
 Transient HTTP failures (no answer, 5xx, 408, 429) are retried with backoff; other 4xx are not.
+Built-in workloads run this installation's code in Python's isolated mode, whatever the job's
+working directory holds (``python -m`` would import a ``hwprobe`` package found there first).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from urllib.parse import urlsplit
 
 from hwprobe import channel, http_client
 from hwprobe.client import OK, RETRY, Backoff, Reply, classify
+from hwprobe.jobspool import FINISH, HEARTBEAT, LOG, Batch, JobSpool, Outbox
 from hwprobe.policy import Policy, is_builtin
 from hwprobe.progress import JobMeter
 
@@ -54,8 +59,14 @@ log = logging.getLogger("hwprobe.worker")
 HEARTBEAT_S = 5.0
 FLUSH_S = 1.0
 CHUNK_CHARS = 16 * 1024  # also the size that triggers an early flush
-MAX_PENDING_CHARS = 4 * 1024 * 1024  # output kept while the server is unreachable
-CHUNKS_PER_POST = 64
+MAX_PENDING_CHARS = 16 * 1024 * 1024  # output kept on disk per attempt while the server is unreachable
+REPORT_WAIT_S = 30.0  # a lone run_job waits this long for its finish to be delivered
+
+# The built-in workloads run as `python -I -c BOOT <hwprobe's folder> train|serve ...`: isolated
+# mode ignores PYTHON* variables, the user's site and the working directory, and the folder this
+# hwprobe was loaded from goes first on the path, so a planted hwprobe/ in the workdir never runs.
+BOOT = "import sys; sys.path.insert(0, sys.argv.pop(1)); from hwprobe.workloads.__main__ import main; sys.exit(main())"
+HWPROBE_HOME = str(Path(__file__).resolve().parent.parent)
 
 # The group leader of every job. It runs with -I -S (no site, no PYTHON* variables) and only
 # the standard library. SIGTERM/SIGINT get a no-op handler rather than SIG_IGN so that the
@@ -166,8 +177,12 @@ class ServerApi:
         """Tell the dashboard what this host allows (``Policy.summary()``), for its submit form."""
         self.call("POST", "/api/v1/agent/policy", summary, retry_for_s=retry_for_s)
 
-    def claim(self, job_id: int, attempt: int) -> None:
-        self.call("POST", f"/api/v1/agent/jobs/{job_id}/claim", {"attempt": attempt}, retry_for_s=120)
+    def next_job(self, worker_id: str, held: list[tuple[int, int]], wait_s: float) -> dict[str, Any] | None:
+        """Long-poll for the next job placed on this machine: ``{"job_id", "attempt", "spec"}``, or
+        None when none came within ``wait_s``. The server takes it (``running``) before answering."""
+        body = {"worker": worker_id, "held": [{"job": j, "attempt": a} for j, a in held], "wait_s": wait_s}
+        answer = self.call("POST", "/api/v1/agent/jobs/next", body, retry_for_s=0, timeout_s=wait_s + 15)
+        return answer if answer.get("job_id") else None
 
     def heartbeat(self, job_id: int, attempt: int, pid: int, pgid: int) -> dict[str, Any]:
         # No retry: the next heartbeat is the retry, and the loop must keep watching the job.
@@ -179,60 +194,63 @@ class ServerApi:
             timeout_s=5,
         )
 
-    def log(self, job_id: int, attempt: int, chunks: list[dict[str, Any]]) -> None:
-        self.call("POST", f"/api/v1/agent/jobs/{job_id}/log", {"attempt": attempt, "chunks": chunks}, retry_for_s=20)
+    def log(self, job_id: int, attempt: int, chunks: list[dict[str, Any]], retry_for_s: float = 0) -> None:
+        self.call("POST", f"/api/v1/agent/jobs/{job_id}/log", {"attempt": attempt, "chunks": chunks}, retry_for_s)
 
-    def finish(self, job_id: int, attempt: int, outcome: str, exit_code: int | None, message: str) -> None:
-        self.call(
-            "POST",
-            f"/api/v1/agent/jobs/{job_id}/finish",
-            {"attempt": attempt, "outcome": outcome, "exit_code": exit_code, "message": message[:2000]},
-            retry_for_s=600,
-        )
+    def finish(
+        self, job_id: int, attempt: int, outcome: str, exit_code: int | None, message: str, retry_for_s: float = 0
+    ) -> None:
+        body = {"attempt": attempt, "outcome": outcome, "exit_code": exit_code, "message": message[:2000]}
+        self.call("POST", f"/api/v1/agent/jobs/{job_id}/finish", body, retry_for_s)
+
+    def deliver(self, batch: Batch) -> None:
+        """Send one batch of spooled reports (:class:`hwprobe.jobspool.Outbox` retries it)."""
+        if batch.kind == LOG:
+            self.log(batch.job, batch.attempt, batch.bodies)
+        elif batch.kind == HEARTBEAT:
+            self.call("POST", f"/api/v1/agent/jobs/{batch.job}/heartbeat", batch.bodies[0], retry_for_s=0)
+        elif batch.kind == FINISH:
+            self.call("POST", f"/api/v1/agent/jobs/{batch.job}/finish", batch.bodies[0], retry_for_s=0)
 
 
 # ---- the log --------------------------------------------------------------------------------
 
 
 class LogShipper:
-    """Collects output as it comes and sends it in seq-numbered chunks from its own thread.
+    """Collects a job's output as it comes and files it in seq-numbered chunks into the spool.
 
-    A chunk keeps its seq across retries, so a resent chunk is stored once. While the server is
-    unreachable at most ``max_pending_chars`` are kept; beyond that output is counted as dropped
-    and a note saying so goes into the log when sending works again.
+    A chunk is sealed about every ``flush_s`` seconds, or as soon as ``chunk_chars`` are waiting;
+    the outbox sends it (a resent chunk keeps its seq, so it is stored once). At most
+    ``max_pending_chars`` of the attempt's log wait in the spool; beyond that, output is counted
+    as dropped and a note saying so goes into the log once there is room again.
     """
 
     def __init__(
         self,
-        send: Callable[[list[dict[str, Any]]], None],
+        spool: JobSpool,
+        job_id: int,
+        attempt: int,
+        wake: Callable[[], None] = lambda: None,
         flush_s: float = FLUSH_S,
         chunk_chars: int = CHUNK_CHARS,
         max_pending_chars: int = MAX_PENDING_CHARS,
     ) -> None:
-        self._send = send
+        self._spool, self._job, self._attempt, self._wake = spool, job_id, attempt, wake
         self.flush_s, self.chunk_chars, self.max_pending_chars = flush_s, chunk_chars, max_pending_chars
         self._cond = threading.Condition()
         self._open: list[Any] | None = None  # [stream, text, ts] being filled
-        self._ready: list[dict[str, Any]] = []  # numbered chunks not yet accepted
-        self._pending_chars = 0
         self._seq = 0
         self._dropped = 0
         self._closing = False
-        self._give_up_at = float("inf")
-        self.stale = threading.Event()
-        self.sent_chunks = 0
+        self.chunks = 0
         self._thread = threading.Thread(target=self._run, name="hwprobe-log", daemon=True)
         self._thread.start()
 
     def write(self, stream: str, text: str) -> None:
-        """Queue ``text`` of ``stream`` ("stdout" or "stderr")."""
+        """Take ``text`` of ``stream`` ("stdout" or "stderr")."""
         if not text:
             return
         with self._cond:
-            if self._pending_chars + len(text) > self.max_pending_chars:
-                self._dropped += len(text)
-                return
-            self._pending_chars += len(text)
             if self._open is not None and self._open[0] != stream:
                 self._seal()
             if self._open is None:
@@ -240,65 +258,51 @@ class LogShipper:
             self._open[1] += text
             while self._open is not None and len(self._open[1]) >= self.chunk_chars:
                 self._seal()
-                self._cond.notify()
 
     def _seal(self) -> None:
-        """Number the open text (at most chunk_chars per chunk; the rest stays open)."""
+        """File the open text (at most chunk_chars per chunk; the rest stays open)."""
         if self._open is not None:
             stream, text, ts = self._open
             head, rest = text[: self.chunk_chars], text[self.chunk_chars :]
-            self._ready.append(self._chunk(stream, head, ts))
             self._open = [stream, rest, time.time()] if rest else None
-        if self._dropped and self._open is None:
-            note = f"[hwprobe: {self._dropped} characters of output were dropped while the server was unreachable]\n"
-            self._ready.append(self._chunk("stderr", note, time.time()))
-            self._dropped = 0
+            if self._dropped or self._spool.pending_log_chars(self._job, self._attempt) + len(head) > (
+                self.max_pending_chars
+            ):
+                self._dropped += len(head)
+            else:
+                self._file(stream, head, ts)
+        room = self._dropped and self._open is None
+        if room and self._spool.pending_log_chars(self._job, self._attempt) < self.max_pending_chars // 2:
+            self._note_dropped()
 
-    def _chunk(self, stream: str, text: str, ts: float) -> dict[str, Any]:
+    def _note_dropped(self) -> None:
+        note = f"[hwprobe: {self._dropped} characters of output were dropped while the server was unreachable]\n"
+        self._file("stderr", note, time.time())
+        self._dropped = 0
+
+    def _file(self, stream: str, text: str, ts: float) -> None:
         self._seq += 1
-        return {"seq": self._seq, "stream": stream, "text": text, "ts": ts}
+        self._spool.add_log(self._job, self._attempt, {"seq": self._seq, "stream": stream, "text": text, "ts": ts})
+        self.chunks += 1
+        self._wake()
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                if not self._closing:
-                    self._cond.wait(self.flush_s)
-                if self._open is not None or self._dropped:
-                    self._seal()
-                batch = self._ready[:CHUNKS_PER_POST]
-                closing = self._closing
-            if batch and not self.stale.is_set():
-                self._deliver(batch)
-            with self._cond:
-                if closing and (not self._ready or self.stale.is_set() or time.monotonic() > self._give_up_at):
-                    return
-
-    def _deliver(self, batch: list[dict[str, Any]]) -> None:
-        try:
-            self._send(batch)
-        except StaleAttempt:
-            self.stale.set()
-            return
-        except ApiError as err:
-            if err.status is not None:  # refused as malformed: drop it rather than block the log
-                log.error(
-                    "the server refused log chunks %d-%d (%s); dropping them", batch[0]["seq"], batch[-1]["seq"], err
-                )
-            else:
-                log.warning("cannot send the job's log (%s); keeping it and retrying", err)
-                return
         with self._cond:
-            del self._ready[: len(batch)]
-            self._pending_chars -= sum(len(c["text"]) for c in batch)
-            self.sent_chunks += len(batch)
+            while not self._closing:
+                self._cond.wait(self.flush_s)
+                self._seal()
 
-    def close(self, timeout_s: float = 60.0) -> None:
-        """Send what is left (waiting at most ``timeout_s``) and stop the thread."""
+    def close(self) -> None:
+        """File what is left and stop the thread (the outbox sends it, before the finish)."""
         with self._cond:
             self._closing = True
-            self._give_up_at = time.monotonic() + timeout_s
+            self._seal()
             self._cond.notify()
-        self._thread.join(timeout_s + 5)
+        self._thread.join(5)
+        with self._cond:
+            self._seal()
+            if self._dropped:  # a note that was waiting for room goes in regardless now
+                self._note_dropped()
 
 
 def _pump(pipe: IO[bytes], stream: str, shipper: LogShipper, meter: JobMeter | None = None) -> None:
@@ -333,11 +337,13 @@ def _meter(call: Callable[..., None], *args: Any) -> None:
 
 @dataclass
 class Result:
-    """What happened: ``outcome`` as reported to ``finish`` (None: nothing was reported)."""
+    """What happened: ``outcome`` as reported to ``finish`` (None: nothing to report, the attempt
+    was no longer this worker's), and whether the server has the report yet (else it is spooled)."""
 
     outcome: str | None
     exit_code: int | None
     message: str
+    delivered: bool = False
 
 
 class SpawnError(Exception):
@@ -371,7 +377,12 @@ def describe_exit(code: int) -> str:
 
 
 class JobRun:
-    """One attempt of one job, from spawn to finish. Call :meth:`run` once."""
+    """One attempt of one job, from spawn to finish. Call :meth:`run` once.
+
+    Reports go through ``spool`` and its ``outbox`` (the worker's, shared by its jobs); without
+    them the run keeps its own in memory and waits up to ``report_wait_s`` for its finish to be
+    delivered before it returns.
+    """
 
     def __init__(
         self,
@@ -385,9 +396,18 @@ class JobRun:
         jobs_dir: Path | None = None,
         poll_s: float = 0.1,
         report_port: int | None = None,
+        spool: JobSpool | None = None,
+        outbox: Outbox | None = None,
+        report_wait_s: float = REPORT_WAIT_S,
     ) -> None:
         self.api, self.job_id, self.attempt, self.spec, self.policy = api, job_id, attempt, spec, policy
         self.heartbeat_s, self.flush_s, self.poll_s = heartbeat_s, flush_s, poll_s
+        self._own_outbox = spool is None or outbox is None
+        if spool is None or outbox is None:
+            spool = JobSpool(":memory:")
+            outbox = Outbox(spool, api.deliver, base_s=0.05, cap_s=1.0).start()
+        self.spool, self.outbox, self.report_wait_s = spool, outbox, report_wait_s
+        self._beats_failing_since: float | None = None
         self.jobs_dir = jobs_dir or default_jobs_dir(policy)
         self.grace_s = float(spec.get("grace_s") or 10)
         self.reason: str | None = None  # why we are stopping it: cancelled, preempted, timeout, stale
@@ -412,8 +432,9 @@ class JobRun:
         if self.spec.get("shell"):
             return ["/bin/sh", "-c", self.spec["shell"]]
         argv = list(self.spec["argv"])
-        if is_builtin(argv) and argv[0] in ("python", "python3"):
-            argv[0] = sys.executable  # the interpreter that has hwprobe's dependencies
+        if is_builtin(argv):
+            # This interpreter (it has hwprobe's dependencies) and this hwprobe, never the workdir's.
+            return [sys.executable, "-I", "-c", BOOT, HWPROBE_HOME, *argv[3:]]
         return argv
 
     def environment(self, user: pwd.struct_passwd | None) -> dict[str, str]:
@@ -430,12 +451,13 @@ class JobRun:
                 env[name] = value
         env["PYTHONUNBUFFERED"] = "1"  # live logs from Python programs
         env.update({str(k): str(v) for k, v in (self.spec.get("env") or {}).items()})
-        if is_builtin(self.spec.get("argv")):
-            env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
         env["CUDA_VISIBLE_DEVICES"] = visible_devices(self.spec)
         env["HWPROBE_JOB_ID"] = str(self.job_id)
         env["HWPROBE_JOB_ATTEMPT"] = str(self.attempt)
         env["HWPROBE_REPORT_PORT"] = str(self.report_port)  # where hwprobe.report finds the agent
+        socket_path = channel.socket_from_env()
+        # The agent's socket is 0600: a job run as another user reports over UDP instead.
+        env[channel.SOCKET_ENV] = socket_path if (socket_path and user is None) else ""
         return env
 
     def workdir(self, user: pwd.struct_passwd | None) -> Path:
@@ -480,51 +502,51 @@ class JobRun:
     # -- running ------------------------------------------------------------------------------
 
     def finish(self, outcome: str, exit_code: int | None, message: str) -> Result:
-        try:
-            self.api.finish(self.job_id, self.attempt, outcome, exit_code, message)
-        except StaleAttempt as err:
-            log.info("job %s attempt %s: finish answered 409 (%s)", self.job_id, self.attempt, err)
-            return Result(None, exit_code, message)
-        except ApiError as err:
-            log.error("job %s attempt %s: could not report %s (%s)", self.job_id, self.attempt, outcome, err)
-            return Result(None, exit_code, message)
-        return Result(outcome, exit_code, message)
+        """Spool the attempt's end behind its log; ``delivered`` says whether the server has it yet."""
+        body = {"attempt": self.attempt, "outcome": outcome, "exit_code": exit_code, "message": message[:2000]}
+        self.spool.add_finish(self.job_id, self.attempt, body)
+        self.outbox.wake()
+        delivered = self.report_wait_s > 0 and self.outbox.wait_sent(self.job_id, self.attempt, self.report_wait_s)
+        if self._own_outbox:
+            self.outbox.stop(0)
+        if not delivered and self.report_wait_s > 0:
+            log.warning(
+                "job %s attempt %s: %s kept on disk until the server answers", self.job_id, self.attempt, outcome
+            )
+        return Result(outcome, exit_code, message, delivered)
 
     def run(self) -> Result:
+        if self.reason == "shutdown":  # the worker is stopping before the job started: back to the queue
+            return self.finish("preempted", None, "handed back: the worker was stopping before it started")
         reason = self.policy.check(self.spec)
         if reason:
             log.warning("job %s refused: %s", self.job_id, reason)
             return self.finish("refused", None, f"refused by this host's policy: {reason}")
-        try:
-            self.api.claim(self.job_id, self.attempt)
-        except ApiError as err:
-            log.info("job %s attempt %s not claimed (%s): running nothing", self.job_id, self.attempt, err)
-            return Result(None, None, f"not claimed: {err}")
         try:
             self.proc = self.spawn()
         except (SpawnError, OSError) as err:
             return self.finish("failed", None, str(err))
         log.info("job %s attempt %s started: pid %s", self.job_id, self.attempt, self.proc.pid)
         self.meter = self._make_meter()
-        shipper = LogShipper(lambda chunks: self.api.log(self.job_id, self.attempt, chunks), self.flush_s)
+        shipper = LogShipper(self.spool, self.job_id, self.attempt, self.outbox.wake, self.flush_s)
         readers = [
             threading.Thread(target=_pump, args=(pipe, name, shipper, self.meter), daemon=True)
             for pipe, name in ((self.proc.stdout, "stdout"), (self.proc.stderr, "stderr"))
         ]
         for r in readers:
             r.start()
-        code = self._watch(shipper)
+        code = self._watch()
         self._signal(signal.SIGKILL)  # whatever the command left running in its group
         for r in readers:
             r.join(10)
-        if self.meter is not None:
-            self.meter.finish()
+        if self.meter is not None:  # the job's last tokens reach the server before its end does
+            _meter(self.meter.finish)
         shipper.close()
-        return self._report(code, shipper)
+        return self._report(code)
 
     def _make_meter(self) -> JobMeter | None:
         """The job's token counting (None when the agent's channel is off or the pattern is bad)."""
-        if not self.report_port:
+        if not self.report_port and channel.socket_from_env() is None:
             return None
         argv = self.spec.get("argv")
         try:
@@ -553,10 +575,12 @@ class JobRun:
         if self.reason is None:
             log.info("job %s attempt %s: stopping (%s)", self.job_id, self.attempt, reason)
             self.reason = reason
+            if self.meter is not None:  # its engine's counters, while the engine still answers
+                _meter(self.meter.stopping)
             self._signal(signal.SIGTERM)
             self._kill_at = time.monotonic() + self.grace_s
 
-    def _watch(self, shipper: LogShipper) -> int:
+    def _watch(self) -> int:
         assert self.proc is not None
         started = time.monotonic()
         limit = self.spec.get("max_runtime_s")
@@ -566,8 +590,6 @@ class JobRun:
             if code is not None:
                 return code
             now = time.monotonic()
-            if shipper.stale.is_set():
-                self.stop("stale")
             if limit and now - started >= limit:
                 self.stop("timeout")
             if now >= next_beat:
@@ -586,18 +608,43 @@ class JobRun:
             self.stop("stale")
             return
         except ApiError as err:
-            log.warning("job %s: heartbeat failed (%s)", self.job_id, err)
+            if classify(err.status) != RETRY:
+                log.warning("job %s: heartbeat refused (%s)", self.job_id, err)
+                return
+            # The server is away: the job runs on, and the server learns it was alive when it is back.
+            body = {"attempt": self.attempt, "pid": self.proc.pid, "pgid": self.proc.pid, "ts": time.time()}
+            self.spool.set_heartbeat(self.job_id, self.attempt, body)
+            if self._beats_failing_since is None:
+                self._beats_failing_since = time.monotonic()
+                log.warning("job %s: heartbeat failed (%s); the job keeps running", self.job_id, err)
             return
+        if self._beats_failing_since is not None:
+            log.info(
+                "job %s: heartbeats get through again after %.0f s",
+                self.job_id,
+                time.monotonic() - self._beats_failing_since,
+            )
+            self._beats_failing_since = None
+            self.spool.clear_heartbeat(self.job_id, self.attempt)
         if answer.get("cancel"):
             self.stop("cancelled")
         elif answer.get("preempt"):
             self.stop("preempted")
 
-    def _report(self, code: int, shipper: LogShipper) -> Result:
-        if self.reason == "stale" or shipper.stale.is_set():
+    def _report(self, code: int) -> Result:
+        if self.reason == "stale":
             message = f"attempt {self.attempt} is no longer current on the server; stopped it ({describe_exit(code)})"
             log.warning("job %s: %s", self.job_id, message)
+            if self._own_outbox:
+                self.outbox.stop(self.report_wait_s)  # its log still goes: the server takes it
             return Result(None, code, message)
+        if self.reason == "shutdown":
+            # The worker is being stopped: a preemptible job goes back to the queue and resumes.
+            if self.spec.get("preemptible"):
+                return self.finish("preempted", code, f"the worker on this host was stopped; {describe_exit(code)}")
+            return self.finish(
+                "failed", code, f"stopped: the worker on this host was shut down ({describe_exit(code)})"
+            )
         if self.reason == "cancelled":
             return self.finish("cancelled", code, f"cancelled on request; {describe_exit(code)}")
         if self.reason == "timeout":

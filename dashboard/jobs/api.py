@@ -21,9 +21,9 @@ from dashboard.fleet.models import Machine
 from dashboard.teams import access as team_access
 from dashboard.teams.models import Team
 
-from . import allowlist, feasibility, queries, service, throughput
+from . import allowlist, feasibility, queries, service, throughput, wakeup
 from .models import MAX_PARAMS_B, Job
-from .tasks import PROGRESS_PRESETS, machine_queue
+from .tasks import PROGRESS_PRESETS
 
 router = Router(tags=["jobs"])
 agent_router = Router(tags=["agent"])
@@ -82,10 +82,34 @@ def _visible_job(request, job_id: int) -> Job:
     return get_object_or_404(team_access.scope_jobs(Job.objects.all(), request.user), pk=job_id)
 
 
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, as in the IETF draft's examples
+
+
+def _idempotency(request, payload: JobIn) -> tuple[str, str] | None:
+    """(key, the body's digest) when the client sent ``Idempotency-Key``; a malformed key is a 400."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not IDEMPOTENCY_KEY.match(key):
+        raise HttpError(400, "Idempotency-Key: 1 to 255 visible ASCII characters (a UUID is a good key)")
+    return key, service.request_sha256(payload.model_dump(mode="json"))
+
+
 @router.post(
-    "/jobs", auth=USER_AUTH, response={201: dict}, summary="Submit a training or serving job (operators and admins)"
+    "/jobs",
+    auth=USER_AUTH,
+    response={200: dict, 201: dict},
+    summary="Submit a training or serving job (operators and admins); honours an Idempotency-Key header",
 )
 def submit(request, payload: JobIn):
+    idempotency = _idempotency(request, payload)
+    if idempotency is not None:
+        try:  # a retry answers with the job the first call made, before any check that could now differ
+            earlier = service.earlier_submission(request.user, *idempotency)
+        except service.JobError as exc:
+            _raise(exc)
+        if earlier is not None:
+            return Status(200, queries.job_dict(earlier))
     target = None
     if payload.machine:
         target = team_access.scope_machines(Machine.objects.all(), request.user).filter(name=payload.machine).first()
@@ -110,10 +134,13 @@ def submit(request, payload: JobIn):
         if reason:
             raise HttpError(400, f"command: {reason}")
     try:
-        job = service.submit(request.user, {**fields, "target": target})
+        if idempotency is None:
+            job, created = service.submit(request.user, {**fields, "target": target}), True
+        else:
+            job, created = service.submit_once(request.user, {**fields, "target": target}, *idempotency)
     except service.JobError as exc:
         _raise(exc)
-    return Status(201, queries.job_dict(job))
+    return Status(201 if created else 200, queries.job_dict(job))
 
 
 @router.get("/jobs/placement", auth=USER_AUTH, summary="Whether a job of this size could ever run, and where now")
@@ -232,14 +259,13 @@ class PolicyIn(BaseModel):
     templates: Annotated[list[TemplateIn], Field(max_length=200)]
 
 
-@agent_router.get("/agent/config", auth=AgentAuth(), summary="Broker and queue for this machine's worker")
+@agent_router.get("/agent/config", auth=AgentAuth(), summary="This machine's name and how its worker takes jobs")
 def agent_config(request):
-    machine = request.auth.machine
+    # No broker here: hosts take their jobs over this API, never from the server's Celery broker.
     return {
-        "machine": machine.name,
-        "queue": machine_queue(machine.name),
-        "broker_url": settings.AGENT_BROKER_URL or settings.CELERY_BROKER_URL,
-        "broker_transport_options": settings.CELERY_BROKER_TRANSPORT_OPTIONS,
+        "machine": request.auth.machine.name,
+        "jobs": "/api/v1/agent/jobs/next",
+        "poll_wait_s": settings.JOB_POLL_WAIT_S,
     }
 
 
@@ -250,10 +276,37 @@ def _agent_call(fn, *args):
         _raise(exc)
 
 
-@agent_router.post("/agent/jobs/{job_id}/claim", auth=AgentAuth())
-def claim(request, job_id: int, payload: AttemptIn):
-    _agent_call(service.claim, request.auth.machine, job_id, payload.attempt)
-    return {"ok": True}
+class HeldIn(BaseModel):
+    job: Annotated[int, Field(ge=1)]
+    attempt: Annotated[int, Field(ge=1)]
+
+
+class NextIn(BaseModel):
+    # The worker's own id (kept in its spool, so it survives restarts): the attempts it took are its own.
+    worker: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+    # Every attempt it runs or still has reports of: an attempt it took and no longer holds is over.
+    held: Annotated[list[HeldIn], Field(max_length=1000)] = []
+    # How long to wait for a job before answering 204 (at most JOB_POLL_WAIT_S).
+    wait_s: Annotated[float, Field(ge=0, le=300, allow_inf_nan=False)] = 25
+
+
+@agent_router.post(
+    "/agent/jobs/next",
+    auth=AgentAuth(),
+    response={200: dict, 204: None},
+    summary="The next job placed on this machine, taken (running) for this worker; 204 when none comes in time",
+)
+def next_job(request, payload: NextIn):
+    machine = request.auth.machine
+    service.reconcile(machine, payload.worker, {(h.job, h.attempt) for h in payload.held})
+    job = wakeup.wait_for(
+        lambda: service.claim_next(machine, payload.worker),
+        machine.pk,
+        min(payload.wait_s, settings.JOB_POLL_WAIT_S),
+    )
+    if job is None:
+        return Status(204, None)
+    return {"job_id": job.pk, "attempt": job.attempt, "spec": service.spec(job)}
 
 
 @agent_router.post("/agent/jobs/{job_id}/heartbeat", auth=AgentAuth())

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import current_app
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
-from kombu.exceptions import OperationalError
 
 from dashboard.fleet.models import Machine
 from dashboard.teams import access as team_access
 
-from .models import AuditEvent, Job, JobAttempt, JobLog
+from .models import AuditEvent, IdempotencyKey, Job, JobAttempt, JobLog
 
 log = logging.getLogger(__name__)
 PLACE_TASK = "dashboard.jobs.tasks.place"
@@ -39,12 +40,18 @@ def _enqueue_placement() -> None:
     """Ask a Celery worker for a placement pass now (by task name: tasks.py imports this module).
 
     A broker that cannot take the message never fails the caller, whose change is already
-    committed: the beat tick runs placement every 15 s anyway.
+    committed: the beat tick runs placement every 15 s anyway. Whatever the broker's client
+    raises (kombu wraps most errors, not all), the request has succeeded and must say so.
     """
     try:
         current_app.send_task(PLACE_TASK, ignore_result=True)
-    except (OperationalError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - logged; the beat tick is the retry
         log.warning("placement request not sent (%s); the next beat tick places the job", exc)
+
+
+def after_commit_place() -> None:
+    """Queue a placement pass for when the current transaction commits; never fails the request."""
+    transaction.on_commit(_enqueue_placement, robust=True)
 
 
 def submit(user, fields: dict[str, Any]) -> Job:
@@ -75,8 +82,53 @@ def submit(user, fields: dict[str, Any]) -> Job:
             gpu_memory_gb=job.gpu_memory_gb,
             team=team.slug,
         )
-        transaction.on_commit(_enqueue_placement)
+        after_commit_place()
     return job
+
+
+def request_sha256(body: dict[str, Any]) -> str:
+    """The digest that tells a retried submission (same body) from a different one (same key)."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def earlier_submission(user, key: str, sha256: str) -> Job | None:
+    """The job an earlier submission with this key made, or None; JobError 409 if its body differed."""
+    earlier = IdempotencyKey.objects.select_related("job").filter(user=user, key=key).first()
+    if earlier is None:
+        return None
+    if earlier.request_sha256 != sha256:
+        raise JobError(
+            f"Idempotency-Key: already used for a different request (job #{earlier.job_id}); use a new key", 409
+        )
+    return earlier.job
+
+
+def submit_once(user, fields: dict[str, Any], key: str, sha256: str) -> tuple[Job, bool]:
+    """``submit`` under an ``Idempotency-Key``: (the job, True if this call created it).
+
+    A retry with the same key and body returns the job the first call made, whatever happened to
+    the first call's answer; the same key with another body is a 409. Two calls racing with one key
+    create one job: the key's unique constraint refuses the second, which then returns the first.
+    """
+    found = earlier_submission(user, key, sha256)
+    if found is not None:
+        return found, False
+    try:
+        with transaction.atomic():
+            job = submit(user, fields)
+            IdempotencyKey.objects.create(user=user, key=key, request_sha256=sha256, job=job)
+    except IntegrityError:
+        found = earlier_submission(user, key, sha256)
+        if found is None:
+            raise
+        return found, False
+    return job, True
+
+
+def forget_idempotency_keys(now: datetime | None = None) -> int:
+    """Delete keys older than IDEMPOTENCY_KEY_TTL_S (a retry later than that creates a new job)."""
+    limit = (now or timezone.now()) - timedelta(seconds=settings.IDEMPOTENCY_KEY_TTL_S)
+    return IdempotencyKey.objects.filter(created_at__lt=limit).delete()[0]
 
 
 def can_cancel(user, job: Job) -> bool:
@@ -109,6 +161,32 @@ def cancel(user, job: Job) -> Job:
 # ---- the worker's side: each call names the attempt, and a stale attempt gets a 409 ----------
 
 
+def spec(job: Job) -> dict[str, Any]:
+    """What the machine's worker needs to run the job's current attempt (docs/design.md, Jobs)."""
+    uuids = {a.index: a.uuid for a in job.machine.accelerators.all()} if job.machine else {}
+    return {
+        "name": job.name,
+        "kind": job.kind,
+        "argv": job.argv,
+        "shell": job.shell or None,
+        "workdir": job.workdir or None,
+        "env": job.env or {},
+        "gpus": job.assigned_gpus,
+        "gpu_uuids": [uuids.get(i) or str(i) for i in job.assigned_gpus],
+        "max_runtime_s": job.max_runtime_s,
+        "grace_s": 10,
+        "job_id": job.pk,
+        "preemptible": job.preemptible,
+        "metrics_url": job.metrics_url or None,
+        "progress_pattern": job.progress_pattern or None,
+    }
+
+
+def _worker_heard(machine: Machine, now: datetime) -> None:
+    # update(), not save(): ingest writes other columns of the same row concurrently.
+    Machine.objects.filter(pk=machine.pk).update(worker_seen_at=now)
+
+
 def _for_worker(machine: Machine, job_id: int, attempt: int) -> Job:
     job = Job.objects.select_for_update().filter(pk=job_id, machine=machine).first()
     if job is None:
@@ -118,32 +196,108 @@ def _for_worker(machine: Machine, job_id: int, attempt: int) -> Job:
     return job
 
 
-def claim(machine: Machine, job_id: int, attempt: int) -> Job:
-    """placed -> running, exactly once: a redelivered task message gets a 409 and runs nothing."""
+def reconcile(machine: Machine, worker_id: str, held: set[tuple[int, int]]) -> list[int]:
+    """A worker checks in with the attempts it holds; those it took and no longer holds end here.
+
+    ``held`` is every (job, attempt) the worker is running or still has reports of (its spool).
+    An attempt this worker took that it does not hold died with an earlier run of the worker (its
+    processes die with it): ``lost``, or back to the queue if it never started (the answer that
+    handed it over never arrived). Returns the ids of the jobs that ended or were requeued.
+    """
+    now = timezone.now()
+    _worker_heard(machine, now)
+    ended = []
+    with transaction.atomic():
+        taken = Job.objects.select_for_update().filter(
+            machine=machine, worker_id=worker_id, status__in=(Job.Status.RUNNING, Job.Status.UNREACHABLE)
+        )
+        for job in taken:
+            if (job.pk, job.attempt) in held:
+                continue
+            if job.pgid is None:  # no heartbeat ever: it never ran
+                _requeue(job, now, "unclaimed", f"the worker on {machine.name} never received it; queued again")
+            else:
+                _finish(job, "lost", None, f"the worker on {machine.name} came back without it (it was restarted)")
+            ended.append(job.pk)
+    return ended
+
+
+def claim_next(machine: Machine, worker_id: str) -> Job | None:
+    """The next job placed on ``machine``, now ``running`` for ``worker_id``; None if there is none.
+
+    Highest priority first, then the longest placed. The conditional UPDATE is the claim: of two
+    workers asking at once exactly one changes the row, on PostgreSQL and SQLite alike.
+    """
+    placed = Job.objects.filter(machine=machine, status=Job.Status.PLACED).order_by("-priority", "placed_at", "pk")
+    while True:
+        candidate = placed.values_list("pk", "attempt", "cancel_requested").first()
+        if candidate is None:
+            return None
+        job_id, attempt, cancel = candidate
+        if cancel:
+            with transaction.atomic():
+                job = Job.objects.select_for_update().filter(pk=job_id, status=Job.Status.PLACED).first()
+                if job is not None:
+                    _finish(job, "cancelled", None, "cancelled before it started")
+            continue
+        if _take(machine, job_id, attempt, worker_id):
+            return Job.objects.select_related("machine").get(pk=job_id)
+        # Taken or cancelled meanwhile: look again.
+
+
+def _take(machine: Machine, job_id: int, attempt: int, worker_id: str) -> bool:
+    now = timezone.now()
+    with transaction.atomic():
+        won = Job.objects.filter(
+            pk=job_id, machine=machine, attempt=attempt, status=Job.Status.PLACED, cancel_requested=False
+        ).update(
+            status=Job.Status.RUNNING,
+            started_at=now,
+            heartbeat_at=now,
+            worker_id=worker_id,
+            unreachable_since=None,
+            host_back_at=None,
+            status_message=f"running on {machine.name}",
+        )
+        if won:
+            JobAttempt.objects.filter(job_id=job_id, number=attempt).update(started_at=now)
+    if won:
+        _worker_heard(machine, now)
+    return bool(won)
+
+
+def claim(machine: Machine, job_id: int, attempt: int, worker_id: str = "") -> Job:
+    """placed -> running for this one job (tests and tools; workers take theirs with :func:`claim_next`)."""
     with transaction.atomic():
         job = _for_worker(machine, job_id, attempt)
         if job.status != Job.Status.PLACED:
             raise JobError(f"job #{job_id} attempt {attempt} was already started", 409)
-        if job.cancel_requested:
-            _finish(job, "cancelled", None, "cancelled before it started")
-            raise JobError(f"job #{job_id} was cancelled", 409)
-        now = timezone.now()
-        job.status = Job.Status.RUNNING
-        job.started_at = job.heartbeat_at = now
-        job.status_message = f"running on {machine.name}"
-        job.save(update_fields=["status", "started_at", "heartbeat_at", "status_message"])
-        JobAttempt.objects.filter(job=job, number=attempt).update(started_at=now)
-    return job
+    if not _take(machine, job_id, attempt, worker_id):
+        raise JobError(f"job #{job_id} attempt {attempt} was taken or cancelled meanwhile", 409)
+    return Job.objects.get(pk=job_id)
 
 
 def heartbeat(machine: Machine, job_id: int, attempt: int, pgid: int | None) -> dict[str, bool]:
+    """The job is alive: an unreachable job is running again; the answer carries cancel/preempt."""
+    now = timezone.now()
     with transaction.atomic():
         job = _for_worker(machine, job_id, attempt)
-        job.heartbeat_at = timezone.now()
+        if job.status == Job.Status.PLACED:
+            raise JobError(f"job #{job_id} attempt {attempt} was never started", 409)
+        fields = ["heartbeat_at", "pgid"]
+        if job.status == Job.Status.UNREACHABLE:
+            away_s = (now - job.heartbeat_at).total_seconds() if job.heartbeat_at else 0
+            job.status = Job.Status.RUNNING
+            job.unreachable_since = job.host_back_at = None
+            job.status_message = f"running on {machine.name} (back after {away_s:.0f} s without word)"
+            fields += ["status", "unreachable_since", "host_back_at", "status_message"]
+        job.heartbeat_at = now
         if pgid is not None:
             job.pgid = pgid
-        job.save(update_fields=["heartbeat_at", "pgid"])
-        return {"cancel": job.cancel_requested, "preempt": job.preempt_requested}
+        job.save(update_fields=fields)
+        answer = {"cancel": job.cancel_requested, "preempt": job.preempt_requested}
+    _worker_heard(machine, now)
+    return answer
 
 
 LOG_LIMIT_NOTE = "\n[hwdash: this job's log reached JOB_LOG_MAX_BYTES; later output is not stored]\n"
@@ -152,12 +306,16 @@ LOG_LIMIT_NOTE = "\n[hwdash: this job's log reached JOB_LOG_MAX_BYTES; later out
 def append_log(machine: Machine, job_id: int, attempt: int, chunks: list[dict[str, Any]]) -> int:
     """Store log chunks once each (by seq), up to JOB_LOG_MAX_BYTES a job; returns how many were new.
 
-    Past the limit one note says so and later chunks are dropped: a chatty job must not fill the
-    database, and the worker must not retry them forever either.
+    Any attempt this machine ran may send its log, also after the attempt ended: a worker replays
+    what it spooled while the server was away, and the log of a job that ended meanwhile still
+    says what it did. Past the limit one note says so and later chunks are dropped: a chatty job
+    must not fill the database, and the worker must not retry them forever either.
     """
     limit = settings.JOB_LOG_MAX_BYTES
     with transaction.atomic():
-        job = _for_worker(machine, job_id, attempt)
+        job = Job.objects.select_for_update().filter(pk=job_id).first()
+        if job is None or not JobAttempt.objects.filter(job=job, number=attempt, machine=machine).exists():
+            raise JobError(f"job #{job_id} attempt {attempt} did not run on {machine.name}", 404)
         seqs = [c["seq"] for c in chunks]
         known = set(JobLog.objects.filter(job=job, attempt=attempt, seq__in=seqs).values_list("seq", flat=True))
         rows = []
@@ -196,13 +354,29 @@ OUTCOME_STATUS = {
 }
 
 
+def _release(job: Job) -> None:
+    job.pgid = None
+    job.worker_id = ""
+    job.unreachable_since = job.host_back_at = None
+
+
+def _requeue(job: Job, now: datetime, outcome: str, message: str) -> None:
+    """End the current attempt with ``outcome`` and queue the job for a new one."""
+    JobAttempt.objects.filter(job=job, number=job.attempt).update(ended_at=now, outcome=outcome, message=message[:500])
+    _release(job)
+    job.status, job.machine, job.assigned_gpus = Job.Status.QUEUED, None, []
+    job.status_message = message[:500]
+    job.save()
+    after_commit_place()
+
+
 def _finish(job: Job, outcome: str, exit_code: int | None, message: str) -> None:
     now = timezone.now()
     JobAttempt.objects.filter(job=job, number=job.attempt).update(
         ended_at=now, outcome=outcome, exit_code=exit_code, message=message[:500]
     )
     job.exit_code = exit_code
-    job.pgid = None
+    _release(job)
     if outcome == "preempted":
         # Back to the queue; the next placement is a new attempt.
         job.status = Job.Status.QUEUED
@@ -214,43 +388,105 @@ def _finish(job: Job, outcome: str, exit_code: int | None, message: str) -> None
             if job.borrowing
             else "preempted by a higher-priority serving job; queued to resume"
         )
-        transaction.on_commit(_enqueue_placement)
     else:
         job.status = OUTCOME_STATUS[outcome]
         job.finished_at = now
         job.status_message = message[:500] or outcome
-        transaction.on_commit(_enqueue_placement)  # its GPUs are free for the queue
+    after_commit_place()  # its GPUs are free for the queue
     job.save()
 
 
 def finish(machine: Machine, job_id: int, attempt: int, outcome: str, exit_code: int | None, message: str) -> Job:
+    """The attempt's end, once: a repeat of an end already stored (a replay) changes nothing.
+
+    A report for an attempt that ended otherwise (the server decided it was lost, or it was
+    requeued) is a 409: the job's end is decided once.
+    """
     if outcome not in OUTCOME_STATUS and outcome != "preempted":
         raise JobError(f"outcome: unknown outcome {outcome!r}")
     with transaction.atomic():
+        job = Job.objects.select_for_update().filter(pk=job_id).first()
+        ran = JobAttempt.objects.filter(job_id=job_id, number=attempt, machine=machine).first()
+        if job is None or ran is None:
+            raise JobError(f"job #{job_id} attempt {attempt} did not run on {machine.name}", 404)
+        if ran.ended_at is not None:
+            if ran.outcome == outcome:
+                return job  # stored already: the worker did not get the first answer
+            raise JobError(f"attempt {attempt} of job #{job_id} has already ended ({ran.outcome})", 409)
         job = _for_worker(machine, job_id, attempt)
         _finish(job, outcome, exit_code, message)
+    _worker_heard(machine, timezone.now())
     return job
 
 
+def _hms(t: datetime | None) -> str:
+    return f"{t:%H:%M:%S} UTC" if t else "its start"
+
+
+def _heard_from_host(machine: Machine | None) -> datetime | None:
+    """The latest word from the machine: its agent's telemetry or any call of its worker."""
+    if machine is None:
+        return None
+    times = [t for t in (machine.last_seen_at, machine.worker_seen_at) if t is not None]
+    return max(times) if times else None
+
+
 def mark_lost(now: datetime | None = None) -> list[int]:
-    """Running jobs whose worker stopped sending heartbeats become lost, freeing their GPUs."""
+    """The beat's check of running work; returns the jobs that became ``lost``.
+
+    * ``running`` with no word from its worker for JOB_UNREACHABLE_AFTER_S -> ``unreachable``: the
+      server cannot tell a dead worker from a network or server outage, and the host keeps
+      running its jobs while the server is away;
+    * ``unreachable`` -> ``lost`` when its host has been heard from again (its agent's telemetry
+      or its worker's calls) for JOB_LOST_AFTER_S and its worker still says nothing of the job
+      (the worker is dead or hung), or when nothing at all has been heard of the job for
+      JOB_SILENT_LOST_AFTER_S (the host never came back); a heartbeat in between makes it
+      ``running`` again, and a worker that checks in without it ends it at once (``reconcile``);
+    * ``placed`` and not taken for JOB_CLAIM_TIMEOUT_S -> back to the queue.
+    """
     now = now or timezone.now()
-    limit = now - timedelta(seconds=settings.JOB_LOST_AFTER_S)
+    silent = now - timedelta(seconds=settings.JOB_UNREACHABLE_AFTER_S)
+    gone = now - timedelta(seconds=settings.JOB_SILENT_LOST_AFTER_S)
     lost = []
     with transaction.atomic():
-        for job in Job.objects.select_for_update().filter(status=Job.Status.RUNNING, heartbeat_at__lt=limit):
-            _finish(
-                job,
-                "lost",
-                None,
-                f"no heartbeat from the worker on {job.machine} since {job.heartbeat_at:%H:%M:%S} UTC",
+        running = Job.objects.select_for_update(of=("self",)).select_related("machine")
+        for job in running.filter(status=Job.Status.RUNNING, heartbeat_at__lt=silent):
+            job.status = Job.Status.UNREACHABLE
+            job.unreachable_since, job.host_back_at = now, None
+            job.status_message = (
+                f"unreachable: no word from the worker on {job.machine} since {_hms(job.heartbeat_at)}; "
+                "the job may still be running there"
             )
-            lost.append(job.pk)
-        # A placed job nobody claimed (its machine's worker is down) goes back to the queue.
+            job.save(update_fields=["status", "unreachable_since", "host_back_at", "status_message"])
+        for job in running.filter(status=Job.Status.UNREACHABLE):
+            heard = _heard_from_host(job.machine)
+            if job.heartbeat_at is None or job.heartbeat_at < gone:
+                _finish(
+                    job,
+                    "lost",
+                    None,
+                    f"lost: no word of it from {job.machine} since {_hms(job.heartbeat_at)} "
+                    f"(JOB_SILENT_LOST_AFTER_S is {settings.JOB_SILENT_LOST_AFTER_S} s)",
+                )
+                lost.append(job.pk)
+            elif heard is not None and heard > job.unreachable_since:
+                if job.host_back_at is None:
+                    job.host_back_at = now
+                    job.save(update_fields=["host_back_at"])
+                elif (now - job.host_back_at).total_seconds() >= settings.JOB_LOST_AFTER_S:
+                    _finish(
+                        job,
+                        "lost",
+                        None,
+                        f"lost: {job.machine} is reachable again but its worker has said nothing of this job "
+                        f"since {_hms(job.heartbeat_at)} (the worker died?)",
+                    )
+                    lost.append(job.pk)
+            elif job.host_back_at is not None:  # the host went quiet again: it is not back after all
+                job.host_back_at = None
+                job.save(update_fields=["host_back_at"])
+        # A placed job nobody took (its machine's worker is down or busy) goes back to the queue.
         stale = now - timedelta(seconds=settings.JOB_CLAIM_TIMEOUT_S)
         for job in Job.objects.select_for_update().filter(status=Job.Status.PLACED, placed_at__lt=stale):
-            JobAttempt.objects.filter(job=job, number=job.attempt).update(ended_at=now, outcome="unclaimed")
-            job.status, job.machine, job.assigned_gpus = Job.Status.QUEUED, None, []
-            job.status_message = "no worker picked it up; queued again"
-            job.save()
+            _requeue(job, now, "unclaimed", "no worker picked it up; queued again")
     return lost

@@ -1,14 +1,16 @@
-"""Celery tasks of the jobs app: placement, and lost-worker detection. Logic lives in plain modules."""
+"""Celery tasks of the jobs app: placement, and the check of running work. Logic lives in plain modules.
+
+Celery stays on the server: hosts take their jobs over HTTPS (``POST /api/v1/agent/jobs/next``),
+so placement only writes the database and wakes the machines' long-polls (:mod:`.wakeup`).
+"""
 
 from __future__ import annotations
 
 from celery import shared_task
 
-from dashboard.celery import app
 from hwprobe import progress
-from hwprobe.worker import RUN_TASK
 
-from . import placement, service
+from . import placement, service, wakeup
 from .models import Job
 
 # Names the worker understands in `progress_pattern` besides a regular expression with a
@@ -16,50 +18,21 @@ from .models import Job
 PROGRESS_PRESETS = progress.PRESETS
 
 
-def machine_queue(name: str) -> str:
-    return f"machine.{name}"
-
-
-def spec(job: Job) -> dict:
-    uuids = {a.index: a.uuid for a in job.machine.accelerators.all()} if job.machine else {}
-    return {
-        "name": job.name,
-        "kind": job.kind,
-        "argv": job.argv,
-        "shell": job.shell or None,
-        "workdir": job.workdir or None,
-        "env": job.env or {},
-        "gpus": job.assigned_gpus,
-        "gpu_uuids": [uuids.get(i) or str(i) for i in job.assigned_gpus],
-        "max_runtime_s": job.max_runtime_s,
-        "grace_s": 10,
-        "job_id": job.pk,
-        "metrics_url": job.metrics_url or None,
-        "progress_pattern": job.progress_pattern or None,
-    }
-
-
-def dispatch(job_id: int, attempt: int) -> None:
-    job = Job.objects.select_related("machine").get(pk=job_id)
-    app.send_task(
-        RUN_TASK,
-        kwargs={"job_id": job.pk, "attempt": attempt, "spec": spec(job)},
-        queue=machine_queue(job.machine.name),
-    )
-
-
 @shared_task(name=service.PLACE_TASK, ignore_result=True, time_limit=120)
 def place() -> int:
-    """Place what fits and send each placed job to its machine's queue."""
+    """Place what fits and wake the long-polls of the machines that got a job."""
     placed = placement.place_queued()
-    for p in placed:
-        dispatch(p.job_id, p.attempt)
+    if placed:
+        machines = Job.objects.filter(pk__in=[p.job_id for p in placed]).values_list("machine_id", flat=True)
+        wakeup.notify(m for m in machines if m is not None)
     return len(placed)
 
 
 @shared_task(name="dashboard.jobs.tasks.check_lost", ignore_result=True, time_limit=120)
 def check_lost() -> int:
+    """Running jobs gone quiet become unreachable, then lost (service.mark_lost); old idempotency keys go."""
     lost = service.mark_lost()
+    service.forget_idempotency_keys()
     if lost:
-        place.delay()
+        service.after_commit_place()  # outside a transaction: sent at once; never raises
     return len(lost)

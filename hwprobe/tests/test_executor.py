@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from hwprobe.executor import LogShipper, ServerApi, run_job
+from hwprobe.jobspool import JobSpool
 from hwprobe.policy import Policy, Rule
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="process groups are checked through /proc")
@@ -26,12 +27,15 @@ ALLOW_PY = Policy(rules=[Rule("python -c", (PY, "-c", "**"))], allow_shell=True)
 
 
 class FakeDashboard:
-    """Answers config / policy / claim / heartbeat / log / finish like dashboard/jobs/api.py, and records them."""
+    """Answers config / policy / next / heartbeat / log / finish like dashboard/jobs/api.py, and records them."""
 
     def __init__(self) -> None:
-        self.claim_status = 200
         self.cancel = self.preempt = self.stale = False
         self.fail_next = 0  # this many requests get a 503 first
+        self.down = False  # every request gets a 503, as from a proxy whose web tier is away
+        self.jobs: list[dict[str, Any]] = []  # handed out by /jobs/next, oldest first
+        self.polls: list[dict[str, Any]] = []
+        self.accepted: list[str] = []  # the actions answered 200, in order
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.chunks: dict[int, dict[str, Any]] = {}
         self.finished: list[dict[str, Any]] = []
@@ -47,19 +51,22 @@ class FakeDashboard:
         assert self._server is not None
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def answer(self, action: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def answer(self, action: str, body: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
         with self.lock:
             self.calls.append((action, body))
-            if self.fail_next > 0:
-                self.fail_next -= 1
+            if self.fail_next > 0 or self.down:
+                self.fail_next = max(0, self.fail_next - 1)
                 return 503, {"error": "try again"}
+            if not self.stale or action in ("next", "policy"):
+                self.accepted.append(action)
+            if action == "next":
+                self.polls.append(body)
+                return (200, self.jobs.pop(0)) if self.jobs else (204, None)
             if action == "policy":
                 if self.policy_status != 200:
                     return self.policy_status, {"error": "templates: refused"}
                 self.policies.append(body)
                 return 200, {"ok": True, "templates": len(body["templates"])}
-            if action == "claim":
-                return self.claim_status, ({"ok": True} if self.claim_status == 200 else {"error": "already started"})
             if self.stale:
                 return 409, {"error": "attempt 1 is no longer current"}
             if action == "heartbeat":
@@ -82,12 +89,7 @@ class FakeDashboard:
                 ok = fake.config_status == 200
                 self._reply(
                     fake.config_status,
-                    {
-                        "machine": "gpu-01",
-                        "queue": "machine.gpu-01",
-                        "broker_url": "memory://",
-                        "broker_transport_options": {},
-                    }
+                    {"machine": "gpu-01", "jobs": "/api/v1/agent/jobs/next", "poll_wait_s": 0.2}
                     if ok
                     else {"error": "invalid token"},
                 )
@@ -98,8 +100,8 @@ class FakeDashboard:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 self._reply(*fake.answer(action, body))
 
-            def _reply(self, status: int, answer: dict[str, Any]) -> None:
-                raw = json.dumps(answer).encode()
+            def _reply(self, status: int, answer: dict[str, Any] | None) -> None:
+                raw = b"" if answer is None else json.dumps(answer).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(raw)))
@@ -194,7 +196,7 @@ def wait_until(condition, timeout_s: float = 10.0) -> bool:  # type: ignore[no-u
 def test_a_command_that_exits_zero_succeeds_with_its_output_in_the_log(dash, tmp_path):
     result = run(dash, job_spec(py("import sys; print('hello'); print('oops', file=sys.stderr)")), tmp_path)
     assert result.outcome == "succeeded" and result.exit_code == 0
-    assert dash.actions()[0] == "claim" and dash.actions()[-1] == "finish"
+    assert dash.actions()[0] in ("heartbeat", "log") and dash.actions()[-1] == "finish"
     assert dash.finished == [{"attempt": 1, "outcome": "succeeded", "exit_code": 0, "message": "exited with code 0"}]
     assert dash.text("stdout") == "hello\n" and dash.text("stderr") == "oops\n"
     assert sorted(dash.chunks) == list(range(1, len(dash.chunks) + 1))
@@ -321,16 +323,6 @@ def test_preemption_gives_the_job_a_grace_period_to_checkpoint(dash, tmp_path):
     assert "saved checkpoint" in dash.text()
 
 
-def test_a_409_on_claim_runs_nothing(dash, tmp_path):
-    marker = tmp_path / "ran"
-    dash.claim_status = 409
-    result = run(dash, job_spec(py(f"open({str(marker)!r}, 'w')")), tmp_path)
-    assert result.outcome is None
-    assert dash.actions() == ["claim"]
-    time.sleep(0.3)
-    assert not marker.exists()
-
-
 def test_a_409_while_running_stops_the_job_without_reporting(dash, tmp_path):
     worker = threading.Thread(
         target=run, args=(dash, job_spec(py("print('up', flush=True); import time; time.sleep(300)")), tmp_path)
@@ -347,7 +339,7 @@ def test_a_refused_job_is_finished_as_refused_and_nothing_runs(dash, tmp_path):
     marker = tmp_path / "ran"
     result = run(dash, job_spec(["touch", str(marker)]), tmp_path, Policy())
     assert result.outcome == "refused"
-    assert dash.actions() == ["finish"], "a refused job is never claimed"
+    assert dash.actions() == ["finish"], "nothing of a refused job runs"
     assert dash.finished[0]["outcome"] == "refused"
     assert dash.finished[0]["message"].startswith("refused by this host's policy: `touch")
     assert not marker.exists()
@@ -360,10 +352,10 @@ def test_shell_strings_run_only_where_allowed(dash, tmp_path):
 
 
 def test_transient_server_errors_are_retried(dash, tmp_path):
-    dash.fail_next = 2
+    dash.fail_next = 3
     result = run(dash, job_spec(py("print('ok')")), tmp_path)
-    assert result.outcome == "succeeded"
-    assert dash.actions()[:3] == ["claim", "claim", "claim"]
+    assert result.outcome == "succeeded" and result.delivered
+    assert dash.finished[0]["outcome"] == "succeeded" and dash.text() == "ok\n"
 
 
 def test_the_built_in_workload_runs_with_this_interpreter(dash, tmp_path):
@@ -403,25 +395,17 @@ def test_a_job_dies_with_its_worker(dash, tmp_path):
             worker.kill()
 
 
-def test_the_log_shipper_keeps_seqs_across_retries_and_notes_dropped_output():
-    sent: list[list[dict[str, Any]]] = []
-    fail = [True]
-
-    def send(chunks: list[dict[str, Any]]) -> None:
-        from hwprobe.executor import ApiError
-
-        if fail[0]:
-            fail[0] = False
-            raise ApiError(None, "down")
-        sent.append([dict(c) for c in chunks])
-
-    shipper = LogShipper(send, flush_s=0.05, chunk_chars=8, max_pending_chars=20)
+def test_the_log_shipper_numbers_chunks_in_the_spool_and_notes_dropped_output():
+    spool = JobSpool()
+    shipper = LogShipper(spool, 7, 1, flush_s=0.05, chunk_chars=8, max_pending_chars=20)
     shipper.write("stdout", "0123456789")
     shipper.write("stderr", "abc")
-    shipper.write("stdout", "this is too much")  # over max_pending_chars: dropped
-    shipper.close(5)
-    chunks = [c for batch in sent for c in batch]
-    assert [c["seq"] for c in chunks] == sorted({c["seq"] for c in chunks})
+    shipper.write("stdout", "this is too much")  # over max_pending_chars while nothing is sent
+    shipper.close()
+    batch = spool.next_batch()
+    assert batch is not None and batch.kind == "log" and (batch.job, batch.attempt) == (7, 1)
+    chunks = batch.bodies
+    assert [c["seq"] for c in chunks] == list(range(1, len(chunks) + 1))
     assert "".join(c["text"] for c in chunks if c["stream"] == "stdout") == "0123456789"
     assert [c["text"] for c in chunks if c["stream"] == "stderr"] == [
         "abc",
@@ -429,131 +413,38 @@ def test_the_log_shipper_keeps_seqs_across_retries_and_notes_dropped_output():
     ]
 
 
-def test_the_worker_app_takes_json_only_and_acknowledges_jobs_at_their_end(dash, tmp_path):
-    pytest.importorskip("celery")
-    from hwprobe import worker
-
-    app = worker.make_app("memory://", "machine.gpu-01")
-    conf = app.conf
-    assert conf.task_serializer == "json" and conf.accept_content == ["json"]
-    assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.worker_prefetch_multiplier == 1
-    assert [q.name for q in conf.task_queues] == ["machine.gpu-01"]
-    assert not app.fixups, "the worker must not load Django"
-    api = ServerApi(dash.url, "tok")
-    task = worker.register(app, api, None, {"heartbeat_s": 0.2, "flush_s": 0.2, "jobs_dir": tmp_path})
-    assert task.name == "hwprobe.run_job"
-    answer = task.run(job_id=7, attempt=1, spec=job_spec(["touch", str(tmp_path / "ran")]))
-    assert answer == {"outcome": "refused", "exit_code": None}
-    assert not (tmp_path / "ran").exists()
+def test_a_job_keeps_running_while_the_server_is_away_and_its_reports_arrive_in_order_after(dash, tmp_path):
+    code = "import time\nfor i in range(12):\n    print('line', i, flush=True); time.sleep(0.1)"
+    dash.down = True
+    worker = threading.Thread(target=run, args=(dash, job_spec(py(code)), tmp_path))
+    worker.start()
+    time.sleep(2.0)  # the job ends meanwhile; its log, heartbeat and finish wait in the spool
+    assert dash.chunks == {} and dash.finished == []
+    dash.down = False
+    worker.join(15)
+    assert dash.finished and dash.finished[0]["outcome"] == "succeeded"
+    assert dash.text("stdout") == "".join(f"line {i}\n" for i in range(12))
+    sent = [a for a in dash.accepted if a in ("log", "finish")]
+    assert sent[-1] == "finish" and set(sent[:-1]) == {"log"}, "the finish goes after the whole log"
+    assert dash.beats, "the heartbeat kept while the server was away is delivered"
 
 
-def test_a_broken_policy_file_refuses_every_job(dash, tmp_path):
-    pytest.importorskip("celery")
-    from hwprobe import worker
-
-    bad = tmp_path / "worker.toml"
-    bad.write_text("allow_shel = true\n")
-    task = worker.register(worker.make_app("memory://", "q"), ServerApi(dash.url, "tok"), str(bad), {})
-    task.run(job_id=7, attempt=1, spec=job_spec(["python3", "-m", "hwprobe.workloads", "train"]))
-    assert dash.finished[0]["outcome"] == "refused" and "invalid" in dash.finished[0]["message"]
-
-
-def test_the_worker_command_exits_2_when_the_server_refuses_its_token(dash, capsys):
-    pytest.importorskip("celery")
-    from hwprobe import worker
-
-    dash.config_status = 401
-    assert worker.main(["--server", dash.url, "--token", "tok"]) == 2
-    assert "invalid token" in capsys.readouterr().err
-
-
-def start_worker(monkeypatch, argv: list[str]) -> int:
-    """``hwprobe worker`` up to the point where Celery would take over (then it returns)."""
-    from hwprobe import worker
-
-    make_app = worker.make_app
-
-    def app_that_does_not_consume(*args: Any, **kwargs: Any) -> Any:
-        app = make_app("memory://", "machine.gpu-01")
-        app.worker_main = lambda argv: None
-        return app
-
-    monkeypatch.setattr(worker, "make_app", app_that_does_not_consume)
-    monkeypatch.setattr(worker, "POLICY_CHECK_S", 3600.0)
-    return worker.main(argv)
-
-
-def test_the_worker_tells_the_dashboard_its_hosts_policy_at_start(dash, tmp_path, monkeypatch):
-    pytest.importorskip("celery")
-    config = tmp_path / "worker.toml"
-    config.write_text('builtin_workloads = false\n[[allow]]\nname = "ft"\nargv = ["python3", "train.py", "*"]\n')
-    assert start_worker(monkeypatch, ["--server", dash.url, "--token", "tok", "--config", str(config)]) == 0
-    assert dash.policies == [
-        {
-            "builtin_workloads": False,
-            "allow_shell": False,
-            "run_as": None,
-            "templates": [{"name": "ft", "argv": ["python3", "train.py", "*"], "workdir": None}],
-        }
-    ]
-
-
-def test_a_refused_policy_report_is_logged_and_the_worker_starts_anyway(dash, tmp_path, monkeypatch, caplog):
-    pytest.importorskip("celery")
-    dash.policy_status = 400
-    # No file named or present: the built-in defaults, reported like any policy.
-    monkeypatch.delenv("HWPROBE_CONFIG", raising=False)
-    monkeypatch.setattr("hwprobe.policy.DEFAULT_PATH", str(tmp_path / "absent.toml"))
-    with caplog.at_level("WARNING", logger="hwprobe.worker"):
-        assert start_worker(monkeypatch, ["--server", dash.url, "--token", "tok"]) == 0
-    assert "could not send this host's policy to the dashboard: 400: templates: refused" in caplog.text
-    assert dash.policies == []
-
-
-def test_an_edited_policy_is_reported_again_before_the_next_job_and_only_then(dash, tmp_path):
-    pytest.importorskip("celery")
-    from hwprobe import worker
-
-    config = tmp_path / "worker.toml"
-    config.write_text("allow_shell = false\n")
-    api = ServerApi(dash.url, "tok")
-    reporter = worker.PolicyReporter(api)
-    assert reporter.report(worker.effective_policy(str(config))[0])
-    task = worker.register(
-        worker.make_app("memory://", "q"),
-        api,
-        str(config),
-        {"heartbeat_s": 0.2, "flush_s": 0.2, "jobs_dir": tmp_path},
-        reporter,
-    )
-    task.run(job_id=7, attempt=1, spec=job_spec(["touch", str(tmp_path / "ran")]))
-    assert len(dash.policies) == 1  # unchanged: not sent again
-    config.write_text("allow_shell = true\n")
-    task.run(job_id=7, attempt=1, spec=job_spec(["touch", str(tmp_path / "ran")]))
-    assert [p["allow_shell"] for p in dash.policies] == [False, True]
-    assert dash.actions().index("policy", 1) < len(dash.actions()) - 1  # sent before the job's own calls
-    config.write_text("allow_shel = true\n")  # broken: the worker refuses everything, and says so
-    task.run(job_id=7, attempt=1, spec=job_spec(["touch", str(tmp_path / "ran")]))
-    assert dash.policies[-1] == {"builtin_workloads": False, "allow_shell": False, "run_as": None, "templates": []}
-
-
-def test_the_policy_watch_reports_an_edit_while_no_job_comes(dash, tmp_path):
-    from hwprobe import worker
-
-    config = tmp_path / "worker.toml"
-    config.write_text("allow_shell = false\n")
-    reporter = worker.PolicyReporter(ServerApi(dash.url, "tok"))
-    reporter.report(worker.effective_policy(str(config))[0])
-    stop = threading.Event()
-    thread = worker.watch_policy(reporter, str(config), every_s=0.05, stop=stop)
-    try:
-        config.write_text("allow_shell = true\n")
-        assert wait_until(lambda: len(dash.policies) == 2, 5)
-        time.sleep(0.2)
-        assert len(dash.policies) == 2  # nothing new: nothing sent
-    finally:
-        stop.set()
-        thread.join(2)
+def test_a_planted_hwprobe_in_the_workdir_does_not_run_instead_of_the_built_in_workload(dash, tmp_path):
+    workdir = tmp_path / "work"
+    marker = tmp_path / "planted-code-ran"
+    planted = workdir / "hwprobe"
+    planted.mkdir(parents=True)
+    (planted / "__init__.py").write_text("")
+    (planted / "workloads.py").write_text(f"open({str(marker)!r}, 'w').write('pwned')\n")
+    # The attack works on a plain `python -m` from that folder: the working directory comes first.
+    subprocess.run([PY, "-m", "hwprobe.workloads", "train", "--seconds", "0"], cwd=workdir, capture_output=True)
+    assert marker.exists(), "the planted module shadows the real one for a plain python -m"
+    marker.unlink()
+    spec = job_spec(["python", "-m", "hwprobe.workloads", "train", "--seconds", "1"], workdir=str(workdir))
+    result = run(dash, spec, tmp_path, Policy())
+    assert result.outcome == "succeeded", dash.text()
+    assert "HWPROBE_PROGRESS kind=train" in dash.text("stdout")
+    assert not marker.exists(), "the job ran the planted hwprobe/workloads.py"
 
 
 def test_a_job_given_a_gpu_by_uuid_sees_exactly_that_gpu(dash, tmp_path):
