@@ -7,7 +7,7 @@ GPU-hours of training attempts. Days are calendar days in the server's TIME_ZONE
 
 from __future__ import annotations
 
-from collections import defaultdict
+from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
@@ -27,7 +27,7 @@ from .models import CostProfile, ValueRates
 UTC = UTC
 DEFAULT_IDLE_BELOW_PERCENT = 10.0
 DEFAULT_AMORTISATION_MONTHS = 36  # for a profile derived from catalogue prices
-RECENT = timedelta(days=7)  # the payback projection uses the net rate of the last week
+RECENT = timedelta(days=7)  # the payback projection uses the net rate of the last week's days with data
 
 
 @dataclass
@@ -151,11 +151,13 @@ def _hours(machine: Machine, lo: datetime, hi: datetime, idle_below: float) -> d
     return hours
 
 
-def _tokens_by_hour(machine: Machine, lo: datetime, hi: datetime) -> dict[datetime, dict[str, int]]:
-    """Generated, training and prompt tokens per UTC hour (per window and job, the best source)."""
-    out: dict[datetime, dict[str, int]] = defaultdict(lambda: {"generated": 0, "train": 0, "prompt": 0})
-    for w in throughput.window_tokens(throughput.machine_rows(machine, lo, hi)):
-        bucket = out[_floor_hour(w.ts)]
+def _tokens_by_period(machine: Machine, edges: list[datetime]) -> list[dict[str, int]]:
+    """Generated, training and prompt tokens in each period between consecutive ``edges`` (per
+    window and job, the best source), each window in the period its stamp falls in, as reports
+    count them (dashboard.core.periods), so a report and RoI over the same period agree exactly."""
+    out = [{"generated": 0, "train": 0, "prompt": 0} for _ in edges[1:]]
+    for w in throughput.window_tokens(throughput.machine_rows(machine, edges[0], edges[-1])):
+        bucket = out[bisect_right(edges, w.ts) - 1]
         bucket["generated"] += w.generated
         bucket["train"] += w.train
         bucket["prompt"] += w.prompt
@@ -194,7 +196,8 @@ def machine_roi(
     """Energy, cost, value, RoI, payback and idle cost of one machine, per day and in total.
 
     Days are computed from the machine's start of service (so cumulative figures are lifetime
-    figures); ``since`` (rounded down to the hour) only chooses which days are reported and summed.
+    figures); ``since`` only chooses which days are reported and summed. Tokens fall in the period
+    their window's stamp is in; energy comes from hour rollups, each hour in the period it starts in.
     """
     now = now or timezone.now()
     until = min(until or now, now)
@@ -202,7 +205,7 @@ def machine_roi(
     rates = effective_rates(machine)
     problems: list[str] = []
     start = _floor_hour(profile.in_service if profile else machine.created_at)
-    window_start = max(start, _floor_hour(since)) if since else start
+    window_start = max(start, since) if since else start
     if until <= start:
         until = start + timedelta(hours=1)
 
@@ -228,12 +231,12 @@ def machine_roi(
     if window_start > start and window_start not in edges:
         edges = sorted([*edges, window_start])
     hours = _hours(machine, start, until, idle_below_percent)
-    tokens = _tokens_by_hour(machine, start, until)
+    tokens = _tokens_by_period(machine, edges)
     gpu_s = _train_gpu_seconds(machine, start, until, now, edges)
 
     days: list[dict[str, Any]] = []
     cum_cost = cum_value = cum_running = 0.0
-    hour_keys = sorted(set(hours) | set(tokens))
+    hour_keys = sorted(hours)
     k = 0
     for i in range(len(edges) - 1):
         a, b = edges[i], edges[i + 1]
@@ -266,11 +269,7 @@ def machine_roi(
                 if h["idle"]:
                     d["idle_hours"] += h["seconds"] / 3600
                     d["idle_kwh"] += h["kwh"] + host_kwh
-            t = tokens.get(hk)
-            if t:
-                d["generated"] += t["generated"]
-                d["train"] += t["train"]
-                d["prompt"] += t["prompt"]
+        d.update(tokens[i])
         d["train_gpu_hours"] = gpu_s[i] / 3600
         if profile:
             offset = (a - profile.in_service).total_seconds()
@@ -371,12 +370,21 @@ def _rates_dict(rates: ValueRates | None) -> dict[str, Any] | None:
     }
 
 
+def _has_data(d: dict[str, Any]) -> bool:
+    """A day with telemetry or tokens: one without says nothing about what the machine earns."""
+    return d["monitored_hours"] > 0 or bool(d["generated"] or d["train"] or d["prompt"])
+
+
 def _payback(profile: Profile, days: list[dict], until: datetime) -> dict[str, Any]:
-    """When net earnings (value − energy − fixed costs) cover the purchase price."""
+    """When net earnings (value − energy − fixed costs) cover the purchase price, projected at the
+    net rate of the last week's days that have data (``days_used``; days without telemetry are left
+    out rather than counted as earning nothing)."""
     for d in days:
         if d["cum_net"] >= profile.purchase_price:
-            return {"status": "paid back", "date": d["end"].isoformat(), "recent_net_per_day": None}
-    recent = [d for d in days if d["end"] > until - RECENT]
+            return {"status": "paid back", "date": d["end"].isoformat(), "recent_net_per_day": None, "days_used": None}
+    recent = [d for d in days if d["end"] > until - RECENT and _has_data(d)]
+    if not recent:
+        return {"status": "no data in the last week", "date": None, "recent_net_per_day": None, "days_used": 0}
     seconds = sum((d["end"] - d["start"]).total_seconds() for d in recent)
     earned = sum(d.get("value", 0.0) - d.get("fixed", 0.0) - d.get("energy_cost", 0.0) for d in recent)
     rate = earned / seconds if seconds else 0.0
@@ -385,6 +393,7 @@ def _payback(profile: Profile, days: list[dict], until: datetime) -> dict[str, A
         "status": "projected" if left is not None else "never at the recent rate",
         "date": (until + timedelta(seconds=left)).isoformat() if left is not None else None,
         "recent_net_per_day": rate * f.SECONDS_PER_DAY,
+        "days_used": len(recent),
     }
 
 

@@ -23,6 +23,7 @@ from django.db.models import Avg, Max, Min, Sum
 from django.db.models.functions import TruncHour, TruncMinute
 from django.utils import timezone
 
+from dashboard.core.periods import window_filter
 from dashboard.core.stats import P95, percentile
 from hwprobe.schema import GPU_METRICS, SYSTEM_METRICS, Metric
 
@@ -131,7 +132,7 @@ def _raw_p95s(source, keys, names, machine_ids, lo, hi) -> tuple[dict[Key, dict]
     catch-up never holds more than one hour of one device in memory.
     """
     rows = (
-        source.objects.filter(machine_id__in=machine_ids, ts__gte=lo, ts__lt=hi)
+        source.objects.filter(machine_id__in=machine_ids, **window_filter(lo, hi))
         .order_by("machine_id", *keys, "ts")
         .values_list("machine_id", *keys, "ts", "count", *(f"{n}_mean" for n in names))
         .iterator(chunk_size=5000)
@@ -171,7 +172,7 @@ def _raw_p95s(source, keys, names, machine_ids, lo, hi) -> tuple[dict[Key, dict]
 def _minute_mean_p95s(target, keys, names, machine_ids, lo, hi) -> dict[Key, dict]:
     """Per hour bucket in [lo, hi): the p95 of its minute means (for hours still in progress)."""
     rows = target.objects.filter(
-        machine_id__in=machine_ids, resolution_s=MINUTE, bucket__gte=lo, bucket__lt=hi
+        machine_id__in=machine_ids, resolution_s=MINUTE, **window_filter(lo, hi, "bucket")
     ).values_list("machine_id", *keys, "bucket", *(f"{n}_mean" for n in names))
     values: dict[Key, list[list[float]]] = defaultdict(lambda: [[] for _ in names])
     n_key = 1 + len(keys)
@@ -186,7 +187,7 @@ def _minute_mean_p95s(target, keys, names, machine_ids, lo, hi) -> dict[Key, dic
 
 def _stored_p95s(target, keys, names, machine_ids, lo, hi) -> dict[Key, dict]:
     rows = target.objects.filter(
-        machine_id__in=machine_ids, resolution_s=HOUR, bucket__gte=lo, bucket__lt=hi
+        machine_id__in=machine_ids, resolution_s=HOUR, **window_filter(lo, hi, "bucket")
     ).values_list("machine_id", *keys, "bucket", *(f"{n}_p95" for n in names))
     n_key = 1 + len(keys)
     return {

@@ -67,15 +67,18 @@ def test_the_roi_of_a_machine_adds_up_by_hand(api):
     assert body["break_even"] is None
 
 
-def test_payback_is_projected_at_the_recent_net_rate(api):
+def test_payback_is_projected_at_the_net_rate_of_the_days_with_data(api):
     seed.priced_machine()
     body = roi_of(api, "gpu-01")
-    # net so far: 144 − 8.64 − 60 = 75.36 over 3 days = 25.12 a day;
-    # (36,525 − 75.36) / 25.12 = 1,451.02 days after the end of the range
+    # Day 3 has no telemetry: it says nothing about earnings, so the rate rests on days 1 and 2:
+    # 144 − 8.64 − 40 = 95.36 over 2 days = 47.68 a day (counting day 3 as earning 0 would give
+    # 25.12 and push payback out by almost two years). Net so far 144 − 8.64 − 60 = 75.36;
+    # (36,525 − 75.36) / 47.68 = 764.46 days after the end of the range.
     assert body["payback"]["status"] == "projected"
-    assert body["payback"]["recent_net_per_day"] == approx(25.12)
+    assert body["payback"]["days_used"] == 2
+    assert body["payback"]["recent_net_per_day"] == approx(47.68)
     when = parse_datetime(body["payback"]["date"])
-    assert (when - seed.today()) / timedelta(days=1) == approx(1451.02, abs=0.01)
+    assert (when - seed.today()) / timedelta(days=1) == approx(764.46, abs=0.01)
 
 
 def test_since_chooses_the_days_but_cumulative_figures_stay_lifetime(api):
