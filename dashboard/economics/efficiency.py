@@ -1,0 +1,104 @@
+"""How much of its hardware a job used: model FLOPs utilisation (MFU) for training, the share of
+the memory-bandwidth bound for serving. Peaks come from the hardware catalogue, with its sources.
+
+MFU = 6 × parameters × training tokens/s ÷ the GPUs' peak dense FLOP/s at the job's precision
+(6: forward and backward FLOPs per parameter per token, formulas.TRAIN_FLOPS_PER_PARAM["full"]; MFU
+counts the model's FLOPs whatever the method, so LoRA's skipped weight gradients are not credited).
+Serving efficiency = decode tokens/s ÷ the bound capacity.py shows (one sequence, weights and its
+KV cache read once per token)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dashboard.fleet.models import Accelerator
+from dashboard.jobs.models import Job
+
+from . import formulas as f
+from .capacity import DEFAULT_CONTEXT_TOKENS
+from .hardware import all_specs, job_model, job_rates, spec_for
+
+# The catalogue's bf16_tflops column is the dense FP16/BF16 tensor peak; other precisions have none.
+CATALOGUE_PRECISIONS = {"bf16", "fp16"}
+
+
+def mfu_percent(params_b: float, tokens_per_s: float, peak_tflops: float) -> float | None:
+    """Model FLOPs utilisation in %: 6 × ``params_b``·10⁹ × ``tokens_per_s`` ÷ ``peak_tflops``·10¹²; None without a peak."""
+    if peak_tflops <= 0:
+        return None
+    return f.TRAIN_FLOPS_PER_PARAM["full"] * params_b * 1e9 * tokens_per_s / (peak_tflops * 1e12) * 100.0
+
+
+def _devices(job: Job) -> list[Accelerator]:
+    """The whole GPUs behind the job's devices (a MIG device's parent: the catalogue lists boards)."""
+    if job.machine_id is None or not job.assigned_gpus:
+        return []
+    accs = list(Accelerator.objects.filter(machine_id=job.machine_id))
+    by_index = {a.index: a for a in accs}
+    by_uuid = {a.uuid: a for a in accs if a.uuid}
+    found: dict[int, Accelerator] = {}
+    for index in job.assigned_gpus:
+        acc = by_index.get(index)
+        if acc is not None and acc.parent_uuid:
+            acc = by_uuid.get(acc.parent_uuid, acc)
+        if acc is not None:
+            found[acc.pk] = acc
+    return list(found.values())
+
+
+def job_efficiency(job: Job) -> dict[str, Any]:
+    """MFU (training) or bandwidth efficiency (serving) of a job, with the figures and sources used;
+    ``why`` says what is missing when the answer is None."""
+    model = job_model(job)
+    rate = job_rates([job]).get(job.pk)
+    specs = all_specs()
+    devices = _devices(job)
+    matched = [(a, spec_for(a.name, specs)) for a in devices]
+    out: dict[str, Any] = {
+        "kind": job.kind,
+        "params_b": model.params_b,
+        "params_source": model.params_source,
+        "precision": job.precision or model.precision,
+        "gpus": [a.name for a in devices],
+        "sources": sorted({s.source_url for _, s in matched if s and s.source_url}),
+        "tokens_per_s": None,
+        "percent": None,
+        "why": "",
+    }
+    if model.params_b is None:
+        out["why"] = "the job states no model size (model_params_b) and its name does not say"
+        return out
+    if rate is None:
+        out["why"] = "no tokens counted for this job yet"
+        return out
+    if not devices:
+        out["why"] = "the job holds no GPU"
+        return out
+    if any(s is None for _, s in matched):
+        out["why"] = "a GPU of the job is not in the hardware catalogue"
+        return out
+    if job.kind == Job.Kind.TRAIN:
+        out["tokens_per_s"] = rate["train_per_s"]
+        if out["precision"] not in CATALOGUE_PRECISIONS:
+            out["why"] = f"the catalogue has dense FP16/BF16 peaks only, none for {out['precision']}"
+            return out
+        peaks = [s.bf16_tflops for _, s in matched]
+        if any(p is None for p in peaks):
+            out["why"] = "the catalogue has no dense FP16/BF16 peak for a GPU of the job"
+            return out
+        out["peak_tflops"] = sum(peaks)
+        out["percent"] = mfu_percent(model.params_b, rate["train_per_s"], out["peak_tflops"])
+        return out
+    out["tokens_per_s"] = rate["generated_per_s"]
+    bandwidths = [s.bandwidth_gb_s for _, s in matched]
+    if any(b is None for b in bandwidths):
+        out["why"] = "the catalogue has no memory bandwidth for a GPU of the job"
+        return out
+    precision = model.precision if model.precision in f.BYTES_PER_PARAM else "fp16"
+    arch = f.size_class_for(model.params_b)
+    context = model.context_tokens or DEFAULT_CONTEXT_TOKENS
+    kv = f.kv_cache_bytes(arch.layers, arch.kv_heads, arch.head_dim, context, 1)
+    bound = f.decode_bound_tokens_per_s(sum(bandwidths), f.weights_bytes(model.params_b, precision), kv, 1)
+    out.update(bandwidth_gb_s=sum(bandwidths), bound_tokens_per_s=bound, context_tokens=context)
+    out["percent"] = f.efficiency_percent(rate["generated_per_s"], bound)
+    return out
