@@ -23,7 +23,7 @@ CATALOGUE_PRECISIONS = {"bf16", "fp16"}
 
 
 def mfu_percent(params_b: float, tokens_per_s: float, peak_tflops: float) -> float | None:
-    """Model FLOPs utilisation in %: 6 × ``params_b``·10⁹ × ``tokens_per_s`` ÷ ``peak_tflops``·10¹²; None without a peak."""
+    """Model FLOPs utilisation in %: 6 × params_b·10⁹ × tokens_per_s ÷ peak_tflops·10¹²; None without a peak."""
     if peak_tflops <= 0:
         return None
     return f.TRAIN_FLOPS_PER_PARAM["full"] * params_b * 1e9 * tokens_per_s / (peak_tflops * 1e12) * 100.0
