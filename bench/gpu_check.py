@@ -4,7 +4,13 @@ Run from the repository root on a GPU host (Python with torch, psutil, nvidia-ml
 
     python3 bench/gpu_check.py --out DIR --seconds 40
 
-Writes (7 files): nvml_idle.json and nvml_load.json (hwprobe.testing.nvml_replay.record(), replayable with
+Then the GPM check: for each of three loads (bf16 8192² matmuls, 1 GiB device-to-device copies,
+64×64 matmuls) it reads the agent's GPM metrics on cuda:0 and compares them with what the load
+must show (tensor load: tensor util > 80 %; copy loop: DRAM bandwidth util > 70 %; tiny kernels:
+reported only), writing nvml_gpm_<load>.json recordings (replayable, the shape of
+hwprobe/tests/fixtures/gpm/). On a GPU without GPM (before Hopper) it says so and skips.
+
+Writes (7 files + 3 GPM recordings): nvml_idle.json and nvml_load.json (hwprobe.testing.nvml_replay.record(), replayable with
 nvml_replay.from_recording), sample_idle.json (``python -m hwprobe sample``), compare.txt (the
 PASS/FAIL table), nvidia_smi_q_idle.txt and nvidia_smi_q_load.txt (``nvidia-smi -q``),
 windows_load.jsonl (one 10 s window per line from the real collectors + aggregation while a
@@ -57,6 +63,32 @@ while time.time() - start < seconds:
         last, since = now, 0
 elapsed = time.time() - start
 print(f"load: done, {done} matmuls of {n}, mean {2 * n**3 * done / elapsed / 1e12:.1f} TFLOP/s bf16", flush=True)
+"""
+
+# One GPU load per GPM check: what it runs, and the metric it must push over a floor (None: report only).
+GPM_LOADS = {
+    "matmul_bf16": (
+        "a = torch.randn(8192, 8192, device='cuda', dtype=torch.bfloat16); b = a.clone()\ndef step():\n    a @ b",
+        "tensor_util_percent",
+        80.0,
+    ),
+    "copy_1gib": (
+        "a = torch.empty(2**29, device='cuda', dtype=torch.float16)\ndef step():\n    a.clone()",
+        "dram_bw_util_percent",
+        70.0,
+    ),
+    "tiny_matmul": ("a = torch.randn(64, 64, device='cuda')\ndef step():\n    a @ a", None, None),
+}
+GPM_SCRIPT = r"""
+import sys, time, torch
+{setup}
+step(); torch.cuda.synchronize()
+print("ready", flush=True)
+end = time.time() + float(sys.argv[1])
+while time.time() < end:
+    for _ in range(20):
+        step()
+    torch.cuda.synchronize()
 """
 
 lines_out: list[str] = []
@@ -201,6 +233,60 @@ def agent_loop(seconds: float, out: Path, during: Callable[[], None]) -> list[di
             fh.write(json.dumps(sample) + "\n")
     probe.close()
     return windows
+
+
+def gpm_check(out: Path) -> tuple[int, int]:
+    """Run each GPM load on cuda:0 and compare the agent's GPM metrics with it; (passed, failed)."""
+    from hwprobe.collectors.nvidia import NvidiaCollector
+    from hwprobe.testing import nvml_replay
+
+    nv = NvidiaCollector()
+    try:
+        if not nv.inventory()["accelerators"][0]["gpm_supported"]:
+            say("GPU 0 has no GPM (NVML GPM needs Hopper or later, and a recent driver): GPM check skipped")
+            return 0, 0
+        passed = failed = 0
+        say(f"{'load':<12} {'NVML util':>9} {'SM':>6} {'occup.':>6} {'tensor':>6} {'DRAM':>6}  check")
+        for load, (setup, metric, floor) in GPM_LOADS.items():
+            proc = subprocess.Popen(
+                [sys.executable, "-c", GPM_SCRIPT.replace("{setup}", setup), "8"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            ready = proc.stdout.readline().strip() if proc.stdout else ""
+            if ready != "ready":
+                say(f"{load}: the load did not start: {ready} {(proc.stdout.read() if proc.stdout else '')[-400:]}")
+                proc.kill()
+                failed += 1
+                continue
+            time.sleep(1.0)
+            nv.collect()
+            time.sleep(1.0)  # the GPM metrics span this second
+            gpu = nv.collect()["gpus"][0]
+            (out / f"nvml_gpm_{load}.json").write_text(json.dumps(nvml_replay.record(note=f"gpm {load}"), indent=1))
+            proc.wait(timeout=30)
+            cells = [
+                gpu[m]
+                for m in (
+                    "util_percent",
+                    "sm_util_percent",
+                    "sm_occupancy_percent",
+                    "tensor_util_percent",
+                    "dram_bw_util_percent",
+                )
+            ]
+            shown = " ".join(f"{'–' if v is None else f'{v:.1f}':>6}" for v in cells[1:])
+            if metric is None:
+                verdict = "reported only"
+            elif gpu[metric] is not None and gpu[metric] > floor:
+                verdict, passed = f"PASS ({metric} > {floor:g})", passed + 1
+            else:
+                verdict, failed = f"FAIL ({metric} = {gpu[metric]}, needs > {floor:g})", failed + 1
+            say(f"{load:<12} {'–' if cells[0] is None else f'{cells[0]:.0f}':>9} {shown}  {verdict}")
+        return passed, failed
+    finally:
+        nv.close()
 
 
 def main() -> int:
@@ -353,6 +439,11 @@ def main() -> int:
                 say(f"{uuid[:12]} {label:<36} idle={was} load={now}  {'PASS' if ok else 'FAIL'}")
                 passed, failed = passed + ok, failed + (not ok)
             break  # torch loads cuda:0 only: check the first GPU
+
+    say("\n== GPM: efficiency metrics against the load that produced them (cuda:0)")
+    result = step("GPM check", lambda: gpm_check(out))
+    if result:
+        passed, failed = passed + result[0], failed + result[1]
 
     say(f"\nsummary: {passed} PASS, {failed} FAIL, {time.monotonic() - started:.0f} s")
     (out / "compare.txt").write_text("\n".join(lines_out) + "\n")
