@@ -78,6 +78,7 @@ def machine_dict(m: Machine, now: datetime, sparkline: dict | None = None) -> di
         "last_seen": m.last_seen_at.isoformat() if m.last_seen_at else None,
         "last_seq": m.last_seq,
         "spool_dropped": m.spool_dropped,
+        "tokens_dropped": m.tokens_dropped,
         "accelerators": [accelerator_dict(a) for a in accelerators],
         "accelerator_summary": accelerator_summary(accelerators),
         "latest": m.latest,

@@ -169,3 +169,23 @@ def test_the_fleet_page_says_when_no_tokens_came_in_the_last_hour(client, viewer
 def test_an_empty_fleet_has_no_throughput_card(client, viewer):
     client.force_login(viewer)
     assert "Fleet throughput" not in client.get("/").content.decode()
+
+
+def test_the_machine_page_notes_dropped_token_reports_and_a_taken_udp_port(client, viewer, machine):
+    batch = make_batch([1, 2], gpus=0)
+    batch["samples"][0]["tokens_dropped"] = 2
+    batch["samples"][1]["tokens_dropped"] = 1
+    batch["samples"][1]["report_udp"] = False
+    store_batch(machine, Batch.model_validate(batch))
+    client.force_login(viewer)
+    page = client.get(f"/machines/{machine.name}/").content.decode()
+    assert "3 token reports dropped" in page and "UDP report port taken" in page
+
+
+def test_a_machine_whose_agent_listens_shows_no_note(client, viewer, machine):
+    batch = make_batch([1], gpus=0)
+    batch["samples"][0]["report_udp"] = True
+    store_batch(machine, Batch.model_validate(batch))
+    client.force_login(viewer)
+    page = client.get(f"/machines/{machine.name}/").content.decode()
+    assert "token report" not in page and "UDP report port taken" not in page
