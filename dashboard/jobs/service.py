@@ -16,6 +16,7 @@ from django.utils import timezone
 from dashboard.fleet.models import Machine
 from dashboard.teams import access as team_access
 
+from . import masking
 from .models import AuditEvent, IdempotencyKey, Job, JobAttempt, JobLog
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ def submit(user, fields: dict[str, Any]) -> Job:
             gpus=job.gpus,
             gpu_memory_gb=job.gpu_memory_gb,
             team=team.slug,
+            env=masking.masked_env(job.env, job.secret_env),  # the audit log never holds a secret
         )
         after_commit_place()
     return job
@@ -371,10 +373,12 @@ def _requeue(job: Job, now: datetime, outcome: str, message: str) -> None:
 
 
 def _finish(job: Job, outcome: str, exit_code: int | None, message: str) -> None:
-    now = timezone.now()
-    JobAttempt.objects.filter(job=job, number=job.attempt).update(
-        ended_at=now, outcome=outcome, exit_code=exit_code, message=message[:500]
-    )
+    # A lost job was last known alive at its last heartbeat: its run ends there, not when noticed.
+    now = job.heartbeat_at if outcome == "lost" and job.heartbeat_at else timezone.now()
+    ended = {"ended_at": now, "outcome": outcome, "exit_code": exit_code, "message": message[:500]}
+    if outcome == "refused":  # taken, but the host ran nothing of it
+        ended["started_at"] = job.started_at = None
+    JobAttempt.objects.filter(job=job, number=job.attempt).update(**ended)
     job.exit_code = exit_code
     _release(job)
     if outcome == "preempted":

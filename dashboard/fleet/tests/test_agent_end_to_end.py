@@ -41,6 +41,11 @@ class Server:
                 f"127.0.0.1:{self.port}",
                 "-w",
                 "1",
+                # Threads, as in production: a host's job long-poll holds one for up to 25 s.
+                "--threads",
+                "8",
+                "--graceful-timeout",
+                "5",
                 "--log-level",
                 "warning",
             ],

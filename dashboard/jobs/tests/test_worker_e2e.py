@@ -1,7 +1,8 @@
-"""A real server (gunicorn), a real machine worker (`hwprobe.worker`, Celery) and real jobs.
+"""A real server (gunicorn), a real machine worker (`hwprobe worker`) and real jobs.
 
-The broker is Redis when REDIS_URL is set, else the embedded (filesystem) broker. Placement runs
-in the test process: `tasks.place()` sends `hwprobe.run_job` to the queue `machine.gpu-01`.
+Placement runs in the test process (`tasks.place()`); the worker takes the job over HTTP from its
+long-poll (`POST /api/v1/agent/jobs/next`), which looks at the database every second here (the
+server has no Redis to wake it). Outages and Redis faults are in test_faults.py.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from django.conf import settings
 from django.utils import timezone
 
 from conftest import make_batch
-from dashboard.celery import app as dashboard_celery
 from dashboard.fleet.ingest import store_batch
+from dashboard.fleet.models import Machine
 from dashboard.fleet.payload import Batch
 from dashboard.fleet.tests.test_agent_end_to_end import ROOT, Server, free_port, wait_for
 from dashboard.jobs import service, tasks
-from dashboard.jobs.models import Job, JobLog
+from dashboard.jobs.models import Job, JobAttempt, JobLog
 from hwprobe.tests.test_executor import group_members
 
 pytestmark = [
@@ -33,17 +34,11 @@ pytestmark = [
 ]
 
 PY = sys.executable
-QUEUE = "machine.gpu-01"  # conftest's machine
 
 
-def purge(*queues: str) -> None:
-    """Empty broker queues a previous test may have left messages in."""
-    with dashboard_celery.connection_for_write() as conn:
-        for name in queues:
-            try:
-                conn.default_channel.queue_purge(name)
-            except Exception:  # noqa: BLE001 - a queue that does not exist yet has nothing to purge
-                pass
+def server_env(env: dict) -> dict:
+    """The server processes' environment: no Redis (the long-poll looks at the database), short waits."""
+    return {k: v for k, v in env.items() if k != "REDIS_URL"} | {"JOB_POLL_WAIT_S": "5"}
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -61,6 +56,7 @@ class Worker:
     """`python -m hwprobe worker` for the test machine, its output in a file for failures."""
 
     def __init__(self, env: dict, server: Server, token: str, tmp: Path) -> None:
+        self.server, self.token, self.tmp = server, token, tmp
         config = tmp / "worker.toml"
         config.write_text(
             textwrap.dedent(f"""
@@ -71,6 +67,7 @@ class Worker:
         """).replace("'", '"')
         )
         self.log = tmp / "worker.log"
+        self.log.unlink(missing_ok=True)
         self.jobs_dir = tmp / "jobs"
         argv = [
             PY,
@@ -88,12 +85,21 @@ class Worker:
             "1",
             "--concurrency",
             "2",
+            "--state-dir",
+            str(tmp / "state"),
         ]
         # A machine has no Django: nothing of the server's configuration reaches the worker.
-        env = {k: v for k, v in env.items() if k not in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL")}
-        with open(self.log, "w") as out:
-            self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        wait_for(lambda: "ready" in self.output() or self.proc.poll() is not None, 40, "the worker to start")
+        self.argv = argv
+        self.env = {k: v for k, v in env.items() if k not in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL")}
+        self.start()
+
+    def start(self) -> None:
+        """Start it (again: the same state folder, so the same worker id and spool)."""
+        before = self.output().count("INFO ready:") if self.log.exists() else 0
+        with open(self.log, "a") as out:
+            self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        ready = lambda: self.output().count("INFO ready:") > before or self.proc.poll() is not None  # noqa: E731
+        wait_for(ready, 40, "the worker to start")
         assert self.proc.poll() is None, self.output()
 
     def output(self) -> str:
@@ -105,10 +111,9 @@ class Worker:
 
 @pytest.fixture
 def loop(process_env, machine, tmp_path):
-    """Server and worker running, the machine online (CPU only) and its queue empty."""
-    purge(QUEUE, "celery")
+    """Server and worker running, the machine online (CPU only)."""
     store_batch(machine, Batch.model_validate(make_batch([1], gpus=0)))
-    server = Server(process_env, free_port())
+    server = Server(server_env(process_env), free_port())
     server.start()
     worker = Worker(process_env, server, machine.issue_token(), tmp_path)
     yield worker
@@ -146,7 +151,9 @@ def settle(job: Job, worker: Worker, timeout_s: float = 40) -> Job:
     try:
         wait_for(lambda: Job.objects.get(pk=job.pk).is_finished, timeout_s, f"job #{job.pk} to end")
     except AssertionError:
-        raise AssertionError(f"job #{job.pk} is {Job.objects.get(pk=job.pk).status}; worker:\n{worker.output()}")
+        raise AssertionError(
+            f"job #{job.pk} is {Job.objects.get(pk=job.pk).status}; worker:\n{worker.output()}"
+        ) from None
     return Job.objects.get(pk=job.pk)
 
 
@@ -158,7 +165,7 @@ def running_pgid(job: Job, worker: Worker) -> int:
     try:
         wait_for(lambda: Job.objects.get(pk=job.pk).pgid is not None, 30, "the job to run")
     except AssertionError:
-        raise AssertionError(worker.output())
+        raise AssertionError(worker.output()) from None
     return Job.objects.get(pk=job.pk).pgid
 
 
@@ -221,18 +228,50 @@ def test_the_maximum_run_time_fails_the_job_with_a_timeout_message(loop, operato
     assert job.attempts.get().outcome == "timeout"
 
 
-def test_a_killed_worker_leaves_its_job_lost_and_its_processes_gone(loop, operator):
+def test_a_killed_worker_leaves_its_job_unreachable_then_lost_and_its_processes_gone(loop, operator, machine):
     job = submit(operator, SLEEPER)
     pgid = running_pgid(job, loop)
     wait_for(lambda: len(group_members(pgid)) >= 3, 10, "the job and its grandchild")
     loop.proc.kill()
     loop.proc.wait(5)
     wait_for(lambda: group_members(pgid) == [], 15, "the job's processes to die with the worker")
-    # check_lost's rule, run as if JOB_LOST_AFTER_S had passed since the last heartbeat.
-    later = timezone.now() + timedelta(seconds=settings.JOB_LOST_AFTER_S + 2)
-    assert service.mark_lost(now=later) == [job.pk]
+    # check_lost's rules, run as if the bounds had passed: silent -> unreachable, not lost at once.
+    now = timezone.now() + timedelta(seconds=settings.JOB_UNREACHABLE_AFTER_S + 2)
+    assert service.mark_lost(now=now) == []
+    assert Job.objects.get(pk=job.pk).status == "unreachable"
+    # The host is heard from again (its agent reports) while the job's worker stays silent: lost.
+    Machine.objects.filter(pk=machine.pk).update(last_seen_at=now + timedelta(seconds=1))
+    service.mark_lost(now=now + timedelta(seconds=2))
+    assert service.mark_lost(now=now + timedelta(seconds=2 + settings.JOB_LOST_AFTER_S)) == [job.pk]
     job.refresh_from_db()
     assert job.status == "lost" and job.attempts.get().outcome == "lost"
+
+
+def test_a_restarted_worker_ends_the_job_it_ran_before_at_its_first_poll(loop, operator, process_env, tmp_path):
+    job = submit(operator, SLEEPER)
+    pgid = running_pgid(job, loop)
+    loop.proc.kill()
+    loop.proc.wait(5)
+    wait_for(lambda: group_members(pgid) == [], 15, "the job's processes to die with the worker")
+    assert Job.objects.get(pk=job.pk).status == "running"
+    loop.start()  # the same state folder: the same worker id and spool
+    wait_for(lambda: Job.objects.get(pk=job.pk).is_finished, 15, "the job to end")
+    job.refresh_from_db()
+    assert job.status == "lost" and "came back without it" in job.status_message
+    assert "up" in log_text(job), "its log kept in the worker's spool still arrived"
+
+
+def test_a_job_is_taken_once_by_one_of_two_workers_of_a_machine(loop, operator, process_env, tmp_path):
+    (tmp_path / "second").mkdir()
+    second = Worker(process_env, loop.server, loop.token, tmp_path / "second")
+    try:
+        jobs = [submit(operator, [PY, "-c", f"print({i})"]) for i in range(6)]
+        for job in jobs:
+            assert settle(job, loop).status == "succeeded"
+    finally:
+        second.stop()
+    assert JobAttempt.objects.filter(job__in=jobs).count() == 6, "one attempt each: none ran twice"
+    assert [log_text(job) for job in jobs] == [f"{i}\n" for i in range(6)]
 
 
 def test_a_command_outside_the_hosts_allowlist_is_refused_and_nothing_runs(loop, operator, tmp_path):
@@ -257,8 +296,7 @@ def test_placement_sends_a_job_to_the_machine_with_room_and_its_worker_runs_it(p
         return m
 
     full, roomy = online("gpu-full", used=80e9), online("gpu-roomy", used=10e9)
-    purge("machine.gpu-full", "machine.gpu-roomy")
-    server = Server(process_env, free_port())
+    server = Server(server_env(process_env), free_port())
     server.start()
     workers = []
     for m in (full, roomy):
