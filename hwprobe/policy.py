@@ -41,6 +41,7 @@ import os
 import shlex
 import sys
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,12 @@ class Rule:
         return f"{self.name} ({shlex.join(self.argv)})"
 
 
+def denied_variable(names: Iterable[str], deny_env: Iterable[str]) -> str | None:
+    """The first of ``names`` that a ``deny_env`` pattern matches (fnmatch, case-sensitive), else None."""
+    patterns = tuple(deny_env)
+    return next((name for name in names if any(fnmatch.fnmatchcase(name, pat) for pat in patterns)), None)
+
+
 def builtin_rules() -> list[Rule]:
     """The built-in workloads, with any usual name of the Python interpreter."""
     pythons = dict.fromkeys(["python", "python3", sys.executable])
@@ -156,14 +163,15 @@ class Policy:
             "allow_shell": self.allow_shell,
             "run_as": self.run_as,
             "templates": templates,
+            "deny_env": list(self.deny_env),  # so the dashboard refuses such a job at submission
         }
 
     def check(self, spec: dict[str, Any]) -> str | None:
         """None if the job may run here, else the reason it may not (naming what is allowed)."""
         where = f" ({self.source})" if self.source else " (no configuration file: built-in defaults)"
-        for name in spec.get("env") or {}:
-            if any(fnmatch.fnmatchcase(name, pat) for pat in self.deny_env):
-                return f"the environment variable {name} is not allowed on this host{where}"
+        name = denied_variable(spec.get("env") or {}, self.deny_env)
+        if name is not None:
+            return f"the environment variable {name} is not allowed on this host{where}"
         shell, argv = spec.get("shell"), spec.get("argv")
         if shell:
             if self.allow_shell:

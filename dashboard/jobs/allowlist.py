@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any, TypedDict
 
 from dashboard.fleet.models import Machine
-from hwprobe.policy import BUILTIN_TEMPLATES, WORKLOADS, Rule
+from hwprobe.policy import BUILTIN_TEMPLATES, DEFAULT_DENY_ENV, WORKLOADS, Rule, denied_variable
 
 # What the worker's built-in rules accept: any interpreter path (the host's may differ from ours).
 _BUILTIN_RULES = [Rule(f"built-in {w}", ("*python*", "-m", "hwprobe.workloads", w, "**")) for w in WORKLOADS]
@@ -142,3 +142,32 @@ def refusal(machine: Machine, argv: list[str] | None, shell: str, workdir: str |
     if argv and any(rule.matches(list(argv), workdir or None) for rule in _rules(summary)):
         return None
     return f"{machine.name}'s worker allows only: {_allowed(summary)}"
+
+
+def _deny_env(summary: dict[str, Any] | None) -> list[str]:
+    # A worker older than the deny_env summary, or none yet: the hosts' default list, which a host
+    # keeps unless its config says otherwise.
+    if summary is None or summary.get("deny_env") is None:
+        return list(DEFAULT_DENY_ENV)
+    return list(summary["deny_env"])
+
+
+def env_refusal(target: Machine | None, env: dict[str, str], machines: Iterable[Machine] = ()) -> str | None:
+    """Why the job's environment would be refused, from the deny lists the workers reported; else None.
+
+    For a named machine its worker's list decides. For automatic placement (``target`` None) a
+    variable is refused when every online worker in ``machines`` that reported would refuse it
+    (the default list when none has): a job no host would run must not wait forever.
+    """
+    if target is not None:
+        name = denied_variable(env, _deny_env(target.worker_policy))
+        return (
+            f"{name} is not allowed on {target.name} (its worker refuses: {', '.join(_deny_env(target.worker_policy))})"
+            if name
+            else None
+        )
+    summaries = [m.worker_policy for m in machines if m.worker_policy is not None and m.is_online()] or [None]
+    for name in env:
+        if all(denied_variable([name], _deny_env(summary)) for summary in summaries):
+            return f"{name} is not allowed by any host's worker (they refuse variables such as LD_*, PYTHONPATH, PATH)"
+    return None

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from django.conf import settings
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
-from ninja import Router, Status
+from ninja import Query, Router, Status
 from ninja.errors import HttpError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -30,7 +30,7 @@ agent_router = Router(tags=["agent"])
 
 
 class JobIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "5" is not 5 and false is not 0
 
     name: Annotated[str, Field(min_length=1, max_length=200)]
     kind: Literal["train", "serve"]
@@ -48,12 +48,14 @@ class JobIn(BaseModel):
         Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)],
         Annotated[str, Field(max_length=4096)],
     ] = {}
+    # Names in env whose values only the owner and admins see, besides *TOKEN*, *KEY*... (jobs/masking.py).
+    secret_env: Annotated[list[Annotated[str, Field(max_length=128)]], Field(max_length=256)] = []
     preemptible: bool = False
     metrics_url: Annotated[str, Field(max_length=500, pattern=r"^https?://[^\s]+$")] | None = None
     progress_pattern: Annotated[str, Field(max_length=500)] = ""
     # The model, when the submitter knows it; economics otherwise reads it from name and command.
     model_params_b: Annotated[float, Field(gt=0, le=MAX_PARAMS_B, allow_inf_nan=False)] | None = None
-    precision: Job.Precision | None = None
+    precision: Annotated[Job.Precision, Field(strict=False)] | None = None  # strict would want the enum itself
     context_tokens: Annotated[int, Field(ge=1, le=100_000_000)] | None = None
     team: Annotated[str, Field(max_length=64)] | None = None  # a team's slug; default: the user's only team
 
@@ -61,6 +63,9 @@ class JobIn(BaseModel):
     def only_training_is_preemptible(self) -> JobIn:
         if self.preemptible and self.kind != "train":
             raise ValueError("preemptible: only training jobs can be preempted")
+        unknown = [name for name in self.secret_env if name not in self.env]
+        if unknown:
+            raise ValueError(f"secret_env: {unknown[0]} is not a variable in env")
         if self.progress_pattern and self.progress_pattern not in PROGRESS_PRESETS:
             try:
                 pattern = re.compile(self.progress_pattern)
@@ -109,7 +114,7 @@ def submit(request, payload: JobIn):
         except service.JobError as exc:
             _raise(exc)
         if earlier is not None:
-            return Status(200, queries.job_dict(earlier))
+            return Status(200, queries.job_dict(earlier, viewer=request.user))
     target = None
     if payload.machine:
         target = team_access.scope_machines(Machine.objects.all(), request.user).filter(name=payload.machine).first()
@@ -133,6 +138,9 @@ def submit(request, payload: JobIn):
         reason = allowlist.refusal(target, fields["argv"], fields["shell"], fields["workdir"] or None)
         if reason:
             raise HttpError(400, f"command: {reason}")
+    denied = allowlist.env_refusal(target, fields["env"], Machine.objects.all())
+    if denied:  # the host would refuse it on arrival (LD_PRELOAD, PYTHONPATH...): refuse it now
+        raise HttpError(400, f"env: {denied}")
     try:
         if idempotency is None:
             job, created = service.submit(request.user, {**fields, "target": target}), True
@@ -140,7 +148,7 @@ def submit(request, payload: JobIn):
             job, created = service.submit_once(request.user, {**fields, "target": target}, *idempotency)
     except service.JobError as exc:
         _raise(exc)
-    return Status(201 if created else 200, queries.job_dict(job))
+    return Status(201 if created else 200, queries.job_dict(job, viewer=request.user))
 
 
 @router.get("/jobs/placement", auth=USER_AUTH, summary="Whether a job of this size could ever run, and where now")
@@ -160,17 +168,17 @@ def jobs(
     machine: str | None = None,
     kind: str | None = None,
     owner: str | None = None,
-    limit: int = 100,
+    limit: int = Query(100, ge=1, le=1000),  # type: ignore[type-arg]
 ):
     visible = team_access.scope_jobs(queries.job_list(status, machine, kind, owner), request.user)
     jobs = list(visible[: max(1, min(limit, 1000))])
     summaries = throughput.job_summaries([j.pk for j in jobs])
-    return {"jobs": [{**queries.job_dict(j), "throughput": summaries.get(j.pk)} for j in jobs]}
+    return {"jobs": [{**queries.job_dict(j, viewer=request.user), "throughput": summaries.get(j.pk)} for j in jobs]}
 
 
 @router.get("/jobs/{job_id}", auth=USER_AUTH, summary="One job with its attempts")
 def job(request, job_id: int):
-    return queries.job_dict(_visible_job(request, job_id), attempts=True)
+    return queries.job_dict(_visible_job(request, job_id), attempts=True, viewer=request.user)
 
 
 @router.get(
@@ -196,7 +204,7 @@ def job_series(request, job_id: int, metric: str, since: str | None = None, unti
 
 @router.get("/jobs/{job_id}/log", auth=USER_AUTH, summary="Log chunks after a given id (for live tailing)")
 def job_log(request, job_id: int, after: int = 0):
-    return queries.job_log(_visible_job(request, job_id), after)
+    return queries.job_log(_visible_job(request, job_id), after, viewer=request.user)
 
 
 @router.post("/jobs/{job_id}/cancel", auth=USER_AUTH, summary="Cancel a job (its owner or an admin)")
@@ -205,7 +213,7 @@ def cancel(request, job_id: int):
         job = service.cancel(request.user, _visible_job(request, job_id))
     except service.JobError as exc:
         _raise(exc)
-    return queries.job_dict(job)
+    return queries.job_dict(job, viewer=request.user)
 
 
 # ---- for `python -m hwprobe worker`, authenticated by the machine's agent token -------------
@@ -257,6 +265,8 @@ class PolicyIn(BaseModel):
     allow_shell: bool
     run_as: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     templates: Annotated[list[TemplateIn], Field(max_length=200)]
+    # Variable names (fnmatch) it refuses in a job's env; None from workers older than this field.
+    deny_env: Annotated[list[Annotated[str, Field(min_length=1, max_length=128)]], Field(max_length=200)] | None = None
 
 
 @agent_router.get("/agent/config", auth=AgentAuth(), summary="This machine's name and how its worker takes jobs")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from typing import Any
 
@@ -134,6 +135,13 @@ class JobForm(forms.Form):
         ),
         help_text="KEY=VALUE, one per line.",
     )
+    secret_env = forms.CharField(
+        required=False,
+        label="Secret variables",
+        widget=forms.TextInput(attrs={"class": "mono", "spellcheck": "false", "placeholder": "WANDB_ENTITY"}),
+        help_text="Names from the environment whose values only you and admins may see, separated by spaces. "
+        "Names containing TOKEN, KEY, PASSWORD or SECRET are hidden anyway.",
+    )
     gpus = forms.IntegerField(initial=1, label="GPUs")
     gpu_memory_gb = forms.FloatField(initial=0, label="GPU memory per GPU (GiB)")
     machine = forms.CharField(required=False, widget=MachineSelect())
@@ -203,6 +211,9 @@ class JobForm(forms.Form):
     def clean_env(self) -> dict[str, str]:
         return parse_env(self.cleaned_data["env"])
 
+    def clean_secret_env(self) -> list[str]:
+        return [name for name in re.split(r"[\s,]+", self.cleaned_data["secret_env"]) if name]
+
     def clean(self) -> dict[str, Any]:
         data = super().clean()
         # Every error at once: fields that did not even parse keep their own error, and JobIn judges
@@ -237,6 +248,7 @@ class JobForm(forms.Form):
             )
         }
         fields["metrics_url"] = data["metrics_url"].strip() or None
+        fields["secret_env"] = [] if "env" in unparsed else data["secret_env"]  # names checked against env
         fields["precision"] = data["precision"] or None
         try:
             job = JobIn(command=command, machine=data["machine"] or None, **fields)
@@ -275,6 +287,10 @@ class JobForm(forms.Form):
             if reason:
                 self.add_error("command", reason)
                 return
+        denied = allowlist.env_refusal(target, job.env, Machine.objects.all())
+        if denied:  # the host would refuse it on arrival (LD_PRELOAD, PYTHONPATH...)
+            self.add_error("env", denied)
+            return
         # The same fields the API hands to service.submit.
         self.job_fields = job.model_dump(exclude={"command", "machine"}) | {
             "argv": command if isinstance(command, list) else None,
@@ -308,6 +324,7 @@ STAND_INS: dict[str, Any] = {
     "shell": False,
     "workdir": "",
     "env": {},
+    "secret_env": [],
     "gpus": 0,
     "gpu_memory_gb": 0.0,
     "machine": "",

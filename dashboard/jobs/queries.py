@@ -8,7 +8,7 @@ from typing import Any
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from . import throughput
+from . import masking, throughput
 from .models import Job, JobLog
 
 
@@ -31,14 +31,16 @@ def _iso(t) -> str | None:
     return t.isoformat() if t else None
 
 
-def job_dict(job: Job, attempts: bool = False) -> dict[str, Any]:
+def job_dict(job: Job, attempts: bool = False, viewer: Any = None) -> dict[str, Any]:
+    """The job as ``viewer`` may read it: secret values masked unless they own it or are an admin."""
     out: dict[str, Any] = {
         "id": job.pk,
         "name": job.name,
         "kind": job.kind,
         "command": job.shell or job.argv,
         "workdir": job.workdir,
-        "env": job.env,
+        "env": masking.env_for(viewer, job),
+        "secret_env": job.secret_env or [],
         "gpus": job.gpus,
         "gpu_memory_gb": job.gpu_memory_gb,
         "machine": job.machine.name if job.machine else None,
@@ -91,14 +93,22 @@ def job_span(job: Job) -> tuple[datetime, datetime]:
     return job.started_at - timedelta(minutes=1), (job.finished_at or now) + timedelta(minutes=1)
 
 
-def job_log(job: Job, after: int = 0, limit: int = 2000) -> dict[str, Any]:
-    """Chunks with an id above ``after``, oldest first: the page asks again with the last id."""
+def job_log(job: Job, after: int = 0, limit: int = 2000, viewer: Any = None) -> dict[str, Any]:
+    """Chunks with an id above ``after``, oldest first: the page asks again with the last id.
+
+    Secret values of the job's environment are masked in the text unless ``viewer`` may read them."""
     chunks = list(JobLog.objects.filter(job=job, pk__gt=after).order_by("pk")[:limit])
     return {
         "job": job.pk,
         "status": job.status,
         "chunks": [
-            {"id": c.pk, "attempt": c.attempt, "stream": c.stream, "text": c.text, "ts": c.ts.timestamp()}
+            {
+                "id": c.pk,
+                "attempt": c.attempt,
+                "stream": c.stream,
+                "text": masking.log_for(viewer, job, c.text),
+                "ts": c.ts.timestamp(),
+            }
             for c in chunks
         ],
         "last_id": chunks[-1].pk if chunks else after,

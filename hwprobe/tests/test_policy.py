@@ -208,9 +208,16 @@ def test_the_summary_for_the_dashboard_lists_patterns_as_written_and_the_built_i
             {"name": "ft", "argv": ["python3", "train.py", "*"], "workdir": "/srv/llama*"},
             {"name": "vllm", "argv": ["vllm", "serve", "**"], "workdir": None},
         ],
+        "deny_env": list(policy.DEFAULT_DENY_ENV),
     }
     # Each built-in template is a command the host's own check accepts.
     for template in summary["templates"][:2]:
         assert Policy().check(spec(template["argv"])) is None
     without = Policy(builtin_workloads=False).summary()
-    assert without == {"builtin_workloads": False, "allow_shell": False, "run_as": None, "templates": []}
+    assert without == {
+        "builtin_workloads": False,
+        "allow_shell": False,
+        "run_as": None,
+        "templates": [],
+        "deny_env": list(policy.DEFAULT_DENY_ENV),
+    }

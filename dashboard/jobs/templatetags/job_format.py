@@ -8,6 +8,7 @@ from django import template
 from django.utils import timezone
 from django.utils.html import format_html
 
+from .. import masking
 from ..models import Job
 
 register = template.Library()
@@ -60,3 +61,9 @@ def main_throughput(job: Job) -> dict | None:
     """The jobs list's cell: the summary of the job's main kind of tokens (set by the view), None without any."""
     summary = (getattr(job, "throughput_summary", None) or {}).get(MAIN_TOKEN_KIND.get(job.kind, "train"))
     return summary if summary and summary["total_tokens"] else None
+
+
+@register.filter
+def env_for(job: Job, user) -> list[tuple[str, str]]:
+    """The job's environment as ``user`` may read it, as (name, value) pairs: secrets masked (jobs/masking.py)."""
+    return list(masking.env_for(user, job).items())

@@ -412,6 +412,7 @@ REPORT = {
         {"name": "llama-finetune", "argv": ["python3", "train.py", "*"], "workdir": "/srv/llama*"},
         {"name": "vllm", "argv": ["vllm", "serve", "**"], "workdir": None},
     ],
+    "deny_env": ["LD_*", "PYTHONPATH"],
 }
 
 
