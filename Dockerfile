@@ -52,4 +52,5 @@ EXPOSE 8000
 # replace this check with their own in docker-compose.yml.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
-CMD ["gunicorn", "dashboard.wsgi", "--bind", "0.0.0.0:8000", "--workers", "2", "--access-logfile", "-"]
+# Threads: each host's job long-poll (POST /api/v1/agent/jobs/next) holds one for up to JOB_POLL_WAIT_S.
+CMD ["gunicorn", "dashboard.wsgi", "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "32", "--access-logfile", "-"]
