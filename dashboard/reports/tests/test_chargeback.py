@@ -12,7 +12,7 @@ import pytest
 from dashboard.accounts.models import ApiToken
 from dashboard.fleet.models import GpuSample, Machine, ThroughputSample
 from dashboard.jobs.models import Job, JobAttempt
-from dashboard.teams.tests.conftest import member, owner, stranger, team_a, team_b, teammate  # noqa: F401
+from dashboard.jobs.tests.conftest import member, owner, stranger, team_a, team_b, teammate  # noqa: F401
 
 pytestmark = pytest.mark.django_db
 

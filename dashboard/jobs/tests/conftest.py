@@ -1,4 +1,4 @@
-"""Two teams and their people: an owner (operator in A), a teammate (viewer in A), a stranger
+"""Teams (dashboard/teams/): two teams and their people: an owner (operator in A), a teammate (viewer in A), a stranger
 (operator in B); machines owned by each team and one in the shared pool."""
 
 from __future__ import annotations
