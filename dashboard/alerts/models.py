@@ -62,14 +62,14 @@ class AlertRule(models.Model):
         Kind.GPU_IDLE_WITH_JOB: "Ask the job's owner whether it is stuck; cancel it to free the GPU.",
         Kind.JOB_FAILED: "Read the job's log on its page; resubmit once the cause is fixed.",
         Kind.SPOOL_DROPPING: "The agent cannot reach the server: check the network and the server's ingest.",
-        Kind.GPU_XID: "Look the XID up below; drain the GPU and reset it (nvidia-smi -r) if the meaning says so.",
+        Kind.GPU_XID: "Do what the XID's meaning says; for hardware XIDs drain the GPU and reset it (nvidia-smi -r).",
         Kind.GPU_ECC_UNCORRECTABLE: "Drain the GPU and reset it; if errors return after the reset, open an RMA.",
-        Kind.GPU_MEMORY_REMAP: "Drain the GPU and reset it to apply the remap; a failed remap or many retired pages: RMA.",
-        Kind.GPU_THROTTLE: "Check cooling and the power supply (power brake is an external signal); expect slower jobs.",
+        Kind.GPU_MEMORY_REMAP: "Drain and reset the GPU to apply the remap; a failed remap or many retired pages: RMA.",
+        Kind.GPU_THROTTLE: "Check cooling and the power supply (the power brake is an external signal).",
         Kind.GPU_MISSING: "Run nvidia-smi on the host; a GPU that fell off the bus needs a reboot or reseat.",
-        Kind.GPU_NVML_ERRORS: "Run nvidia-smi -q on the host; errors that persist usually precede an XID 79: drain it.",
-        Kind.GHOST_MEMORY: "Confirm a cleanup on the alerts page for a finished job's processes; others: check by hand.",
-        Kind.JOB_ALLOCATED_IDLE: "Ask the owner to release the GPUs or fix the input pipeline; the rule may stop the job.",
+        Kind.GPU_NVML_ERRORS: "Run nvidia-smi -q on the host; lasting errors often precede an XID 79: drain it.",
+        Kind.GHOST_MEMORY: "Confirm the cleanup of an ended job's processes on the alerts page; check others by hand.",
+        Kind.JOB_ALLOCATED_IDLE: "Ask the owner to release the GPUs or fix the input pipeline; the rule may stop it.",
     }
 
     class Action(models.TextChoices):
