@@ -113,6 +113,7 @@ AXES_COOLOFF_TIME = (env_int("LOGIN_LOCKOUT_MINUTES", 15) / 60) or None  # hours
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]  # a user elsewhere, or others here, can still log in
 AXES_RESET_ON_SUCCESS = True  # a right password clears the earlier failures
 AXES_LOCKOUT_TEMPLATE = "accounts/locked_out.html"
+AXES_VERBOSE = False  # no banner at every start
 
 ROOT_URLCONF = "dashboard.urls"
 WSGI_APPLICATION = "dashboard.wsgi.application"
@@ -267,7 +268,8 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.server": {"level": "WARNING"}},
+    # axes logs every login at INFO ("Deleted 0 failed login attempts"); failures and lockouts are warnings.
+    "loggers": {"django.server": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
 }
 
 # HTTPS=1 (or the older SECURE_COOKIES=1) when users reach the dashboard over HTTPS, usually a

@@ -10,11 +10,13 @@ it each process counts alone (single-host mode).
 
 from __future__ import annotations
 
+import logging
 import time
 
 from django.conf import settings
 from django.core.cache import cache
 
+log = logging.getLogger(__name__)
 WINDOW_S = 60
 
 
@@ -29,6 +31,11 @@ class RateLimited(Exception):
         self.retry_after_s = retry_after_s
 
 
+def window_key(user_id: int, now: float) -> str:
+    """The cache key counting ``user_id``'s calls in the window that holds ``now``."""
+    return f"ratelimit:token-user:{user_id}:{int(now // WINDOW_S)}"
+
+
 def count_call(user_id: int, now: float | None = None) -> None:
     """Count one token call of ``user_id``; raise RateLimited once the window's calls pass the limit."""
     limit = settings.API_TOKEN_RATE_PER_MIN
@@ -36,12 +43,16 @@ def count_call(user_id: int, now: float | None = None) -> None:
         return
     now = time.time() if now is None else now
     window = int(now // WINDOW_S)
-    key = f"ratelimit:token-user:{user_id}:{window}"
-    cache.add(key, 0, timeout=WINDOW_S + 5)  # the window's counter, if the first call
+    key = window_key(user_id, now)
     try:
-        calls = cache.incr(key)
-    except ValueError:  # expired between add and incr: this call opens it
-        cache.set(key, 1, timeout=WINDOW_S + 5)
-        calls = 1
+        cache.add(key, 0, timeout=WINDOW_S + 5)  # the window's counter, if the first call
+        try:
+            calls = cache.incr(key)
+        except ValueError:  # expired between add and incr: this call opens it
+            cache.set(key, 1, timeout=WINDOW_S + 5)
+            calls = 1
+    except Exception as exc:  # noqa: BLE001 - Redis away: the call goes uncounted rather than failing (issue 10)
+        log.warning("API token calls not counted: the cache is unreachable (%s)", exc)
+        return
     if calls > limit:
         raise RateLimited(retry_after_s=max(1, (window + 1) * WINDOW_S - int(now)))
