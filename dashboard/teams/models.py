@@ -6,12 +6,22 @@ them and never imports them.
 
 from __future__ import annotations
 
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
 DEFAULT_SLUG = "default"
+
+
+def validate_zone(name: str) -> None:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValidationError(f"{name!r} is not an IANA time zone such as Europe/Berlin") from None
 
 
 class Team(models.Model):
@@ -31,6 +41,8 @@ class Team(models.Model):
     # Where the weekly report goes: e-mail addresses (comma-separated) and/or a webhook URL.
     report_emails = models.CharField(max_length=1000, blank=True)
     report_webhook = models.URLField(max_length=500, blank=True)
+    # The weekly report covers the last full Monday-to-Monday week in this IANA zone (empty: TIME_ZONE).
+    time_zone = models.CharField(max_length=64, blank=True, validators=[validate_zone])
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -74,3 +86,17 @@ class TokenScope(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["token", "team"], name="tokenscope_unique")]
+
+
+class SsoIdentity(models.Model):
+    """The single sign-on subject (the provider's ``sub``) a user logs in as.
+
+    Users are matched by subject, never by e-mail: whoever controls an address at the provider must
+    not take over a local account that happens to use it."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="sso_identity")
+    subject = models.CharField(max_length=255, unique=True)
+    last_login_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.user} ({self.subject})"
