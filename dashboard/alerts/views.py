@@ -90,7 +90,7 @@ def rule_edit(request: HttpRequest, pk: int | None = None) -> HttpResponse:
             threshold=saved.threshold,
             enabled=saved.enabled,
             level=saved.level,
-            action=saved.action,
+            rule_action=saved.action,
         )
         messages.success(request, f"Rule “{saved.name}” {'saved' if rule else 'created'}.")
         return redirect("alerts:list")

@@ -140,7 +140,8 @@ def test_gpu_idle_with_a_running_job_fires_once_and_resolves_when_the_gpu_works(
     assert f"while job #{job.pk} train-demo holds it" in alert.message
 
     gpu_windows(machine, 0, 60.0, t0 + minutes(1), t0 + minutes(1), seq0=10_000)  # it starts working
-    assert evaluate(t0 + minutes(1)) == {"fired": 0, "resolved": 1}
+    # Periods are [start, end) (core.periods): a window stamped at the judging instant counts from the next one.
+    assert evaluate(t0 + minutes(1) + timedelta(seconds=1)) == {"fired": 0, "resolved": 1}
 
 
 def test_gpu_idle_needs_the_job_and_the_telemetry_to_span_the_whole_time(machine, operator, t0):
