@@ -312,11 +312,13 @@ def _pump(pipe: IO[bytes], stream: str, shipper: LogShipper, meter: JobMeter | N
         data = read(65536)
         if not data:
             break
-        text = decoder.decode(data)
+        # A NUL cannot be stored as text (PostgreSQL), and the server refuses a log batch holding
+        # one: a program's stray NUL bytes become U+FFFD like its invalid UTF-8.
+        text = decoder.decode(data).replace("\x00", "\ufffd")
         shipper.write(stream, text)
         if meter is not None:
             _meter(meter.feed, stream, text)
-    text = decoder.decode(b"", final=True)
+    text = decoder.decode(b"", final=True).replace("\x00", "\ufffd")
     shipper.write(stream, text)
     if meter is not None:
         _meter(meter.feed, stream, text)

@@ -475,3 +475,17 @@ def test_a_job_runs_as_the_user_the_host_names(dash, tmp_path):
     assert dash.text("stdout").strip() == str(nobody.pw_uid)
     missing = Policy(rules=[Rule("whoami", ("/usr/bin/id", "-u"))], run_as="no-such-user-here")
     assert run(dash, job_spec(["/usr/bin/id", "-u"], workdir="/"), tmp_path, missing).outcome == "failed"
+
+
+def test_nul_bytes_in_a_jobs_output_reach_the_log_as_replacement_characters():
+    # The server refuses text holding a NUL (PostgreSQL cannot store it): the worker must not send one.
+    import io
+
+    from hwprobe.executor import _pump
+
+    spool = JobSpool()
+    shipper = LogShipper(spool, 7, 1, flush_s=0.05)
+    _pump(io.BytesIO(b"a\x00b\n"), "stdout", shipper)
+    shipper.close()
+    batch = spool.next_batch()
+    assert batch is not None and "".join(c["text"] for c in batch.bodies) == "a\ufffdb\n"
