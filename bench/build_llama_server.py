@@ -1,4 +1,5 @@
-"""Build a real llama.cpp `llama-server` (CPU only) once and cache it outside the repository.
+"""A real llama.cpp `llama-server` (CPU only), built once and cached outside the repository, and a
+tiny random-weight model for it to serve.
 
 The sources come from the `llama-cpp-python` source distribution on PyPI, which vendors llama.cpp
 with its `tools/server`. The build takes about 9 minutes of two cores (515 s measured on the 2-core
@@ -7,6 +8,11 @@ CI machine) and about 1 GB of scratch space, so the binary is cached in
 and every checkout on the machine. A clean machine builds it on first use, just slower.
 
     .venv/bin/python bench/build_llama_server.py          # prints the binary's path
+
+:func:`write_tiny_model` writes a GGUF file with the ``gguf`` package (requirements-dev): a
+``llama`` model of 2 layers, width 64, 4 heads, with random weights and a 286-token SentencePiece
+vocabulary (``<unk> <s> </s>``, the 256 byte tokens, ``▁`` and a–z), about 480 KB. It generates
+nonsense quickly, which is all a test of token counting needs.
 """
 
 from __future__ import annotations
@@ -72,6 +78,59 @@ def build(jobs: int = 2, log=print) -> Path:
         shutil.copy2(built, partial)
         partial.rename(target)
     return target
+
+
+def write_tiny_model(path: Path, seed: int = 0) -> Path:
+    """Write the tiny random-weight llama model to ``path`` (GGUF) and return it."""
+    import gguf
+    import numpy as np
+
+    width, layers, heads, ff = 64, 2, 4, 128
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + ["▁"] + [chr(c) for c in range(97, 123)]
+    types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
+    types += [gguf.TokenType.BYTE] * 256 + [gguf.TokenType.NORMAL] * 27
+    scores = [0.0] * 259 + [-float(i) for i in range(27)]
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("hwdash-tiny-random")
+    writer.add_context_length(512)
+    writer.add_embedding_length(width)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ff)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_dimension_count(width // heads)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    rng = np.random.default_rng(seed)
+
+    def weights(*shape: int) -> np.ndarray:
+        # numpy's (rows, columns) is ggml's (columns, rows): gguf reverses the shape on writing.
+        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
+
+    vocab = len(tokens)
+    writer.add_tensor("token_embd.weight", weights(vocab, width))
+    writer.add_tensor("output_norm.weight", np.ones(width, dtype=np.float32))
+    writer.add_tensor("output.weight", weights(vocab, width))
+    for i in range(layers):
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(width, dtype=np.float32))
+        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            writer.add_tensor(f"blk.{i}.{name}.weight", weights(width, width))
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(width, dtype=np.float32))
+        writer.add_tensor(f"blk.{i}.ffn_gate.weight", weights(ff, width))
+        writer.add_tensor(f"blk.{i}.ffn_up.weight", weights(ff, width))
+        writer.add_tensor(f"blk.{i}.ffn_down.weight", weights(width, ff))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
 
 
 if __name__ == "__main__":

@@ -224,12 +224,17 @@ class Delivery:
             self.client.close()
 
 
+STARTUP_S = 60.0
+
+
 class JobScrape:
     """A job's Prometheus endpoint, scraped by the worker every ``interval_s`` for the job's
     lifetime, and once more right before the worker stops the job and after it ended.
 
     The tokens between two scrapes count as produced over the time between them (a scrape that
-    saw no new tokens ends an idle stretch, which does not count).
+    saw no new tokens ends an idle stretch, which does not count). The first try is made at once:
+    an endpoint that does not answer yet belongs to an engine the job itself is starting, whose
+    counters start at zero, so its first answer counts in full rather than as a baseline.
     """
 
     def __init__(
@@ -247,6 +252,8 @@ class JobScrape:
         self.url, self.send, self.interval_s, self.timeout_s = url, send, interval_s, timeout_s
         self._lock = threading.Lock()
         self._last_ok: float | None = time.monotonic() if from_zero else None
+        self._answered = False
+        self._created = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hwprobe-job-scrape", daemon=True)
 
@@ -257,10 +264,16 @@ class JobScrape:
     def scrape(self, quiet: bool = False) -> dict[str, float]:
         """Scrape once now and send what it found; returns the deltas."""
         with self._lock:
-            deltas = self.target.scrape(self.timeout_s, quiet=quiet)
-            if self.target.failing:
-                return {}
+            # An engine takes a while to come up: say it does not answer only after STARTUP_S.
+            starting = not self._answered and time.monotonic() - self._created < STARTUP_S
+            deltas = self.target.scrape(self.timeout_s, quiet=quiet or starting)
             now = time.monotonic()
+            if self.target.failing:
+                if not self._answered:  # not up yet: the job is starting it
+                    self.target.rate.from_zero = True
+                    self._last_ok = now
+                return {}
+            self._answered = True
             span = now - self._last_ok if (deltas and self._last_ok is not None) else None
             self._last_ok = now
             if deltas:
@@ -281,11 +294,13 @@ class JobScrape:
                 self.send(rest, span)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while True:
             try:
                 self.scrape()
             except Exception:  # one bad scrape must not end the job's counting
                 log.exception("scrape %s: unexpected error", self.url)
+            if self._stop.wait(self.interval_s):
+                break
 
     def stop(self) -> None:
         self._stop.set()
