@@ -54,8 +54,12 @@ class Team(models.Model):
 
 def default_team_id() -> int:
     """The default team's id, created on first use: jobs created without a team land there."""
-    team, _ = Team.objects.get_or_create(slug=DEFAULT_SLUG, defaults={"name": "Default"})
-    return team.pk
+    # Only the id is read: migrations of other apps call this (a field default) before this app's
+    # later migrations have added their columns.
+    pk = Team.objects.filter(slug=DEFAULT_SLUG).values_list("pk", flat=True).first()
+    if pk is None:
+        pk = Team.objects.get_or_create(slug=DEFAULT_SLUG, defaults={"name": "Default"})[0].pk
+    return pk
 
 
 class Membership(models.Model):
