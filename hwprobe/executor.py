@@ -401,6 +401,7 @@ class JobRun:
         spool: JobSpool | None = None,
         outbox: Outbox | None = None,
         report_wait_s: float = REPORT_WAIT_S,
+        on_spawn: Callable[[int, int, int, float], None] | None = None,
     ) -> None:
         self.api, self.job_id, self.attempt, self.spec, self.policy = api, job_id, attempt, spec, policy
         self.heartbeat_s, self.flush_s, self.poll_s = heartbeat_s, flush_s, poll_s
@@ -417,6 +418,8 @@ class JobRun:
         self.proc: subprocess.Popen[bytes] | None = None
         self.report_port = channel.port_from_env() if report_port is None else report_port
         self.meter: JobMeter | None = None
+        # (job, attempt, pgid, grace_s) of the group just started: the worker's record for cleanups
+        self.on_spawn = on_spawn
 
     # -- preparing ----------------------------------------------------------------------------
 
@@ -528,6 +531,8 @@ class JobRun:
             self.proc = self.spawn()
         except (SpawnError, OSError) as err:
             return self.finish("failed", None, str(err))
+        if self.on_spawn is not None:
+            self.on_spawn(self.job_id, self.attempt, self.proc.pid, self.grace_s)
         log.info("job %s attempt %s started: pid %s", self.job_id, self.attempt, self.proc.pid)
         self.meter = self._make_meter()
         shipper = LogShipper(self.spool, self.job_id, self.attempt, self.outbox.wake, self.flush_s)

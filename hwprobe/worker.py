@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hwprobe import executor, policy
+from hwprobe import cleanup, executor, policy
 from hwprobe.client import AUTH, RETRY, Backoff, classify, token_from
 from hwprobe.jobspool import JobSpool, Outbox
 
@@ -68,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="the local agent's report port for jobs' token counts (env HWPROBE_REPORT_PORT, default 8791; 0: off)",
+    )
+    p.add_argument(
+        "--cleanup-every",
+        type=float,
+        default=float(os.environ.get("HWPROBE_CLEANUP_EVERY_S") or cleanup.CLEANUP_EVERY_S),
+        help="seconds between asks for ghost-memory cleanups an operator confirmed (env HWPROBE_CLEANUP_EVERY_S)",
     )
     p.add_argument("--log-level", default=os.environ.get("HWPROBE_LOG_LEVEL", "INFO"))
     return p
@@ -157,6 +163,7 @@ class Worker:
         reporter: PolicyReporter | None = None,
         poll_wait_s: float = POLL_WAIT_S,
         backoff_cap_s: float = 5.0,
+        cleanup_every_s: float = cleanup.CLEANUP_EVERY_S,
     ) -> None:
         self.api, self.spool, self.config_path = api, spool, config_path
         self.run_options = run_options or {}
@@ -170,6 +177,9 @@ class Worker:
         self._runs: dict[tuple[int, int], executor.JobRun] = {}
         self._threads: list[threading.Thread] = []
         self._unreachable_since: float | None = None
+        # The groups this worker started, on disk beside its spool: only those may be cleaned up.
+        self.groups = cleanup.GroupLedger(spool.path)
+        self.cleanup_every_s = cleanup_every_s
 
     # -- taking work ---------------------------------------------------------------------------
 
@@ -179,6 +189,7 @@ class Worker:
         The long-poll has a thread of its own, so a stop never waits for it to answer.
         """
         self.outbox.start()
+        cleanup.Cleaner(self.api, self.groups, self.stopping, self.cleanup_every_s).start()
         threading.Thread(target=self._take_work, name="hwprobe-poll", daemon=True).start()
         while not self.stopping.wait(0.5):
             pass
@@ -197,6 +208,7 @@ class Worker:
                 self._free.release()
                 return
             self.spool.take(job["job_id"], job["attempt"])
+            log.info("job %s attempt %s taken", job["job_id"], job["attempt"])
             thread = threading.Thread(
                 target=self._run_one,
                 args=(job["job_id"], job["attempt"], job["spec"]),
@@ -246,6 +258,7 @@ class Worker:
             if self.reporter is not None:
                 self.reporter.report(host_policy)
             options = {**self.run_options, "spool": self.spool, "outbox": self.outbox, "report_wait_s": 0}
+            options["on_spawn"] = self.groups.record
             run = executor.JobRun(self.api, job_id, attempt, spec, host_policy, **options)
             with self._lock:
                 self._runs[(job_id, attempt)] = run
@@ -339,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         args.concurrency,
         reporter,
         poll_wait_s=float(config.get("poll_wait_s") or POLL_WAIT_S),
+        cleanup_every_s=args.cleanup_every,
     )
 
     def on_signal(signum: int, _frame: object) -> None:
