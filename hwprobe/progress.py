@@ -345,6 +345,7 @@ class JobMeter:
         self._started = self._last_line = time.monotonic()
         self._last_elapsed: float | None = None
         self.delivered = False
+        self._final_at: float | None = None
 
     def start(self) -> None:
         """Start scraping ``metrics_url`` (if any)."""
@@ -384,6 +385,8 @@ class JobMeter:
                     self._scrape(f"http://{host}:{match.group(2)}/metrics", "hwprobe", from_zero=True)
                     return
             counts = self.parser.feed(line)
+            if self._final_at is None and getattr(self.parser, "final", None):
+                self._final_at = time.monotonic()  # when the engine's last counter values were printed
             if self.scraped:
                 counts = {k: v for k, v in counts.items() if k == "train"}
             if not counts:
@@ -413,6 +416,6 @@ class JobMeter:
             self.scrape.scrape(quiet=True)  # an engine that outlives its job's command
             final = getattr(self.parser, "final", None)
             if final and self.scrape.target.rate.from_zero:
-                self.scrape.settle(final, time.monotonic())
+                self.scrape.settle(final, self._final_at or time.monotonic())
         self.delivered = self.delivery.flush()
         self.delivery.close()
