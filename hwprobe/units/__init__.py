@@ -63,6 +63,7 @@ def render_launchd(name: str, argv: list[str], server: str) -> str:
         description=escape(f"{role}, reporting to {server}").replace("--", "- -"),  # no "--" in XML comments
         arguments=arguments,
         state_dir=escape(LAUNCHD_STATE_DIR + ("" if name == "agent" else "-worker")),
+        report_socket=escape(f"{LAUNCHD_STATE_DIR}/report.sock"),  # the agent's, for both
         log_file=escape(f"{LAUNCHD_LOG_DIR}/hwprobe{'' if name == 'agent' else '-worker'}.log"),
     )
 
