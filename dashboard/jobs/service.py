@@ -380,6 +380,7 @@ def _finish(job: Job, outcome: str, exit_code: int | None, message: str) -> None
         ended["started_at"] = job.started_at = None
     JobAttempt.objects.filter(job=job, number=job.attempt).update(**ended)
     job.exit_code = exit_code
+    pgid = job.pgid
     _release(job)
     if outcome == "preempted":
         # Back to the queue; the next placement is a new attempt.
@@ -396,6 +397,7 @@ def _finish(job: Job, outcome: str, exit_code: int | None, message: str) -> None
         job.status = OUTCOME_STATUS[outcome]
         job.finished_at = now
         job.status_message = message[:500] or outcome
+        job.pgid = pgid  # an ended job keeps its group: ghost memory finds what the job left behind by it
     after_commit_place()  # its GPUs are free for the queue
     job.save()
 
