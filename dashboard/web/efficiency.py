@@ -1,0 +1,128 @@
+"""What NVML's utilisation hides, for pages: GPM charts beside NVML's number (machine and job
+pages) and the fleet's "busy but inefficient" GPUs.
+
+NVML's ``util_percent`` is the share of time any kernel ran; GPM's SM activity, tensor activity,
+DRAM bandwidth and occupancy say how much of the GPU worked (issue 14 measured a 64×64 matmul loop
+at 35 % NVML utilisation and 0.5 % SM activity on an H200). The pages chart them with
+``static/js/efficiency.js``; where a GPU has no GPM the panel says why, from what its agent
+reported (``Accelerator.gpm_supported``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db.models import Avg, Count, Q, QuerySet
+from django.urls import reverse
+
+from dashboard.core.periods import window_filter
+from dashboard.fleet.models import Accelerator, GpuRollup, Machine
+
+# Busy but inefficient: NVML calls the GPU busy at least this share of the hour (%) ...
+BUSY_PERCENT = 30.0
+# ... while SM activity or tensor activity stays under these (%, GPM means over the same hour).
+LOW_SM_PERCENT = 25.0
+LOW_TENSOR_PERCENT = 10.0
+RANKING_SPAN = timedelta(hours=1)
+MINUTE = 60  # the rollup resolution the ranking reads (s)
+
+# The series the charts draw, NVML's first: (metric in the series API, label).
+CHART_METRICS = [
+    ("gpu.util_percent", "NVML utilisation"),
+    ("gpu.sm_util_percent", "SM activity"),
+    ("gpu.tensor_util_percent", "Tensor activity"),
+    ("gpu.dram_bw_util_percent", "DRAM bandwidth"),
+    ("gpu.sm_occupancy_percent", "SM occupancy"),
+]
+
+
+def gpm_absent_reason(acc: Accelerator, parent: Accelerator | None = None) -> str | None:
+    """Why this device has no GPM metrics (one sentence); None when its agent reads them."""
+    if acc.gpm_supported:
+        return None
+    if acc.vendor != "nvidia":
+        return "not an NVIDIA GPU: GPM is NVML's"
+    if acc.gpm_supported is False or (parent is not None and parent.gpm_supported is False):
+        what = f"its GPU ({parent.name})" if acc.parent_uuid and parent is not None else "this GPU"
+        return f"{what} has no GPM: NVML's GPU Performance Monitoring needs Hopper or later"
+    if acc.parent_uuid:
+        return (
+            "a MIG device whose GPU instance the agent could not read GPM for "
+            "(GPM on MIG needs its parent's support and driver R525 or later)"
+        )
+    return (
+        "the driver or nvidia-ml-py could not say whether this GPU has GPM "
+        "(it needs driver R520 or later and nvidia-ml-py 11.515 or later)"
+    )
+
+
+def chart_panel(machine: Machine, gpus: list[int] | None = None, **range_: datetime | None) -> dict[str, Any]:
+    """What ``templates/fleet/_efficiency.html`` needs: the devices (``gpus``: only those indices),
+    each with whether GPM is charted for it or why not, and where the series come from.
+
+    ``since``/``until`` (a job's run) fix the charted span; without them it follows the page's range.
+    """
+    accs = list(Accelerator.objects.filter(machine=machine).order_by("index"))
+    by_uuid = {a.uuid: a for a in accs if a.uuid}
+    shown = [a for a in accs if gpus is None or a.index in gpus]
+    devices = []
+    for acc in shown:
+        why = gpm_absent_reason(acc, by_uuid.get(acc.parent_uuid) if acc.parent_uuid else None)
+        devices.append({"index": acc.index, "name": acc.name, "mig_profile": acc.mig_profile, "why": why})
+    since, until = range_.get("since"), range_.get("until")
+    return {
+        "machine": machine.name,
+        "devices": devices,
+        "charted": [d["index"] for d in devices if d["why"] is None],
+        "config": {
+            "seriesUrl": reverse("api:machine_series", kwargs={"name": machine.name}),
+            "gpus": [d["index"] for d in devices],
+            "metrics": CHART_METRICS,
+            "since": since.isoformat() if since else None,
+            "until": until.isoformat() if until else None,
+        },
+    }
+
+
+def busy_but_inefficient(machines: QuerySet[Machine], now: datetime, limit: int = 10) -> list[dict[str, Any]]:
+    """GPUs NVML calls busy over the last hour while GPM shows little SM or tensor activity, from
+    minute rollups; the largest gap between NVML's figure and SM activity first.
+
+    Each row: machine, url, gpu_index, name, nvml/sm/tensor/dram percent (hour means), minutes.
+    GPUs without GPM readings in the hour are left out: nothing says they are inefficient.
+    """
+    rows = (
+        GpuRollup.objects.filter(
+            machine__in=machines, resolution_s=MINUTE, **window_filter(now - RANKING_SPAN, now, "bucket")
+        )
+        .values("machine_id", "machine__name", "gpu_index")
+        .annotate(
+            nvml=Avg("util_percent_mean"),
+            sm=Avg("sm_util_percent_mean"),
+            tensor=Avg("tensor_util_percent_mean"),
+            dram=Avg("dram_bw_util_percent_mean"),
+            minutes=Count("pk", filter=Q(sm_util_percent_mean__isnull=False)),
+        )
+        .filter(nvml__gte=BUSY_PERCENT, sm__isnull=False)
+        .filter(Q(sm__lt=LOW_SM_PERCENT) | Q(tensor__lt=LOW_TENSOR_PERCENT))
+    )
+    found = sorted(rows, key=lambda r: (-(r["nvml"] - r["sm"]), r["machine__name"], r["gpu_index"]))[:limit]
+    names = {
+        (a.machine_id, a.index): a.name
+        for a in Accelerator.objects.filter(machine_id__in={r["machine_id"] for r in found})
+    }
+    return [
+        {
+            "machine": r["machine__name"],
+            "url": reverse("fleet:machine", kwargs={"name": r["machine__name"]}),
+            "gpu_index": r["gpu_index"],
+            "name": names.get((r["machine_id"], r["gpu_index"]), ""),
+            "nvml_percent": r["nvml"],
+            "sm_percent": r["sm"],
+            "tensor_percent": r["tensor"],
+            "dram_percent": r["dram"],
+            "minutes": r["minutes"],
+        }
+        for r in found
+    ]

@@ -1,0 +1,44 @@
+"""``{% gpm_charts machine_name %}`` on the machine page, ``{% gpm_charts name gpus=... since=... until=... %}``
+on a job's page, ``{% busy_but_inefficient %}`` on the fleet page: one line each, composed by
+:mod:`dashboard.web.efficiency` (the pages' own views stay as they are)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django import template
+from django.utils import timezone
+
+from dashboard.fleet.models import Machine
+from dashboard.teams import access as team_access
+
+from .. import efficiency
+
+register = template.Library()
+
+
+@register.inclusion_tag("fleet/_efficiency.html")
+def gpm_charts(
+    name: str | None,
+    gpus: list[int] | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> dict[str, Any]:
+    """The pages that include it have checked the user may see the machine."""
+    machine = Machine.objects.filter(name=name).first() if name else None
+    if machine is None:
+        return {"panel": None}
+    return {"panel": efficiency.chart_panel(machine, gpus, since=since, until=until)}
+
+
+@register.inclusion_tag("fleet/_inefficient.html", takes_context=True)
+def busy_but_inefficient(context: dict[str, Any]) -> dict[str, Any]:
+    request = context.get("request")
+    machines = team_access.scope_machines(Machine.objects.all(), getattr(request, "user", None))
+    return {
+        "rows": efficiency.busy_but_inefficient(machines, timezone.now()),
+        "busy": efficiency.BUSY_PERCENT,
+        "low_sm": efficiency.LOW_SM_PERCENT,
+        "low_tensor": efficiency.LOW_TENSOR_PERCENT,
+    }
