@@ -227,6 +227,11 @@ class Ledger:
                 point[3] += generated
                 point[4] += train
 
+    def count_dropped(self, n: int = 1) -> None:
+        """Count ``n`` messages or entries lost (the listeners' threads all call this)."""
+        with self._lock:
+            self.dropped += n
+
     def take_dropped(self) -> int:
         """Messages and entries dropped since the previous call."""
         with self._lock:
@@ -354,7 +359,7 @@ class Channel:
         message = decode(data)
         if message is None:
             self.malformed += 1
-            self.ledger.dropped += 1
+            self.ledger.count_dropped()
             if self.malformed in (1, 10, 100) or self.malformed % 1000 == 0:
                 log.warning("report channel: %d malformed message(s) ignored so far", self.malformed)
             return None
@@ -511,7 +516,7 @@ class SocketListener:
         except (BlockingIOError, OSError):
             return
         if len(self._buffers) >= MAX_CONNECTIONS:
-            self.channel.ledger.dropped += 1
+            self.channel.ledger.count_dropped()
             conn.close()
             return
         conn.setblocking(False)
