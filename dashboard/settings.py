@@ -257,6 +257,41 @@ IDEMPOTENCY_KEY_TTL_S = env_int("IDEMPOTENCY_KEY_TTL_S", 86400)  # POST /api/v1/
 # Teams: fair share decays usage with this half-life (dashboard/teams/fairshare.py).
 FAIRSHARE_HALF_LIFE_S = env_int("FAIRSHARE_HALF_LIFE_S", 7 * 86400)
 
+# Single sign-on (OIDC, dashboard/teams/sso.py): off unless OIDC_RP_CLIENT_ID is set; local accounts
+# keep working beside it. Endpoints from the discovery document unless set one by one.
+OIDC_RP_CLIENT_ID = env_str("OIDC_RP_CLIENT_ID")
+OIDC_RP_CLIENT_SECRET = env_str("OIDC_RP_CLIENT_SECRET")
+OIDC_OP_DISCOVERY_URL = env_str("OIDC_OP_DISCOVERY_URL")  # https://idp.example.com/.well-known/openid-configuration
+OIDC_OP_AUTHORIZATION_ENDPOINT = env_str("OIDC_OP_AUTHORIZATION_ENDPOINT")
+OIDC_OP_TOKEN_ENDPOINT = env_str("OIDC_OP_TOKEN_ENDPOINT")
+OIDC_OP_USER_ENDPOINT = env_str("OIDC_OP_USER_ENDPOINT")
+OIDC_OP_JWKS_ENDPOINT = env_str("OIDC_OP_JWKS_ENDPOINT")
+OIDC_RP_SIGN_ALGO = env_str("OIDC_RP_SIGN_ALGO", "RS256")
+OIDC_RP_SCOPES = env_str("OIDC_RP_SCOPES", "openid email profile")
+OIDC_GROUPS_CLAIM = env_str("OIDC_GROUPS_CLAIM", "groups")
+OIDC_USERNAME_CLAIM = env_str("OIDC_USERNAME_CLAIM", "preferred_username")
+OIDC_TEAM_ROLES = env_str("OIDC_TEAM_ROLES")  # "ml-infra=infra:admin,researchers=research:operator"
+OIDC_TIMEOUT = env_int("OIDC_TIMEOUT_S", 10)
+OIDC_USE_PKCE = True
+LOGIN_REDIRECT_URL_FAILURE = "/login/?sso=failed"
+if OIDC_RP_CLIENT_ID:
+    AUTHENTICATION_BACKENDS.append("dashboard.teams.sso.Backend")  # after axes, which still sees every login
+
+# E-mail: the weekly reports (dashboard/reports/scheduled.py) go out through this SMTP server.
+EMAIL_HOST = env_str("EMAIL_HOST")  # empty: e-mail reports are not sent (webhooks still are)
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)  # STARTTLS, usually port 587
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)  # TLS from the start, usually port 465
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT_S", 30)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "hwdash@localhost")
+# Weekly reports: each team's go to its report_emails/report_webhook; the shared pool's machines' here.
+REPORT_EMAILS = env_list("REPORT_EMAILS")
+REPORT_WEBHOOK = env_str("REPORT_WEBHOOK")
+CELERY_BEAT_SCHEDULE["weekly-reports"] = {"task": "dashboard.reports.tasks.weekly_reports", "schedule": 900.0}
+
+
 # Alerts: webhook POSTs time out, and are retried with exponential backoff up to a number of tries.
 ALERT_WEBHOOK_TIMEOUT_S = env_int("ALERT_WEBHOOK_TIMEOUT_S", 10)
 ALERT_WEBHOOK_BACKOFF_S = env_int("ALERT_WEBHOOK_BACKOFF_S", 30)  # first retry; doubles each time, at most 1 h

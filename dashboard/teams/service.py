@@ -72,5 +72,6 @@ def remove_member(actor: Any, membership: Membership) -> None:
             team=membership.team.slug,
             user=membership.user.get_username(),
             role=membership.role,
+            source=membership.source,
         )
         membership.delete()
