@@ -13,6 +13,7 @@ from django.utils import timezone
 from dashboard.fleet.models import GpuSample, Machine
 
 from . import formulas as f
+from .efficiency import period_efficiency
 from .hardware import assembly_key, windows
 from .roi import machine_roi
 
@@ -87,6 +88,8 @@ def comparison(
             row[f"{kind}_tokens_per_joule"] = (
                 t[f"{kind}_tokens_metered"] / t[f"{kind}_joules"] if t[f"{kind}_joules"] else None
             )
+        eff = period_efficiency(machines, since, until)
+        row["mfu_percent"], row["bandwidth_percent"] = eff["mfu_percent"], eff["bandwidth_percent"]
         # Money is compared only within one currency: an assembly priced in two has no single figure.
         if len(money) == 1:
             ((currency, c),) = money.items()

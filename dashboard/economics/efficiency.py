@@ -9,10 +9,14 @@ KV cache read once per token)."""
 
 from __future__ import annotations
 
+from collections import defaultdict
+from datetime import datetime
 from typing import Any
 
-from dashboard.fleet.models import Accelerator
-from dashboard.jobs.models import Job
+from django.utils import timezone
+
+from dashboard.fleet.models import Accelerator, Machine
+from dashboard.jobs.models import Job, JobAttempt
 
 from . import formulas as f
 from .capacity import DEFAULT_CONTEXT_TOKENS
@@ -101,4 +105,47 @@ def job_efficiency(job: Job) -> dict[str, Any]:
     bound = f.decode_bound_tokens_per_s(sum(bandwidths), f.weights_bytes(model.params_b, precision), kv, 1)
     out.update(bandwidth_gb_s=sum(bandwidths), bound_tokens_per_s=bound, context_tokens=context)
     out["percent"] = f.efficiency_percent(rate["generated_per_s"], bound)
+    return out
+
+
+def period_efficiency(
+    machines: list[Machine], start: datetime, end: datetime, now: datetime | None = None
+) -> dict[str, Any]:
+    """Mean MFU of the training jobs and mean bandwidth efficiency of the serving jobs that ran on
+    ``machines`` in ``[start, end)``, each job weighted by the time its attempts ran there in the
+    period (a running one until ``now``). Each job's figure is :func:`job_efficiency`'s.
+
+    Returns ``mfu_percent`` / ``bandwidth_percent`` (None when no job of that kind has a figure),
+    with the jobs and hours behind each (``*_jobs``, ``*_hours``) and the jobs without a figure
+    (``*_unknown``: no model size, no tokens, a GPU not in the catalogue)."""
+    now = now or timezone.now()
+    seconds: dict[int, float] = defaultdict(float)
+    jobs: dict[int, Job] = {}
+    attempts = (
+        JobAttempt.objects.filter(machine__in=machines, started_at__isnull=False, started_at__lt=end)
+        .exclude(ended_at__lte=start)
+        .select_related("job")
+    )
+    for a in attempts:
+        ran = (min(end, a.ended_at or now) - max(start, a.started_at)).total_seconds()
+        if ran > 0:
+            seconds[a.job_id] += ran
+            jobs[a.job_id] = a.job
+    out: dict[str, Any] = {}
+    for prefix, kind in (("mfu", Job.Kind.TRAIN), ("bandwidth", Job.Kind.SERVE)):
+        known: list[tuple[float, float]] = []  # (percent, seconds)
+        unknown = 0
+        for job_id, job in jobs.items():
+            if job.kind != kind:
+                continue
+            percent = job_efficiency(job)["percent"]
+            if percent is None:
+                unknown += 1
+            else:
+                known.append((percent, seconds[job_id]))
+        weight = sum(s for _, s in known)
+        out[f"{prefix}_percent"] = sum(p * s for p, s in known) / weight if weight else None
+        out[f"{prefix}_jobs"] = len(known)
+        out[f"{prefix}_hours"] = weight / 3600
+        out[f"{prefix}_unknown"] = unknown
     return out

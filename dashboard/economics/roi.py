@@ -21,6 +21,7 @@ from dashboard.fleet.models import GpuRollup, Machine
 from dashboard.jobs.models import Job, JobAttempt
 
 from . import formulas as f
+from .efficiency import period_efficiency
 from .hardware import all_specs, assembly_key, physical, spec_for
 from .models import CostProfile, ValueRates
 
@@ -298,7 +299,9 @@ def machine_roi(
         days.append(d)
 
     window = [d for d in days if d["start"] >= window_start]
-    return _report(machine, profile, rates, value_ok, problems, days, window, window_start, until, idle_below_percent)
+    out = _report(machine, profile, rates, value_ok, problems, days, window, window_start, until, idle_below_percent)
+    out["efficiency"] = period_efficiency([machine], window_start, until, now)  # the period's jobs, by their time
+    return out
 
 
 def _sum(rows: list[dict], key: str) -> float | None:

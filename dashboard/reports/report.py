@@ -27,6 +27,7 @@ from dashboard.core.periods import window_filter
 from dashboard.core.stats import P95, percentile
 from dashboard.economics import formulas as f
 from dashboard.economics import roi
+from dashboard.economics.efficiency import period_efficiency
 from dashboard.fleet import retention, throughput
 from dashboard.fleet.models import (
     Accelerator,
@@ -266,6 +267,7 @@ def period_figures(
         "tokens": _tokens(machine, start, end),
         "jobs": _jobs(machine, start, end),
         "money": _money(machine, start, end, idle_below, now),
+        "efficiency": period_efficiency([machine], start, end, now),
     }
 
 
@@ -317,6 +319,8 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
         ("Idle cost", "money", lambda p: p["money"]["idle_cost"]),
         ("Value", "money", lambda p: p["money"]["value"]),
         ("RoI (%)", "float", lambda p: p["money"]["roi_percent"]),
+        ("Mean MFU of training jobs, by time (%)", "float", lambda p: p["efficiency"]["mfu_percent"]),
+        ("Bandwidth efficiency of serving jobs, by time (%)", "float", lambda p: p["efficiency"]["bandwidth_percent"]),
     ]
     out = []
     for label, kind, get in rows:
@@ -482,6 +486,8 @@ def machine_csv_columns(currency: str | None) -> list[str]:
         f"idle_cost_{cur}",
         f"value_{cur}",
         "roi_percent",
+        "mfu_percent",
+        "bandwidth_efficiency_percent",
     ]
 
 
@@ -530,6 +536,8 @@ def machine_report_csv(report: dict[str, Any], zone: tzinfo = UTC) -> list[list[
             f"idle_cost_{cur}": money["idle_cost"],
             f"value_{cur}": money["value"],
             "roi_percent": money["roi_percent"],
+            "mfu_percent": p["efficiency"]["mfu_percent"],
+            "bandwidth_efficiency_percent": p["efficiency"]["bandwidth_percent"],
         }
         out.append([_cell(row.get(c)) for c in columns])
     return out
