@@ -94,7 +94,7 @@ def seed(machines: int) -> dict:
     from django.db import connection, transaction
     from django.utils import timezone
 
-    from dashboard.fleet.models import Accelerator, GpuRollup, Machine, SystemRollup
+    from dashboard.fleet.models import Accelerator, GpuRollup, Machine, MachineState, SystemRollup
 
     rng = random.Random(7)
     now = timezone.now()
@@ -126,6 +126,7 @@ def seed(machines: int) -> dict:
         )
     with transaction.atomic():
         created = Machine.objects.bulk_create(rows, batch_size=200)
+        MachineState.objects.bulk_create([m.hot.summarised() for m in created], batch_size=200)  # last_seen_at, latest
         Accelerator.objects.bulk_create(
             [
                 Accelerator(

@@ -1,22 +1,25 @@
 #!/usr/bin/env python3
-"""Jobs: submit-to-running latency against a bare Celery round trip, and placement throughput.
+"""Jobs: submit-to-running latency over the hosts' HTTPS channel against a bare Celery round trip,
+and placement throughput.
 
     .venv/bin/python bench/jobs.py [--jobs 30] [--roundtrips 200] [--machines 100] [--queued 1000]
                                    [--passes 3]
 
 1. Creates and migrates its own PostgreSQL database (hwdash_bench_jobs) and a data folder; starts
-   gunicorn (2 sync workers, DEBUG=0) and the dashboard's Celery worker (`celery -A dashboard
-   worker`, prefork with 2 processes as in docker-compose, no beat), both with
+   gunicorn (2 workers x 16 threads, as docker-compose runs it, DEBUG=0) and the dashboard's
+   Celery worker (`celery -A dashboard worker`, prefork with 2 processes, no beat), both with
    REDIS_URL=redis://127.0.0.1:6379/10; enrolls one machine whose telemetry a thread in this
    script sends through the ingest API every 10 s (8 GPUs, like conftest.make_batch), and starts
-   a real `python -m hwprobe worker` for it (no policy file: built-in workloads only).
+   a real `python -m hwprobe worker` for it (no policy file: built-in workloads only). The worker
+   long-polls `POST /api/v1/agent/jobs/next`; placement wakes it over Redis pub/sub.
 2. Baseline, with all of that running: a bare Celery round trip over the same Redis (a tiny app
    of this script with a Redis result backend, its own queue `bench.noop`, a worker with
    `--pool solo`), `noop.delay().get()` --roundtrips times.
 3. Submit-to-running: --jobs jobs of `python -m hwprobe.workloads train --seconds 1` (gpus 0),
    one at a time through `POST /api/v1/jobs` with an operator's personal API token, each waited
-   for to the end before the next. Latency = the job's `started_at` (set by the worker's claim)
-   minus the moment the POST returned; the job's other timestamps split it into hops.
+   for to the end before the next. Latency = the job's `started_at` (set when the long-poll takes
+   it for the worker) minus the moment the POST returned; the job's other timestamps split it into
+   hops.
 4. Placement throughput, in this process on the same database (services stopped): --machines
    machines online with telemetry (8 x 80 GiB GPUs, varied free memory), --queued queued jobs of
    varied GPUs / memory / priority; `placement.place_queued()` timed --passes times, the jobs reset
@@ -224,11 +227,11 @@ def log_events(text: str, needle: str) -> list[tuple[float, str]]:
 
 
 def add_log_times(runs: list[dict], celery_log: str, worker_log: str) -> None:
-    """Per job: when the dashboard worker got the place task and the machine's worker got run_job.
+    """Per job: when the dashboard worker got the place task and the machine's worker got the job.
 
     From the two workers' own log lines (millisecond timestamps): the place task received last
-    before the job's placed_at, the first run_job received after it, and the worker's
-    "job N attempt 1 started: pid" line (written once the command is spawned).
+    before the job's placed_at, the worker's "job N attempt 1 taken" line (the long-poll's answer
+    read) and its "job N attempt 1 started: pid" line (written once the command is spawned).
     """
     place, place_done = [], {}
     for t, line in log_events(celery_log, "dashboard.jobs.tasks.place["):
@@ -237,7 +240,11 @@ def add_log_times(runs: list[dict], celery_log: str, worker_log: str) -> None:
             place.append((t, task_id))
         elif "succeeded" in line:
             place_done[task_id] = t
-    run_job = [t for t, line in log_events(worker_log, "hwprobe.run_job[") if "received" in line]
+    taken = {}
+    for t, line in log_events(worker_log, " taken"):
+        m = re.search(r"job (\d+) attempt \d+ taken", line)
+        if m:
+            taken[int(m.group(1))] = t
     spawned = {}
     for t, line in log_events(worker_log, " started: pid "):
         m = re.search(r"job (\d+) attempt \d+ started", line)
@@ -246,10 +253,9 @@ def add_log_times(runs: list[dict], celery_log: str, worker_log: str) -> None:
     nan = float("nan")
     for r in runs:
         before = [(t, task_id) for t, task_id in place if t <= r["placed"] + 0.001]
-        after = [t for t in run_job if t >= r["placed"] - 0.001]
         r["place_received"] = before[-1][0] if before else nan
         r["place_done"] = place_done.get(before[-1][1], nan) if before else nan
-        r["run_received"] = after[0] if after else nan
+        r["taken"] = taken.get(r["id"], nan)
         r["spawned"] = spawned.get(r["id"], nan)
 
 
@@ -313,14 +319,15 @@ def agent_call_ms(port: int, token: str, n: int = 50) -> float:
 
 
 def one_job_pass_ms(owner, machine, n: int = 20) -> tuple[float, float]:
-    """place_queued() with one queued job (gpus 0) and this one machine online, and dispatch(); median ms."""
+    """place_queued() with one queued job (gpus 0) and this one machine online, and the wake-up
+    (wakeup.notify: one Redis PUBLISH); median ms."""
     from django.utils import timezone
 
-    from dashboard.fleet.models import Machine
+    from dashboard.fleet.models import MachineState
     from dashboard.jobs import placement
     from dashboard.jobs.models import Job, JobAttempt
 
-    Machine.objects.filter(pk=machine.pk).update(last_seen_at=timezone.now())
+    MachineState.objects.update_or_create(machine_id=machine.pk, defaults={"last_seen_at": timezone.now()})
     job = Job.objects.create(owner=owner, name="one", kind="train", argv=WORKLOAD, gpus=0)
     times = []
     for _ in range(n + 1):
@@ -332,14 +339,13 @@ def one_job_pass_ms(owner, machine, n: int = 20) -> tuple[float, float]:
         placed = placement.place_queued()
         times.append(time.perf_counter() - t0)
         assert len(placed) == 1, placed
-    # dispatch(): the spec (job, machine, accelerators) and send_task to machine.NAME over Redis
-    # (no worker consumes it now; Redis db 10 is flushed afterwards).
-    from dashboard.jobs import tasks
+    # The wake-up of the machine's long-poll: one PUBLISH on Redis (nobody listens now).
+    from dashboard.jobs import wakeup
 
     sends = []
     for _ in range(n + 1):
         t0 = time.perf_counter()
-        tasks.dispatch(job.pk, 1)
+        wakeup.notify([machine.pk])
         sends.append(time.perf_counter() - t0)
     job.delete()
     return median(times[1:]) * 1000, median(sends[1:]) * 1000
@@ -352,7 +358,7 @@ def seed_fleet(owner, machines: int, queued: int, seed: int = 7) -> list[int]:
     """``machines`` online 8 x 80 GiB machines with varied free memory, ``queued`` queued jobs."""
     from django.utils import timezone
 
-    from dashboard.fleet.models import Accelerator, Machine
+    from dashboard.fleet.models import Accelerator, Machine, MachineState
     from dashboard.jobs.models import Job
 
     rng = random.Random(seed)
@@ -380,6 +386,7 @@ def seed_fleet(owner, machines: int, queued: int, seed: int = 7) -> list[int]:
         policy = Machine.Policy.DEDICATED if i % 10 == 0 else Machine.Policy.SHARED
         fleet.append(Machine(name=f"place-{i:03d}", last_seen_at=now, latest=latest, policy=policy))
     fleet = Machine.objects.bulk_create(fleet)
+    MachineState.objects.bulk_create([m.hot.summarised() for m in fleet])  # last_seen_at and latest live there
     Accelerator.objects.bulk_create(
         [
             Accelerator(
@@ -529,7 +536,7 @@ def main() -> int:
                 from django.contrib.auth.models import Group, User
 
                 from dashboard.accounts.models import ApiToken
-                from dashboard.fleet.models import Machine
+                from dashboard.fleet.models import Machine, MachineState
 
                 user = User.objects.create_user("bench-operator", password=None)
                 user.groups.add(Group.objects.get_or_create(name="operator")[0])
@@ -548,6 +555,8 @@ def main() -> int:
                             "dashboard.wsgi",
                             "--workers",
                             "2",
+                            "--threads",
+                            "16",  # as docker-compose: each host's long-poll holds a thread
                             "--bind",
                             f"127.0.0.1:{port}",
                             "--log-level",
@@ -628,7 +637,7 @@ def main() -> int:
                 for p in procs[1:]:
                     p.wait_for("ready", 60)
                 say(
-                    f"gunicorn on 127.0.0.1:{port} (2 sync workers), dashboard Celery worker (prefork 2), "
+                    f"gunicorn on 127.0.0.1:{port} (2 workers x 16 threads), dashboard Celery worker (prefork 2), "
                     f"hwprobe worker for {MACHINE}, no-op worker (solo): all ready; Redis {REDIS_URL}"
                 )
 
@@ -652,7 +661,8 @@ def main() -> int:
                 flush_redis()
 
                 one_ms, dispatch_ms = one_job_pass_ms(user, machine)
-                Machine.objects.filter(pk=machine.pk).update(last_seen_at=None)  # out of the next phase
+                # out of the next phase
+                MachineState.objects.update_or_create(machine_id=machine.pk, defaults={"last_seen_at": None})
 
                 # --- 3. placement throughput
                 t0 = time.perf_counter()
@@ -695,7 +705,7 @@ def report(
             [
                 ["bare Celery delay().get() over Redis (solo worker)", f"{b50:.2f}", f"{b99:.2f}", "1x"],
                 [
-                    "POST /api/v1/jobs returned -> started_at (claimed: running)",
+                    "POST /api/v1/jobs returned -> started_at (taken by the host's long-poll: running)",
                     f"{l50:.1f}",
                     f"{l99:.1f}",
                     f"{l50 / b50:.1f}x / {l99 / b99:.1f}x",
@@ -720,23 +730,14 @@ def report(
         ),
         ("2  place task received -> placed_at (prefork child, task start, pass begins)", "place_received", "placed"),
         (
-            "3  placed_at -> run_job received by the hwprobe worker (pass, commit, dispatch, Redis hop)",
+            "3  placed_at -> started_at (pass, commit, PUBLISH, the long-poll wakes and takes it: UPDATE)",
             "placed",
-            "run_received",
-        ),
-        ("   3a placed_at -> place task logged succeeded (rest of the pass, commit, dispatch)", "placed", "place_done"),
-        (
-            "   3b place task succeeded -> run_job received (Redis hop; sent before 3a ends)",
-            "place_done",
-            "run_received",
-        ),
-        (
-            "4  run_job received -> started_at (thread pool, policy, claim HTTP up to its UPDATE)",
-            "run_received",
             "started",
         ),
-        ("   sum 1-4: created_at -> started_at", "created", "started"),
-        ("5  started_at -> spawned (claim commit + reply, Popen of the shim)", "started", "spawned"),
+        ("   3a placed_at -> place task logged succeeded (rest of the pass, commit, PUBLISH)", "placed", "place_done"),
+        ("   sum 1-3: created_at -> started_at", "created", "started"),
+        ("4  started_at -> the worker reads the answer (commit, spec, reply)", "started", "taken"),
+        ("5  answer read -> spawned (thread, policy, Popen of the shim)", "taken", "spawned"),
         ("6  spawned -> first heartbeat stored (heartbeat HTTP)", "spawned", "beat"),
         ("7  spawned -> first output line (2 interpreters, numpy import, first print)", "spawned", "first_log"),
         ("   first output -> finished_at (the workload's own run, log flush, finish)", "first_log", "finished"),
@@ -746,7 +747,9 @@ def report(
         xs = [r[b] - r[a] for r in runs if r[b] == r[b] and r[a] == r[a]]  # NaN: not in the logs
         rows.append([name, f"{ms(xs, 50):.1f}", f"{ms(xs, 99):.1f}"])
     rows.append(["in-process place_queued(), 1 queued job, 1 machine (median of 20)", f"{one_ms:.1f}", ""])
-    rows.append(["in-process tasks.dispatch() of that job (spec + send_task, median of 20)", f"{dispatch_ms:.1f}", ""])
+    rows.append(
+        ["in-process wakeup.notify() of that machine (a Redis PUBLISH, median of 20)", f"{dispatch_ms:.1f}", ""]
+    )
     rows.append(["one agent HTTP call, GET /api/v1/agent/config (median of 50)", f"{agent_ms:.1f}", ""])
     print()
     print("Where it goes (timestamps of the same jobs; same clock, one host):")

@@ -37,7 +37,7 @@ def machine_offline(rule: AlertRule, now: datetime) -> Verdict:
     """Machines silent for at least ``threshold`` minutes (a machine that never reported is not offline)."""
     verdict = Verdict()
     limit = now - timedelta(minutes=rule.threshold)
-    for m in _machines(rule).filter(last_seen_at__lte=limit).only("pk", "name", "last_seen_at"):
+    for m in _machines(rule).filter(state__last_seen_at__lte=limit).only("pk", "name", "state__last_seen_at"):
         silent = (now - m.last_seen_at).total_seconds() / 60
         verdict.firing.append(
             Finding(
@@ -52,7 +52,7 @@ def machine_offline(rule: AlertRule, now: datetime) -> Verdict:
 def gpu_temperature(rule: AlertRule, now: datetime) -> Verdict:
     """GPUs whose latest window's mean temperature is above ``threshold`` °C, on online machines."""
     verdict = Verdict()
-    for m in _machines(rule).exclude(latest=None):
+    for m in _machines(rule).exclude(state__latest=None):
         online = m.is_online(now)
         for gpu in (m.latest or {}).get("gpus") or []:
             key = f"machine:{m.pk}:gpu:{gpu['index']}"
@@ -140,7 +140,7 @@ def spool_dropping(rule: AlertRule, now: datetime) -> Verdict:
     verdict = Verdict()
     quiet = timedelta(minutes=rule.threshold)
     watches = {w.machine_id: w for w in SpoolWatch.objects.filter(rule=rule)}
-    for m in _machines(rule).only("pk", "name", "spool_dropped"):
+    for m in _machines(rule).only("pk", "name", "state__spool_dropped"):
         watch = watches.get(m.pk)
         if watch is None:  # first look: what was dropped before is history, not news
             SpoolWatch.objects.create(rule=rule, machine=m, dropped=m.spool_dropped)

@@ -119,7 +119,7 @@ def ghost_memory(rule: AlertRule, now: datetime) -> Verdict:
     """Machines where a ghost has held GPU memory for ``threshold`` minutes or more."""
     verdict = Verdict()
     wait = timedelta(minutes=rule.threshold)
-    for m in machines(rule).exclude(latest=None):
+    for m in machines(rule).exclude(state__latest=None):
         key = f"machine:{m.pk}:ghosts"
         if not m.is_online(now):
             verdict.unknown.add(key)

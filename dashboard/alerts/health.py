@@ -83,7 +83,7 @@ def _counter(
     verdict = Verdict()
     quiet = timedelta(minutes=rule.threshold)
     watches = {(w.machine_id, w.gpu_index): w for w in GpuWatch.objects.filter(rule=rule)}
-    for m in machines(rule).exclude(latest=None).prefetch_related("accelerators"):
+    for m in machines(rule).exclude(state__latest=None).prefetch_related("accelerators"):
         online = m.is_online(now)
         for gpu in gpu_rows(m, physical_only):
             index, value = gpu["index"], gpu.get(field)
@@ -134,7 +134,7 @@ def _latest_condition(
 ) -> Verdict:
     """Physical GPUs whose newest window ``judge`` finds wrong (it returns what is wrong, or None)."""
     verdict = Verdict()
-    for m in machines(rule).exclude(latest=None).prefetch_related("accelerators"):
+    for m in machines(rule).exclude(state__latest=None).prefetch_related("accelerators"):
         online = m.is_online(now)
         for gpu in gpu_rows(m):
             key = f"machine:{m.pk}:gpu:{gpu['index']}"
@@ -187,7 +187,7 @@ def gpu_throttle(rule: AlertRule, now: datetime) -> Verdict:
     verdict = Verdict()
     length = timedelta(minutes=rule.threshold)
     since = now - length
-    for m in machines(rule).exclude(latest=None).prefetch_related("accelerators"):
+    for m in machines(rule).exclude(state__latest=None).prefetch_related("accelerators"):
         online = m.is_online(now)
         for gpu in gpu_rows(m):
             key = f"machine:{m.pk}:gpu:{gpu['index']}"
@@ -219,7 +219,7 @@ def gpu_missing(rule: AlertRule, now: datetime) -> Verdict:
     forgotten by deleting it in the admin."""
     verdict = Verdict()
     wait = timedelta(minutes=rule.threshold)
-    for m in machines(rule).exclude(last_seen_at=None).prefetch_related("accelerators"):
+    for m in machines(rule).exclude(state__last_seen_at=None).prefetch_related("accelerators"):
         known = {k.uuid: k for k in KnownGpu.objects.filter(machine=m)}
         online = m.is_online(now)
         listed: set[str] = set()

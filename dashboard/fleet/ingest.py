@@ -17,14 +17,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import F
-from django.db.models.functions import Greatest
 from django.utils import timezone
 from psycopg.errors import UniqueViolation
 
 from hwprobe.schema import GPU_METRICS, SYSTEM_METRICS, Metric
 
-from .models import Accelerator, GpuSample, Machine, SystemSample, ThroughputSample, metric_columns
+from . import state
+from .models import Accelerator, GpuSample, Machine, MachineState, SystemSample, ThroughputSample, metric_columns
 from .payload import MAX_BIGINT, Batch, Inventory, PayloadError, Sample
 
 # Keep each statement's parameters under SQLite's 32,766 limit.
@@ -259,21 +258,18 @@ def _store(machine: Machine, batch: Batch, now: datetime, all_new: bool) -> Inge
     _store_tokens(machine, [(s, seq) for s, seq in zip(samples, seqs) if seq in new], now)
 
     newest_seq, newest = max(zip(seqs, samples), key=lambda pair: pair[0])
-    # One UPDATE of the machine per batch, inventory included.
+    # The machine row (which placement and pages read) changes only with its inventory or
+    # version; what every batch changes is one upsert of its MachineState.
     updates: dict[str, Any] = _apply_inventory(machine, batch.inventory) if batch.inventory is not None else {}
-    updates |= {
-        "last_seen_at": now,
-        "last_seq": Greatest(F("last_seq"), newest_seq),
-        "spool_dropped": Greatest(F("spool_dropped"), batch.dropped),
-    }
-    tokens_dropped = sum(s.tokens_dropped for s, seq in zip(samples, seqs, strict=True) if seq in new)
-    if tokens_dropped:  # counted once: a replayed window is not new
-        updates["tokens_dropped"] = F("tokens_dropped") + tokens_dropped
-    if batch.agent_version:
+    if batch.agent_version and batch.agent_version != machine.agent_version:
         updates["agent_version"] = batch.agent_version
-    if newest_seq in new and newest_seq >= machine.last_seq:
-        updates["latest"] = _latest(newest, newest_seq)
-    Machine.objects.filter(pk=machine.pk).update(**updates)
+    if updates:
+        Machine.objects.filter(pk=machine.pk).update(**updates)
+    tokens_dropped = sum(s.tokens_dropped for s, seq in zip(samples, seqs, strict=True) if seq in new)
+    fresh = newest_seq in new and newest_seq >= machine.last_seq
+    # tokens_dropped counts new windows only: a replayed window is not counted twice.
+    latest = _latest(newest, newest_seq) if fresh else None
+    state.record(machine.pk, now, newest_seq, batch.dropped, tokens_dropped, latest)
 
     return IngestResult(
         accepted=len(new),
@@ -288,12 +284,13 @@ def _seq_offset(machine: Machine, batch: Batch) -> int:
         return machine.seq_offset
     # A spool we have not seen (a reinstalled agent, a wiped state folder): if its seqs overlap
     # what is stored, they are a new series, not replays, and go after it.
-    locked = Machine.objects.select_for_update().get(pk=machine.pk)
+    MachineState.objects.get_or_create(machine_id=machine.pk)
+    locked = MachineState.objects.select_for_update().get(pk=machine.pk)
     if batch.spool_id == locked.spool_id:
         offset = locked.seq_offset
     else:
         first = min(s.seq for s in batch.samples)
         offset = locked.last_seq if first <= locked.last_seq else 0
-        Machine.objects.filter(pk=machine.pk).update(spool_id=batch.spool_id, seq_offset=offset)
+        MachineState.objects.filter(pk=machine.pk).update(spool_id=batch.spool_id, seq_offset=offset)
     machine.spool_id, machine.seq_offset, machine.last_seq = batch.spool_id, offset, locked.last_seq
     return offset

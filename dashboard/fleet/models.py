@@ -8,6 +8,7 @@ agent and the server cannot drift apart. Rollups hold the same columns per minut
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.core.validators import RegexValidator
@@ -22,6 +23,23 @@ machine_name = RegexValidator(
     r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
     "Use letters, digits, '.', '_' and '-' (a hostname works), at most 64 characters.",
 )
+
+
+class MachineManager(models.Manager):
+    def get_queryset(self) -> models.QuerySet:
+        # Nearly every reader of machines wants their state too: one join instead of a query each.
+        return super().get_queryset().select_related("state")
+
+
+def _hot(name: str) -> property:
+    def get(machine: Machine) -> Any:
+        return getattr(machine.hot, name)
+
+    def put(machine: Machine, value: Any) -> None:
+        setattr(machine.hot, name, value)
+        machine._hot_dirty = True
+
+    return property(get, put)
 
 
 class Machine(models.Model):
@@ -44,6 +62,65 @@ class Machine(models.Model):
     # The team that owns it; empty: the shared pool every team uses within its quota.
     team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.SET_NULL, related_name="machines")
     created_at = models.DateTimeField(default=timezone.now)
+    # What the machine's job worker allows, as it last reported it (hwprobe.policy.Policy.summary);
+    # None until a worker reports. It guides the submit form: the worker still checks every job.
+    worker_policy = models.JSONField(null=True, blank=True)
+    worker_seen_at = models.DateTimeField(null=True, blank=True)
+
+    objects = MachineManager()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    # What every batch changes lives in MachineState (see there); these read and write it, so
+    # callers keep saying ``machine.latest``. Setting one and saving the machine saves its state.
+    last_seen_at = _hot("last_seen_at")
+    last_seq = _hot("last_seq")
+    spool_id = _hot("spool_id")
+    seq_offset = _hot("seq_offset")
+    spool_dropped = _hot("spool_dropped")
+    tokens_dropped = _hot("tokens_dropped")
+    latest = _hot("latest")
+
+    @property
+    def hot(self) -> MachineState:
+        """The machine's MachineState, or an unsaved blank one if it never reported."""
+        try:
+            return self.state
+        except MachineState.DoesNotExist:
+            self.state = MachineState(machine=self)
+            return self.state
+
+    def save(self, *args, **kwargs) -> None:
+        super().save(*args, **kwargs)
+        if getattr(self, "_hot_dirty", False):
+            self.hot.save()
+            self._hot_dirty = False
+
+    def is_online(self, now: datetime | None = None) -> bool:
+        if self.last_seen_at is None:
+            return False
+        now = now or timezone.now()
+        return now - self.last_seen_at <= timedelta(seconds=settings.OFFLINE_AFTER_S)
+
+    def issue_token(self, label: str = "") -> str:
+        """Create a new agent token for this machine and return it: it is never shown again."""
+        return AgentToken.mint(machine=self, label=label)
+
+
+class MachineState(models.Model):
+    """What every ingest batch changes about a machine, off the Machine row.
+
+    Placement, pages and admin edits read and lock ``fleet_machine``; ingest writes this row
+    alone (one upsert per batch), so it never waits for their locks and never rewrites the
+    machine's inventory row. The GPU summary columns are the latest sample's devices summed, so
+    the fleet page counts, sorts and totals the whole fleet without reading ``latest``.
+    """
+
+    machine = models.OneToOneField(Machine, primary_key=True, on_delete=models.CASCADE, related_name="state")
     last_seen_at = models.DateTimeField(null=True, blank=True)
     last_seq = models.BigIntegerField(default=0)
     # A reinstalled agent starts a new spool whose seqs begin at 1 again: its batches name their
@@ -56,26 +133,39 @@ class Machine(models.Model):
     tokens_dropped = models.BigIntegerField(default=0)
     # The newest sample as received (means and last values), for cards and the process table.
     latest = models.JSONField(null=True, blank=True)
-    # What the machine's job worker allows, as it last reported it (hwprobe.policy.Policy.summary);
-    # None until a worker reports. It guides the submit form: the worker still checks every job.
-    worker_policy = models.JSONField(null=True, blank=True)
-    worker_seen_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["name"]
+    gpu_count = models.PositiveSmallIntegerField(default=0)
+    gpu_util_percent = models.FloatField(null=True, blank=True)  # mean over the devices that report it
+    gpu_mem_used_bytes = models.FloatField(null=True, blank=True)
+    gpu_mem_total_bytes = models.FloatField(null=True, blank=True)
 
     def __str__(self) -> str:
-        return self.name
+        return f"state of {self.machine_id}"
 
-    def is_online(self, now: datetime | None = None) -> bool:
-        if self.last_seen_at is None:
-            return False
-        now = now or timezone.now()
-        return now - self.last_seen_at <= timedelta(seconds=settings.OFFLINE_AFTER_S)
+    def summarised(self) -> MachineState:
+        """Itself with the GPU summary columns computed from ``latest`` (before a bulk_create)."""
+        for column, value in gpu_summary(self.latest).items():
+            setattr(self, column, value)
+        return self
 
-    def issue_token(self, label: str = "") -> str:
-        """Create a new agent token for this machine and return it: it is never shown again."""
-        return AgentToken.mint(machine=self, label=label)
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self.summarised()  # the summary follows ``latest`` however it is written
+        super().save(*args, **kwargs)
+
+
+def gpu_summary(latest: dict[str, Any] | None) -> dict[str, Any]:
+    """The latest sample's GPUs summed: count, mean utilisation, memory used and total (None: unknown)."""
+    gpus = (latest or {}).get("gpus") or []
+
+    def values(key: str) -> list[float]:
+        return [g[key] for g in gpus if isinstance(g.get(key), int | float)]
+
+    util, used, total = values("util_percent"), values("mem_used_bytes"), values("mem_total_bytes")
+    return {
+        "gpu_count": len(gpus),
+        "gpu_util_percent": sum(util) / len(util) if util else None,
+        "gpu_mem_used_bytes": float(sum(used)) if used else None,
+        "gpu_mem_total_bytes": float(sum(total)) if total else None,
+    }
 
 
 class AgentToken(HashedToken):
@@ -92,7 +182,9 @@ class AgentToken(HashedToken):
     @classmethod
     def authenticate(cls, token: str) -> AgentToken | None:
         # Every batch authenticates: skip the machine's latest sample, which ingest never reads.
-        joined = cls.objects.select_related("machine").defer("machine__latest", "machine__worker_policy")
+        joined = cls.objects.select_related("machine", "machine__state").defer(
+            "machine__state__latest", "machine__worker_policy"
+        )
         found = cls.find(token, joined)
         if found is not None:
             found.touch()

@@ -2,8 +2,8 @@
 
 Free memory per GPU is what the machine's latest telemetry says is free (so processes started
 outside the dashboard count), minus what jobs placed there but not yet visible in telemetry
-reserve. The machine rows are locked for the whole pass, so two schedulers running at once are
-serialised and never hand out the same memory twice.
+reserve. A pass holds one advisory lock (not the machine rows, which ingest and pages need), so
+two schedulers running at once are serialised and never hand out the same memory twice.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from dashboard.fleet.models import Machine
@@ -206,6 +206,17 @@ def _borrowers_for(job: Job, caps: list[Capacity], active_by_machine: dict[int, 
     return []
 
 
+# The key of the PostgreSQL advisory lock that serialises placement passes ("hwdp").
+PLACEMENT_LOCK = 0x68776470
+
+
+def _one_pass_at_a_time() -> None:
+    """Hold the placement lock until the transaction ends; SQLite already serialises writers."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [PLACEMENT_LOCK])
+
+
 @dataclass
 class Placement:
     job_id: int
@@ -219,9 +230,12 @@ def place_queued(now: datetime | None = None) -> list[Placement]:
     now = now or timezone.now()
     placed: list[Placement] = []
     with transaction.atomic():
-        # Lock every machine row, in id order (no deadlocks): a second scheduler waits here.
+        # One pass at a time: a second scheduler waits on this lock, not on machine rows (which
+        # ingest and the pages would then wait on too). Telemetry read a moment early is no worse
+        # than what a locked row held; the reservations of placed jobs are what must not race.
+        _one_pass_at_a_time()
         # Accelerators are read once per pass: capacity() is recomputed after every placement.
-        machines = list(Machine.objects.select_for_update().order_by("pk").prefetch_related("accelerators"))
+        machines = list(Machine.objects.order_by("pk").prefetch_related("accelerators"))
         queued = list(
             Job.objects.select_for_update(of=("self",))
             .filter(status=Job.Status.QUEUED, cancel_requested=False)

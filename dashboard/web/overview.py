@@ -1,9 +1,9 @@
 """The fleet page: which machines it shows, in what order, one page at a time, and the fleet's totals.
 
-The whole fleet is read as one lean row per machine, its GPUs' latest figures summed in SQL from
-the ``latest`` document, which is enough to count, filter, sort and total 1,000 machines. Only the
-page's machines get their inventory, latest values and sparklines, and their cards' numbers are
-formatted here so that the template only places strings.
+The whole fleet is read as one lean row per machine, its GPUs' latest figures as ingest summed
+them into the machine's state (no ``latest`` document is read), which is enough to count, filter,
+sort and total the fleet. Only the page's machines get their inventory, latest values and
+sparklines, and their cards' numbers are formatted here so that the template only places strings.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Count, Sum
+from django.db.models import Count, F, Sum
 from django.http import QueryDict
 from django.urls import reverse
 from django.utils.http import urlencode
 
 from dashboard.alerts.models import Alert
 from dashboard.core.templatetags.units import ago, binary_bytes, percent
-from dashboard.fleet.models import Accelerator, Machine
+from dashboard.fleet.models import Accelerator, Machine, MachineState
 from dashboard.fleet.queries import devices, sparklines
 
 PAGE_SIZE = 60
@@ -91,23 +91,11 @@ class Row(NamedTuple):
 
 
 def _rows_sql() -> str:
-    """Every machine with its latest sample's GPUs summed, in this database's JSON dialect."""
-    table = Machine._meta.db_table
-    if connection.vendor == "postgresql":
-        return (
-            f"SELECT m.id, m.name, m.hostname, m.last_seen_at, g.n, g.util, g.used, g.total FROM {table} m "
-            "LEFT JOIN LATERAL (SELECT count(*) AS n, avg((e->>'util_percent')::float8) AS util, "
-            "sum((e->>'mem_used_bytes')::float8) AS used, sum((e->>'mem_total_bytes')::float8) AS total "
-            "FROM jsonb_array_elements(CASE WHEN jsonb_typeof(m.latest->'gpus') = 'array' THEN m.latest->'gpus' END) e"
-            ") g ON true"
-        )
-    # SQLite (and others with SQLite's json_each): one correlated subquery per figure.
-    each = "FROM json_each(m.latest, '$.gpus') e"
+    """Every machine with its latest sample's GPUs summed (by ingest, into its MachineState)."""
     return (
-        f"SELECT m.id, m.name, m.hostname, m.last_seen_at, (SELECT count(*) {each}), "
-        f"(SELECT avg(json_extract(e.value, '$.util_percent')) {each}), "
-        f"(SELECT sum(json_extract(e.value, '$.mem_used_bytes')) {each}), "
-        f"(SELECT sum(json_extract(e.value, '$.mem_total_bytes')) {each}) FROM {table} m"
+        f"SELECT m.id, m.name, m.hostname, s.last_seen_at, s.gpu_count, s.gpu_util_percent, s.gpu_mem_used_bytes, "
+        f"s.gpu_mem_total_bytes FROM {Machine._meta.db_table} m "
+        f"LEFT JOIN {MachineState._meta.db_table} s ON s.machine_id = m.id"
     )
 
 
@@ -185,7 +173,10 @@ def fleet_totals(rows: list[Row]) -> dict[str, Any]:
         .annotate(n=Count("id"), mem=Sum("mem_total_bytes"))
         .order_by("-n", "name")
     )
+    cpu_only = not models.exists()
     return {
+        **(_cpu_totals(online) if cpu_only else {}),
+        "cpu_only": cpu_only,
         "machines": f"{len(rows):,}",
         "online": f"{len(online):,}",
         "offline": f"{len(rows) - len(online) - never:,}",
@@ -195,6 +186,24 @@ def fleet_totals(rows: list[Row]) -> dict[str, Any]:
         "gpu_util_width": _width(util),
         "gpu_mem": f"{binary_bytes(used)} / {binary_bytes(total)}" if total else "–",
         "gpu_mem_width": _width(100 * used / total if total else None),
+    }
+
+
+def _cpu_totals(online: list[Row]) -> dict[str, Any]:
+    """For a fleet without GPUs: the online machines' mean CPU utilisation and RAM, from their latest samples."""
+    systems = [
+        (latest or {}).get("system") or {}
+        for latest in Machine.objects.filter(pk__in=[r.id for r in online]).values_list("state__latest", flat=True)
+    ]
+    cpus = [s["cpu_percent"] for s in systems if s.get("cpu_percent") is not None]
+    cpu = sum(cpus) / len(cpus) if cpus else None
+    used = sum(s.get("mem_used_bytes") or 0 for s in systems)
+    total = sum(s.get("mem_total_bytes") or 0 for s in systems)
+    return {
+        "cpu_util": percent(cpu),
+        "cpu_util_width": _width(cpu),
+        "ram": f"{binary_bytes(used)} / {binary_bytes(total)}" if total else "–",
+        "ram_width": _width(100 * used / total if total else None),
     }
 
 
@@ -264,7 +273,9 @@ def machine_cards(rows: list[Row], now: datetime) -> list[dict[str, Any]]:
     ids = [r.id for r in rows]
     machines = {
         m["id"]: m
-        for m in Machine.objects.filter(pk__in=ids).values("id", "name", "cpu_threads", "mem_total_bytes", "latest")
+        for m in Machine.objects.filter(pk__in=ids).values(
+            "id", "name", "cpu_threads", "mem_total_bytes", latest=F("state__latest")
+        )
     }
     accelerators: dict[int, list[dict[str, Any]]] = {pk: [] for pk in ids}
     for a in (

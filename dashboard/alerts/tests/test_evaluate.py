@@ -13,7 +13,7 @@ from django.utils import timezone
 from dashboard.alerts import tasks
 from dashboard.alerts.evaluate import evaluate
 from dashboard.alerts.models import Alert, AlertRule, SpoolWatch, WebhookDelivery
-from dashboard.fleet.models import GpuSample, Machine
+from dashboard.fleet.models import GpuSample, Machine, MachineState
 from dashboard.jobs.models import Job
 
 pytestmark = pytest.mark.django_db
@@ -209,20 +209,22 @@ def test_a_job_failed_rule_with_threshold_zero_closes_its_alert_at_once(machine,
 
 def test_spool_dropping_fires_when_the_count_grows_and_resolves_after_quiet_minutes(machine, t0):
     rule = a_rule("spool_dropping", 10, t0)
-    Machine.objects.filter(pk=machine.pk).update(spool_dropped=100)  # dropped before we watched: history
+    # dropped before we watched: history
+    MachineState.objects.update_or_create(machine_id=machine.pk, defaults={"spool_dropped": 100})
 
     assert evaluate(t0)["fired"] == 0
     assert SpoolWatch.objects.get(rule=rule, machine=machine).dropped == 100
 
-    Machine.objects.filter(pk=machine.pk).update(spool_dropped=150)
+    MachineState.objects.update_or_create(machine_id=machine.pk, defaults={"spool_dropped": 150})
     assert evaluate(t0 + minutes(1)) == {"fired": 1, "resolved": 0}
     assert "150 dropped in all" in open_alerts(rule)[0].message
-    Machine.objects.filter(pk=machine.pk).update(spool_dropped=160)  # still dropping: the same incident
+    # still dropping: the same incident
+    MachineState.objects.update_or_create(machine_id=machine.pk, defaults={"spool_dropped": 160})
     assert evaluate(t0 + minutes(2)) == {"fired": 0, "resolved": 0}
     assert evaluate(t0 + minutes(11)) == {"fired": 0, "resolved": 0}  # 9 quiet minutes
     assert evaluate(t0 + minutes(12)) == {"fired": 0, "resolved": 1}
 
-    Machine.objects.filter(pk=machine.pk).update(spool_dropped=161)
+    MachineState.objects.update_or_create(machine_id=machine.pk, defaults={"spool_dropped": 161})
     assert evaluate(t0 + minutes(13))["fired"] == 1
     assert Alert.objects.filter(rule=rule).count() == 2
 

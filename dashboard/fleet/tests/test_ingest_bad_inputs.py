@@ -10,7 +10,7 @@ import json
 import pytest
 
 from conftest import make_batch
-from dashboard.fleet.models import Machine, SystemSample
+from dashboard.fleet.models import MachineState, SystemSample
 from dashboard.fleet.payload import MAX_BIGINT, MAX_SEQ
 from dashboard.fleet.tests.test_agent_end_to_end import Server, free_port
 
@@ -93,7 +93,9 @@ def test_after_the_highest_seq_a_reinstalled_agent_still_reports(client, machine
 
 @pytest.mark.django_db
 def test_a_spool_whose_seqs_would_pass_the_bigint_limit_gets_409_and_nothing_is_stored(client, machine, agent_token):
-    Machine.objects.filter(pk=machine.pk).update(last_seq=MAX_BIGINT - 5, spool_id="old")
+    MachineState.objects.update_or_create(
+        machine_id=machine.pk, defaults={"last_seq": MAX_BIGINT - 5, "spool_id": "old"}
+    )
     r = post(client, agent_token, with_spool(make_batch([1, 2, 3, 4, 5, 6]), "new"))
     assert r.status_code == 409 and r.json()["error"].startswith("seq: "), r.content
     assert stored_seqs(machine) == []

@@ -44,3 +44,24 @@ def test_token_rows_linked_to_a_job_keep_counting_for_it_after_the_link_is_dropp
 
     assert ThroughputSample.objects.count() == 2
     assert job_throughput.job_summary(Job.objects.get(pk=job.pk))["train"]["total_tokens"] == 5120
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_machines_hot_state_moves_to_its_own_row_with_its_values():
+    old = migrate([("fleet", "0010_token_active_time")])
+    seen = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    latest = {"seq": 7, "ts": seen.timestamp(), "gpus": [{"index": 0, "util_percent": 40.0, "mem_used_bytes": 5}]}
+    old.get_model("fleet", "Machine").objects.create(
+        name="gpu-01", last_seen_at=seen, last_seq=7, spool_id="s1", seq_offset=3, spool_dropped=2, latest=latest
+    )
+    old.get_model("fleet", "Machine").objects.create(name="never-seen")
+
+    migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
+
+    from dashboard.fleet.models import Machine
+
+    m = Machine.objects.get(name="gpu-01")
+    assert (m.last_seen_at, m.last_seq, m.spool_id, m.seq_offset, m.spool_dropped) == (seen, 7, "s1", 3, 2)
+    assert m.latest == latest
+    assert (m.state.gpu_count, m.state.gpu_util_percent, m.state.gpu_mem_used_bytes) == (1, 40.0, 5.0)
+    assert Machine.objects.get(name="never-seen").last_seen_at is None

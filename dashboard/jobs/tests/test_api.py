@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from dashboard.fleet.models import Machine
+from dashboard.fleet.models import Machine, MachineState
 from dashboard.jobs import service
 from dashboard.jobs.models import AuditEvent, Job, JobLog
 from dashboard.jobs.placement import place_queued
@@ -335,7 +335,8 @@ def test_an_unreachable_job_is_lost_once_its_host_is_back_and_its_worker_still_s
     service.mark_lost(now)  # unreachable; the host is as silent as the worker (a server outage looks so)
     later = now + timedelta(seconds=settings.JOB_LOST_AFTER_S + 60)
     assert service.mark_lost(later) == [] and Job.objects.get(pk=job.pk).status == "unreachable"
-    Machine.objects.filter(pk=m.pk).update(last_seen_at=later + timedelta(seconds=1))  # its agent reports again
+    # its agent reports again
+    MachineState.objects.update_or_create(machine_id=m.pk, defaults={"last_seen_at": later + timedelta(seconds=1)})
     back = later + timedelta(seconds=2)
     assert service.mark_lost(back) == []
     assert Job.objects.get(pk=job.pk).host_back_at == back, "the worker gets JOB_LOST_AFTER_S to speak up"

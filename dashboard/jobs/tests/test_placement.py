@@ -10,7 +10,7 @@ from django.db import connection
 
 from conftest import make_batch
 from dashboard.fleet.ingest import store_batch
-from dashboard.fleet.models import Machine
+from dashboard.fleet.models import Machine, MachineState
 from dashboard.fleet.payload import Batch
 from dashboard.jobs import placement
 from dashboard.jobs.models import Job
@@ -92,7 +92,7 @@ def test_higher_priority_goes_first_then_first_come(operator):
 def test_offline_machines_and_targets_are_respected(operator):
     m = online("gpu-01")
     other = online("gpu-02")
-    Machine.objects.filter(pk=m.pk).update(last_seen_at=m.last_seen_at.replace(year=2020))
+    MachineState.objects.update_or_create(machine_id=m.pk, defaults={"last_seen_at": m.last_seen_at.replace(year=2020)})
     j = job(operator, target=Machine.objects.get(pk=m.pk))
     place_queued()
     j.refresh_from_db()

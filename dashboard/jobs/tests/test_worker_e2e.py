@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from conftest import make_batch
 from dashboard.fleet.ingest import store_batch
-from dashboard.fleet.models import Machine
+from dashboard.fleet.models import Machine, MachineState
 from dashboard.fleet.payload import Batch
 from dashboard.fleet.tests.test_agent_end_to_end import ROOT, Server, free_port, wait_for
 from dashboard.jobs import service, tasks
@@ -240,7 +240,7 @@ def test_a_killed_worker_leaves_its_job_unreachable_then_lost_and_its_processes_
     assert service.mark_lost(now=now) == []
     assert Job.objects.get(pk=job.pk).status == "unreachable"
     # The host is heard from again (its agent reports) while the job's worker stays silent: lost.
-    Machine.objects.filter(pk=machine.pk).update(last_seen_at=now + timedelta(seconds=1))
+    MachineState.objects.update_or_create(machine_id=machine.pk, defaults={"last_seen_at": now + timedelta(seconds=1)})
     service.mark_lost(now=now + timedelta(seconds=2))
     assert service.mark_lost(now=now + timedelta(seconds=2 + settings.JOB_LOST_AFTER_S)) == [job.pk]
     job.refresh_from_db()

@@ -14,7 +14,7 @@ from conftest import make_batch
 from dashboard.accounts.models import ApiToken
 from dashboard.alerts.models import Alert, AlertRule
 from dashboard.fleet.ingest import store_batch
-from dashboard.fleet.models import Machine
+from dashboard.fleet.models import Machine, MachineState
 from dashboard.fleet.payload import parse_batch
 from dashboard.jobs.models import Job
 
@@ -31,7 +31,9 @@ def fleet(machine, operator) -> Machine:
     stale = make_batch([1], gpus=1)
     old = Machine.objects.create(name="gpu-02")
     store_batch(old, parse_batch(json.dumps(stale).encode()))
-    Machine.objects.filter(pk=old.pk).update(last_seen_at=timezone.now() - timedelta(hours=1))
+    MachineState.objects.update_or_create(
+        machine_id=old.pk, defaults={"last_seen_at": timezone.now() - timedelta(hours=1)}
+    )
     for status in ("running", "failed", "failed"):
         Job.objects.create(name="j", kind="train", owner=operator, status=status)
     rule = AlertRule.objects.create(name="Offline", kind="machine_offline", threshold=5)
