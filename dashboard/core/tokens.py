@@ -29,7 +29,8 @@ def split(token: str, kind: str) -> str | None:
     parts = token.split("_", 2)
     if len(parts) != 3 or parts[0] != kind or len(parts[1]) != PREFIX_LEN or len(token) > 200:
         return None
-    return parts[1]
+    # Prefixes are hex (new_token): anything else, a NUL included, is no token and never a query.
+    return parts[1] if all(c in "0123456789abcdef" for c in parts[1]) else None
 
 
 def matches(token: str, stored_digest: str) -> bool:

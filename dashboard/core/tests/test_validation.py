@@ -69,3 +69,16 @@ def test_a_body_that_is_not_json_says_so(client, operator):
     client.force_login(operator)
     r = client.post("/api/v1/jobs", data=b'{"name": ', content_type="application/json")
     assert r.status_code == 400 and r.json()["error"].startswith("body: is not valid JSON"), r.content
+
+
+@pytest.mark.django_db
+def test_a_token_with_a_nul_in_its_prefix_is_unknown_not_an_error(client, machine):
+    for token in ("hwu_\x00\x00\x00\x00\x00\x00\x00\x00_secret", "hwa_abc\x00defg_secret"):
+        assert client.get("/api/v1/machines", HTTP_AUTHORIZATION=f"Bearer {token}").status_code == 401
+        assert (
+            client.post(
+                "/api/v1/ingest", data=b"{}", content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}"
+            ).status_code
+            == 401
+        )
+        assert client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {token}").status_code == 401
