@@ -189,10 +189,17 @@ class JobForm(forms.Form):
         required=False, label="Context length (tokens)", widget=forms.NumberInput(attrs={"placeholder": "8192"})
     )
 
+    team = forms.ChoiceField(help_text="The team the job runs for: its quota, fair share and chargeback.")
+
     job_fields: dict[str, Any]  # set by clean(): what service.submit takes
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, teams: list[Any] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        # Only a user who may submit for several teams picks one; otherwise their one team is implied.
+        if teams and len(teams) > 1:
+            self.fields["team"].choices = [(t.slug, t.name) for t in teams]
+        else:
+            del self.fields["team"]
         machines = list(Machine.objects.prefetch_related("accelerators").order_by("name"))
         widget = self.fields["machine"].widget
         widget.choices = [("", "Automatic placement")] + [(m.name, machine_label(m)) for m in machines]

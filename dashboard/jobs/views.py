@@ -66,8 +66,9 @@ def job_page(request: HttpRequest, pk: int) -> HttpResponse:
 def job_new(request: HttpRequest) -> HttpResponse:
     if not team_access.can_submit(request.user):
         return render(request, "jobs/forbidden.html", status=403)
+    teams = team_access.submit_teams(request.user)
     if request.method == "POST":
-        form = JobForm(request.POST)
+        form = JobForm(request.POST, teams=teams)
         if form.is_valid():
             try:
                 # A user who submits for several teams picks one (POST "team", a slug).
@@ -79,7 +80,8 @@ def job_new(request: HttpRequest) -> HttpResponse:
                 messages.success(request, f"Job #{job.pk} submitted.")
                 return redirect("jobs:job", pk=job.pk)
     else:
-        form = JobForm(initial=template_initial(request.GET.get("template", ""), request.GET.get("machine") or None))
+        initial = template_initial(request.GET.get("template", ""), request.GET.get("machine") or None)
+        form = JobForm(initial=initial, teams=teams)
     return render(request, "jobs/new.html", {"form": form, "progress_presets": PROGRESS_PRESETS})
 
 
