@@ -1,15 +1,19 @@
-"""Minute and hour rollups, recomputed from the rows below them.
+"""Minute and hour rollups, recomputed from the rows below them, only where new rows landed.
 
-``catch_up()`` finds the machines that received rows since the last run, recomputes every minute
-bucket those rows fall in from raw samples, then every hour bucket from the minutes. Recomputing
-(rather than adding to) a bucket makes it idempotent: running twice gives the same rows, and a
-late or replayed batch simply gets its buckets recomputed on the next run.
+``catch_up()`` (every 30 s) finds the machines that received rows since the last run and the span
+of window stamps those rows cover, and recomputes just those minute buckets from raw samples: the
+work follows the new rows, not the fleet's history. Hour buckets are recomputed from the minutes
+when their hour ends (once, with the exact p95 of the hour's raw windows), when a late batch lands
+in an hour that is over, and for the hour in progress every ``HOUR_REFRESH`` (so reports and 7-day
+charts trail by at most that). Recomputing (rather than adding to) a bucket makes each step
+idempotent: running twice gives the same rows, and a late or replayed batch simply gets its
+buckets recomputed on the next run.
 
 Some gauges also keep a 95th percentile (``<name>_p95``, models.SYSTEM_P95 / GPU_P95): the p95 of
-the raw window means in the bucket, computed in Python so that SQLite and PostgreSQL agree. An hour
-still in progress takes the p95 of its minute means instead (reading a whole hour of raw windows
-every 30 s would cost more than the rollup itself); once the hour is over, the next run that
-touches it replaces that with the exact figure.
+the raw window means in the bucket, by linear interpolation (``core.stats.percentile``; on
+PostgreSQL the same rule computed in SQL by ``percentile_cont``, so no rows travel to Python). An
+hour still in progress takes the p95 of its minute means instead; once the hour is over, its
+closing pass replaces that with the exact figure.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Avg, Max, Min, Sum
 from django.db.models.functions import TruncHour, TruncMinute
 from django.utils import timezone
@@ -41,9 +45,15 @@ from .models import (
 UTC = UTC
 MINUTE, HOUR = 60, 3600
 # Rows committed late by a slow transaction still carry a received_at before the watermark;
-# looking this far back catches them (buckets are recomputed, so overlap costs nothing but time).
-MARGIN = timedelta(minutes=2)
-MACHINES_PER_QUERY = 100
+# looking this far back catches them (an ingest transaction lasts milliseconds to seconds; buckets
+# are recomputed, so the overlap costs only the recomputation of those few buckets).
+MARGIN = timedelta(seconds=30)
+MACHINES_PER_QUERY = 500
+# The hour in progress is refreshed from its minutes this often (a full pass over them).
+HOUR_REFRESH = timedelta(minutes=5)
+# A machine whose new rows reach further back than this (a spool replayed after an outage) is
+# rolled up on its own, so its old range does not widen everyone else's.
+LATE = timedelta(minutes=10)
 # Bucket key: (machine_id, [gpu_index,] bucket start in epoch seconds).
 Key = tuple[int, ...]
 
@@ -123,6 +133,23 @@ def _rollup(
     return len(objs)
 
 
+def _sql_p95s(table: str, time_field: str, keys, names, machine_ids, lo, hi, unit: str, extra: str = "") -> list:
+    """PostgreSQL: per (machine, [device,] ``unit`` bucket) in [lo, hi), snapshots and the p95 of each column."""
+    qn = connection.ops.quote_name
+    cols = ", ".join(f"percentile_cont({P95}) WITHIN GROUP (ORDER BY {qn(n)})" for n in names)
+    key_cols = ", ".join(qn(c) for c in ("machine_id", *keys))
+    bucket = f"extract(epoch from date_trunc('{unit}', {qn(time_field)}))::bigint"
+    count = "sum(count)" if unit == "hour" and time_field == "ts" else "0"
+    sql = (
+        f"SELECT {key_cols}, {bucket}, {count}, {cols} FROM {qn(table)} "
+        f"WHERE machine_id = ANY(%s) AND {qn(time_field)} >= %s AND {qn(time_field)} < %s {extra} "
+        f"GROUP BY {key_cols}, {bucket}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [list(machine_ids), lo, hi])
+        return cursor.fetchall()
+
+
 def _raw_p95s(source, keys, names, machine_ids, lo, hi) -> tuple[dict[Key, dict], dict[Key, tuple[int, dict]]]:
     """The p95 of raw window means per minute and per hour bucket in [lo, hi).
 
@@ -131,6 +158,18 @@ def _raw_p95s(source, keys, names, machine_ids, lo, hi) -> tuple[dict[Key, dict]
     (machine, device, time) order and each hour is reduced as soon as it is complete, so a long
     catch-up never holds more than one hour of one device in memory.
     """
+    if connection.vendor == "postgresql":
+        means = [f"{n}_mean" for n in names]
+        table, n_key = source._meta.db_table, 1 + len(keys)
+        minutes = {
+            tuple(r[: n_key + 1]): dict(zip((f"{n}_p95" for n in names), r[n_key + 2 :], strict=True))
+            for r in _sql_p95s(table, "ts", keys, means, machine_ids, lo, hi, "minute")
+        }
+        hours = {
+            tuple(r[: n_key + 1]): (r[n_key + 1], dict(zip((f"{n}_p95" for n in names), r[n_key + 2 :], strict=True)))
+            for r in _sql_p95s(table, "ts", keys, means, machine_ids, lo, hi, "hour")
+        }
+        return minutes, hours
     rows = (
         source.objects.filter(machine_id__in=machine_ids, **window_filter(lo, hi))
         .order_by("machine_id", *keys, "ts")
@@ -171,6 +210,22 @@ def _raw_p95s(source, keys, names, machine_ids, lo, hi) -> tuple[dict[Key, dict]
 
 def _minute_mean_p95s(target, keys, names, machine_ids, lo, hi) -> dict[Key, dict]:
     """Per hour bucket in [lo, hi): the p95 of its minute means (for hours still in progress)."""
+    if connection.vendor == "postgresql":
+        n_key = 1 + len(keys)
+        rows = _sql_p95s(
+            target._meta.db_table,
+            "bucket",
+            keys,
+            [f"{n}_mean" for n in names],
+            machine_ids,
+            lo,
+            hi,
+            "hour",
+            extra=f"AND resolution_s = {MINUTE}",
+        )
+        return {
+            tuple(r[: n_key + 1]): dict(zip((f"{n}_p95" for n in names), r[n_key + 2 :], strict=True)) for r in rows
+        }
     rows = target.objects.filter(
         machine_id__in=machine_ids, resolution_s=MINUTE, **window_filter(lo, hi, "bucket")
     ).values_list("machine_id", *keys, "bucket", *(f"{n}_mean" for n in names))
@@ -196,11 +251,12 @@ def _stored_p95s(target, keys, names, machine_ids, lo, hi) -> dict[Key, dict]:
     }
 
 
-def _rollup_scope(source, target, metrics, names, keys, machine_ids, m_lo, m_hi, h_lo, h_hi, now) -> int:
-    """Minute then hour buckets of one scope (system or GPU), with their p95 columns."""
+def _rollup_scope(source, target, metrics, names, keys, machine_ids, m_lo, m_hi, h_lo, h_hi, now, hours) -> int:
+    """Minute then (if ``hours``) hour buckets of one scope (system or GPU), with their p95 columns."""
     ended = min(h_hi, floor_to(now, HOUR))  # hours before this are over
-    read_lo = min(m_lo, h_lo) if ended > h_lo else m_lo
-    minute_p95, hour_p95 = _raw_p95s(source, keys, names, machine_ids, read_lo, max(m_hi, ended))
+    read_lo = min(m_lo, h_lo) if hours and ended > h_lo else m_lo
+    read_hi = max(m_hi, ended) if hours else m_hi
+    minute_p95, hour_p95 = _raw_p95s(source, keys, names, machine_ids, read_lo, read_hi)
     empty = {f"{n}_p95": None for n in names}
     written = _rollup(
         source,
@@ -216,6 +272,8 @@ def _rollup_scope(source, target, metrics, names, keys, machine_ids, m_lo, m_hi,
         lambda key, count: minute_p95.get(key, empty),
         names,
     )
+    if not hours:
+        return written
 
     provisional = _minute_mean_p95s(target, keys, names, machine_ids, h_lo, h_hi)
     stored: dict[Key, dict] | None = None
@@ -238,39 +296,83 @@ def _rollup_scope(source, target, metrics, names, keys, machine_ids, m_lo, m_hi,
     return written
 
 
-def rollup_range(machine_ids: list[int], lo: datetime, hi: datetime, now: datetime | None = None) -> int:
-    """Recompute minute and hour buckets covering [lo, hi] for these machines; return rows written."""
+def rollup_range(
+    machine_ids: list[int],
+    lo: datetime,
+    hi: datetime,
+    now: datetime | None = None,
+    hours: bool = True,
+    minutes: bool = True,
+) -> int:
+    """Recompute the minute buckets (if ``minutes``) and hour buckets (if ``hours``) covering
+    [lo, hi] for these machines; return rows written."""
     now = now or timezone.now()
     m_lo, m_hi = floor_to(lo, MINUTE), floor_to(hi, MINUTE) + timedelta(seconds=MINUTE)
+    if not minutes:
+        m_hi = m_lo  # an empty range: no minute is recomputed
     h_lo, h_hi = floor_to(lo, HOUR), floor_to(hi, HOUR) + timedelta(seconds=HOUR)
     written = 0
     with transaction.atomic():
-        written += _rollup_scope(
-            SystemSample, SystemRollup, SYSTEM_METRICS, SYSTEM_P95, [], machine_ids, m_lo, m_hi, h_lo, h_hi, now
-        )
-        written += _rollup_scope(
-            GpuSample, GpuRollup, GPU_METRICS, GPU_P95, ["gpu_index"], machine_ids, m_lo, m_hi, h_lo, h_hi, now
-        )
+        for scope in (
+            (SystemSample, SystemRollup, SYSTEM_METRICS, SYSTEM_P95, []),
+            (GpuSample, GpuRollup, GPU_METRICS, GPU_P95, ["gpu_index"]),
+        ):
+            written += _rollup_scope(*scope, machine_ids, m_lo, m_hi, h_lo, h_hi, now, hours)
     return written
 
 
+def _mark(name: str) -> datetime | None:
+    state = RollupState.objects.filter(name=name).first()
+    return state.watermark if state else None
+
+
+def _set_mark(name: str, when: datetime) -> None:
+    RollupState.objects.update_or_create(name=name, defaults={"watermark": when})
+
+
 def catch_up(now: datetime | None = None) -> int:
-    """Roll up everything received since the last run; safe to run twice or concurrently."""
+    """Roll up what was received since the last run; safe to run twice or concurrently."""
     now = now or timezone.now()
-    state = RollupState.objects.filter(name="rollup").first()
-    since = (state.watermark - MARGIN) if state else datetime(2000, 1, 1, tzinfo=UTC)
-    touched = (
+    watermark = _mark("rollup")
+    since = (watermark - MARGIN) if watermark else datetime(2000, 1, 1, tzinfo=UTC)
+    this_hour = floor_to(now, HOUR)
+    written = 0
+
+    # Hours that ended since the last run: their final figures (exact p95), once, for every
+    # machine with minutes in them.
+    closed = _mark("rollup-hours-closed")
+    if closed is not None and closed < this_hour:
+        ids = list(
+            SystemRollup.objects.filter(resolution_s=MINUTE, **window_filter(closed, this_hour, "bucket"))
+            .values_list("machine_id", flat=True)
+            .distinct()
+            .order_by("machine_id")
+        )
+        for start in range(0, len(ids), MACHINES_PER_QUERY):
+            last = this_hour - timedelta(microseconds=1)
+            written += rollup_range(ids[start : start + MACHINES_PER_QUERY], closed, last, now, minutes=False)
+
+    refreshed = _mark("rollup-hours")
+    refresh = refreshed is None or now - refreshed >= HOUR_REFRESH
+    touched = list(
         SystemSample.objects.filter(received_at__gte=since, received_at__lt=now)
         .values("machine_id")
         .annotate(lo=Min("ts"), hi=Max("ts"))
         .order_by("machine_id")
     )
-    touched = list(touched)
-    written = 0
-    for start in range(0, len(touched), MACHINES_PER_QUERY):
-        chunk = touched[start : start + MACHINES_PER_QUERY]
+    late = [r for r in touched if r["lo"] < now - LATE]
+    recent = [r for r in touched if r["lo"] >= now - LATE]
+    chunks = [[r] for r in late] + [
+        recent[start : start + MACHINES_PER_QUERY] for start in range(0, len(recent), MACHINES_PER_QUERY)
+    ]
+    for chunk in chunks:
         lo = min(r["lo"] for r in chunk)
         hi = max(r["hi"] for r in chunk)
-        written += rollup_range([r["machine_id"] for r in chunk], lo, hi, now)
-    RollupState.objects.update_or_create(name="rollup", defaults={"watermark": now})
+        # Minutes always; hours when due, or when new rows fall in an hour that is over.
+        hours = refresh or lo < this_hour
+        written += rollup_range([r["machine_id"] for r in chunk], lo, hi, now, hours=hours)
+    _set_mark("rollup", now)
+    _set_mark("rollup-hours-closed", this_hour)
+    if refresh:
+        _set_mark("rollup-hours", now)
     return written

@@ -188,3 +188,40 @@ def test_a_late_window_in_an_hour_whose_raw_rows_are_gone_keeps_the_hours_p95(ma
     hour = SystemRollup.objects.get(machine=machine, resolution_s=3600)
     assert hour.count == 70  # the late window is counted...
     assert hour.cpu_percent_p95 == pytest.approx(57.5)  # ...but one window alone does not make the hour's p95
+
+
+def received(machine, seq, ts, at, **kw):
+    """A window stamped ``ts`` that the server stored at ``at``."""
+    store_batch(machine, Batch.model_validate(make_batch([seq], ts=ts.timestamp(), **kw)), now=at)
+
+
+@pytest.mark.django_db
+def test_a_run_recomputes_only_the_minutes_new_rows_landed_in_and_the_open_hour_when_due(machine):
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    received(machine, 1, start + timedelta(seconds=10), start + timedelta(seconds=11))
+    rollup.catch_up(now=start + timedelta(seconds=15))
+    rollup.catch_up(now=start + timedelta(seconds=50))  # past the margin: the next run does not look back at it
+    minute = SystemRollup.objects.get(machine=machine, resolution_s=60, bucket=start)
+    SystemRollup.objects.filter(pk=minute.pk).update(count=999)  # a run that rescanned would rewrite it
+
+    received(machine, 2, start + timedelta(seconds=70), start + timedelta(seconds=71))  # the next minute
+    rollup.catch_up(now=start + timedelta(seconds=75))
+    assert SystemRollup.objects.get(pk=minute.pk).count == 999
+    assert SystemRollup.objects.filter(machine=machine, resolution_s=60).count() == 2
+    assert SystemRollup.objects.get(machine=machine, resolution_s=3600).count == 10  # waits for its refresh
+
+    received(machine, 3, start + timedelta(seconds=130), start + timedelta(seconds=131))
+    rollup.catch_up(now=start + rollup.HOUR_REFRESH + timedelta(seconds=80))
+    assert SystemRollup.objects.get(machine=machine, resolution_s=3600).count == 999 + 20
+
+
+@pytest.mark.django_db
+def test_an_hour_that_ended_gets_its_final_figures_once_without_new_rows(machine):
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+    for i, cpu in enumerate((10.0, 20.0, 90.0), start=1):
+        at = start + timedelta(minutes=10 * i)
+        received(machine, i, at, at + timedelta(seconds=1), cpu=cpu)
+    rollup.catch_up(now=start + timedelta(minutes=31))  # hour in progress: p95 of minute means
+    rollup.catch_up(now=start + timedelta(minutes=61))  # over, and nothing new: p95 of the raw window means
+    hour = SystemRollup.objects.get(machine=machine, resolution_s=3600)
+    assert hour.cpu_percent_p95 == pytest.approx(83.0)  # 20 + 0.9 * (90 - 20) over 10, 20, 90
