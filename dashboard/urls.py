@@ -19,5 +19,6 @@ urlpatterns = [
     path("alerts/", include("dashboard.alerts.urls")),
     path("metrics", metrics, name="metrics"),
     path("reports/", include("dashboard.reports.urls")),
+    path("teams/", include("dashboard.web.team_pages")),
     path("", include("dashboard.web.urls")),
 ]
