@@ -8,6 +8,7 @@ schemas written by hand (``openapi_extra``) whose pydantic ``$defs`` would other
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 ERROR_SCHEMA = {
@@ -57,7 +58,10 @@ def _hoist_defs(node: Any, found: dict[str, Any]) -> Any:
 
 
 def complete(document: dict[str, Any]) -> dict[str, Any]:
-    """Add the error answers and hoist stray ``$defs``; changes ``document`` in place and returns it."""
+    """``document`` with the error answers added and stray ``$defs`` hoisted into components."""
+    # A copy: Ninja builds each document from the routes' own openapi_extra dicts, which must stay
+    # as they are for the next request.
+    document = copy.deepcopy(document)
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     schemas["Error"] = ERROR_SCHEMA
     error_content = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
