@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "worker":
-        # The job worker has its own options (and needs Celery); dispatch before argparse.
+        # The job worker has its own options; dispatch before argparse.
         from hwprobe.worker import main as worker_main
 
         return worker_main(argv[1:])
