@@ -234,6 +234,18 @@ def _store(machine: Machine, batch: Batch, now: datetime, all_new: bool) -> Inge
             "the database's limit of 2**63-1; enroll the machine anew under another name"
         )
     seqs = [s.seq + offset for s in samples]  # from the agent's numbering to this machine's
+    if all_new and min(seqs) <= machine.last_seq:
+        all_new = False  # some may be stored: the path that skips them
+    if not all_new:
+        # (machine, seq) names a window. The unique keys also hold ts (the partition key on
+        # PostgreSQL), so a window already stored is found by its seq before the insert; the
+        # ON CONFLICT below still covers a replay racing this batch.
+        stored = set(SystemSample.objects.filter(machine_id=machine.pk, seq__in=seqs).values_list("seq", flat=True))
+        samples = [s for s, seq in zip(samples, seqs, strict=True) if seq not in stored]
+        if not samples:  # all replayed: the machine was still seen now
+            _update_machine(machine, batch, now, max(seqs), 0, None)
+            return IngestResult(0, len(batch.samples), max(max(seqs), machine.last_seq) - offset)
+        seqs = [s.seq + offset for s in samples]
     times = [adapt(_ts(s)) for s in samples]
     system_rows = [
         [machine.pk, seq, ts, s.interval_s, s.count, received, *_flatten(s.system, SYSTEM_METRICS)]
@@ -243,7 +255,7 @@ def _store(machine: Machine, batch: Batch, now: datetime, all_new: bool) -> Inge
         _copy(SystemSample, SYSTEM_INSERT, system_rows)
         new = set(seqs)
     else:
-        new = _insert_returning_seq(SystemSample, SYSTEM_INSERT, system_rows, ("machine_id", "seq"))
+        new = _insert_returning_seq(SystemSample, SYSTEM_INSERT, system_rows, ("machine_id", "seq", "ts"))
 
     gpu_rows = [
         [machine.pk, seq, g.index, ts, s.interval_s, s.count, received, *_flatten(g, GPU_METRICS)]
@@ -254,28 +266,33 @@ def _store(machine: Machine, batch: Batch, now: datetime, all_new: bool) -> Inge
     if all_new:
         _copy(GpuSample, GPU_INSERT, gpu_rows)
     else:
-        _insert_returning_seq(GpuSample, GPU_INSERT, gpu_rows, ("machine_id", "seq", "gpu_index"))
+        _insert_returning_seq(GpuSample, GPU_INSERT, gpu_rows, ("machine_id", "seq", "gpu_index", "ts"))
     _store_tokens(machine, [(s, seq) for s, seq in zip(samples, seqs) if seq in new], now)
 
     newest_seq, newest = max(zip(seqs, samples), key=lambda pair: pair[0])
-    # The machine row (which placement and pages read) changes only with its inventory or
-    # version; what every batch changes is one upsert of its MachineState.
+    tokens_dropped = sum(s.tokens_dropped for s, seq in zip(samples, seqs, strict=True) if seq in new)
+    fresh = newest_seq in new and newest_seq >= machine.last_seq
+    # tokens_dropped counts new windows only: a replayed window is not counted twice.
+    _update_machine(machine, batch, now, newest_seq, tokens_dropped, _latest(newest, newest_seq) if fresh else None)
+
+    return IngestResult(
+        accepted=len(new),
+        duplicates=len(batch.samples) - len(new),
+        last_seq=max(newest_seq, machine.last_seq) - offset,
+    )
+
+
+def _update_machine(
+    machine: Machine, batch: Batch, now: datetime, newest_seq: int, tokens_dropped: int, latest: dict | None
+) -> None:
+    """The machine row (which placement and pages read) changes only with its inventory or
+    version; what every batch changes is one upsert of its MachineState."""
     updates: dict[str, Any] = _apply_inventory(machine, batch.inventory) if batch.inventory is not None else {}
     if batch.agent_version and batch.agent_version != machine.agent_version:
         updates["agent_version"] = batch.agent_version
     if updates:
         Machine.objects.filter(pk=machine.pk).update(**updates)
-    tokens_dropped = sum(s.tokens_dropped for s, seq in zip(samples, seqs, strict=True) if seq in new)
-    fresh = newest_seq in new and newest_seq >= machine.last_seq
-    # tokens_dropped counts new windows only: a replayed window is not counted twice.
-    latest = _latest(newest, newest_seq) if fresh else None
     state.record(machine.pk, now, newest_seq, batch.dropped, tokens_dropped, latest)
-
-    return IngestResult(
-        accepted=len(new),
-        duplicates=len(samples) - len(new),
-        last_seq=max(newest_seq, machine.last_seq) - offset,
-    )
 
 
 def _seq_offset(machine: Machine, batch: Batch) -> int:

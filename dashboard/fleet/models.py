@@ -249,6 +249,11 @@ SYSTEM_P95 = ("cpu_percent",)
 GPU_P95 = ("util_percent", "power_watts", "temp_c")
 
 
+# The raw tables are partitioned by day of ``ts`` on PostgreSQL (partitions.py), and a partitioned
+# table's unique keys must hold its partition key: hence ``ts`` in each. A replayed window keeps its
+# seq and its stamp, so it still collides with itself.
+
+
 class SystemSample(SystemMetrics):
     machine = models.ForeignKey(Machine, on_delete=models.CASCADE, related_name="+")
     seq = models.BigIntegerField()
@@ -258,7 +263,7 @@ class SystemSample(SystemMetrics):
     received_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["machine", "seq"], name="systemsample_unique_seq")]
+        constraints = [models.UniqueConstraint(fields=["machine", "seq", "ts"], name="systemsample_unique_seq")]
         indexes = [
             models.Index(fields=["machine", "ts"], name="systemsample_machine_ts"),
             models.Index(fields=["received_at"], name="systemsample_received"),
@@ -275,7 +280,9 @@ class GpuSample(GpuMetrics):
     received_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["machine", "seq", "gpu_index"], name="gpusample_unique_seq")]
+        constraints = [
+            models.UniqueConstraint(fields=["machine", "seq", "gpu_index", "ts"], name="gpusample_unique_seq")
+        ]
         indexes = [
             models.Index(fields=["machine", "ts"], name="gpusample_machine_ts"),
             models.Index(fields=["received_at"], name="gpusample_received"),
@@ -353,7 +360,7 @@ class ThroughputSample(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["machine", "seq", "job_key", "source"], name="throughput_unique")
+            models.UniqueConstraint(fields=["machine", "seq", "job_key", "source", "ts"], name="throughput_unique")
         ]
         indexes = [
             models.Index(fields=["machine", "ts"], name="throughput_machine_ts"),

@@ -4,7 +4,10 @@ Ages come from settings (``RETENTION_*_DAYS``; 0 keeps rows forever). Cut-offs f
 so an hour's raw windows go all at once and a late window can never leave an hour half-purged.
 Raw rows the rollups have not reached yet (received after the rollup watermark, less its margin)
 are kept whatever their age: a spool replayed after weeks offline is rolled up before it goes.
-Rows go in batches of ``BATCH`` per statement, so no delete holds its locks for long.
+Rows go in batches of ``BATCH`` per statement, so no delete holds its locks for long. On
+PostgreSQL the raw tables are partitioned by day (partitions.py): whole days past their age are
+dropped as partitions, and only the day the cut-off falls in (and the default partition) is
+deleted row by row.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from django.conf import settings
 from django.db.models import Model, QuerySet
 from django.utils import timezone
 
+from . import partitions
 from .models import GpuRollup, GpuSample, RollupState, SystemRollup, SystemSample, ThroughputSample
 from .rollup import HOUR, MARGIN, MINUTE, floor_to
 
@@ -44,9 +48,14 @@ def purge(now: datetime | None = None) -> dict[str, int]:
 
     raw = cutoff(now, settings.RETENTION_RAW_DAYS)
     state = RollupState.objects.filter(name="rollup").first()
+    split = partitions.enabled()
     if raw is not None and state is not None:  # no watermark: nothing has been rolled up yet
         rolled_up = state.watermark - MARGIN
         for model in (SystemSample, GpuSample):
+            if split:  # a day that ended before the watermark was received before it, and rolled up
+                done[f"{model._meta.model_name}_days"] = partitions.drop_before(
+                    model._meta.db_table, min(raw, rolled_up)
+                )
             done[model._meta.model_name] = _delete(model, model.objects.filter(ts__lt=raw, received_at__lt=rolled_up))
 
     if raw is not None:  # token counts keep their windows; their 1 s points go with the raw windows
@@ -57,6 +66,8 @@ def purge(now: datetime | None = None) -> dict[str, int]:
 
     tokens = cutoff(now, settings.RETENTION_THROUGHPUT_DAYS)
     if tokens is not None:
+        if split:
+            done["throughputsample_days"] = partitions.drop_before(ThroughputSample._meta.db_table, tokens)
         done["throughputsample"] = _delete(ThroughputSample, ThroughputSample.objects.filter(ts__lt=tokens))
 
     for resolution, days in ((MINUTE, settings.RETENTION_MINUTE_DAYS), (HOUR, settings.RETENTION_HOUR_DAYS)):

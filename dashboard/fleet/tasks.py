@@ -1,5 +1,6 @@
 from celery import shared_task
 
+from . import partitions
 from . import retention as retention_module
 from . import rollup as rollups
 
@@ -12,5 +13,7 @@ def rollup() -> int:
 
 @shared_task(name="dashboard.fleet.tasks.retention", ignore_result=True, time_limit=3600, soft_time_limit=3300)
 def retention() -> dict[str, int]:
-    """Beat runs this hourly: deletes telemetry past its age (see retention.py); safe to repeat."""
-    return retention_module.purge()
+    """Beat runs this hourly: creates the coming days' partitions of the raw tables (PostgreSQL),
+    then deletes telemetry past its age (see retention.py); safe to repeat."""
+    created = partitions.ensure()
+    return {**retention_module.purge(), "partitions_created": created}

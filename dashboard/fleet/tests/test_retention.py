@@ -135,3 +135,27 @@ def test_the_task_runs_purge_and_beat_runs_it_hourly(machine, settings):
 def test_zero_days_keeps_rows_forever():
     assert retention.cutoff(NOW, 0) is None
     assert retention.cutoff(NOW, 14) == RAW_EDGE
+
+
+@pytest.mark.django_db(transaction=True)  # rows committed, as retention finds them (no pending FK checks)
+def test_on_postgresql_whole_days_past_their_age_go_as_partitions(machine):
+    from django.db import connection
+
+    from dashboard.fleet import partitions
+
+    if not partitions.enabled():
+        pytest.skip("the raw tables are partitioned on PostgreSQL only")
+    RollupState.objects.create(name="rollup", watermark=NOW - timedelta(seconds=30))
+    old_day = (RAW_EDGE - timedelta(days=3)).date()
+    for table in partitions.TABLES:
+        partitions.create_day(table, old_day)
+    raw(machine, 1, RAW_EDGE - timedelta(days=3), RAW_EDGE - timedelta(days=3))
+    raw(machine, 2, NOW - timedelta(minutes=5), NOW - timedelta(minutes=5))
+    done = retention.purge(NOW)
+    assert done["systemsample_days"] == done["gpusample_days"] == 1
+    assert seqs(SystemSample) == seqs(GpuSample) == [2]
+    assert old_day not in partitions.days("fleet_gpusample")
+    assert old_day in partitions.days("fleet_throughputsample")  # token counts are kept by default
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM fleet_throughputsample WHERE seq = 1")
+        assert cursor.fetchone()[0] == 1
