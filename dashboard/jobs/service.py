@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,6 +38,10 @@ def audit(actor, action: str, job: Job | None = None, **detail: Any) -> None:
     )
 
 
+BROKER_QUIET_S = 10.0  # after a failed send, this process skips sending for this long
+_broker_down_until = 0.0
+
+
 def _enqueue_placement() -> None:
     """Ask a Celery worker for a placement pass now (by task name: tasks.py imports this module).
 
@@ -44,9 +49,13 @@ def _enqueue_placement() -> None:
     committed: the beat tick runs placement every 15 s anyway. Whatever the broker's client
     raises (kombu wraps most errors, not all), the request has succeeded and must say so.
     """
+    global _broker_down_until
+    if time.monotonic() < _broker_down_until:
+        return  # it failed a moment ago: don't make every request wait for the broker's timeouts
     try:
         current_app.send_task(PLACE_TASK, ignore_result=True)
     except Exception as exc:  # noqa: BLE001 - logged; the beat tick is the retry
+        _broker_down_until = time.monotonic() + BROKER_QUIET_S
         log.warning("placement request not sent (%s); the next beat tick places the job", exc)
 
 

@@ -31,7 +31,8 @@ def duration(job: Job) -> str:
 
     static/js/jobs.js formats a running job's time the same way.
     """
-    if job.started_at is None or (job.finished_at is None and job.status != Job.Status.RUNNING):
+    live = (Job.Status.RUNNING, Job.Status.UNREACHABLE)  # unreachable: it may well still run
+    if job.started_at is None or (job.finished_at is None and job.status not in live):
         return "–"  # not started, or preempted and waiting for its next attempt
     end = job.finished_at or timezone.now()
     return _seconds((end - job.started_at).total_seconds())
