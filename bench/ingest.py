@@ -303,12 +303,21 @@ class AgentClient(threading.Thread):
     """Posts batches for its machines in turn over one keep-alive http.client connection."""
 
     def __init__(
-        self, port: int, machines: list[tuple[int, str]], windows: int, start: threading.Event, stop: threading.Event
+        self,
+        port: int,
+        machines: list[tuple[int, str]],
+        windows: int,
+        start: threading.Event,
+        stop: threading.Event,
+        next_seq: dict[int, int],
     ):
         super().__init__(daemon=True)
         self.port, self.machines, self.windows = port, machines, windows
         self.start_evt, self.stop_evt = start, stop
-        self.next_seq = {mid: 1 for mid, _ in machines}
+        # Shared across runs (each machine belongs to one client), so a later run sends new windows.
+        self.next_seq = next_seq
+        for mid, _ in machines:
+            next_seq.setdefault(mid, 1)
         self.latencies: list[float] = []
         self.accepted = 0
         self.requests = 0
@@ -369,10 +378,15 @@ class AgentClient(threading.Thread):
             self.conn.close()
 
 
-def api_run(port: int, machines: list[tuple[int, str]], clients: int, windows: int, seconds: float) -> dict:
+NEXT_SEQ: dict[int, int] = {}
+
+
+def api_run(ports: list[int], machines: list[tuple[int, str]], clients: int, windows: int, seconds: float) -> dict:
+    """``clients`` threads post for ``seconds``; with several ports (replicas), client i uses port
+    i mod n: the balancing a load balancer would do, without a proxy's CPU on the cores measured."""
     start, stop = threading.Event(), threading.Event()
     groups = [machines[i::clients] for i in range(clients)]
-    threads = [AgentClient(port, g, windows, start, stop) for g in groups if g]
+    threads = [AgentClient(ports[i % len(ports)], g, windows, start, stop, NEXT_SEQ) for i, g in enumerate(groups) if g]
     for t in threads:
         t.start()
     for t in threads:
@@ -416,6 +430,11 @@ def main() -> int:
     )
     parser.add_argument("--threads", type=int, default=1, help="threads per gthread worker (default 1)")
     parser.add_argument(
+        "--replicas",
+        default="1",
+        help="web replicas to measure in turn, e.g. 1,2: that many gunicorn instances of --workers each (default 1)",
+    )
+    parser.add_argument(
         "--copy-windows", type=int, default=1000, help="samples per machine in the COPY baseline (default 1000)"
     )
     parser.add_argument("--copy-repeats", type=int, default=3, help="COPY baseline repeats, median taken (default 3)")
@@ -448,14 +467,19 @@ def main() -> int:
             prof = breakdown(args.windows, args.profile_batches)
             say("in-process breakdown done")
 
-            port = free_port()
-            try:
-                gunicorn = start_gunicorn(url, port, args.workers, args.worker_class, args.threads)
-                say(f"gunicorn on 127.0.0.1:{port}, {server}; {args.clients} clients for {args.seconds:.0f} s")
-                api = api_run(port, machines, args.clients, args.windows, args.seconds)
-            finally:  # before the database is dropped
-                stop_gunicorn(gunicorn)
-                gunicorn = None
+            runs: dict[int, dict] = {}
+            for replicas in [int(n) for n in args.replicas.split(",")]:
+                ports = [free_port() for _ in range(replicas)]
+                servers: list[subprocess.Popen] = []
+                try:
+                    for port in ports:
+                        servers.append(start_gunicorn(url, port, args.workers, args.worker_class, args.threads))
+                    say(f"{replicas} x gunicorn ({server}) on {ports}; {args.clients} clients for {args.seconds:.0f} s")
+                    runs[replicas] = api_run(ports, machines, args.clients, args.windows, args.seconds)
+                finally:  # before the database is dropped
+                    for proc in servers:
+                        stop_gunicorn(proc)
+            api = runs[min(runs)]
 
             from dashboard.fleet.models import GpuSample, SystemSample
 
@@ -502,6 +526,27 @@ def main() -> int:
         )
         for e in api["errors"][:5]:
             print(f"  error: {e}")
+        if len(runs) > 1:
+            base = runs[min(runs)]
+            print()
+            print(f"Web replicas, same run ({args.workers} {args.worker_class} workers each, {args.clients} clients):")
+            print(
+                table(
+                    [
+                        [
+                            str(n),
+                            f"{r['samples'] * ROWS_PER_SAMPLE / r['seconds']:,.0f}",
+                            f"{r['samples'] / r['seconds']:,.0f}",
+                            f"{r['p50'] * 1000:.1f}",
+                            f"{r['p99'] * 1000:.1f}",
+                            f"{r['samples'] * ROWS_PER_SAMPLE / r['seconds'] / copy_rows_s:.0%}",
+                            f"{(r['samples'] / r['seconds']) / (base['samples'] / base['seconds']):.2f}x",
+                        ]
+                        for n, r in sorted(runs.items())
+                    ],
+                    ["replicas", "rows/s", "samples/s", "p50 ms", "p99 ms", "of COPY", f"vs {min(runs)}"],
+                )
+            )
         total = prof["django_full"]
         print()
         print(

@@ -218,7 +218,7 @@ class Agent:
             if left <= 0.1:
                 break
             try:
-                delay = self.sender.step(timeout_s=min(left, self.sender.client.timeout_s))
+                delay = self.sender.step(timeout_s=min(left, self.sender.client.timeout_s), force=True)
             except Exception as err:
                 log.warning("final flush failed: %s: %s", type(err).__name__, err)
                 break

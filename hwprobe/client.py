@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -122,10 +123,18 @@ class Sender:
         batch_max: int = 100,
         backoff: Backoff | None = None,
         inventory: dict[str, Any] | None = None,
+        slow_s: float = 0.5,
+        hold_max: int = 4,
     ) -> None:
         self.spool = spool
         self.client = client
         self.batch_max = max(1, batch_max)
+        # Batches grow with the server's latency: while replies take longer than ``slow_s`` (a
+        # moving average), windows are held until there are 1 + latency / slow_s of them (at
+        # most ``hold_max``), so a loaded server gets fewer, larger requests (its cost is mostly
+        # per request: bench/README.md) instead of every agent retrying one window at a time.
+        self.slow_s, self.hold_max = slow_s, max(1, hold_max)
+        self.latency_s = 0.0
         self.backoff = backoff or Backoff()
         self._limit = self.batch_max
         # The inventory rides along until one batch carrying it is accepted.
@@ -148,14 +157,22 @@ class Sender:
         else:
             log.debug("%s", message)
 
-    def step(self, timeout_s: float | None = None) -> float | None:
-        """Send one batch. Returns None (spool empty), 0.0 (send again now) or seconds to wait."""
+    def hold(self) -> int:
+        """How many windows to gather before sending: 1, more while the server answers slowly."""
+        return min(self.hold_max, 1 + int(self.latency_s / self.slow_s))
+
+    def step(self, timeout_s: float | None = None, force: bool = False) -> float | None:
+        """Send one batch. Returns None (nothing to send yet), 0.0 (send again now) or seconds to
+        wait; ``force`` sends what there is (the final flush)."""
         batch = self.spool.peek(self._limit)
         if not batch:
             # A 413 shrinks batches until the backlog is gone; growing back sooner would bounce
             # off the same limit every other request.
             self._limit = self.batch_max
             return None
+        if len(batch) < self.hold() and not force:
+            return None  # the next window wakes the sender again
+        started = time.monotonic()
         inventory = self._inventory_pending
         document = {
             "agent_version": __version__,
@@ -168,6 +185,7 @@ class Sender:
         outcome = classify(reply.status)
         first, last = batch[0]["seq"], batch[-1]["seq"]
         if outcome == OK:
+            self.latency_s = 0.7 * self.latency_s + 0.3 * (time.monotonic() - started)
             self.spool.ack(last)
             self.sent += len(batch)
             if self._failing is not None:

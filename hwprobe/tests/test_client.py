@@ -205,3 +205,31 @@ def test_facts_nobody_could_read_are_left_out_of_the_wire_document(tmp_path: Pat
     assert doc["inventory"] == {"hostname": "h", "accelerators": [{"index": 0, "vendor": "apple"}]}
     assert doc["samples"][0]["gpus"] == [{"index": 0, "uuid": None}]
     assert doc["samples"][0]["system"] == {"load1": None}  # metrics stay: null means "not read"
+
+
+def test_a_slow_server_gets_windows_in_larger_batches_up_to_a_cap(tmp_path: Path) -> None:
+    import time
+
+    def slow(doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        time.sleep(0.25)
+        return 200, {"accepted": len(doc["samples"])}
+
+    sink = Sink(responder=slow).start()
+    try:
+        spool = Spool(tmp_path / "s.db")
+        s = sender(spool, sink.url, slow_s=0.1, hold_max=3)
+
+        def window() -> None:
+            spool.put({"ts": 0.0, "interval_s": 10.0, "count": 10, "system": {}, "gpus": []})
+
+        window()
+        assert s.step() == 0.0  # nothing known yet: one window is sent at once
+        while len(sink.requests) < 7:
+            window()
+            s.step()
+        sizes = [len(d["samples"]) for d in sink.requests]
+        assert sizes[0] == 1 and sizes[-1] == s.hold_max and sizes == sorted(sizes)  # grown to the cap
+        assert s.step(force=True) in (None, 0.0)  # the final flush sends what is left
+        assert len(spool) == 0
+    finally:
+        sink.stop()
