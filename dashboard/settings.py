@@ -96,6 +96,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "dashboard.web.middleware.ContentSecurityPolicyMiddleware",
+    "dashboard.web.middleware.BrowserTimeZoneMiddleware",
     # A NUL or lone surrogate in a path parameter or query value: 400 naming it, not a database 500.
     "dashboard.core.validation.StorableRequestMiddleware",
     "axes.middleware.AxesMiddleware",  # last: turns a locked-out login into the lockout page
@@ -173,6 +175,7 @@ LANGUAGE_CODE = "en-gb"
 TIME_ZONE = env_str("TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True
+FORMAT_MODULE_PATH = ["dashboard.web.formats"]  # ISO dates, 24-hour times, in the admin too
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
@@ -223,6 +226,17 @@ CELERY_BEAT_SCHEDULE = {
     "alerts-evaluate": {"task": "dashboard.alerts.tasks.evaluate", "schedule": 30.0},
     "alerts-deliver": {"task": "dashboard.alerts.tasks.deliver", "schedule": 15.0},
 }
+# Past one server (docker compose --profile scale): rollups, placement and webhooks go to queues
+# of their own, each drained by its own workers, so a slow webhook or a long rollup never delays
+# placement. Off by default: the one worker drains the default queue, which then holds everything.
+CELERY_SPLIT_QUEUES = env_bool("CELERY_SPLIT_QUEUES", False)
+if CELERY_SPLIT_QUEUES:
+    CELERY_TASK_ROUTES = {
+        "dashboard.fleet.tasks.rollup": {"queue": "rollups"},
+        "dashboard.fleet.tasks.retention": {"queue": "rollups"},
+        "dashboard.jobs.tasks.place": {"queue": "placement"},
+        "dashboard.alerts.tasks.deliver": {"queue": "webhooks"},
+    }
 
 # Telemetry
 OFFLINE_AFTER_S = env_int("OFFLINE_AFTER_S", 90)  # a machine silent for longer shows offline
@@ -253,6 +267,9 @@ JOB_POLL_WAIT_S = env_int("JOB_POLL_WAIT_S", 25)
 JOB_POLL_INTERVAL_S = float(env_str("JOB_POLL_INTERVAL_S", "1"))
 JOB_POLL_RECHECK_S = float(env_str("JOB_POLL_RECHECK_S", "5"))
 IDEMPOTENCY_KEY_TTL_S = env_int("IDEMPOTENCY_KEY_TTL_S", 86400)  # POST /api/v1/jobs retries within this
+# A folder holding a prebuilt hwprobe-*.whl (the Docker image's /app/dist); empty: /agent/ builds
+# the wheel from this checkout on first request (dashboard/fleet/install.py).
+AGENT_WHEEL_DIR = env_str("AGENT_WHEEL_DIR")
 
 # Teams: fair share decays usage with this half-life (dashboard/teams/fairshare.py).
 FAIRSHARE_HALF_LIFE_S = env_int("FAIRSHARE_HALF_LIFE_S", 7 * 86400)
@@ -290,7 +307,6 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "hwdash@localhost")
 REPORT_EMAILS = env_list("REPORT_EMAILS")
 REPORT_WEBHOOK = env_str("REPORT_WEBHOOK")
 CELERY_BEAT_SCHEDULE["weekly-reports"] = {"task": "dashboard.reports.tasks.weekly_reports", "schedule": 900.0}
-
 
 # Alerts: webhook POSTs time out, and are retried with exponential backoff up to a number of tries.
 ALERT_WEBHOOK_TIMEOUT_S = env_int("ALERT_WEBHOOK_TIMEOUT_S", 10)
