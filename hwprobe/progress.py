@@ -231,8 +231,11 @@ class JobScrape:
     """A job's Prometheus endpoint, scraped by the worker every ``interval_s`` for the job's
     lifetime, and once more right before the worker stops the job and after it ended.
 
-    The tokens between two scrapes count as produced over the time between them (a scrape that
-    saw no new tokens ends an idle stretch, which does not count). The first try is made at once:
+    The tokens between two scrapes count as produced over the time between them, except at the
+    edges of a busy stretch: the engine started (or stopped) somewhere inside the first (last)
+    interval, whose active time is taken as its tokens at the rate of the interval next to it. So
+    each interval's counts leave one scrape later, when it is known whether the stretch went on.
+    Idle intervals (no new tokens) do not count. The first try is made at once:
     an endpoint that does not answer yet belongs to an engine the job itself is starting, whose
     counters start at zero, so its first answer counts in full rather than as a baseline.
     """
@@ -254,6 +257,9 @@ class JobScrape:
         self._last_ok: float | None = time.monotonic() if from_zero else None
         self._answered = False
         self._created = time.monotonic()
+        self._pending: tuple[dict[str, float], float | None, bool] | None = None  # deltas, span, starts
+        self._busy = False  # whether the previous interval had tokens
+        self._rate: float | None = None  # tokens/s of the latest interval inside a busy stretch
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hwprobe-job-scrape", daemon=True)
 
@@ -276,9 +282,37 @@ class JobScrape:
             self._answered = True
             span = now - self._last_ok if (deltas and self._last_ok is not None) else None
             self._last_ok = now
+            rate = sum(deltas.values()) / span if (deltas and span) else None
+            if self._pending is not None:
+                self._emit(ending=not deltas, next_rate=rate)
             if deltas:
-                self.send(deltas, span)
+                self._pending = (deltas, span, not self._busy)
+            self._busy = bool(deltas)
             return deltas
+
+    def _emit(self, ending: bool, next_rate: float | None) -> None:
+        """Send the interval held back, with its active time (see the class's docstring)."""
+        assert self._pending is not None
+        deltas, span, starts = self._pending
+        self._pending = None
+        tokens = sum(deltas.values())
+        reference = None
+        if starts and not ending:
+            reference = next_rate
+        elif ending and not starts:
+            reference = self._rate
+        elif span:
+            self._rate = tokens / span  # inside a stretch: the rate the edges are measured against
+        active = span
+        if span and reference and tokens:
+            active = min(span, tokens / reference)
+        self.send(deltas, active)
+
+    def flush(self) -> None:
+        """Send the interval held back (the job has ended: it was the stretch's last)."""
+        with self._lock:
+            if self._pending is not None:
+                self._emit(ending=True, next_rate=None)
 
     def settle(self, totals: dict[str, float], at: float) -> None:
         """Count what the engine said it produced in all (its last counter values, printed after
@@ -287,11 +321,14 @@ class JobScrape:
             rest = {k: v - self.target.rate.last.get(k, 0.0) for k, v in totals.items() if k in ("prompt", "generated")}
             rest = {k: v for k, v in rest.items() if v > 0}
             if rest:
+                if self._pending is not None:  # the engine went on producing until its final line
+                    self._emit(ending=False, next_rate=None)
                 span = at - self._last_ok if self._last_ok is not None else None
                 for kind, value in rest.items():
                     self.target.rate.last[kind] = self.target.rate.last.get(kind, 0.0) + value
                 self._last_ok = at
-                self.send(rest, span)
+                self._pending = (rest, span, not self._busy)
+                self._busy = True
 
     def _run(self) -> None:
         while True:
@@ -417,5 +454,6 @@ class JobMeter:
             final = getattr(self.parser, "final", None)
             if final and self.scrape.target.rate.from_zero:
                 self.scrape.settle(final, self._final_at or time.monotonic())
+            self.scrape.flush()
         self.delivered = self.delivery.flush()
         self.delivery.close()

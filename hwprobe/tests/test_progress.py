@@ -227,3 +227,26 @@ def test_a_job_learns_where_the_agent_listens_from_its_environment(
     result = run(dash, job_spec(argv=[sys.executable, "-c", code]), tmp_path, report_port=8799)
     assert result.outcome == "succeeded"
     assert f"at 8799 {agent_side.path} 7" in dash.text()
+
+
+def test_a_scraped_stretch_counts_its_edge_intervals_at_the_rate_inside_it() -> None:
+    from hwprobe.progress import JobScrape
+
+    metrics = Metrics()
+    endpoint = _Endpoint(metrics.exposition())
+    sent: list[tuple[float, float]] = []
+    scrape = JobScrape(endpoint.url, "hwprobe", False, lambda d, active: sent.append((d["generated"], active)))
+    try:
+        scrape.scrape()  # the baseline
+        for generated in (10, 110, 160, 160):  # starts late, runs, stops early, idle
+            time.sleep(0.2)
+            metrics.generated_tokens = generated
+            endpoint.body = metrics.exposition()
+            scrape.scrape()
+        scrape.flush()
+    finally:
+        endpoint.close()
+    (first, a1), (inside, a2), (last, a3) = sent
+    assert (first, inside, last) == (10, 100, 50)
+    # The engine worked 10 / (100 / a2) s of the first interval and 50 / (100 / a2) s of the last.
+    assert a1 == pytest.approx(0.1 * a2) and a3 == pytest.approx(0.5 * a2)
