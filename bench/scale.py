@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import math
 import os
 import re
 import shutil
@@ -53,6 +54,7 @@ SERIES = (
     "gpu.temp_c",
 )  # the machine page's six charts
 GROUPS = ("gunicorn", "postgres", "redis", "celery", "simulator")
+SPANS = ("1h", "24h", "7d")
 
 
 def _sigterm(signum, frame):
@@ -299,6 +301,8 @@ class PageProbe(threading.Thread):
         self.sizes: dict[str, int] = {}
         self.errors: list[str] = []
         self.halt = threading.Event()
+        self.rollup_lag_s: list[float] = []  # now - the rollup watermark (rows received before it are rolled up)
+        self.overview = True  # also time queries.fleet_overview() (every machine's dict: costly past 2,000)
 
     def paths(self) -> list[tuple[str, str]]:
         out = [
@@ -306,7 +310,7 @@ class PageProbe(threading.Thread):
             ("GET /api/v1/machines", "/api/v1/machines"),
             (f"machine page /machines/{self.machine}/", f"/machines/{self.machine}/"),
         ]
-        for span in ("1h", "24h"):
+        for span in SPANS:
             for metric in SERIES:
                 out.append(
                     (f"series {span} {metric}", f"/api/v1/machines/{self.machine}/series?metric={metric}&since={span}")
@@ -332,8 +336,13 @@ class PageProbe(threading.Thread):
         from django.db import connection
         from django.test import Client
 
+        from dashboard.fleet.models import RollupState
+
         client = Client()
         client.cookies["sessionid"] = self.session
+        mark = RollupState.objects.filter(name="rollup").first()
+        if mark is not None:
+            self.rollup_lag_s.append(time.time() - mark.watermark.timestamp())
         for label, path in self.paths():
             try:
                 self.http.setdefault(label, []).append(self._http_get(path) * 1000)
@@ -352,7 +361,7 @@ class PageProbe(threading.Thread):
                 if resp.status_code != 200:
                     raise RuntimeError(f"in-process GET {path}: HTTP {resp.status_code}")
                 self.inproc.setdefault(label, []).append((time.perf_counter() - t0) * 1000)
-                if path == "/":
+                if path == "/" and self.overview:
                     self.fleet_sql.append(queries)
                     from dashboard.fleet import queries as fleet_queries
 
@@ -515,6 +524,7 @@ def main() -> int:
                 f"for {args.seconds:.0f} s; pages probed every {args.probe_every:.0f} s"
             )
             probe = PageProbe(port, session, "sim-0001", args.probe_every)
+            probe.overview = args.machines <= 2000
             probe.start()
             try:
                 long_run = simulate(env, server, args.machines, args, args.seconds, work, meter)
@@ -535,9 +545,28 @@ def main() -> int:
                 cur.execute(
                     "SELECT pg_database_size(current_database()), (SELECT count(*) FROM fleet_systemsample), "
                     "(SELECT count(*) FROM fleet_gpusample), pg_total_relation_size('fleet_gpusample'), "
-                    "pg_total_relation_size('fleet_systemsample')"
+                    "pg_total_relation_size('fleet_systemsample'), "
+                    "(SELECT count(*) - count(DISTINCT (machine_id, seq)) FROM fleet_systemsample)"
                 )
-                db_bytes, system_rows, gpu_rows, gpu_bytes, system_bytes = cur.fetchone()
+                db_bytes, system_rows, gpu_rows, gpu_bytes, system_bytes, twice = cur.fetchone()
+                # Partitioned tables: pg_total_relation_size of the parent is 0; sum the partitions.
+                cur.execute(
+                    "SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)) FILTER (WHERE p.relname = 'fleet_gpusample'), 0), "
+                    "coalesce(sum(pg_total_relation_size(i.inhrelid)) FILTER (WHERE p.relname = 'fleet_systemsample'), 0) "
+                    "FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent"
+                )
+                part_gpu, part_system = cur.fetchone()
+                gpu_bytes, system_bytes = int(gpu_bytes or part_gpu), int(system_bytes or part_system)
+            made = sum(s["windows"] for _, s in phases)
+            spooled = phases[-1][1]["backlog_final"]  # one spool folder: earlier leftovers went out later
+            # The API against a raw COPY of the same rows, same server, same run (bench/ingest.py's code).
+            say("ingest capacity: a raw COPY, then the API for 20 s (bench/ingest.py's clients)")
+            from bench import ingest as ingest_bench
+
+            cap_machines = ingest_bench.enroll(20)
+            copy = ingest_bench.copy_baseline(url, [m for m, _ in cap_machines], 300, 1)  # empties the raw tables
+            api = ingest_bench.api_run([port], cap_machines, 8, 10, 20.0)
+            api_copy = (api["samples"] / api["seconds"]) / (copy["samples"] / copy["seconds"])
             connection.close()
             stop(celery)
             stop(gunicorn)
@@ -609,7 +638,7 @@ def main() -> int:
                     str(len(h)),
                 ]
             )
-        for span in ("1h", "24h"):
+        for span in SPANS:
             h = [sum(x) for x in zip(*(probe.http.get(f"series {span} {m}", []) for m in SERIES))]
             i = [sum(x) for x in zip(*(probe.inproc.get(f"series {span} {m}", []) for m in SERIES))]
             rows.append(
@@ -649,6 +678,76 @@ def main() -> int:
                     ["task", "runs", "median s", "max s"],
                 )
             )
+        lr = {"agent_backlog_p50": math.nan, "agent_backlog_p99": math.nan, "agent_backlog_max": math.nan, **long_run}
+        rollup_s = tasks.get("dashboard.fleet.tasks.rollup", [])
+        rollup_share = sum(rollup_s) / lr["seconds"] if lr["seconds"] else math.nan
+        lag = max(probe.rollup_lag_s, default=math.nan)
+
+        def inproc(label: str, q: float = 50) -> float:
+            return percentile(probe.inproc.get(label, []), q)
+
+        fleet_ms = inproc("fleet page /", 99)
+        machine_ms = inproc(f"machine page /machines/{probe.machine}/", 99)
+        week_ms = max((inproc(f"series 7d {m}", 99) for m in SERIES), default=math.nan)
+
+        def verdict(ok: bool) -> str:
+            return "met" if ok else "**not met**"
+
+        print()
+        print(
+            f"Issue 13 targets: {args.machines:,} machines x {args.gpus} GPUs, a window every {args.interval:g} s "
+            f"({args.machines / args.interval:,.0f} windows/s), {lr['seconds']:.0f} s (the long run)"
+        )
+        print(
+            table(
+                [
+                    [
+                        "spool backlog per agent (after the first 30 s)",
+                        "p50 <= 1, p99 <= 3 windows",
+                        f"p50 {lr['agent_backlog_p50']:.0f}, p99 {lr['agent_backlog_p99']:.0f} (max {lr['agent_backlog_max']})",
+                        verdict(lr["agent_backlog_p50"] <= 1 and lr["agent_backlog_p99"] <= 3),
+                    ],
+                    [
+                        "ingest latency",
+                        "p99 <= 1 s",
+                        f"p99 {lr['p99_ms_steady']:,.0f} ms (p50 {lr['p50_ms_steady']:,.0f})",
+                        verdict(lr["p99_ms_steady"] <= 1000),
+                    ],
+                    [
+                        "rollups: share of wall time; lag (now - watermark, max of probes)",
+                        "<= 20 %; <= 60 s (one bucket)",
+                        f"{rollup_share:.0%} ({len(rollup_s)} runs, median {median(rollup_s) if rollup_s else math.nan:.1f} s); "
+                        f"lag max {lag:.0f} s",
+                        verdict(rollup_share <= 0.20 and lag <= 60),
+                    ],
+                    [
+                        "fleet page, server p99 (in-process)",
+                        "<= 300 ms",
+                        f"{fleet_ms:,.0f} ms",
+                        verdict(fleet_ms <= 300),
+                    ],
+                    [
+                        "machine page and its 7 d series, server p99 (slowest series)",
+                        "<= 100 ms",
+                        f"{machine_ms:,.0f} ms / {week_ms:,.0f} ms",
+                        verdict(machine_ms <= 100 and week_ms <= 100),
+                    ],
+                    [
+                        "API vs a raw COPY of the same rows, same run",
+                        ">= 50 %",
+                        f"{api_copy:.0%} ({api['samples'] / api['seconds']:,.0f} vs {copy['samples'] / copy['seconds']:,.0f} windows/s)",
+                        verdict(api_copy >= 0.5),
+                    ],
+                    [
+                        "windows stored (all phases)",
+                        "all, once",
+                        f"{system_rows:,} stored + {spooled:,} still spooled of {made:,} made; {twice:,} twice",
+                        verdict(system_rows + spooled == made and twice == 0),
+                    ],
+                ],
+                ["measure", "target", "measured", ""],
+            )
+        )
         samples = system_rows
         print()
         print(

@@ -568,10 +568,13 @@ class Simulator:
     # -- the run -------------------------------------------------------------------------
 
     def backlog(self) -> int:
-        return sum(len(vm.spool) for vm in self.vms)
+        return sum(self._per_agent)
 
     def _status(self, started: float, lag_s: float) -> Status:
         c = self.counters
+        self._per_agent = [len(vm.spool) for vm in self.vms]
+        if time.monotonic() - started >= self.warmup_s:  # each agent's backlog, for its percentiles
+            self.agent_backlogs.extend(self._per_agent)
         with c.lock:
             recent = c.latencies_s[self._lat_mark :]
             self._lat_mark = len(c.latencies_s)
@@ -593,6 +596,7 @@ class Simulator:
     def run(self, seconds: float | None = None) -> dict[str, Any]:
         """Send until ``seconds`` have passed or ``stop`` is set (Ctrl-C too); returns the summary."""
         self._open()
+        self.agent_backlogs: list[int] = []
         self._lat_mark = 0
         warm_mark: int | None = None
         n = len(self.vms)
@@ -705,6 +709,10 @@ class Simulator:
             "backlog_median": percentile(steady, 50),
             "backlog_p90": percentile(steady, 90),
             "backlog_max_steady": max(steady, default=math.nan),
+            # Windows waiting in one agent's spool, over every agent and status sample after warmup_s.
+            "agent_backlog_p50": percentile(self.agent_backlogs, 50),
+            "agent_backlog_p99": percentile(self.agent_backlogs, 99),
+            "agent_backlog_max": max(self.agent_backlogs, default=0),
             "p50_ms_steady": percentile(steady_latencies, 50) * 1000,
             "p99_ms_steady": percentile(steady_latencies, 99) * 1000,
             "history": [s.__dict__ for s in self.history],
