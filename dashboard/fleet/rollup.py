@@ -150,7 +150,39 @@ def _sql_p95s(table: str, time_field: str, keys, names, machine_ids, lo, hi, uni
         return cursor.fetchall()
 
 
-def _raw_p95s(source, keys, names, machine_ids, lo, hi) -> tuple[dict[Key, dict], dict[Key, tuple[int, dict]]]:
+def _minutes_sql(source, target, metrics, names, keys, machine_ids, lo, hi) -> int:
+    """PostgreSQL: the minute buckets in [lo, hi) of these machines, aggregated and upserted in SQL."""
+    if lo >= hi:
+        return 0
+    qn = connection.ops.quote_name
+    minute = "date_trunc('minute', ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+    columns, exprs = [], []
+    for metric in metrics:
+        for column in metric_columns(metric):
+            columns.append(column)
+            fn = (
+                {"min": "min", "mean": "avg"}.get(column.rsplit("_", 1)[-1], "max") if metric.kind == "gauge" else "max"
+            )
+            exprs.append(f"{fn}({qn(column)})")
+    p95s = [f"{n}_p95" for n in names]
+    exprs += [f"percentile_cont({P95}) WITHIN GROUP (ORDER BY {qn(n + '_mean')})" for n in names]
+    key_cols = ", ".join(qn(c) for c in ("machine_id", *keys))
+    written = ", ".join(qn(c) for c in (*columns, *p95s))
+    sql = (
+        f"INSERT INTO {qn(target._meta.db_table)} ({key_cols}, resolution_s, bucket, count, {written}) "
+        f"SELECT {key_cols}, {MINUTE}, {minute}, sum(count), {', '.join(exprs)} FROM {qn(source._meta.db_table)} "
+        f"WHERE machine_id = ANY(%s) AND ts >= %s AND ts < %s GROUP BY {key_cols}, {minute} "
+        f"ON CONFLICT ({key_cols}, resolution_s, bucket) DO UPDATE SET count = excluded.count, "
+        + ", ".join(f"{qn(c)} = excluded.{qn(c)}" for c in (*columns, *p95s))
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [list(machine_ids), lo, hi])
+        return cursor.rowcount
+
+
+def _raw_p95s(
+    source, keys, names, machine_ids, lo, hi, minutes: bool = True
+) -> tuple[dict[Key, dict], dict[Key, tuple[int, dict]]]:
     """The p95 of raw window means per minute and per hour bucket in [lo, hi).
 
     Returns ``{minute key: {column: p95}}`` and ``{hour key: (snapshots, {column: p95})}``; the
@@ -161,15 +193,17 @@ def _raw_p95s(source, keys, names, machine_ids, lo, hi) -> tuple[dict[Key, dict]
     if connection.vendor == "postgresql":
         means = [f"{n}_mean" for n in names]
         table, n_key = source._meta.db_table, 1 + len(keys)
-        minutes = {
+        if lo >= hi:
+            return {}, {}
+        by_minute = {
             tuple(r[: n_key + 1]): dict(zip((f"{n}_p95" for n in names), r[n_key + 2 :], strict=True))
-            for r in _sql_p95s(table, "ts", keys, means, machine_ids, lo, hi, "minute")
+            for r in (_sql_p95s(table, "ts", keys, means, machine_ids, lo, hi, "minute") if minutes else [])
         }
         hours = {
             tuple(r[: n_key + 1]): (r[n_key + 1], dict(zip((f"{n}_p95" for n in names), r[n_key + 2 :], strict=True)))
             for r in _sql_p95s(table, "ts", keys, means, machine_ids, lo, hi, "hour")
         }
-        return minutes, hours
+        return by_minute, hours
     rows = (
         source.objects.filter(machine_id__in=machine_ids, **window_filter(lo, hi))
         .order_by("machine_id", *keys, "ts")
@@ -254,24 +288,29 @@ def _stored_p95s(target, keys, names, machine_ids, lo, hi) -> dict[Key, dict]:
 def _rollup_scope(source, target, metrics, names, keys, machine_ids, m_lo, m_hi, h_lo, h_hi, now, hours) -> int:
     """Minute then (if ``hours``) hour buckets of one scope (system or GPU), with their p95 columns."""
     ended = min(h_hi, floor_to(now, HOUR))  # hours before this are over
-    read_lo = min(m_lo, h_lo) if hours and ended > h_lo else m_lo
-    read_hi = max(m_hi, ended) if hours else m_hi
-    minute_p95, hour_p95 = _raw_p95s(source, keys, names, machine_ids, read_lo, read_hi)
     empty = {f"{n}_p95": None for n in names}
-    written = _rollup(
-        source,
-        target,
-        metrics,
-        "ts",
-        TruncMinute,
-        MINUTE,
-        keys,
-        machine_ids,
-        m_lo,
-        m_hi,
-        lambda key, count: minute_p95.get(key, empty),
-        names,
-    )
+    if connection.vendor == "postgresql":
+        # One INSERT ... SELECT ... ON CONFLICT per scope: the minutes never travel to Python.
+        written = _minutes_sql(source, target, metrics, names, keys, machine_ids, m_lo, m_hi)
+        hour_p95 = _raw_p95s(source, keys, names, machine_ids, h_lo, ended, minutes=False)[1] if hours else {}
+    else:
+        read_lo = min(m_lo, h_lo) if hours and ended > h_lo else m_lo
+        read_hi = max(m_hi, ended) if hours else m_hi
+        minute_p95, hour_p95 = _raw_p95s(source, keys, names, machine_ids, read_lo, read_hi)
+        written = _rollup(
+            source,
+            target,
+            metrics,
+            "ts",
+            TruncMinute,
+            MINUTE,
+            keys,
+            machine_ids,
+            m_lo,
+            m_hi,
+            lambda key, count: minute_p95.get(key, empty),
+            names,
+        )
     if not hours:
         return written
 
