@@ -140,7 +140,7 @@ SIZE_CLASSES: tuple[Architecture, ...] = (
 def size_class_for(params_b: float) -> Architecture:
     """The size class a model of ``params_b`` billion parameters belongs to."""
     bounds = (1.8, 5.0, 10.0, 20.0, 50.0, 150.0)
-    for arch, upper in zip(SIZE_CLASSES, bounds):
+    for arch, upper in zip(SIZE_CLASSES, bounds, strict=False):
         if params_b < upper:
             return arch
     return SIZE_CLASSES[-1]

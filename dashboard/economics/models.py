@@ -22,7 +22,7 @@ def _valid_regex(value: str) -> None:
     try:
         re.compile(value)
     except re.error as exc:
-        raise ValidationError(f"not a regular expression: {exc}")
+        raise ValidationError(f"not a regular expression: {exc}") from None
 
 
 class HardwareSpec(models.Model):

@@ -249,7 +249,7 @@ def _store(machine: Machine, batch: Batch, now: datetime, all_new: bool) -> Inge
     times = [adapt(_ts(s)) for s in samples]
     system_rows = [
         [machine.pk, seq, ts, s.interval_s, s.count, received, *_flatten(s.system, SYSTEM_METRICS)]
-        for s, seq, ts in zip(samples, seqs, times)
+        for s, seq, ts in zip(samples, seqs, times, strict=False)
     ]
     if all_new:
         _copy(SystemSample, SYSTEM_INSERT, system_rows)
@@ -259,7 +259,7 @@ def _store(machine: Machine, batch: Batch, now: datetime, all_new: bool) -> Inge
 
     gpu_rows = [
         [machine.pk, seq, g.index, ts, s.interval_s, s.count, received, *_flatten(g, GPU_METRICS)]
-        for s, seq, ts in zip(samples, seqs, times)
+        for s, seq, ts in zip(samples, seqs, times, strict=False)
         if seq in new
         for g in s.gpus
     ]
@@ -267,9 +267,9 @@ def _store(machine: Machine, batch: Batch, now: datetime, all_new: bool) -> Inge
         _copy(GpuSample, GPU_INSERT, gpu_rows)
     else:
         _insert_returning_seq(GpuSample, GPU_INSERT, gpu_rows, ("machine_id", "seq", "gpu_index", "ts"))
-    _store_tokens(machine, [(s, seq) for s, seq in zip(samples, seqs) if seq in new], now)
+    _store_tokens(machine, [(s, seq) for s, seq in zip(samples, seqs, strict=False) if seq in new], now)
 
-    newest_seq, newest = max(zip(seqs, samples), key=lambda pair: pair[0])
+    newest_seq, newest = max(zip(seqs, samples, strict=False), key=lambda pair: pair[0])
     tokens_dropped = sum(s.tokens_dropped for s, seq in zip(samples, seqs, strict=True) if seq in new)
     fresh = newest_seq in new and newest_seq >= machine.last_seq
     # tokens_dropped counts new windows only: a replayed window is not counted twice.

@@ -196,7 +196,7 @@ def job_series(request, job_id: int, metric: str, since: str | None = None, unti
     try:
         data = series.machine_series(job.machine, metric, start, end)
     except series.SeriesError as exc:
-        raise HttpError(400, str(exc))
+        raise HttpError(400, str(exc)) from None
     data["series"] = [s for s in data["series"] if s["device"] in job.assigned_gpus]
     data["job"] = job.pk
     return data

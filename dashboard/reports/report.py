@@ -15,6 +15,7 @@ same period; tokens count each window once per job, the source that counted most
 
 from __future__ import annotations
 
+import functools
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
@@ -299,6 +300,10 @@ def machine_report(
     return out
 
 
+def _outcome_count(outcome: str, period: dict[str, Any]) -> int:
+    return period["jobs"]["outcomes"].get(outcome, 0)
+
+
 def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     """The machine-wide figures of both periods as table rows: label, kind (how to format), values."""
     now, before = report["current"], report["previous"]
@@ -310,7 +315,7 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
         ("Jobs run", "int", lambda p: p["jobs"]["jobs"]),
         ("Attempts", "int", lambda p: p["jobs"]["attempts"]),
         *(
-            (f"… {o}", "int", (lambda o: lambda p: p["jobs"]["outcomes"].get(o, 0))(o))
+            (f"… {o}", "int", functools.partial(_outcome_count, o))
             for o in OUTCOMES
             if now["jobs"]["outcomes"].get(o) or before["jobs"]["outcomes"].get(o)
         ),

@@ -17,7 +17,9 @@ from hwprobe import cleanup
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="process groups are checked through /proc")
 
 # A group leader that ignores SIGTERM, so only the SIGKILL after the grace period ends it.
-STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(600)"
+STUBBORN = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(600)"
+)
 
 
 def start_group(env: dict[str, str] | None = None, code: str = STUBBORN) -> subprocess.Popen[bytes]:

@@ -129,7 +129,7 @@ def test_an_operator_submits_a_job_and_lands_on_its_page(
     event = AuditEvent.objects.get()
     assert (event.action, event.actor, event.job) == ("job.submit", operator, job)
     assert no_broker == [1]  # placement enqueued once the job was committed
-    assert "Job #%d submitted." % job.pk in client.get(r["Location"]).content.decode()
+    assert f"Job #{job.pk} submitted." in client.get(r["Location"]).content.decode()
 
 
 def test_the_command_is_split_like_a_shell_would_or_sent_as_a_shell_string(client, operator):

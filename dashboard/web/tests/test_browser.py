@@ -35,7 +35,10 @@ CHARTS = (
     "chart-tokens-prompt",
     "chart-tokens-generated",
 )
-DRAWN = "id => { const el = document.getElementById(id); return el && el.data && el.data.length && el.data[0].x.length > 0; }"
+DRAWN = (
+    "id => { const el = document.getElementById(id);"
+    " return el && el.data && el.data.length && el.data[0].x.length > 0; }"
+)
 
 
 def send(machine: Machine, samples: list[dict], gpus: int, **kw) -> None:
@@ -149,7 +152,8 @@ def test_a_user_logs_in_and_sees_the_fleet_and_a_machines_charts(fleet, live_ser
     layout_title = page.evaluate("document.getElementById('chart-cpu').layout.xaxis.title.text")
     assert layout_title == f"Time ({ZONE})"
     first_ms = page.evaluate(
-        "fetch('/api/v1/machines/gpu-01/series?metric=system.cpu_percent&since=1h').then(r => r.json()).then(j => j.series[0].t[0])"
+        "fetch('/api/v1/machines/gpu-01/series?metric=system.cpu_percent&since=1h')"
+        ".then(r => r.json()).then(j => j.series[0].t[0])"
     )
     first_x = page.evaluate("document.getElementById('chart-cpu').data[0].x[0]")
     assert first_x == datetime.fromtimestamp(first_ms / 1000, ZoneInfo(ZONE)).strftime("%Y-%m-%d %H:%M:%S")

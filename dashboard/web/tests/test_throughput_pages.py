@@ -37,7 +37,7 @@ def a_job(owner, machine=None, **kw) -> Job:
 def tokens(machine, job: Job, counts: list[int], kind: str = "train") -> None:
     """Three 10 s windows ending now, GPU 0 at 350 W, carrying ``counts`` tokens of ``kind``."""
     batch = make_batch(range(1, len(counts) + 1), ts=time.time() - 1, gpus=1)
-    for sample, n in zip(batch["samples"], counts):
+    for sample, n in zip(batch["samples"], counts, strict=False):
         sample["tokens"] = [{"job_id": job.pk, "source": "progress", kind: n}]
     store_batch(machine, Batch.model_validate(batch))
 
@@ -136,9 +136,9 @@ def test_the_jobs_list_shows_mean_peak_and_total_tokens_of_each_jobs_main_kind(c
     for url in ("/jobs/", "/jobs/?partial=1"):
         page = client.get(url).content.decode()
         assert '<th class="num">Throughput</th>' in page
-        row = re.search(r"<tr>\s*<td class=\"num\"><a href=\"/jobs/%d/\">.*?</tr>" % training.pk, page, re.S).group(0)
+        row = re.search(rf"<tr>\s*<td class=\"num\"><a href=\"/jobs/{training.pk}/\">.*?</tr>", page, re.S).group(0)
         assert "200 tokens/s" in row and "peak 300" in row and "6 k tokens" in row
-        idle_row = re.search(r"<tr>\s*<td class=\"num\"><a href=\"/jobs/%d/\">.*?</tr>" % idle.pk, page, re.S).group(0)
+        idle_row = re.search(rf"<tr>\s*<td class=\"num\"><a href=\"/jobs/{idle.pk}/\">.*?</tr>", page, re.S).group(0)
         assert "—" in idle_row and "tokens/s" not in idle_row
 
 

@@ -56,7 +56,7 @@ class Command(BaseCommand):
         try:
             machine_name(simulate.machine_names(o["machines"], o["prefix"])[-1])
         except ValidationError as exc:
-            raise CommandError(f"--prefix {o['prefix']!r}: {exc.messages[0]}")
+            raise CommandError(f"--prefix {o['prefix']!r}: {exc.messages[0]}") from None
         simulate.main(
             o["url"],
             o["machines"],
