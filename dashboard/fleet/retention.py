@@ -18,6 +18,8 @@ from django.conf import settings
 from django.db.models import Model, QuerySet
 from django.utils import timezone
 
+from dashboard.core.periods import window_filter
+
 from . import partitions
 from .models import GpuRollup, GpuSample, RollupState, SystemRollup, SystemSample, ThroughputSample
 from .rollup import HOUR, MARGIN, MINUTE, floor_to
@@ -59,7 +61,10 @@ def purge(now: datetime | None = None) -> dict[str, int]:
             done[model._meta.model_name] = _delete(model, model.objects.filter(ts__lt=raw, received_at__lt=rolled_up))
 
     if raw is not None:  # token counts keep their windows; their 1 s points go with the raw windows
-        old = ThroughputSample.objects.filter(ts__lt=raw, points__isnull=False)
+        # Only the last week before the cut-off: the hourly run has cleared what is older, and a
+        # scan of every older partition each hour would grow with the kept history.
+        recent = window_filter(raw - timedelta(days=7), raw)
+        old = ThroughputSample.objects.filter(**recent, points__isnull=False)
         done["throughputsample_points"] = 0
         while ids := list(old.values_list("pk", flat=True)[:BATCH]):
             done["throughputsample_points"] += ThroughputSample.objects.filter(pk__in=ids).update(points=None)

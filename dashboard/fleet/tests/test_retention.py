@@ -159,3 +159,16 @@ def test_on_postgresql_whole_days_past_their_age_go_as_partitions(machine):
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM fleet_throughputsample WHERE seq = 1")
         assert cursor.fetchone()[0] == 1
+
+
+@pytest.mark.django_db
+def test_token_rows_past_the_raw_age_keep_their_counts_but_lose_their_one_second_points(machine):
+    point = [[0, 1.0, 0, 1, 0]]
+    for seq, ts in ((1, RAW_EDGE - SECOND), (2, RAW_EDGE)):
+        ThroughputSample.objects.create(
+            machine=machine, seq=seq, source="progress", ts=ts, interval_s=10, generated_tokens=5, points=point
+        )
+    retention.purge(NOW)
+    kept = dict(ThroughputSample.objects.values_list("seq", "points"))
+    assert kept == {1: None, 2: point}  # the job chart reads the old one's window instead
+    assert sum(ThroughputSample.objects.values_list("generated_tokens", flat=True)) == 10
