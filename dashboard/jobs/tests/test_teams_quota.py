@@ -136,5 +136,5 @@ def test_every_change_to_a_team_its_members_and_quotas_is_audited(team_a, owner,
     assert events[2:] == [
         ("team.quota", "admin", {"team": "team-a", "changes": {"gpu_quota": [None, 4], "share": [1.0, 2.0]}}),
         ("team.role", "admin", {"team": "team-a", "user": "alice", "role": ["operator", "admin"], "source": ""}),
-        ("team.member_remove", "admin", {"team": "team-a", "user": "alice", "role": "admin"}),
+        ("team.member_remove", "admin", {"team": "team-a", "user": "alice", "role": "admin", "source": ""}),
     ]
