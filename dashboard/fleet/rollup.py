@@ -150,12 +150,17 @@ def _sql_p95s(table: str, time_field: str, keys, names, machine_ids, lo, hi, uni
         return cursor.fetchall()
 
 
-def _minutes_sql(source, target, metrics, names, keys, machine_ids, lo, hi) -> int:
-    """PostgreSQL: the minute buckets in [lo, hi) of these machines, aggregated and upserted in SQL."""
+def _buckets_sql(source, target, metrics, names, keys, machine_ids, lo, hi, resolution: int = MINUTE) -> int:
+    """PostgreSQL: the ``resolution`` buckets in [lo, hi) of these machines, aggregated and upserted
+    in SQL from raw windows (minutes) or from minute buckets (hours); the p95 columns take the p95
+    of the rows' means."""
     if lo >= hi:
         return 0
     qn = connection.ops.quote_name
-    minute = "date_trunc('minute', ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+    time_field = "ts" if resolution == MINUTE else "bucket"
+    unit = "minute" if resolution == MINUTE else "hour"
+    minute = f"date_trunc('{unit}', {time_field} AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+    only = "" if resolution == MINUTE else f"AND resolution_s = {MINUTE} "
     columns, exprs = [], []
     for metric in metrics:
         for column in metric_columns(metric):
@@ -170,8 +175,8 @@ def _minutes_sql(source, target, metrics, names, keys, machine_ids, lo, hi) -> i
     written = ", ".join(qn(c) for c in (*columns, *p95s))
     sql = (
         f"INSERT INTO {qn(target._meta.db_table)} ({key_cols}, resolution_s, bucket, count, {written}) "
-        f"SELECT {key_cols}, {MINUTE}, {minute}, sum(count), {', '.join(exprs)} FROM {qn(source._meta.db_table)} "
-        f"WHERE machine_id = ANY(%s) AND ts >= %s AND ts < %s GROUP BY {key_cols}, {minute} "
+        f"SELECT {key_cols}, {resolution}, {minute}, sum(count), {', '.join(exprs)} FROM {qn(source._meta.db_table)} "
+        f"WHERE machine_id = ANY(%s) AND {time_field} >= %s AND {time_field} < %s {only}GROUP BY {key_cols}, {minute} "
         f"ON CONFLICT ({key_cols}, resolution_s, bucket) DO UPDATE SET count = excluded.count, "
         + ", ".join(f"{qn(c)} = excluded.{qn(c)}" for c in (*columns, *p95s))
     )
@@ -291,7 +296,7 @@ def _rollup_scope(source, target, metrics, names, keys, machine_ids, m_lo, m_hi,
     empty = {f"{n}_p95": None for n in names}
     if connection.vendor == "postgresql":
         # One INSERT ... SELECT ... ON CONFLICT per scope: the minutes never travel to Python.
-        written = _minutes_sql(source, target, metrics, names, keys, machine_ids, m_lo, m_hi)
+        written = _buckets_sql(source, target, metrics, names, keys, machine_ids, m_lo, m_hi)
         hour_p95 = _raw_p95s(source, keys, names, machine_ids, h_lo, ended, minutes=False)[1] if hours else {}
     else:
         read_lo = min(m_lo, h_lo) if hours and ended > h_lo else m_lo
@@ -331,7 +336,15 @@ def _rollup_scope(source, target, metrics, names, keys, machine_ids, m_lo, m_hi,
         kept = stored.get(key)
         return kept if kept and any(v is not None for v in kept.values()) else provisional.get(key, empty)
 
-    written += _rollup(target, target, metrics, "bucket", TruncHour, HOUR, keys, machine_ids, h_lo, h_hi, hour, names)
+    if connection.vendor == "postgresql" and ended < h_hi:
+        # The hour in progress (refreshed every HOUR_REFRESH for the whole fleet) in SQL, from its
+        # minutes, p95 of their means; hours that are over keep the exact rules below.
+        written += _buckets_sql(target, target, metrics, names, keys, machine_ids, max(h_lo, ended), h_hi, HOUR)
+        h_hi = ended
+    if h_lo < h_hi:
+        written += _rollup(
+            target, target, metrics, "bucket", TruncHour, HOUR, keys, machine_ids, h_lo, h_hi, hour, names
+        )
     return written
 
 
