@@ -426,7 +426,7 @@ def seed_fleet(owner, machines: int, queued: int, seed: int = 7) -> list[int]:
 def reset(job_ids: list[int], machine_names_prefix: str = "place-") -> None:
     from django.utils import timezone
 
-    from dashboard.fleet.models import Machine
+    from dashboard.fleet.models import MachineState
     from dashboard.jobs.models import Job, JobAttempt
 
     JobAttempt.objects.filter(job_id__in=job_ids).delete()
@@ -439,7 +439,7 @@ def reset(job_ids: list[int], machine_names_prefix: str = "place-") -> None:
         status_message="waiting for placement",
         preempt_requested=False,
     )
-    Machine.objects.filter(name__startswith=machine_names_prefix).update(last_seen_at=timezone.now())
+    MachineState.objects.filter(machine__name__startswith=machine_names_prefix).update(last_seen_at=timezone.now())
 
 
 def placement_passes(job_ids: list[int], passes: int) -> dict:
