@@ -187,6 +187,9 @@ def page(live_server):
             timezone_id=BROWSER_ZONE,
             color_scheme="light",
             accept_downloads=True,
+            # wait_for_function evaluates its predicate with eval, which the pages' CSP forbids;
+            # dashboard/web/tests/test_every_page.py checks the policy in a context without this.
+            bypass_csp=True,
         )
         page = context.new_page()
         page.errors = []

@@ -293,6 +293,8 @@ def run(port: int, verbose: bool) -> int:
     os.environ["DASHBOARD_DATA_DIR"] = str(data_dir)
     os.environ["PYTHONUNBUFFERED"] = "1"
     os.environ.setdefault("DEBUG", "1")  # a local run: no SECRET_KEY needed (dashboard.E001)
+    if not verbose:  # the management commands and the web server log at INFO otherwise
+        os.environ.setdefault("LOG_LEVEL", "WARNING")
     token_file = data_dir / "agent.token"
     server = f"http://127.0.0.1:{port}"
 

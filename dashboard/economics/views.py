@@ -95,4 +95,18 @@ def machine_panel(name: str) -> dict[str, Any]:
         "batch": capacity.DEFAULT_BATCH,
         "errors": [],
     }
-    return {**_panel(get_object_or_404(Machine, name=name), params), "params": params}
+    panel = _panel(get_object_or_404(Machine, name=name), params)
+    return {**panel, "params": params, "unset": _unset(panel)}
+
+
+def _unset(panel: dict[str, Any]) -> dict[str, str]:
+    """Per panel, the one line it shows while nothing is set or measured for it (empty: show it whole)."""
+    report = panel["roi"]
+    missing = [
+        w for w, gone in (("a cost profile", not report["profile"]), ("value rates", not report["rates"])) if gone
+    ]
+    return {
+        "roi": ("to do: set " + " and ".join(missing)) if missing else "",
+        "share": "" if panel["share"]["runs"] else "no training and serving jobs measured here yet",
+        "capacity": "" if panel["capacity"]["memory_bytes"] else "no accelerator memory known: nothing to size",
+    }

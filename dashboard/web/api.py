@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.http import Http404
-from django.shortcuts import get_object_or_404
-from ninja import NinjaAPI, Router
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, render
+from ninja import NinjaAPI, Router, Swagger
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from dashboard.accounts.auth import USER_AUTH, rate_limited_response
@@ -28,6 +28,8 @@ from dashboard.jobs import throughput as job_throughput
 from dashboard.jobs.api import agent_router
 from dashboard.jobs.api import router as jobs_router
 
+from . import fleet_history
+
 
 class Api(NinjaAPI):
     def get_openapi_schema(self, *args: Any, **kwargs: Any) -> Any:
@@ -35,7 +37,17 @@ class Api(NinjaAPI):
         return openapi.complete(super().get_openapi_schema(*args, **kwargs))
 
 
+class LocalSwagger(Swagger):
+    """Swagger UI from this server's static files (static/vendor), inside the site's own page:
+    django-ninja's page loads it from a CDN unless ninja is an installed app, and has no navigation."""
+
+    def render_page(self, request: HttpRequest, api: NinjaAPI, **kwargs: Any) -> HttpResponse:
+        settings = {**self.settings, "url": self.get_openapi_url(api, kwargs)}
+        return render(request, "api/docs.html", {"swagger_settings": settings, "api": api})
+
+
 api = Api(
+    docs=LocalSwagger(),
     title="AI fleet dashboard API",
     version="1",
     urls_namespace="api",
@@ -56,6 +68,14 @@ def machine_series(request, name: str, metric: str, since: str = "1h", until: st
         return series.machine_series(m, metric, start, end)
     except series.SeriesError as exc:
         raise HttpError(400, str(exc)) from None
+
+
+@composed.get("/fleet/history", auth=USER_AUTH, summary="The fleet over time: utilisation, cost, value and RoI")
+def fleet_history_api(request, since: str = "24h", until: str | None = None):
+    """Utilisation per step (mean and p95 across GPUs, or CPUs in a fleet without GPUs) over the range;
+    cost, value and RoI per day over the range or the last 7 days, whichever is longer."""
+    start, end = required_range(since, until)
+    return {"utilisation": fleet_history.utilisation(start, end), "money": fleet_history.money(start, end)}
 
 
 api.add_router("", fleet_router)

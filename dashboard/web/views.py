@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
@@ -14,6 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from dashboard.core.periods import PeriodError, required_range, window_filter
 from dashboard.economics.views import machine_panel
 from dashboard.fleet import queries, throughput
 from dashboard.fleet.models import Machine, ThroughputSample
@@ -22,7 +23,23 @@ from dashboard.teams import access as team_access
 
 from .overview import SORTS, STATES, Filters, fleet_page
 
-RANGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
+# The range picker's presets (static/js/charts.js lists the same keys); any other range is custom.
+RANGE_PRESETS = (("15m", "15 min"), ("1h", "1 h"), ("6h", "6 h"), ("24h", "24 h"), ("7d", "7 d"), ("30d", "30 d"))
+
+
+def page_range(params: Any, now: datetime) -> dict[str, Any]:
+    """The range a page's query asks for: ``range`` (a preset) or ``from``/``to``; 1 h when unusable."""
+    presets = dict(RANGE_PRESETS)
+    if params.get("from"):
+        try:
+            start, end = required_range(params["from"], params.get("to") or None, now)
+        except PeriodError:
+            pass
+        else:
+            return {"preset": None, "custom": True, "start": start, "end": end}
+    preset = params.get("range") if params.get("range") in presets else "1h"
+    start, end = required_range(preset, None, now)
+    return {"preset": preset, "custom": False, "start": start, "end": end}
 
 
 def _present(m: dict[str, Any]) -> dict[str, Any]:
@@ -45,9 +62,9 @@ def _present(m: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _fleet_tokens(since: datetime) -> dict[str, int]:
-    """Tokens the fleet counted since ``since``, per charted kind: which throughput charts have data."""
-    sums = ThroughputSample.objects.filter(ts__gte=since).aggregate(
+def _fleet_tokens(since: datetime, until: datetime) -> dict[str, int]:
+    """Tokens the fleet counted in the range, per charted kind: which throughput charts have data."""
+    sums = ThroughputSample.objects.filter(**window_filter(since, until)).aggregate(
         train=Sum("train_tokens"), generated=Sum("generated_tokens")
     )
     return {kind: int(n or 0) for kind, n in sums.items()}
@@ -69,7 +86,9 @@ def overview(request: HttpRequest) -> HttpResponse:
         "server_url": request.build_absolute_uri("/").rstrip("/"),
     }
     if context["fleet_size"]:
-        context["fleet_tokens"] = _fleet_tokens(now - timedelta(hours=1))
+        shown = page_range(request.GET, now)
+        context.update(range=shown, range_presets=RANGE_PRESETS)
+        context["fleet_tokens"] = _fleet_tokens(shown["start"], shown["end"])
     partial = request.GET.get("partial")
     return render(request, "fleet/_machines.html" if partial else "fleet/overview.html", context)
 
@@ -84,7 +103,9 @@ def machine(request: HttpRequest, name: str) -> HttpResponse:
         "jobs": machine_jobs(name),
         "economics": machine_panel(name),
         "charts": {
+            "machine": name,
             "seriesUrl": reverse("api:machine_series", kwargs={"name": name}),
+            "jobsUrl": reverse("api:jobs"),
             "liveUrl": f"{request.path}?partial=1",
             "gpus": [g["index"] for g in m["gpus"]],
             "memTotalBytes": m["mem_total"],
@@ -92,7 +113,7 @@ def machine(request: HttpRequest, name: str) -> HttpResponse:
     }
     partial = request.GET.get("partial")
     if not partial:  # the live refresh does not show it; static/js/throughput.js refreshes it
-        now = timezone.now()
-        span = RANGES.get(request.GET.get("range", ""), RANGES["1h"])
-        context["throughput"] = throughput.machine_summary(machine_obj, now - span, now)
+        shown = page_range(request.GET, timezone.now())
+        context.update(range=shown, range_presets=RANGE_PRESETS)
+        context["throughput"] = throughput.machine_summary(machine_obj, shown["start"], shown["end"])
     return render(request, "fleet/_machine_live.html" if partial else "fleet/machine.html", context)

@@ -36,9 +36,9 @@
   if (zone) document.cookie = "tz=" + encodeURIComponent(zone) + "; path=/; max-age=31536000; SameSite=Lax";
 
   function widths(scope) {
-    scope.querySelectorAll("[data-width]").forEach((el) => {
-      el.style.width = Math.max(0, Math.min(100, Number(el.dataset.width) || 0)) + "%";
-    });
+    const pct = (v) => Math.max(0, Math.min(100, Number(v) || 0)) + "%";
+    scope.querySelectorAll("[data-width]").forEach((el) => { el.style.width = pct(el.dataset.width); });
+    scope.querySelectorAll("[data-height]").forEach((el) => { el.style.height = pct(el.dataset.height); });
   }
 
   document.addEventListener("DOMContentLoaded", () => {
@@ -59,6 +59,10 @@
       });
     }
     widths(document);
+    // A chart drawn inside a closed <details> has no width yet: opening it resizes (Plotly's responsive mode).
+    document.addEventListener("toggle", (event) => {
+      if (event.target.open) window.dispatchEvent(new Event("resize"));
+    }, true);
     // Partials swapped in by a page's refresh bring new bars.
     new MutationObserver((records) => {
       for (const r of records) r.addedNodes.forEach((n) => { if (n.nodeType === 1) widths(n.parentNode || n); });

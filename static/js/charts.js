@@ -3,7 +3,7 @@
 "use strict";
 
 window.Charts = (function () {
-  const config = { displaylogo: false, responsive: true, displayModeBar: false };
+  const config = { displaylogo: false, responsive: true, displayModeBar: false, doubleClick: false };
 
   function cssVar(name) {
     return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
@@ -72,7 +72,8 @@ window.Charts = (function () {
       xaxis: Object.assign({}, axis, { type: "date",
         title: { text: "Time (" + zone + ")", font: { color: t.muted, size: 11 } } }),
       yaxis: Object.assign({}, axis, { title: { text: yTitle, font: { color: t.muted, size: 11 } },
-        rangemode: "tozero" }),
+        rangemode: "tozero", fixedrange: true }),  // a drag selects times only
+      dragmode: "zoom",
       uirevision: "keep",  // zoom and hidden traces survive each refresh
     }, extra || {});
   }
@@ -111,16 +112,21 @@ window.Charts = (function () {
 
   // Call fn now and then every `visibleMs`, or every `hiddenMs` while the tab is hidden;
   // coming back to the tab refreshes at once.
+  // A call while fn runs is not dropped: fn runs once more when it is done (the page may have
+  // changed what fn draws, such as the range, after fn started).
   function poll(fn, visibleMs, hiddenMs) {
     let timer = null;
     let running = false;
+    let again = false;
     async function tick() {
       clearTimeout(timer);
-      if (!running) {
-        running = true;
+      if (running) { again = true; return; }
+      running = true;
+      do {
+        again = false;
         try { await fn(); } catch (err) { console.warn("refresh failed", err); }
-        running = false;
-      }
+      } while (again);
+      running = false;
       timer = setTimeout(tick, document.hidden ? hiddenMs : visibleMs);
     }
     document.addEventListener("visibilitychange", () => { if (!document.hidden) tick(); });
@@ -144,6 +150,109 @@ window.Charts = (function () {
     });
   }
 
+  // ---- the time range: a preset back from now or a custom from/to, kept in the URL ------------
+  // ?range=6h, or ?from=ISO&to=ISO (to may be absent: until now); ?refresh=off stops redrawing.
+
+  const PRESETS = ["15m", "1h", "6h", "24h", "7d", "30d"];
+
+  function readRange() {
+    const q = new URLSearchParams(window.location.search);
+    if (q.get("from")) return { from: q.get("from"), to: q.get("to") || null };
+    const preset = q.get("range");
+    return { preset: PRESETS.includes(preset) ? preset : "1h" };
+  }
+
+  // The API's since/until for a range; key names the range (Plotly's uirevision).
+  function rangeParams(r) { return r.preset ? { since: r.preset } : Object.assign({ since: r.from }, r.to ? { until: r.to } : {}); }
+  function rangeKey(r) { return r.preset || r.from + "/" + (r.to || "now"); }
+
+  // Plotly's axis strings are wall-clock times in the browser's zone ("2026-11-30 10:48:12.3").
+  function fromAxis(text) { return new Date(String(text).replace(" ", "T")); }
+
+  function toInput(date) {  // <input type="datetime-local"> wants local "YYYY-MM-DDTHH:MM"
+    return localTime(date.getTime()).slice(0, 16).replace(" ", "T");
+  }
+
+  // The range picker (templates/fleet/_range_picker.html): presets, custom from/to, drag-to-zoom
+  // on any chart made zoomable, auto-refresh on or off. onChange(range) runs after every change.
+  function rangePicker(onChange) {
+    const root = document.getElementById("range-picker");
+    let range = readRange();
+    const q = new URLSearchParams(window.location.search);
+    const auto = document.getElementById("auto-refresh");
+    if (auto) auto.checked = q.get("refresh") !== "off";
+    const form = document.getElementById("range-custom");
+
+    function show() {
+      if (!root) return;
+      root.querySelectorAll("[data-range]").forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.range === range.preset)));
+      if (form && range.from) {
+        form.elements.from.value = toInput(new Date(range.from));
+        form.elements.to.value = range.to ? toInput(new Date(range.to)) : "";
+      }
+    }
+
+    function writeUrl() {
+      const url = new URL(window.location.href);
+      for (const k of ["range", "from", "to"]) url.searchParams.delete(k);
+      if (range.preset) url.searchParams.set("range", range.preset);
+      else {
+        url.searchParams.set("from", range.from);
+        if (range.to) url.searchParams.set("to", range.to);
+      }
+      if (auto && !auto.checked) url.searchParams.set("refresh", "off"); else url.searchParams.delete("refresh");
+      window.history.replaceState(null, "", url);
+    }
+
+    function set(next) {
+      range = next;
+      show();
+      writeUrl();
+      onChange(range);
+    }
+
+    if (root) {
+      root.querySelectorAll("[data-range]").forEach((b) => b.addEventListener("click", () => set({ preset: b.dataset.range })));
+    }
+    if (form) {
+      form.addEventListener("submit", (event) => {
+        event.preventDefault();
+        const from = new Date(form.elements.from.value);
+        const to = form.elements.to.value ? new Date(form.elements.to.value) : null;
+        if (Number.isNaN(from.getTime()) || (to && !(to > from))) return;
+        set({ from: from.toISOString(), to: to ? to.toISOString() : null });
+      });
+    }
+    if (auto) auto.addEventListener("change", writeUrl);
+    show();
+
+    return {
+      get: () => range,
+      set: set,
+      // Redraw on a timer only for ranges that end now.
+      live: () => (!auto || auto.checked) && (Boolean(range.preset) || !range.to),
+      // Drag across the chart: its x range becomes the page's custom range.
+      zoomable(el) {
+        if (el.dataset.zoomable) return;
+        el.dataset.zoomable = "1";
+        el.on("plotly_relayout", (ev) => {
+          const a = ev["xaxis.range[0]"], b = ev["xaxis.range[1]"];
+          if (a === undefined || b === undefined) return;
+          const from = fromAxis(a), to = fromAxis(b);
+          if (Number.isNaN(from.getTime()) || !(to > from)) return;
+          set({ from: from.toISOString(), to: to.toISOString() });
+        });
+      },
+    };
+  }
+
+  // A note across the chart: why it is empty.
+  function note(text) {
+    return [{ text: text, showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5,
+              font: { color: theme().muted } }];
+  }
+
   return { config, cssVar, theme, withAlpha, zone, localTime, byteUnit, formatBytes, scale,
-           layout, bandTraces, sparkline, poll, ago, tickAgo };
+           layout, bandTraces, sparkline, poll, ago, tickAgo,
+           PRESETS, readRange, rangeParams, rangeKey, rangePicker, note };
 })();

@@ -1,5 +1,8 @@
-// Machine page: one Plotly chart per metric, fed by /api/v1/machines/<name>/series, plus the
-// live state and process table re-fetched as a server-rendered partial.
+// Machine page: one Plotly chart per metric (or pair of metrics), fed by
+// /api/v1/machines/<name>/series for the range in the URL (static/js/charts.js: rangePicker);
+// job start and end marks on every chart, ECC/XID marks on the GPU health charts, throttled
+// windows on the SM clock chart; the live state, processes and per-core bars re-fetched as a
+// server-rendered partial.
 "use strict";
 
 (function () {
@@ -7,14 +10,27 @@
   if (!configEl) return;
   const cfg = JSON.parse(configEl.textContent);
   const charts = Array.from(document.querySelectorAll(".chart[data-metric]"));
-  const RANGES = ["1h", "24h", "7d"];
-  let range = new URLSearchParams(window.location.search).get("range");
-  if (!RANGES.includes(range)) range = "1h";
+  const noteEl = document.getElementById("range-note");
+  const picker = Charts.rangePicker(() => poller.now());
 
-  function markRange() {
-    document.querySelectorAll("[data-range]").forEach((b) => {
-      b.setAttribute("aria-pressed", String(b.dataset.range === range));
-    });
+  // NVML clock-event reasons (nvmlClocksEventReasons): bit -> words. "GPU idle" is normal and not marked.
+  const THROTTLE = [
+    [0x2, "application clocks setting"], [0x4, "software power cap"], [0x8, "hardware slowdown"],
+    [0x10, "sync boost"], [0x20, "software thermal slowdown"], [0x40, "hardware thermal slowdown"],
+    [0x80, "hardware power brake"], [0x100, "display clock setting"],
+  ];
+
+  async function getJSON(url) {
+    const response = await fetch(url, { credentials: "same-origin" });
+    if (!response.ok) throw new Error(url + ": HTTP " + response.status);
+    return response.json();
+  }
+
+  function seriesUrl(metric, range) {
+    const url = new URL(cfg.seriesUrl, window.location.href);
+    url.searchParams.set("metric", metric);
+    for (const [k, v] of Object.entries(Charts.rangeParams(range))) url.searchParams.set(k, v);
+    return url;
   }
 
   function maxOf(series, size) {
@@ -23,67 +39,157 @@
     return max;
   }
 
-  function figure(el, resp) {
+  // Vertical marks with a label at the top: [{t (ms), text, hover, color}].
+  function marks(list, layout) {
+    layout.shapes = (layout.shapes || []).concat(list.map((m) => ({
+      type: "line", xref: "x", yref: "paper", x0: Charts.localTime(m.t), x1: Charts.localTime(m.t), y0: 0, y1: 1,
+      line: { color: m.color, width: 1, dash: m.dash || "dot" },
+    })));
+    layout.annotations = (layout.annotations || []).concat(list.map((m) => ({
+      x: Charts.localTime(m.t), xref: "x", y: 1, yref: "paper", yanchor: "bottom", text: m.text, hovertext: m.hover,
+      showarrow: false, font: { size: 10, color: m.color },
+    })));
+  }
+
+  function jobMarks(jobs, start, end) {
     const theme = Charts.theme();
+    const out = [];
+    for (const job of jobs) {
+      for (const [field, text, color] of [["started_at", "▶", theme.colors[1]], ["finished_at", "■", theme.muted]]) {
+        const t = job[field] ? Date.parse(job[field]) : null;
+        if (t === null || t < start || t > end) continue;
+        const what = field === "started_at" ? "started" : job.status;
+        out.push({ t: t, text: text + " #" + job.id, hover: "#" + job.id + " " + job.name + " " + what, color: color });
+      }
+    }
+    return out;
+  }
+
+  // Where a cumulative error count went up: one mark per rise, per GPU.
+  function rises(resp, label, color) {
+    const out = [];
+    for (const s of resp.series) {
+      let before = null;
+      s.t.forEach((t, i) => {
+        const v = s.mean[i];
+        if (v === null) return;
+        if (before !== null && v > before) {
+          out.push({ t: t, text: label, hover: label + " +" + (v - before) + " on GPU " + s.device, color: color, dash: "solid" });
+        }
+        before = v;
+      });
+    }
+    return out;
+  }
+
+  function throttled(resp, clocks) {
+    const theme = Charts.theme();
+    const traces = [];
+    for (const s of resp.series) {
+      const line = clocks.series.find((c) => c.device === s.device);
+      if (!line) continue;
+      const at = new Map(line.t.map((t, i) => [t, line.mean[i]]));
+      const x = [], y = [], text = [];
+      s.t.forEach((t, i) => {
+        const bits = s.mean[i];
+        const why = THROTTLE.filter(([bit]) => bits & bit).map(([, words]) => words);
+        if (!why.length || !at.has(t)) return;
+        x.push(Charts.localTime(t)); y.push(at.get(t)); text.push("GPU " + s.device + ": " + why.join(", "));
+      });
+      if (x.length) {
+        traces.push({ x: x, y: y, text: text, type: "scatter", mode: "markers", name: "Throttled",
+                      legendgroup: "throttled", showlegend: !traces.length,
+                      marker: { symbol: "triangle-down", size: 8, color: theme.colors[7] },
+                      hovertemplate: "%{text}<extra>throttled</extra>" });
+      }
+    }
+    return traces;
+  }
+
+  function figure(el, answers, extra) {
+    const theme = Charts.theme();
+    const first = answers[0];
     const isRam = el.dataset.metric === "system.mem_used_bytes";
+    const all = answers.flatMap((a) => a.series);
     let size = 1;
-    let unit = resp.unit;
-    if (resp.unit === "B") {
-      const u = Charts.byteUnit(maxOf(resp.series, isRam ? cfg.memTotalBytes : 0));
+    let unit = first.unit;
+    if (first.unit === "B" || first.unit === "B/s") {
+      const u = Charts.byteUnit(maxOf(all, isRam ? cfg.memTotalBytes : 0));
       size = u.size;
-      unit = u.unit;
+      unit = u.unit + (first.unit === "B/s" ? "/s" : "");
     }
     // Min-max bands help with one or two series; with eight GPUs they only hide each other.
-    const band = resp.series.length <= 2;
-    // "GPU 0 · H100 80GB HBM3" -> "GPU 0" when every device is the same model.
-    const models = new Set(resp.series.map((s) => s.name.split(" · ").slice(1).join(" · ")));
-    const short = resp.series.length > 1 && models.size === 1;
+    const band = all.length <= 2;
     const data = [];
-    resp.series.forEach((s, i) => {
-      const name = short ? s.name.split(" · ")[0] : s.name;
-      const x = s.t.map(Charts.localTime);
-      const color = theme.colors[(s.device === null ? i : s.device) % theme.colors.length];
-      data.push(...Charts.bandTraces(
-        name, x,
-        band && s.min ? Charts.scale(s.min, size) : null,
-        Charts.scale(s.mean, size),
-        band && s.max ? Charts.scale(s.max, size) : null,
-        color, unit,
-      ));
+    answers.forEach((resp, r) => {
+      // "GPU 0 · H100 80GB HBM3" -> "GPU 0" when every device is the same model.
+      const models = new Set(resp.series.map((s) => s.name.split(" · ").slice(1).join(" · ")));
+      const short = resp.series.length > 1 && models.size === 1;
+      resp.series.forEach((s, i) => {
+        const name = answers.length > 1 ? resp.label : (short ? s.name.split(" · ")[0] : s.name);
+        const color = theme.colors[(s.device === null ? i + r : s.device) % theme.colors.length];
+        data.push(...Charts.bandTraces(
+          name, s.t.map(Charts.localTime),
+          band && s.min ? Charts.scale(s.min, size) : null,
+          Charts.scale(s.mean, size),
+          band && s.max ? Charts.scale(s.max, size) : null,
+          color, unit,
+        ));
+      });
     });
-    const start = Charts.localTime(Date.parse(resp.since));
-    const end = Charts.localTime(Date.parse(resp.until));
+    const start = Date.parse(first.data_since || first.since);
+    const end = Date.parse(first.until);
     if (isRam && cfg.memTotalBytes) {
-      data.push({ x: [start, end], y: [cfg.memTotalBytes / size, cfg.memTotalBytes / size],
+      data.push({ x: [Charts.localTime(start), Charts.localTime(end)], y: [cfg.memTotalBytes / size, cfg.memTotalBytes / size],
                   type: "scatter", mode: "lines", name: "Total",
                   line: { color: theme.muted, width: 1, dash: "dot" }, hoverinfo: "skip" });
     }
-    const layout = Charts.layout(el.dataset.axis + " (" + unit + ")", { uirevision: range });
+    if (extra.throttle) data.push(...throttled(extra.throttle, answers[0]));
+    // The range the data was fetched for: the picker may have moved on since.
+    const layout = Charts.layout(el.dataset.axis + (unit ? " (" + unit + ")" : ""), { uirevision: Charts.rangeKey(extra.range) });
     layout.showlegend = data.filter((t) => t.showlegend !== false).length > 1;
-    layout.xaxis.range = [start, end];
-    if (resp.unit === "%") Object.assign(layout.yaxis, { range: [0, 101], autorange: false });
-    if (!resp.series.length) {
-      layout.annotations = [{ text: "No data in this range", showarrow: false, xref: "paper",
-                              yref: "paper", x: 0.5, y: 0.5, font: { color: theme.muted } }];
-    }
+    layout.xaxis.range = [Charts.localTime(start), Charts.localTime(end)];
+    layout.margin = Object.assign({}, layout.margin, { t: 18 });  // room for the marks' labels
+    if (first.unit === "%") Object.assign(layout.yaxis, { range: [0, 101], autorange: false });
+    if (!all.length) layout.annotations = Charts.note("No data in this range");
+    marks(extra.marks, layout);
     return { data, layout };
   }
 
-  async function draw(el) {
-    const url = new URL(cfg.seriesUrl, window.location.href);
-    url.searchParams.set("metric", el.dataset.metric);
-    url.searchParams.set("since", range);
-    const response = await fetch(url, { credentials: "same-origin" });
-    if (!response.ok) throw new Error(el.dataset.metric + ": HTTP " + response.status);
-    const f = figure(el, await response.json());
+  async function draw(el, range, jobs, health) {
+    const metrics = el.dataset.metric.split(" ");
+    const [answers, throttle] = await Promise.all([
+      Promise.all(metrics.map((m) => getJSON(seriesUrl(m, range)))),
+      el.dataset.throttle ? getJSON(seriesUrl("gpu.throttle_reasons", range)) : null,
+    ]);
+    const start = Date.parse(answers[0].data_since || answers[0].since);
+    const end = Date.parse(answers[0].until);
+    const list = jobMarks(jobs, start, end).concat(el.dataset.health ? health : []);
+    const f = figure(el, answers, { marks: list, throttle: throttle, range: range });
     await Plotly.react(el, f.data, f.layout, Charts.config);
+    picker.zoomable(el);
+    return answers[0].note;
+  }
+
+  async function healthMarks(range) {
+    if (!document.querySelector(".chart[data-health]")) return [];
+    const theme = Charts.theme();
+    const [ecc, xid] = await Promise.all([getJSON(seriesUrl("gpu.ecc_errors", range)), getJSON(seriesUrl("gpu.xid_errors", range))]);
+    return rises(ecc, "ECC", theme.colors[5]).concat(rises(xid, "XID", theme.colors[7]));
+  }
+
+  async function jobsHere() {
+    const url = new URL(cfg.jobsUrl, window.location.href);
+    url.searchParams.set("machine", cfg.machine);
+    url.searchParams.set("limit", "200");
+    return (await getJSON(url)).jobs;
   }
 
   async function refreshLive() {
     const response = await fetch(cfg.liveUrl, { credentials: "same-origin" });
     if (response.redirected || !response.ok) return;
     const doc = new DOMParser().parseFromString(await response.text(), "text/html");
-    for (const id of ["machine-state", "machine-processes"]) {
+    for (const id of ["machine-state", "machine-processes", "machine-cores"]) {
       const fresh = doc.getElementById(id);
       const current = document.getElementById(id);
       if (fresh && current) current.replaceWith(fresh);
@@ -91,25 +197,36 @@
     Charts.tickAgo();
   }
 
-  async function refresh() {
-    await Promise.all([...charts.map(draw), refreshLive(), window.Throughput && Throughput.machine(range)]);
+  async function redraw() {
+    const range = picker.get();
+    // Marks are extras: a chart is still worth drawing without them.
+    const [jobs, health] = await Promise.all([
+      jobsHere().catch((err) => { console.warn("job marks failed", err); return []; }),
+      healthMarks(range).catch((err) => { console.warn("ECC/XID marks failed", err); return []; }),
+    ]);
+    const notes = await Promise.all(charts.map((el) => draw(el, range, jobs, health)));
+    const note = notes.find(Boolean);
+    if (noteEl) {
+      noteEl.hidden = !note;
+      noteEl.textContent = note ? note + "." : "";
+    }
+    if (window.Throughput) {
+      await Throughput.machine(range);
+      document.querySelectorAll("#machine-throughput .chart").forEach((el) => { if (el.on) picker.zoomable(el); });
+    }
   }
 
-  document.querySelectorAll("[data-range]").forEach((button) => {
-    button.addEventListener("click", () => {
-      range = button.dataset.range;
-      markRange();
-      const url = new URL(window.location.href);
-      url.searchParams.set("range", range);
-      window.history.replaceState(null, "", url);
-      poller.now();
-    });
-  });
-  // Redraw with the other palette when the system switches between light and dark.
-  document.addEventListener("themechange", () => poller.now());  // static/js/base.js
+  let forced = true;
+  async function refresh() {
+    if (!forced && !picker.live()) return;  // a past range or auto-refresh off: nothing new to draw
+    forced = false;
+    await Promise.all([redraw(), refreshLive()]);
+  }
 
-  markRange();
   Charts.tickAgo();
   setInterval(() => { if (!document.hidden) Charts.tickAgo(); }, 1000);
   const poller = Charts.poll(refresh, 10000, 60000);
+  const now = poller.now;
+  poller.now = () => { forced = true; return now(); };
+  document.addEventListener("themechange", () => poller.now());  // static/js/base.js
 })();

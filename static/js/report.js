@@ -1,5 +1,6 @@
 // Reports: ask for the page in the browser's zone, keep the period picker tidy, print, and draw
-// two charts at a fixed size that fits an A4 page (620 × 260 px, about 164 × 69 mm).
+// two charts as wide as their cards on screen and at a size that fits an A4 page when printed
+// (620 × 260 px, about 164 × 69 mm).
 "use strict";
 
 (function () {
@@ -28,8 +29,14 @@
   const source = document.getElementById("report-chart-data");
   if (!source || !window.Plotly) return;
   const data = JSON.parse(source.textContent);
-  const size = { width: 620, height: 260 };
-  const config = Object.assign({}, Charts.config, { responsive: false });
+  const size = { height: 260 };
+  const PRINT = { width: 620, height: 260 };
+  const config = Charts.config;
+  const drawn = [];
+  const paper = (on) => drawn.forEach((el) => Plotly.relayout(el, on ? PRINT : { width: null, autosize: true }));
+  window.addEventListener("beforeprint", () => paper(true));
+  window.addEventListener("afterprint", () => paper(false));
+  window.matchMedia("print").addEventListener("change", (event) => paper(event.matches));
 
   function empty(el, text) {
     const p = document.createElement("p");
@@ -52,6 +59,7 @@
     layout.yaxis.range = [0, 101];
     layout.uirevision = undefined;
     Plotly.react(util, traces, layout, config);
+    drawn.push(util);
   } else {
     empty(util, "No rollups for this period yet.");
   }
@@ -69,6 +77,7 @@
     layout.xaxis = Object.assign(layout.xaxis, { type: "category", title: { text: "Device", font: { color: t.muted, size: 11 } } });
     layout.yaxis.range = [0, 101];
     Plotly.react(compare, [bar("before", "Period before", t.muted), bar("now", "This period", t.colors[0])], layout, config);
+    drawn.push(compare);
   } else {
     empty(compare, "No utilisation in either period.");
   }

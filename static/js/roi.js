@@ -98,5 +98,9 @@
 
   localize();
   const cfgEl = document.getElementById("roi-config");
-  if (cfgEl) draw(JSON.parse(cfgEl.textContent)).catch((err) => console.warn("RoI charts failed", err));
+  if (cfgEl) {
+    const cfg = JSON.parse(cfgEl.textContent);
+    draw(cfg).catch((err) => console.warn("RoI charts failed", err));
+    document.addEventListener("themechange", () => draw(cfg).catch(() => {}));  // static/js/base.js
+  }
 })();

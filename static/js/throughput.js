@@ -1,5 +1,5 @@
 // Tokens per second on three pages: the machine page's stacked charts per kind (machine.js calls
-// Throughput.machine(range) with its own refresh), the fleet page's totals (fleet.js calls
+// Throughput.machine(range) with its own refresh and range picker), the fleet page's totals (fleet.js calls
 // Throughput.fleet()), and the job page's chart with its GPUs' utilisation, which polls by itself
 // until the job has finished. Loaded after charts.js.
 "use strict";
@@ -92,15 +92,17 @@ window.Throughput = (function () {
 
   // ---- machine page: one stacked chart per kind with tokens in the range ---------------------
 
+  // range: as Charts.readRange() gives it ({preset} or {from, to}).
   async function machine(range) {
     const card = document.getElementById("machine-throughput");
     if (!card) return;
+    const params = Charts.rangeParams(range);
     const colors = Charts.theme().colors;
     const jobColor = (s) => (s.job === null ? Charts.theme().muted : colors[s.job % colors.length]);
     const blocks = Array.from(card.querySelectorAll(".throughput-kind"));
     const [summary, ...answers] = await Promise.all([
-      getJSON(withParams(card.dataset.summaryUrl, { since: range })),
-      ...blocks.map((b) => getJSON(withParams(card.dataset.seriesUrl, { metric: "tokens." + b.dataset.kind, since: range }))),
+      getJSON(withParams(card.dataset.summaryUrl, params)),
+      ...blocks.map((b) => getJSON(withParams(card.dataset.seriesUrl, Object.assign({ metric: "tokens." + b.dataset.kind }, params)))),
     ]);
     let any = false;
     await Promise.all(blocks.map((block, i) => {
@@ -109,20 +111,21 @@ window.Throughput = (function () {
       block.hidden = !shown;
       any = any || shown;
       if (!shown) return null;
-      const f = stackedFigure(resp, jobColor, range);
+      const f = stackedFigure(resp, jobColor, Charts.rangeKey(range));
       return Plotly.react(block.querySelector(".chart"), f.data, f.layout, Charts.config);
     }));
     card.querySelector(".throughput-empty").hidden = any;
   }
 
-  // ---- fleet page: generated and training tokens/s of the last hour, stacked by machine ------
+  // ---- fleet page: generated and training tokens/s over the page's range, stacked by machine ----
 
-  async function fleet() {
+  async function fleet(range) {
     const card = document.getElementById("fleet-throughput");
     if (!card) return;
+    range = range || { preset: "1h" };
     const blocks = Array.from(card.querySelectorAll(".throughput-kind"));
     const answers = await Promise.all(blocks.map((b) =>
-      getJSON(withParams(card.dataset.seriesUrl, { metric: "tokens." + b.dataset.kind, since: "1h" }))));
+      getJSON(withParams(card.dataset.seriesUrl, Object.assign({ metric: "tokens." + b.dataset.kind }, Charts.rangeParams(range))))));
     // The same machine keeps its colour in both charts.
     const names = Array.from(new Set(answers.flatMap((a) => a.series.map((s) => s.machine)))).sort();
     const colors = Charts.theme().colors;
@@ -132,7 +135,7 @@ window.Throughput = (function () {
       block.hidden = !answers[i].series.length;
       if (block.hidden) return null;
       any = true;
-      const f = stackedFigure(answers[i], machineColor, "fleet");
+      const f = stackedFigure(answers[i], machineColor, Charts.rangeKey(range));
       return Plotly.react(block.querySelector(".chart"), f.data, f.layout, Charts.config);
     }));
     card.querySelector(".throughput-empty").hidden = any;

@@ -1,0 +1,91 @@
+"""The fleet over time: utilisation (mean and p95 across devices) and cost, value and RoI per day.
+
+Composed here because it spans apps: utilisation from telemetry rollups (``fleet``), money from
+each machine's RoI (``economics.roi.machine_roi``), summed. Only machines that count money in the
+fleet's main currency are summed; the others are named, never converted.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from datetime import datetime, timedelta
+from typing import Any
+
+from dashboard.core.periods import window_filter
+from dashboard.core.stats import P95, percentile
+from dashboard.economics import formulas
+from dashboard.economics.roi import machine_roi
+from dashboard.fleet.models import GpuRollup, Machine, SystemRollup
+from dashboard.fleet.series import MINUTE_MAX, step_for
+
+MONEY_MIN_SPAN = timedelta(days=7)  # per-day figures: at least a week of days, whatever the range
+
+
+def utilisation(since: datetime, until: datetime) -> dict[str, Any]:
+    """Per time step, the mean and the 95th percentile of every GPU's utilisation in the fleet
+    (each device's step mean counts once); CPU utilisation of every machine for a fleet without GPUs."""
+    resolution = 60 if until - since <= MINUTE_MAX else 3600
+    step = step_for(until - since, resolution)
+    gpu = GpuRollup.objects.filter(resolution_s=resolution, **window_filter(since, until, "bucket"))
+    if gpu.exists():
+        rows = gpu.values_list("machine_id", "gpu_index", "bucket", "util_percent_mean")
+        scope, label = "gpu", "GPU utilisation"
+    else:
+        rows = SystemRollup.objects.filter(
+            resolution_s=resolution, **window_filter(since, until, "bucket")
+        ).values_list("machine_id", "bucket", "cpu_percent_mean")
+        rows = ((m, 0, b, v) for m, b, v in rows)
+        scope, label = "cpu", "CPU utilisation"
+    # Each device's mean over the step first, so a device with more buckets does not weigh more.
+    per_device: dict[int, dict[tuple[int, int], list[float]]] = defaultdict(lambda: defaultdict(list))
+    for machine_id, index, bucket, value in rows:
+        if value is None:
+            continue
+        epoch = int(bucket.timestamp())
+        per_device[epoch - epoch % step][(machine_id, index)].append(value)
+    t, mean, p95 = [], [], []
+    for start in sorted(per_device):
+        values = [sum(v) / len(v) for v in per_device[start].values()]
+        t.append((start + step // 2) * 1000)
+        mean.append(round(sum(values) / len(values), 3))
+        p95.append(round(percentile(values, P95) or 0.0, 3))
+    return {
+        "scope": scope,
+        "label": label,
+        "unit": "%",
+        "step_s": step,
+        "since": since.isoformat(),
+        "until": until.isoformat(),
+        "t": t,
+        "mean": mean,
+        "p95": p95,
+    }
+
+
+def money(since: datetime, until: datetime) -> dict[str, Any]:
+    """Cost, value and RoI per day for the whole fleet: each machine's ``machine_roi`` days, summed."""
+    since = min(since, until - MONEY_MIN_SPAN)
+    reports = [machine_roi(m, since, until) for m in Machine.objects.order_by("name")]
+    currencies = Counter(r["currency"] for r in reports if r["currency"])
+    currency = currencies.most_common(1)[0][0] if currencies else None
+    counted = [r for r in reports if r["currency"] == currency and currency is not None]
+    days: dict[int, dict[str, Any]] = {}
+    for report in counted:
+        for d in report["days"]:
+            day = days.setdefault(d["t"], {"t": d["t"], "cost": None, "value": None})
+            for key in ("cost", "value"):
+                if d[key] is not None:
+                    day[key] = (day[key] or 0.0) + d[key]
+    rows = [days[t] for t in sorted(days)]
+    for day in rows:
+        known = day["cost"] is not None and day["value"] is not None
+        day["roi_percent"] = formulas.roi_percent(day["value"], day["cost"]) if known else None
+    return {
+        "currency": currency,
+        "since": since.isoformat(),
+        "until": until.isoformat(),
+        "machines": [r["machine"] for r in counted],
+        "left_out": sorted(r["machine"] for r in reports if r["currency"] not in (None, currency)),
+        "unset": sorted(r["machine"] for r in reports if r["profile"] is None or r["rates"] is None),
+        "days": rows,
+    }
