@@ -14,6 +14,7 @@ import logging
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -88,37 +89,41 @@ def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(MAX_BACKOFF_S, settings.ALERT_WEBHOOK_BACKOFF_S * 2 ** (attempts - 1)))
 
 
-def attempt(delivery: WebhookDelivery, now: datetime) -> bool:
-    """Try one delivery once and record the outcome; True if it was delivered."""
+def record_attempt(delivery: Any, now: datetime, send: Callable[[], None], what: str) -> bool:
+    """Run ``send`` once for ``delivery`` and record the outcome on it; True if it went out.
+
+    ``delivery`` is any row with ``attempts``, ``last_error``, ``next_try_at``, ``gave_up_at`` and
+    ``delivered_at`` (alert webhooks, weekly reports): a failure ``send`` raises as DeliveryError
+    is retried after ``backoff`` until ALERT_WEBHOOK_MAX_ATTEMPTS, one that must not be retried is
+    given up at once.
+    """
     delivery.attempts += 1
     try:
-        post(delivery.url, delivery.payload, settings.ALERT_WEBHOOK_TIMEOUT_S)
+        send()
     except DeliveryError as exc:
         delivery.last_error = str(exc)[:500]
         if not exc.retry or delivery.attempts >= settings.ALERT_WEBHOOK_MAX_ATTEMPTS:
             delivery.gave_up_at = now
-            log.warning(
-                "webhook %s for alert %s: giving up after %d attempts: %s",
-                delivery.event,
-                delivery.alert_id,
-                delivery.attempts,
-                exc,
-            )
+            log.warning("%s: giving up after %d attempts: %s", what, delivery.attempts, exc)
         else:
             delivery.next_try_at = now + backoff(delivery.attempts)
-            log.info(
-                "webhook %s for alert %s failed (attempt %d): %s",
-                delivery.event,
-                delivery.alert_id,
-                delivery.attempts,
-                exc,
-            )
+            log.info("%s failed (attempt %d): %s", what, delivery.attempts, exc)
         delivered = False
     else:
         delivery.delivered_at, delivery.last_error = now, ""
         delivered = True
     delivery.save(update_fields=["attempts", "last_error", "gave_up_at", "next_try_at", "delivered_at"])
     return delivered
+
+
+def attempt(delivery: WebhookDelivery, now: datetime) -> bool:
+    """Try one alert webhook once and record the outcome; True if it was delivered."""
+    return record_attempt(
+        delivery,
+        now,
+        lambda: post(delivery.url, delivery.payload, settings.ALERT_WEBHOOK_TIMEOUT_S),
+        f"webhook {delivery.event} for alert {delivery.alert_id}",
+    )
 
 
 def deliver_due(now: datetime | None = None, budget_s: float = 60.0) -> int:

@@ -33,7 +33,7 @@ from django.core.mail import EmailMessage
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 
-from dashboard.alerts.webhooks import DeliveryError, backoff, post
+from dashboard.alerts.webhooks import DeliveryError, post, record_attempt
 from dashboard.core.periods import Period, parse_zone, resolve_period
 from dashboard.fleet.models import Machine
 from dashboard.teams.models import Team
@@ -261,24 +261,8 @@ def _send(delivery: ReportDelivery) -> None:
 
 
 def attempt(delivery: ReportDelivery, now: datetime) -> bool:
-    """Try one delivery once and record the outcome; True if it went out."""
-    delivery.attempts += 1
-    try:
-        _send(delivery)
-    except DeliveryError as exc:
-        delivery.last_error = str(exc)[:500]
-        if not exc.retry or delivery.attempts >= settings.ALERT_WEBHOOK_MAX_ATTEMPTS:
-            delivery.gave_up_at = now
-            log.warning("weekly report %s: giving up after %d attempts: %s", delivery, delivery.attempts, exc)
-        else:
-            delivery.next_try_at = now + backoff(delivery.attempts)
-            log.info("weekly report %s failed (attempt %d): %s", delivery, delivery.attempts, exc)
-        delivered = False
-    else:
-        delivery.delivered_at, delivery.last_error = now, ""
-        delivered = True
-    delivery.save(update_fields=["attempts", "last_error", "gave_up_at", "next_try_at", "delivered_at"])
-    return delivered
+    """Try one delivery once and record the outcome (as alert webhooks are retried); True if it went out."""
+    return record_attempt(delivery, now, lambda: _send(delivery), f"weekly report {delivery}")
 
 
 def deliver_due(now: datetime | None = None, budget_s: float = 120.0) -> int:
