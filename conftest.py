@@ -142,7 +142,8 @@ def process_env(transactional_db, settings) -> dict[str, str]:
     if "sqlite" in db["ENGINE"]:
         url = f"sqlite:///{db['NAME']}"
     else:
-        url = f"postgres://{db.get('USER') or 'postgres'}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+        user, host, port = db.get("USER") or "postgres", db.get("HOST") or "127.0.0.1", db.get("PORT") or 5432
+        url = f"postgres://{user}@{host}:{port}/{db['NAME']}"
     env = dict(os.environ, DATABASE_URL=url, PYTHONUNBUFFERED="1", DEBUG="1")
     return env
 

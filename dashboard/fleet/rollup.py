@@ -226,9 +226,11 @@ def _raw_p95s(
     def flush() -> None:
         if current is None:
             return
-        hours[current] = (snapshots, {f"{n}_p95": percentile(v, P95) for n, v in zip(names, hour_values)})
+        hours[current] = (snapshots, {f"{n}_p95": percentile(v, P95) for n, v in zip(names, hour_values, strict=False)})
         for minute, values in minute_values.items():
-            minutes[(*current[:-1], minute)] = {f"{n}_p95": percentile(v, P95) for n, v in zip(names, values)}
+            minutes[(*current[:-1], minute)] = {
+                f"{n}_p95": percentile(v, P95) for n, v in zip(names, values, strict=False)
+            }
 
     for row in rows:
         epoch = int(row[n_key].timestamp())
@@ -276,7 +278,10 @@ def _minute_mean_p95s(target, keys, names, machine_ids, lo, hi) -> dict[Key, dic
         for i, value in enumerate(row[n_key + 1 :]):
             if value is not None:
                 lists[i].append(value)
-    return {key: {f"{n}_p95": percentile(v, P95) for n, v in zip(names, lists)} for key, lists in values.items()}
+    return {
+        key: {f"{n}_p95": percentile(v, P95) for n, v in zip(names, lists, strict=False)}
+        for key, lists in values.items()
+    }
 
 
 def _stored_p95s(target, keys, names, machine_ids, lo, hi) -> dict[Key, dict]:
@@ -285,7 +290,9 @@ def _stored_p95s(target, keys, names, machine_ids, lo, hi) -> dict[Key, dict]:
     ).values_list("machine_id", *keys, "bucket", *(f"{n}_p95" for n in names))
     n_key = 1 + len(keys)
     return {
-        (*row[:n_key], int(row[n_key].timestamp())): dict(zip((f"{n}_p95" for n in names), row[n_key + 1 :]))
+        (*row[:n_key], int(row[n_key].timestamp())): dict(
+            zip((f"{n}_p95" for n in names), row[n_key + 1 :], strict=False)
+        )
         for row in rows
     }
 
