@@ -250,10 +250,13 @@ def test_a_killed_worker_leaves_its_job_unreachable_then_lost_and_its_processes_
 def test_a_restarted_worker_ends_the_job_it_ran_before_at_its_first_poll(loop, operator, process_env, tmp_path):
     job = submit(operator, SLEEPER)
     pgid = running_pgid(job, loop)
+    loop.server.stop()  # what the job prints now stays in the worker's spool
+    time.sleep(2)
     loop.proc.kill()
     loop.proc.wait(5)
     wait_for(lambda: group_members(pgid) == [], 15, "the job's processes to die with the worker")
     assert Job.objects.get(pk=job.pk).status == "running"
+    loop.server.start()
     loop.start()  # the same state folder: the same worker id and spool
     wait_for(lambda: Job.objects.get(pk=job.pk).is_finished, 15, "the job to end")
     job.refresh_from_db()
