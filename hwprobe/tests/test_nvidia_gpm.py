@@ -1,4 +1,4 @@
-"""GPM efficiency metrics over NVML replays of an H200 under the loads measured in shared/NOTES.md."""
+"""GPM efficiency metrics over NVML replays of an H200 under the loads in fixtures/PROVENANCE.md (gpm/)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def collector(name: str) -> NvidiaCollector:
     return NvidiaCollector(nvml=source, pid_info=lambda pid: (None, None), pid_exists=lambda pid: True)
 
 
-# load: NVML util, SM util, SM occupancy, tensor util, DRAM bandwidth util (%), as NOTES.md has them
+# load: NVML util, SM util, SM occupancy, tensor util, DRAM bandwidth util (%), as fixtures/PROVENANCE.md gives them
 H200 = {
     "idle": (0, 0.0, 0.0, 0.0, 0.0),
     "matmul_bf16": (100, 96.6, 14.3, 93.8, 15.9),
