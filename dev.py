@@ -344,6 +344,8 @@ def run(port: int, verbose: bool) -> int:
             str(token_file),
             "--jobs-dir",
             str(data_dir / "jobs"),
+            "--state-dir",
+            str(data_dir / "worker-state"),
             "--heartbeat",
             "2",
         ],
@@ -361,6 +363,14 @@ def run(port: int, verbose: bool) -> int:
         children.append(Child(child_name, argv, width, verbose))
         keeper.stdin.write(f"{children[-1].proc.pid}\n")
         keeper.stdin.flush()
+    # The first page a new user opens should know this machine (its GPUs, or that it has none).
+    deadline = time.monotonic() + 30
+    while not stopping.is_set() and time.monotonic() < deadline and not events.online.get(name):
+        try:
+            events.poll()
+        except Exception:  # noqa: BLE001 - the database may be busy with the first migrations' writers
+            pass
+        stopping.wait(0.5)
     say(f"dashboard on {server}/ - Ctrl-C stops everything" + ("" if verbose else " (--verbose shows every log line)"))
 
     status = 0
@@ -378,6 +388,8 @@ def run(port: int, verbose: bool) -> int:
             break
     else:
         say("stopping")
+        # Placement first: a job handed back now must wait in the queue, not be placed here again.
+        stop_all([c for c in children if c.name in ("worker", "beat")])
         try:
             events.requeue_preemptible(name, timeout_s=8)
         except Exception as exc:  # noqa: BLE001 - stopping goes on whatever the database says

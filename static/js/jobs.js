@@ -143,6 +143,8 @@ window.JobTimes = window.JobTimes || (function () {
     if (!button) return;
     fitToMachine();
     command.value = button.dataset.command;
+    const name = document.getElementById("id_name");  // a first job needs nothing typed
+    if (name && !name.value) name.value = button.dataset.kind ? button.dataset.kind + "-demo" : button.title;
     const shell = document.getElementById("id_shell");
     if (shell) shell.checked = false;  // templates are argument lists
     const kind = document.getElementById("id_kind");
