@@ -69,7 +69,11 @@ window.Charts = (function () {
       showlegend: true,
       legend: { orientation: "h", y: -0.3, font: { color: t.muted } },
       hovermode: "x unified",
-      xaxis: Object.assign({}, axis, { type: "date",
+      // ISO dates and 24-hour times, as everywhere else (Plotly's own ticks read "Nov 30, 2026").
+      xaxis: Object.assign({}, axis, { type: "date", hoverformat: "%Y-%m-%d %H:%M:%S",
+        tickformatstops: [{ dtickrange: [null, 60000], value: "%H:%M:%S" },
+                          { dtickrange: [60000, 86400000], value: "%H:%M" },
+                          { dtickrange: [86400000, null], value: "%Y-%m-%d" }],
         title: { text: "Time (" + zone + ")", font: { color: t.muted, size: 11 } } }),
       yaxis: Object.assign({}, axis, { title: { text: yTitle, font: { color: t.muted, size: 11 } },
         rangemode: "tozero", fixedrange: true }),  // a drag selects times only

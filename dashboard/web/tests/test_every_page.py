@@ -85,7 +85,8 @@ def site(django_db_setup, django_db_blocker):
     empties the database after every test that uses it."""
     from pytest_django.live_server_helper import LiveServer
 
-    with django_db_blocker.unblock():  # for the module: the server's thread reads the database
+    # Machines stay online for the module's minutes (the samples were sent once, at its start).
+    with django_db_blocker.unblock(), override_settings(OFFLINE_AFTER_S=3600):
         # The hasher every test's autouse fixture (conftest._fast_passwords) leaves in force.
         with override_settings(PASSWORD_HASHERS=[FAST_HASHER]):
             server = LiveServer("localhost")
@@ -227,6 +228,7 @@ def shoot(page, base: str, suffix: str) -> None:
     """The README's pictures (into docs/screenshots only with UPDATE_SCREENSHOTS=1): the first
     screenful of each page, which keeps a PNG under about 300 KB."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.evaluate("t => localStorage.setItem('theme', t)", "dark" if suffix.endswith("-dark") else "light")
     for name, path in (("fleet", "/"), ("machine", "/machines/gpu-01/"), ("submit", "/jobs/new/?template=train")):
         page.goto(base + path, wait_until="networkidle")
         charts_settled(page)
