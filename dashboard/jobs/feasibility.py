@@ -60,7 +60,9 @@ def _need(gpus: int, gpu_memory_gb: float) -> str:
 
 
 def _machines(name: str | None) -> Iterable[Machine]:
-    qs = Machine.objects.prefetch_related(Prefetch("accelerators", queryset=Accelerator.objects.order_by("index")))
+    qs = Machine.objects.select_related("state").prefetch_related(
+        Prefetch("accelerators", queryset=Accelerator.objects.order_by("index"))
+    )
     return qs.filter(name=name) if name else qs.order_by("name")
 
 
