@@ -36,6 +36,9 @@ from hwprobe.tests.test_executor import group_members
 
 pytestmark = [
     pytest.mark.integration,
+    # Real processes killed at exact moments: timing-sensitive on a loaded 2-core machine, so it
+    # runs with the fault suites (-m slow) rather than in every default run.
+    pytest.mark.slow,
     pytest.mark.skipif(sys.platform != "linux", reason="process groups are checked through /proc"),
 ]
 
@@ -92,6 +95,9 @@ def kill_worker_and_leader(worker: Worker, pgid: int) -> None:
 def test_a_jobs_group_killed_outside_the_worker_is_stopped_only_after_its_owner_confirms(
     rig, machine, operator, client, stranger
 ):
+    # The default rule comes from a data migration; an earlier transactional test's flush removes it.
+    if not AlertRule.objects.filter(kind="ghost_memory").exists():
+        AlertRule.objects.create(name="GPU memory held outside any job", kind="ghost_memory", threshold=30)
     AlertRule.objects.exclude(kind="ghost_memory").update(enabled=False)
     job = submit(operator, [PY, "-c", SLEEP])
     pgid = running_pgid(job, rig)
