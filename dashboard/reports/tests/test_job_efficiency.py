@@ -27,6 +27,10 @@ def now() -> datetime:
 @pytest.fixture
 def h200(machine) -> Machine:
     Accelerator.objects.create(machine=machine, index=0, vendor="nvidia", name="NVIDIA H200", uuid="GPU-0")
+    # In service for a day: RoI starts at the hour the machine entered service, and a machine created
+    # this minute would put the jobs of the last hour before that start (whatever the clock says).
+    Machine.objects.filter(pk=machine.pk).update(created_at=timezone.now() - timedelta(days=1))
+    machine.refresh_from_db()
     return machine
 
 
