@@ -2,7 +2,7 @@
 """Run the dashboard locally, or its tests, from a fresh checkout.
 
     python3 dev.py run [--port N] [--verbose]   web + worker + beat + a local agent, on http://127.0.0.1:8000
-    python3 dev.py test [ARGS...]   python -m pytest ARGS (default: the whole suite)
+    python3 dev.py test [ARGS...]   python -m pytest ARGS (default: all but the `slow` suites; -m slow runs those)
     python3 dev.py lint             import layers, ruff (lint and format) and mypy, as CI runs them
 
 Both create `.venv` and install requirements.txt into it when needed. Only the standard library
@@ -436,7 +436,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--verbose", "-v", action="store_true", help="every log line (default: warnings, errors and events)"
     )
     commands.add_parser(
-        "test", help="python -m pytest ARGS (default: the whole suite)", add_help=False, prefix_chars="\0"
+        "test", help="python -m pytest ARGS (default: all but the slow suites; -m slow runs those)", add_help=False, prefix_chars="\0"
     )
     commands.add_parser("lint", help="import layers, ruff (lint and format) and mypy, as CI runs them")
     commands.add_parser("_guard")  # internal: see guard()
