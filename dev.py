@@ -436,7 +436,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--verbose", "-v", action="store_true", help="every log line (default: warnings, errors and events)"
     )
     commands.add_parser(
-        "test", help="python -m pytest ARGS (default: all but the slow suites; -m slow runs those)", add_help=False, prefix_chars="\0"
+        "test", help="python -m pytest ARGS (default: all but the slow suites)", add_help=False, prefix_chars="\0"
     )
     commands.add_parser("lint", help="import layers, ruff (lint and format) and mypy, as CI runs them")
     commands.add_parser("_guard")  # internal: see guard()
