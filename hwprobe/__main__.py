@@ -55,6 +55,19 @@ def _parser() -> argparse.ArgumentParser:
         help="a serving engine's Prometheus endpoint to scrape each interval for this "
         "machine (repeatable; ENGINE: auto, vllm, llamacpp, sglang, tgi, hwprobe)",
     )
+    run.add_argument(
+        "--storage-dir",
+        default=os.environ.get("HWPROBE_STORAGE_DIR"),
+        help="folder on the drive models load from; its sequential read speed is measured once "
+        "(256 MiB scratch file, kept for 30 days) for the planner (env HWPROBE_STORAGE_DIR; "
+        "default the state folder)",
+    )
+    run.add_argument(
+        "--no-storage-probe",
+        action="store_true",
+        default=os.environ.get("HWPROBE_STORAGE_PROBE", "1") == "0",
+        help="do not measure the storage read speed (env HWPROBE_STORAGE_PROBE=0)",
+    )
     return parser
 
 
@@ -113,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         report_port=port_from_env() if args.report_port is None else args.report_port,
         scrape=args.scrape,
         report_socket=args.report_socket,
+        storage_dir=args.storage_dir,
+        measure_storage=not args.no_storage_probe,
     )
 
 

@@ -4,6 +4,7 @@ sender thread drain the spool to the server. SIGTERM/SIGINT flush what they can 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -232,6 +233,30 @@ class Agent:
             self.spool.close()
 
 
+def measure_storage_in_background(probe: Probe, state_file: str, directory: str | None) -> threading.Thread:
+    """Find the drive's sequential read speed once (kept in ``state_file``; about a second of disk
+    work when not kept yet) without delaying the first samples; the probe's inventory carries it
+    from then on, so the next window's batch tells the server (the planner's "fits if streamed")."""
+    from hwprobe.collectors.storage import measured_once
+
+    def work() -> None:
+        try:
+            found = measured_once(state_file, directory)
+        except Exception as err:  # a figure for the planner is never worth stopping the agent
+            log.warning("storage read speed: not measured: %s: %s", type(err).__name__, err)
+            return
+        speed = found.get("storage_read_bytes_per_s")
+        if speed is None:
+            log.warning("storage read speed: %s is not writable or readable; not measured", found.get("storage_path"))
+            return
+        probe.add_inventory({"storage_read_bytes_per_s": speed})
+        log.info("storage read speed of %s: %.0f MB/s", found.get("storage_path"), float(speed) / 1e6)  # type: ignore[arg-type]
+
+    thread = threading.Thread(target=work, name="hwprobe-storage", daemon=True)
+    thread.start()
+    return thread
+
+
 def run_agent(
     server: str,
     token: str,
@@ -246,10 +271,14 @@ def run_agent(
     report_port: int = DEFAULT_PORT,
     scrape: list[str] | tuple[str, ...] = (),
     report_socket: str | None = None,
+    storage_dir: str | None = None,
+    measure_storage: bool = True,
 ) -> int:
     """Build the probe, spool, client, sender, the local report channel (the Unix socket
     ``report_socket``, default ``$HWPROBE_STATE_DIR/report.sock``, "" off; UDP ``report_port``,
-    0 off) and the scraping of ``scrape`` (``URL[=engine]``); run until SIGTERM/SIGINT; return 0."""
+    0 off) and the scraping of ``scrape`` (``URL[=engine]``); measure the read speed of
+    ``storage_dir`` once (default: the state folder) unless ``measure_storage`` is False; run until
+    SIGTERM/SIGINT; return 0."""
     spool = Spool(spool_path, **({"max_samples": spool_max} if spool_max else {}))
     client = IngestClient(server, token, timeout_s=timeout_s)
     sender = Sender(spool, client, batch_max=batch_max, backoff=Backoff(base_s=backoff_base_s, cap_s=backoff_cap_s))
@@ -270,8 +299,13 @@ def run_agent(
         listener = Listener(report_port, report).start()
         if listener.bound:
             log.info("report channel on udp 127.0.0.1:%d", listener.port)
+    probe = build_probe()
+    if measure_storage:
+        state = os.environ.get("HWPROBE_STATE_DIR") or os.path.expanduser("~/.local/state/hwprobe")
+        os.makedirs(state, exist_ok=True)
+        measure_storage_in_background(probe, os.path.join(state, "storage.json"), storage_dir or state)
     agent = Agent(
-        build_probe(),
+        probe,
         spool,
         sender,
         interval_s=interval_s,

@@ -18,11 +18,10 @@ from django.utils import timezone
 
 from dashboard.core.periods import window_filter
 from dashboard.fleet.models import GpuRollup, Machine
-from dashboard.jobs.models import AuditEvent
+from dashboard.jobs.models import AuditEvent, BackfillPolicy
 
 from . import formulas as f
 from .hardware import all_specs, job_rates, physical, spec_for, windows
-from .models import BackfillPolicy
 from .roi import DEFAULT_IDLE_BELOW_PERCENT, effective_profile, effective_rates, machine_roi
 
 DEFAULT_SPAN = timedelta(days=28)
@@ -183,8 +182,13 @@ def policy_dict(p: BackfillPolicy) -> dict[str, Any]:
         "enabled": p.enabled,
         "changed_at": p.changed_at.isoformat() if p.changed_at else None,
         "changed_by": p.changed_by.get_username() if p.changed_by else None,
-        # The placement task does not read this switch yet: say so wherever it is shown.
-        "scheduling": "not implemented: placement does not read this policy yet",
+        # What the switch does, said wherever it is shown (dashboard/jobs/placement.py acts on it).
+        "scheduling": (
+            "on: preemptible training jobs take the GPUs that machines dedicated to serving leave free, "
+            "and serving takes them back by preempting them; turning it off requeues them"
+            if p.enabled
+            else "off: training stays off machines dedicated to serving"
+        ),
     }
 
 

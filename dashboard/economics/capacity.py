@@ -9,6 +9,7 @@ from dashboard.fleet.models import Machine
 from dashboard.jobs.models import Job
 
 from . import formulas as f
+from . import planner
 from .hardware import all_specs, job_model, job_rates, job_text, parse_train_method, physical, short_name, spec_for
 
 DEFAULT_CONTEXT_TOKENS = 4096
@@ -153,7 +154,7 @@ def machine_capacity(
                 "measured": measured.get(arch.label, []),
             }
         )
-    return {
+    out = {
         "machine": machine.name,
         "context_tokens": context_tokens,
         "batch": batch,
@@ -166,4 +167,18 @@ def machine_capacity(
         "bandwidth_gb_s": bandwidth,
         "sizes": rows,
         "assumptions": ASSUMPTIONS,
+        # The drive's sequential read speed as the agent measured it: what bounds a model streamed
+        # from storage ("fits if streamed"); None until the agent has measured it.
+        "storage_read_bytes_per_s": planner.storage_read_bytes_per_s(machine),
     }
+    if out["storage_read_bytes_per_s"] and memory:
+        planner.streamed_column(out, out["storage_read_bytes_per_s"])
+    for row in rows:
+        # The column's cell: the bound for each precision that does not fit in memory.
+        row["streamed"] = [
+            {"precision": p, "tokens_per_s": cell["streamed_tokens_per_s"]}
+            for p, cell in row["serve"].items()
+            if cell.get("streamed_tokens_per_s")
+        ]
+        row["fits_every_precision"] = all(cell["fits"] for cell in row["serve"].values())
+    return out

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
@@ -163,24 +162,3 @@ class ValueRates(models.Model):
 
     def __str__(self) -> str:
         return f"value rates for {self.machine}" if self.machine_id else "global value rates"
-
-
-class BackfillPolicy(models.Model):
-    """Whether preemptible training may fill the fleet's idle serving hours. One row (pk 1); who
-    turned it on or off is in the audit log."""
-
-    enabled = models.BooleanField(default=False)
-    changed_at = models.DateTimeField(null=True, blank=True)
-    changed_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-
-    class Meta:
-        verbose_name_plural = "backfill policy"
-
-    def __str__(self) -> str:
-        return "backfill on" if self.enabled else "backfill off"
-
-    @classmethod
-    def current(cls) -> BackfillPolicy:
-        return cls.objects.get_or_create(pk=1)[0]

@@ -152,8 +152,12 @@ def backfill_switch(request: HttpRequest) -> HttpResponse:
     backfill.set_policy(enabled, request.user)
     messages.success(
         request,
-        "Backfill policy turned " + ("on" if enabled else "off") + " (in the audit log). "
-        "Placement does not read it yet: scheduling backfill is a follow-up.",
+        "Backfill policy turned "
+        + (
+            "on (in the audit log): preemptible training jobs now fill the GPUs that serving machines leave free."
+            if enabled
+            else "off (in the audit log): running backfill jobs are preempted and requeued."
+        ),
     )
     return redirect(reverse("economics:plan") + "#plan-gaps")
 

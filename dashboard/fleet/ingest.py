@@ -187,15 +187,19 @@ def _apply_inventory(machine: Machine, inventory: Inventory) -> dict[str, Any]:
             },
         )
     Accelerator.objects.filter(machine=machine).exclude(index__in=seen).delete()
-    return {
+    fields: dict[str, Any] = {
         "hostname": inventory.hostname or "",
         "os": inventory.os or "",
         "cpu_model": inventory.cpu_model or "",
         "cpu_cores": inventory.cpu_cores,
         "cpu_threads": inventory.cpu_threads,
         "mem_total_bytes": inventory.mem_total_bytes,
-        "storage_read_bytes_per_s": inventory.storage_read_bytes_per_s,
     }
+    # The agent measures the drive once, in the background, after it starts: an inventory sent
+    # before that (or by an agent told not to measure) keeps the figure the machine already has.
+    if inventory.storage_read_bytes_per_s is not None:
+        fields["storage_read_bytes_per_s"] = inventory.storage_read_bytes_per_s
+    return fields
 
 
 SYSTEM_INSERT = ["machine_id", "seq", "ts", "interval_s", "count", "received_at"] + [

@@ -66,6 +66,9 @@ class Job(models.Model):
     team = models.ForeignKey(Team, on_delete=models.PROTECT, default=default_team_id, related_name="jobs")
     # Placed over its team's quota or on another team's machine: preempted when the owners need it.
     borrowing = models.BooleanField(default=False)
+    # A preemptible training job placed, under the backfill policy, into GPUs a serving machine
+    # left free: serving there takes them back whatever the priorities.
+    backfill = models.BooleanField(default=False)
 
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED, db_index=True)
     status_message = models.CharField(max_length=500, blank=True)  # why it waits, why it failed
@@ -168,3 +171,32 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ["-at"]
+
+
+class BackfillPolicy(models.Model):
+    """Whether preemptible training may fill the GPUs serving machines leave idle ("train in the
+    gaps", economics/backfill.py works out what it would earn). One row (pk 1); placement reads it
+    every pass; who turned it on or off is in the audit log. The table keeps the name it was
+    created under in the economics app."""
+
+    enabled = models.BooleanField(default=False)
+    changed_at = models.DateTimeField(null=True, blank=True)
+    changed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        db_table = "economics_backfillpolicy"
+        verbose_name_plural = "backfill policy"
+
+    def __str__(self) -> str:
+        return "backfill on" if self.enabled else "backfill off"
+
+    @classmethod
+    def current(cls) -> BackfillPolicy:
+        return cls.objects.get_or_create(pk=1)[0]
+
+    @classmethod
+    def is_on(cls) -> bool:
+        """Read without creating the row: placement runs often and must not write to find "off"."""
+        return cls.objects.filter(pk=1, enabled=True).exists()

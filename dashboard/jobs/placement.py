@@ -19,7 +19,7 @@ from dashboard.fleet.queries import devices
 from dashboard.teams import quota
 
 from . import teamusage
-from .models import Job, JobAttempt
+from .models import BackfillPolicy, Job, JobAttempt
 
 GIB = 2**30  # gpu_memory_gb is in GiB, as nvidia-smi and the frameworks count memory
 
@@ -43,6 +43,7 @@ class Capacity:
     machine: Machine
     gpus: list[Gpu]
     active_kinds: set[str] = field(default_factory=set)
+    busy: set[int] = field(default_factory=set)  # GPUs an active job was given
 
     @property
     def free_bytes(self) -> float:
@@ -89,8 +90,10 @@ def capacity(machine: Machine, active: list[Job]) -> Capacity:
         return pools[index] or f"device:{index}"
 
     kinds = set()
+    busy: set[int] = set()
     for job in active:
         kinds.add(job.kind)
+        busy.update(job.assigned_gpus)
         # Memory a job holds shows in telemetry once it runs; until then it is reserved here.
         unseen = job.status == Job.Status.PLACED or (
             job.started_at is not None and (seen_at is None or job.started_at >= seen_at)
@@ -100,17 +103,35 @@ def capacity(machine: Machine, active: list[Job]) -> Capacity:
                 if index in pools:
                     pool_free[key(index)] = max(0.0, pool_free[key(index)] - job.gpu_memory_gb * GIB)
     gpus = [Gpu(i, uuids[i], pool_free[key(i)], pools[i]) for i in sorted(pools)]
-    return Capacity(machine, gpus, kinds)
+    return Capacity(machine, gpus, kinds, busy)
 
 
-def choose_gpus(job: Job, cap: Capacity) -> list[int] | None:
+def backfills(job: Job, cap: Capacity, backfill_on: bool) -> bool:
+    """Whether ``job`` would go onto ``cap`` as backfill: with the policy on, a preemptible training
+    job may take the GPUs a machine dedicated to serving leaves free while it serves."""
+    return (
+        backfill_on
+        and job.kind == Job.Kind.TRAIN
+        and job.preemptible
+        and cap.machine.policy == Machine.Policy.DEDICATED
+        and Job.Kind.SERVE in cap.active_kinds
+    )
+
+
+def choose_gpus(job: Job, cap: Capacity, backfill_on: bool = False) -> list[int] | None:
     """The GPUs to give ``job`` on this machine, tightest fit first; None if it does not fit."""
-    if cap.machine.policy == Machine.Policy.DEDICATED and cap.active_kinds - {job.kind}:
+    dedicated_elsewhere = cap.machine.policy == Machine.Policy.DEDICATED and cap.active_kinds - {job.kind}
+    backfill = dedicated_elsewhere and backfills(job, cap, backfill_on)
+    if dedicated_elsewhere and not backfill:
         return None
     if job.gpus == 0:
         return []
     need = job.gpu_memory_gb * GIB
-    fitting = sorted((g for g in cap.gpus if g.free_bytes >= need), key=lambda g: (g.free_bytes, g.index))
+    # Backfill takes only GPUs no job was given, so training never slows a serving GPU down.
+    fitting = sorted(
+        (g for g in cap.gpus if g.free_bytes >= need and not (backfill and g.index in cap.busy)),
+        key=lambda g: (g.free_bytes, g.index),
+    )
     # Two devices of one memory pool each need the job's memory from that pool.
     left = {g.pool_key: g.free_bytes for g in cap.gpus}
     chosen = []
@@ -150,17 +171,24 @@ def why_waiting(job: Job, caps: list[Capacity]) -> str:
     return f"needs {need}; the largest free is 1 × {largest / GIB:.0f} GiB on {cap.machine.name}"
 
 
-def _first_fit(job: Job, candidates: list[Capacity]) -> tuple[Capacity, list[int]] | None:
-    """The fullest machine among ``candidates`` where ``job`` fits, with its GPUs."""
-    for cap in sorted(candidates, key=lambda c: sum(g.free_bytes for g in c.gpus)):
+def _first_fit(job: Job, candidates: list[Capacity], backfill_on: bool = False) -> tuple[Capacity, list[int]] | None:
+    """The fullest machine among ``candidates`` where ``job`` fits, with its GPUs; a backfill
+    placement only where no machine takes the job the ordinary way."""
+    ordered = sorted(candidates, key=lambda c: sum(g.free_bytes for g in c.gpus))
+    for cap in ordered:
         gpus = choose_gpus(job, cap)
+        if gpus is not None:
+            return cap, gpus
+    for cap in ordered if backfill_on else []:
+        gpus = choose_gpus(job, cap, backfill_on=True)
         if gpus is not None:
             return cap, gpus
     return None
 
 
 def _preempt_for(job: Job, caps: list[Capacity], active_by_machine: dict[int, list[Job]]) -> list[Job]:
-    """Preemptible training jobs of lower priority whose stopping would make room for ``job``."""
+    """Preemptible training jobs whose stopping would make room for ``job``: those of lower
+    priority, and backfill of any priority (serving lent those GPUs; it takes them back)."""
     if job.kind != Job.Kind.SERVE:
         return []
     for cap in caps:
@@ -169,7 +197,7 @@ def _preempt_for(job: Job, caps: list[Capacity], active_by_machine: dict[int, li
             for j in active_by_machine.get(cap.machine.pk, [])
             if j.kind == Job.Kind.TRAIN
             and j.preemptible
-            and j.priority < job.priority
+            and (j.priority < job.priority or j.backfill)
             and j.status == Job.Status.RUNNING
         ]
         if not victims:
@@ -242,6 +270,13 @@ def place_queued(now: datetime | None = None) -> list[Placement]:
             .select_related("target", "team")
             .order_by("-priority", "created_at", "pk")
         )
+        backfill_on = BackfillPolicy.is_on()
+        if not backfill_on:
+            # The policy was turned off: serving machines go back to serving only. Backfill is
+            # preemptible, so its jobs are requeued, not lost.
+            Job.objects.filter(status=Job.Status.RUNNING, backfill=True, preempt_requested=False).update(
+                preempt_requested=True
+            )
         if not queued:
             return placed
         # Teams (dashboard/teams/): fair-share order within a priority, quotas, borrowing.
@@ -261,6 +296,7 @@ def place_queued(now: datetime | None = None) -> list[Placement]:
         waiting: list[Job] = []
 
         def book(job: Job, cap: Capacity, gpus: list[int], borrowing: bool) -> None:
+            job.backfill = backfills(job, cap, backfill_on)
             job.status = Job.Status.PLACED
             job.machine = cap.machine
             job.assigned_gpus = gpus
@@ -271,6 +307,7 @@ def place_queued(now: datetime | None = None) -> list[Placement]:
                 f"placed on {cap.machine.name}"
                 + (f", GPU {', '.join(map(str, gpus))}" if gpus else "")
                 + (" (borrowing: preemptible when the owners need it)" if borrowing else "")
+                + (" as backfill: serving here takes the GPUs back when it needs them" if job.backfill else "")
             )
             placed_jobs.append(job)
             attempts.append(JobAttempt(job=job, number=job.attempt, machine=cap.machine, gpus=gpus, placed_at=now))
@@ -294,7 +331,7 @@ def place_queued(now: datetime | None = None) -> list[Placement]:
                 for c in candidates
             }
             own = [c for c in candidates if uses[c.machine.pk] == quota.OWN]
-            choice = _first_fit(job, own)
+            choice = _first_fit(job, own, backfill_on)
             if choice is not None:
                 book(job, *choice, borrowing=False)
                 usage[job.team_id].gpus += job.gpus
@@ -316,14 +353,23 @@ def place_queued(now: datetime | None = None) -> list[Placement]:
 
         # Borrowers take only what every in-quota job of this pass left idle.
         for job, decision, borrowable in borrowers:
-            choice = _first_fit(job, [caps[c.machine.pk] for c in borrowable])
+            choice = _first_fit(job, [caps[c.machine.pk] for c in borrowable], backfill_on)
             if choice is None:
                 over = "; over its team's quota, it may only borrow idle GPUs" if decision.borrow else ""
                 wait(job, why_waiting(job, borrowable) + over)
                 continue
             book(job, *choice, borrowing=True)
 
-        fields = ["status", "machine", "assigned_gpus", "attempt", "placed_at", "status_message", "borrowing"]
+        fields = [
+            "status",
+            "machine",
+            "assigned_gpus",
+            "attempt",
+            "placed_at",
+            "status_message",
+            "borrowing",
+            "backfill",
+        ]
         Job.objects.bulk_update(placed_jobs, fields, batch_size=500)
         Job.objects.bulk_update(waiting, ["status_message"], batch_size=500)
         # The (job, number) unique constraint is the last line of defence against a double start.

@@ -40,7 +40,9 @@ def _idle_below(params: dict[str, str]) -> float:
 def _form(params: dict[str, str], period: Period | None, idle_below: float | None) -> dict[str, Any]:
     """What the period picker shows: the request's choices, or the resolved period's."""
     zone = period.zone if period else None
-    local = (lambda t: t.astimezone(zone).strftime("%Y-%m-%dT%H:%M")) if zone else (lambda t: "")
+    # The app's one format (ISO, 24 h) in the user's zone; the inputs are text, not the browser's
+    # date pickers, which would show the locale's format (11/30/2026, 12:18 AM).
+    local = (lambda t: t.astimezone(zone).strftime("%Y-%m-%d %H:%M")) if zone else (lambda t: "")
     kind = period.kind if period else (params.get("period") or "day")
     return {
         "period": kind,

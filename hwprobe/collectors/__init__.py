@@ -72,6 +72,12 @@ class Probe:
         self._logged: set[tuple[str, str]] = set()
         self._offsets: dict[str, int] = {}
         self._inventory: dict[str, Any] | None = None
+        # Facts measured outside the collectors (the storage read speed, found once in the
+        # background), sent with every inventory from the moment they are known.
+        self._extra: dict[str, Any] = {}
+
+    def add_inventory(self, facts: dict[str, Any]) -> None:
+        self._extra = {**self._extra, **facts}
 
     def _warn_once(self, name: str, what: str, err: BaseException) -> None:
         key = (name, f"{what}:{type(err).__name__}:{err}")
@@ -97,6 +103,7 @@ class Probe:
             for key, value in part.items():
                 if key != "accelerators" and (value is not None or key not in merged):
                     merged[key] = value
+        merged.update(self._extra)
         self._inventory = merged
         return merged
 

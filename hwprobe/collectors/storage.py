@@ -8,6 +8,7 @@ figure for the "fits if streamed" bound (tokens/s ≤ read bytes/s ÷ bytes stre
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -101,3 +102,46 @@ def measure_sequential_read(
         except OSError:
             pass
     return out
+
+
+# The figure of a drive changes only when the drive does: once measured it is kept in the agent's
+# state folder and measured again after this long (or when the folder measured changes).
+REMEASURE_AFTER_S = 30 * 86400
+
+
+def measured_once(
+    state_file: str,
+    directory: str | None = None,
+    measure: Callable[[str | None], dict[str, object]] = measure_sequential_read,
+    now: Callable[[], float] = time.time,
+) -> dict[str, object]:
+    """The read speed of ``directory``: from ``state_file`` when it holds a recent measurement of
+    the same folder, else measured now (about a second of disk work) and written there.
+
+    The result is what :func:`measure_sequential_read` returns plus ``storage_measured_at``."""
+    wanted = directory or tempfile.gettempdir()
+    try:
+        with open(state_file, encoding="utf-8") as f:
+            kept = json.load(f)
+        if (
+            isinstance(kept, dict)
+            and kept.get("storage_path") == wanted
+            and isinstance(kept.get("storage_measured_at"), int | float)
+            and now() - kept["storage_measured_at"] < REMEASURE_AFTER_S
+        ):
+            return kept
+    except (OSError, ValueError):
+        pass  # none yet, or unreadable: measure again
+    result = dict(measure(directory))
+    result["storage_path"] = wanted
+    result["storage_measured_at"] = now()
+    if result.get("storage_read_bytes_per_s") is not None:
+        try:
+            os.makedirs(os.path.dirname(state_file) or ".", exist_ok=True)
+            tmp = f"{state_file}.tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(result, f)
+            os.replace(tmp, state_file)
+        except OSError:
+            pass  # measured again at the next start: a cost, not a loss
+    return result

@@ -173,8 +173,10 @@ window.Charts = (function () {
   // Plotly's axis strings are wall-clock times in the browser's zone ("2026-11-30 10:48:12.3").
   function fromAxis(text) { return new Date(String(text).replace(" ", "T")); }
 
-  function toInput(date) {  // <input type="datetime-local"> wants local "YYYY-MM-DDTHH:MM"
-    return localTime(date.getTime()).slice(0, 16).replace(" ", "T");
+  // The custom range's inputs are text in the app's one format, local "YYYY-MM-DD HH:MM" (24 h):
+  // a native datetime picker would show the browser locale's format (11/30/2026, 12:18 AM).
+  function toInput(date) {
+    return localTime(date.getTime()).slice(0, 16);
   }
 
   // The range picker (templates/fleet/_range_picker.html): presets, custom from/to, drag-to-zoom
@@ -221,9 +223,21 @@ window.Charts = (function () {
     if (form) {
       form.addEventListener("submit", (event) => {
         event.preventDefault();
-        const from = new Date(form.elements.from.value);
-        const to = form.elements.to.value ? new Date(form.elements.to.value) : null;
-        if (Number.isNaN(from.getTime()) || (to && !(to > from))) return;
+        const from = fromAxis(form.elements.from.value.trim());
+        const to = form.elements.to.value.trim() ? fromAxis(form.elements.to.value.trim()) : null;
+        const bad = Number.isNaN(from.getTime()) ? form.elements.from
+          : to && Number.isNaN(to.getTime()) ? form.elements.to
+          : to && !(to > from) ? form.elements.to : null;
+        form.querySelectorAll(".field-error").forEach((e) => e.remove());
+        if (bad) {
+          const note = document.createElement("span");
+          note.className = "field-error";
+          note.setAttribute("role", "alert");
+          note.textContent = bad === form.elements.to && !Number.isNaN(to.getTime())
+            ? "must be later than From" : "expected YYYY-MM-DD HH:MM";
+          bad.insertAdjacentElement("afterend", note);
+          return;
+        }
         set({ from: from.toISOString(), to: to ? to.toISOString() : null });
       });
     }

@@ -88,3 +88,29 @@ def test_the_capacity_table_says_where_each_measured_size_came_from(client, view
     assert f"#{stated.pk} llama-70b-eval" in row and "8 B, int4 as the job states" in row
     assert f"#{guessed.pk} qwen-8b-serve" in row and "8 B, fp16 read from its name" in row
     assert "llama-70b-eval" not in html.split('data-size="70B"')[1].split("</tr>")[0]
+
+
+def test_the_capacity_table_bounds_a_model_streamed_from_the_drive_the_agent_measured(client, viewer):
+    """Fits if streamed: 405B at int4 needs 202.95 GB of weights; 2 × H100 (2 × 85.52 GB) × 0.9 usable
+    leaves 153.9 GB − 2.11 GB of KV cache, so 51.2 GB stream from the drive for every token: at a
+    measured 7 GB/s that is ≤ 0.14 tokens/s. Before the agent has measured the drive the column says ?."""
+    m = seed.machine_with("gpu-01", 2)
+    client.force_login(viewer)
+    html = client.get("/economics/machines/gpu-01/").content.decode()
+    assert 'id="streamed-head"' in html and "read speed not measured" in html
+    assert "until then this column shows ?" in html
+
+    m.storage_read_bytes_per_s = 7e9
+    m.save()
+    cap = client.get("/api/v1/machines/gpu-01/capacity").json()
+    row = next(r for r in cap["sizes"] if r["params_b"] > 400)
+    kv = 2 * 126 * 8 * 128 * 4096 * 2
+    usable = cap["memory_bytes"] * cap["usable_memory_fraction"]
+    expected = 7e9 / (405.9e9 * 0.5 - (usable - kv))
+    assert row["serve"]["int4"]["streamed_tokens_per_s"] == pytest.approx(expected)
+    assert cap["storage_read_bytes_per_s"] == 7e9
+    small = next(r for r in cap["sizes"] if r["params_b"] < 2)
+    assert small["fits_every_precision"] and small["streamed"] == []
+    html = client.get("/economics/machines/gpu-01/").content.decode()
+    assert "read 7.0 GB/s" in html and f"int4 ≤ {expected:,.2f} tok/s" in html
+    assert "fits in memory" in html and "what this machine's agent measured" in html

@@ -54,7 +54,7 @@ def test_an_operator_plans_a_workload_sees_the_gaps_and_turns_backfill_on(fleet,
     page.click("#backfill-form button[type=submit]")
     page.wait_for_url("**/economics/plan/#plan-gaps")
     assert "Backfill policy: on" in page.locator("#backfill-policy").inner_text()
-    assert "not implemented" in page.locator("#backfill-policy").inner_text()
+    assert "serving takes them back" in page.locator("#backfill-policy").inner_text()
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "plan.png"), full_page=True)
     assert page.errors == []

@@ -7,8 +7,7 @@ import io
 
 import pytest
 
-from dashboard.economics.models import BackfillPolicy
-from dashboard.jobs.models import AuditEvent
+from dashboard.jobs.models import AuditEvent, BackfillPolicy
 
 from . import seed
 
@@ -156,7 +155,7 @@ def test_only_operators_and_admins_turn_backfill_on_and_it_is_audited(client, vi
     assert 'id="backfill-form"' in client.get("/economics/plan/").content.decode()
     r = client.post("/economics/plan/backfill/", {"enabled": "1"}, follow=True)
     assert BackfillPolicy.current().enabled and BackfillPolicy.current().changed_by == operator
-    assert "Placement does not read it yet" in r.content.decode()
+    assert "preemptible training jobs now fill the GPUs" in r.content.decode()
     event = AuditEvent.objects.get(action="backfill.on")
     assert event.actor == operator and event.detail == {"was_enabled": False}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -132,6 +133,42 @@ def test_a_real_agent_reports_to_a_real_server(process_env, server, machine, tmp
     assert machine.is_online() and machine.latest["system"]["cpu_percent"] is not None
     row = SystemSample.objects.filter(machine=machine).order_by("seq").last()
     assert row.mem_used_bytes_mean > 0 and row.mem_total_bytes > 0
+
+
+@pytest.mark.integration
+def test_the_agent_measures_its_drive_once_and_the_server_keeps_the_figure(process_env, server, machine, tmp_path):
+    """The planner's "fits if streamed" bound needs the drive's read speed: the agent measures it
+    in the background after it starts, keeps it in its state folder, and the next batch's
+    inventory carries it to the machine row; a restarted agent reuses the kept figure."""
+    env = dict(
+        process_env, HWPROBE_STORAGE_PROBE="1", HWPROBE_STATE_DIR=str(tmp_path), HWPROBE_STORAGE_DIR=str(tmp_path)
+    )
+    token = machine.issue_token()
+    agent = start_agent(env, server, token, tmp_path / "spool.sqlite")
+    try:
+
+        def measured() -> bool:
+            machine.refresh_from_db()
+            return machine.storage_read_bytes_per_s is not None
+
+        wait_for(measured, 60, "the storage read speed on the machine row")
+    finally:
+        out = stop_agent(agent)
+    assert "storage read speed of" in out
+    kept = json.loads((tmp_path / "storage.json").read_text())
+    assert (
+        kept["storage_path"] == str(tmp_path) and kept["storage_read_bytes_per_s"] == machine.storage_read_bytes_per_s
+    )
+    assert not list(tmp_path.glob(".hwprobe-read-*"))  # the scratch file is gone
+    first = machine.storage_read_bytes_per_s
+
+    agent = start_agent(env, server, token, tmp_path / "spool.sqlite")
+    try:
+        wait_for(lambda: SystemSample.objects.filter(machine=machine).count() >= 4, 40, "samples after a restart")
+    finally:
+        stop_agent(agent)
+    machine.refresh_from_db()
+    assert machine.storage_read_bytes_per_s == first  # measured once: the restart read the kept figure
 
 
 @pytest.mark.integration

@@ -82,7 +82,9 @@ def test_a_borrower_is_preempted_for_the_owning_team_and_chargeback_matches(
     wait_for(lambda: "HWPROBE_PROGRESS" in log_text(borrower), 40, "the borrower to train")
     telemetry(65e9)  # the borrower holds the GPU's memory now
 
-    owners_job = service.submit(stranger, fields("owners", [PY, "-c", "print('mine')"], team_b))
+    owners_job = service.submit(
+        stranger, fields("owners", [PY, "-c", "import time; print('mine'); time.sleep(0.5)"], team_b)
+    )
     asked = time.monotonic()
     assert tasks.place() == 0  # no room yet: the borrower is asked to give the GPU back
     assert Job.objects.get(pk=borrower.pk).preempt_requested

@@ -93,3 +93,25 @@ def test_a_machine_report_shows_the_figures_prints_on_a4_and_downloads_its_csv(f
     page.screenshot(path=str(SCREENSHOTS / "report-print.png"), full_page=True)
     assert page.evaluate("document.documentElement.scrollWidth") <= round(A4_WIDTH_PX)  # nothing runs off the paper
     assert page.errors == []
+
+
+def test_the_period_picker_reads_and_writes_iso_24_hour_times_whatever_the_browser_locale(fleet, live_server, page):
+    """Native date pickers show the browser locale's format (11/30/2026, 12:18 AM in US English);
+    the app's one format is ISO with a 24-hour clock, so the picker's fields are text in it."""
+    log_in(page, live_server.url)
+    day2 = DAY2.astimezone(ZoneInfo(ZONE))
+    page.goto(f"{live_server.url}/reports/machines/gpu-01/?period=day&date={day2.date()}&tz={ZONE}")
+    field = page.locator("#report-picker input[name=date]")
+    assert field.get_attribute("type") == "text" and field.input_value() == day2.date().isoformat()
+
+    page.select_option("#report-picker select[name=period]", "custom")
+    start = (day2 + timedelta(hours=13)).replace(minute=0)
+    page.fill("#report-picker input[name=from]", start.strftime("%Y-%m-%d %H:%M"))
+    page.fill("#report-picker input[name=to]", (start + timedelta(hours=2)).strftime("%Y-%m-%d %H:%M"))
+    page.click("#report-picker button[type=submit]")
+    page.wait_for_url("**period=custom**")
+    shown = page.locator("#report-picker input[name=from]")
+    assert shown.get_attribute("type") == "text"
+    assert shown.input_value() == start.strftime("%Y-%m-%d %H:%M")  # 24 h: 13:00, not 01:00 PM
+    assert start.strftime("%Y-%m-%d 13:00") in page.inner_text("#report-range")
+    assert page.errors == []

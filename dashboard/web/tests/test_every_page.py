@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -285,13 +286,19 @@ def test_the_range_picker_keeps_presets_custom_ranges_zoom_and_refresh_in_the_ur
     shared = page.url
     page.goto(shared, wait_until="networkidle")
     assert page.locator("details.custom-range").get_attribute("open") is not None
-    assert page.input_value("#range-custom input[name=from]") != ""
+    # In the app's one format, local and 24 h, not the browser locale's (11/30/2026, 12:18 AM).
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}", page.input_value("#range-custom input[name=from]"))
+    assert page.get_attribute("#range-custom input[name=from]", "type") == "text"
     # Auto-refresh off is part of the link too.
     page.uncheck("#auto-refresh")
     assert "refresh=off" in page.url
     # A custom range typed in.
-    page.fill("#range-custom input[name=from]", "2026-01-01T00:00")
-    page.fill("#range-custom input[name=to]", "2026-01-02T00:00")
+    page.fill("#range-custom input[name=from]", "2026-01-02 00:00")
+    page.fill("#range-custom input[name=to]", "2026-01-01 00:00")
+    page.click("#range-custom button[type=submit]")
+    assert page.inner_text("#range-custom .field-error") == "must be later than From"
+    page.fill("#range-custom input[name=from]", "2026-01-01 00:00")
+    page.fill("#range-custom input[name=to]", "2026-01-02 00:00")
     page.click("#range-custom button[type=submit]")
     page.wait_for_url("**from=2025-12-31T13%3A30**")  # midnight in Adelaide (UTC+10:30) is 13:30 UTC
     # Marks: the jobs' starts on every chart, throttled windows on the clock chart, the XID rise.
