@@ -2,7 +2,8 @@
 """Run the dashboard locally, or its tests, from a fresh checkout.
 
     python3 dev.py run [--port N] [--verbose]   web + worker + beat + a local agent, on http://127.0.0.1:8000
-    python3 dev.py test [ARGS...]   python -m pytest ARGS (default: all but the `slow` suites; -m slow runs those)
+    python3 dev.py test [--full] [ARGS...]   python -m pytest ARGS: the in-process suite (under 5 min);
+                                    -m "integration or browser" / -m slow run the others, --full all
     python3 dev.py lint             import layers, ruff (lint and format) and mypy, as CI runs them
 
 Both create `.venv` and install requirements.txt into it when needed. Only the standard library
@@ -436,12 +437,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--verbose", "-v", action="store_true", help="every log line (default: warnings, errors and events)"
     )
     commands.add_parser(
-        "test", help="python -m pytest ARGS (default: all but the slow suites)", add_help=False, prefix_chars="\0"
+        "test",
+        help="python -m pytest ARGS: the in-process suite; -m 'integration or browser', -m slow or --full for more",
+        add_help=False,
+        prefix_chars="\0",
     )
     commands.add_parser("lint", help="import layers, ruff (lint and format) and mypy, as CI runs them")
     commands.add_parser("_guard")  # internal: see guard()
     if argv[:1] == ["test"]:  # everything after `test` is pytest's, --help included
-        return argparse.Namespace(command="test", pytest_args=argv[1:])
+        rest = argv[1:]
+        if "--full" in rest:
+            # Every suite: an empty marker expression (after pytest.ini's) deselects nothing.
+            rest = [a for a in rest if a != "--full"] + ["-m", ""]
+        return argparse.Namespace(command="test", pytest_args=rest)
     return parser.parse_args(argv)
 
 
