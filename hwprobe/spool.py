@@ -40,7 +40,11 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 class Spool:
     """A bounded, persistent FIFO of samples. Safe to share between threads."""
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, max_samples: int = DEFAULT_MAX_SAMPLES) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str] | None = None, max_samples: int = DEFAULT_MAX_SAMPLES, durable: bool = True
+    ) -> None:
+        """``durable=False`` is for simulated fleets (dashboard/devtools): one open file instead of
+        three and no syncs, so 10,000 spools fit in one process's file limit; a crash may lose it."""
         if max_samples < 1:
             raise ValueError("max_samples must be at least 1")
         self.path = Path(path) if path is not None else default_path()
@@ -49,9 +53,13 @@ class Spool:
         self._lock = threading.Lock()
         # One connection guarded by a lock: the sampler and the sender thread share it.
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a process crash; only a power cut may lose the last commit.
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        if durable:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a process crash; only a power cut may lose the last commit.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        else:
+            self._db.execute("PRAGMA journal_mode=MEMORY")
+            self._db.execute("PRAGMA synchronous=OFF")
         with self._lock:
             self._db.executescript(_SCHEMA)
             # Names this spool's seq series: a new spool (a reinstalled agent) restarts at seq 1,

@@ -520,12 +520,18 @@ class Simulator:
             self._tmp_dir = tempfile.mkdtemp(prefix="hwdash-sim-spool-")
             self.spool_dir = Path(self._tmp_dir)
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        _raise_file_limit(len(self.machines) * 3 + self.senders * 2 + 256)
+        # A durable spool holds three files open (database, WAL, shared memory); where the file
+        # limit cannot cover that, the spools keep one file each and skip syncs (they are the
+        # simulator's, not a real agent's: the server's side of the run is the same).
+        durable = _raise_file_limit(len(self.machines) * 3 + self.senders * 2 + 256)
+        if not durable:
+            _raise_file_limit(len(self.machines) + self.senders * 2 + 256)
+            self.print_fn(f"simulate | {len(self.machines)} spools without WAL or syncs, to fit the open-file limit")
         for name, (token, last_seq) in self.machines.items():
             path = self.spool_dir / f"{name}.sqlite3"
             _continue_seq(path, last_seq)
             model = MachineModel(name, self.gpus, self.interval_s)
-            spool = Spool(path)
+            spool = Spool(path, durable=durable)
             client = TimedClient(self.url, token, self.counters, timeout_s=self.timeout_s)
             sender = Sender(spool, client, batch_max=self.batch_max, backoff=Backoff(), inventory=model.inventory())
             self.vms.append(VirtualMachine(model, spool, sender))
@@ -725,16 +731,25 @@ class Simulator:
         return summary
 
 
-def _raise_file_limit(wanted: int) -> None:
-    """Each spool holds three files open (database, WAL, shared memory)."""
+def _raise_file_limit(wanted: int) -> bool:
+    """Raise this process's open-file limit to ``wanted`` where it may; whether it is that high now."""
     try:
         import resource
 
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft < wanted:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, wanted), hard))
+        if soft >= wanted:
+            return True
+        if hard < wanted:
+            try:  # a privileged process may raise the hard limit too
+                resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+                return True
+            except (ValueError, OSError):
+                pass
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, wanted), hard))
+        return hard >= wanted
     except (ImportError, ValueError, OSError) as err:
         log.warning("could not raise the open-file limit to %d: %s", wanted, err)
+        return False
 
 
 def default_dir(prefix: str) -> Path:

@@ -85,3 +85,13 @@ def test_a_spool_keeps_its_id_across_reopening_and_a_new_spool_gets_another(tmp_
     same = Spool(tmp_path / "a.sqlite3")
     other = Spool(tmp_path / "b.sqlite3")
     assert first.spool_id == same.spool_id != other.spool_id
+
+
+def test_a_simulators_spool_keeps_one_file_open_and_works_the_same(tmp_path: Path) -> None:
+    """``durable=False`` (10,000 simulated machines in one process): no WAL or shared-memory files."""
+    spool = Spool(tmp_path / "sim.sqlite3", durable=False)
+    assert [spool.put({"n": i}) for i in range(3)] == [1, 2, 3]
+    assert spool.ack(2) == 2
+    assert [s["seq"] for s in spool.peek(10)] == [3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sim.sqlite3"]
+    spool.close()
