@@ -179,6 +179,12 @@ window.Charts = (function () {
     return localTime(date.getTime()).slice(0, 16);
   }
 
+  // Redraw on a timer only for ranges that end now, while auto-refresh is on.
+  function isLive(range) {
+    const auto = document.getElementById("auto-refresh");
+    return (!auto || auto.checked) && (Boolean(range.preset) || !range.to);
+  }
+
   // The range picker (templates/fleet/_range_picker.html): presets, custom from/to, drag-to-zoom
   // on any chart made zoomable, auto-refresh on or off. onChange(range) runs after every change.
   function rangePicker(onChange) {
@@ -215,6 +221,8 @@ window.Charts = (function () {
       show();
       writeUrl();
       onChange(range);
+      // Charts the page's own script does not draw (efficiency.js) follow the range too.
+      document.dispatchEvent(new CustomEvent("rangechange"));
     }
 
     if (root) {
@@ -247,8 +255,7 @@ window.Charts = (function () {
     return {
       get: () => range,
       set: set,
-      // Redraw on a timer only for ranges that end now.
-      live: () => (!auto || auto.checked) && (Boolean(range.preset) || !range.to),
+      live: () => isLive(range),
       // Drag across the chart: its x range becomes the page's custom range.
       zoomable(el) {
         if (el.dataset.zoomable) return;
@@ -272,5 +279,5 @@ window.Charts = (function () {
 
   return { config, cssVar, theme, withAlpha, zone, localTime, byteUnit, formatBytes, scale,
            layout, bandTraces, sparkline, poll, ago, tickAgo,
-           PRESETS, readRange, rangeParams, rangeKey, rangePicker, note };
+           PRESETS, readRange, rangeParams, rangeKey, rangePicker, isLive, note };
 })();

@@ -57,7 +57,16 @@
     }
   }
 
-  // A finished job's span never changes: drawn once (and again on a theme change).
-  const poller = Charts.poll(redraw, cfg.until ? 24 * 3600 * 1000 : 10000, 60000);
-  document.addEventListener("themechange", () => poller.now());
+  // On a machine page, timed redraws only while its range ends now and auto-refresh is on, like
+  // its other charts; a new range or theme at once. A finished job's span never changes.
+  let forced = true;
+  async function refresh() {
+    if (!forced && !cfg.since && !Charts.isLive(Charts.readRange())) return;
+    forced = false;
+    await redraw();
+  }
+  const poller = Charts.poll(refresh, cfg.until ? 24 * 3600 * 1000 : 10000, 60000);
+  const now = () => { forced = true; poller.now(); };
+  document.addEventListener("themechange", now);  // static/js/base.js
+  document.addEventListener("rangechange", now);  // static/js/charts.js: rangePicker
 })();
