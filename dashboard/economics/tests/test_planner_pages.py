@@ -164,3 +164,33 @@ def test_only_operators_and_admins_turn_backfill_on_and_it_is_audited(client, vi
     assert not BackfillPolicy.current().enabled
     assert AuditEvent.objects.filter(action="backfill.off", actor=admin_user).count() == 1
     assert client.get("/economics/plan/backfill/").status_code == 405
+
+
+def test_the_switch_on_the_planner_page_is_what_placement_acts_on(client, operator):
+    """One action: the operator turns backfill on where the gaps are shown, and the next placement
+    pass puts a preemptible training job on the free GPU of a machine dedicated to serving."""
+    from conftest import make_batch
+    from dashboard.fleet.ingest import store_batch
+    from dashboard.fleet.models import Machine
+    from dashboard.fleet.payload import Batch
+    from dashboard.jobs.models import Job
+    from dashboard.jobs.placement import place_queued
+
+    m = Machine.objects.create(name="serve-01", policy="dedicated")
+    store_batch(m, Batch.model_validate(make_batch([1], gpus=2)))
+    argv = ["python", "-m", "hwprobe.workloads"]
+    serving = Job.objects.create(owner=operator, name="chat", kind="serve", argv=argv, gpus=1, gpu_memory_gb=20)
+    place_queued()
+    Job.objects.filter(pk=serving.pk).update(status="running")
+    train = Job.objects.create(
+        owner=operator, name="lora", kind="train", argv=argv, gpus=1, gpu_memory_gb=20, preemptible=True
+    )
+    assert place_queued() == []  # off by default: serving machines serve only
+
+    client.force_login(operator)
+    client.post("/economics/plan/backfill/", {"enabled": "1"})
+    assert [p.machine for p in place_queued()] == ["serve-01"]
+    train.refresh_from_db()
+    assert train.backfill and train.assigned_gpus != Job.objects.get(pk=serving.pk).assigned_gpus
+    html = client.get("/economics/plan/").content.decode()
+    assert "serving takes them back by preempting them" in html
