@@ -279,7 +279,7 @@ def run_agent(
     0 off) and the scraping of ``scrape`` (``URL[=engine]``); measure the read speed of
     ``storage_dir`` once (default: the state folder) unless ``measure_storage`` is False; run until
     SIGTERM/SIGINT; return 0."""
-    spool = Spool(spool_path, **({"max_samples": spool_max} if spool_max else {}))
+    spool = Spool(spool_path, max_samples=spool_max) if spool_max else Spool(spool_path)
     client = IngestClient(server, token, timeout_s=timeout_s)
     sender = Sender(spool, client, batch_max=batch_max, backoff=Backoff(base_s=backoff_base_s, cap_s=backoff_cap_s))
     ledger = Ledger()
@@ -325,6 +325,8 @@ def run_agent(
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("received %s", signal.Signals(signum).name)
+        if scraper is not None:  # each scrape's tokens are held one interval: into the last window
+            scraper.close()
         agent.stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)

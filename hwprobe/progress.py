@@ -232,9 +232,9 @@ class JobScrape:
     lifetime, and once more right before the worker stops the job and after it ended.
 
     The tokens between two scrapes count as produced over the time between them, except at the
-    edges of a busy stretch: the engine started (or stopped) somewhere inside the first (last)
-    interval, whose active time is taken as its tokens at the rate of the interval next to it. So
-    each interval's counts leave one scrape later, when it is known whether the stretch went on.
+    edges of a busy stretch, which count at the rate of the interval next to them
+    (:class:`hwprobe.engines.prometheus.Stretch`, shared with the agent's scraper); so each
+    interval's counts leave one scrape later, when it is known whether the stretch went on.
     Idle intervals (no new tokens) do not count. The first try is made at once:
     an endpoint that does not answer yet belongs to an engine the job itself is starting, whose
     counters start at zero, so its first answer counts in full rather than as a baseline.
@@ -249,7 +249,7 @@ class JobScrape:
         interval_s: float = 1.0,
         timeout_s: float = 2.0,
     ) -> None:
-        from hwprobe.engines.prometheus import Target
+        from hwprobe.engines.prometheus import Stretch, Target
 
         self.target = Target(url, None, engine, from_zero)
         self.url, self.send, self.interval_s, self.timeout_s = url, send, interval_s, timeout_s
@@ -257,9 +257,7 @@ class JobScrape:
         self._last_ok: float | None = time.monotonic() if from_zero else None
         self._answered = False
         self._created = time.monotonic()
-        self._pending: tuple[dict[str, float], float | None, bool] | None = None  # deltas, span, starts
-        self._busy = False  # whether the previous interval had tokens
-        self._rate: float | None = None  # tokens/s of the latest interval inside a busy stretch
+        self._stretch = Stretch(lambda deltas, active_s, _at: self.send(deltas, active_s))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hwprobe-job-scrape", daemon=True)
 
@@ -282,37 +280,13 @@ class JobScrape:
             self._answered = True
             span = now - self._last_ok if (deltas and self._last_ok is not None) else None
             self._last_ok = now
-            rate = sum(deltas.values()) / span if (deltas and span) else None
-            if self._pending is not None:
-                self._emit(ending=not deltas, next_rate=rate)
-            if deltas:
-                self._pending = (deltas, span, not self._busy)
-            self._busy = bool(deltas)
+            self._stretch.add(deltas, span)
             return deltas
-
-    def _emit(self, ending: bool, next_rate: float | None) -> None:
-        """Send the interval held back, with its active time (see the class's docstring)."""
-        assert self._pending is not None
-        deltas, span, starts = self._pending
-        self._pending = None
-        tokens = sum(deltas.values())
-        reference = None
-        if starts and not ending:
-            reference = next_rate
-        elif ending and not starts:
-            reference = self._rate
-        elif span:
-            self._rate = tokens / span  # inside a stretch: the rate the edges are measured against
-        active = span
-        if span and reference and tokens:
-            active = min(span, tokens / reference)
-        self.send(deltas, active)
 
     def flush(self) -> None:
         """Send the interval held back (the job has ended: it was the stretch's last)."""
         with self._lock:
-            if self._pending is not None:
-                self._emit(ending=True, next_rate=None)
+            self._stretch.end()
 
     def settle(self, totals: dict[str, float], at: float) -> None:
         """Count what the engine said it produced in all (its last counter values, printed after
@@ -320,15 +294,12 @@ class JobScrape:
         with self._lock:
             rest = {k: v - self.target.rate.last.get(k, 0.0) for k, v in totals.items() if k in ("prompt", "generated")}
             rest = {k: v for k, v in rest.items() if v > 0}
-            if rest:
-                if self._pending is not None:  # the engine went on producing until its final line
-                    self._emit(ending=False, next_rate=None)
+            if rest:  # the engine went on producing until its final line: one more interval
                 span = at - self._last_ok if self._last_ok is not None else None
                 for kind, value in rest.items():
                     self.target.rate.last[kind] = self.target.rate.last.get(kind, 0.0) + value
                 self._last_ok = at
-                self._pending = (rest, span, not self._busy)
-                self._busy = True
+                self._stretch.add(rest, span)
 
     def _run(self) -> None:
         while True:

@@ -23,7 +23,8 @@ names, which keep ``_total`` where family names lose it.
 :class:`CounterRate` turns successive totals into tokens produced between scrapes: a total
 that went down (a counter reset) or a new ``process_start_time_seconds`` (an engine restart)
 counts the new total as what was produced since; the first scrape only sets the baseline unless
-the counters are known to have started with the job (``from_zero``).
+the counters are known to have started with the job (``from_zero``). :class:`Stretch` says how
+many of the seconds between two scrapes the engine was producing.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hwprobe import http_client
@@ -193,6 +195,75 @@ class CounterRate:
             if delta > 0:
                 deltas[kind] = delta
         return deltas
+
+
+# What a Stretch hands on: the interval's tokens per kind, its seconds of work (None: unknown),
+# and when it ended (Unix s, None: not said).
+Emit = Callable[[dict[str, float], float | None, float | None], None]
+
+
+class Stretch:
+    """The seconds of work behind each interval between two scrapes of one endpoint.
+
+    A scrape says how many tokens the engine produced since the previous one, not when. Inside a
+    busy stretch (successive intervals that each saw new tokens) the engine worked throughout; in
+    the stretch's first interval it started somewhere inside, in its last one it stopped. So an
+    edge interval counts the time its tokens take at the rate of its neighbour in the stretch, at
+    most its length: ``min(span, tokens / neighbour_rate)`` (in a stretch of two, each is the
+    other's neighbour: the faster one counts in full). Whether an interval is the last is known only
+    at the next scrape, so each interval is held until then and handed to ``emit`` one scrape
+    late; :meth:`end` hands over the one held when no scrape follows (the final scrape, a failed
+    one, closing). Totals are never changed, only the time they count over.
+    """
+
+    def __init__(self, emit: Emit) -> None:
+        self.emit = emit
+        # (tokens per kind, span, ended at, first of its stretch, rate of the interval before)
+        self._held: tuple[dict[str, float], float | None, float | None, bool, float | None] | None = None
+        self._busy = False  # the latest interval saw tokens
+        self._rate: float | None = None  # tokens/s of the latest interval (None: idle or unknown span)
+
+    def add(self, deltas: dict[str, float], span: float | None, at: float | None = None) -> None:
+        """The interval that ended just now (at ``at``): ``deltas`` tokens per kind (empty: idle)
+        over ``span`` seconds (None: unknown, e.g. no earlier scrape)."""
+        if span is not None and span <= 0:
+            span = None  # clocks that disagree (a final line stamped before the last scrape)
+        tokens = sum(deltas.values())
+        rate = tokens / span if (tokens > 0 and span) else None
+        if self._held is not None:
+            self._release(ending=not deltas, next_rate=rate)
+        if deltas:
+            self._held = (deltas, span, at, not self._busy, self._rate if self._busy else None)
+        self._busy, self._rate = bool(deltas), rate
+
+    def end(self) -> None:
+        """No scrape follows (or none that continues the stretch): hand over what is held."""
+        if self._held is not None:
+            self._release(ending=True, next_rate=None)
+        self._busy, self._rate = False, None
+
+    def _release(self, ending: bool, next_rate: float | None) -> None:
+        assert self._held is not None
+        deltas, span, at, starts, before = self._held
+        self._held = None
+        if starts and ending:
+            # A stretch of one interval has no neighbour to measure against: it counts in full. The
+            # rate of another stretch could be a different load (a batch of requests decodes faster
+            # per token than one), so the mean errs low, never high, and only for bursts shorter
+            # than two scrapes.
+            reference = None
+        elif starts:
+            reference = next_rate
+        elif ending:
+            reference = before
+        else:
+            reference = None  # inside the stretch: busy throughout
+        active = span
+        tokens = sum(deltas.values())
+        if reference and tokens > 0:
+            estimate = tokens / reference
+            active = estimate if span is None else min(span, estimate)
+        self.emit(deltas, active, at)
 
 
 def fetch(url: str, timeout_s: float) -> str:
