@@ -568,6 +568,19 @@ class SocketListener:
         with contextlib.suppress(OSError):
             conn.sendall(json.dumps({"v": 1, "flushed": done}).encode() + b"\n")
 
+    def drain(self, timeout_s: float = 2.0) -> None:
+        """Stop serving in the thread and read here what senders already wrote (a job's last
+        report sits in the kernel after the job is gone), for up to ``timeout_s`` seconds."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            events = self._selector.select(0)
+            if not events:
+                break
+            self._serve(events)
+
     def close(self) -> None:
         self._stop.set()
         if self._thread.is_alive():

@@ -20,8 +20,11 @@ The order of events:
 4. cancel, preemption, the maximum run time and a 409 send SIGTERM to the group, then SIGKILL
    after ``grace_s``; when the command ends, whatever is left of its group is killed;
 5. meanwhile each output line is read for tokens (:mod:`hwprobe.progress`) and the counts go to
-   the local agent over UDP; a job's Prometheus endpoint (``metrics_url``, or the port the
-   built-in ``serve`` prints) is registered with the agent for the job's lifetime;
+   the local agent (its Unix socket, else UDP); a job's Prometheus endpoint (``metrics_url``, or
+   the port the built-in ``serve`` prints) is scraped for the job's lifetime. The job itself
+   reports (:mod:`hwprobe.report`) to the agent's socket, or, when it runs as another user, to
+   a socket of its own that the worker relays under the job's id (:mod:`hwprobe.relay`), drained
+   when the job ends;
 6. ``finish`` reports ``succeeded`` (exit 0), ``failed`` (any other exit; ``exit_code`` is
    negative for a signal, as in Python), ``cancelled``, ``timeout`` or ``preempted``.
 
@@ -53,6 +56,7 @@ from hwprobe.client import OK, RETRY, Backoff, Reply, classify
 from hwprobe.jobspool import FINISH, HEARTBEAT, LOG, Batch, JobSpool, Outbox
 from hwprobe.policy import Policy, is_builtin
 from hwprobe.progress import JobMeter
+from hwprobe.relay import JobRelay
 
 log = logging.getLogger("hwprobe.worker")
 
@@ -402,6 +406,7 @@ class JobRun:
         outbox: Outbox | None = None,
         report_wait_s: float = REPORT_WAIT_S,
         on_spawn: Callable[[int, int, int, float], None] | None = None,
+        relay: bool | None = None,
     ) -> None:
         self.api, self.job_id, self.attempt, self.spec, self.policy = api, job_id, attempt, spec, policy
         self.heartbeat_s, self.flush_s, self.poll_s = heartbeat_s, flush_s, poll_s
@@ -420,6 +425,9 @@ class JobRun:
         self.meter: JobMeter | None = None
         # (job, attempt, pgid, grace_s) of the group just started: the worker's record for cleanups
         self.on_spawn = on_spawn
+        # Whether the job reports through a socket of its own (None: when it runs as another user)
+        self.use_relay = relay
+        self.relay: JobRelay | None = None
 
     # -- preparing ----------------------------------------------------------------------------
 
@@ -442,8 +450,9 @@ class JobRun:
             return [sys.executable, "-I", "-c", BOOT, HWPROBE_HOME, *argv[3:]]
         return argv
 
-    def environment(self, user: pwd.struct_passwd | None) -> dict[str, str]:
-        """A clean environment: a few basics, pass_env, the job's own, then ours (not overridable)."""
+    def environment(self, user: pwd.struct_passwd | None, relay_path: str | None = None) -> dict[str, str]:
+        """A clean environment: a few basics, pass_env, the job's own, then ours (not overridable);
+        ``relay_path``: the job's own report socket (:meth:`open_relay`)."""
         env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ") if k in os.environ}
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         if user is not None:
@@ -461,9 +470,39 @@ class JobRun:
         env["HWPROBE_JOB_ATTEMPT"] = str(self.attempt)
         env["HWPROBE_REPORT_PORT"] = str(self.report_port)  # where hwprobe.report finds the agent
         socket_path = channel.socket_from_env()
-        # The agent's socket is 0600: a job run as another user reports over UDP instead.
-        env[channel.SOCKET_ENV] = socket_path if (socket_path and user is None) else ""
+        if relay_path:
+            env[channel.SOCKET_ENV] = relay_path
+        else:
+            # The agent's socket is 0600: a job run as another user without a relay has UDP only.
+            env[channel.SOCKET_ENV] = socket_path if (socket_path and user is None) else ""
         return env
+
+    def open_relay(self, user: pwd.struct_passwd | None) -> str | None:
+        """Open the job's own report socket when it needs one (it runs as another user, or the
+        run was asked for one); its path, or None (no agent socket to relay to, or it failed)."""
+        wanted = user is not None if self.use_relay is None else self.use_relay
+        agent_socket = channel.socket_from_env()
+        if not wanted or agent_socket is None:
+            return None
+        try:
+            self.relay = JobRelay(
+                self.job_id,
+                agent_socket,
+                self.report_port,
+                uid=user.pw_uid if user is not None else None,
+                gid=user.pw_gid if user is not None else None,
+            )
+        except OSError as err:
+            log.warning("job %s: no report socket of its own (%s); it has UDP only", self.job_id, err)
+            return None
+        return self.relay.path
+
+    def close_relay(self, flush: bool | None = None) -> None:
+        """Relay what the job wrote last and remove its socket; then the meter's flush has the
+        agent deliver it (``flush`` None: the relay flushes the agent itself if there is no meter)."""
+        if self.relay is not None:
+            self.relay.close(flush=self.meter is None if flush is None else flush)
+            self.relay = None
 
     def workdir(self, user: pwd.struct_passwd | None) -> Path:
         if self.spec.get("workdir"):
@@ -490,11 +529,12 @@ class JobRun:
             groups = ",".join(str(g) for g in os.getgrouplist(user.pw_name, user.pw_gid))
             ids = f"{user.pw_uid}:{user.pw_gid}:{groups}"
         shim = [sys.executable, "-I", "-S", "-c", SHIM, str(os.getpid()), str(self.grace_s), ids, *argv]
+        relay_path = self.open_relay(user)
         try:
             return subprocess.Popen(
                 shim,
                 cwd=cwd,
-                env=self.environment(user),
+                env=self.environment(user, relay_path),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -502,6 +542,7 @@ class JobRun:
                 close_fds=True,
             )
         except OSError as err:
+            self.close_relay(flush=False)
             raise SpawnError(f"cannot start the job: {err}") from err
 
     # -- running ------------------------------------------------------------------------------
@@ -542,10 +583,13 @@ class JobRun:
         ]
         for r in readers:
             r.start()
-        code = self._watch()
-        self._signal(signal.SIGKILL)  # whatever the command left running in its group
-        for r in readers:
-            r.join(10)
+        try:
+            code = self._watch()
+            self._signal(signal.SIGKILL)  # whatever the command left running in its group
+            for r in readers:
+                r.join(10)
+        finally:
+            self.close_relay()  # the job's own last reports go to the agent before the meter's flush
         if self.meter is not None:  # the job's last tokens reach the server before its end does
             _meter(self.meter.finish)
         shipper.close()

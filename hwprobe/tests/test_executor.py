@@ -489,3 +489,136 @@ def test_nul_bytes_in_a_jobs_output_reach_the_log_as_replacement_characters():
     shipper.close()
     batch = spool.next_batch()
     assert batch is not None and "".join(c["text"] for c in batch.bodies) == "a\ufffdb\n"
+
+
+# ---- a job's own report socket (hwprobe/relay.py) ------------------------------------------------
+
+REPORTING_JOB = """
+import os, stat, sys
+sys.path.insert(0, {home!r})
+from hwprobe import report
+path = os.environ["HWPROBE_REPORT_SOCKET"]
+folder = os.path.dirname(path)
+print("socket", path, oct(stat.S_IMODE(os.stat(path).st_mode)), os.stat(path).st_uid)
+print("folder", oct(stat.S_IMODE(os.stat(folder).st_mode)), os.stat(folder).st_uid, "uid", os.getuid())
+report.tokens(1000, seconds=0.5)
+report.tokens(24, job=999)  # another job's id
+report.flush()
+report.tokens(100, seconds=0.1)  # left for the exit: it sits in the socket when the job is gone
+"""
+
+
+class AgentSide:
+    """The agent's Unix socket; its flush takes what the ledger holds, as the agent's window does."""
+
+    def __init__(self, path: Path) -> None:
+        from hwprobe import channel
+
+        self.ledger = channel.Ledger()
+        self.at_flush: list[dict[str, Any]] = []
+        self.scrapes: list[dict[str, Any]] = []
+        self.channel = channel.Channel(self.ledger, on_scrape=self.scrapes.append, on_flush=self._flush)
+        self.listener = channel.SocketListener(path, self.channel).start()
+        self.path = path
+
+    def _flush(self, _timeout_s: float) -> bool:
+        self.at_flush.extend(self.ledger.drain())
+        return True
+
+    def totals(self, entries: list[dict[str, Any]]) -> dict[tuple[Any, str], int]:
+        out: dict[tuple[Any, str], int] = {}
+        for e in entries:
+            key = (e["job_id"], e["source"])
+            out[key] = out.get(key, 0) + e["train"]
+        return out
+
+
+@pytest.fixture
+def agent_socket(tmp_path, monkeypatch):
+    from hwprobe import channel
+
+    side = AgentSide(tmp_path / "agent" / "report.sock")
+    monkeypatch.setenv(channel.SOCKET_ENV, str(side.path))
+    yield side
+    side.listener.close()
+
+
+def reported(dash: FakeDashboard) -> dict[str, list[str]]:
+    return {line.split()[0]: line.split()[1:] for line in dash.text("stdout").splitlines()}
+
+
+def test_a_job_forced_through_its_own_socket_reports_as_itself_and_its_last_report_comes_before_its_end(
+    dash, tmp_path, agent_socket
+):
+    """The relay path of a job the host runs as another user, taken here by a job run as this
+    user (``relay=True``): the test needs no second user. Its socket is not the agent's, a report
+    naming another job counts as this job's, and the report the job left at exit reached the
+    agent before the worker's flush, which comes before the finish."""
+    code = REPORTING_JOB.format(home=str(Path(__file__).resolve().parents[2]))
+    result = run(dash, job_spec(py(code)), tmp_path, relay=True, report_port=0)
+    assert result.outcome == "succeeded", dash.text()
+    said = reported(dash)
+    path, mode, _ = said["socket"]
+    assert path != str(agent_socket.path) and mode == "0o600" and said["folder"][0] == "0o700"
+    assert agent_socket.totals(agent_socket.at_flush) == {(7, "report"): 1124}
+    assert not Path(path).parent.exists()  # the socket and its folder are gone with the job
+    assert agent_socket.channel.malformed == 0
+
+
+def test_a_job_of_the_workers_own_user_talks_to_the_agents_socket_directly(agent_socket):
+    from hwprobe.executor import JobRun
+
+    run_ = JobRun(ServerApi("http://127.0.0.1:9", "tok"), 7, 1, job_spec(["x"]), ALLOW_PY)
+    assert run_.open_relay(None) is None and run_.relay is None
+    assert run_.environment(None)["HWPROBE_REPORT_SOCKET"] == str(agent_socket.path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")
+def test_a_job_run_as_another_user_reports_through_a_socket_only_that_user_can_reach(dash, tmp_path, agent_socket):
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    code = REPORTING_JOB.format(home=str(Path(__file__).resolve().parents[2]))
+    policy = Policy(rules=ALLOW_PY.rules, run_as="nobody")
+    result = run(dash, job_spec(py(code), workdir="/"), tmp_path, policy, report_port=0)
+    assert result.outcome == "succeeded", dash.text()
+    said = reported(dash)
+    assert said["socket"][1:] == ["0o600", str(nobody.pw_uid)]
+    assert said["folder"] == ["0o700", str(nobody.pw_uid), "uid", str(nobody.pw_uid)]
+    assert agent_socket.totals(agent_socket.at_flush) == {(7, "report"): 1124}
+    assert not Path(said["socket"][0]).parent.exists()
+
+
+def test_the_relay_passes_on_what_the_agent_must_count_as_dropped_and_registrations_as_the_jobs(agent_socket):
+    from hwprobe import channel
+    from hwprobe.relay import JobRelay
+
+    relay = JobRelay(7, str(agent_socket.path), port=0)
+    client = channel.SocketClient(relay.path)
+    assert client.send(
+        channel.token_datagram(3, "report", train=10),
+        b"not json",
+        channel.scrape_datagram("http://127.0.0.1:1/metrics", 3, "vllm"),
+    )
+    assert client.flush()  # answered through the agent's own flush
+    client.close()
+    assert relay.close() is False  # nothing flushed twice
+    assert agent_socket.totals(agent_socket.at_flush) == {(7, "report"): 10}
+    assert agent_socket.channel.malformed == 1  # counted where the machine page shows it
+    assert [m["job"] for m in agent_socket.scrapes] == [7]
+    assert relay.channel.rewritten == 2 and not relay.folder.exists()
+
+
+def test_draining_a_socket_reads_what_senders_wrote_before_they_went(tmp_path):
+    """What a relay does when its job has ended: the messages are still in the kernel, unread."""
+    from hwprobe import channel
+
+    ledger = channel.Ledger()
+    listener = channel.SocketListener(tmp_path / "job.sock", channel.Channel(ledger))  # not started: nothing reads
+    for n in (1, 2, 3):
+        sender = channel.SocketClient(listener.path)
+        assert sender.send(channel.token_datagram(7, "report", train=n))
+        sender.close()
+    listener.drain(timeout_s=2)
+    listener.close()
+    assert sum(e["train"] for e in ledger.drain()) == 6
