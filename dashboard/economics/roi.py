@@ -8,10 +8,12 @@ GPU-hours of training attempts. Days are calendar days in the server's TIME_ZONE
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
+from django.db.models import QuerySet
 from django.urls import reverse
 from django.utils import timezone
 
@@ -23,7 +25,7 @@ from dashboard.jobs.models import Job, JobAttempt
 from . import formulas as f
 from .efficiency import period_efficiency
 from .hardware import all_specs, assembly_key, physical, spec_for
-from .models import CostProfile, ValueRates
+from .models import CostProfile, HardwareSpec, ValueRates
 
 UTC = UTC
 DEFAULT_IDLE_BELOW_PERCENT = 10.0
@@ -69,14 +71,32 @@ def _start_of_day(d, zone) -> datetime:
     return datetime.combine(d, time.min, tzinfo=zone)
 
 
-def effective_profile(machine: Machine) -> Profile | None:
-    """The machine's own profile, else its assembly's, else one from catalogue prices, else None."""
+def cost_profile_rows() -> dict[tuple[str, Any], CostProfile]:
+    """Every cost profile, keyed ``("machine", id)`` or ``("assembly", key)``: read once for a fleet
+    (the first by name wins for an assembly, as ``effective_profile`` reads them one by one)."""
+    rows: dict[tuple[str, Any], CostProfile] = {}
+    for row in CostProfile.objects.order_by("name", "pk"):
+        rows.setdefault(("machine", row.machine_id) if row.machine_id else ("assembly", row.assembly), row)
+    return rows
+
+
+def effective_profile(
+    machine: Machine,
+    rows: dict[tuple[str, Any], CostProfile] | None = None,
+    specs: list[HardwareSpec] | None = None,
+) -> Profile | None:
+    """The machine's own profile, else its assembly's, else one from catalogue prices, else None.
+
+    ``rows`` (``cost_profile_rows()``) and ``specs`` (``all_specs()``), read once, serve many machines."""
     zone = timezone.get_current_timezone()
     accelerators = list(machine.accelerators.all())
-    row = (
-        CostProfile.objects.filter(machine=machine).first()
-        or CostProfile.objects.filter(machine=None, assembly=assembly_key(machine, accelerators)).first()
-    )
+    if rows is None:
+        row = (
+            CostProfile.objects.filter(machine=machine).first()
+            or CostProfile.objects.filter(machine=None, assembly=assembly_key(machine, accelerators)).first()
+        )
+    else:
+        row = rows.get(("machine", machine.pk)) or rows.get(("assembly", assembly_key(machine, accelerators)))
     if row is not None:
         start = _start_of_day(row.in_service_on, zone) if row.in_service_on else machine.created_at
         return Profile(
@@ -92,7 +112,7 @@ def effective_profile(machine: Machine) -> Profile | None:
             float(row.fixed_monthly),
         )
     devices = physical(accelerators)
-    specs = all_specs()
+    specs = all_specs() if specs is None else specs
     prices = [getattr(spec_for(a.name, specs), "launch_price_usd", None) for a in devices]
     if not devices or any(p is None for p in prices):
         return None  # never invent money
@@ -110,7 +130,14 @@ def effective_profile(machine: Machine) -> Profile | None:
     )
 
 
-def effective_rates(machine: Machine) -> ValueRates | None:
+def value_rate_rows() -> dict[int | None, ValueRates]:
+    """Every value-rates row keyed by machine id (None: the global row), read once for a fleet."""
+    return {row.machine_id: row for row in ValueRates.objects.order_by("-pk")}  # the lowest pk wins, as first()
+
+
+def effective_rates(machine: Machine, rows: dict[int | None, ValueRates] | None = None) -> ValueRates | None:
+    if rows is not None:
+        return rows.get(machine.pk) or rows.get(None)
     return ValueRates.objects.filter(machine=machine).first() or ValueRates.objects.filter(machine=None).first()
 
 
@@ -122,18 +149,38 @@ def _floor_hour(t: datetime) -> datetime:
     return t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
-def _hours(machine: Machine, lo: datetime, hi: datetime, idle_below: float) -> dict[datetime, dict[str, Any]]:
-    """Per UTC hour: accelerator energy (kWh), whether any of it is estimated, mean utilisation, seconds covered."""
-    rated = {}
-    specs = all_specs()
+def rated_watts(machine: Machine, specs: list[HardwareSpec] | None = None) -> dict[int, float | None]:
+    """Per physical accelerator index: its power limit, else its catalogue TDP, in W (None: unknown)."""
+    specs = all_specs() if specs is None else specs
+    rated: dict[int, float | None] = {}
     for a in physical(list(machine.accelerators.all())):
         spec = spec_for(a.name, specs)
         rated[a.index] = a.power_limit_watts or (spec.tdp_watts if spec else None)
-    rows = GpuRollup.objects.filter(
-        machine=machine, resolution_s=3600, gpu_index__in=list(rated), **window_filter(lo, hi, "bucket")
-    ).values_list("bucket", "gpu_index", "count", "power_watts_mean", "util_percent_mean")
+    return rated
+
+
+HOUR_FIELDS = ("bucket", "gpu_index", "count", "power_watts_mean", "util_percent_mean")
+
+
+def hour_rows(machine_ids: list[int], lo: datetime, hi: datetime) -> QuerySet[GpuRollup, tuple]:
+    """The hour rollups of ``machine_ids`` in ``[lo, hi)``, in a fixed order (a float sum does not
+    depend on the database's row order): ``(machine_id, *HOUR_FIELDS)``."""
+    return (
+        GpuRollup.objects.filter(machine_id__in=machine_ids, resolution_s=3600, **window_filter(lo, hi, "bucket"))
+        .order_by("machine_id", "bucket", "gpu_index")
+        .values_list("machine_id", *HOUR_FIELDS)
+    )
+
+
+def hours_of(
+    rows: Iterable[tuple], rated: dict[int, float | None], idle_below: float
+) -> dict[datetime, dict[str, Any]]:
+    """Per UTC hour of ``rows`` (``HOUR_FIELDS``; devices not in ``rated`` are skipped): accelerator
+    energy (kWh), whether any of it is estimated, mean utilisation, seconds covered."""
     hours: dict[datetime, dict[str, Any]] = {}
     for bucket, index, count, power, util in rows:
+        if index not in rated:
+            continue
         h = hours.setdefault(bucket, {"kwh": 0.0, "estimated_kwh": 0.0, "unknown": False, "utils": [], "seconds": 0})
         h["seconds"] = max(h["seconds"], count)
         if util is not None:
@@ -152,31 +199,48 @@ def _hours(machine: Machine, lo: datetime, hi: datetime, idle_below: float) -> d
     return hours
 
 
-def _tokens_by_period(machine: Machine, edges: list[datetime]) -> list[dict[str, int]]:
-    """Generated, training and prompt tokens in each period between consecutive ``edges`` (per
-    window and job, the best source), each window in the period its stamp falls in, as reports
-    count them (dashboard.core.periods), so a report and RoI over the same period agree exactly."""
+def _hours(machine: Machine, lo: datetime, hi: datetime, idle_below: float) -> dict[datetime, dict[str, Any]]:
+    rows = (row[1:] for row in hour_rows([machine.pk], lo, hi))
+    return hours_of(rows, rated_watts(machine), idle_below)
+
+
+def tokens_by_period(windows: list[throughput.WindowTokens], edges: list[datetime]) -> list[dict[str, int]]:
+    """Generated, training and prompt tokens of ``windows`` in each period between consecutive
+    ``edges``, each window in the period its stamp falls in, as reports count them
+    (dashboard.core.periods), so a report and RoI over the same period agree exactly."""
     out = [{"generated": 0, "train": 0, "prompt": 0} for _ in edges[1:]]
-    for w in throughput.window_tokens(throughput.machine_rows(machine, edges[0], edges[-1])):
-        bucket = out[bisect_right(edges, w.ts) - 1]
+    for w in windows:
+        i = bisect_right(edges, w.ts) - 1
+        if not 0 <= i < len(out):
+            continue
+        bucket = out[i]
         bucket["generated"] += w.generated
         bucket["train"] += w.train
         bucket["prompt"] += w.prompt
     return out
 
 
-def _train_gpu_seconds(
-    machine: Machine, lo: datetime, hi: datetime, now: datetime, edges: list[datetime]
-) -> list[float]:
-    """GPU-seconds of training attempts in each period between consecutive ``edges``."""
-    out = [0.0] * (len(edges) - 1)
-    spans = (
+def _tokens_by_period(machine: Machine, edges: list[datetime]) -> list[dict[str, int]]:
+    """Per window and job, the best source (``throughput.window_tokens``)."""
+    return tokens_by_period(throughput.window_tokens(throughput.machine_rows(machine, edges[0], edges[-1])), edges)
+
+
+def train_spans(machine_ids: list[int], lo: datetime, hi: datetime) -> QuerySet[JobAttempt, tuple]:
+    """``(machine_id, started_at, ended_at, gpus)`` of the training attempts that overlap ``[lo, hi)``."""
+    return (
         JobAttempt.objects.filter(
-            machine=machine, job__kind=Job.Kind.TRAIN, started_at__isnull=False, started_at__lt=hi
+            machine_id__in=machine_ids, job__kind=Job.Kind.TRAIN, started_at__isnull=False, started_at__lt=hi
         )
         .exclude(ended_at__lte=lo)
-        .values_list("started_at", "ended_at", "gpus")
+        .order_by("pk")
+        .values_list("machine_id", "started_at", "ended_at", "gpus")
     )
+
+
+def gpu_seconds_by_period(spans: Iterable[tuple], now: datetime, edges: list[datetime]) -> list[float]:
+    """GPU-seconds of training ``spans`` (started, ended or None: still running, GPUs) in each
+    period between consecutive ``edges``."""
+    out = [0.0] * (len(edges) - 1)
     for started, ended, gpus in spans:
         end = ended or now
         n = max(1, len(gpus or []))
@@ -185,6 +249,95 @@ def _train_gpu_seconds(
             if overlap > 0:
                 out[i] += overlap * n
     return out
+
+
+def _train_gpu_seconds(
+    machine: Machine, lo: datetime, hi: datetime, now: datetime, edges: list[datetime]
+) -> list[float]:
+    spans = (row[1:] for row in train_spans([machine.pk], lo, hi))
+    return gpu_seconds_by_period(spans, now, edges)
+
+
+@dataclass
+class Pricing:
+    """What a machine's days are priced with: its profile (None: no cost) and value rates (None:
+    no value, e.g. rates missing or in another currency than the profile)."""
+
+    profile: Profile | None
+    serve_rate: float | None = None
+    train_token_rate: float | None = None
+    train_hour_rate: float | None = None
+    value_ok: bool = False
+
+
+def pricing(profile: Profile | None, rates: ValueRates | None) -> Pricing:
+    value_ok = rates is not None and (profile is None or rates.currency == profile.currency)
+    if not value_ok:
+        return Pricing(profile)
+    return Pricing(
+        profile,
+        _num(rates.serve_per_million_generated),
+        _num(rates.train_per_million_tokens),
+        _num(rates.train_per_gpu_hour),
+        True,
+    )
+
+
+def day_figures(
+    a: datetime, b: datetime, hours: list[dict[str, Any]], tokens: dict[str, int], gpu_s: float, p: Pricing
+) -> dict[str, Any]:
+    """Energy, cost and value of the period ``[a, b)`` from its hours (in order), tokens and
+    training GPU-seconds: the one place a day's money is computed."""
+    profile = p.profile
+    period_s = (b - a).total_seconds()
+    d: dict[str, Any] = {
+        "start": a,
+        "end": b,
+        "kwh": 0.0,
+        "estimated_kwh": 0.0,
+        "energy_unknown": False,
+        "generated": 0,
+        "train": 0,
+        "prompt": 0,
+        "idle_hours": 0.0,
+        "idle_kwh": 0.0,
+        "monitored_hours": 0.0,
+    }
+    for h in hours:
+        host_kwh = f.energy_kwh(profile.host_power_watts, h["seconds"]) if profile else 0.0
+        d["kwh"] += h["kwh"] + host_kwh
+        d["estimated_kwh"] += h["estimated_kwh"]
+        d["energy_unknown"] |= h["unknown"]
+        d["monitored_hours"] += h["seconds"] / 3600
+        if h["idle"]:
+            d["idle_hours"] += h["seconds"] / 3600
+            d["idle_kwh"] += h["kwh"] + host_kwh
+    d.update(tokens)
+    d["train_gpu_hours"] = gpu_s / 3600
+    if profile:
+        offset = (a - profile.in_service).total_seconds()
+        d["amortisation"] = f.amortisation_cost(
+            profile.purchase_price, profile.amortisation_s, offset, offset + period_s
+        )
+        d["fixed"] = f.fixed_cost(profile.fixed_monthly, period_s)
+        price = profile.price_per_kwh or 0.0
+        d["energy_cost"] = f.energy_cost(d["kwh"], price, profile.pue)
+        d["cost"] = d["amortisation"] + d["fixed"] + d["energy_cost"]
+        per_s = (d["amortisation"] + d["fixed"]) / period_s if period_s else 0.0
+        d["idle_cost"] = per_s * d["idle_hours"] * 3600 + f.energy_cost(d["idle_kwh"], price, profile.pue)
+    if p.value_ok:
+        d["value_serve"] = d["generated"] / 1e6 * p.serve_rate if p.serve_rate is not None else 0.0
+        if p.train_token_rate is not None:
+            d["value_train"] = d["train"] / 1e6 * p.train_token_rate
+        else:
+            d["value_train"] = d["train_gpu_hours"] * (p.train_hour_rate or 0.0)
+        d["value"] = d["value_serve"] + d["value_train"]
+    return d
+
+
+def service_start(profile: Profile | None, machine: Machine) -> datetime:
+    """Where a machine's days begin: the hour its profile puts it in service, else its enrolment's."""
+    return _floor_hour(profile.in_service if profile else machine.created_at)
 
 
 def machine_roi(
@@ -205,7 +358,7 @@ def machine_roi(
     profile = effective_profile(machine)
     rates = effective_rates(machine)
     problems: list[str] = []
-    start = _floor_hour(profile.in_service if profile else machine.created_at)
+    start = service_start(profile, machine)
     window_start = max(start, since) if since else start
     if until <= start:
         until = start + timedelta(hours=1)
@@ -224,9 +377,7 @@ def machine_roi(
             f"the value rates are in {rates.currency} and the cost profile in {profile.currency}: "
             "value is not compared with cost across currencies"
         )
-    serve_rate = _num(rates.serve_per_million_generated) if value_ok else None
-    train_token_rate = _num(rates.train_per_million_tokens) if value_ok else None
-    train_hour_rate = _num(rates.train_per_gpu_hour) if value_ok else None
+    prices = pricing(profile, rates)
 
     edges = day_edges(start, until, timezone.get_current_timezone())
     if window_start > start and window_start not in edges:
@@ -241,55 +392,12 @@ def machine_roi(
     k = 0
     for i in range(len(edges) - 1):
         a, b = edges[i], edges[i + 1]
-        period_s = (b - a).total_seconds()
-        d = {
-            "start": a,
-            "end": b,
-            "kwh": 0.0,
-            "estimated_kwh": 0.0,
-            "energy_unknown": False,
-            "generated": 0,
-            "train": 0,
-            "prompt": 0,
-            "idle_hours": 0.0,
-            "idle_kwh": 0.0,
-            "monitored_hours": 0.0,
-        }
+        in_period = []
         while k < len(hour_keys) and hour_keys[k] < b:
-            hk = hour_keys[k]
+            if hour_keys[k] >= a:
+                in_period.append(hours[hour_keys[k]])
             k += 1
-            if hk < a:
-                continue
-            h = hours.get(hk)
-            if h:
-                host_kwh = f.energy_kwh(profile.host_power_watts, h["seconds"]) if profile else 0.0
-                d["kwh"] += h["kwh"] + host_kwh
-                d["estimated_kwh"] += h["estimated_kwh"]
-                d["energy_unknown"] |= h["unknown"]
-                d["monitored_hours"] += h["seconds"] / 3600
-                if h["idle"]:
-                    d["idle_hours"] += h["seconds"] / 3600
-                    d["idle_kwh"] += h["kwh"] + host_kwh
-        d.update(tokens[i])
-        d["train_gpu_hours"] = gpu_s[i] / 3600
-        if profile:
-            offset = (a - profile.in_service).total_seconds()
-            d["amortisation"] = f.amortisation_cost(
-                profile.purchase_price, profile.amortisation_s, offset, offset + period_s
-            )
-            d["fixed"] = f.fixed_cost(profile.fixed_monthly, period_s)
-            price = profile.price_per_kwh or 0.0
-            d["energy_cost"] = f.energy_cost(d["kwh"], price, profile.pue)
-            d["cost"] = d["amortisation"] + d["fixed"] + d["energy_cost"]
-            per_s = (d["amortisation"] + d["fixed"]) / period_s if period_s else 0.0
-            d["idle_cost"] = per_s * d["idle_hours"] * 3600 + f.energy_cost(d["idle_kwh"], price, profile.pue)
-        if value_ok:
-            d["value_serve"] = d["generated"] / 1e6 * serve_rate if serve_rate is not None else 0.0
-            if train_token_rate is not None:
-                d["value_train"] = d["train"] / 1e6 * train_token_rate
-            else:
-                d["value_train"] = d["train_gpu_hours"] * (train_hour_rate or 0.0)
-            d["value"] = d["value_serve"] + d["value_train"]
+        d = day_figures(a, b, in_period, tokens[i], gpu_s[i], prices)
         cum_cost += d.get("cost", 0.0)
         cum_value += d.get("value", 0.0)
         cum_running += d.get("fixed", 0.0) + d.get("energy_cost", 0.0)
@@ -344,7 +452,7 @@ def _report(
         "until": until.isoformat(),
         "idle_below_percent": idle_below,
         "profile": profile.as_dict() if profile else None,
-        "rates": _rates_dict(rates),
+        "rates": rates_dict(rates),
         "problems": problems,
         "admin_url": reverse("admin:economics_costprofile_add") + f"?machine={machine.pk}",
         "totals": totals,
@@ -361,7 +469,7 @@ def _report(
     }
 
 
-def _rates_dict(rates: ValueRates | None) -> dict[str, Any] | None:
+def rates_dict(rates: ValueRates | None) -> dict[str, Any] | None:
     if rates is None:
         return None
     return {

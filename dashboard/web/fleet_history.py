@@ -1,8 +1,9 @@
 """The fleet over time: utilisation (mean and p95 across devices) and cost, value and RoI per day.
 
 Composed here because it spans apps: utilisation from telemetry rollups (``fleet``), money from
-each machine's RoI (``economics.roi.machine_roi``), summed. Only machines that count money in the
-fleet's main currency are summed; the others are named, never converted.
+each machine's days as its RoI counts them (``economics.fleet_days``: the same figures as
+``economics.roi.machine_roi``, read in bulk with past days cached), summed. Only machines that count
+money in the fleet's main currency are summed; the others are named, never converted.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from dashboard.core.periods import window_filter
 from dashboard.core.stats import P95, percentile
 from dashboard.economics import formulas
+from dashboard.economics.fleet_days import fleet_days
 from dashboard.economics.roi import machine_roi
 from dashboard.fleet.models import GpuRollup, Machine, SystemRollup
 from dashboard.fleet.series import MINUTE_MAX, step_for
@@ -62,10 +64,21 @@ def utilisation(since: datetime, until: datetime) -> dict[str, Any]:
     }
 
 
-def money(since: datetime, until: datetime) -> dict[str, Any]:
-    """Cost, value and RoI per day for the whole fleet: each machine's ``machine_roi`` days, summed."""
+def money(since: datetime, until: datetime, now: datetime | None = None) -> dict[str, Any]:
+    """Cost, value and RoI per day for the whole fleet: each machine's days (``fleet_days``), summed."""
     since = min(since, until - MONEY_MIN_SPAN)
-    reports = [machine_roi(m, since, until) for m in Machine.objects.order_by("name")]
+    machines = list(Machine.objects.order_by("name").prefetch_related("accelerators"))
+    return _summed(fleet_days(machines, since, until, now), since, until)
+
+
+def money_uncached(since: datetime, until: datetime, now: datetime | None = None) -> dict[str, Any]:
+    """``money`` from every machine's whole ``machine_roi``: the reference it must equal (tests and
+    bench/fleet_money.py compare the two)."""
+    since = min(since, until - MONEY_MIN_SPAN)
+    return _summed([machine_roi(m, since, until, now=now) for m in Machine.objects.order_by("name")], since, until)
+
+
+def _summed(reports: list[dict[str, Any]], since: datetime, until: datetime) -> dict[str, Any]:
     currencies = Counter(r["currency"] for r in reports if r["currency"])
     currency = currencies.most_common(1)[0][0] if currencies else None
     counted = [r for r in reports if r["currency"] == currency and currency is not None]
