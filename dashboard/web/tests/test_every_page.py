@@ -266,21 +266,30 @@ def test_the_range_picker_keeps_presets_custom_ranges_zoom_and_refresh_in_the_ur
     # Drag across the CPU chart: that stretch becomes the page's range, in the URL to share.
     page.click("#range-picker button[data-range='1h']")
     page.wait_for_function("document.getElementById('chart-cpu').layout.uirevision === '1h'")
-    # Plotly's zoom box ends in this relayout (what a drag from 30 % to 60 % of the width sends).
-    page.evaluate(
-        """() => {
-          const el = document.getElementById("chart-cpu");
-          const [a, b] = el.layout.xaxis.range.map((s) => new Date(s.replace(" ", "T")).getTime());
-          return Plotly.relayout(el, {"xaxis.range[0]": Charts.localTime(a + 0.3 * (b - a)),
-                                      "xaxis.range[1]": Charts.localTime(a + 0.6 * (b - a))});
-        }"""
-    )
+    # A real drag with the mouse, as a reader zooms: press on Plotly's drag surface at 30 % of the
+    # plot's width, move to 60 % in steps, release. Plotly draws its zoom box and ends in a relayout
+    # of the x range (the y axis is fixed), which the picker turns into the page's range. The chart
+    # lies below the first screenful: scrolled into view first, since the mouse works in viewport
+    # coordinates and a press outside the viewport reaches no element (no event fires at all).
+    assert page.evaluate("(el => [el._fullLayout.dragmode, el._fullLayout.xaxis.fixedrange])"
+                         "(document.getElementById('chart-cpu'))") == ["zoom", False]  # fmt: skip
+    axis = page.evaluate("document.getElementById('chart-cpu')._fullLayout.xaxis.range.map(s => s.replace(' ', 'T'))")
+    shown = datetime.fromisoformat(axis[1]) - datetime.fromisoformat(axis[0])
+    surface = page.locator("#chart-cpu .draglayer .nsewdrag")
+    surface.scroll_into_view_if_needed()
+    box = surface.bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + 0.3 * box["width"], y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 0.6 * box["width"], y, steps=10)
+    page.mouse.up()
     page.wait_for_url("**from=**")
     query = page.evaluate("Object.fromEntries(new URLSearchParams(location.search))")
     span = datetime.fromisoformat(query["to"].replace("Z", "+00:00")) - datetime.fromisoformat(
         query["from"].replace("Z", "+00:00")
     )
     assert timedelta(minutes=10) < span < timedelta(minutes=30)  # 30 % of an hour
+    assert abs(span / shown - 0.3) < 0.02  # the dragged stretch, to a few pixels
     page.wait_for_function("document.getElementById('chart-gpu-power').layout.uirevision.includes('/')")
     # The shared link opens on the same range, custom fields filled in.
     shared = page.url
