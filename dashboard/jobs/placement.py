@@ -262,8 +262,6 @@ def place_queued(now: datetime | None = None) -> list[Placement]:
         # ingest and the pages would then wait on too). Telemetry read a moment early is no worse
         # than what a locked row held; the reservations of placed jobs are what must not race.
         _one_pass_at_a_time()
-        # Accelerators are read once per pass: capacity() is recomputed after every placement.
-        machines = list(Machine.objects.order_by("pk").prefetch_related("accelerators"))
         queued = list(
             Job.objects.select_for_update(of=("self",))
             .filter(status=Job.Status.QUEUED, cancel_requested=False)
@@ -279,6 +277,9 @@ def place_queued(now: datetime | None = None) -> list[Placement]:
             )
         if not queued:
             return placed
+        # Accelerators are read once per pass: capacity() is recomputed after every placement. Only
+        # when a job waits: at 10,000 machines reading them took ~6 s of every 15 s tick.
+        machines = list(Machine.objects.order_by("pk").prefetch_related("accelerators"))
         # Teams (dashboard/teams/): fair-share order within a priority, quotas, borrowing.
         share = teamusage.fair_share(now)
         queued.sort(key=lambda j: (-j.priority, -share.get(j.team_id, 1.0), j.created_at, j.pk))
