@@ -13,14 +13,16 @@ editing a profile or rates needs no invalidation. A past day is not frozen eithe
 catches up after an outage, or a rollup recomputed for a late minute, changes its rows, so each
 entry is keyed on a fingerprint of them, taken in SQL (per machine: the hour rollups' count and
 summed seconds, the token rows' count and highest id), and on each machine's rated powers (an
-estimate of energy uses them). The range's first, partial day and today are read every time.
+estimate of energy uses them). Today is read on every request; the range's first, partial day
+comes from its whole day's entry (hours keep their stamps, tokens are kept per hour), with only the
+token windows before its first whole hour read.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from datetime import datetime, time, timedelta, tzinfo
+from datetime import UTC, datetime, time, timedelta, tzinfo
 from typing import Any
 
 from django.core.cache import cache
@@ -34,7 +36,7 @@ from dashboard.fleet.models import GpuRollup, Machine, ThroughputSample
 from . import roi
 from .hardware import all_specs
 
-CACHE_VERSION = 1  # bump when what an entry holds changes
+CACHE_VERSION = 2  # bump when what an entry holds changes
 CACHE_TTL_S = 9 * 86400  # a day is asked for while it is in a week's range; the first, partial day is read live
 Span = tuple[datetime, datetime]
 _HOUR_KEYS = ("kwh", "estimated_kwh", "unknown", "seconds", "idle")
@@ -67,6 +69,15 @@ class _Machine:
         """A whole past day (or the machine's first, from its start of service): its bounds never move."""
         a, b = span
         return b <= now and _is_midnight(b, zone) and (a == self.start or _is_midnight(a, zone))
+
+    def source(self, span: Span, now: datetime, zone: tzinfo) -> Span | None:
+        """The closed span whose cached inputs hold ``span``'s: itself, or for the range's first,
+        partial day the whole day it is the end of; None: read live."""
+        if self.closed(span, now, zone):
+            return span
+        a, b = span
+        whole = (max(datetime.combine(a.astimezone(zone).date(), time.min, tzinfo=zone), self.start), b)
+        return whole if whole[0] < a and self.closed(whole, now, zone) else None
 
 
 def _fingerprints(spans: dict[Span, list[int]]) -> dict[Span, dict[int, tuple]]:
@@ -110,30 +121,69 @@ def _key(span: Span, machines: list[_Machine], prints: dict[int, tuple]) -> str:
     return f"fleet-days:{CACHE_VERSION}:{int(span[0].timestamp())}:{digest}"
 
 
-def _read(span: Span, machines: list[_Machine]) -> dict[int, tuple[list[tuple], dict[str, int]]]:
-    """The inputs of ``span`` for ``machines`` from their rows: per machine, its hours (in order)
-    and tokens, as ``machine_roi`` reads them."""
+def _hour_edges(a: datetime, b: datetime) -> list[datetime]:
+    """``a``, the UTC hours after it, ``b``: where tokens are split so that a cached day serves any
+    stretch of it that starts on the hour."""
+    edges = [a]
+    t = _ceil_hour(a)
+    while t < b:
+        if t > a:
+            edges.append(t)
+        t += timedelta(hours=1)
+    return [*edges, b]
+
+
+def _ceil_hour(t: datetime) -> datetime:
+    floor = t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return floor if floor == t else floor + timedelta(hours=1)
+
+
+def _windows(span: Span, ids: list[int]) -> dict[int, list[throughput.WindowTokens]]:
+    out: dict[int, list] = defaultdict(list)
+    for w in throughput.window_tokens(ThroughputSample.objects.filter(machine_id__in=ids, **window_filter(*span))):
+        out[w.machine_id].append(w)
+    return out
+
+
+def _read(span: Span, machines: list[_Machine]) -> dict[int, tuple[list[tuple], list[tuple]]]:
+    """The inputs of ``span`` for ``machines`` from their rows, as ``machine_roi`` reads them: per
+    machine, its hours in order (stamp and ``_HOUR_KEYS``) and its tokens per hour (``_hour_edges``)."""
     a, b = span
     ids = [m.machine.pk for m in machines]
     rated = {m.machine.pk: m.rated for m in machines}
     rows: dict[int, list] = defaultdict(list)
     for machine_id, *row in roi.hour_rows(ids, a, b):
         rows[machine_id].append(row)
-    windows: dict[int, list] = defaultdict(list)
-    for w in throughput.window_tokens(ThroughputSample.objects.filter(machine_id__in=ids, **window_filter(a, b))):
-        windows[w.machine_id].append(w)
+    windows = _windows(span, ids)
+    edges = _hour_edges(a, b)
     out = {}
     for machine_id in ids:
         hours = roi.hours_of(rows[machine_id], rated[machine_id], roi.DEFAULT_IDLE_BELOW_PERCENT)
+        tokens = roi.tokens_by_period(windows[machine_id], edges)
         out[machine_id] = (
-            [tuple(hours[k][name] for name in _HOUR_KEYS) for k in sorted(hours)],
-            roi.tokens_by_period(windows[machine_id], [a, b])[0],
+            [(k, *(hours[k][name] for name in _HOUR_KEYS)) for k in sorted(hours)],
+            [(edge, t["generated"], t["train"], t["prompt"]) for edge, t in zip(edges, tokens, strict=False)],
         )
     return out
 
 
+def _derive(value: tuple[list[tuple], list[tuple]], a: datetime, sliver: list[throughput.WindowTokens]) -> tuple:
+    """The hours and tokens of the stretch of a read or cached span from ``a`` on: its hours stamped
+    from ``a``, its tokens per hour from the hour after ``a``, and ``sliver``, the windows stamped
+    in ``[a, that hour)``."""
+    hours, per_hour = value
+    cut = _ceil_hour(a) if per_hour and a > per_hour[0][0] else a
+    tokens = roi.tokens_by_period(sliver, [a, cut])[0] if cut > a else {"generated": 0, "train": 0, "prompt": 0}
+    for edge, generated, train, prompt in per_hour:
+        if edge >= cut:
+            tokens["generated"] += generated
+            tokens["train"] += train
+            tokens["prompt"] += prompt
+    return [h[1:] for h in hours if h[0] >= a], tokens
+
+
 def fleet_days(
-    machines: list[Machine], since: datetime, until: datetime, now: datetime | None = None, use_cache: bool = True
+    machines: list[Machine], since: datetime, until: datetime, now: datetime | None = None
 ) -> list[dict[str, Any]]:
     """Per machine, as ``roi.machine_roi(machine, since, until)`` reports it: ``machine``, ``currency``,
     ``profile`` and ``rates`` (None when unset) and ``days`` (``t`` in ms, ``cost``, ``value``; None
@@ -145,32 +195,37 @@ def fleet_days(
     lookups = {"profiles": roi.cost_profile_rows(), "rates": roi.value_rate_rows(), "specs": all_specs()}
     plans = [_Machine(m, since, until, zone, lookups) for m in machines]
 
-    by_span: dict[Span, list[_Machine]] = defaultdict(list)
+    # Where each machine's periods come from: a closed span's cached inputs, else its rows now.
+    sources: dict[tuple[Span, int], Span | None] = {}
+    by_source: dict[Span, list[_Machine]] = defaultdict(list)
     for plan in plans:
         for span in plan.spans():
-            by_span[span].append(plan)
-    inputs: dict[tuple[Span, int], tuple] = {}
-    live: dict[Span, list[_Machine]] = defaultdict(list)
-    closed = {s: [p for p in ps if p.closed(s, now, zone)] for s, ps in by_span.items()} if use_cache else {}
-    prints = _fingerprints({s: [p.machine.pk for p in ps] for s, ps in closed.items() if ps})
-    keys = {s: _key(s, ps, prints[s]) for s, ps in closed.items() if ps}
+            src = sources[span, plan.machine.pk] = plan.source(span, now, zone)
+            by_source[src or span].append(plan)
+    closed = {s: by_source[s] for s in {src for src in sources.values() if src is not None}}
+    prints = _fingerprints({s: [p.machine.pk for p in ps] for s, ps in closed.items()})
+    keys = {s: _key(s, ps, prints[s]) for s, ps in closed.items()}
     cached = cache.get_many(list(keys.values())) if keys else {}
-    for span, ps in by_span.items():
-        entry = cached.get(keys.get(span, ""))
-        closed_ids = {p.machine.pk for p in closed.get(span, [])}
-        for p in ps:
-            if entry is not None and p.machine.pk in closed_ids:
-                inputs[span, p.machine.pk] = entry[p.machine.pk]
-            else:
-                live[span].append(p)
+    values: dict[tuple[Span, int], tuple] = {}
     fresh = {}
-    for span, ps in live.items():
-        for machine_id, value in _read(span, ps).items():
-            inputs[span, machine_id] = value
-        if span in keys and keys[span] not in cached:
-            fresh[keys[span]] = {p.machine.pk: inputs[span, p.machine.pk] for p in closed[span]}
+    for src, ps in by_source.items():
+        entry = cached.get(keys.get(src, ""))
+        read = entry if entry is not None else _read(src, ps)
+        values.update(((src, machine_id), value) for machine_id, value in read.items())
+        if src in keys and entry is None:
+            fresh[keys[src]] = read
     if fresh:
         cache.set_many(fresh, CACHE_TTL_S)
+    # The range's first day from its whole day's inputs: only the windows before its first hour are read.
+    slivers: dict[Span, list[int]] = defaultdict(list)
+    for (span, machine_id), src in sources.items():
+        if src is not None and src != span and _ceil_hour(span[0]) > span[0]:
+            slivers[span[0], _ceil_hour(span[0])].append(machine_id)
+    sliver_windows = {s: _windows(s, ids) for s, ids in slivers.items()}
+    inputs: dict[tuple[Span, int], tuple] = {}
+    for (span, machine_id), src in sources.items():
+        sliver = sliver_windows.get((span[0], _ceil_hour(span[0])), {}).get(machine_id, [])
+        inputs[span, machine_id] = _derive(values[src or span, machine_id], span[0], sliver)
 
     spans_of: dict[int, list] = defaultdict(list)
     lo = min((p.edges[0] for p in plans), default=since)

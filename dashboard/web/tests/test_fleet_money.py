@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.core.cache import cache
@@ -92,7 +93,9 @@ def test_the_fleet_money_equals_every_machines_roi_summed_cold_and_cached(fleet,
     assert_equal_to_the_cent(fleet_history.money(since, now, now), want)  # past days from the cache
 
 
-def test_only_the_partial_first_day_and_today_are_read_once_past_days_are_cached(fleet, now, monkeypatch):
+def test_once_past_days_are_cached_only_today_is_read_and_the_first_day_comes_from_its_whole_day(
+    fleet, now, monkeypatch
+):
     since = now - timedelta(days=7)
     fleet_history.money(since, now, now)
     read = []
@@ -103,8 +106,7 @@ def test_only_the_partial_first_day_and_today_are_read_once_past_days_are_cached
         fleet_history.money(since + timedelta(seconds=5), later, later),
         fleet_history.money_uncached(since + timedelta(seconds=5), later, later),
     )
-    midnight = seed.today()
-    assert sorted(read) == [(since + timedelta(seconds=5), midnight - timedelta(days=6)), (midnight, later)]
+    assert read == [(seed.today(), later)]  # the partial first day: its whole day's hours, a few windows
 
 
 def test_a_past_day_changed_after_it_was_cached_is_read_again(fleet, now):
@@ -136,3 +138,12 @@ def test_the_api_serves_the_cached_figures(fleet, now, client, django_user_model
     second = client.get("/api/v1/fleet/history", {"since": "7d"}).json()["money"]
     assert first["machines"] == second["machines"] == ["cpu-01", "gpu-01", "gpu-02", "gpu-late", "gpu-old"]
     assert [d["t"] for d in first["days"]][1:] == [d["t"] for d in second["days"]][1:]
+
+
+def test_days_in_a_zone_half_an_hour_off_utc_equal_every_machines_roi(fleet, now):
+    """Midnight in Adelaide is half past a UTC hour: days and the rollups' hours do not line up."""
+    since = now - timedelta(days=7, minutes=11)
+    with timezone.override(ZoneInfo("Australia/Adelaide")):
+        want = fleet_history.money_uncached(since, now, now)
+        assert_equal_to_the_cent(fleet_history.money(since, now, now), want)
+        assert_equal_to_the_cent(fleet_history.money(since, now, now), want)
