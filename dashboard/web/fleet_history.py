@@ -12,6 +12,8 @@ from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.db import connection
+
 from dashboard.core.periods import window_filter
 from dashboard.core.stats import P95, percentile
 from dashboard.economics import formulas
@@ -29,6 +31,10 @@ def utilisation(since: datetime, until: datetime) -> dict[str, Any]:
     resolution = 60 if until - since <= MINUTE_MAX else 3600
     step = step_for(until - since, resolution)
     gpu = GpuRollup.objects.filter(resolution_s=resolution, **window_filter(since, until, "bucket"))
+    if connection.vendor == "postgresql" and gpu.exists():
+        # In SQL: at 500 machines × 8 GPUs a week of hour rollups is 670,000 rows, 12 s in Python.
+        t, mean, p95 = _gpu_steps_in_sql(resolution, step, since, until)
+        return _result("gpu", "GPU utilisation", step, since, until, t, mean, p95)
     if gpu.exists():
         rows = gpu.values_list("machine_id", "gpu_index", "bucket", "util_percent_mean")
         scope, label = "gpu", "GPU utilisation"
@@ -51,6 +57,36 @@ def utilisation(since: datetime, until: datetime) -> dict[str, Any]:
         t.append((start + step // 2) * 1000)
         mean.append(round(sum(values) / len(values), 3))
         p95.append(round(percentile(values, P95) or 0.0, 3))
+    return _result(scope, label, step, since, until, t, mean, p95)
+
+
+def _gpu_steps_in_sql(
+    resolution: int, step: int, since: datetime, until: datetime
+) -> tuple[list[int], list[float], list[float]]:
+    """The same figures as the Python path: each device's mean over the step, then their mean and
+    p95 (``percentile_cont`` interpolates linearly between closest ranks, as core/stats does)."""
+    sql = """
+        WITH device AS (
+            SELECT FLOOR(EXTRACT(EPOCH FROM bucket) / %(step)s)::bigint * %(step)s AS start,
+                   AVG(util_percent_mean) AS value
+            FROM fleet_gpurollup
+            WHERE resolution_s = %(resolution)s AND bucket >= %(since)s AND bucket < %(until)s
+              AND util_percent_mean IS NOT NULL
+            GROUP BY 1, machine_id, gpu_index
+        )
+        SELECT start, AVG(value), PERCENTILE_CONT(%(q)s) WITHIN GROUP (ORDER BY value)
+        FROM device GROUP BY start ORDER BY start
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {"step": step, "resolution": resolution, "since": since, "until": until, "q": P95})
+        rows = cursor.fetchall()
+    t = [(int(start) + step // 2) * 1000 for start, _, _ in rows]
+    return t, [round(float(m), 3) for _, m, _ in rows], [round(float(p), 3) for _, _, p in rows]
+
+
+def _result(
+    scope: str, label: str, step: int, since: datetime, until: datetime, t: list, mean: list, p95: list
+) -> dict[str, Any]:
     return {
         "scope": scope,
         "label": label,
