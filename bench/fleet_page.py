@@ -148,7 +148,8 @@ def seed(machines: int) -> dict:
         params = {"start": now.replace(second=0, microsecond=0) - timedelta(minutes=60)}
         buckets = (
             "SELECT m.id AS machine_id, %(start)s + make_interval(mins => b) AS bucket, b "
-            f"FROM {Machine._meta.db_table} m CROSS JOIN generate_series(0, 59) AS b WHERE m.last_seen_at IS NOT NULL"
+            f"FROM {Machine._meta.db_table} m JOIN {MachineState._meta.db_table} s ON s.machine_id = m.id "
+            "CROSS JOIN generate_series(0, 59) AS b WHERE s.last_seen_at IS NOT NULL"
         )
         with connection.cursor() as cur:
             cur.execute(

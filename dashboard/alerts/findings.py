@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Avg, Count, Max, Min, QuerySet
+from django.db.models import Avg, Count, Max, Min, Q, QuerySet
 
 from dashboard.core.periods import window_filter
 from dashboard.fleet.models import GpuSample, Machine
@@ -57,6 +57,35 @@ class Span:
         """Whether the windows reach back to the span's start (give or take a window)."""
         slack = min(COVERAGE_SLACK, span / 4)
         return bool(self.windows) and self.first is not None and self.first - since <= slack
+
+
+def spans(
+    machine_ids: list[int], since: datetime, now: datetime, columns: tuple[str, ...]
+) -> dict[tuple[int, int], dict[str, Span]]:
+    """:func:`span` for every GPU of ``machine_ids`` and each of ``columns``, in one grouped query
+    (a rule over a fleet would otherwise ask once per machine, GPU and column: 12,000 queries a run
+    at 750 machines); a GPU without windows in the span is absent."""
+    aggregates: dict[str, Any] = {}
+    for column in columns:
+        name = f"{column}_mean"
+        has = Q(**{f"{name}__isnull": False})
+        aggregates |= {
+            f"{column}__n": Count(name),
+            f"{column}__mean": Avg(name),
+            f"{column}__top": Max(name),
+            f"{column}__first": Min("ts", filter=has),
+        }
+    rows = (
+        GpuSample.objects.filter(machine_id__in=machine_ids, **window_filter(since, now))
+        .values("machine_id", "gpu_index")
+        .annotate(**aggregates)
+    )
+    return {
+        (r["machine_id"], r["gpu_index"]): {
+            c: Span(r[f"{c}__n"], r[f"{c}__mean"], r[f"{c}__top"], r[f"{c}__first"]) for c in columns
+        }
+        for r in rows
+    }
 
 
 def span(machine_id: int, gpu_index: int, since: datetime, now: datetime, column: str) -> Span:

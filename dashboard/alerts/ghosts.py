@@ -51,13 +51,17 @@ def _processes(latest: dict[str, Any]) -> dict[int, dict[str, Any]]:
     return found
 
 
-def classify(machine: Machine, allowed: set[str]) -> list[dict[str, Any]]:
-    """The ghosts in ``machine``'s newest window: process fields plus ``reason`` and ``job`` (or None)."""
-    jobs = Job.objects.filter(machine=machine, pgid__isnull=False)
-    running = set(jobs.filter(status__in=Job.ACTIVE).values_list("pgid", flat=True))
+def classify(machine: Machine, allowed: set[str], jobs: list[Job] | None = None) -> list[dict[str, Any]]:
+    """The ghosts in ``machine``'s newest window: process fields plus ``reason`` and ``job`` (or None).
+
+    ``jobs``: the machine's jobs that have a process group, by finish time (read here if not given)."""
+    if jobs is None:
+        jobs = list(Job.objects.filter(machine=machine, pgid__isnull=False).order_by("finished_at", "pk"))
+    running = {j.pgid for j in jobs if j.status in Job.ACTIVE}
     ended: dict[int, Job] = {}
-    for job in jobs.filter(status__in=Job.FINISHED).order_by("finished_at", "pk"):
-        ended[job.pgid] = job  # the latest job with that group wins (pgids are reused)
+    for job in jobs:
+        if job.status in Job.FINISHED and job.pgid is not None:
+            ended[job.pgid] = job  # the latest job with that group wins (pgids are reused)
     ghosts = []
     for pid, proc in sorted(_processes(machine.latest or {}).items()):
         pgid = proc.get("pgid")
@@ -76,23 +80,60 @@ def classify(machine: Machine, allowed: set[str]) -> list[dict[str, Any]]:
     return ghosts
 
 
-def _track(machine: Machine, ghosts: list[dict[str, Any]], now: datetime) -> list[GhostProcess]:
-    """Remember since when each ghost holds memory; forget the ones that are gone from the list."""
-    known = {g.pid: g for g in GhostProcess.objects.filter(machine=machine)}
+class _Writes:
+    """The ghost rows one evaluation creates, changes and forgets, written in a few statements."""
+
+    FIELDS = ("pgid", "name", "user", "gpus", "mem_used_bytes", "reason", "job", "last_seen_at")
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self.create: list[GhostProcess] = []
+        self.update: list[GhostProcess] = []  # changed beyond being seen again
+        self.seen: list[int] = []  # unchanged: only last_seen_at moves, in one statement
+        self.delete: list[int] = []
+
+    def flush(self) -> None:
+        # Forgotten first: a reused pid's old row and its new one share (machine, pid).
+        for start in range(0, len(self.delete), 5000):
+            GhostProcess.objects.filter(pk__in=self.delete[start : start + 5000]).delete()
+        for start in range(0, len(self.seen), 5000):
+            GhostProcess.objects.filter(pk__in=self.seen[start : start + 5000]).update(last_seen_at=self.now)
+        GhostProcess.objects.bulk_update(self.update, self.FIELDS, batch_size=500)
+        GhostProcess.objects.bulk_create(self.create, batch_size=500)
+
+
+def _track(
+    machine: Machine, ghosts: list[dict[str, Any]], now: datetime, known: dict[int, GhostProcess], writes: _Writes
+) -> list[GhostProcess]:
+    """Remember since when each ghost holds memory; forget the ones that are gone from the list
+    (``known``: the machine's rows by pid; what changes goes into ``writes``)."""
+    known = dict(known)
     kept = []
     for ghost in ghosts:
         row = known.pop(ghost["pid"], None)
         same = row is not None and row.pgid == ghost.get("pgid") and row.name == (ghost.get("name") or "")
         if not same:
             if row is not None:
-                row.delete()  # a reused pid is a new process
+                writes.delete.append(row.pk)  # a reused pid is a new process
             row = GhostProcess(machine=machine, pid=ghost["pid"], first_seen_at=now)
+            writes.create.append(row)
+        job = ghost["job"]
+        values = (
+            ghost.get("user") or "",
+            ghost["gpus"],
+            ghost.get("mem_used_bytes"),
+            ghost["reason"],
+            job.pk if job else None,
+        )
+        if same and (row.user, row.gpus, row.mem_used_bytes, row.reason, row.job_id) == values:
+            writes.seen.append(row.pk)
+        elif same:
+            writes.update.append(row)
         row.pgid, row.name, row.user = ghost.get("pgid"), ghost.get("name") or "", ghost.get("user") or ""
         row.gpus, row.mem_used_bytes, row.reason = ghost["gpus"], ghost.get("mem_used_bytes"), ghost["reason"]
-        row.job, row.last_seen_at = ghost["job"], now
-        row.save()
+        row.job, row.last_seen_at = job, now
         kept.append(row)
-    GhostProcess.objects.filter(pk__in=[r.pk for r in known.values()]).delete()
+    writes.delete.extend(r.pk for r in known.values())
     return kept
 
 
@@ -119,13 +160,31 @@ def ghost_memory(rule: AlertRule, now: datetime) -> Verdict:
     """Machines where a ghost has held GPU memory for ``threshold`` minutes or more."""
     verdict = Verdict()
     wait = timedelta(minutes=rule.threshold)
-    for m in machines(rule).exclude(state__latest=None):
+    fleet = list(machines(rule).exclude(state__latest=None))
+    online = [m for m in fleet if m.is_online(now)]
+    # Read for the whole fleet at once and written in bulk: per machine this was five queries and a
+    # save per ghost every 30 s (the evaluation took 45 s of every 30 s run at 750 machines).
+    ids = [m.pk for m in online]
+    jobs: dict[int, list[Job]] = {}
+    for job in Job.objects.filter(machine_id__in=ids, pgid__isnull=False).order_by("finished_at", "pk"):
+        jobs.setdefault(job.machine_id, []).append(job)
+    known: dict[int, dict[int, GhostProcess]] = {}
+    for g in GhostProcess.objects.filter(machine_id__in=ids):
+        known.setdefault(g.machine_id, {})[g.pid] = g
+    writes = _Writes(now)
+    tracked: dict[int, list[GhostProcess]] = {}
+    online_ids = set(ids)
+    for m in fleet:
+        if m.pk in online_ids:
+            ghosts = classify(m, rule.allowed_names, jobs.get(m.pk, []))
+            tracked[m.pk] = _track(m, ghosts, now, known.get(m.pk, {}), writes)
+    writes.flush()
+    for m in fleet:
         key = f"machine:{m.pk}:ghosts"
-        if not m.is_online(now):
+        if m.pk not in tracked:
             verdict.unknown.add(key)
             continue
-        tracked = _track(m, classify(m, rule.allowed_names), now)
-        old = [g for g in tracked if now - g.first_seen_at >= wait and (g.mem_used_bytes or 0) > 0]
+        old = [g for g in tracked[m.pk] if now - g.first_seen_at >= wait and (g.mem_used_bytes or 0) > 0]
         if old:
             verdict.firing.append(Finding(key, _summary(m, old, rule.threshold), m.pk))
     return verdict

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from .findings import Finding, Verdict, gpu_rows, machines, span
+from .findings import Finding, Span, Verdict, gpu_rows, machines, spans
 from .models import AlertRule, GpuWatch, KnownGpu
 
 # NVIDIA's XID catalogue (docs.nvidia.com/deploy/xid-errors): what it means, what to do.
@@ -187,7 +187,11 @@ def gpu_throttle(rule: AlertRule, now: datetime) -> Verdict:
     verdict = Verdict()
     length = timedelta(minutes=rule.threshold)
     since = now - length
-    for m in machines(rule).exclude(state__latest=None).prefetch_related("accelerators"):
+    causes_of = (("thermal_slowdown_percent", "heat"), ("power_brake_percent", "the power brake"))
+    fleet = list(machines(rule).exclude(state__latest=None).prefetch_related("accelerators"))
+    seen_by_gpu = spans([m.pk for m in fleet if m.is_online(now)], since, now, tuple(c for c, _ in causes_of))
+    nothing = Span(0, None, None, None)
+    for m in fleet:
         online = m.is_online(now)
         for gpu in gpu_rows(m):
             key = f"machine:{m.pk}:gpu:{gpu['index']}"
@@ -196,8 +200,8 @@ def gpu_throttle(rule: AlertRule, now: datetime) -> Verdict:
                 continue
             causes = []
             judged = False
-            for column, cause in (("thermal_slowdown_percent", "heat"), ("power_brake_percent", "the power brake")):
-                seen = span(m.pk, gpu["index"], since, now, column)
+            for column, cause in causes_of:
+                seen = seen_by_gpu.get((m.pk, gpu["index"]), {}).get(column, nothing)
                 if not seen.covers(since, length):
                     continue
                 judged = True
@@ -219,8 +223,15 @@ def gpu_missing(rule: AlertRule, now: datetime) -> Verdict:
     forgotten by deleting it in the admin."""
     verdict = Verdict()
     wait = timedelta(minutes=rule.threshold)
-    for m in machines(rule).exclude(state__last_seen_at=None).prefetch_related("accelerators"):
-        known = {k.uuid: k for k in KnownGpu.objects.filter(machine=m)}
+    fleet = list(machines(rule).exclude(state__last_seen_at=None).prefetch_related("accelerators"))
+    # Read and written in bulk: per machine and GPU this was a query and an UPDATE every 30 s.
+    known_by_machine: dict[int, dict[str, KnownGpu]] = {}
+    for k in KnownGpu.objects.filter(machine_id__in=[m.pk for m in fleet]):
+        known_by_machine.setdefault(k.machine_id, {})[k.uuid] = k
+    seen_now: list[int] = []  # listed and online: last_listed_at = now, missing_since cleared
+    moved: list[KnownGpu] = []  # listed at another index than remembered
+    for m in fleet:
+        known = known_by_machine.get(m.pk, {})
         online = m.is_online(now)
         listed: set[str] = set()
         for gpu in gpu_rows(m):
@@ -236,7 +247,10 @@ def gpu_missing(rule: AlertRule, now: datetime) -> Verdict:
                     machine=m, uuid=uuid, name=gpu.get("name") or "", index=gpu["index"], last_listed_at=now
                 )
             if not lost and online:
-                KnownGpu.objects.filter(pk=entry.pk).update(last_listed_at=now, missing_since=None, index=gpu["index"])
+                seen_now.append(entry.pk)
+                if entry.index != gpu["index"]:
+                    entry.index = gpu["index"]
+                    moved.append(entry)
                 entry.missing_since = None
         for uuid, entry in known.items():
             key = f"machine:{m.pk}:gpu:{uuid}"
@@ -259,4 +273,7 @@ def gpu_missing(rule: AlertRule, now: datetime) -> Verdict:
                         entry.index,
                     )
                 )
+    for start in range(0, len(seen_now), 5000):  # SQLite caps the parameters of one statement
+        KnownGpu.objects.filter(pk__in=seen_now[start : start + 5000]).update(last_listed_at=now, missing_since=None)
+    KnownGpu.objects.bulk_update(moved, ["index"], batch_size=500)
     return verdict
