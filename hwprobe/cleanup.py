@@ -151,7 +151,12 @@ def stop_group(pgid: int, grace_s: float, poll_s: float = 0.1) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
-        pass
+        return
+    # SIGKILL is delivered asynchronously: a process looked at a moment later may still be
+    # running (seen under load). Give the kernel up to two seconds to end them.
+    settle = time.monotonic() + 2.0
+    while group_members(pgid) and time.monotonic() < settle:
+        time.sleep(min(poll_s, 0.05))
 
 
 def handle(request: dict[str, Any], ledger: GroupLedger) -> tuple[str, str]:
