@@ -4,7 +4,6 @@ sender thread drain the spool to the server. SIGTERM/SIGINT flush what they can 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -15,7 +14,7 @@ from hwprobe.aggregate import Window
 from hwprobe.channel import DEFAULT_PORT, Channel, Ledger, Listener, SocketListener, default_socket_path
 from hwprobe.client import Backoff, IngestClient, Sender
 from hwprobe.collectors import Probe, build_probe
-from hwprobe.spool import Spool
+from hwprobe.spool import Spool, state_dir
 
 log = logging.getLogger("hwprobe")
 
@@ -301,9 +300,9 @@ def run_agent(
             log.info("report channel on udp 127.0.0.1:%d", listener.port)
     probe = build_probe()
     if measure_storage:
-        state = os.environ.get("HWPROBE_STATE_DIR") or os.path.expanduser("~/.local/state/hwprobe")
-        os.makedirs(state, exist_ok=True)
-        measure_storage_in_background(probe, os.path.join(state, "storage.json"), storage_dir or state)
+        state = state_dir()
+        state.mkdir(parents=True, exist_ok=True)
+        measure_storage_in_background(probe, str(state / "storage.json"), storage_dir or str(state))
     agent = Agent(
         probe,
         spool,

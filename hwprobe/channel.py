@@ -90,9 +90,9 @@ def port_from_env(default: int = DEFAULT_PORT) -> int:
 def default_socket_path() -> Path:
     """``$HWPROBE_STATE_DIR/report.sock``, else ``~/.local/state/hwprobe/report.sock`` (the
     agent's side; the worker's state folder differs, so it is told ``$HWPROBE_REPORT_SOCKET``)."""
-    base = os.environ.get("HWPROBE_STATE_DIR")
-    root = Path(base) if base else Path.home() / ".local" / "state" / "hwprobe"
-    return root / SOCKET_NAME
+    from hwprobe.spool import state_dir  # here: jobs import this module, and need no sqlite3
+
+    return state_dir() / SOCKET_NAME
 
 
 def socket_from_env() -> str | None:

@@ -57,6 +57,7 @@ from hwprobe.jobspool import FINISH, HEARTBEAT, LOG, Batch, JobSpool, Outbox
 from hwprobe.policy import Policy, is_builtin
 from hwprobe.progress import JobMeter
 from hwprobe.relay import JobRelay
+from hwprobe.spool import state_dir
 
 log = logging.getLogger("hwprobe.worker")
 
@@ -359,8 +360,7 @@ class SpawnError(Exception):
 def default_jobs_dir(policy: Policy) -> Path:
     if policy.jobs_dir:
         return Path(policy.jobs_dir)
-    state = os.environ.get("HWPROBE_STATE_DIR") or os.path.expanduser("~/.local/state/hwprobe")
-    return Path(state) / "jobs"
+    return state_dir() / "jobs"
 
 
 def visible_devices(spec: dict[str, Any]) -> str:

@@ -20,11 +20,16 @@ from typing import Any
 DEFAULT_MAX_SAMPLES = 100_000  # about 11.5 days of 10 s windows
 
 
-def default_path() -> Path:
-    """``$HWPROBE_STATE_DIR/spool.sqlite3``, else ``~/.local/state/hwprobe/spool.sqlite3``."""
+def state_dir() -> Path:
+    """The agent's and worker's state folder: ``$HWPROBE_STATE_DIR``, else ``~/.local/state/hwprobe``
+    (the spool, the report socket, the jobs' folders and the kept storage figure live there)."""
     base = os.environ.get("HWPROBE_STATE_DIR")
-    root = Path(base) if base else Path.home() / ".local" / "state" / "hwprobe"
-    return root / "spool.sqlite3"
+    return Path(base) if base else Path.home() / ".local" / "state" / "hwprobe"
+
+
+def default_path() -> Path:
+    """``spool.sqlite3`` in :func:`state_dir`."""
+    return state_dir() / "spool.sqlite3"
 
 
 _SCHEMA = """

@@ -37,6 +37,7 @@ from typing import Any
 from hwprobe import cleanup, executor, policy
 from hwprobe.client import AUTH, RETRY, Backoff, classify, token_from
 from hwprobe.jobspool import JobSpool, Outbox
+from hwprobe.spool import state_dir as default_state_dir
 
 log = logging.getLogger("hwprobe.worker")
 
@@ -81,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def spool_path(state_dir: str | None, server: str) -> Path:
     """The job spool of this worker for ``server``: one per dashboard, so job ids never mix."""
-    root = Path(state_dir or os.environ.get("HWPROBE_STATE_DIR") or Path.home() / ".local" / "state" / "hwprobe")
+    root = Path(state_dir) if state_dir else default_state_dir()
     digest = hashlib.sha256(server.rstrip("/").encode()).hexdigest()[:12]
     return root / f"jobs-{digest}.sqlite3"
 
