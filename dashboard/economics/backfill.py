@@ -1,5 +1,5 @@
 """Train in the gaps: the hours serving leaves the fleet's GPUs idle, what preemptible training would
-do with them, and the backfill policy switch.
+do with them, and how the backfill switch (jobs.service.set_backfill) is shown.
 
 An hour of one GPU is idle when its mean utilisation (the hour rollup) is below the idle
 threshold, the same rule as the RoI page's idle hours. The hour-of-week profile averages the weeks
@@ -13,12 +13,11 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import transaction
 from django.utils import timezone
 
 from dashboard.core.periods import window_filter
 from dashboard.fleet.models import GpuRollup, Machine
-from dashboard.jobs.models import AuditEvent, BackfillPolicy
+from dashboard.jobs.models import BackfillPolicy
 
 from . import formulas as f
 from .hardware import all_specs, job_rates, physical, spec_for, windows
@@ -190,16 +189,3 @@ def policy_dict(p: BackfillPolicy) -> dict[str, Any]:
             else "off: training stays off machines dedicated to serving"
         ),
     }
-
-
-@transaction.atomic
-def set_policy(enabled: bool, actor) -> BackfillPolicy:
-    """Turn backfill on or off and write who did it to the audit log (action backfill.on/backfill.off)."""
-    p = BackfillPolicy.objects.select_for_update().get_or_create(pk=1)[0]
-    was = p.enabled
-    p.enabled, p.changed_at, p.changed_by = enabled, timezone.now(), actor
-    p.save()
-    AuditEvent.objects.create(
-        actor=actor, action="backfill.on" if enabled else "backfill.off", detail={"was_enabled": was}
-    )
-    return p

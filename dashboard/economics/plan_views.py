@@ -15,6 +15,7 @@ from django.views.decorators.http import require_POST
 from pydantic import ValidationError
 
 from dashboard.accounts.models import is_operator
+from dashboard.jobs import service
 
 from . import backfill, planner
 from .models import ValueRates
@@ -149,7 +150,7 @@ def backfill_switch(request: HttpRequest) -> HttpResponse:
     if not is_operator(request.user):
         return HttpResponseForbidden("Only operators and admins may change the backfill policy.")
     enabled = request.POST.get("enabled") == "1"
-    backfill.set_policy(enabled, request.user)
+    service.set_backfill(enabled, request.user)
     messages.success(
         request,
         "Backfill policy turned "

@@ -179,7 +179,7 @@ def _first_fit(job: Job, candidates: list[Capacity], backfill_on: bool = False) 
         gpus = choose_gpus(job, cap)
         if gpus is not None:
             return cap, gpus
-    for cap in ordered if backfill_on else []:
+    for cap in (c for c in ordered if backfills(job, c, backfill_on)):
         gpus = choose_gpus(job, cap, backfill_on=True)
         if gpus is not None:
             return cap, gpus
@@ -268,15 +268,9 @@ def place_queued(now: datetime | None = None) -> list[Placement]:
             .select_related("target", "team")
             .order_by("-priority", "created_at", "pk")
         )
-        backfill_on = BackfillPolicy.is_on()
-        if not backfill_on:
-            # The policy was turned off: serving machines go back to serving only. Backfill is
-            # preemptible, so its jobs are requeued, not lost.
-            Job.objects.filter(status=Job.Status.RUNNING, backfill=True, preempt_requested=False).update(
-                preempt_requested=True
-            )
         if not queued:
             return placed
+        backfill_on = BackfillPolicy.is_on()  # turning it off requeues backfill (service.set_backfill)
         # Accelerators are read once per pass: capacity() is recomputed after every placement. Only
         # when a job waits: at 10,000 machines reading them took ~6 s of every 15 s tick.
         machines = list(Machine.objects.order_by("pk").prefetch_related("accelerators"))

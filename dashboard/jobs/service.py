@@ -18,7 +18,7 @@ from dashboard.fleet.models import Machine
 from dashboard.teams import access as team_access
 
 from . import masking
-from .models import AuditEvent, IdempotencyKey, Job, JobAttempt, JobLog
+from .models import AuditEvent, BackfillPolicy, IdempotencyKey, Job, JobAttempt, JobLog
 
 log = logging.getLogger(__name__)
 PLACE_TASK = "dashboard.jobs.tasks.place"
@@ -36,6 +36,23 @@ def audit(actor, action: str, job: Job | None = None, **detail: Any) -> None:
     AuditEvent.objects.create(
         actor=actor if getattr(actor, "pk", None) else None, action=action, job=job, detail=detail
     )
+
+
+@transaction.atomic
+def set_backfill(enabled: bool, actor) -> BackfillPolicy:
+    """Turn the backfill policy on or off (audited: backfill.on / backfill.off). Turning it off
+    sends serving machines back to serving only: their backfill jobs are preempted, and being
+    preemptible they are queued again, not lost. Placement reads the switch at every pass."""
+    p = BackfillPolicy.objects.select_for_update().get_or_create(pk=1)[0]
+    was = p.enabled
+    p.enabled, p.changed_at, p.changed_by = enabled, timezone.now(), actor
+    p.save()
+    audit(actor, "backfill.on" if enabled else "backfill.off", was_enabled=was)
+    if not enabled:
+        Job.objects.filter(status=Job.Status.RUNNING, backfill=True, preempt_requested=False).update(
+            preempt_requested=True
+        )
+    return p
 
 
 BROKER_QUIET_S = 10.0  # after a failed send, this process skips sending for this long

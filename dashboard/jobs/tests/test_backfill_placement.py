@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from dashboard.jobs.models import BackfillPolicy, Job
+from dashboard.jobs import service
+from dashboard.jobs.models import Job
 from dashboard.jobs.placement import place_queued
 
 from .test_placement import job, online, report
@@ -23,7 +24,7 @@ def serving_machine(operator, name: str = "serve-01") -> tuple:
 
 
 def turn(enabled: bool) -> None:
-    BackfillPolicy.objects.update_or_create(pk=1, defaults={"enabled": enabled})
+    service.set_backfill(enabled, None)
 
 
 def test_with_the_policy_off_training_keeps_off_a_machine_dedicated_to_serving(operator):
