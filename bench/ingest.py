@@ -114,7 +114,9 @@ def copy_rows(machine_ids: list[int], windows: int):
     return system_rows, gpu_rows
 
 
-def copy_baseline(url: str, machine_ids: list[int], windows: int, repeats: int) -> dict:
+def copy_baseline(url: str, machine_ids: list[int], windows: int, repeats: int, binary: bool = False) -> dict:
+    """All the rows in one transaction, one COPY per table: text (the baseline of every earlier
+    figure) or binary (what ingest itself sends since issue 13, with the column types set)."""
     import psycopg
 
     from dashboard.fleet.ingest import GPU_INSERT, SYSTEM_INSERT
@@ -124,20 +126,34 @@ def copy_baseline(url: str, machine_ids: list[int], windows: int, repeats: int) 
     st, gt = SystemSample._meta.db_table, GpuSample._meta.db_table
     times = []
     with psycopg.connect(url, autocommit=True) as conn:
+
+        def types(table: str, columns: list[str]) -> list[str]:
+            found = dict(
+                conn.execute(
+                    "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                    "WHERE attrelid = %s::regclass AND attnum > 0",
+                    [table],
+                ).fetchall()
+            )
+            return [found[c] for c in columns]
+
+        fmt = " (FORMAT BINARY)" if binary else ""
+        parts = [(st, SYSTEM_INSERT, system_rows), (gt, GPU_INSERT, gpu_rows)]
+        column_types = [types(table, columns) for table, columns, _ in parts]
         for _ in range(repeats):
             t0 = time.perf_counter()
             with conn.transaction(), conn.cursor() as cur:
-                with cur.copy(f"COPY {st} ({', '.join(SYSTEM_INSERT)}) FROM STDIN") as copy:
-                    for row in system_rows:
-                        copy.write_row(row)
-                with cur.copy(f"COPY {gt} ({', '.join(GPU_INSERT)}) FROM STDIN") as copy:
-                    for row in gpu_rows:
-                        copy.write_row(row)
+                for (table, columns, rows), typed in zip(parts, column_types, strict=True):
+                    with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN{fmt}") as copy:
+                        if binary:
+                            copy.set_types(typed)
+                        for row in rows:
+                            copy.write_row(row)
             times.append(time.perf_counter() - t0)
             # The next repeat, and the API phase, start from the same (empty) tables.
             conn.execute(f"TRUNCATE {st}, {gt}")
     rows = len(system_rows) + len(gpu_rows)
-    return {"seconds": median(times), "samples": len(system_rows), "rows": rows, "repeats": repeats}
+    return {"seconds": median(times), "samples": len(system_rows), "rows": rows, "repeats": repeats, "binary": binary}
 
 
 # --- 2. where the time goes, in-process -------------------------------------------------------
@@ -463,6 +479,9 @@ def main() -> int:
             say(
                 f"COPY: {copy['rows']:,} rows ({copy['samples']:,} samples) in {copy['seconds']:.2f} s (median of {copy['repeats']})"
             )
+            copy_bin = copy_baseline(url, [m for m, _ in machines], args.copy_windows, args.copy_repeats, binary=True)
+            copy_bin_rows_s = copy_bin["rows"] / copy_bin["seconds"]
+            say(f"binary COPY: the same rows in {copy_bin['seconds']:.2f} s (median of {copy_bin['repeats']})")
 
             prof = breakdown(args.windows, args.profile_batches)
             say("in-process breakdown done")
@@ -504,6 +523,14 @@ def main() -> int:
                         "100%",
                     ],
                     [
+                        f"binary COPY (one transaction, median of {copy_bin['repeats']})",
+                        f"{copy_bin_rows_s:,.0f}",
+                        f"{copy_bin['samples'] / copy_bin['seconds']:,.0f}",
+                        "",
+                        "",
+                        f"{copy_bin_rows_s / copy_rows_s:.0%}",
+                    ],
+                    [
                         "HTTP API",
                         f"{api_rows_s:,.0f}",
                         f"{api['samples'] / api['seconds']:,.0f}",
@@ -515,6 +542,7 @@ def main() -> int:
                 ["path", "rows/s", "samples/s", "p50 ms", "p99 ms", "of COPY"],
             )
         )
+        print(f"HTTP API against the binary COPY: {api_rows_s / copy_bin_rows_s:.0%}")
         print(
             f"requests: {api['requests']:,} ({api['requests'] / api['seconds']:.1f}/s), samples accepted: {api['samples']:,}, "
             f"errors: {len(api['errors'])}; rows in the database afterwards: {stored:,} system + {stored_gpu:,} GPU "

@@ -565,8 +565,11 @@ def main() -> int:
 
             cap_machines = ingest_bench.enroll(20)
             copy = ingest_bench.copy_baseline(url, [m for m, _ in cap_machines], 300, 1)  # empties the raw tables
+            # Ingest sends binary COPY since issue 13: the API against that too, the stricter figure.
+            copy_bin = ingest_bench.copy_baseline(url, [m for m, _ in cap_machines], 300, 1, binary=True)
             api = ingest_bench.api_run([port], cap_machines, 8, 10, 20.0)
             api_copy = (api["samples"] / api["seconds"]) / (copy["samples"] / copy["seconds"])
+            api_copy_bin = (api["samples"] / api["seconds"]) / (copy_bin["samples"] / copy_bin["seconds"])
             connection.close()
             stop(celery)
             stop(gunicorn)
@@ -735,7 +738,8 @@ def main() -> int:
                     [
                         "API vs a raw COPY of the same rows, same run",
                         ">= 50 %",
-                        f"{api_copy:.0%} ({api['samples'] / api['seconds']:,.0f} vs {copy['samples'] / copy['seconds']:,.0f} windows/s)",
+                        f"{api_copy:.0%} ({api['samples'] / api['seconds']:,.0f} vs {copy['samples'] / copy['seconds']:,.0f} windows/s); "
+                        f"{api_copy_bin:.0%} of a binary COPY ({copy_bin['samples'] / copy_bin['seconds']:,.0f} windows/s)",
                         verdict(api_copy >= 0.5),
                     ],
                     [

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from conftest import make_batch, make_sample
-from dashboard.fleet.models import Accelerator, GpuSample, Machine, SystemSample
+from dashboard.fleet.models import Accelerator, AgentToken, GpuSample, Machine, MachineState, SystemSample
 
 URL = "/api/v1/ingest"
 
@@ -66,6 +66,27 @@ def test_it_refuses_missing_unknown_and_revoked_tokens(client, machine, agent_to
     r = post(client, agent_token, batch)
     assert r.status_code == 401 and "error" in r.json()
     assert stored(machine) == (0, 0)
+
+
+@pytest.mark.django_db
+def test_authenticate_gives_what_select_related_would(client, machine, agent_token):
+    # AgentToken.authenticate builds the token, machine and state from one hand-written query.
+    machine.worker_policy = {"allow": ["train"]}
+    machine.save()
+    found = AgentToken.authenticate(agent_token)
+    assert found.machine.pk == machine.pk and found.machine.name == machine.name
+    with pytest.raises(MachineState.DoesNotExist):
+        _ = found.machine.state  # never reported: no state row yet
+    post(client, agent_token, make_batch([1, 2]))
+    found = AgentToken.authenticate(agent_token)
+    assert found.machine.state.last_seq == 2 and found.machine.last_seq == 2
+    assert found.machine.state.machine is found.machine
+    # Datetimes are converted as the ORM converts them (SQLite returns text) and aware.
+    assert found.machine.last_seen_at.tzinfo is not None and found.created_at.tzinfo is not None
+    assert found.machine.worker_policy == {"allow": ["train"]}  # deferred, loaded when read
+    assert found.machine.state.latest["seq"] == 2  # deferred too
+    assert AgentToken.authenticate(agent_token + "x") is None
+    assert AgentToken.authenticate("hwa_zzzzzzzz_x") is None
 
 
 @pytest.mark.django_db

@@ -67,6 +67,17 @@ def test_a_nul_character_in_any_text_field_is_refused_naming_it(client, machine,
 
 
 @pytest.mark.django_db
+def test_the_text_backslash_u0000_is_not_a_nul_and_is_stored(client, machine, agent_token):
+    # parse_batch looks for NUL escapes in the raw body first: an escaped backslash followed by
+    # "u0000" matches that search but decodes to six harmless characters.
+    batch = make_batch([1])
+    batch["samples"][0]["gpus"][0]["processes"][0]["name"] = "C:\\u0000"
+    r = post(client, agent_token, batch)
+    assert r.status_code == 200, r.content
+    assert MachineState.objects.get(pk=machine.pk).latest["gpus"][0]["processes"][0]["name"] == "C:\\u0000"
+
+
+@pytest.mark.django_db
 def test_a_lone_surrogate_is_refused_as_invalid(client, machine, agent_token):
     body = json.dumps(make_batch([1])).replace('"gpu-01.example"', '"gpu-\\ud800"')
     r = post(client, agent_token, body)
