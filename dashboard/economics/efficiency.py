@@ -21,6 +21,7 @@ from dashboard.jobs.models import Job, JobAttempt
 from . import formulas as f
 from .capacity import DEFAULT_CONTEXT_TOKENS
 from .hardware import all_specs, job_model, job_rates, spec_for
+from .models import HardwareSpec
 
 # The catalogue's bf16_tflops column is the dense FP16/BF16 tensor peak; other precisions have none.
 CATALOGUE_PRECISIONS = {"bf16", "fp16"}
@@ -33,11 +34,13 @@ def mfu_percent(params_b: float, tokens_per_s: float, peak_tflops: float) -> flo
     return f.TRAIN_FLOPS_PER_PARAM["full"] * params_b * 1e9 * tokens_per_s / (peak_tflops * 1e12) * 100.0
 
 
-def _devices(job: Job) -> list[Accelerator]:
-    """The whole GPUs behind the job's devices (a MIG device's parent: the catalogue lists boards)."""
+def _devices(job: Job, accs: list[Accelerator] | None = None) -> list[Accelerator]:
+    """The whole GPUs behind the job's devices (a MIG device's parent: the catalogue lists boards);
+    ``accs``: the accelerators of the job's machine, when read already."""
     if job.machine_id is None or not job.assigned_gpus:
         return []
-    accs = list(Accelerator.objects.filter(machine_id=job.machine_id))
+    if accs is None:
+        accs = list(Accelerator.objects.filter(machine_id=job.machine_id))
     by_index = {a.index: a for a in accs}
     by_uuid = {a.uuid: a for a in accs if a.uuid}
     found: dict[int, Accelerator] = {}
@@ -50,13 +53,23 @@ def _devices(job: Job) -> list[Accelerator]:
     return list(found.values())
 
 
-def job_efficiency(job: Job) -> dict[str, Any]:
+_UNREAD: Any = object()
+
+
+def job_efficiency(
+    job: Job,
+    rate: dict[str, float] | None = _UNREAD,
+    specs: list[HardwareSpec] | None = None,
+    accs: list[Accelerator] | None = None,
+) -> dict[str, Any]:
     """MFU (training) or bandwidth efficiency (serving) of a job, with the figures and sources used;
-    ``why`` says what is missing when the answer is None."""
+    ``why`` says what is missing when the answer is None. ``rate`` (``job_rates``' entry, None: no
+    tokens), ``specs`` and ``accs`` (its machine's accelerators): when read already for many jobs."""
     model = job_model(job)
-    rate = job_rates([job]).get(job.pk)
-    specs = all_specs()
-    devices = _devices(job)
+    if rate is _UNREAD:
+        rate = job_rates([job]).get(job.pk)
+    specs = all_specs() if specs is None else specs
+    devices = _devices(job, accs)
     matched = [(a, spec_for(a.name, specs)) for a in devices]
     out: dict[str, Any] = {
         "kind": job.kind,
@@ -131,6 +144,13 @@ def period_efficiency(
         if ran > 0:
             seconds[a.job_id] += ran
             jobs[a.job_id] = a.job
+    # Read once for every job: their token rates, the catalogue, their machines' accelerators.
+    rates = job_rates(list(jobs.values())) if jobs else {}
+    specs = all_specs() if jobs else []
+    accs: dict[int, list[Accelerator]] = defaultdict(list)
+    machine_ids = {j.machine_id for j in jobs.values() if j.machine_id is not None and j.assigned_gpus}
+    for a in Accelerator.objects.filter(machine_id__in=machine_ids) if machine_ids else ():
+        accs[a.machine_id].append(a)
     out: dict[str, Any] = {}
     for prefix, kind in (("mfu", Job.Kind.TRAIN), ("bandwidth", Job.Kind.SERVE)):
         known: list[tuple[float, float]] = []  # (percent, seconds)
@@ -138,7 +158,7 @@ def period_efficiency(
         for job_id, job in jobs.items():
             if job.kind != kind:
                 continue
-            percent = job_efficiency(job)["percent"]
+            percent = job_efficiency(job, rates.get(job_id), specs, accs[job.machine_id])["percent"]
             if percent is None:
                 unknown += 1
             else:

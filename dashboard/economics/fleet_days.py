@@ -50,10 +50,22 @@ def _is_midnight(t: datetime, zone: tzinfo) -> bool:
 class _Machine:
     """One machine's part of a request: its prices, its periods in the range and where each comes from."""
 
-    def __init__(self, machine: Machine, since: datetime, until: datetime, zone: tzinfo, lookups: dict) -> None:
+    def __init__(
+        self,
+        machine: Machine,
+        since: datetime,
+        until: datetime,
+        zone: tzinfo,
+        lookups: dict,
+        prices: tuple[roi.Profile | None, Any] | None = None,
+    ) -> None:
+        """``prices``: the machine's profile and value rates when the caller has read them already."""
         self.machine = machine
-        self.profile = roi.effective_profile(machine, lookups["profiles"], lookups["specs"])
-        self.rates = roi.effective_rates(machine, lookups["rates"])
+        if prices is None:
+            self.profile = roi.effective_profile(machine, lookups["profiles"], lookups["specs"])
+            self.rates = roi.effective_rates(machine, lookups["rates"])
+        else:
+            self.profile, self.rates = prices
         self.rated = roi.rated_watts(machine, lookups["specs"])
         start = roi.service_start(self.profile, machine)
         end = (
@@ -194,7 +206,55 @@ def fleet_days(
     zone = timezone.get_current_timezone()
     lookups = {"profiles": roi.cost_profile_rows(), "rates": roi.value_rate_rows(), "specs": all_specs()}
     plans = [_Machine(m, since, until, zone, lookups) for m in machines]
+    inputs = _inputs(plans, now, zone)
 
+    spans_of: dict[int, list] = defaultdict(list)
+    lo = min((p.edges[0] for p in plans), default=since)
+    hi = max((p.edges[-1] for p in plans), default=until)
+    for machine_id, *span in roi.train_spans([p.machine.pk for p in plans], lo, hi):
+        spans_of[machine_id].append(span)
+
+    out = []
+    for plan in plans:
+        prices = roi.pricing(plan.profile, plan.rates)
+        gpu_s = roi.gpu_seconds_by_period(spans_of[plan.machine.pk], now, plan.edges)
+        days = []
+        for i, span in enumerate(plan.spans()):
+            hours, tokens = inputs[span, plan.machine.pk]
+            d = roi.day_figures(*span, [dict(zip(_HOUR_KEYS, h, strict=True)) for h in hours], tokens, gpu_s[i], prices)
+            days.append({"t": int(span[0].timestamp() * 1000), "cost": d.get("cost"), "value": d.get("value")})
+        profile, rates = plan.profile, plan.rates
+        out.append(
+            {
+                "machine": plan.machine.name,
+                "currency": profile.currency if profile else (rates.currency if rates else None),
+                "profile": profile.as_dict() if profile else None,
+                "rates": roi.rates_dict(rates),
+                "days": days,
+            }
+        )
+    return out
+
+
+def machine_inputs(
+    machine: Machine, profile: roi.Profile | None, rates: Any, until: datetime, now: datetime
+) -> tuple[list[datetime], list[tuple[list[dict[str, Any]], dict[str, int]]]]:
+    """``roi.machine_roi``'s days of one machine from its start of service to ``until`` (already at
+    most ``now``), at the default idle threshold: the day edges and per day its hours (dicts of the
+    keys ``roi.day_figures`` reads, in order) and tokens, whole past days from the cache as
+    ``fleet_days`` keeps them. ``profile`` and ``rates``: the machine's, as the caller read them."""
+    zone = timezone.get_current_timezone()
+    plan = _Machine(machine, datetime.min.replace(tzinfo=UTC), until, zone, {"specs": all_specs()}, (profile, rates))
+    inputs = _inputs([plan], now, zone)
+    days = []
+    for span in plan.spans():
+        hours, tokens = inputs[span, machine.pk]
+        days.append(([dict(zip(_HOUR_KEYS, h, strict=True)) for h in hours], tokens))
+    return plan.edges, days
+
+
+def _inputs(plans: list[_Machine], now: datetime, zone: tzinfo) -> dict[tuple[Span, int], tuple]:
+    """Per span of each plan and machine id: its hours (``_HOUR_KEYS`` tuples) and tokens."""
     # Where each machine's periods come from: a closed span's cached inputs, else its rows now.
     sources: dict[tuple[Span, int], Span | None] = {}
     by_source: dict[Span, list[_Machine]] = defaultdict(list)
@@ -226,30 +286,4 @@ def fleet_days(
     for (span, machine_id), src in sources.items():
         sliver = sliver_windows.get((span[0], _ceil_hour(span[0])), {}).get(machine_id, [])
         inputs[span, machine_id] = _derive(values[src or span, machine_id], span[0], sliver)
-
-    spans_of: dict[int, list] = defaultdict(list)
-    lo = min((p.edges[0] for p in plans), default=since)
-    hi = max((p.edges[-1] for p in plans), default=until)
-    for machine_id, *span in roi.train_spans([p.machine.pk for p in plans], lo, hi):
-        spans_of[machine_id].append(span)
-
-    out = []
-    for plan in plans:
-        prices = roi.pricing(plan.profile, plan.rates)
-        gpu_s = roi.gpu_seconds_by_period(spans_of[plan.machine.pk], now, plan.edges)
-        days = []
-        for i, span in enumerate(plan.spans()):
-            hours, tokens = inputs[span, plan.machine.pk]
-            d = roi.day_figures(*span, [dict(zip(_HOUR_KEYS, h, strict=True)) for h in hours], tokens, gpu_s[i], prices)
-            days.append({"t": int(span[0].timestamp() * 1000), "cost": d.get("cost"), "value": d.get("value")})
-        profile, rates = plan.profile, plan.rates
-        out.append(
-            {
-                "machine": plan.machine.name,
-                "currency": profile.currency if profile else (rates.currency if rates else None),
-                "profile": profile.as_dict() if profile else None,
-                "rates": roi.rates_dict(rates),
-                "days": days,
-            }
-        )
-    return out
+    return inputs

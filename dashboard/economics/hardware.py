@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -172,12 +173,28 @@ def attempts(machine: Machine, lo: datetime, hi: datetime) -> list[JobAttempt]:
 
 def kinds_by_window(spans: list[JobAttempt], ws: dict[int, Window], now: datetime) -> dict[int, set[str]]:
     """Per window seq, the kinds of job that ran on the machine during it."""
+    # Per kind, its attempts' times merged where they overlap, in order: a window ran a kind when
+    # the last merged span starting before the window's end ends after its start.
+    merged: dict[str, tuple[list[float], list[float]]] = {}
+    by_kind: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for a in spans:
+        by_kind[a.job.kind].append((a.started_at.timestamp(), (a.ended_at or now).timestamp()))
+    for kind, times in by_kind.items():
+        starts: list[float] = []
+        ends: list[float] = []
+        for a_start, a_end in sorted(times):
+            if starts and a_start < ends[-1]:
+                ends[-1] = max(ends[-1], a_end)
+            else:
+                starts.append(a_start)
+                ends.append(a_end)
+        merged[kind] = (starts, ends)
     out: dict[int, set[str]] = defaultdict(set)
     for seq, w in ws.items():
-        start = w.ts.timestamp() - w.interval_s
         end = w.ts.timestamp()
-        for a in spans:
-            a_end = (a.ended_at or now).timestamp()
-            if a.started_at.timestamp() < end and a_end > start:
-                out[seq].add(a.job.kind)
+        start = end - w.interval_s
+        for kind, (starts, ends) in merged.items():
+            i = bisect_left(starts, end) - 1
+            if i >= 0 and ends[i] > start:
+                out[seq].add(kind)
     return out

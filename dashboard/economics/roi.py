@@ -346,12 +346,15 @@ def machine_roi(
     until: datetime | None = None,
     idle_below_percent: float = DEFAULT_IDLE_BELOW_PERCENT,
     now: datetime | None = None,
+    cached: bool = False,
 ) -> dict[str, Any]:
     """Energy, cost, value, RoI, payback and idle cost of one machine, per day and in total.
 
     Days are computed from the machine's start of service (so cumulative figures are lifetime
     figures); ``since`` only chooses which days are reported and summed. Tokens fall in the period
     their window's stamp is in; energy comes from hour rollups, each hour in the period it starts in.
+    ``cached``: whole past days' inputs from ``fleet_days``' cache where they can be (no ``since``
+    after the start of service, the default idle threshold): the same figures, fewer rows read.
     """
     now = now or timezone.now()
     until = min(until or now, now)
@@ -379,25 +382,35 @@ def machine_roi(
         )
     prices = pricing(profile, rates)
 
-    edges = day_edges(start, until, timezone.get_current_timezone())
-    if window_start > start and window_start not in edges:
-        edges = sorted([*edges, window_start])
-    hours = _hours(machine, start, until, idle_below_percent)
-    tokens = _tokens_by_period(machine, edges)
+    if cached and window_start == start and idle_below_percent == DEFAULT_IDLE_BELOW_PERCENT:
+        # Whole days from service start at the default threshold: past days' inputs come from the
+        # cache fleet_days keeps (the same rows, the same figures), only today's are read.
+        from .fleet_days import machine_inputs
+
+        edges, inputs = machine_inputs(machine, profile, rates, until, now)
+    else:
+        edges = day_edges(start, until, timezone.get_current_timezone())
+        if window_start > start and window_start not in edges:
+            edges = sorted([*edges, window_start])
+        hours = _hours(machine, start, until, idle_below_percent)
+        tokens = _tokens_by_period(machine, edges)
+        hour_keys = sorted(hours)
+        inputs = []
+        k = 0
+        for a, b in zip(edges, edges[1:], strict=False):
+            in_period = []
+            while k < len(hour_keys) and hour_keys[k] < b:
+                if hour_keys[k] >= a:
+                    in_period.append(hours[hour_keys[k]])
+                k += 1
+            inputs.append((in_period, tokens[len(inputs)]))
     gpu_s = _train_gpu_seconds(machine, start, until, now, edges)
 
     days: list[dict[str, Any]] = []
     cum_cost = cum_value = cum_running = 0.0
-    hour_keys = sorted(hours)
-    k = 0
     for i in range(len(edges) - 1):
         a, b = edges[i], edges[i + 1]
-        in_period = []
-        while k < len(hour_keys) and hour_keys[k] < b:
-            if hour_keys[k] >= a:
-                in_period.append(hours[hour_keys[k]])
-            k += 1
-        d = day_figures(a, b, in_period, tokens[i], gpu_s[i], prices)
+        d = day_figures(a, b, *inputs[i], gpu_s[i], prices)
         cum_cost += d.get("cost", 0.0)
         cum_value += d.get("value", 0.0)
         cum_running += d.get("fixed", 0.0) + d.get("energy_cost", 0.0)

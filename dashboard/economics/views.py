@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
+from django.db.models import prefetch_related_objects
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
@@ -75,8 +76,8 @@ def machine(request: HttpRequest, name: str) -> HttpResponse:
     return render(request, "economics/machine.html", context)
 
 
-def _panel(m: Machine, params: dict[str, Any]) -> dict[str, Any]:
-    report = roi.machine_roi(m, since=params["since"], idle_below_percent=params["idle_below_percent"])
+def _panel(m: Machine, params: dict[str, Any], cached: bool = False) -> dict[str, Any]:
+    report = roi.machine_roi(m, since=params["since"], idle_below_percent=params["idle_below_percent"], cached=cached)
     return {
         "roi": report,
         "capacity": capacity.machine_capacity(m, params["context_tokens"], params["batch"]),
@@ -86,7 +87,7 @@ def _panel(m: Machine, params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def machine_panel(name: str) -> dict[str, Any]:
+def machine_panel(machine: Machine) -> dict[str, Any]:
     """What templates/economics/_machine_panel.html needs on the machine page, with default parameters."""
     params = {
         "since": None,
@@ -95,7 +96,8 @@ def machine_panel(name: str) -> dict[str, Any]:
         "batch": capacity.DEFAULT_BATCH,
         "errors": [],
     }
-    panel = _panel(get_object_or_404(Machine, name=name), params)
+    prefetch_related_objects([machine], "accelerators")  # read once: profile, rated power, assembly, capacity
+    panel = _panel(machine, params, cached=True)
     return {**panel, "params": params, "unset": _unset(panel)}
 
 

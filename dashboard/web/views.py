@@ -97,12 +97,15 @@ def overview(request: HttpRequest) -> HttpResponse:
 def machine(request: HttpRequest, name: str) -> HttpResponse:
     machine_obj = get_object_or_404(team_access.scope_machines(Machine.objects.all(), request.user), name=name)
     m = _present(queries.machine_detail(machine_obj))
-    context = {
-        "m": m,
-        "server_url": request.build_absolute_uri("/").rstrip("/"),
-        "jobs": machine_jobs(name),
-        "economics": machine_panel(name),
-        "charts": {
+    context: dict[str, Any] = {"m": m}
+    partial = request.GET.get("partial")
+    if partial:  # the 10 s live refresh (_machine_live.html): state, processes and cores only
+        return render(request, "fleet/_machine_live.html", context)
+    context.update(
+        server_url=request.build_absolute_uri("/").rstrip("/"),
+        jobs=machine_jobs(name),
+        economics=machine_panel(machine_obj),
+        charts={
             "machine": name,
             "seriesUrl": reverse("api:machine_series", kwargs={"name": name}),
             "jobsUrl": reverse("api:jobs"),
@@ -110,10 +113,8 @@ def machine(request: HttpRequest, name: str) -> HttpResponse:
             "gpus": [g["index"] for g in m["gpus"]],
             "memTotalBytes": m["mem_total"],
         },
-    }
-    partial = request.GET.get("partial")
-    if not partial:  # the live refresh does not show it; static/js/throughput.js refreshes it
-        shown = page_range(request.GET, timezone.now())
-        context.update(range=shown, range_presets=RANGE_PRESETS)
-        context["throughput"] = throughput.machine_summary(machine_obj, shown["start"], shown["end"])
-    return render(request, "fleet/_machine_live.html" if partial else "fleet/machine.html", context)
+    )
+    shown = page_range(request.GET, timezone.now())
+    context.update(range=shown, range_presets=RANGE_PRESETS)
+    context["throughput"] = throughput.machine_summary(machine_obj, shown["start"], shown["end"])
+    return render(request, "fleet/machine.html", context)

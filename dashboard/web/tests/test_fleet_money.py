@@ -147,3 +147,14 @@ def test_days_in_a_zone_half_an_hour_off_utc_equal_every_machines_roi(fleet, now
         want = fleet_history.money_uncached(since, now, now)
         assert_equal_to_the_cent(fleet_history.money(since, now, now), want)
         assert_equal_to_the_cent(fleet_history.money(since, now, now), want)
+
+
+def test_the_machine_panel_roi_from_cached_days_is_the_roi_read_from_rows(fleet, now):
+    """The machine page's RoI (``cached=True``) reads past days from fleet_days' cache: same report."""
+    from dashboard.economics import roi
+    from dashboard.fleet.models import Machine
+
+    for machine in Machine.objects.prefetch_related("accelerators").order_by("name"):
+        fresh = roi.machine_roi(machine, now=now, cached=True)  # fills the cache
+        again = roi.machine_roi(machine, now=now, cached=True)  # past days from it
+        assert fresh == again == roi.machine_roi(machine, now=now), machine.name
