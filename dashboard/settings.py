@@ -225,6 +225,8 @@ CELERY_BEAT_SCHEDULE = {
     "retention": {"task": "dashboard.fleet.tasks.retention", "schedule": 3600.0},
     "alerts-evaluate": {"task": "dashboard.alerts.tasks.evaluate", "schedule": 30.0},
     "alerts-deliver": {"task": "dashboard.alerts.tasks.deliver", "schedule": 15.0},
+    # The fleet page's busy-but-inefficient ranking, cached (dashboard/web/efficiency.py).
+    "fleet-ranking": {"task": "dashboard.web.tasks.refresh_ranking", "schedule": 60.0},
 }
 # Past one server (docker compose --profile scale): rollups, placement and webhooks go to queues
 # of their own, each drained by its own workers, so a slow webhook or a long rollup never delays
@@ -234,6 +236,7 @@ if CELERY_SPLIT_QUEUES:
     CELERY_TASK_ROUTES = {
         "dashboard.fleet.tasks.rollup": {"queue": "rollups"},
         "dashboard.fleet.tasks.retention": {"queue": "rollups"},
+        "dashboard.web.tasks.refresh_ranking": {"queue": "rollups"},
         "dashboard.jobs.tasks.place": {"queue": "placement"},
         "dashboard.alerts.tasks.deliver": {"queue": "webhooks"},
     }

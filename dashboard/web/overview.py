@@ -24,8 +24,8 @@ from django.utils.http import urlencode
 
 from dashboard.alerts.models import Alert
 from dashboard.core.templatetags.units import ago, binary_bytes, percent
-from dashboard.fleet.models import Accelerator, Machine, MachineState
-from dashboard.fleet.queries import devices, sparklines
+from dashboard.fleet.models import Accelerator, GpuRollup, Machine, MachineState, SystemRollup
+from dashboard.fleet.queries import SPARKLINE_MINUTES, devices
 
 PAGE_SIZE = 60
 STATES = {"all": "All states", "online": "Online", "offline": "Offline", "never": "Never seen"}
@@ -167,13 +167,13 @@ def fleet_totals(rows: list[Row]) -> dict[str, Any]:
     util = sum(r.gpu_util_percent * r.gpus for r in reporting) / gpus if gpus else None
     used = sum(r.gpu_mem_used_bytes or 0 for r in online)
     total = sum(r.gpu_mem_total_bytes or 0 for r in online)
-    models = (
+    models = list(
         Accelerator.objects.filter(parent_uuid="")  # MIG slices are part of their parent GPU
         .values("name")
         .annotate(n=Count("id"), mem=Sum("mem_total_bytes"))
         .order_by("-n", "name")
     )
-    cpu_only = not models.exists()
+    cpu_only = not models
     return {
         **(_cpu_totals(online) if cpu_only else {}),
         "cpu_only": cpu_only,
@@ -266,6 +266,33 @@ def _card(m: dict[str, Any], accelerators: list[dict[str, Any]], line: dict | No
             {"cpu": _rounded(line["cpu_percent"]), "gpu": _rounded(line["gpu_util_percent"]) if accelerators else []}
         ),
     }
+
+
+def sparklines(ids: list[int], now: datetime) -> dict[int, dict[str, list]]:
+    """``queries.sparklines`` for the cards, less what they do not draw: per machine the last hour's
+    minute means of CPU % and of GPU utilisation averaged over devices, in bucket order. One query,
+    the GPU mean joined to its CPU bucket in SQL, and no bucket stamps: parsing 7,200 of them
+    (60 machines x 60 minutes x 2 series) was a third of the page's Python."""
+    since = connection.ops.adapt_datetimefield_value(now - timedelta(minutes=SPARKLINE_MINUTES))
+    marks = ", ".join(["%s"] * len(ids))
+    sql = (
+        f"SELECT s.machine_id, s.cpu_percent_mean, g.u FROM {SystemRollup._meta.db_table} s "
+        f"LEFT JOIN (SELECT machine_id, bucket, AVG(util_percent_mean) AS u FROM {GpuRollup._meta.db_table} "
+        f"WHERE machine_id IN ({marks}) AND resolution_s = 60 AND bucket >= %s GROUP BY machine_id, bucket) g "
+        "ON g.machine_id = s.machine_id AND g.bucket = s.bucket "
+        f"WHERE s.machine_id IN ({marks}) AND s.resolution_s = 60 AND s.bucket >= %s "
+        "ORDER BY s.machine_id, s.bucket"
+    )
+    out: dict[int, dict[str, list]] = {}
+    with connection.cursor() as cur:
+        cur.execute(sql, [*ids, since, *ids, since])
+        for machine_id, cpu, gpu in cur.fetchall():
+            line = out.get(machine_id)
+            if line is None:
+                line = out[machine_id] = {"cpu_percent": [], "gpu_util_percent": []}
+            line["cpu_percent"].append(cpu)
+            line["gpu_util_percent"].append(gpu)
+    return out
 
 
 def machine_cards(rows: list[Row], now: datetime) -> list[dict[str, Any]]:

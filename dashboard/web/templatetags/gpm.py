@@ -35,9 +35,9 @@ def gpm_charts(
 @register.inclusion_tag("fleet/_inefficient.html", takes_context=True)
 def busy_but_inefficient(context: dict[str, Any]) -> dict[str, Any]:
     request = context.get("request")
-    machines = team_access.scope_machines(Machine.objects.all(), getattr(request, "user", None))
+    teams = team_access.visible_team_ids(getattr(request, "user", None))
     return {
-        "rows": efficiency.busy_but_inefficient(machines, timezone.now()),
+        "rows": efficiency.fleet_ranking(teams, timezone.now()),
         "busy": efficiency.BUSY_PERCENT,
         "low_sm": efficiency.LOW_SM_PERCENT,
         "low_tensor": efficiency.LOW_TENSOR_PERCENT,

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from django.core.cache import cache
 from django.utils import timezone
 
 from dashboard.fleet.ingest import store_batch
@@ -19,6 +20,7 @@ from dashboard.fleet.payload import Batch
 from dashboard.fleet.rollup import catch_up
 from dashboard.jobs.models import Job
 from dashboard.teams.models import Team
+from dashboard.web import efficiency
 from dashboard.web.efficiency import busy_but_inefficient, gpm_absent_reason
 from hwprobe.collectors.nvidia import NvidiaCollector
 from hwprobe.testing import batches, nvml_replay
@@ -79,6 +81,32 @@ def test_a_machine_of_another_team_is_not_ranked_for_a_stranger(client, django_u
     client.force_login(stranger)
     page = client.get("/").content.decode()
     assert "h200-tiny" not in page.split('id="busy-but-inefficient"')[1].split("</section>")[0]
+
+
+@pytest.fixture
+def ranking_cache():
+    cache.delete(efficiency.RANKING_CACHE_KEY)
+    yield
+    cache.delete(efficiency.RANKING_CACHE_KEY)
+
+
+def test_the_fleet_page_reads_the_beats_cached_ranking_scoped_to_the_users_teams(ranking_cache, fleet, now):
+    research = Team.objects.create(slug="research", name="Research")
+    fleet["tiny"].team = research
+    fleet["tiny"].save()
+    assert efficiency.refresh_ranking(now) == 1
+    Machine.objects.filter(pk=fleet["tiny"].pk).update(name="renamed")  # the cached row still says h200-tiny
+    [row] = efficiency.fleet_ranking(None, now)
+    assert row["machine"] == "h200-tiny" and row["url"] == "/machines/h200-tiny/"
+    assert row == busy_but_inefficient(Machine.objects.filter(name="renamed"), now)[0] | {
+        "machine": "h200-tiny",
+        "url": "/machines/h200-tiny/",
+    }
+    assert [r["machine"] for r in efficiency.fleet_ranking({research.pk}, now)] == ["h200-tiny"]
+    assert efficiency.fleet_ranking(set(), now) == []  # the shared pool only
+    # Past RANKING_STALE_S the page ranks inline again (the beat has stopped).
+    later = now + timedelta(seconds=efficiency.RANKING_STALE_S + 1)
+    assert [r["machine"] for r in efficiency.fleet_ranking(None, later)] == ["renamed"]
 
 
 def test_the_machine_page_charts_gpm_beside_nvml_through_its_own_script(client, operator, fleet):
