@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
@@ -52,12 +51,6 @@ def _present(m: dict[str, Any]) -> dict[str, Any]:
         "mem_total": system.get("mem_total_bytes") or m["mem_total_bytes"],
         "gpus": gpus,
         "processes": [{"gpu": g["index"], **p} for g in gpus for p in g.get("processes") or []],
-        "sparkline_json": json.dumps(
-            {
-                "cpu": m["sparkline"]["cpu_percent"],
-                "gpu": m["sparkline"]["gpu_util_percent"] if m["accelerators"] else [],
-            }
-        ),
     }
 
 
@@ -91,18 +84,26 @@ def overview(request: HttpRequest) -> HttpResponse:
     return render(request, "fleet/_machines.html" if partial else "fleet/overview.html", context)
 
 
+def _machine_or_404(request: HttpRequest, name: str) -> Machine:
+    """The machine ``name`` if the user's teams may see it (the page's and its panels' one check)."""
+    return get_object_or_404(team_access.scope_machines(Machine.objects.all(), request.user), name=name)
+
+
 @login_required
 def machine(request: HttpRequest, name: str) -> HttpResponse:
-    machine_obj = get_object_or_404(team_access.scope_machines(Machine.objects.all(), request.user), name=name)
-    m = _present(queries.machine_detail(machine_obj))
+    """The machine page's shell: state, inventory, the charts' containers, cores and processes. Its
+    heavy panels (throughput, jobs, RoI and capacity) each load from their own URL once it is shown
+    (static/js/panels.js), so the shell runs none of their queries."""
+    machine_obj = _machine_or_404(request, name)
+    # machine_dict, not machine_detail: the page and its live refresh draw no sparkline (its query
+    # was most of the shell's SQL).
+    m = _present(queries.machine_dict(machine_obj, timezone.now()))
     context: dict[str, Any] = {"m": m}
     partial = request.GET.get("partial")
     if partial:  # the 10 s live refresh (_machine_live.html): state, processes and cores only
         return render(request, "fleet/_machine_live.html", context)
     context.update(
         server_url=request.build_absolute_uri("/").rstrip("/"),
-        jobs=machine_jobs(name),
-        economics=machine_panel(machine_obj),
         charts={
             "machine": name,
             "seriesUrl": reverse("api:machine_series", kwargs={"name": name}),
@@ -112,7 +113,29 @@ def machine(request: HttpRequest, name: str) -> HttpResponse:
             "memTotalBytes": m["mem_total"],
         },
     )
-    shown = page_range(request.GET, timezone.now())
-    context.update(range=shown, range_presets=RANGE_PRESETS)
-    context["throughput"] = throughput.machine_summary(machine_obj, shown["start"], shown["end"])
+    context.update(range=page_range(request.GET, timezone.now()), range_presets=RANGE_PRESETS)
     return render(request, "fleet/machine.html", context)
+
+
+@login_required
+def machine_throughput_panel(request: HttpRequest, name: str) -> HttpResponse:
+    """The machine page's throughput card for the page's range (its query string: ``range`` or
+    ``from``/``to``); throughput.js draws its charts and keeps it current from the API."""
+    machine_obj = _machine_or_404(request, name)
+    shown = page_range(request.GET, timezone.now())
+    context = {"m": machine_obj, "throughput": throughput.machine_summary(machine_obj, shown["start"], shown["end"])}
+    return render(request, "fleet/_throughput.html", context)
+
+
+@login_required
+def machine_jobs_panel(request: HttpRequest, name: str) -> HttpResponse:
+    """The machine page's jobs: those running there now and the last ones it ran."""
+    machine_obj = _machine_or_404(request, name)
+    return render(request, "jobs/_machine_jobs.html", {"m": machine_obj, "jobs": machine_jobs(machine_obj.name)})
+
+
+@login_required
+def machine_economics_panel(request: HttpRequest, name: str) -> HttpResponse:
+    """The machine page's RoI, share-or-split and capacity panel (default parameters)."""
+    machine_obj = _machine_or_404(request, name)
+    return render(request, "economics/_machine_panel.html", {"m": machine_obj, "economics": machine_panel(machine_obj)})

@@ -2,7 +2,7 @@
 // /api/v1/machines/<name>/series for the range in the URL (static/js/charts.js: rangePicker);
 // job start and end marks on every chart, ECC/XID marks on the GPU health charts, throttled
 // windows on the SM clock chart; the live state, processes and per-core bars re-fetched as a
-// server-rendered partial.
+// server-rendered partial. The throughput, jobs and RoI panels load on their own (base.js).
 "use strict";
 
 (function () {
@@ -210,10 +210,15 @@
       noteEl.hidden = !note;
       noteEl.textContent = note ? note + "." : "";
     }
-    if (window.Throughput) {
-      await Throughput.machine(range);
-      document.querySelectorAll("#machine-throughput .chart").forEach((el) => { if (el.on) picker.zoomable(el); });
-    }
+    await drawThroughput(range);
+  }
+
+  // The throughput card comes as a panel of its own (static/js/base.js): drawn by redraw() when
+  // it is there, and when it arrives.
+  async function drawThroughput(range) {
+    if (!window.Throughput) return;
+    await Throughput.machine(range);
+    document.querySelectorAll("#machine-throughput .chart").forEach((el) => { if (el.on) picker.zoomable(el); });
   }
 
   let forced = true;
@@ -229,4 +234,8 @@
   const now = poller.now;
   poller.now = () => { forced = true; return now(); };
   document.addEventListener("themechange", () => poller.now());  // static/js/base.js
+  document.addEventListener("panelload", (event) => {
+    if (event.detail.panel !== "throughput") return;
+    drawThroughput(picker.get()).catch((err) => console.warn("throughput failed", err));
+  });
 })();

@@ -57,7 +57,10 @@ def test_bad_parameters_fall_back_to_the_defaults_and_say_so(client, viewer):
 def test_the_machine_page_carries_the_roi_and_capacity_panel(client, viewer):
     seed.priced_machine()
     client.force_login(viewer)
-    html = client.get("/machines/gpu-01/").content.decode()
+    page = client.get("/machines/gpu-01/").content.decode()
+    assert 'data-panel-url="/machines/gpu-01/panels/economics/"' in page and 'id="capacity-table"' not in page
+    html = client.get("/machines/gpu-01/panels/economics/").content.decode()
+    assert "<html" not in html
     assert 'id="capacity-table"' in html and 'id="roi-figures"' in html
     assert "js/roi.js" in html
 
@@ -65,7 +68,7 @@ def test_the_machine_page_carries_the_roi_and_capacity_panel(client, viewer):
 def test_a_machine_without_a_price_links_to_the_admin(client, viewer):
     m = seed.machine_with("gpu-09", 1)
     client.force_login(viewer)
-    html = client.get("/machines/gpu-09/").content.decode()
+    html = client.get("/machines/gpu-09/panels/economics/").content.decode()
     assert f"/admin/economics/costprofile/add/?machine={m.pk}" in html
     assert "set value rates" in html
 

@@ -290,7 +290,7 @@ def test_the_machine_page_lists_its_running_and_recent_jobs(client, viewer, oper
     service.finish(online, done.pk, 1, "succeeded", 0, "")
     a_job(operator, name="elsewhere")  # queued, on no machine
     client.force_login(viewer)
-    page = client.get(f"/machines/{online.name}/").content.decode()
+    page = client.get(f"/machines/{online.name}/panels/jobs/").content.decode()
     section = page.split('id="machine-jobs"')[1]
     assert "now-running" in section and "long-done" in section and "Succeeded" in section
     assert "elsewhere" not in section

@@ -48,6 +48,8 @@ def test_a_stranger_gets_404_for_another_teams_job_and_machine(client, stranger,
     assert client.get("/api/v1/machines/a-box").status_code == 404
     assert client.get(f"/jobs/{world['a'].pk}/").status_code == 404
     assert client.get("/machines/a-box/").status_code == 404
+    for panel in ("throughput", "jobs", "economics"):
+        assert client.get(f"/machines/a-box/panels/{panel}/").status_code == 404, panel
     assert "a-job" not in client.get("/jobs/").content.decode()
 
 

@@ -1,15 +1,21 @@
-"""The HTML pages: who may see them, the empty state, a machine with and without data."""
+"""The HTML pages: who may see them, the empty state, a machine with and without data; the machine
+page's shell answers without its panels' queries, and each panel (throughput, jobs, RoI and
+capacity) comes from its own URL with the page's access checks."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from conftest import make_batch
+from dashboard.economics.tests import seed
 from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.models import Machine
 from dashboard.fleet.payload import parse_batch
+from dashboard.teams import service as teams
 
 pytestmark = pytest.mark.django_db
 
@@ -143,3 +149,83 @@ def test_staff_see_the_admin_link_and_others_do_not(client, viewer, admin_user):
     assert 'href="/admin/"' not in client.get("/").content.decode()
     client.force_login(admin_user)
     assert 'href="/admin/"' in client.get("/").content.decode()
+
+
+# ---- the machine page: a fast shell, its heavy panels each from their own URL ----
+
+PANELS = ("throughput", "jobs", "economics")
+# Each panel's own mark in its fragment: what the shell must not carry.
+MARKS = {"throughput": 'id="machine-throughput"', "jobs": 'id="machine-jobs"', "economics": 'id="capacity-table"'}
+# Tables only the panels read: jobs and their attempts, token rows, the RoI's costs and rates.
+PANEL_TABLES = ("jobs_job", "jobs_jobattempt", "fleet_throughputsample", "economics_")
+
+
+@pytest.fixture
+def busy(settings):
+    """gpu-01 with telemetry, two jobs, token rows, a price and value rates (seed.priced_machine)."""
+    settings.TIME_ZONE = "UTC"
+    m = seed.priced_machine()
+    send(m, make_batch([1, 2]))
+    return m
+
+
+def test_the_shell_shows_the_machine_and_a_loading_place_for_each_panel(client, viewer, busy):
+    client.force_login(viewer)
+    page = client.get("/machines/gpu-01/").content.decode()
+    assert "AMD EPYC 7763 64-Core Processor" in page and 'data-metric="system.cpu_percent"' in page
+    assert 'id="machine-state"' in page and 'id="machine-processes"' in page
+    for panel in PANELS:
+        assert f'data-panel-url="/machines/gpu-01/panels/{panel}/"' in page, panel
+        assert MARKS[panel] not in page, panel
+    assert "Loading throughput…" in page and "Loading jobs…" in page
+
+
+def test_the_shell_runs_none_of_the_panels_queries(client, viewer, busy):
+    client.force_login(viewer)
+    client.get("/machines/gpu-01/")  # warm: sessions, content types, caches
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get("/machines/gpu-01/?range=7d").status_code == 200
+    sql = [q["sql"] for q in queries.captured_queries]
+    assert len(sql) <= 14, sql  # 11 when written: session, user, alerts, the machine, its devices, GPM
+    for table in PANEL_TABLES:
+        assert not [s for s in sql if table in s], table
+
+
+def test_each_panel_url_renders_its_panel_alone(client, viewer, busy):
+    client.force_login(viewer)
+    for panel in PANELS:
+        r = client.get(f"/machines/gpu-01/panels/{panel}/")
+        assert r.status_code == 200, panel
+        html = r.content.decode()
+        assert "<html" not in html and MARKS[panel] in html, panel
+    assert "serve llama-3.1-8b" in client.get("/machines/gpu-01/panels/jobs/").content.decode()
+    assert 'id="roi-figures"' in client.get("/machines/gpu-01/panels/economics/").content.decode()
+
+
+def test_the_throughput_panel_follows_the_range_in_its_query_string(client, viewer, busy):
+    client.force_login(viewer)
+    # The seeded tokens are days old: none in the last hour, some in 7 days.
+    assert (
+        "No tokens counted on gpu-01 in this range"
+        in client.get("/machines/gpu-01/panels/throughput/").content.decode()
+    )
+    week = client.get("/machines/gpu-01/panels/throughput/?range=7d").content.decode()
+    assert 'class="throughput-empty" hidden' in week
+
+
+def test_the_panels_need_a_login(client, busy):
+    for panel in PANELS:
+        r = client.get(f"/machines/gpu-01/panels/{panel}/")
+        assert r.status_code == 302 and r["Location"].startswith("/login/?next="), panel
+
+
+def test_a_user_outside_the_machines_team_gets_404_on_the_panels_as_on_the_page(client, django_user_model, busy):
+    busy.team = teams.create_team(None, "research", "Research")
+    busy.save(update_fields=["team"])
+    outsider = django_user_model.objects.create_user("olive", password="x")
+    teams.set_role(None, teams.create_team(None, "other", "Other"), outsider, "operator")
+    client.force_login(outsider)
+    assert client.get("/machines/gpu-01/").status_code == 404
+    for panel in PANELS:
+        assert client.get(f"/machines/gpu-01/panels/{panel}/").status_code == 404, panel
+    assert client.get("/machines/nope/panels/jobs/").status_code == 404

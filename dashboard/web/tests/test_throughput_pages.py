@@ -67,21 +67,29 @@ def test_numbers_read_with_three_significant_digits_and_a_prefix():
     assert si(0.00004, "tokens/J") == "< 0.001 tokens/J"
 
 
-def test_the_machine_page_summarises_each_kind_of_tokens_it_has(client, viewer, machine, training):
+def test_the_machine_page_loads_its_throughput_card_as_a_panel(client, viewer, machine, training):
     client.force_login(viewer)
     page = client.get(f"/machines/{machine.name}/").content.decode()
+    assert 'data-panel-url="/machines/gpu-01/panels/throughput/"' in page and "Loading throughput" in page
+    assert 'id="machine-throughput"' not in page and "6 k tokens" not in page
+    assert "js/throughput.js" in page and "js/base.js" in page
+
+
+def test_the_machine_page_summarises_each_kind_of_tokens_it_has(client, viewer, machine, training):
+    client.force_login(viewer)
+    page = client.get(f"/machines/{machine.name}/panels/throughput/").content.decode()
+    assert "<html" not in page
     assert 'id="machine-throughput"' in page and 'data-tokens="tokens.train"' in page
     assert "6 k tokens" in page and "200 tokens/s" in page and "300 tokens/s" in page and "0.571 tokens/J" in page
     assert not hidden(page, 'data-kind="train"')
     assert hidden(page, 'data-kind="prompt"') and hidden(page, 'data-kind="generated"')
     assert hidden(page, 'class="throughput-empty"')
-    assert "js/throughput.js" in page
 
 
 def test_a_machine_without_tokens_says_how_to_count_them(client, viewer, machine):
     store_batch(machine, Batch.model_validate(make_batch([1], gpus=1)))
     client.force_login(viewer)
-    page = client.get(f"/machines/{machine.name}/").content.decode()
+    page = client.get(f"/machines/{machine.name}/panels/throughput/").content.decode()
     assert not hidden(page, 'class="throughput-empty"')
     assert "No tokens counted on gpu-01 in this range" in page
     assert "from hwprobe import report" in page and 'report.tokens(n, kind="train")' in page
@@ -94,8 +102,9 @@ def test_the_machine_pages_range_sets_the_summarys_span(client, viewer, machine,
     batch["samples"][0]["tokens"] = [{"job_id": job.pk, "source": "progress", "train": 500}]
     store_batch(machine, Batch.model_validate(batch))
     client.force_login(viewer)
-    assert hidden(client.get(f"/machines/{machine.name}/").content.decode(), 'data-kind="train"')
-    assert not hidden(client.get(f"/machines/{machine.name}/?range=24h").content.decode(), 'data-kind="train"')
+    panel = f"/machines/{machine.name}/panels/throughput/"
+    assert hidden(client.get(panel).content.decode(), 'data-kind="train"')
+    assert not hidden(client.get(panel + "?range=24h").content.decode(), 'data-kind="train"')
 
 
 def test_the_job_page_shows_its_throughput_table_and_a_chart_with_gpu_utilisation(client, viewer, training):
@@ -144,7 +153,7 @@ def test_the_jobs_list_shows_mean_peak_and_total_tokens_of_each_jobs_main_kind(c
 
 def test_the_machine_pages_jobs_table_has_no_throughput_column(client, viewer, machine, training):
     client.force_login(viewer)
-    page = client.get(f"/machines/{machine.name}/").content.decode()
+    page = client.get(f"/machines/{machine.name}/panels/jobs/").content.decode()
     jobs_table = page[page.index('id="machine-jobs"') :]
     assert "Throughput</th>" not in jobs_table
 
