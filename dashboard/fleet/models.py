@@ -370,6 +370,9 @@ class SystemRollup(SystemMetrics):
     bucket = models.DateTimeField()  # start of the minute or hour, UTC
     count = models.PositiveIntegerField()
     cpu_percent_p95 = models.FloatField(null=True)
+    # The mean over the machine's GPUs of their util_percent_mean in this bucket (rollup.gpu_means,
+    # written with the GPU rollups); null without GPU rollups. The fleet page's sparklines read it.
+    gpu_util_percent_mean = models.FloatField(null=True)
 
     class Meta:
         constraints = [

@@ -225,3 +225,66 @@ def test_an_hour_that_ended_gets_its_final_figures_once_without_new_rows(machine
     rollup.catch_up(now=start + timedelta(minutes=61))  # over, and nothing new: p95 of the raw window means
     hour = SystemRollup.objects.get(machine=machine, resolution_s=3600)
     assert hour.cpu_percent_p95 == pytest.approx(83.0)  # 20 + 0.9 * (90 - 20) over 10, 20, 90
+
+
+def windows_by_gpu(machine, utils_by_window: list[tuple[float, ...]], start: float = T0) -> None:
+    """One 10 s window per entry, from ``start`` + 10 s, each GPU's mean utilisation as given."""
+    samples = []
+    for i, utils in enumerate(utils_by_window, start=1):
+        sample = make_batch([i], ts=start + 10 * i, gpus=len(utils))["samples"][0]
+        for gpu, util in zip(sample["gpus"], utils, strict=True):
+            gpu["util_percent"] = {"min": util, "mean": util, "max": util}
+        samples.append(sample)
+    store_batch(machine, Batch.model_validate({"samples": samples}))
+
+
+@pytest.mark.django_db
+def test_system_rollups_keep_the_mean_of_their_gpus_utilisation(machine):
+    # Two windows in the 10:00 minute: GPU 0 at 20 then 40 (mean 30), GPU 1 at 60 then 80 (mean 70).
+    windows_by_gpu(machine, [(20.0, 60.0), (40.0, 80.0)])
+    rollup.catch_up()
+    ten = datetime.fromtimestamp(T0, UTC)
+    minute = SystemRollup.objects.get(machine=machine, resolution_s=60, bucket=ten)
+    assert minute.gpu_util_percent_mean == pytest.approx(50.0)  # (30 + 70) / 2
+    assert SystemRollup.objects.get(machine=machine, resolution_s=3600).gpu_util_percent_mean == pytest.approx(50.0)
+
+    # A late window in the same minute: both buckets are recomputed, and their GPU mean with them.
+    store_batch(machine, Batch.model_validate(make_batch([3], ts=T0 + 30, gpus=2, util=100.0)))
+    rollup.catch_up()
+    minute.refresh_from_db()
+    gpus = GpuRollup.objects.filter(machine=machine, resolution_s=60, bucket=ten).values_list(
+        "util_percent_mean", flat=True
+    )
+    assert sorted(gpus) == pytest.approx([160 / 3, 80.0])  # (20 + 40 + 100) / 3, (60 + 80 + 100) / 3
+    assert minute.gpu_util_percent_mean == pytest.approx((160 / 3 + 80.0) / 2)
+
+
+@pytest.mark.django_db
+def test_gpu_means_touch_only_the_given_machines_resolution_and_range(machine):
+    other = type(machine).objects.create(name="gpu-02")
+    # Windows end at T0 + 10 s, 20 s, ...: 10:00 holds five at 10 %, 10:01 one at 10 % and five at 90 %.
+    windows_by_gpu(machine, [(10.0,)] * 6 + [(90.0,)] * 6)
+    windows_by_gpu(other, [(30.0,)] * 6)
+    rollup.catch_up()
+    SystemRollup.objects.update(gpu_util_percent_mean=None)
+
+    one = datetime.fromtimestamp(T0 + 60, UTC)
+    assert rollup.gpu_means([machine.pk], 60, one, one + timedelta(minutes=1)) == 1
+    means = dict(
+        SystemRollup.objects.filter(machine=machine, resolution_s=60).values_list("bucket", "gpu_util_percent_mean")
+    )
+    assert means == {
+        datetime.fromtimestamp(T0, UTC): None,
+        one: pytest.approx(460 / 6),
+        one + timedelta(minutes=1): None,
+    }
+    assert not SystemRollup.objects.filter(machine=other).exclude(gpu_util_percent_mean=None).exists()
+    assert SystemRollup.objects.get(machine=machine, resolution_s=3600).gpu_util_percent_mean is None
+
+
+@pytest.mark.django_db
+def test_a_machine_without_gpus_has_no_gpu_mean(machine):
+    store_batch(machine, Batch.model_validate(make_batch([1, 2], ts=T0 + 20, gpus=0)))
+    rollup.catch_up()
+    assert SystemRollup.objects.filter(machine=machine).count() == 2  # the minute and the hour
+    assert not SystemRollup.objects.exclude(gpu_util_percent_mean=None).exists()

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import html
+import json
 import re
 from datetime import timedelta
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
 from django.utils import timezone
 
 from dashboard.alerts.models import Alert, AlertRule
-from dashboard.fleet.models import Accelerator, Machine
+from dashboard.fleet.models import Accelerator, Machine, SystemRollup
 from dashboard.web.overview import PAGE_SIZE
 
 pytestmark = pytest.mark.django_db
@@ -199,3 +202,46 @@ def test_the_page_reads_the_same_number_of_queries_for_ten_or_a_hundred_machines
             get(client, "/?partial=1")
         counts.append(len(queries))
     assert counts[0] == counts[1]
+
+
+def test_the_sparklines_read_the_gpu_mean_the_rollups_wrote(client, viewer):
+    m = a_machine("gpu-01", utils=(10.0, 20.0))
+    minute = timezone.now().replace(second=0, microsecond=0)
+    SystemRollup.objects.bulk_create(
+        [
+            SystemRollup(
+                machine=m, resolution_s=60, bucket=minute - timedelta(minutes=90), count=6, cpu_percent_mean=1.0
+            ),
+            SystemRollup(
+                machine=m, resolution_s=60, bucket=minute - timedelta(minutes=2), count=6, cpu_percent_mean=12.34
+            ),
+            SystemRollup(
+                machine=m,
+                resolution_s=60,
+                bucket=minute - timedelta(minutes=1),
+                count=6,
+                cpu_percent_mean=56.78,
+                gpu_util_percent_mean=43.21,
+            ),
+            SystemRollup(
+                machine=m, resolution_s=3600, bucket=minute - timedelta(minutes=1), count=6, cpu_percent_mean=99.0
+            ),
+        ]
+    )
+    client.force_login(viewer)
+    page = get(client, "/?partial=1")
+    line = json.loads(html.unescape(re.search(r'data-sparkline="([^"]*)"', page).group(1)))
+    # The last hour's minutes in order, rounded to tenths; a minute without a GPU mean is a gap.
+    assert line == {"cpu": [12.3, 56.8], "gpu": [None, 43.2]}
+
+
+def test_a_card_links_its_machine_as_reverse_does(client, viewer):
+    names = ["gpu-01", "rack 2 · GPU/a", "ünï&<x>"]
+    for name in names:
+        a_machine(name.replace("/", "-"))
+    client.force_login(viewer)
+    page = get(client, "/")
+    for name in names:
+        name = name.replace("/", "-")
+        url = reverse("fleet:machine", kwargs={"name": name})
+        assert f'<h2><a href="{html.escape(url)}">{html.escape(name, quote=False)}</a></h2>' in page
