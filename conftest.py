@@ -47,6 +47,17 @@ def agent_token(machine) -> str:
     return machine.issue_token()
 
 
+def migrate(targets: list[tuple[str, str]]):
+    """Migrate the test database to ``targets``; the app registry of that state (migration tests)."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(targets)
+    return executor.loader.project_state(targets).apps
+
+
 def make_sample(seq: int, ts: float | None = None, gpus: int = 2, cpu: float = 25.0, util: float = 50.0) -> dict:
     """A realistic 10 s window as the agent sends it (H100-like GPUs)."""
     ts = ts if ts is not None else time.time()

@@ -8,15 +8,10 @@ import pytest
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
+from conftest import migrate
+
 # The schema before telemetry dropped its link to jobs (fleet 0006).
 BEFORE = [("fleet", "0005_worker_policy"), ("jobs", "0004_log_bytes")]
-
-
-def migrate(targets):
-    executor = MigrationExecutor(connection)
-    executor.loader.build_graph()
-    executor.migrate(targets)
-    return executor.loader.project_state(targets).apps
 
 
 @pytest.mark.django_db(transaction=True)
