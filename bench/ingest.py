@@ -119,31 +119,20 @@ def copy_baseline(url: str, machine_ids: list[int], windows: int, repeats: int, 
     figure) or binary (what ingest itself sends since issue 13, with the column types set)."""
     import psycopg
 
-    from dashboard.fleet.ingest import GPU_INSERT, SYSTEM_INSERT
+    from dashboard.fleet.ingest import GPU_INSERT, SYSTEM_INSERT, column_types
     from dashboard.fleet.models import GpuSample, SystemSample
 
     system_rows, gpu_rows = copy_rows(machine_ids, windows)
     st, gt = SystemSample._meta.db_table, GpuSample._meta.db_table
     times = []
     with psycopg.connect(url, autocommit=True) as conn:
-
-        def types(table: str, columns: list[str]) -> list[str]:
-            found = dict(
-                conn.execute(
-                    "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
-                    "WHERE attrelid = %s::regclass AND attnum > 0",
-                    [table],
-                ).fetchall()
-            )
-            return [found[c] for c in columns]
-
         fmt = " (FORMAT BINARY)" if binary else ""
         parts = [(st, SYSTEM_INSERT, system_rows), (gt, GPU_INSERT, gpu_rows)]
-        column_types = [types(table, columns) for table, columns, _ in parts]
+        typed_columns = [column_types(table, columns) for table, columns, _ in parts]
         for _ in range(repeats):
             t0 = time.perf_counter()
             with conn.transaction(), conn.cursor() as cur:
-                for (table, columns, rows), typed in zip(parts, column_types, strict=True):
+                for (table, columns, rows), typed in zip(parts, typed_columns, strict=True):
                     with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN{fmt}") as copy:
                         if binary:
                             copy.set_types(typed)

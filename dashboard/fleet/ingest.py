@@ -76,7 +76,7 @@ def _flatten(payload: Any, plan: tuple[tuple[str, bool], ...]) -> list[Any]:
 _COLUMN_TYPES: dict[tuple[str, tuple[str, ...]], list[str]] = {}
 
 
-def _column_types(table: str, columns: Sequence[str]) -> list[str]:
+def column_types(table: str, columns: Sequence[str]) -> list[str]:
     """The PostgreSQL types of ``columns``, from the catalogue once per process: binary COPY
     needs them, and a value sent as another type (int8 for an int4 column) would be refused."""
     key = (table, tuple(columns))
@@ -100,7 +100,7 @@ def _copy_rows(cursor: Any, table: str, target: str, columns: Sequence[str], row
     ~1.4-2x less time (bench/README.md, issue 13)."""
     qn = connection.ops.quote_name
     cols = ", ".join(qn(c) for c in columns)
-    types = _column_types(table, columns)  # before the COPY: the connection is busy during it
+    types = column_types(table, columns)  # before the COPY: the connection is busy during it
     with cursor.copy(f"COPY {target} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(types)
         for row in rows:
