@@ -386,7 +386,34 @@ class AgentClient(threading.Thread):
 NEXT_SEQ: dict[int, int] = {}
 
 
-def api_run(ports: list[int], machines: list[tuple[int, str]], clients: int, windows: int, seconds: float) -> dict:
+def cpu_seconds(servers: list[subprocess.Popen]) -> dict[str, float]:
+    """CPU seconds used so far by the gunicorn processes, PostgreSQL's and this process (the
+    clients): where a request's CPU goes, which is what bounds the API on a 2-core machine."""
+    import psutil
+
+    out = {"gunicorn": 0.0, "postgres": 0.0, "clients": time.process_time()}
+    pids = set()
+    for proc in servers:
+        try:
+            root = psutil.Process(proc.pid)
+            pids.update(p.pid for p in [root, *root.children(recursive=True)])
+        except psutil.Error:
+            pass
+    for p in psutil.process_iter(["name", "cpu_times"]):
+        group = "gunicorn" if p.pid in pids else "postgres" if p.info["name"] in ("postgres", "postmaster") else None
+        if group and p.info["cpu_times"] is not None:
+            out[group] += p.info["cpu_times"].user + p.info["cpu_times"].system
+    return out
+
+
+def api_run(
+    ports: list[int],
+    machines: list[tuple[int, str]],
+    clients: int,
+    windows: int,
+    seconds: float,
+    servers: list[subprocess.Popen] | None = None,
+) -> dict:
     """``clients`` threads post for ``seconds``; with several ports (replicas), client i uses port
     i mod n: the balancing a load balancer would do, without a proxy's CPU on the cores measured."""
     start, stop = threading.Event(), threading.Event()
@@ -396,14 +423,15 @@ def api_run(ports: list[int], machines: list[tuple[int, str]], clients: int, win
         t.start()
     for t in threads:
         t.ready.wait(timeout=120)
-    cpu0, t0 = time.process_time(), time.perf_counter()
+    cpu0, t0 = cpu_seconds(servers or []), time.perf_counter()
     start.set()
     try:
         time.sleep(seconds)
     finally:
         stop.set()
     elapsed = time.perf_counter() - t0
-    client_cpu = time.process_time() - cpu0
+    cpu1 = cpu_seconds(servers or [])
+    cpu = {group: cpu1[group] - cpu0[group] for group in cpu0}
     for t in threads:
         t.join(timeout=70)
     latencies = [x for t in threads for x in t.latencies]
@@ -414,7 +442,8 @@ def api_run(ports: list[int], machines: list[tuple[int, str]], clients: int, win
         "samples": sum(t.accepted for t in threads),
         "p50": percentile(latencies, 50),
         "p99": percentile(latencies, 99),
-        "client_cpu": client_cpu,
+        "client_cpu": cpu["clients"],
+        "cpu": cpu,
         "connects": sum(t.connects for t in threads),
         "errors": errors,
     }
@@ -483,7 +512,7 @@ def main() -> int:
                     for port in ports:
                         servers.append(start_gunicorn(url, port, args.workers, args.worker_class, args.threads))
                     say(f"{replicas} x gunicorn ({server}) on {ports}; {args.clients} clients for {args.seconds:.0f} s")
-                    runs.append((replicas, api_run(ports, machines, args.clients, args.windows, args.seconds)))
+                    runs.append((replicas, api_run(ports, machines, args.clients, args.windows, args.seconds, servers)))
                 finally:  # before the database is dropped
                     for proc in servers:
                         stop_gunicorn(proc)
@@ -540,6 +569,12 @@ def main() -> int:
         print(
             f"client threads used {api['client_cpu'] / api['seconds']:.0%} of a core (same 2 cores as the server); "
             f"TCP connections opened: {api['connects']:,} (warm-up included)"
+        )
+        per_request = {g: 1000 * v / max(1, api["requests"]) for g, v in api["cpu"].items()}
+        print(
+            "CPU per request (ms, all cores; the run's requests include the ones cut off at the end): "
+            + ", ".join(f"{g} {v:.2f}" for g, v in per_request.items())
+            + f"; {sum(per_request.values()):.2f} in all"
         )
         for e in api["errors"][:5]:
             print(f"  error: {e}")
