@@ -5,7 +5,8 @@
 
 1. Creates and migrates its own PostgreSQL database (hwdash_bench_ingest), enrolls N machines.
 2. Baseline: one psycopg COPY per table, in one transaction, of the rows the ingest would write
-   for the same kind of batches (1 system row + 8 GPU rows per sample), rows/s and samples/s.
+   for the same kind of batches (1 system row + 8 GPU rows per sample), rows/s and samples/s;
+   measured again after the API phase (step 4), and the ratio taken against the mean of the two.
 3. Where the time goes, in this process, for the same batches: JSON encoding (client side),
    pydantic validation, store_batch (SQL vs Python), the whole Django stack (test client).
 4. The HTTP API: gunicorn dashboard.wsgi, 2 sync workers by default; several agent-like client threads,
@@ -492,13 +493,12 @@ def main() -> int:
             machines = enroll(args.machines)
             say(f"enrolled {len(machines)} machines")
 
-            copy = copy_baseline(url, [m for m, _ in machines], args.copy_windows, args.copy_repeats)
-            copy_rows_s = copy["rows"] / copy["seconds"]
+            ids = [m for m, _ in machines]
+            copy = copy_baseline(url, ids, args.copy_windows, args.copy_repeats)
             say(
                 f"COPY: {copy['rows']:,} rows ({copy['samples']:,} samples) in {copy['seconds']:.2f} s (median of {copy['repeats']})"
             )
-            copy_bin = copy_baseline(url, [m for m, _ in machines], args.copy_windows, args.copy_repeats, binary=True)
-            copy_bin_rows_s = copy_bin["rows"] / copy_bin["seconds"]
+            copy_bin = copy_baseline(url, ids, args.copy_windows, args.copy_repeats, binary=True)
             say(f"binary COPY: the same rows in {copy_bin['seconds']:.2f} s (median of {copy_bin['repeats']})")
 
             prof = breakdown(args.windows, args.profile_batches)
@@ -518,10 +518,28 @@ def main() -> int:
                         stop_gunicorn(proc)
             api = runs[0][1]
 
+            from django.db import connection
+
             from dashboard.fleet.models import GpuSample, SystemSample
 
             stored = SystemSample.objects.count()
             stored_gpu = GpuSample.objects.count()
+
+            # The baseline again, after the API phase, from the same empty tables: this VM's speed
+            # drifts by 10-30 % within minutes (bench/README.md), so the ratio divides by the mean
+            # of the COPY before and after the API run rather than by one of them.
+            with connection.cursor() as cursor:
+                cursor.execute(f"TRUNCATE {SystemSample._meta.db_table}, {GpuSample._meta.db_table}")
+            copy_after = copy_baseline(url, ids, args.copy_windows, args.copy_repeats)
+            copy_bin_after = copy_baseline(url, ids, args.copy_windows, args.copy_repeats, binary=True)
+            say(
+                f"COPY after the API phase: text {copy_after['seconds']:.2f} s, binary {copy_bin_after['seconds']:.2f} s"
+            )
+
+        def rate(before: dict, after: dict) -> float:  # rows/s, the mean of the two measurements
+            return (before["rows"] / before["seconds"] + after["rows"] / after["seconds"]) / 2
+
+        copy_rows_s, copy_bin_rows_s = rate(copy, copy_after), rate(copy_bin, copy_bin_after)
 
         api_rows_s = api["samples"] * ROWS_PER_SAMPLE / api["seconds"]
         print()
@@ -533,17 +551,17 @@ def main() -> int:
             table(
                 [
                     [
-                        f"COPY (one transaction, median of {copy['repeats']})",
+                        f"COPY (one transaction; mean of before and after, median of {copy['repeats']} each)",
                         f"{copy_rows_s:,.0f}",
-                        f"{copy['samples'] / copy['seconds']:,.0f}",
+                        f"{copy_rows_s / ROWS_PER_SAMPLE:,.0f}",
                         "",
                         "",
                         "100%",
                     ],
                     [
-                        f"binary COPY (one transaction, median of {copy_bin['repeats']})",
+                        "binary COPY (the same)",
                         f"{copy_bin_rows_s:,.0f}",
-                        f"{copy_bin['samples'] / copy_bin['seconds']:,.0f}",
+                        f"{copy_bin_rows_s / ROWS_PER_SAMPLE:,.0f}",
                         "",
                         "",
                         f"{copy_bin_rows_s / copy_rows_s:.0%}",
@@ -561,6 +579,11 @@ def main() -> int:
             )
         )
         print(f"HTTP API against the binary COPY: {api_rows_s / copy_bin_rows_s:.0%}")
+        print(
+            "COPY rows/s before / after the API phase: text "
+            f"{copy['rows'] / copy['seconds']:,.0f} / {copy_after['rows'] / copy_after['seconds']:,.0f}, binary "
+            f"{copy_bin['rows'] / copy_bin['seconds']:,.0f} / {copy_bin_after['rows'] / copy_bin_after['seconds']:,.0f}"
+        )
         print(
             f"requests: {api['requests']:,} ({api['requests'] / api['seconds']:.1f}/s), samples accepted: {api['samples']:,}, "
             f"errors: {len(api['errors'])}; rows in the database afterwards: {stored:,} system + {stored_gpu:,} GPU "
