@@ -2,44 +2,55 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db.models import Prefetch
+from django.db.models import Prefetch, Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from dashboard.fleet.models import Machine
+from dashboard.fleet import visibility
 from dashboard.jobs.service import audit, can_cancel
 
 from . import ghosts
+from .context import visible_alerts
 from .forms import AlertRuleForm
 from .models import Alert, AlertRule, CleanupRequest, GhostProcess, WebhookDelivery
 
 RECENT = 50
 
 
-def _alerts():
+def _alerts(user):
     deliveries = Prefetch("deliveries", queryset=WebhookDelivery.objects.order_by("created_at", "pk"))
-    return Alert.objects.select_related("rule", "machine", "job").prefetch_related(deliveries)
+    return visible_alerts(user, Alert.objects.select_related("rule", "machine", "job").prefetch_related(deliveries))
 
 
 @login_required
 def alert_list(request: HttpRequest) -> HttpResponse:
+    # Only what concerns machines the user's teams see (and the shared pool): each row names its machine.
+    visible = visibility.visible_machine_ids(request.user)
+    rules = AlertRule.objects.select_related("machine", "created_by")
+    if visible is not None:
+        rules = rules.filter(Q(machine__isnull=True) | Q(machine_id__in=visible))
+    cleanups = visibility.only(CleanupRequest.objects.select_related("machine", "job", "confirmed_by"), visible)
     context = {
-        "open": _alerts().filter(resolved_at=None)[:200],
-        "recent": _alerts().exclude(resolved_at=None).order_by("-resolved_at", "-pk")[:RECENT],
-        "rules": AlertRule.objects.select_related("machine", "created_by"),
+        "open": _alerts(request.user).filter(resolved_at=None)[:200],
+        "recent": _alerts(request.user).exclude(resolved_at=None).order_by("-resolved_at", "-pk")[:RECENT],
+        "rules": rules,
         "can_edit": request.user.is_staff,
-        "ghosts": _ghosts(request.user),
-        "cleanups": CleanupRequest.objects.select_related("machine", "job", "confirmed_by")[:20],
+        "ghosts": _ghosts(request.user, visible),
+        "cleanups": cleanups[:20],
     }
     return render(request, "alerts/list.html", context)
 
 
-def _ghosts(user) -> list[GhostProcess]:
-    """Processes holding GPU memory outside running jobs, each marked whether ``user`` may confirm its cleanup."""
-    rows = list(GhostProcess.objects.select_related("machine", "job").order_by("machine__name", "pid"))
+def _ghosts(user, machine_ids: Collection[int] | None = None) -> list[GhostProcess]:
+    """Processes holding GPU memory outside running jobs on the machines of ``machine_ids`` (None:
+    all), each marked whether ``user`` may confirm its cleanup."""
+    found = visibility.only(GhostProcess.objects.select_related("machine", "job"), machine_ids)
+    rows = list(found.order_by("machine__name", "pid"))
     waiting = set(
         CleanupRequest.objects.filter(status=CleanupRequest.Status.CONFIRMED).values_list("machine_id", "pgid")
     )
@@ -57,7 +68,7 @@ def _ghosts(user) -> list[GhostProcess]:
 @login_required
 @require_POST
 def confirm_cleanup(request: HttpRequest, machine: str, pgid: int) -> HttpResponse:
-    found = get_object_or_404(Machine, name=machine)
+    found = visibility.machine_or_404(request.user, machine)
     try:
         done = ghosts.confirm_cleanup(request.user, found, pgid)
     except ghosts.CleanupError as exc:

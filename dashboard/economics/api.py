@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from django.shortcuts import get_object_or_404
 from ninja import Router
 from ninja.errors import HttpError
 
 from dashboard.accounts.auth import USER_AUTH
 from dashboard.core.periods import parse_range
-from dashboard.fleet.models import Machine
+from dashboard.fleet import visibility
 
 from . import assemblies, capacity, roi, share
 
@@ -31,7 +30,7 @@ def machine_roi(
 ):
     """`since`/`until`: a duration back from now (`7d`) or an ISO 8601 time; default: since it went
     into service. Hours whose mean accelerator utilisation is below `idle_below_percent` are idle."""
-    m = get_object_or_404(Machine, name=name)
+    m = visibility.machine_or_404(request.user, name)
     start, end = parse_range(since, until)
     return roi.machine_roi(m, since=start, until=end, idle_below_percent=_idle(idle_below_percent))
 
@@ -40,7 +39,7 @@ def machine_roi(
 def machine_capacity(
     request, name: str, context_tokens: int = capacity.DEFAULT_CONTEXT_TOKENS, batch: int = capacity.DEFAULT_BATCH
 ):
-    m = get_object_or_404(Machine, name=name)
+    m = visibility.machine_or_404(request.user, name)
     if not 1 <= context_tokens <= 1_048_576:
         raise HttpError(400, "context_tokens: must be between 1 and 1048576")
     if not 1 <= batch <= 4096:
@@ -50,7 +49,7 @@ def machine_capacity(
 
 @router.get("/machines/{name}/share", auth=USER_AUTH, summary="Share or split: training and serving alone and together")
 def machine_share(request, name: str, since: str | None = None, until: str | None = None):
-    m = get_object_or_404(Machine, name=name)
+    m = visibility.machine_or_404(request.user, name)
     start, end = parse_range(since, until)
     return share.share_or_split(m, since=start, until=end)
 
@@ -62,5 +61,11 @@ def assembly_comparison(
     until: str | None = None,
     idle_below_percent: float = roi.DEFAULT_IDLE_BELOW_PERCENT,
 ):
+    """Only the machines the user's teams see (and the shared pool) are grouped and counted."""
     start, end = parse_range(since, until)
-    return assemblies.comparison(since=start, until=end, idle_below_percent=_idle(idle_below_percent))
+    return assemblies.comparison(
+        since=start,
+        until=end,
+        idle_below_percent=_idle(idle_below_percent),
+        machine_ids=visibility.visible_machine_ids(request.user),
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -11,6 +12,7 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 
 from dashboard.fleet.models import GpuSample, Machine
+from dashboard.fleet.visibility import only
 
 from . import formulas as f
 from .efficiency import period_efficiency
@@ -59,13 +61,17 @@ def machine_throughput(machine: Machine, lo: datetime, hi: datetime) -> dict[str
 
 
 def comparison(
-    since: datetime | None = None, until: datetime | None = None, idle_below_percent: float = 10.0
+    since: datetime | None = None,
+    until: datetime | None = None,
+    idle_below_percent: float = 10.0,
+    machine_ids: Collection[int] | None = None,
 ) -> dict[str, Any]:
-    """One row per assembly with the best value of each column marked."""
+    """One row per assembly of the machines of ``machine_ids`` (None: every machine), with the best
+    value of each column marked."""
     until = until or timezone.now()
     since = since or until - DEFAULT_SPAN
     groups: dict[str, list[Machine]] = defaultdict(list)
-    for m in Machine.objects.prefetch_related("accelerators").order_by("name"):
+    for m in only(Machine.objects.prefetch_related("accelerators"), machine_ids, "pk").order_by("name"):
         groups[assembly_key(m)].append(m)
     rows = []
     for key, machines in groups.items():

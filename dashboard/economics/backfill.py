@@ -10,6 +10,7 @@ machine's GPU-hour observations in that hour that were idle × its GPUs.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,6 +18,7 @@ from django.utils import timezone
 
 from dashboard.core.periods import window_filter
 from dashboard.fleet.models import GpuRollup, Machine
+from dashboard.fleet.visibility import only
 from dashboard.jobs.models import BackfillPolicy
 
 from . import formulas as f
@@ -73,9 +75,11 @@ def gaps(
     until: datetime | None = None,
     idle_below_percent: float = DEFAULT_IDLE_BELOW_PERCENT,
     planned_train_rates: dict[str, float] | None = None,
+    machine_ids: Collection[int] | None = None,
 ) -> dict[str, Any]:
-    """Per machine: idle GPU-hours a week, backfill training tokens a week, and the RoI with and
-    without them; plus the fleet's hour-of-week profile of utilisation and serving tokens.
+    """Per machine (of ``machine_ids``; None: all): idle GPU-hours a week, backfill training tokens a
+    week, and the RoI with and without them; plus their hour-of-week profile of utilisation and
+    serving tokens.
 
     ``planned_train_rates`` maps a machine name to the plan's estimated training tokens/s of the
     whole machine, used where the machine never trained."""
@@ -86,7 +90,7 @@ def gaps(
     profile_util: dict[int, list[float]] = defaultdict(list)
     profile_tokens: dict[int, float] = defaultdict(float)
     machines = []
-    for m in Machine.objects.prefetch_related("accelerators").order_by("name"):
+    for m in only(Machine.objects.prefetch_related("accelerators"), machine_ids, "pk").order_by("name"):
         accs = physical(list(m.accelerators.all()))
         if not accs:
             continue

@@ -4,6 +4,7 @@ backfill.gaps, the same functions the API calls."""
 from __future__ import annotations
 
 import csv
+from collections.abc import Collection
 from typing import Any
 
 from django.contrib import messages
@@ -15,6 +16,7 @@ from django.views.decorators.http import require_POST
 from pydantic import ValidationError
 
 from dashboard.accounts.models import is_operator
+from dashboard.fleet import visibility
 from dashboard.jobs import service
 
 from . import backfill, planner
@@ -106,17 +108,18 @@ def planned_train_rates(result: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def compute(w: planner.Workload) -> dict[str, Any]:
-    """The plan and the gaps for a workload: what the page, its CSV and the API show."""
-    result = planner.plan_for(w)
-    result["gaps"] = backfill.gaps(planned_train_rates=planned_train_rates(result))
+def compute(w: planner.Workload, machine_ids: Collection[int] | None = None) -> dict[str, Any]:
+    """The plan and the gaps for a workload: what the page, its CSV and the API show, of the
+    machines of ``machine_ids`` (None: every machine)."""
+    result = planner.plan_for(w, machine_ids)
+    result["gaps"] = backfill.gaps(planned_train_rates=planned_train_rates(result), machine_ids=machine_ids)
     return result
 
 
 @login_required
 def plan_page(request: HttpRequest) -> HttpResponse:
     w, fields, errors = workload_from_query(request.GET.dict())
-    result = compute(w) if w is not None else None
+    result = compute(w, visibility.visible_machine_ids(request.user)) if w is not None else None
     if request.GET.get("format") == "csv":
         if result is None:
             return HttpResponse("; ".join(errors), status=400, content_type="text/plain")

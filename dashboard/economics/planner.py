@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -647,10 +648,13 @@ def catalogue_candidates(w: Workload, specs: list[Any]) -> list[Candidate]:
     return out
 
 
-def fleet_candidates() -> tuple[list[Candidate], dict[tuple[str, str, str], Efficiency]]:
-    """The fleet's machines as candidates, with their measured rates, and the efficiencies measured
-    across the fleet per (kind, model class, platform)."""
+def fleet_candidates(
+    machine_ids: Collection[int] | None = None,
+) -> tuple[list[Candidate], dict[tuple[str, str, str], Efficiency]]:
+    """The fleet's machines (of ``machine_ids``; None: all) as candidates, with their measured rates,
+    and the efficiencies measured across them per (kind, model class, platform)."""
     from dashboard.fleet.models import Machine
+    from dashboard.fleet.visibility import only
 
     from .capacity import machine_capacity
     from .hardware import all_specs, physical, spec_for
@@ -659,7 +663,7 @@ def fleet_candidates() -> tuple[list[Candidate], dict[tuple[str, str, str], Effi
     specs = all_specs()
     candidates = []
     samples: dict[tuple[str, str, str], list[tuple[float, str]]] = defaultdict(list)
-    for machine in Machine.objects.prefetch_related("accelerators").order_by("name"):
+    for machine in only(Machine.objects.prefetch_related("accelerators"), machine_ids, "pk").order_by("name"):
         accs = physical(list(machine.accelerators.all()))
         if not accs:
             continue
@@ -734,11 +738,12 @@ def _job_efficiency(job: dict[str, Any], tflops: float | None) -> float | None:
     return job["tokens_per_s"] / f.train_bound_tokens_per_s(tflops, job["params_b"], job["method"])
 
 
-def plan_for(w: Workload) -> dict[str, Any]:
-    """The whole page's figures for a workload, from the catalogue and the fleet."""
+def plan_for(w: Workload, machine_ids: Collection[int] | None = None) -> dict[str, Any]:
+    """The whole page's figures for a workload, from the catalogue and the fleet (the machines of
+    ``machine_ids``; None: every machine)."""
     from .hardware import all_specs
 
-    fleet, efficiencies = fleet_candidates()
+    fleet, efficiencies = fleet_candidates(machine_ids)
     specs = all_specs()
     catalogue = catalogue_candidates(w, specs)
     result = plan(w, fleet + catalogue, efficiencies)

@@ -8,11 +8,12 @@ from typing import Any
 from django.contrib.auth.decorators import login_required
 from django.db.models import prefetch_related_objects
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
 
 from dashboard.core.periods import PeriodError, parse_moment
+from dashboard.fleet import visibility
 from dashboard.fleet.models import Machine
 
 from . import assemblies, capacity, roi, share
@@ -57,12 +58,16 @@ def _roi_config(name: str, params: dict[str, Any]) -> dict[str, Any]:
 def overview(request: HttpRequest) -> HttpResponse:
     params = _params(request)
     since: datetime | None = params["since"]
-    machines = list(Machine.objects.prefetch_related("accelerators").order_by("name"))
+    # The user's teams' machines and the shared pool: another team's are neither listed nor compared.
+    visible = visibility.visible_machine_ids(request.user)
+    machines = list(visibility.visible_machines(request.user).prefetch_related("accelerators").order_by("name"))
     rows = [roi.machine_roi(m, since=since, idle_below_percent=params["idle_below_percent"]) for m in machines]
     context = {
         "params": params,
         "rows": rows,
-        "comparison": assemblies.comparison(since=since, idle_below_percent=params["idle_below_percent"]),
+        "comparison": assemblies.comparison(
+            since=since, idle_below_percent=params["idle_below_percent"], machine_ids=visible
+        ),
         "columns": [c for c, _ in assemblies.COLUMNS],
     }
     return render(request, "economics/overview.html", context)
@@ -70,7 +75,7 @@ def overview(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def machine(request: HttpRequest, name: str) -> HttpResponse:
-    m = get_object_or_404(Machine, name=name)
+    m = visibility.machine_or_404(request.user, name)
     params = _params(request)
     context = {"machine": m, "params": params, **_panel(m, params)}
     return render(request, "economics/machine.html", context)

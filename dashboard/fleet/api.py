@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.shortcuts import get_object_or_404
 from ninja import Query, Router
 from ninja.errors import HttpError
 from pydantic import BaseModel
 
 from dashboard.accounts.auth import USER_AUTH
 from dashboard.core.periods import required_range
-from dashboard.teams import access as team_access
 
-from . import queries, throughput
+from . import queries, throughput, visibility
 from .auth import AgentAuth
 from .ingest import SeqExhausted, store_batch
-from .models import Machine
 from .payload import MAX_BIGINT, Batch, PayloadError, parse_batch
 
 router = Router(tags=["fleet"])
@@ -91,7 +88,7 @@ def machines(
     limit: int = Query(200, ge=1, le=1000),  # type: ignore[type-arg]
 ):
     """`limit` is at most 1,000; `count` is the whole fleet the user's teams see, so clients know when to stop."""
-    visible = team_access.scope_machines(Machine.objects.all(), request.user)
+    visible = visibility.visible_machines(request.user)
     return {
         "count": visible.count(),
         "offset": offset,
@@ -102,9 +99,7 @@ def machines(
 
 @router.get("/machines/{name}", auth=USER_AUTH, summary="One machine")
 def machine(request, name: str):
-    return queries.machine_detail(
-        get_object_or_404(team_access.scope_machines(Machine.objects.all(), request.user), name=name)
-    )
+    return queries.machine_detail(visibility.machine_or_404(request.user, name))
 
 
 @router.get(
@@ -113,7 +108,7 @@ def machine(request, name: str):
     summary="Tokens by kind: totals, mean/median/peak tokens/s, tokens per joule",
 )
 def machine_throughput(request, name: str, since: str = "24h", until: str | None = None):
-    m = get_object_or_404(team_access.scope_machines(Machine.objects.all(), request.user), name=name)
+    m = visibility.machine_or_404(request.user, name)
     start, end = required_range(since, until)
     return {
         "machine": m.name,
@@ -125,7 +120,8 @@ def machine_throughput(request, name: str, since: str = "24h", until: str | None
 
 @router.get("/fleet/series", auth=USER_AUTH, summary="The fleet's tokens/s, one stacked series per machine")
 def fleet_series(request, metric: str = "tokens.generated", since: str = "1h", until: str | None = None):
+    """Only the machines the user's teams see (and the shared pool): another team's are left out."""
     if metric not in throughput.METRICS:
         raise HttpError(400, f"metric: expected one of {', '.join(sorted(throughput.METRICS))}")
     start, end = required_range(since, until)
-    return throughput.fleet_series(metric, start, end)
+    return throughput.fleet_series(metric, start, end, visibility.visible_machine_ids(request.user))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +30,7 @@ from dashboard.core.periods import window_filter
 
 from .models import GpuSample, Machine, ThroughputSample
 from .series import step_for
+from .visibility import only
 
 KINDS = {"prompt": "prompt_tokens", "generated": "generated_tokens", "train": "train_tokens"}
 METRICS = {f"tokens.{k}": k for k in KINDS}
@@ -204,14 +205,14 @@ def machine_series(
     return data
 
 
-def fleet_series(metric: str, since: datetime, until: datetime) -> dict[str, Any]:
-    """The whole fleet's tokens/s, one series per machine (stacked, so the top is the total)."""
+def fleet_series(
+    metric: str, since: datetime, until: datetime, machine_ids: Collection[int] | None = None
+) -> dict[str, Any]:
+    """The fleet's tokens/s, one series per machine (stacked, so the top is the total); only the
+    machines of ``machine_ids`` (None: every machine)."""
     column = KINDS[METRICS[metric]]
-    rows = (
-        ThroughputSample.objects.filter(**window_filter(since, until), **{f"{column}__gt": 0})
-        .order_by("ts")
-        .values_list("machine__name", "ts", column)
-    )
+    samples = ThroughputSample.objects.filter(**window_filter(since, until), **{f"{column}__gt": 0})
+    rows = only(samples, machine_ids).order_by("ts").values_list("machine__name", "ts", column)
     data = series_of(list(rows), metric, since, until, lambda m: m)
     for s in data["series"]:
         s["machine"] = s.pop("key")

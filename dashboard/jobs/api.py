@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dashboard.accounts.auth import USER_AUTH
 from dashboard.core.periods import required_range
-from dashboard.fleet import series
+from dashboard.fleet import series, visibility
 from dashboard.fleet import throughput as telemetry_throughput
 from dashboard.fleet.auth import AgentAuth
 from dashboard.fleet.models import Machine
@@ -116,8 +116,9 @@ def submit(request, payload: JobIn):
         if earlier is not None:
             return Status(200, queries.job_dict(earlier, viewer=request.user))
     target = None
+    visible = visibility.visible_machine_ids(request.user)
     if payload.machine:
-        target = team_access.scope_machines(Machine.objects.all(), request.user).filter(name=payload.machine).first()
+        target = visibility.visible_machines(request.user).filter(name=payload.machine).first()
         if target is None:
             raise HttpError(400, f"machine: no machine named {payload.machine!r}")
     fields = payload.model_dump(exclude={"command", "machine", "team"})
@@ -130,7 +131,7 @@ def submit(request, payload: JobIn):
         fields.update(argv=None, shell=payload.command)
     else:
         fields.update(argv=payload.command, shell="")
-    refused = feasibility.refusal(payload.gpus, payload.gpu_memory_gb, payload.machine)
+    refused = feasibility.refusal(payload.gpus, payload.gpu_memory_gb, payload.machine, visible)
     if refused:  # no machine could ever take it: waiting would be forever
         raise HttpError(400, f"{refused[0]}: {refused[1]}")
     if target is not None:
@@ -153,11 +154,13 @@ def submit(request, payload: JobIn):
 
 @router.get("/jobs/placement", auth=USER_AUTH, summary="Whether a job of this size could ever run, and where now")
 def placement_check(request, gpus: int = 1, gpu_memory_gb: float = 0, kind: str = "train", machine: str = ""):
-    """`refusal` is why no machine could ever take it (or null); `ready` the online machines with room now."""
-    refused = feasibility.refusal(gpus, gpu_memory_gb, machine or None)
+    """`refusal` is why no machine could ever take it (or null); `ready` the online machines with room now.
+    Only machines the user's teams see (and the shared pool) are named; another team's is no machine."""
+    visible = visibility.visible_machine_ids(request.user)
+    refused = feasibility.refusal(gpus, gpu_memory_gb, machine or None, visible)
     return {
         "refusal": {"field": refused[0], "error": refused[1]} if refused else None,
-        "ready": [] if refused else feasibility.ready_now(gpus, gpu_memory_gb, kind, machine or None),
+        "ready": [] if refused else feasibility.ready_now(gpus, gpu_memory_gb, kind, machine or None, visible),
     }
 
 

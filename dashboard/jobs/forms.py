@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Collection
 from typing import Any
 
 from django import forms
@@ -12,6 +13,7 @@ from pydantic import ValidationError
 
 from dashboard.fleet.models import Machine
 from dashboard.fleet.queries import accelerator_summary
+from dashboard.fleet.visibility import only
 
 from . import allowlist, feasibility
 from .api import JobIn
@@ -40,10 +42,12 @@ TEMPLATES: dict[str, dict[str, Any]] = {
 }
 
 
-def template_initial(name: str, machine: str | None = None) -> dict[str, Any]:
+def template_initial(
+    name: str, machine: str | None = None, machine_ids: Collection[int] | None = None
+) -> dict[str, Any]:
     """A template's prefill, sized to the fleet: no GPU where no machine (or the chosen one) has one."""
     initial = dict(TEMPLATES.get(name, {}))
-    if initial and feasibility.refusal(initial["gpus"], initial["gpu_memory_gb"], machine):
+    if initial and feasibility.refusal(initial["gpus"], initial["gpu_memory_gb"], machine, machine_ids):
         initial.update(gpus=0, gpu_memory_gb=0)
     if initial and machine:
         initial["machine"] = machine
@@ -193,20 +197,26 @@ class JobForm(forms.Form):
 
     job_fields: dict[str, Any]  # set by clean(): what service.submit takes
 
-    def __init__(self, *args: Any, teams: list[Any] | None = None, **kwargs: Any):
+    def __init__(
+        self, *args: Any, teams: list[Any] | None = None, machine_ids: Collection[int] | None = None, **kwargs: Any
+    ):
         super().__init__(*args, **kwargs)
+        # The machines the user may see (None: all): the only ones the form offers, names or takes.
+        self.machine_ids = machine_ids
         # Only a user who may submit for several teams picks one; otherwise their one team is implied.
         if teams and len(teams) > 1:
             self.fields["team"].choices = [(t.slug, t.name) for t in teams]
         else:
             del self.fields["team"]
         machines = list(Machine.objects.prefetch_related("accelerators").order_by("name"))
+        shown = machines if machine_ids is None else [m for m in machines if m.pk in machine_ids]
         widget = self.fields["machine"].widget
-        widget.choices = [("", "Automatic placement")] + [(m.name, machine_label(m)) for m in machines]
+        widget.choices = [("", "Automatic placement")] + [(m.name, machine_label(m)) for m in shown]
+        # Automatic placement may lend the job another team's idle machine: its templates are every machine's.
         widget.policies = {"": allowlist.automatic_policy(machines)} | {
-            m.name: allowlist.machine_policy(m) for m in machines
+            m.name: allowlist.machine_policy(m) for m in shown
         }
-        counts = feasibility.gpu_counts()
+        counts = feasibility.gpu_counts(machine_ids)
         widget.gpus = {name: n for name, n in counts.items() if n is not None}
         if counts and None not in counts.values():
             widget.gpus[""] = max(counts.values())  # automatic placement: the best the fleet has
@@ -271,7 +281,10 @@ class JobForm(forms.Form):
             # With a size that did not parse, only the machine's existence is checked (0 GPUs fit anywhere).
             sized = not ({"gpus", "gpu_memory_gb"} & unparsed)
             refused = feasibility.refusal(
-                data["gpus"] if sized else 0, data["gpu_memory_gb"] if sized else 0, data["machine"] or None
+                data["gpus"] if sized else 0,
+                data["gpu_memory_gb"] if sized else 0,
+                data["machine"] or None,
+                self.machine_ids,
             )
             if refused:  # no machine could ever take it: say so now rather than let it wait forever
                 self.add_error(refused[0], refused[1])
@@ -281,7 +294,7 @@ class JobForm(forms.Form):
         """The target's worker policy; sets ``job_fields`` when nothing stands against the job."""
         target = None
         if job.machine:
-            target = Machine.objects.filter(name=job.machine).first()
+            target = only(Machine.objects.all(), self.machine_ids, "pk").filter(name=job.machine).first()
             if target is None:
                 return  # feasibility.refusal names the field
         if target is not None:
@@ -315,11 +328,12 @@ class JobForm(forms.Form):
                 return {"refusal": None, "ready": []}
         gpus, memory = int(values["gpus"]), values["gpu_memory_gb"]
         machine = str(self["machine"].value() or "") or None
-        refused = feasibility.refusal(gpus, memory, machine) if gpus >= 0 and memory >= 0 else None
+        visible = self.machine_ids
+        refused = feasibility.refusal(gpus, memory, machine, visible) if gpus >= 0 and memory >= 0 else None
         kind = str(self["kind"].value() or "train")
         return {
             "refusal": refused[1] if refused else None,
-            "ready": [] if refused else feasibility.ready_now(max(gpus, 0), max(memory, 0), kind, machine),
+            "ready": [] if refused else feasibility.ready_now(max(gpus, 0), max(memory, 0), kind, machine, visible),
         }
 
 

@@ -10,6 +10,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from dashboard.fleet import visibility
 from dashboard.fleet.models import Machine
 from dashboard.teams import access as team_access
 
@@ -34,7 +35,7 @@ def job_list(request: HttpRequest) -> HttpResponse:
         "chosen": chosen,
         "statuses": Job.Status.choices,
         "kinds": Job.Kind.choices,
-        "machines": Machine.objects.filter(jobs__isnull=False).distinct().values_list("name", flat=True),
+        "machines": _job_machines(request.user),
         "owners": get_user_model()
         .objects.filter(jobs__isnull=False)
         .distinct()
@@ -43,6 +44,15 @@ def job_list(request: HttpRequest) -> HttpResponse:
         "can_submit": team_access.can_submit(request.user),
     }
     return render(request, "jobs/_jobs.html" if request.GET.get("partial") else "jobs/list.html", context)
+
+
+def _job_machines(user):
+    """Names for the machine filter: machines that ran jobs of the user's teams (staff: any job)."""
+    teams = team_access.visible_team_ids(user)
+    ran = (
+        Machine.objects.filter(jobs__isnull=False) if teams is None else Machine.objects.filter(jobs__team_id__in=teams)
+    )
+    return ran.distinct().values_list("name", flat=True)
 
 
 @login_required
@@ -67,8 +77,9 @@ def job_new(request: HttpRequest) -> HttpResponse:
     if not team_access.can_submit(request.user):
         return render(request, "jobs/forbidden.html", status=403)
     teams = team_access.submit_teams(request.user)
+    visible = visibility.visible_machine_ids(request.user)
     if request.method == "POST":
-        form = JobForm(request.POST, teams=teams)
+        form = JobForm(request.POST, teams=teams, machine_ids=visible)
         if form.is_valid():
             try:
                 # A user who submits for several teams picks one (POST "team", a slug).
@@ -80,8 +91,8 @@ def job_new(request: HttpRequest) -> HttpResponse:
                 messages.success(request, f"Job #{job.pk} submitted.")
                 return redirect("jobs:job", pk=job.pk)
     else:
-        initial = template_initial(request.GET.get("template", ""), request.GET.get("machine") or None)
-        form = JobForm(initial=initial, teams=teams)
+        initial = template_initial(request.GET.get("template", ""), request.GET.get("machine") or None, visible)
+        form = JobForm(initial=initial, teams=teams, machine_ids=visible)
     return render(request, "jobs/new.html", {"form": form, "progress_presets": PROGRESS_PRESETS})
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter, defaultdict
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
@@ -38,6 +39,7 @@ from dashboard.fleet.models import (
     SystemRollup,
     SystemSample,
 )
+from dashboard.fleet.visibility import only
 from dashboard.jobs.models import JobAttempt
 
 UTC = UTC
@@ -402,18 +404,23 @@ def fleet_report(
     end: datetime,
     idle_below_percent: float = roi.DEFAULT_IDLE_BELOW_PERCENT,
     now: datetime | None = None,
+    machine_ids: Collection[int] | None = None,
 ) -> dict[str, Any]:
-    """Every machine's cost, idle cost, value and RoI for [start, end), ranked two ways.
+    """Every machine's (of ``machine_ids``; None: all) cost, idle cost, value and RoI for [start, end),
+    ranked two ways.
 
     Idle cost ranks highest first, RoI highest first; machines without the figure come last.
     Money is never compared across currencies: rankings group machines by currency first.
     """
     now = now or timezone.now()
-    machines = list(Machine.objects.prefetch_related("accelerators").order_by("name"))
+    machines = list(only(Machine.objects.prefetch_related("accelerators"), machine_ids, "pk").order_by("name"))
     util = {
         r["machine_id"]: r
-        for r in GpuRollup.objects.filter(
-            resolution_s=3600, **window_filter(start, end, "bucket"), util_percent_mean__isnull=False
+        for r in only(
+            GpuRollup.objects.filter(
+                resolution_s=3600, **window_filter(start, end, "bucket"), util_percent_mean__isnull=False
+            ),
+            machine_ids,
         )
         .values("machine_id")
         .annotate(s=Sum("count"), u=Sum(_weighted("util_percent_mean")))

@@ -12,12 +12,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import render
 from django.utils import timezone
 
 from dashboard.accounts.auth import token_or_session
 from dashboard.core.periods import Period, PeriodError, resolve_period, shift_period
 from dashboard.economics.roi import DEFAULT_IDLE_BELOW_PERCENT
+from dashboard.fleet import visibility
 from dashboard.fleet.models import Machine
 
 from . import report
@@ -105,7 +106,7 @@ def _machine_figures(m: Machine, params: dict[str, str]):
 
 @token_or_session(login_page=True)
 def machine(request: HttpRequest, name: str) -> HttpResponse:
-    m = get_object_or_404(Machine, name=name)
+    m = visibility.machine_or_404(request.user, name)
     params = request.GET.dict()
     try:
         period, idle_below, figures = _machine_figures(m, params)
@@ -138,7 +139,7 @@ def machine(request: HttpRequest, name: str) -> HttpResponse:
 
 @token_or_session(login_page=True)
 def machine_csv(request: HttpRequest, name: str) -> HttpResponse:
-    m = get_object_or_404(Machine, name=name)
+    m = visibility.machine_or_404(request.user, name)
     try:
         period, _, figures = _machine_figures(m, request.GET.dict())
     except (ReportError, PeriodError) as exc:
@@ -155,7 +156,9 @@ def fleet(request: HttpRequest) -> HttpResponse:
         idle_below = _idle_below(params)
     except (ReportError, PeriodError) as exc:
         return render(request, "reports/fleet.html", {"error": str(exc), "form": _form(params, None, None)}, status=400)
-    figures = report.fleet_report(period.start, period.end, idle_below)
+    figures = report.fleet_report(
+        period.start, period.end, idle_below, machine_ids=visibility.visible_machine_ids(request.user)
+    )
     context = {
         "period": period,
         "title": period.title,
@@ -179,6 +182,8 @@ def fleet_csv(request: HttpRequest) -> HttpResponse:
         idle_below = _idle_below(params)
     except (ReportError, PeriodError) as exc:
         return _bad_request(exc)
-    figures = report.fleet_report(period.start, period.end, idle_below)
+    figures = report.fleet_report(
+        period.start, period.end, idle_below, machine_ids=visibility.visible_machine_ids(request.user)
+    )
     day = period.start.astimezone(period.zone).date().isoformat()
     return _csv_response(report.fleet_report_csv(figures), f"fleet-report-{day}.csv")

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import render
 from ninja import NinjaAPI, Router, Swagger
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
@@ -21,9 +21,8 @@ from dashboard.core import openapi
 from dashboard.core.periods import PeriodError, required_range
 from dashboard.core.validation import StorableTextParser, UnstorableText
 from dashboard.economics.api import router as economics_router
-from dashboard.fleet import series, throughput
+from dashboard.fleet import series, throughput, visibility
 from dashboard.fleet.api import router as fleet_router
-from dashboard.fleet.models import Machine
 from dashboard.jobs import throughput as job_throughput
 from dashboard.jobs.api import agent_router
 from dashboard.jobs.api import router as jobs_router
@@ -60,7 +59,7 @@ composed = Router(tags=["fleet"])
 @composed.get("/machines/{name}/series", auth=USER_AUTH, summary="A downsampled series of one metric")
 def machine_series(request, name: str, metric: str, since: str = "1h", until: str | None = None):
     """`since`/`until` take a duration back from now (`30m`, `1h`, `24h`, `7d`) or an ISO 8601 time."""
-    m = get_object_or_404(Machine, name=name)
+    m = visibility.machine_or_404(request.user, name)
     start, end = required_range(since, until)
     if metric in throughput.METRICS:
         return throughput.machine_series(m, metric, start, end, job_throughput.names_on(m))
@@ -73,9 +72,14 @@ def machine_series(request, name: str, metric: str, since: str = "1h", until: st
 @composed.get("/fleet/history", auth=USER_AUTH, summary="The fleet over time: utilisation, cost, value and RoI")
 def fleet_history_api(request, since: str = "24h", until: str | None = None):
     """Utilisation per step (mean and p95 across GPUs, or CPUs in a fleet without GPUs) over the range;
-    cost, value and RoI per day over the range or the last 7 days, whichever is longer."""
+    cost, value and RoI per day over the range or the last 7 days, whichever is longer. Only the
+    machines the user's teams see (and the shared pool) count."""
     start, end = required_range(since, until)
-    return {"utilisation": fleet_history.utilisation(start, end), "money": fleet_history.money(start, end)}
+    visible = visibility.visible_machine_ids(request.user)
+    return {
+        "utilisation": fleet_history.utilisation(start, end, visible),
+        "money": fleet_history.money(start, end, machine_ids=visible),
+    }
 
 
 api.add_router("", fleet_router)

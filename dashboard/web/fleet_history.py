@@ -9,6 +9,7 @@ money in the fleet's main currency are summed; the others are named, never conve
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,27 +22,29 @@ from dashboard.economics.fleet_days import fleet_days
 from dashboard.economics.roi import machine_roi
 from dashboard.fleet.models import GpuRollup, Machine, SystemRollup
 from dashboard.fleet.series import MINUTE_MAX, step_for
+from dashboard.fleet.visibility import only
 
 MONEY_MIN_SPAN = timedelta(days=7)  # per-day figures: at least a week of days, whatever the range
 
 
-def utilisation(since: datetime, until: datetime) -> dict[str, Any]:
+def utilisation(since: datetime, until: datetime, machine_ids: Collection[int] | None = None) -> dict[str, Any]:
     """Per time step, the mean and the 95th percentile of every GPU's utilisation in the fleet
-    (each device's step mean counts once); CPU utilisation of every machine for a fleet without GPUs."""
+    (each device's step mean counts once); CPU utilisation of every machine for a fleet without GPUs.
+    Only the machines of ``machine_ids`` (None: every machine)."""
     resolution = 60 if until - since <= MINUTE_MAX else 3600
     step = step_for(until - since, resolution)
-    gpu = GpuRollup.objects.filter(resolution_s=resolution, **window_filter(since, until, "bucket"))
+    gpu = only(GpuRollup.objects.filter(resolution_s=resolution, **window_filter(since, until, "bucket")), machine_ids)
     has_gpus = gpu.exists()
     if has_gpus and connection.vendor == "postgresql":
         # In SQL: at 500 machines × 8 GPUs a week of hour rollups is 670,000 rows, 12 s in Python.
-        t, mean, p95 = _gpu_steps_in_sql(resolution, step, since, until)
+        t, mean, p95 = _gpu_steps_in_sql(resolution, step, since, until, machine_ids)
         return _result("gpu", "GPU utilisation", step, since, until, t, mean, p95)
     if has_gpus:
         rows = gpu.values_list("machine_id", "gpu_index", "bucket", "util_percent_mean")
         scope, label = "gpu", "GPU utilisation"
     else:
-        rows = SystemRollup.objects.filter(
-            resolution_s=resolution, **window_filter(since, until, "bucket")
+        rows = only(
+            SystemRollup.objects.filter(resolution_s=resolution, **window_filter(since, until, "bucket")), machine_ids
         ).values_list("machine_id", "bucket", "cpu_percent_mean")
         rows = ((m, 0, b, v) for m, b, v in rows)
         scope, label = "cpu", "CPU utilisation"
@@ -62,7 +65,7 @@ def utilisation(since: datetime, until: datetime) -> dict[str, Any]:
 
 
 def _gpu_steps_in_sql(
-    resolution: int, step: int, since: datetime, until: datetime
+    resolution: int, step: int, since: datetime, until: datetime, machine_ids: Collection[int] | None
 ) -> tuple[list[int], list[float], list[float]]:
     """The same figures as the Python path: each device's mean over the step, then their mean and
     p95 (``percentile_cont`` interpolates linearly between closest ranks, as core/stats does)."""
@@ -72,14 +75,18 @@ def _gpu_steps_in_sql(
                    AVG(util_percent_mean) AS value
             FROM fleet_gpurollup
             WHERE resolution_s = %(resolution)s AND bucket >= %(since)s AND bucket < %(until)s
-              AND util_percent_mean IS NOT NULL
+              AND util_percent_mean IS NOT NULL {machines}
             GROUP BY 1, machine_id, gpu_index
         )
         SELECT start, AVG(value), PERCENTILE_CONT(%(q)s) WITHIN GROUP (ORDER BY value)
         FROM device GROUP BY start ORDER BY start
     """
+    params = {"step": step, "resolution": resolution, "since": since, "until": until, "q": P95}
+    if machine_ids is not None:
+        params["machines"] = list(machine_ids)
+    sql = sql.format(machines="" if machine_ids is None else "AND machine_id = ANY(%(machines)s)")
     with connection.cursor() as cursor:
-        cursor.execute(sql, {"step": step, "resolution": resolution, "since": since, "until": until, "q": P95})
+        cursor.execute(sql, params)
         rows = cursor.fetchall()
     t = [(int(start) + step // 2) * 1000 for start, _, _ in rows]
     return t, [round(float(m), 3) for _, m, _ in rows], [round(float(p), 3) for _, _, p in rows]
@@ -101,10 +108,13 @@ def _result(
     }
 
 
-def money(since: datetime, until: datetime, now: datetime | None = None) -> dict[str, Any]:
-    """Cost, value and RoI per day for the whole fleet: each machine's days (``fleet_days``), summed."""
+def money(
+    since: datetime, until: datetime, now: datetime | None = None, machine_ids: Collection[int] | None = None
+) -> dict[str, Any]:
+    """Cost, value and RoI per day for the fleet (``machine_ids``; None: every machine): each
+    machine's days (``fleet_days``), summed."""
     since = min(since, until - MONEY_MIN_SPAN)
-    machines = list(Machine.objects.order_by("name").prefetch_related("accelerators"))
+    machines = list(only(Machine.objects.order_by("name"), machine_ids, "pk").prefetch_related("accelerators"))
     return _summed(fleet_days(machines, since, until, now), since, until)
 
 

@@ -20,9 +20,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from dashboard.accounts.auth import token_or_session
-from dashboard.alerts.models import Alert, AlertRule
-from dashboard.fleet.models import Machine
+from dashboard.alerts.context import visible_alerts
+from dashboard.alerts.models import AlertRule
+from dashboard.fleet import visibility
 from dashboard.jobs.models import Job
+from dashboard.teams import access as team_access
 
 # (metric name, help, key in latest["system"])
 SYSTEM_GAUGES = (
@@ -46,11 +48,15 @@ GPU_LABELS = ["machine", "gpu", "uuid", "model"]
 
 
 class FleetCollector(Collector):
-    """Yields the metric families from the database each time the registry is rendered."""
+    """Yields the metric families from the database each time the registry is rendered: the
+    machines, jobs and alerts ``user`` may see (their teams' and the shared pool's; staff: all)."""
+
+    def __init__(self, user: Any):
+        self.user = user
 
     def collect(self) -> Iterator[Metric]:
         now = timezone.now()
-        machines = list(Machine.objects.prefetch_related("accelerators").order_by("name"))
+        machines = list(visibility.visible_machines(self.user).prefetch_related("accelerators").order_by("name"))
         online = GaugeMetricFamily(
             "hwdash_machine_online", "1 if the machine reported recently, else 0.", labels=["machine"]
         )
@@ -84,8 +90,8 @@ class FleetCollector(Collector):
         yield dropped
         yield from system.values()
         yield from gpu.values()
-        yield from _jobs()
-        yield from _alerts()
+        yield from _jobs(self.user)
+        yield from _alerts(self.user)
 
 
 def _add_values(families: dict[str, GaugeMetricFamily], spec: tuple, labels: list[str], values: dict[str, Any]) -> None:
@@ -95,17 +101,20 @@ def _add_values(families: dict[str, GaugeMetricFamily], spec: tuple, labels: lis
             families[name].add_metric(labels, float(value))
 
 
-def _jobs() -> Iterator[Metric]:
+def _jobs(user: Any) -> Iterator[Metric]:
     family = GaugeMetricFamily("hwdash_jobs", "Jobs by status.", labels=["status"])
-    counts = dict(Job.objects.values_list("status").annotate(n=Count("pk")).order_by())
+    counts = dict(
+        team_access.scope_jobs(Job.objects.all(), user).values_list("status").annotate(n=Count("pk")).order_by()
+    )
     for status in Job.Status.values:
         family.add_metric([status], float(counts.get(status, 0)))
     yield family
 
 
-def _alerts() -> Iterator[Metric]:
+def _alerts(user: Any) -> Iterator[Metric]:
     family = GaugeMetricFamily("hwdash_alerts_open", "Open alerts by rule kind.", labels=["kind"])
-    counts = dict(Alert.objects.filter(resolved_at=None).values_list("rule__kind").annotate(n=Count("pk")).order_by())
+    open_alerts = visible_alerts(user).filter(resolved_at=None)
+    counts = dict(open_alerts.values_list("rule__kind").annotate(n=Count("pk")).order_by())
     for kind in AlertRule.Kind.values:
         family.add_metric([kind], float(counts.get(kind, 0)))
     yield family
@@ -115,5 +124,5 @@ def _alerts() -> Iterator[Metric]:
 @token_or_session(login_page=False)
 def metrics(request: HttpRequest) -> HttpResponse:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(FleetCollector())
+    registry.register(FleetCollector(request.user))
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

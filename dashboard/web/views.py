@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from dashboard.core.periods import PeriodError, required_range, window_filter
 from dashboard.economics.views import machine_panel
-from dashboard.fleet import queries, throughput
-from dashboard.fleet.models import Machine, ThroughputSample
+from dashboard.fleet import queries, throughput, visibility
+from dashboard.fleet.models import ThroughputSample
 from dashboard.jobs.pages import machine_jobs
-from dashboard.teams import access as team_access
 
 from .overview import SORTS, STATES, Filters, fleet_page
 
@@ -57,24 +57,20 @@ def _present(m: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _fleet_tokens(since: datetime, until: datetime) -> dict[str, bool]:
-    """Whether the fleet counted tokens of each charted kind in the range: which throughput charts
-    have data. An index probe each (fleet migration 0013), where summing them read every row."""
-    rows = ThroughputSample.objects.filter(**window_filter(since, until))
+def _fleet_tokens(since: datetime, until: datetime, machine_ids: Collection[int] | None = None) -> dict[str, bool]:
+    """Whether the fleet (``machine_ids``; None: every machine) counted tokens of each charted kind
+    in the range: which throughput charts have data. An index probe each (fleet migration 0013),
+    where summing them read every row."""
+    rows = visibility.only(ThroughputSample.objects.filter(**window_filter(since, until)), machine_ids)
     return {kind: rows.filter(**{f"{kind}_tokens__gt": 0}).exists() for kind in ("train", "generated")}
-
-
-def _visible_machine_ids(user) -> set[int] | None:
-    if team_access.visible_team_ids(user) is None:
-        return None
-    return set(team_access.scope_machines(Machine.objects.all(), user).values_list("pk", flat=True))
 
 
 @login_required
 def overview(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
+    visible = visibility.visible_machine_ids(request.user)
     context = {
-        **fleet_page(Filters.from_query(request.GET), now, _visible_machine_ids(request.user)),
+        **fleet_page(Filters.from_query(request.GET), now, visible),
         "states": STATES,
         "sorts": SORTS,
         "server_url": request.build_absolute_uri("/").rstrip("/"),
@@ -82,14 +78,9 @@ def overview(request: HttpRequest) -> HttpResponse:
     if context["fleet_size"]:
         shown = page_range(request.GET, now)
         context.update(range=shown, range_presets=RANGE_PRESETS)
-        context["fleet_tokens"] = _fleet_tokens(shown["start"], shown["end"])
+        context["fleet_tokens"] = _fleet_tokens(shown["start"], shown["end"], visible)
     partial = request.GET.get("partial")
     return render(request, "fleet/_machines.html" if partial else "fleet/overview.html", context)
-
-
-def _machine_or_404(request: HttpRequest, name: str) -> Machine:
-    """The machine ``name`` if the user's teams may see it (the page's and its panels' one check)."""
-    return get_object_or_404(team_access.scope_machines(Machine.objects.all(), request.user), name=name)
 
 
 @login_required
@@ -97,7 +88,7 @@ def machine(request: HttpRequest, name: str) -> HttpResponse:
     """The machine page's shell: state, inventory, the charts' containers, cores and processes. Its
     heavy panels (throughput, jobs, RoI and capacity) each load from their own URL once it is shown
     (static/js/panels.js), so the shell runs none of their queries."""
-    machine_obj = _machine_or_404(request, name)
+    machine_obj = visibility.machine_or_404(request.user, name)
     # machine_dict, not machine_detail: the page and its live refresh draw no sparkline (its query
     # was most of the shell's SQL).
     m = _present(queries.machine_dict(machine_obj, timezone.now()))
@@ -124,7 +115,7 @@ def machine(request: HttpRequest, name: str) -> HttpResponse:
 def machine_throughput_panel(request: HttpRequest, name: str) -> HttpResponse:
     """The machine page's throughput card for the page's range (its query string: ``range`` or
     ``from``/``to``); throughput.js draws its charts and keeps it current from the API."""
-    machine_obj = _machine_or_404(request, name)
+    machine_obj = visibility.machine_or_404(request.user, name)
     shown = page_range(request.GET, timezone.now())
     context = {"m": machine_obj, "throughput": throughput.machine_summary(machine_obj, shown["start"], shown["end"])}
     return render(request, "fleet/_throughput.html", context)
@@ -133,12 +124,12 @@ def machine_throughput_panel(request: HttpRequest, name: str) -> HttpResponse:
 @login_required
 def machine_jobs_panel(request: HttpRequest, name: str) -> HttpResponse:
     """The machine page's jobs: those running there now and the last ones it ran."""
-    machine_obj = _machine_or_404(request, name)
+    machine_obj = visibility.machine_or_404(request.user, name)
     return render(request, "jobs/_machine_jobs.html", {"m": machine_obj, "jobs": machine_jobs(machine_obj.name)})
 
 
 @login_required
 def machine_economics_panel(request: HttpRequest, name: str) -> HttpResponse:
     """The machine page's RoI, share-or-split and capacity panel (default parameters)."""
-    machine_obj = _machine_or_404(request, name)
+    machine_obj = visibility.machine_or_404(request.user, name)
     return render(request, "economics/_machine_panel.html", {"m": machine_obj, "economics": machine_panel(machine_obj)})

@@ -1,0 +1,66 @@
+"""``dashboard.fleet.visibility``: a user sees their teams' machines and the shared pool; staff see
+every machine (and no query is spent finding out); a staff token limited to a team sees that team's."""
+
+from __future__ import annotations
+
+import pytest
+from django.http import Http404
+
+from dashboard.accounts.models import ApiToken
+from dashboard.fleet import visibility
+from dashboard.fleet.models import GpuRollup, Machine
+from dashboard.teams import service
+from dashboard.teams.models import TokenScope
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def fleet(db):
+    a, b = service.create_team(None, "team-a", "Team A"), service.create_team(None, "team-b", "Team B")
+    machines = {
+        "a-box": Machine.objects.create(name="a-box", team=a),
+        "b-box": Machine.objects.create(name="b-box", team=b),
+        "pool-box": Machine.objects.create(name="pool-box"),
+    }
+    return {"a": a, "b": b, **machines}
+
+
+@pytest.fixture
+def alice(django_user_model, fleet):
+    user = django_user_model.objects.create_user("alice", password="alice-pass")
+    service.set_role(None, fleet["a"], user, "viewer")
+    return user
+
+
+def test_a_member_sees_their_teams_machines_and_the_shared_pool(alice, fleet):
+    assert sorted(visibility.visible_machines(alice).values_list("name", flat=True)) == ["a-box", "pool-box"]
+    assert visibility.visible_machine_ids(alice) == {fleet["a-box"].pk, fleet["pool-box"].pk}
+    assert visibility.machine_or_404(alice, "pool-box") == fleet["pool-box"]
+    for name in ("b-box", "no-such-box"):  # another team's machine reads as one that does not exist
+        with pytest.raises(Http404):
+            visibility.machine_or_404(alice, name)
+
+
+def test_staff_see_every_machine_and_their_ids_are_none(admin_user, fleet, django_assert_num_queries):
+    assert visibility.visible_machines(admin_user).count() == 3
+    with django_assert_num_queries(0):
+        assert visibility.visible_machine_ids(admin_user) is None
+
+
+def test_a_staff_token_limited_to_a_team_sees_that_teams_machines_and_the_pool(admin_user, fleet):
+    token = ApiToken.issue(admin_user, "ci")
+    user = ApiToken.authenticate(token)
+    TokenScope.objects.create(token=user.api_token, team=fleet["b"])
+    assert sorted(visibility.visible_machines(user).values_list("name", flat=True)) == ["b-box", "pool-box"]
+
+
+def test_only_narrows_rows_to_the_machine_ids_and_none_keeps_them_all(fleet):
+    for name in ("a-box", "b-box"):
+        GpuRollup.objects.create(
+            machine=fleet[name], gpu_index=0, resolution_s=60, bucket="2026-01-01T00:00Z", count=6, util_percent_mean=1
+        )
+    rows = GpuRollup.objects.all()
+    assert visibility.only(rows, None).count() == 2
+    assert list(visibility.only(rows, {fleet["a-box"].pk}).values_list("machine__name", flat=True)) == ["a-box"]
+    assert list(visibility.only(Machine.objects.all(), set(), "pk")) == []
