@@ -20,11 +20,11 @@ def test_every_kind_of_virtual_machine_sends_windows_the_server_accepts():
         batch = parse_batch(json.dumps({"inventory": m.inventory(), "samples": [{"seq": 1, **window}]}).encode())
         for gpu in batch.samples[0].gpus:
             # Correlated: an idle board sits at its idle power and clock, a busy one draws more.
-            if gpu.util_percent.mean == 0:
-                assert gpu.power_watts.mean == m.gpu.idle_watts and gpu.throttle_reasons == simulate.THROTTLE_IDLE
+            if gpu.util_percent["mean"] == 0:
+                assert gpu.power_watts["mean"] == m.gpu.idle_watts and gpu.throttle_reasons == simulate.THROTTLE_IDLE
             else:
-                assert gpu.power_watts.mean > m.gpu.idle_watts
-            assert gpu.power_watts.mean <= m.gpu.power_limit_watts
+                assert gpu.power_watts["mean"] > m.gpu.idle_watts
+            assert gpu.power_watts["mean"] <= m.gpu.power_limit_watts
 
 
 def _seqs(name: str) -> list[int]:
