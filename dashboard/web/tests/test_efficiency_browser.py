@@ -104,7 +104,9 @@ def fleet(transactional_db, django_user_model):
     for row in shipped_rows():
         HardwareSpec.objects.update_or_create(name=row["name"], shipped=True, defaults=row)
     victor = django_user_model.objects.create_user("victor", password="victor-pass")
-    now = timezone.now().replace(microsecond=0)
+    # On a whole minute: a chart's point stands at the middle of its step (10 s to 60 s), so with the
+    # run's ends on a step boundary its points fall inside the run whatever second the test starts.
+    now = timezone.now().replace(second=0, microsecond=0)
     end = now - timedelta(minutes=1)
     started, finished = now - timedelta(minutes=15), now - timedelta(minutes=5)
     matmul, l40s = Machine.objects.create(name="h200-matmul"), Machine.objects.create(name="l40s-01")
