@@ -179,12 +179,21 @@ def _read(span: Span, machines: list[_Machine]) -> dict[int, tuple[list[tuple], 
     return out
 
 
-def _derive(value: tuple[list[tuple], list[tuple]], a: datetime, sliver: list[throughput.WindowTokens]) -> tuple:
-    """The hours and tokens of the stretch of a read or cached span from ``a`` on: its hours stamped
-    from ``a``, its tokens per hour from the hour after ``a``, and ``sliver``, the windows stamped
-    in ``[a, that hour)``."""
+def _sliver_end(span: Span) -> datetime:
+    """Where the windows read for a derived first day end: the first UTC hour after its start, or
+    the day's own end if that comes first (a range starting in the last half hour before midnight
+    in a zone half an hour off UTC, such as Adelaide, would otherwise count the next day's first
+    half hour in it)."""
+    return min(_ceil_hour(span[0]), span[1])
+
+
+def _derive(value: tuple[list[tuple], list[tuple]], span: Span, sliver: list[throughput.WindowTokens]) -> tuple:
+    """The hours and tokens of ``span``, a read or cached span's stretch from ``span``'s start on:
+    its hours stamped from that start, its tokens per hour from the hour after it, and ``sliver``,
+    the windows stamped in ``[start, _sliver_end(span))``."""
+    a = span[0]
     hours, per_hour = value
-    cut = _ceil_hour(a) if per_hour and a > per_hour[0][0] else a
+    cut = _sliver_end(span) if per_hour and a > per_hour[0][0] else a
     tokens = roi.tokens_by_period(sliver, [a, cut])[0] if cut > a else {"generated": 0, "train": 0, "prompt": 0}
     for edge, generated, train, prompt in per_hour:
         if edge >= cut:
@@ -279,11 +288,11 @@ def _inputs(plans: list[_Machine], now: datetime, zone: tzinfo) -> dict[tuple[Sp
     # The range's first day from its whole day's inputs: only the windows before its first hour are read.
     slivers: dict[Span, list[int]] = defaultdict(list)
     for (span, machine_id), src in sources.items():
-        if src is not None and src != span and _ceil_hour(span[0]) > span[0]:
-            slivers[span[0], _ceil_hour(span[0])].append(machine_id)
+        if src is not None and src != span and _sliver_end(span) > span[0]:
+            slivers[span[0], _sliver_end(span)].append(machine_id)
     sliver_windows = {s: _windows(s, ids) for s, ids in slivers.items()}
     inputs: dict[tuple[Span, int], tuple] = {}
     for (span, machine_id), src in sources.items():
-        sliver = sliver_windows.get((span[0], _ceil_hour(span[0])), {}).get(machine_id, [])
-        inputs[span, machine_id] = _derive(values[src or span, machine_id], span[0], sliver)
+        sliver = sliver_windows.get((span[0], _sliver_end(span)), {}).get(machine_id, [])
+        inputs[span, machine_id] = _derive(values[src or span, machine_id], span, sliver)
     return inputs

@@ -3,7 +3,7 @@ to the cent, whether past days come from the cache or not, and whatever changed 
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, time, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -147,6 +147,22 @@ def test_days_in_a_zone_half_an_hour_off_utc_equal_every_machines_roi(fleet, now
         want = fleet_history.money_uncached(since, now, now)
         assert_equal_to_the_cent(fleet_history.money(since, now, now), want)
         assert_equal_to_the_cent(fleet_history.money(since, now, now), want)
+
+
+def test_a_first_day_shorter_than_the_hour_to_the_next_utc_hour_keeps_the_next_days_tokens_out(fleet, now):
+    """A range that starts 9 minutes before an Adelaide midnight: its first day ends at half past a
+    UTC hour, before the next whole UTC hour, so the windows read for that day stop at its end
+    (the test above met this only when CI ran in the 11 minutes after Adelaide's midnight)."""
+    zone = ZoneInfo("Australia/Adelaide")
+    midnight = datetime.combine(now.astimezone(zone).date(), time.min, tzinfo=zone)
+    if midnight + timedelta(minutes=2) > now:
+        midnight -= timedelta(days=1)
+    until = midnight + timedelta(minutes=1, seconds=55)
+    since = until - timedelta(days=7, minutes=11)
+    with timezone.override(zone):
+        want = fleet_history.money_uncached(since, until, until)
+        assert_equal_to_the_cent(fleet_history.money(since, until, until), want)
+        assert_equal_to_the_cent(fleet_history.money(since, until, until), want)  # from the cache
 
 
 def test_the_machine_panel_roi_from_cached_days_is_the_roi_read_from_rows(fleet, now):
