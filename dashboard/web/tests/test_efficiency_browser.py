@@ -164,6 +164,13 @@ def test_a_tensor_load_draws_sm_tensor_and_dram_beside_nvml_utilisation(fleet, l
     page.wait_for_function(
         "JSON.parse(document.getElementById('gpm-chart-0').layout.uirevision).since === '24h'", timeout=3000
     )
+    # The panels load on their own (static/js/base.js) and under load can arrive after the click,
+    # drawing the throughput card then: wait until they are in and it shows the new range, so that
+    # what is counted below can only be a refresh.
+    page.wait_for_function(
+        "document.querySelectorAll('[data-panel-url]').length === 0 && "
+        "(document.getElementById('chart-tokens-train') || {}).layout?.uirevision === '24h'"
+    )
     # Auto-refresh off: it stays as drawn past its 10 s refresh, as the page's other charts do.
     page.uncheck("#auto-refresh")
     page.evaluate(COUNT_DRAWS)
