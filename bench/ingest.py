@@ -73,20 +73,10 @@ def enroll(n: int) -> list[tuple[int, str]]:
 # --- 1. COPY baseline -------------------------------------------------------------------------
 
 
-def _flatten(d: dict, metrics) -> list:
-    values: list = []
-    for metric in metrics:
-        v = d.get(metric.name)
-        if metric.kind == "gauge":
-            values.extend((None, None, None) if v is None else (v["min"], v["mean"], v["max"]))
-        else:
-            values.append(v)
-    return values
-
-
 def copy_rows(machine_ids: list[int], windows: int):
-    """The rows store_batch would write for ``windows`` samples per machine (seqs 1..windows)."""
-    from hwprobe.schema import GPU_METRICS, SYSTEM_METRICS
+    """The rows store_batch would write for ``windows`` samples per machine (seqs 1..windows): each
+    batch validated and laid out by the same code ingest uses (``payload.Batch.laid_out``)."""
+    from dashboard.fleet.payload import Batch
 
     now = time.time()
     received = datetime.now(UTC)
@@ -94,24 +84,12 @@ def copy_rows(machine_ids: list[int], windows: int):
     for mid in machine_ids:
         for start in range(1, windows + 1, 100):
             seqs = range(start, min(windows, start + 99) + 1)
-            for s in make_batch(seqs, now - 10 * (windows - start), gpus=GPUS)["samples"]:
-                ts = datetime.fromtimestamp(s["ts"], tz=UTC)
-                system_rows.append(
-                    [mid, s["seq"], ts, s["interval_s"], s["count"], received, *_flatten(s["system"], SYSTEM_METRICS)]
-                )
-                for g in s["gpus"]:
-                    gpu_rows.append(
-                        [
-                            mid,
-                            s["seq"],
-                            g["index"],
-                            ts,
-                            s["interval_s"],
-                            s["count"],
-                            received,
-                            *_flatten(g, GPU_METRICS),
-                        ]
-                    )
+            batch = Batch.model_validate(make_batch(seqs, now - 10 * (windows - start), gpus=GPUS))
+            for s, (system, gpus) in zip(batch.samples, batch.laid_out(), strict=True):
+                ts = datetime.fromtimestamp(s.ts, tz=UTC)
+                system_rows.append([mid, s.seq, ts, s.interval_s, s.count, received, *system])
+                for g, values in zip(s.gpus, gpus, strict=True):
+                    gpu_rows.append([mid, s.seq, g.index, ts, s.interval_s, s.count, received, *values])
     return system_rows, gpu_rows
 
 

@@ -60,7 +60,7 @@ def overview(request: HttpRequest) -> HttpResponse:
     since: datetime | None = params["since"]
     # The user's teams' machines and the shared pool: another team's are neither listed nor compared.
     visible = visibility.visible_machine_ids(request.user)
-    machines = list(visibility.visible_machines(request.user).prefetch_related("accelerators").order_by("name"))
+    machines = list(visibility.only(Machine.objects.prefetch_related("accelerators"), visible, "pk").order_by("name"))
     rows = [roi.machine_roi(m, since=since, idle_below_percent=params["idle_below_percent"]) for m in machines]
     context = {
         "params": params,
