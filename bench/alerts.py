@@ -9,8 +9,8 @@
    document with a process per GPU that belongs to no job, so the ghost rule tracks 8 processes
    per machine; 2 % offline, 1 % never reported).
 2. Times ``evaluate()`` (dashboard/alerts/evaluate.py): the first run (it creates each GPU's
-   watches and the tracked processes) and the median of --runs more, and each rule's check alone
-   in a last run.
+   watches and the tracked processes) and the median of --runs more; then the fleet read the
+   rules share (``findings.Fleet``) alone, and each rule's check alone with that read done.
 
 Before/after: run it on two checkouts in turn with BENCH_ROOT (bench/README.md). Prints figures,
 asserts nothing; the database is dropped at the end, Ctrl-C included.
@@ -47,6 +47,7 @@ def main() -> int:
         from django.utils import timezone
 
         from dashboard.alerts.evaluate import CHECKS, evaluate
+        from dashboard.alerts.findings import Fleet
         from dashboard.alerts.models import AlertRule
         from dashboard.fleet.models import MachineState
 
@@ -77,11 +78,19 @@ def main() -> int:
             ["evaluate(), first run", f"{first * 1000:,.0f}", ""],
             ["evaluate(), later runs (median)", f"{median(steady) * 1000:,.0f}", ""],
         ]
+        # The read the rules share (findings.Fleet), timed alone; each rule is then timed with it read.
+        fresh()
+        fleet = Fleet()
+        t = time.perf_counter()
+        for m in fleet.machines(AlertRule(), reported=True):
+            fleet.gpu_rows(m)
+            fleet.gpu_rows(m, physical_only=False)
+        rows.append(["  the fleet read every rule shares", f"{(time.perf_counter() - t) * 1000:,.0f}", "2"])
         for rule in AlertRule.objects.filter(enabled=True).order_by("kind"):
             fresh()
             with transaction.atomic(), CaptureQueriesContext(connection) as queries:
                 t = time.perf_counter()
-                CHECKS[rule.kind](rule, timezone.now())
+                CHECKS[rule.kind](rule, timezone.now(), fleet)
                 took = time.perf_counter() - t
             rows.append([f"  {rule.kind}", f"{took * 1000:,.0f}", f"{len(queries)}"])
         print()

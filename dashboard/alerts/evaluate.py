@@ -24,7 +24,7 @@ from django.utils import timezone
 from dashboard.jobs.models import Job
 
 from . import ghosts, health, idle, webhooks
-from .findings import Finding, Verdict, span
+from .findings import Finding, Fleet, Verdict, span
 from .findings import machines as _machines
 from .models import Alert, AlertRule, SpoolWatch, WebhookDelivery
 
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 IDLE_UTIL_PERCENT = 5.0  # a GPU whose window means all stay under this is idle
 
 
-def machine_offline(rule: AlertRule, now: datetime) -> Verdict:
+def machine_offline(rule: AlertRule, now: datetime, fleet: Fleet) -> Verdict:
     """Machines silent for at least ``threshold`` minutes (a machine that never reported is not offline)."""
     verdict = Verdict()
     limit = now - timedelta(minutes=rule.threshold)
@@ -49,10 +49,10 @@ def machine_offline(rule: AlertRule, now: datetime) -> Verdict:
     return verdict
 
 
-def gpu_temperature(rule: AlertRule, now: datetime) -> Verdict:
+def gpu_temperature(rule: AlertRule, now: datetime, fleet: Fleet) -> Verdict:
     """GPUs whose latest window's mean temperature is above ``threshold`` °C, on online machines."""
     verdict = Verdict()
-    for m in _machines(rule).exclude(state__latest=None):
+    for m in fleet.machines(rule, reported=True):
         online = m.is_online(now)
         for gpu in (m.latest or {}).get("gpus") or []:
             key = f"machine:{m.pk}:gpu:{gpu['index']}"
@@ -71,7 +71,7 @@ def gpu_temperature(rule: AlertRule, now: datetime) -> Verdict:
     return verdict
 
 
-def gpu_idle_with_job(rule: AlertRule, now: datetime) -> Verdict:
+def gpu_idle_with_job(rule: AlertRule, now: datetime, fleet: Fleet) -> Verdict:
     """GPUs a running job holds whose utilisation stayed under 5 % for the last ``threshold`` minutes.
 
     Read from the raw windows: every window mean in the span under ``IDLE_UTIL_PERCENT``, the windows
@@ -108,7 +108,7 @@ def gpu_idle_with_job(rule: AlertRule, now: datetime) -> Verdict:
     return verdict
 
 
-def job_failed(rule: AlertRule, now: datetime) -> Verdict:
+def job_failed(rule: AlertRule, now: datetime, fleet: Fleet) -> Verdict:
     """Jobs that ended failed or lost since the rule was created and have no alert of this rule yet."""
     verdict = Verdict()
     jobs = (
@@ -135,7 +135,7 @@ def job_failed(rule: AlertRule, now: datetime) -> Verdict:
     return verdict
 
 
-def spool_dropping(rule: AlertRule, now: datetime) -> Verdict:
+def spool_dropping(rule: AlertRule, now: datetime, fleet: Fleet) -> Verdict:
     """Machines whose agent's drop count grew since the last evaluation, until ``threshold`` quiet minutes."""
     verdict = Verdict()
     quiet = timedelta(minutes=rule.threshold)
@@ -159,7 +159,9 @@ def spool_dropping(rule: AlertRule, now: datetime) -> Verdict:
     return verdict
 
 
-CHECKS: dict[str, Callable[[AlertRule, datetime], Verdict]] = {
+# Every check takes the rule, the evaluation's time and the fleet read it shares with the other rules
+# (the checks of jobs and of the offline and spool rules read narrower queries of their own).
+CHECKS: dict[str, Callable[[AlertRule, datetime, Fleet], Verdict]] = {
     AlertRule.Kind.MACHINE_OFFLINE: machine_offline,
     AlertRule.Kind.GPU_TEMPERATURE: gpu_temperature,
     AlertRule.Kind.GPU_IDLE_WITH_JOB: gpu_idle_with_job,
@@ -254,6 +256,7 @@ def apply(rule: AlertRule, verdict: Verdict, now: datetime) -> tuple[int, int]:
 def evaluate(now: datetime | None = None) -> dict[str, int]:
     """Evaluate every enabled rule and close what disabled rules left open; counts of alerts fired and resolved."""
     now = now or timezone.now()
+    fleet = Fleet()  # read by the first rule that needs it, then shared
     fired = resolved = 0
     for rule_id in AlertRule.objects.filter(enabled=True).values_list("pk", flat=True):
         try:
@@ -262,7 +265,7 @@ def evaluate(now: datetime | None = None) -> dict[str, int]:
                 rule = AlertRule.objects.select_for_update().filter(pk=rule_id, enabled=True).first()
                 if rule is None:
                     continue
-                f, r = apply(rule, CHECKS[rule.kind](rule, now), now)
+                f, r = apply(rule, CHECKS[rule.kind](rule, now, fleet), now)
         except Exception:  # one broken rule must not silence the others
             log.exception("alert rule %s could not be evaluated", rule_id)
             continue

@@ -38,10 +38,39 @@ def machines(rule: AlertRule) -> QuerySet[Machine]:
     return found.filter(pk=rule.machine_id) if rule.machine_id else found
 
 
-def gpu_rows(machine: Machine, physical_only: bool = True) -> list[dict[str, Any]]:
-    """The machine's devices joined with its newest window; whole GPUs only unless told otherwise."""
-    rows = devices(list(machine.accelerators.all()), machine.latest)
-    return [r for r in rows if not (physical_only and r.get("parent_uuid"))]
+class Fleet:
+    """The machines with their state, devices and newest window, read once per evaluation.
+
+    Most rules judge every machine's newest window. Each used to read the fleet on its own. At 750
+    machines that was 0.4-0.9 s per rule, mostly decoding the same 750 ``latest`` documents
+    (~10 KB each) and building the same device rows (bench/README.md, "bench/alerts.py"). One
+    ``evaluate()`` run reads them on first use and every rule shares them. A rule only reads
+    them; what it writes goes to its own tables (watches, tracked processes)."""
+
+    def __init__(self) -> None:
+        self._all: list[Machine] | None = None
+        self._rows: dict[tuple[int, bool], list[dict[str, Any]]] = {}
+
+    def machines(self, rule: AlertRule, *, reported: bool = False, seen: bool = False) -> list[Machine]:
+        """The rule's machines by name (the fleet, or its one machine). ``reported``: only those
+        with a newest window; ``seen``: only those that ever sent a batch."""
+        if self._all is None:
+            self._all = list(Machine.objects.order_by("name").prefetch_related("accelerators"))
+        return [
+            m
+            for m in self._all
+            if (not rule.machine_id or m.pk == rule.machine_id)
+            and (not reported or m.latest is not None)
+            and (not seen or m.last_seen_at is not None)
+        ]
+
+    def gpu_rows(self, machine: Machine, physical_only: bool = True) -> list[dict[str, Any]]:
+        """The machine's devices joined with its newest window; whole GPUs only unless told otherwise."""
+        key = (machine.pk, physical_only)
+        if key not in self._rows:
+            rows = devices(list(machine.accelerators.all()), machine.latest)
+            self._rows[key] = [r for r in rows if not (physical_only and r.get("parent_uuid"))]
+        return self._rows[key]
 
 
 @dataclass(frozen=True)

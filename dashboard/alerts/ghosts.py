@@ -27,7 +27,7 @@ from dashboard.fleet.models import Machine
 from dashboard.jobs.models import Job, JobAttempt
 from dashboard.jobs.service import audit, can_cancel
 
-from .findings import Finding, Verdict, machines
+from .findings import Finding, Fleet, Verdict
 from .models import AlertRule, CleanupRequest, GhostProcess
 
 GIB = 2**30
@@ -89,15 +89,19 @@ class _Writes:
         self.now = now
         self.create: list[GhostProcess] = []
         self.update: list[GhostProcess] = []  # changed beyond being seen again
-        self.seen: list[int] = []  # unchanged: only last_seen_at moves, in one statement
+        self.machines: list[int] = []  # tracked now: every row of theirs that is kept was seen now
         self.delete: list[int] = []
 
     def flush(self) -> None:
         # Forgotten first: a reused pid's old row and its new one share (machine, pid).
         for start in range(0, len(self.delete), 5000):
             GhostProcess.objects.filter(pk__in=self.delete[start : start + 5000]).delete()
-        for start in range(0, len(self.seen), 5000):
-            GhostProcess.objects.filter(pk__in=self.seen[start : start + 5000]).update(last_seen_at=self.now)
+        # What is left of the tracked machines' rows was seen now: one statement by machine, not a
+        # list of ~6,000 row ids at 750 machines (converting those parameters took 0.2 s a run).
+        for start in range(0, len(self.machines), 5000):
+            GhostProcess.objects.filter(machine_id__in=self.machines[start : start + 5000]).update(
+                last_seen_at=self.now
+            )
         GhostProcess.objects.bulk_update(self.update, self.FIELDS, batch_size=500)
         GhostProcess.objects.bulk_create(self.create, batch_size=500)
 
@@ -125,15 +129,14 @@ def _track(
             ghost["reason"],
             job.pk if job else None,
         )
-        if same and (row.user, row.gpus, row.mem_used_bytes, row.reason, row.job_id) == values:
-            writes.seen.append(row.pk)
-        elif same:
-            writes.update.append(row)
+        if same and (row.user, row.gpus, row.mem_used_bytes, row.reason, row.job_id) != values:
+            writes.update.append(row)  # an unchanged row's last_seen_at moves with its machine's
         row.pgid, row.name, row.user = ghost.get("pgid"), ghost.get("name") or "", ghost.get("user") or ""
         row.gpus, row.mem_used_bytes, row.reason = ghost["gpus"], ghost.get("mem_used_bytes"), ghost["reason"]
         row.job, row.last_seen_at = job, now
         kept.append(row)
     writes.delete.extend(r.pk for r in known.values())
+    writes.machines.append(machine.pk)
     return kept
 
 
@@ -156,12 +159,12 @@ def _summary(machine: Machine, old: list[GhostProcess], minutes: float) -> str:
     )
 
 
-def ghost_memory(rule: AlertRule, now: datetime) -> Verdict:
+def ghost_memory(rule: AlertRule, now: datetime, fleet: Fleet) -> Verdict:
     """Machines where a ghost has held GPU memory for ``threshold`` minutes or more."""
     verdict = Verdict()
     wait = timedelta(minutes=rule.threshold)
-    fleet = list(machines(rule).exclude(state__latest=None))
-    online = [m for m in fleet if m.is_online(now)]
+    reported = fleet.machines(rule, reported=True)
+    online = [m for m in reported if m.is_online(now)]
     # Read for the whole fleet at once and written in bulk: per machine this was five queries and a
     # save per ghost every 30 s (the evaluation took 45 s of every 30 s run at 750 machines).
     ids = [m.pk for m in online]
@@ -174,12 +177,12 @@ def ghost_memory(rule: AlertRule, now: datetime) -> Verdict:
     writes = _Writes(now)
     tracked: dict[int, list[GhostProcess]] = {}
     online_ids = set(ids)
-    for m in fleet:
+    for m in reported:
         if m.pk in online_ids:
             ghosts = classify(m, rule.allowed_names, jobs.get(m.pk, []))
             tracked[m.pk] = _track(m, ghosts, now, known.get(m.pk, {}), writes)
     writes.flush()
-    for m in fleet:
+    for m in reported:
         key = f"machine:{m.pk}:ghosts"
         if m.pk not in tracked:
             verdict.unknown.add(key)

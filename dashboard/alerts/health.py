@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from .findings import Finding, Span, Verdict, gpu_rows, machines, spans
+from .findings import Finding, Fleet, Span, Verdict, spans
 from .models import AlertRule, GpuWatch, KnownGpu
 
 # NVIDIA's XID catalogue (docs.nvidia.com/deploy/xid-errors): what it means, what to do.
@@ -71,6 +71,7 @@ def nvml_error_name(code: int | None) -> str:
 def _counter(
     rule: AlertRule,
     now: datetime,
+    fleet: Fleet,
     field: str,
     detail_field: str,
     physical_only: bool,
@@ -83,9 +84,9 @@ def _counter(
     verdict = Verdict()
     quiet = timedelta(minutes=rule.threshold)
     watches = {(w.machine_id, w.gpu_index): w for w in GpuWatch.objects.filter(rule=rule)}
-    for m in machines(rule).exclude(state__latest=None).prefetch_related("accelerators"):
+    for m in fleet.machines(rule, reported=True):
         online = m.is_online(now)
-        for gpu in gpu_rows(m, physical_only):
+        for gpu in fleet.gpu_rows(m, physical_only):
             index, value = gpu["index"], gpu.get(field)
             key = f"machine:{m.pk}:gpu:{index}"
             watch = watches.get((m.pk, index))
@@ -108,16 +109,16 @@ def _counter(
     return verdict
 
 
-def gpu_xid(rule: AlertRule, now: datetime) -> Verdict:
+def gpu_xid(rule: AlertRule, now: datetime, fleet: Fleet) -> Verdict:
     """A new XID on a GPU; open until ``threshold`` minutes pass without another."""
 
     def describe(name: str, index: int, watch: GpuWatch) -> str:
         return f"{name} GPU {index}: {xid_meaning(watch.detail)} ({watch.value} XID event(s) since the agent started)"
 
-    return _counter(rule, now, "xid_errors", "xid_last", True, describe)
+    return _counter(rule, now, fleet, "xid_errors", "xid_last", True, describe)
 
 
-def gpu_nvml_errors(rule: AlertRule, now: datetime) -> Verdict:
+def gpu_nvml_errors(rule: AlertRule, now: datetime, fleet: Fleet) -> Verdict:
     """NVML calls failing on a device; open until ``threshold`` minutes pass without another."""
 
     def describe(name: str, index: int, watch: GpuWatch) -> str:
@@ -126,17 +127,17 @@ def gpu_nvml_errors(rule: AlertRule, now: datetime) -> Verdict:
             f"{watch.value} failed call(s) since the agent started)"
         )
 
-    return _counter(rule, now, "nvml_errors", "nvml_last_error", False, describe)
+    return _counter(rule, now, fleet, "nvml_errors", "nvml_last_error", False, describe)
 
 
 def _latest_condition(
-    rule: AlertRule, now: datetime, fields: tuple[str, ...], judge: Callable[[dict[str, Any]], str | None]
+    rule: AlertRule, now: datetime, fleet: Fleet, fields: tuple[str, ...], judge: Callable[[dict[str, Any]], str | None]
 ) -> Verdict:
     """Physical GPUs whose newest window ``judge`` finds wrong (it returns what is wrong, or None)."""
     verdict = Verdict()
-    for m in machines(rule).exclude(state__latest=None).prefetch_related("accelerators"):
+    for m in fleet.machines(rule, reported=True):
         online = m.is_online(now)
-        for gpu in gpu_rows(m):
+        for gpu in fleet.gpu_rows(m):
             key = f"machine:{m.pk}:gpu:{gpu['index']}"
             if not online or all(gpu.get(f) is None for f in fields):
                 verdict.unknown.add(key)
@@ -147,7 +148,7 @@ def _latest_condition(
     return verdict
 
 
-def gpu_ecc_uncorrectable(rule: AlertRule, now: datetime) -> Verdict:
+def gpu_ecc_uncorrectable(rule: AlertRule, now: datetime, fleet: Fleet) -> Verdict:
     """More volatile uncorrectable ECC errors than ``threshold`` since the driver loaded."""
 
     def judge(gpu: dict[str, Any]) -> str | None:
@@ -156,10 +157,10 @@ def gpu_ecc_uncorrectable(rule: AlertRule, now: datetime) -> Verdict:
             return f"{count} uncorrectable ECC error(s) since the driver loaded"
         return None
 
-    return _latest_condition(rule, now, ("ecc_uncorrected_errors",), judge)
+    return _latest_condition(rule, now, fleet, ("ecc_uncorrected_errors",), judge)
 
 
-def gpu_memory_remap(rule: AlertRule, now: datetime) -> Verdict:
+def gpu_memory_remap(rule: AlertRule, now: datetime, fleet: Fleet) -> Verdict:
     """A row remap or page retirement pending or failed, or at least ``threshold`` retired pages."""
 
     def judge(gpu: dict[str, Any]) -> str | None:
@@ -179,21 +180,21 @@ def gpu_memory_remap(rule: AlertRule, now: datetime) -> Verdict:
         return "; ".join(wrong) or None
 
     fields = ("row_remap_failed", "row_remap_pending", "retired_pages_pending", "retired_pages")
-    return _latest_condition(rule, now, fields, judge)
+    return _latest_condition(rule, now, fleet, fields, judge)
 
 
-def gpu_throttle(rule: AlertRule, now: datetime) -> Verdict:
+def gpu_throttle(rule: AlertRule, now: datetime, fleet: Fleet) -> Verdict:
     """Clocks held down by heat or the power brake at least half of the last ``threshold`` minutes."""
     verdict = Verdict()
     length = timedelta(minutes=rule.threshold)
     since = now - length
     causes_of = (("thermal_slowdown_percent", "heat"), ("power_brake_percent", "the power brake"))
-    fleet = list(machines(rule).exclude(state__latest=None).prefetch_related("accelerators"))
-    seen_by_gpu = spans([m.pk for m in fleet if m.is_online(now)], since, now, tuple(c for c, _ in causes_of))
+    reported = fleet.machines(rule, reported=True)
+    seen_by_gpu = spans([m.pk for m in reported if m.is_online(now)], since, now, tuple(c for c, _ in causes_of))
     nothing = Span(0, None, None, None)
-    for m in fleet:
+    for m in reported:
         online = m.is_online(now)
-        for gpu in gpu_rows(m):
+        for gpu in fleet.gpu_rows(m):
             key = f"machine:{m.pk}:gpu:{gpu['index']}"
             if not online:
                 verdict.unknown.add(key)
@@ -216,25 +217,26 @@ def gpu_throttle(rule: AlertRule, now: datetime) -> Verdict:
     return verdict
 
 
-def gpu_missing(rule: AlertRule, now: datetime) -> Verdict:
+def gpu_missing(rule: AlertRule, now: datetime, fleet: Fleet) -> Verdict:
     """A GPU the machine listed before that NVML no longer lists, or reports lost, for ``threshold`` minutes.
 
     Every physical GPU a machine reports is remembered (``KnownGpu``); one removed on purpose is
     forgotten by deleting it in the admin."""
     verdict = Verdict()
     wait = timedelta(minutes=rule.threshold)
-    fleet = list(machines(rule).exclude(state__last_seen_at=None).prefetch_related("accelerators"))
+    seen = fleet.machines(rule, seen=True)
     # Read and written in bulk: per machine and GPU this was a query and an UPDATE every 30 s.
     known_by_machine: dict[int, dict[str, KnownGpu]] = {}
-    for k in KnownGpu.objects.filter(machine_id__in=[m.pk for m in fleet]):
+    for k in KnownGpu.objects.filter(machine_id__in=[m.pk for m in seen]):
         known_by_machine.setdefault(k.machine_id, {})[k.uuid] = k
-    seen_now: list[int] = []  # listed and online: last_listed_at = now, missing_since cleared
+    online_ids: list[int] = []  # their GPUs not in `gone` are listed now: last_listed_at = now
+    gone: list[int] = []  # not listed (or lost) on an online machine
     moved: list[KnownGpu] = []  # listed at another index than remembered
-    for m in fleet:
+    for m in seen:
         known = known_by_machine.get(m.pk, {})
         online = m.is_online(now)
         listed: set[str] = set()
-        for gpu in gpu_rows(m):
+        for gpu in fleet.gpu_rows(m):
             uuid = gpu.get("uuid")
             if not uuid or gpu.get("vendor") != "nvidia":
                 continue
@@ -247,11 +249,12 @@ def gpu_missing(rule: AlertRule, now: datetime) -> Verdict:
                     machine=m, uuid=uuid, name=gpu.get("name") or "", index=gpu["index"], last_listed_at=now
                 )
             if not lost and online:
-                seen_now.append(entry.pk)
                 if entry.index != gpu["index"]:
                     entry.index = gpu["index"]
                     moved.append(entry)
                 entry.missing_since = None
+        if online:
+            online_ids.append(m.pk)
         for uuid, entry in known.items():
             key = f"machine:{m.pk}:gpu:{uuid}"
             if not online:
@@ -259,21 +262,26 @@ def gpu_missing(rule: AlertRule, now: datetime) -> Verdict:
                 continue
             if uuid in listed:
                 continue
+            gone.append(entry.pk)
             if entry.missing_since is None:
                 entry.missing_since = now
                 KnownGpu.objects.filter(pk=entry.pk).update(missing_since=now)
             if now - entry.missing_since >= wait:
-                gone = f"{(now - entry.last_listed_at).total_seconds() / 60:.0f} min"
+                absent = f"{(now - entry.last_listed_at).total_seconds() / 60:.0f} min"
                 verdict.firing.append(
                     Finding(
                         key,
                         f"{m.name}: {entry.name or 'a GPU'} ({uuid}, last at index {entry.index}) is no longer listed "
-                        f"by NVML or is lost, for {gone}",
+                        f"by NVML or is lost, for {absent}",
                         m.pk,
                         entry.index,
                     )
                 )
-    for start in range(0, len(seen_now), 5000):  # SQLite caps the parameters of one statement
-        KnownGpu.objects.filter(pk__in=seen_now[start : start + 5000]).update(last_listed_at=now, missing_since=None)
+    # By machine, not by GPU: a list of ~6,000 row ids at 750 machines took 0.2 s to convert. The
+    # chunks keep under SQLite's cap on one statement's parameters.
+    for start in range(0, len(online_ids), 5000):
+        KnownGpu.objects.filter(machine_id__in=online_ids[start : start + 5000]).exclude(pk__in=gone).update(
+            last_listed_at=now, missing_since=None
+        )
     KnownGpu.objects.bulk_update(moved, ["index"], batch_size=500)
     return verdict

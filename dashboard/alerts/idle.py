@@ -15,7 +15,7 @@ from django.db import transaction
 from dashboard.jobs.models import Job
 from dashboard.jobs.service import audit
 
-from .findings import Finding, Span, Verdict, span
+from .findings import Finding, Fleet, Span, Verdict, span
 from .models import AlertRule, IdleAction
 
 DEFAULT_LEVEL_PERCENT = 10.0
@@ -47,7 +47,7 @@ def _stop(rule: AlertRule, job: Job, now: datetime) -> None:
         audit(None, f"alerts.idle_{what}", job, rule=rule.pk, rule_name=rule.name, level=rule.level)
 
 
-def job_allocated_idle(rule: AlertRule, now: datetime) -> Verdict:
+def job_allocated_idle(rule: AlertRule, now: datetime, fleet: Fleet) -> Verdict:
     """Running jobs whose every GPU stayed under ``level`` % SM activity for ``threshold`` minutes."""
     verdict = Verdict()
     level = rule.level if rule.level is not None else DEFAULT_LEVEL_PERCENT

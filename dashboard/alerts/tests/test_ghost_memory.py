@@ -13,7 +13,7 @@ import pytest
 from django.utils import timezone
 
 from dashboard.alerts.evaluate import evaluate
-from dashboard.alerts.models import Alert, AlertRule, CleanupRequest
+from dashboard.alerts.models import Alert, AlertRule, CleanupRequest, GhostProcess
 from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.models import Machine
 from dashboard.fleet.payload import Batch
@@ -134,3 +134,15 @@ def test_processes_of_a_running_job_and_allowed_services_are_not_ghosts(machine,
     # 11328 is in the running job's group, gpu_burn is allowed; 11327 has no group (pgid None).
     [alert] = Alert.objects.filter(rule=rule)
     assert "1 outside any job (memhog pid 11327)" in alert.message
+
+
+def test_a_ghost_seen_again_unchanged_keeps_its_first_sighting_and_moves_its_last(machine, t0):
+    """Unchanged rows are marked seen by machine in one statement; a changed or new one is written itself."""
+    AlertRule.objects.exclude(kind="ghost_memory").update(enabled=False)
+    for i, minutes in enumerate((0, 1, 2)):
+        report(machine, t0 + timedelta(minutes=minutes), 1 + i)
+        evaluate(t0 + timedelta(minutes=minutes))
+    rows = list(GhostProcess.objects.filter(machine=machine).order_by("pid"))
+    assert [g.pid for g in rows] == [11327, 11328, 11345]
+    assert {g.first_seen_at for g in rows} == {t0}
+    assert {g.last_seen_at for g in rows} == {t0 + timedelta(minutes=2)}

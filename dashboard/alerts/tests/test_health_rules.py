@@ -11,10 +11,12 @@ from typing import Any
 
 import pynvml
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from dashboard.alerts.evaluate import evaluate
-from dashboard.alerts.models import Alert, AlertRule
+from dashboard.alerts.models import Alert, AlertRule, KnownGpu
 from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.models import Machine
 from dashboard.fleet.payload import Batch
@@ -174,3 +176,48 @@ def test_a_gpu_gone_from_the_inventory_after_a_restart_fires_missing(machine, t0
         evaluate(at)
     [alert] = alerts("gpu_missing")
     assert "GPU-11111111-1111-1111-1111-111111111111" in alert.message
+
+
+def test_a_missing_gpu_says_when_it_was_last_listed_and_a_listed_one_moves_with_each_run(machine, t0):
+    """The listed GPUs' last_listed_at is written by machine in one statement each run; the missing
+    one keeps the last run that listed it, which its alert counts from."""
+    only("gpu_missing")
+    two = h100()
+    second_uuid = "GPU-22222222-2222-2222-2222-222222222222"
+    two["devices"].append(dict(two["devices"][0], nvmlDeviceGetUUID=second_uuid))
+    for i in range(3):
+        report(machine, collector(two)[0], t0 + timedelta(minutes=i), 1 + i)
+        evaluate(t0 + timedelta(minutes=i))
+    last_listed = t0 + timedelta(minutes=2)
+    assert {k.uuid: k.last_listed_at for k in KnownGpu.objects.filter(machine=machine)} == {
+        h100_uuid(): last_listed,
+        second_uuid: last_listed,
+    }
+    for i in range(3, 9):  # one GPU from minute 3; the rule waits its threshold (2 min) before firing
+        report(machine, collector(h100())[0], t0 + timedelta(minutes=i), 1 + i)
+        evaluate(t0 + timedelta(minutes=i))
+    known = {k.uuid: k for k in KnownGpu.objects.filter(machine=machine)}
+    assert known[h100_uuid()].last_listed_at == t0 + timedelta(minutes=8)
+    assert known[h100_uuid()].missing_since is None
+    assert known[second_uuid].last_listed_at == last_listed
+    assert known[second_uuid].missing_since == t0 + timedelta(minutes=3)
+    [alert] = alerts("gpu_missing")
+    assert alert.fired_at == t0 + timedelta(minutes=5) and f"{second_uuid}, last at index 1" in alert.message
+    assert "for 3 min" in alert.message  # from its last listing (minute 2) to the firing (minute 5)
+
+
+def h100_uuid() -> str:
+    return h100()["devices"][0]["nvmlDeviceGetUUID"]
+
+
+def test_the_rules_share_one_read_of_the_fleets_devices(machine, t0):
+    """Each rule used to read every machine with its devices and newest window (findings.Fleet)."""
+    nv, _ = collector(h100())
+    report(machine, nv, t0, 1)
+    for i in range(2, 5):
+        other = Machine.objects.create(name=f"gpu-{i:02d}")
+        report(other, nv, t0, 1)
+    with CaptureQueriesContext(connection) as queries:
+        evaluate(t0)
+    reads = [q["sql"] for q in queries.captured_queries if 'FROM "fleet_accelerator"' in q["sql"]]
+    assert len(reads) == 1, reads
