@@ -4,7 +4,9 @@ every machine (and no query is spent finding out); a staff token limited to a te
 from __future__ import annotations
 
 import pytest
+from django.db import connection
 from django.http import Http404
+from django.test.utils import CaptureQueriesContext
 
 from dashboard.accounts.models import ApiToken
 from dashboard.fleet import visibility
@@ -64,3 +66,15 @@ def test_only_narrows_rows_to_the_machine_ids_and_none_keeps_them_all(fleet):
     assert visibility.only(rows, None).count() == 2
     assert list(visibility.only(rows, {fleet["a-box"].pk}).values_list("machine__name", flat=True)) == ["a-box"]
     assert list(visibility.only(Machine.objects.all(), set(), "pk")) == []
+
+
+def test_only_with_many_machines_sends_one_parameter_and_keeps_exactly_those(fleet):
+    """Past 20 ids PostgreSQL gets one array, not a placeholder per id; the rows are the same."""
+    many = [Machine.objects.create(name=f"m-{i:02d}") for i in range(45)]
+    wanted = {m.pk for m in many[::2]} | {fleet["a-box"].pk}
+    with CaptureQueriesContext(connection) as queries:
+        names = set(visibility.only(Machine.objects.all(), wanted, "pk").values_list("name", flat=True))
+    assert names == {m.name for m in many[::2]} | {"a-box"}
+    if connection.vendor == "postgresql":
+        assert "unnest" in queries.captured_queries[0]["sql"]
+    assert set(visibility.only(Machine.objects.all(), wanted - {fleet["a-box"].pk} | {10**9}, "pk")) == set(many[::2])
