@@ -224,6 +224,36 @@ def task_times(log_path: Path, since: float) -> dict[str, list[float]]:
     return out
 
 
+def task_runs(log_path: Path, since: float) -> list[tuple[str, float, float]]:
+    """(task name, start, end) in Unix s of each Celery task that finished after ``since``: the log
+    stamps the end, and the start is that less the run's duration."""
+    pattern = re.compile(
+        r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d+): INFO/\S+\] Task (\S+)\[[^\]]+\] succeeded in ([\d.]+)s"
+    )
+    out = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        m = pattern.match(line)
+        if m:
+            end = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
+            if end >= since - 1:
+                out.append((m.group(3).rsplit(".", 1)[-1], end - float(m.group(4)), end))
+    return out
+
+
+def slowest_probes(probe: PageProbe, runs: list[tuple[str, float, float]], since: float, labels: list[str]) -> str:
+    """For each of ``labels``, its slowest in-process view: when, how long, and the Celery tasks
+    running meanwhile (the pages' p99 is their slowest of ~16 probes: what did it meet?)."""
+    rows = []
+    for label in labels:
+        views = list(zip(probe.inproc.get(label, []), probe.inproc_at.get(label, []), strict=True))
+        if not views:
+            continue
+        ms, (start, end) = max(views)
+        during = [f"{name} ({b - a:.1f} s)" for name, a, b in runs if a <= end and b >= start]
+        rows.append([label, f"{ms:.0f}", f"{start - since:.0f}", ", ".join(during) or "none"])
+    return table(rows, ["page", "slowest ms", "at s", "Celery tasks running meanwhile"])
+
+
 # --- the simulator --------------------------------------------------------------------------
 
 
@@ -296,6 +326,7 @@ class PageProbe(threading.Thread):
         self.port, self.session, self.machine, self.every_s = port, session, machine, every_s
         self.http: dict[str, list[float]] = {}
         self.inproc: dict[str, list[float]] = {}
+        self.inproc_at: dict[str, list[tuple[float, float]]] = {}  # (start, end) Unix s of each in-process view
         self.fleet_sql: list[list[tuple[float, str]]] = []  # per probe: (ms, SQL) of the fleet page's queries
         self.overview_ms: list[float] = []  # queries.fleet_overview() alone: SQL plus building the dicts
         self.sizes: dict[str, int] = {}
@@ -358,7 +389,7 @@ class PageProbe(threading.Thread):
                     finally:
                         queries.append(((time.perf_counter() - t) * 1000, sql))
 
-                t0 = time.perf_counter()
+                t0, started = time.perf_counter(), time.time()
                 with connection.execute_wrapper(timing):
                     resp = client.get(path)
                 if resp.status_code != 200:
@@ -366,6 +397,7 @@ class PageProbe(threading.Thread):
                 if not record:
                     continue
                 self.inproc.setdefault(label, []).append((time.perf_counter() - t0) * 1000)
+                self.inproc_at.setdefault(label, []).append((started, time.time()))
                 if path == "/" and self.overview:
                     self.fleet_sql.append(queries)
                     from dashboard.fleet import queries as fleet_queries
@@ -545,6 +577,7 @@ def main() -> int:
                 probe.join(timeout=120)
             phases.append((f"long run {args.seconds:.0f} s", long_run))
             tasks = task_times(celery_log, long_run["started"])
+            runs = task_runs(celery_log, long_run["started"])
             profile = profile_fleet_page(session)
 
             for n in [r for r in ramp if r > args.machines]:
@@ -693,6 +726,10 @@ def main() -> int:
                     ["task", "runs", "median s", "max s"],
                 )
             )
+            print()
+            print("The slowest in-process view of each page (its p99), seconds into the long run:")
+            targeted = ["fleet page /", "machine page /machines/sim-0001/"] + [f"series 7d {m}" for m in SERIES]
+            print(slowest_probes(probe, runs, long_run["started"], targeted))
         lr = {"agent_backlog_p50": math.nan, "agent_backlog_p99": math.nan, "agent_backlog_max": math.nan, **long_run}
         rollup_s = tasks.get("dashboard.fleet.tasks.rollup", [])
         rollup_share = sum(rollup_s) / lr["seconds"] if lr["seconds"] else math.nan
