@@ -6,7 +6,7 @@ The tokens stored for the job must equal what the server itself counted
 is cancelled: the worker scrapes once more right before it stops the engine.
 
 Cost: the first run on a machine builds llama-server (``bench/build_llama_server.py``: about
-9 minutes of two cores, 515 s measured; ~1 GB of scratch space, a 76 MB download) and caches the
+6 minutes of two cores, 375 s measured at -O1; ~1 GB of scratch space, a 76 MB download) and caches the
 binary in ``~/.cache/hwdash/llama-server-<version>/``; later runs take about a minute.
 """
 
@@ -106,7 +106,7 @@ class LlamaJob:
 
 @pytest.fixture(scope="module")
 def llama_server() -> Path:
-    return build()  # cached after the first build (about 9 minutes of two cores)
+    return build()  # cached after the first build (about 6 minutes of two cores)
 
 
 def test_the_tokens_stored_for_a_llama_cpp_job_equal_the_servers_own_counters(
