@@ -63,30 +63,17 @@ def column_types(table: str, columns: Sequence[str]) -> list[str]:
     return _COLUMN_TYPES[key]
 
 
-# Per process, (table, columns) -> the quoted column list and the columns' type oids. Quoting ~90
-# names and looking up ~90 type names on every COPY was ~125 calls each per request.
-_COPY_SPECS: dict[tuple[str, tuple[str, ...]], tuple[str, list[int]]] = {}
-
-
-def _copy_spec(cursor: Any, table: str, columns: Sequence[str]) -> tuple[str, list[int]]:
-    key = (table, tuple(columns))
-    if key not in _COPY_SPECS:
-        qn = connection.ops.quote_name
-        registry = cursor.connection.adapters.types
-        oids = [registry.get_oid(t) for t in column_types(table, columns)]
-        _COPY_SPECS[key] = (", ".join(qn(c) for c in columns), oids)
-    return _COPY_SPECS[key]
-
-
 def _copy_rows(cursor: Any, table: str, target: str, columns: Sequence[str], rows: list[list[Any]]) -> None:
     """COPY ``rows`` into ``target`` (``table`` or a temp table shaped like it) in binary.
 
     Binary, not text: PostgreSQL then reads each float as 8 bytes instead of parsing its decimal
     text (85 columns per GPU row), and psycopg packs them in C. A 10-window batch's two COPYs took
     ~1.4-2x less time (bench/README.md, issue 13)."""
-    cols, oids = _copy_spec(cursor, table, columns)  # before the COPY: the connection is busy during it
+    qn = connection.ops.quote_name
+    cols = ", ".join(qn(c) for c in columns)
+    types = column_types(table, columns)  # before the COPY: the connection is busy during it
     with cursor.copy(f"COPY {target} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(oids)
+        copy.set_types(types)
         for row in rows:
             copy.write_row(row)
 
