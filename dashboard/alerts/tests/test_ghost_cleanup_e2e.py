@@ -55,7 +55,7 @@ def rig(process_env, machine, tmp_path):
     worker = Worker(process_env | {"HWPROBE_CLEANUP_EVERY_S": "1"}, server, machine.issue_token(), tmp_path)
     yield worker
     worker.stop()
-    server.stop()
+    server.stop(quick=True)
 
 
 @pytest.fixture

@@ -64,9 +64,12 @@ class Server:
                 time.sleep(0.2)
         raise RuntimeError("server did not start")
 
-    def stop(self) -> None:
+    def stop(self, quick: bool = False) -> None:
+        """SIGTERM: gunicorn's graceful stop, which lets requests in flight finish (a job long-poll
+        holds its thread for up to JOB_POLL_WAIT_S). ``quick`` (SIGINT) drops them: for teardowns,
+        where waiting out an idle long-poll cost 5 s a test."""
         if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
+            self.proc.send_signal(signal.SIGINT if quick else signal.SIGTERM)
             self.proc.wait(timeout=20)
 
 
@@ -75,7 +78,7 @@ def server(process_env):
     s = Server(process_env, free_port())
     s.start()
     yield s
-    s.stop()
+    s.stop(quick=True)
 
 
 def start_agent(env, server, token, spool: Path) -> subprocess.Popen:

@@ -81,7 +81,7 @@ class Fleet:
     def stop(self) -> None:
         self.worker.stop()
         self.agent.stop()
-        self.server.stop()
+        self.server.stop(quick=True)
         self.squatter.close()
 
 

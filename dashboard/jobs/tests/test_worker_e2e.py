@@ -118,7 +118,7 @@ def loop(process_env, machine, tmp_path):
     worker = Worker(process_env, server, machine.issue_token(), tmp_path)
     yield worker
     worker.stop()
-    server.stop()
+    server.stop(quick=True)
 
 
 def submit(user, command, **fields) -> Job:
@@ -324,7 +324,7 @@ def test_placement_sends_a_job_to_the_machine_with_room_and_its_worker_runs_it(p
     finally:
         for w in workers:
             w.stop()
-        server.stop()
+        server.stop(quick=True)
 
 
 def test_serving_preempts_training_which_checkpoints_and_resumes_later(loop, operator, machine):
