@@ -214,17 +214,27 @@
   }
 
   // The throughput card comes as a panel of its own (static/js/base.js): drawn by redraw() when
-  // it is there, and when it arrives.
-  async function drawThroughput(range) {
-    if (!window.Throughput) return;
-    await Throughput.machine(range);
-    document.querySelectorAll("#machine-throughput .chart").forEach((el) => { if (el.on) picker.zoomable(el); });
+  // it is there, and when it arrives. Once per refresh: a panel that arrives while redraw() waits
+  // for the other charts is drawn by its panelload event, and redraw() then reuses that draw
+  // instead of asking for the range's summary again (0.6-0.8 s of server time for 7 days).
+  let cycle = 0;
+  let throughputDraw = { cycle: -1, promise: null };
+  function drawThroughput(range) {
+    if (!window.Throughput || !document.getElementById("machine-throughput")) return Promise.resolve();
+    if (throughputDraw.cycle !== cycle) {
+      const promise = Throughput.machine(range).then(() => {
+        document.querySelectorAll("#machine-throughput .chart").forEach((el) => { if (el.on) picker.zoomable(el); });
+      });
+      throughputDraw = { cycle: cycle, promise: promise };
+    }
+    return throughputDraw.promise;
   }
 
   let forced = true;
   async function refresh() {
     if (!forced && !picker.live()) return;  // a past range or auto-refresh off: nothing new to draw
     forced = false;
+    cycle += 1;
     await Promise.all([redraw(), refreshLive()]);
   }
 

@@ -137,6 +137,13 @@ def test_a_user_logs_in_and_sees_the_fleet_and_a_machines_charts(fleet, live_ser
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "fleet.png"), full_page=True)
 
+    # The throughput summary is asked for once per refresh, even when its panel arrives while the
+    # other charts are still drawing. A refresh asks for the machine's jobs (its charts' marks)
+    # once, so there are never more summaries than job lists.
+    summaries: list[str] = []
+    job_lists: list[str] = []
+    page.on("request", lambda r: "/machines/gpu-01/throughput" in r.url and summaries.append(r.url))
+    page.on("request", lambda r: "machine=gpu-01" in r.url and "limit=200" in r.url and job_lists.append(r.url))
     page.click(".machine[data-machine='gpu-01'] h2 a")  # the throughput legend names it too
     page.wait_for_url(live_server.url + "/machines/gpu-01/")
     for chart in CHARTS:
@@ -173,6 +180,7 @@ def test_a_user_logs_in_and_sees_the_fleet_and_a_machines_charts(fleet, live_ser
     assert page.locator("#machine-throughput .throughput-empty").is_hidden()
     page.wait_for_timeout(500)  # let the last relayout settle before the picture
     page.screenshot(path=str(SCREENSHOTS / "machine.png"), full_page=True)
+    assert 1 <= len(summaries) <= len(job_lists), (summaries, job_lists)
 
     page.click("button[data-range='24h']")
     assert "range=24h" in page.url
