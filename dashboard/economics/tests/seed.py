@@ -33,6 +33,12 @@ def today() -> datetime:
     return datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
+def hours_ago(hours: float) -> datetime:
+    """A whole minute ``hours`` before now: data a relative range ("since=1d") holds at any time
+    of day. Midnight minus a few hours fell out of the last 24 h late in the UTC evening."""
+    return datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=hours)
+
+
 def owner():
     return get_user_model().objects.get_or_create(username="seed-owner")[0]
 

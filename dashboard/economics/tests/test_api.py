@@ -184,7 +184,7 @@ def test_the_api_needs_a_user(client, db):
 
 def test_capacity_of_an_m2_ultra_and_the_measured_rate_beside_its_bound(api):
     m = seed.machine_with("mac-01", 1, model="Apple M2 Ultra", mem_bytes=192 * 10**9, vendor="apple", power_limit=None)
-    t0 = seed.today() - timedelta(hours=2)
+    t0 = seed.hours_ago(2)
     j = seed.job(m, "mistral-7b-int4", "serve", t0, t0 + timedelta(seconds=100), [0])
     for i in range(10):  # 120 tokens/s
         seed.tokens(m, i + 1, t0 + timedelta(seconds=10 * (i + 1)), j, generated=1200)
@@ -205,7 +205,7 @@ def test_capacity_of_an_m2_ultra_and_the_measured_rate_beside_its_bound(api):
 
 def test_capacity_uses_the_jobs_stated_model_over_a_misleading_name(api):
     m = seed.machine_with("mac-02", 1, model="Apple M2 Ultra", mem_bytes=192 * 10**9, vendor="apple", power_limit=None)
-    t0 = seed.today() - timedelta(hours=2)
+    t0 = seed.hours_ago(2)
     stated = seed.job(m, "llama-70b-int4-eval", "serve", t0, t0 + timedelta(seconds=100), [0])
     stated.model_params_b, stated.precision = 7, "fp16"
     stated.save()
@@ -232,7 +232,7 @@ def test_capacity_uses_the_jobs_stated_model_over_a_misleading_name(api):
 
 def test_a_measured_job_uses_its_own_context_and_falls_back_per_field(api):
     m = seed.machine_with("mac-03", 1, model="Apple M2 Ultra", mem_bytes=192 * 10**9, vendor="apple", power_limit=None)
-    t0 = seed.today() - timedelta(hours=2)
+    t0 = seed.hours_ago(2)
     j = seed.job(m, "qwen-7b-int4", "serve", t0, t0 + timedelta(seconds=100), [0])
     j.context_tokens = 32768  # 8 × the page's 4096: 4.295 GB of KV cache
     j.save()
@@ -292,7 +292,7 @@ def test_share_or_split_says_what_to_run_when_data_is_missing(api):
 def test_assemblies_are_compared_with_the_best_marked(api):
     fast = seed.machine_with("h100-a", 2)
     slow = seed.machine_with("rtx-a", 1, model="NVIDIA GeForce RTX 4090", mem_bytes=24 * 10**9, power_limit=450)
-    t0 = seed.today() - timedelta(hours=3)
+    t0 = seed.hours_ago(3)
     for m, gen, watts, gpus in ((fast, 4000, 500.0, 2), (slow, 1000, 400.0, 1)):
         j = seed.job(m, "serve 8b", "serve", t0, t0 + timedelta(seconds=200), list(range(gpus)))
         for i in range(1, 21):

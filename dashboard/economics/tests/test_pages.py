@@ -77,7 +77,7 @@ def test_the_capacity_table_says_where_each_measured_size_came_from(client, view
     from datetime import timedelta
 
     m = seed.machine_with("gpu-20", 1)
-    t0 = seed.today() - timedelta(hours=2)
+    t0 = seed.hours_ago(2)
     stated = seed.job(m, "llama-70b-eval", "serve", t0, t0 + timedelta(seconds=100), [0])
     stated.model_params_b, stated.precision = 8, "int4"
     stated.save()

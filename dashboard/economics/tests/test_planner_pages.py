@@ -107,7 +107,7 @@ def test_a_serving_job_measured_here_marks_its_class_measured(client, viewer):
     from datetime import timedelta
 
     m = seed.priced_machine()
-    t0 = seed.today() - timedelta(hours=1)
+    t0 = seed.hours_ago(1)
     job = seed.job(m, "serve llama-70b int4", "serve", t0, t0 + timedelta(seconds=100), [0, 1])
     for i in range(10):
         seed.tokens(m, 900 + i, t0 + timedelta(seconds=10 * (i + 1)), job, generated=400)  # 40 tok/s
