@@ -21,7 +21,7 @@ Memory is in bytes, power in mW, as NVML returns them. MIG devices sit in their 
 
 Readings that change from call to call are lists served in turn (the last one repeats):
 ``gpm_readings`` (what ``nvmlGpmMetricsGet`` returned between consecutive samples, keyed by the
-``NVML_GPM_METRIC_<name>`` suffix, e.g. ``{"SM_UTIL": 96.6}``; a MIG device's own list is what
+``NVML_GPM_METRIC_<name>`` suffix, e.g. ``{"SM_UTIL": 95.957}``; a MIG device's own list is what
 ``nvmlGpmMigSampleGet`` of its GPU instance reads) and ``nvmlDeviceGetFieldValues``
 (``[{"timestamp_us": t, "values": {"<field id>": value}}]``). ``nvmlDeviceGetRetiredPages`` is
 ``{"single_bit": [addresses], "double_bit": [addresses]}`` and ``nvmlDeviceGetRemappedRows`` the

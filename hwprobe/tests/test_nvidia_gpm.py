@@ -38,12 +38,13 @@ def collector(name: str) -> NvidiaCollector:
     return NvidiaCollector(nvml=source, pid_info=lambda pid: (None, None), pid_exists=lambda pid: True)
 
 
-# load: NVML util, SM util, SM occupancy, tensor util, DRAM bandwidth util (%), as fixtures/PROVENANCE.md gives them
+# load: NVML util, SM util, SM occupancy, tensor util, DRAM bandwidth util (%), as recorded on a real
+# H200 by bench/gpu_check.py (fixtures/PROVENANCE.md, gpm/)
 H200 = {
     "idle": (0, 0.0, 0.0, 0.0, 0.0),
-    "matmul_bf16": (100, 96.6, 14.3, 93.8, 15.9),
-    "copy_1gib": (100, 99.0, 79.9, 0.0, 88.5),
-    "tiny_matmul": (35, 0.5, 0.0, 0.0, 0.0),
+    "matmul_bf16": (100, 95.957, 14.181, 93.108, 17.597),
+    "copy_1gib": (99, 98.144, 79.31, 0.0, 87.074),
+    "tiny_matmul": (30, 0.493, 0.015, 0.0, 0.0),
 }
 
 
@@ -64,15 +65,28 @@ def test_nvml_utilisation_hides_a_gpu_that_barely_works() -> None:
     nv = collector("h200_tiny_matmul")
     nv.collect()
     gpu = nv.collect()["gpus"][0]
-    assert gpu["util_percent"] >= 35 and gpu["sm_util_percent"] < 1
+    assert gpu["util_percent"] >= 30 and gpu["sm_util_percent"] < 1
 
 
-def test_metrics_the_gpu_did_not_answer_stay_absent() -> None:
+def test_bf16_matmuls_count_as_tensor_work_not_fp16_or_fp32() -> None:
     nv = collector("h200_matmul_bf16")
     nv.collect()
     gpu = nv.collect()["gpus"][0]
-    assert gpu["fp16_util_percent"] == 0.0 and gpu["fp32_util_percent"] == 0.0  # bf16 counts under tensor only
+    assert gpu["tensor_util_percent"] > 90
+    assert gpu["fp16_util_percent"] == 0.0 and gpu["fp32_util_percent"] == 0.0
+    assert gpu["pcie_rx_bytes_per_s"] == round(11.753 * 2**20, 3)  # NVML's MiB/s as bytes/s
+    assert gpu["nvlink_tx_bytes_per_s"] == 0.0  # one GPU, no NVLink peers: answered, and 0
+
+
+def test_metrics_the_gpu_did_not_answer_stay_absent() -> None:
+    data = recording("h200_matmul_bf16")
+    [reading] = data["devices"][0]["gpm_readings"]
+    del reading["FP64_UTIL"], reading["PCIE_TX_PER_SEC"]  # the replay answers NOT_SUPPORTED for them
+    nv = NvidiaCollector(nvml=nvml_replay.from_recording(data), pid_info=lambda p: (None, None))
+    nv.collect()
+    gpu = nv.collect()["gpus"][0]
     assert gpu["fp64_util_percent"] is None and gpu["pcie_tx_bytes_per_s"] is None
+    assert gpu["fp16_util_percent"] == 0.0
 
 
 def test_a_gpu_without_gpm_reports_none_and_says_so_in_its_inventory() -> None:
@@ -119,7 +133,7 @@ def test_a_failed_gpm_sample_starts_the_pair_again_instead_of_spanning_the_gap()
     source = nvml_replay.from_recording(data)
     nv = NvidiaCollector(nvml=source, pid_info=lambda p: (None, None))
     nv.collect()
-    assert nv.collect()["gpus"][0]["dram_bw_util_percent"] == 88.5
+    assert nv.collect()["gpus"][0]["dram_bw_util_percent"] == 87.074
     data["devices"][0]["gpm_readings"] = {"nvml_error": pynvml.NVML_ERROR_UNKNOWN}
     assert nv.collect()["gpus"][0]["dram_bw_util_percent"] is None
     data["devices"][0]["gpm_readings"] = [{"DRAM_BW_UTIL": 70.0}]
@@ -153,9 +167,7 @@ def test_a_recording_of_a_gpm_capable_gpu_replays_the_same_metrics() -> None:
     source = nvml_replay.from_recording(recording("h200_copy_1gib"))
     again = nvml_replay.record(source, gpm_interval_s=0)
     assert again["devices"][0]["nvmlGpmQueryDeviceSupport"] == {"isSupportedDevice": 1}
-    assert again["devices"][0]["gpm_readings"] == [
-        {"SM_UTIL": 99.0, "SM_OCCUPANCY": 79.9, "ANY_TENSOR_UTIL": 0.0, "DRAM_BW_UTIL": 88.5}
-    ]
+    assert again["devices"][0]["gpm_readings"] == recording("h200_copy_1gib")["devices"][0]["gpm_readings"]
     nv = NvidiaCollector(nvml=nvml_replay.from_recording(again), pid_info=lambda p: (None, None))
     nv.collect()
-    assert nv.collect()["gpus"][0]["dram_bw_util_percent"] == 88.5
+    assert nv.collect()["gpus"][0]["dram_bw_util_percent"] == 87.074

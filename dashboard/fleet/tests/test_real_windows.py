@@ -1,4 +1,5 @@
-"""Windows recorded by the real agent on a real H100 (hwprobe/tests/fixtures/h100_device) are accepted."""
+"""Windows recorded by the real agent on a real H100 and a real H200 (hwprobe/tests/fixtures/h100_device,
+h200_device) are accepted."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.models import GpuSample
 from dashboard.fleet.payload import parse_batch
 
-FIXTURES = Path(__file__).resolve().parents[3] / "hwprobe" / "tests" / "fixtures" / "h100_device"
+FIXTURES = Path(__file__).resolve().parents[3] / "hwprobe" / "tests" / "fixtures"
 
 
 @pytest.mark.django_db
-def test_the_real_agents_h100_windows_validate_and_store(machine):
-    windows = [json.loads(line) for line in (FIXTURES / "windows_load.jsonl").read_text().splitlines()]
-    sample = json.loads((FIXTURES / "sample_idle.json").read_text())
+@pytest.mark.parametrize(("device", "name"), [("h100_device", "NVIDIA H100 80GB HBM3"), ("h200_device", "NVIDIA H200")])
+def test_the_real_agents_windows_validate_and_store(machine, device, name):
+    windows = [json.loads(line) for line in (FIXTURES / device / "windows_load.jsonl").read_text().splitlines()]
+    sample = json.loads((FIXTURES / device / "sample_idle.json").read_text())
     samples = [{**w, "seq": i + 1} for i, w in enumerate(windows)]
     batch = parse_batch(
         json.dumps({"agent_version": "0.1.0", "inventory": sample["inventory"], "samples": samples}).encode()
@@ -25,4 +27,16 @@ def test_the_real_agents_h100_windows_validate_and_store(machine):
     result = store_batch(machine, batch)
     assert result.accepted == len(windows)
     assert GpuSample.objects.filter(machine=machine, util_percent_max__gte=99).exists()
-    assert machine.accelerators.get().name == "NVIDIA H100 80GB HBM3"
+    assert machine.accelerators.get().name == name
+
+
+@pytest.mark.django_db
+def test_the_real_h200_windows_store_their_gpm_metrics(machine):
+    lines = (FIXTURES / "h200_device" / "windows_load.jsonl").read_text().splitlines()
+    sample = json.loads((FIXTURES / "h200_device" / "sample_idle.json").read_text())
+    samples = [{**json.loads(line), "seq": i + 1} for i, line in enumerate(lines)]
+    body = {"agent_version": "0.1.0", "inventory": sample["inventory"], "samples": samples}
+    store_batch(machine, parse_batch(json.dumps(body).encode()))
+    stored = GpuSample.objects.filter(machine=machine, tensor_util_percent_mean__gt=90)
+    assert stored.count() == len(lines) == 3  # the load ran through all three windows
+    assert machine.accelerators.get().gpm_supported is True
