@@ -1,7 +1,7 @@
-"""Allocated but idle, judged by GPM's SM activity: the 64×64 matmul loop NVML calls 35 % busy.
+"""Allocated but idle, judged by GPM's SM activity: the 64×64 matmul loop NVML calls 30 % busy.
 
 Windows come from the agent's collector over the H200 GPM recording of that load
-(hwprobe/tests/fixtures/gpm/h200_tiny_matmul.json: NVML util 35 %, SM activity 0.5 %)."""
+(hwprobe/tests/fixtures/gpm/h200_tiny_matmul.json, recorded on a real H200: NVML util 30 %, SM activity 0.49 %)."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def rule() -> AlertRule:
     ("preemptible", "flag", "action"),
     [(True, "preempt_requested", "alerts.idle_preempt"), (False, "cancel_requested", "alerts.idle_cancel")],
 )
-def test_a_job_at_35_percent_nvml_but_under_1_percent_sm_is_warned_then_stopped(
+def test_a_job_at_30_percent_nvml_but_under_1_percent_sm_is_warned_then_stopped(
     machine, operator, rule, t0, preemptible, flag, action
 ):
     job = a_job(operator, machine, t0, preemptible)
