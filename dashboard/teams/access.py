@@ -8,6 +8,7 @@ A personal API token limited to some teams (``TokenScope``) acts only for those.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from django.db.models import Q, QuerySet
@@ -66,7 +67,12 @@ def scope_jobs(qs: QuerySet, user: Any) -> QuerySet:
 
 def scope_machines(qs: QuerySet, user: Any) -> QuerySet:
     """Machines of the user's teams and of the shared pool (a queryset of ``fleet.Machine``)."""
-    teams = visible_team_ids(user)
+    return within_teams(qs, visible_team_ids(user))
+
+
+def within_teams(qs: QuerySet, teams: Collection[int] | None) -> QuerySet:
+    """Machines of ``teams`` and of the shared pool (None: every machine), for callers that hold
+    the team ids rather than the user."""
     return qs if teams is None else qs.filter(Q(team__isnull=True) | Q(team_id__in=teams))
 
 

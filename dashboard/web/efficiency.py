@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from dashboard.core.periods import window_filter
 from dashboard.fleet.models import Accelerator, GpuRollup, Machine
+from dashboard.teams import access as team_access
 
 # Busy but inefficient: NVML calls the GPU busy at least this share of the hour (%) ...
 BUSY_PERCENT = 30.0
@@ -188,7 +189,7 @@ def fleet_ranking(teams: set[int] | None, now: datetime, limit: int = 10) -> lis
     beat's cached ranking while it is fresh."""
     entry = cache.get(RANKING_CACHE_KEY)
     if entry is None or entry["limit"] < limit or entry["at"] < now.timestamp() - RANKING_STALE_S:
-        machines = None if teams is None else Machine.objects.filter(Q(team__isnull=True) | Q(team_id__in=teams))
+        machines = None if teams is None else team_access.within_teams(Machine.objects.all(), teams)
         return _present(_ranked(now, machines)[:limit])
     if teams is None:
         return _present(entry["all"][:limit])
