@@ -66,7 +66,7 @@ def chart_panel(machine: Machine, gpus: list[int] | None = None, **range_: datet
 
     ``since``/``until`` (a job's run) fix the charted span; without them it follows the page's range.
     """
-    accs = list(Accelerator.objects.filter(machine=machine).order_by("index"))
+    accs = sorted(machine.accelerators.all(), key=lambda a: a.index)  # prefetched by the machine page
     by_uuid = {a.uuid: a for a in accs if a.uuid}
     shown = [a for a in accs if gpus is None or a.index in gpus]
     devices = []

@@ -16,7 +16,7 @@ from django.utils.dateparse import parse_datetime
 from dashboard.core.periods import PeriodError, required_range, window_filter
 from dashboard.economics.views import machine_panel
 from dashboard.fleet import queries, throughput, visibility
-from dashboard.fleet.models import ThroughputSample
+from dashboard.fleet.models import Machine, ThroughputSample
 from dashboard.jobs.pages import machine_jobs
 
 from .overview import SORTS, STATES, Filters, fleet_page
@@ -88,11 +88,12 @@ def machine(request: HttpRequest, name: str) -> HttpResponse:
     """The machine page's shell: state, inventory, the charts' containers, cores and processes. Its
     heavy panels (throughput, jobs, RoI and capacity) each load from their own URL once it is shown
     (static/js/panels.js), so the shell runs none of their queries."""
-    machine_obj = visibility.machine_or_404(request.user, name)
+    # Its accelerators once, for the state, the inventory and the GPM panel's devices.
+    machine_obj = visibility.machine_or_404(request.user, name, Machine.objects.prefetch_related("accelerators"))
     # machine_dict, not machine_detail: the page and its live refresh draw no sparkline (its query
     # was most of the shell's SQL).
     m = _present(queries.machine_dict(machine_obj, timezone.now()))
-    context: dict[str, Any] = {"m": m}
+    context: dict[str, Any] = {"m": m, "machine": machine_obj}
     partial = request.GET.get("partial")
     if partial:  # the 10 s live refresh (_machine_live.html): state, processes and cores only
         return render(request, "fleet/_machine_live.html", context)

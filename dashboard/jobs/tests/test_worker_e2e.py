@@ -184,7 +184,9 @@ def test_a_built_in_training_job_runs_to_success_with_its_log_stored(loop, opera
     attempt = job.attempts.get()
     assert attempt.outcome == "succeeded" and attempt.started_at and attempt.ended_at
     text = log_text(job)
-    assert text.count("HWPROBE_PROGRESS kind=train") >= 3
+    # A line about once a second of training and a final one; a step slowed by a busy machine can
+    # leave only one line in 3 s besides the final one.
+    assert text.count("HWPROBE_PROGRESS kind=train") >= 2
     assert "final=1" in text
     assert (loop.jobs_dir / str(job.pk) / "mingru.npz").exists()
 

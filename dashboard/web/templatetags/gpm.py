@@ -1,4 +1,4 @@
-"""``{% gpm_charts machine_name %}`` on the machine page, ``{% gpm_charts name gpus=... since=... until=... %}``
+"""``{% gpm_charts machine %}`` on the machine page, ``{% gpm_charts machine gpus=... since=... until=... %}``
 on a job's page, ``{% busy_but_inefficient %}`` on the fleet page: one line each, composed by
 :mod:`dashboard.web.efficiency` (the pages' own views stay as they are)."""
 
@@ -20,13 +20,15 @@ register = template.Library()
 
 @register.inclusion_tag("fleet/_efficiency.html")
 def gpm_charts(
-    name: str | None,
+    machine: Machine | str | None,
     gpus: list[int] | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> dict[str, Any]:
-    """The pages that include it have checked the user may see the machine."""
-    machine = Machine.objects.filter(name=name).first() if name else None
+    """The pages that include it have checked the user may see the machine. ``machine``: the page's
+    Machine (its accelerators prefetched on the machine page, so they are not read again), or a name."""
+    if isinstance(machine, str):
+        machine = Machine.objects.filter(name=machine).first() if machine else None
     if machine is None:
         return {"panel": None}
     return {"panel": efficiency.chart_panel(machine, gpus, since=since, until=until)}

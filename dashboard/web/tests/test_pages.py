@@ -191,6 +191,17 @@ def test_the_shell_runs_none_of_the_panels_queries(client, viewer, busy):
         assert not [s for s in sql if table in s], table
 
 
+def test_the_shell_reads_the_machine_and_its_devices_once(client, viewer, busy):
+    client.force_login(viewer)
+    client.get("/machines/gpu-01/")
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get("/machines/gpu-01/").status_code == 200
+    sql = [q["sql"] for q in queries.captured_queries]
+    # Rows read from each table (a subquery of another table's query is not a read of its rows).
+    assert len([s for s in sql if s.startswith('SELECT "fleet_machine".')]) == 1, sql
+    assert len([s for s in sql if s.startswith('SELECT "fleet_accelerator".')]) == 1, sql
+
+
 def test_each_panel_url_renders_its_panel_alone(client, viewer, busy):
     client.force_login(viewer)
     for panel in PANELS:
