@@ -10,7 +10,7 @@ from django.db.models import Avg, Count, Max, Min, Q, QuerySet
 
 from dashboard.core.periods import window_filter
 from dashboard.fleet.models import GpuSample, Machine
-from dashboard.fleet.queries import devices
+from dashboard.fleet.queries import accelerators_by_machine, devices
 
 from .models import AlertRule
 
@@ -49,28 +49,33 @@ class Fleet:
 
     def __init__(self) -> None:
         self._all: list[Machine] | None = None
-        self._rows: dict[tuple[int, bool], list[dict[str, Any]]] = {}
+        self._accelerators: dict[int, list[dict[str, Any]]] = {}
+        self._rows: dict[int, list[dict[str, Any]]] = {}
 
     def machines(self, rule: AlertRule, *, reported: bool = False, seen: bool = False) -> list[Machine]:
         """The rule's machines by name (the fleet, or its one machine). ``reported``: only those
         with a newest window; ``seen``: only those that ever sent a batch."""
-        if self._all is None:
-            self._all = list(Machine.objects.order_by("name").prefetch_related("accelerators"))
         return [
             m
-            for m in self._all
+            for m in self._read()
             if (not rule.machine_id or m.pk == rule.machine_id)
             and (not reported or m.latest is not None)
             and (not seen or m.last_seen_at is not None)
         ]
 
+    def _read(self) -> list[Machine]:
+        if self._all is None:
+            self._all = list(Machine.objects.order_by("name"))
+            self._accelerators = accelerators_by_machine()
+        return self._all
+
     def gpu_rows(self, machine: Machine, physical_only: bool = True) -> list[dict[str, Any]]:
         """The machine's devices joined with its newest window; whole GPUs only unless told otherwise."""
-        key = (machine.pk, physical_only)
-        if key not in self._rows:
-            rows = devices(list(machine.accelerators.all()), machine.latest)
-            self._rows[key] = [r for r in rows if not (physical_only and r.get("parent_uuid"))]
-        return self._rows[key]
+        self._read()
+        if machine.pk not in self._rows:  # joined once per machine, for both kinds of callers
+            self._rows[machine.pk] = devices(self._accelerators.get(machine.pk, []), machine.latest)
+        rows = self._rows[machine.pk]
+        return [r for r in rows if not r.get("parent_uuid")] if physical_only else rows
 
 
 @dataclass(frozen=True)
