@@ -20,15 +20,13 @@ register = template.Library()
 
 @register.inclusion_tag("fleet/_efficiency.html")
 def gpm_charts(
-    machine: Machine | str | None,
+    machine: Machine | None,
     gpus: list[int] | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> dict[str, Any]:
-    """The pages that include it have checked the user may see the machine. ``machine``: the page's
-    Machine (its accelerators prefetched on the machine page, so they are not read again), or a name."""
-    if isinstance(machine, str):
-        machine = Machine.objects.filter(name=machine).first() if machine else None
+    """The pages that include it have checked the user may see the machine, and pass the Machine
+    they read (the machine page prefetches its accelerators, so they are not read again)."""
     if machine is None:
         return {"panel": None}
     return {"panel": efficiency.chart_panel(machine, gpus, since=since, until=until)}
