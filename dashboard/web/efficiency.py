@@ -2,8 +2,8 @@
 pages) and the fleet's "busy but inefficient" GPUs.
 
 NVML's ``util_percent`` is the share of time any kernel ran; GPM's SM activity, tensor activity,
-DRAM bandwidth and occupancy say how much of the GPU worked (issue 14 measured a 64×64 matmul loop
-at 35 % NVML utilisation and 0.5 % SM activity on an H200). The pages chart them with
+DRAM bandwidth and occupancy say how much of the GPU worked (a 64×64 matmul loop on an H200: 30-35 %
+NVML utilisation at 0.5 % SM activity, in issue 14 and in hwprobe/tests/fixtures/gpm/). The pages chart them with
 ``static/js/efficiency.js``; where a GPU has no GPM the panel says why, from what its agent
 reported (``Accelerator.gpm_supported``).
 """
