@@ -8,9 +8,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from dashboard.fleet.models import MachineState
 from dashboard.jobs import service
 from dashboard.jobs.models import Job, JobAttempt
 from dashboard.jobs.placement import place_queued
+from dashboard.teams import quota
 from dashboard.teams import service as teams_service
 
 from .conftest import online
@@ -111,13 +113,17 @@ def test_in_quota_jobs_are_placed_before_borrowers_in_the_same_pass(team_a, team
 
 def test_gpu_hours_used_this_period_count_against_the_quota(team_a, owner):
     teams_service.update_team(None, team_a, gpu_hours_quota=2, quota_period="month")
-    online("pool-box", gpus=2)
+    # Placed at least 2 h into the month whatever the clock says: an hour run before midnight on the
+    # 1st belongs to the month before (this test failed at 00:05 UTC on 1 December).
+    now = max(timezone.now(), quota.period_start(team_a, timezone.now()) + timedelta(hours=2))
+    box = online("pool-box", gpus=2)
+    MachineState.objects.filter(machine=box).update(last_seen_at=now)
     done = job(owner, team_a, "done", gpus=2)
-    start = timezone.now() - timedelta(minutes=61)
+    start = now - timedelta(minutes=61)
     Job.objects.filter(pk=done.pk).update(status="succeeded")
     JobAttempt.objects.create(job=done, number=1, gpus=[0, 1], started_at=start, ended_at=start + timedelta(hours=1))
     j = job(owner, team_a, "next")
-    place_queued()
+    place_queued(now)
     assert fresh(j).status == "queued"
     assert fresh(j).status_message.startswith("over quota: team team-a used 2.0 of its 2 GPU-hours this month")
 
