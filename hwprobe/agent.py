@@ -176,7 +176,11 @@ class Agent:
         )
         origin = self._monotonic()
         tick = 0
-        window = Window(self._wall())
+        # Each window spans its snapshots' intervals, from the previous window's end. The first has
+        # no previous one: it starts an interval before its first snapshot, like every later window.
+        # Started at the first snapshot, a one-snapshot window lasted only that collect (0.0 s once
+        # rounded), which the server refuses (interval_s must be > 0) and the spool dead-letters.
+        window = Window(self._wall() - self.interval_s)
         while not self.stop.is_set():
             window.add(self.probe.collect())
             if window.count >= self.per_window:
