@@ -179,7 +179,7 @@ class Agent:
         # Each window spans its snapshots' intervals, from the previous window's end. The first has
         # no previous one: it starts an interval before its first snapshot, like every later window.
         # Started at the first snapshot, a one-snapshot window lasted only that collect (0.0 s once
-        # rounded), which the server refuses (interval_s must be > 0) and the spool dead-letters.
+        # rounded, refused by the server and dead-lettered before Window.close had its floor).
         window = Window(self._wall() - self.interval_s)
         while not self.stop.is_set():
             window.add(self.probe.collect())

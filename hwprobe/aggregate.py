@@ -13,6 +13,7 @@ from typing import Any
 from hwprobe.schema import GPU_GAUGES, GPU_METRICS, SYSTEM_GAUGES, SYSTEM_METRICS
 
 _SYSTEM_LAST = tuple(m.name for m in SYSTEM_METRICS if m.kind == "last")
+MIN_INTERVAL_S = 0.001  # a window's shortest length on the wire (times are rounded to 1 ms)
 _GPU_LAST = tuple(m.name for m in GPU_METRICS if m.kind == "last" and m.name != "throttle_reasons")
 
 
@@ -108,7 +109,10 @@ class Window:
         gpus.sort(key=lambda g: (g["index"] is None, g["index"]))
         return {
             "ts": round(end_ts, 3),
-            "interval_s": round(max(0.0, end_ts - self.start_ts), 3),
+            # Never 0, which the server refuses (and the spool would dead-letter a real window): a
+            # window closed within half a millisecond of its start, e.g. one flushed for a job that
+            # ended just after the last window left, is 1 ms, the wire format's resolution.
+            "interval_s": max(MIN_INTERVAL_S, round(end_ts - self.start_ts, 3)),
             "count": self.count,
             "system": system,
             "gpus": gpus,

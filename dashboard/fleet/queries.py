@@ -42,13 +42,12 @@ def _accelerator_row(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def accelerators_by_machine(qs: QuerySet[Accelerator] | None = None) -> dict[int, list[dict[str, Any]]]:
-    """Every accelerator of ``qs`` (default: all) as :func:`accelerator_dict` gives it, by machine id
-    in index order, read as plain rows: a whole fleet's 24,000 model instances and their prefetch
-    were half of the alert rules' shared read at 3,000 machines (bench/README.md, issue 13)."""
+def accelerators_by_machine() -> dict[int, list[dict[str, Any]]]:
+    """Every accelerator as :func:`accelerator_dict` gives it, by machine id in index order, read as
+    plain rows: a whole fleet's 24,000 model instances and their prefetch were half of the alert
+    rules' shared read at 3,000 machines (bench/README.md, issue 13)."""
     out: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    rows = (Accelerator.objects.all() if qs is None else qs).order_by("machine_id", "index")
-    for row in rows.values("machine_id", *ACCELERATOR_FIELDS):
+    for row in Accelerator.objects.order_by("machine_id", "index").values("machine_id", *ACCELERATOR_FIELDS):
         out[row.pop("machine_id")].append(_accelerator_row(row))
     return out
 

@@ -31,6 +31,12 @@ def snap(
     }
 
 
+def test_a_window_closed_as_it_starts_still_has_a_length_the_server_accepts() -> None:
+    window = Window(1000.0)
+    window.add(snap(10.0, 0.0, 1, [0.0, 20.0]))
+    assert window.close(1000.0002)["interval_s"] == 0.001  # the server refuses interval_s <= 0
+
+
 def test_it_reduces_gauges_to_min_mean_max_over_the_values_that_were_read() -> None:
     window = Window(1000.0)
     window.add(snap(10.0, 0.0, 1, [0.0, 20.0]))

@@ -115,7 +115,8 @@ def test_gpu_hours_used_this_period_count_against_the_quota(team_a, owner):
     teams_service.update_team(None, team_a, gpu_hours_quota=2, quota_period="month")
     # Placed at least 2 h into the month whatever the clock says: an hour run before midnight on the
     # 1st belongs to the month before (this test failed at 00:05 UTC on 1 December).
-    now = max(timezone.now(), quota.period_start(team_a, timezone.now()) + timedelta(hours=2))
+    wall = timezone.now()
+    now = max(wall, quota.period_start(team_a, wall) + timedelta(hours=2))
     box = online("pool-box", gpus=2)
     MachineState.objects.filter(machine=box).update(last_seen_at=now)
     done = job(owner, team_a, "done", gpus=2)
