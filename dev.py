@@ -2,7 +2,7 @@
 """Run the dashboard locally, or its tests, from a fresh checkout.
 
     python3 dev.py run [--port N] [--verbose]   web + worker + beat + a local agent, on http://127.0.0.1:8000
-    python3 dev.py test [--full] [ARGS...]   python -m pytest ARGS: the in-process suite (5-6 min; -n 2: 3);
+    python3 dev.py test [--full] [ARGS...]   python -m pytest ARGS: the in-process suite (3-6 min; -n 2: 2-3);
                                     -m "integration or browser" / -m slow run the others, --full all
     python3 dev.py lint             import layers, ruff (lint and format) and mypy, as CI runs them
 
