@@ -79,7 +79,8 @@ def test_jobs_run_at_most_concurrency_at_a_time(dash, tmp_path):
     spans = tmp_path / "spans"
     spans.mkdir()
     for i in range(3):
-        code = f"import time; s = time.time(); time.sleep(1.2); open({str(spans / str(i))!r}, 'w').write(f'{{s}} {{time.time()}}')"
+        out = str(spans / str(i))
+        code = f"import time; s = time.time(); time.sleep(1.2); open({out!r}, 'w').write(f'{{s}} {{time.time()}}')"
         dash.jobs.append(a_job(10 + i, job_spec(py(code))))
     w = InProcess(dash, tmp_path, allow_python(tmp_path), concurrency=2)
     try:
