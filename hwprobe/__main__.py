@@ -1,4 +1,5 @@
-"""``hwprobe sample`` (one JSON document), ``hwprobe run`` (the agent), ``hwprobe worker``, ``hwprobe units``."""
+"""``hwprobe sample`` (one JSON document), ``hwprobe run`` (the agent), ``hwprobe worker``, ``hwprobe units``,
+``hwprobe dead-letters`` (the samples the server refused, kept in the spool)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from hwprobe.client import token_from
 
@@ -18,6 +20,11 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("sample", help="print one {inventory, sample} JSON document and exit")
     commands.add_parser("worker", help="run this machine's job worker (hwprobe worker --help)")
     commands.add_parser("units", help="write systemd units or launchd plists for the agent (hwprobe units --help)")
+    dead = commands.add_parser(
+        "dead-letters", help="list the samples the server refused as malformed, which the spool keeps aside"
+    )
+    dead.add_argument("--spool", default=None, help="spool file (default: the agent's, under $HWPROBE_STATE_DIR)")
+    dead.add_argument("--json", action="store_true", help="one JSON object per sample, the sample included")
     run = commands.add_parser("run", help="sample, spool and send to the server until stopped")
     run.add_argument(
         "--server", default=os.environ.get("HWPROBE_SERVER"), help="dashboard base URL (env HWPROBE_SERVER)"
@@ -93,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(sample_once(), sys.stdout, separators=(",", ":"))
         sys.stdout.write("\n")
         return 0
+    if args.command == "dead-letters":
+        return _dead_letters(args.spool, args.json)
     if not args.server:
         print("hwprobe run: --server (or HWPROBE_SERVER) is required", file=sys.stderr)
         return 2
@@ -129,6 +138,32 @@ def main(argv: list[str] | None = None) -> int:
         storage_dir=args.storage_dir,
         measure_storage=not args.no_storage_probe,
     )
+
+
+def _dead_letters(path: str | None, as_json: bool) -> int:
+    """Print the spool's dead letters: when, which seq and the server's reason (or everything, as JSON)."""
+    from datetime import datetime
+
+    from hwprobe.spool import Spool, default_path
+
+    spool_file = Path(path) if path else default_path()
+    if not spool_file.exists():
+        print(f"hwprobe dead-letters: no spool at {spool_file} (--spool names another)", file=sys.stderr)
+        return 2
+    spool = Spool(spool_file)
+    try:
+        letters = spool.dead_letters()
+    finally:
+        spool.close()
+    for letter in letters:
+        if as_json:
+            print(json.dumps(letter, separators=(",", ":")))
+        else:
+            at = datetime.fromtimestamp(letter["at"]).astimezone().isoformat(timespec="seconds")
+            print(f"{at}  seq {letter['seq']}  {letter['error']}")
+    if not as_json:
+        print(f"{len(letters)} sample(s) set aside in {spool_file}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ Reply policy (design.md, ``POST /api/v1/ingest``):
 * no reply, timeout, 5xx, 429: retry later, exponential backoff with full jitter;
 * 413: the body is too large: halve the batch and retry;
 * 401/403: the token was refused: say so once, keep spooling, back off;
-* other 4xx (400/422): the server calls the batch malformed: log its ``error`` and move the
-  batch to the spool's dead-letter table so it never blocks the samples behind it.
+* other 4xx (400/409/422): the server calls the batch malformed: retry it in halves until the
+  refused samples are alone, log the ``error`` and move each to the spool's dead-letter table, so
+  it never blocks the samples behind it and good samples sent beside it are not set aside with it.
+  The batches carry the count (``refused``), and the machine page shows it.
 """
 
 from __future__ import annotations
@@ -170,7 +172,8 @@ class Sender:
             # off the same limit every other request.
             self._limit = self.batch_max
             return None
-        if len(batch) < self.hold() and not force:
+        # min(): after a split the batch limit may be under what hold() asks for.
+        if len(batch) < min(self.hold(), self._limit) and not force:
             return None  # the next window wakes the sender again
         started = time.monotonic()
         inventory = self._inventory_pending
@@ -178,6 +181,7 @@ class Sender:
             "agent_version": __version__,
             "spool_id": self.spool.spool_id,
             "dropped": self.spool.dropped,
+            "refused": self.spool.dead,
             "inventory": _without_nulls(inventory),
             "samples": _wire_samples(batch),
         }
@@ -212,13 +216,23 @@ class Sender:
             if inventory is self._inventory_pending:
                 self._inventory_pending = None
             return 0.0
-        if outcome == REJECT:
-            seqs = [s["seq"] for s in batch]
-            self.spool.dead_letter(seqs, f"{reply.status}: {reply.error}")
-            log.error(
-                "server refused seq %d-%d as malformed (%s: %s): moved to dead letters",
+        if outcome == REJECT and len(batch) > 1:
+            # One bad sample must not take the good ones beside it into the dead letters: halve
+            # until it is alone (log2(n) more requests, only when something is wrong).
+            self._limit = max(1, len(batch) // 2)
+            log.warning(
+                "server refused seq %d-%d as malformed (%s: %s): retrying in halves to set aside only the bad samples",
                 first,
                 last,
+                reply.status,
+                reply.error,
+            )
+            return 0.0
+        if outcome == REJECT:
+            self.spool.dead_letter([first], f"{reply.status}: {reply.error}")
+            log.error(
+                "server refused seq %d as malformed (%s: %s): moved to dead letters (hwprobe dead-letters lists them)",
+                first,
                 reply.status,
                 reply.error,
             )

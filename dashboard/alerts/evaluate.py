@@ -136,26 +136,29 @@ def job_failed(rule: AlertRule, now: datetime, fleet: Fleet) -> Verdict:
 
 
 def spool_dropping(rule: AlertRule, now: datetime, fleet: Fleet) -> Verdict:
-    """Machines whose agent's drop count grew since the last evaluation, until ``threshold`` quiet minutes."""
+    """Machines whose agent lost samples since the last evaluation, until ``threshold`` quiet minutes:
+    dropped (its spool was full) or refused (the server called their batch malformed)."""
     verdict = Verdict()
     quiet = timedelta(minutes=rule.threshold)
     watches = {w.machine_id: w for w in SpoolWatch.objects.filter(rule=rule)}
-    for m in _machines(rule).only("pk", "name", "state__spool_dropped"):
+    fields = ("pk", "name", "state__spool_dropped", "state__spool_refused", "state__last_refusal")
+    for m in _machines(rule).only(*fields):
         watch = watches.get(m.pk)
-        if watch is None:  # first look: what was dropped before is history, not news
-            SpoolWatch.objects.create(rule=rule, machine=m, dropped=m.spool_dropped)
+        if watch is None:  # first look: what was lost before is history, not news
+            SpoolWatch.objects.create(rule=rule, machine=m, dropped=m.spool_dropped, refused=m.spool_refused)
             continue
-        if m.spool_dropped > watch.dropped:
-            watch.dropped, watch.increased_at = m.spool_dropped, now
-            watch.save(update_fields=["dropped", "increased_at"])
+        if m.spool_dropped > watch.dropped or m.spool_refused > watch.refused:
+            watch.dropped, watch.refused, watch.increased_at = m.spool_dropped, m.spool_refused, now
+            watch.save(update_fields=["dropped", "refused", "increased_at"])
         if watch.increased_at is not None and now - watch.increased_at < quiet:
-            verdict.firing.append(
-                Finding(
-                    f"machine:{m.pk}",
-                    f"{m.name}'s agent is discarding samples its spool cannot hold ({m.spool_dropped} dropped in all)",
-                    m.pk,
-                )
-            )
+            lost = []
+            if m.spool_dropped:
+                lost.append(f"{m.spool_dropped} dropped in all: its spool was full")
+            if m.spool_refused:
+                why = f" (last: {m.last_refusal})" if m.last_refusal else ""
+                lost.append(f"{m.spool_refused} refused by the server in all{why}")
+            message = f"{m.name}'s agent is losing samples: {'; '.join(lost)}"
+            verdict.firing.append(Finding(f"machine:{m.pk}", message[:500], m.pk))
     return verdict
 
 

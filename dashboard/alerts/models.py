@@ -21,7 +21,7 @@ class AlertRule(models.Model):
         GPU_TEMPERATURE = "gpu_temperature", "GPU temperature"
         GPU_IDLE_WITH_JOB = "gpu_idle_with_job", "GPU idle while a job runs"
         JOB_FAILED = "job_failed", "Job failed or lost"
-        SPOOL_DROPPING = "spool_dropping", "Agent spool dropping samples"
+        SPOOL_DROPPING = "spool_dropping", "Agent losing samples (spool full, or refused)"
         # GPU health, created enabled on a fresh install (migration 0003_default_health_rules).
         GPU_XID = "gpu_xid", "GPU XID error"
         GPU_ECC_UNCORRECTABLE = "gpu_ecc_uncorrectable", "Uncorrectable ECC errors"
@@ -39,7 +39,7 @@ class AlertRule(models.Model):
         Kind.GPU_TEMPERATURE: ("°C", "temperature above this"),
         Kind.GPU_IDLE_WITH_JOB: ("min", "under 5 % utilisation for this many minutes while a job holds the GPU"),
         Kind.JOB_FAILED: ("min", "the alert stays open this many minutes (0: closes at once)"),
-        Kind.SPOOL_DROPPING: ("min", "resolves after this many minutes without new drops"),
+        Kind.SPOOL_DROPPING: ("min", "resolves after this many minutes without samples dropped or refused"),
         Kind.GPU_XID: ("min", "resolves after this many minutes without a new XID"),
         Kind.GPU_ECC_UNCORRECTABLE: (
             "errors",
@@ -61,7 +61,10 @@ class AlertRule(models.Model):
         Kind.GPU_TEMPERATURE: "Check fans, airflow and inlet temperature; lower the power limit if it persists.",
         Kind.GPU_IDLE_WITH_JOB: "Ask the job's owner whether it is stuck; cancel it to free the GPU.",
         Kind.JOB_FAILED: "Read the job's log on its page; resubmit once the cause is fixed.",
-        Kind.SPOOL_DROPPING: "The agent cannot reach the server: check the network and the server's ingest.",
+        Kind.SPOOL_DROPPING: (
+            "Dropped: the agent cannot reach the server (check the network and ingest). Refused: the "
+            "machine page says why; `hwprobe dead-letters` on the host lists the samples set aside."
+        ),
         Kind.GPU_XID: "Do what the XID's meaning says; for hardware XIDs drain the GPU and reset it (nvidia-smi -r).",
         Kind.GPU_ECC_UNCORRECTABLE: "Drain the GPU and reset it; if errors return after the reset, open an RMA.",
         Kind.GPU_MEMORY_REMAP: "Drain and reset the GPU to apply the remap; a failed remap or many retired pages: RMA.",
@@ -193,11 +196,12 @@ class WebhookDelivery(models.Model):
 
 
 class SpoolWatch(models.Model):
-    """What a spool-dropping rule last saw of a machine: its drop count and when it last grew."""
+    """What a spool-dropping rule last saw of a machine: its drop and refusal counts and when one last grew."""
 
     rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="+")
     machine = models.ForeignKey(Machine, on_delete=models.CASCADE, related_name="+")
     dropped = models.BigIntegerField()
+    refused = models.BigIntegerField(default=0)
     increased_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

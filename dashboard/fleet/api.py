@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.utils import timezone
 from ninja import Query, Router
 from ninja.errors import HttpError
 from pydantic import BaseModel
@@ -10,7 +11,7 @@ from pydantic import BaseModel
 from dashboard.accounts.auth import USER_AUTH
 from dashboard.core.periods import required_range
 
-from . import queries, throughput, visibility
+from . import queries, state, throughput, visibility
 from .auth import AgentAuth
 from .ingest import SeqExhausted, store_batch
 from .payload import MAX_BIGINT, Batch, PayloadError, parse_batch
@@ -44,12 +45,17 @@ class IngestReply(BaseModel):
     },
 )
 def ingest(request):
+    machine = request.auth.machine
     try:
         batch = parse_batch(_ingest_body(request))
-        result = store_batch(request.auth.machine, batch)
+        result = store_batch(machine, batch)
     except SeqExhausted as exc:
+        state.record_refusal(machine.pk, timezone.now(), f"409: {exc}")
         raise HttpError(409, str(exc)) from None
     except PayloadError as exc:
+        # The agent sets a refused batch aside (its dead letters) and counts it in the next one;
+        # the reason is kept here so the machine's page can say why.
+        state.record_refusal(machine.pk, timezone.now(), f"400: {exc}")
         raise HttpError(400, str(exc)) from None
     return result.as_dict()
 

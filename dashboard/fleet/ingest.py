@@ -318,7 +318,7 @@ def _update_machine(
         updates["agent_version"] = batch.agent_version
     if updates:
         Machine.objects.filter(pk=machine.pk).update(**updates)
-    state.record(machine.pk, now, newest_seq, batch.dropped, tokens_dropped, latest)
+    state.record(machine.pk, now, newest_seq, batch.dropped, batch.refused, tokens_dropped, latest)
 
 
 def _seq_offset(machine: Machine, batch: Batch) -> int:

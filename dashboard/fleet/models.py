@@ -83,6 +83,9 @@ class Machine(models.Model):
     spool_id = _hot("spool_id")
     seq_offset = _hot("seq_offset")
     spool_dropped = _hot("spool_dropped")
+    spool_refused = _hot("spool_refused")
+    last_refusal_at = _hot("last_refusal_at")
+    last_refusal = _hot("last_refusal")
     tokens_dropped = _hot("tokens_dropped")
     latest = _hot("latest")
 
@@ -130,6 +133,13 @@ class MachineState(models.Model):
     seq_offset = models.BigIntegerField(default=0)
     # The agent's cumulative count of samples its spool had to discard (never reset by us).
     spool_dropped = models.BigIntegerField(default=0)
+    # The agent's cumulative count of samples the server refused as malformed (a 4xx other than
+    # 401/403/413), which it moved to its spool's dead letters so they no longer block the queue.
+    spool_refused = models.BigIntegerField(default=0)
+    # The server's own record of the last batch it refused for this machine: when, and why (the
+    # 400/409 message the agent got). The agent's log is on the host; this is on the page.
+    last_refusal_at = models.DateTimeField(null=True, blank=True)
+    last_refusal = models.CharField(max_length=500, blank=True)
     # Token reports the agent's channel could not use (malformed, over capacity), summed over windows.
     tokens_dropped = models.BigIntegerField(default=0)
     # The newest sample as received (means and last values), for cards and the process table.

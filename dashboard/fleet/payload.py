@@ -249,7 +249,8 @@ LaidOut = list[tuple[list[Any], list[list[Any]]]]  # per sample: system values, 
 class Batch(Strict):
     agent_version: Annotated[Text, Field(max_length=32)] = ""
     spool_id: Annotated[Text, Field(min_length=1, max_length=64)] | None = None
-    dropped: Annotated[int, Field(ge=0, le=MAX_BIGINT)] = 0
+    dropped: Annotated[int, Field(ge=0, le=MAX_BIGINT)] = 0  # samples the agent's full spool discarded
+    refused: Annotated[int, Field(ge=0, le=MAX_BIGINT)] = 0  # samples set aside after a 400/409 (dead letters)
     inventory: Inventory | None = None
     samples: list[Sample] = Field(min_length=1, max_length=MAX_SAMPLES)
     # Each sample's metrics as ingest stores them, laid out while their gauges' order is checked.

@@ -68,12 +68,18 @@ class FleetCollector(Collector):
         dropped = CounterMetricFamily(
             "hwdash_spool_dropped", "Samples the machine's agent had to discard from its spool.", labels=["machine"]
         )
+        refused = CounterMetricFamily(
+            "hwdash_spool_refused",
+            "Samples the server refused as malformed, which the machine's agent set aside as dead letters.",
+            labels=["machine"],
+        )
         system = {name: GaugeMetricFamily(name, doc, labels=["machine"]) for name, doc, _ in SYSTEM_GAUGES}
         gpu = {name: GaugeMetricFamily(name, doc, labels=GPU_LABELS) for name, doc, _ in GPU_GAUGES}
         for m in machines:
             is_online = m.is_online(now)
             online.add_metric([m.name], 1.0 if is_online else 0.0)
             dropped.add_metric([m.name], float(m.spool_dropped))
+            refused.add_metric([m.name], float(m.spool_refused))
             if m.last_seen_at is not None:
                 last_seen.add_metric([m.name], m.last_seen_at.timestamp())
             if not is_online or not m.latest:
@@ -88,6 +94,7 @@ class FleetCollector(Collector):
         yield online
         yield last_seen
         yield dropped
+        yield refused
         yield from system.values()
         yield from gpu.values()
         yield from _jobs(self.user)

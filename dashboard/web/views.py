@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
@@ -44,9 +44,13 @@ def _present(m: dict[str, Any]) -> dict[str, Any]:
     latest = m["latest"] or {}
     system = latest.get("system") or {}
     gpus = [{"processes": [], **d} for d in queries.devices(m["accelerators"], m["latest"])]
+    refused_at = parse_datetime(m["last_refusal_at"]) if m["last_refusal_at"] else None
     return {
         **m,
         "last_seen_at": parse_datetime(m["last_seen"]) if m["last_seen"] else None,
+        "last_refusal_at": refused_at,
+        # A refusal without lost samples (an inventory the agent then sent without) is news for a day.
+        "refusal_recent": refused_at is not None and timezone.now() - refused_at < timedelta(days=1),
         "system": system,
         "mem_total": system.get("mem_total_bytes") or m["mem_total_bytes"],
         "gpus": gpus,

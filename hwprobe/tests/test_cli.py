@@ -108,3 +108,39 @@ def test_sigterm_spools_and_sends_the_partial_window(tmp_path: Path, sink: Sink)
     assert sample["seq"] == 1
     assert 1 <= sample["count"] < 300
     assert sample["system"]["mem_total_bytes"] > 0
+
+
+def dead_letters(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HWPROBE_STATE_DIR": str(tmp_path)}
+    return subprocess.run(
+        [sys.executable, "-m", "hwprobe", "dead-letters", *extra],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_dead_letters_lists_the_refused_samples_with_the_servers_reason(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.sqlite3")  # the agent's default spool in its state folder
+    for ts in (1.0, 2.0, 3.0):
+        spool.put({"ts": ts, "interval_s": 10.0, "count": 10, "system": {}, "gpus": []})
+    spool.dead_letter([2], "400: samples[0].ts: not a number")
+    spool.close()
+
+    listed = dead_letters(tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    [line] = listed.stdout.splitlines()
+    assert line.endswith("  seq 2  400: samples[0].ts: not a number")
+    assert "1 sample(s) set aside" in listed.stderr
+
+    as_json = dead_letters(tmp_path, "--json")
+    [letter] = [json.loads(x) for x in as_json.stdout.splitlines()]
+    assert letter["seq"] == 2 and letter["sample"]["ts"] == 2.0
+
+
+def test_dead_letters_says_when_there_is_no_spool(tmp_path: Path) -> None:
+    listed = dead_letters(tmp_path, "--spool", str(tmp_path / "nowhere.sqlite3"))
+    assert listed.returncode == 2 and "no spool at" in listed.stderr
+    assert not (tmp_path / "nowhere.sqlite3").exists(), "looking must not create one"

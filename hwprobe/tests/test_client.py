@@ -126,6 +126,7 @@ def test_it_dead_letters_a_malformed_batch_and_goes_on(tmp_path: Path, caplog: p
             assert s.step() == 0.0
         assert sink.accepted_seqs() == [2]
         assert spool.dead == 1 and spool.dead_letters()[0]["error"] == "400: samples[0].ts: not a number"
+        assert [d["refused"] for d in sink.requests] == [0, 1], "the next batch tells the server"
         assert any(
             "samples[0].ts: not a number" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records
         )
@@ -231,5 +232,45 @@ def test_a_slow_server_gets_windows_in_larger_batches_up_to_a_cap(tmp_path: Path
         assert sizes[0] == 1 and sizes[-1] == s.hold_max and sizes == sorted(sizes)  # grown to the cap
         assert s.step(force=True) in (None, 0.0)  # the final flush sends what is left
         assert len(spool) == 0
+    finally:
+        sink.stop()
+
+
+def refusing(bad: set[int]) -> Sink:
+    """A server that refuses, as malformed, any batch holding one of the ``bad`` seqs."""
+    return Sink(
+        responder=lambda doc: (
+            (400, {"error": "samples[0].ts: not a number"}) if bad & {x["seq"] for x in doc["samples"]} else (200, {})
+        )
+    ).start()
+
+
+def test_a_malformed_sample_is_set_aside_alone_and_the_good_ones_beside_it_are_delivered(tmp_path: Path) -> None:
+    sink = refusing({3, 6})
+    try:
+        spool = filled(tmp_path, 8)
+        s = sender(spool, sink.url)
+        while (delay := s.step()) is not None:
+            assert delay == 0.0
+        assert sink.accepted_seqs() == [1, 2, 4, 5, 7, 8]
+        assert [d["seq"] for d in spool.dead_letters()] == [3, 6] and spool.dead == 2
+        assert len(spool) == 0
+    finally:
+        sink.stop()
+
+
+def test_a_split_batch_is_still_sent_while_the_server_answers_slowly(tmp_path: Path) -> None:
+    # A slow server makes the sender hold windows for a bigger batch (hold() = 3 here); a split
+    # had set the batch limit under that, and the sender waited for a batch it could never peek.
+    sink = refusing({2})
+    try:
+        spool = filled(tmp_path, 3)
+        s = sender(spool, sink.url)
+        s.latency_s = 1.0
+        assert s.hold() == 3
+        for _ in range(10):
+            if s.step() is None:
+                break
+        assert sink.accepted_seqs() == [1, 3] and spool.dead == 1 and len(spool) == 0
     finally:
         sink.stop()

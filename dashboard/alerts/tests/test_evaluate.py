@@ -229,6 +229,20 @@ def test_spool_dropping_fires_when_the_count_grows_and_resolves_after_quiet_minu
     assert Alert.objects.filter(rule=rule).count() == 2
 
 
+def test_spool_dropping_fires_when_the_server_refuses_samples_and_says_why(machine, t0):
+    rule = a_rule("spool_dropping", 10, t0)
+    assert evaluate(t0)["fired"] == 0
+    MachineState.objects.update_or_create(
+        machine_id=machine.pk, defaults={"spool_refused": 4, "last_refusal": "400: samples[0].ts: not a number"}
+    )
+    assert evaluate(t0 + minutes(1)) == {"fired": 1, "resolved": 0}
+    message = open_alerts(rule)[0].message
+    assert "4 refused by the server" in message and "samples[0].ts: not a number" in message
+    assert "dropped" not in message, "its spool did not drop anything"
+    assert SpoolWatch.objects.get(rule=rule, machine=machine).refused == 4
+    assert evaluate(t0 + minutes(12)) == {"fired": 0, "resolved": 1}
+
+
 def test_a_rule_for_one_machine_ignores_the_others(machine, t0):
     other = Machine.objects.create(name="gpu-02", last_seen_at=t0)
     rule = a_rule("machine_offline", 5, t0, machine=other)

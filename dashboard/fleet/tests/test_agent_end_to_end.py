@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import make_sample
 from dashboard.fleet.models import Machine, SystemSample
+from hwprobe.spool import Spool
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -198,3 +200,47 @@ def test_samples_taken_while_the_server_is_down_arrive_exactly_once(process_env,
     gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
     assert max(gaps) < 2.5, f"a hole in the timeline: {max(gaps)} s"
     assert Machine.objects.get(pk=machine.pk).spool_dropped == 0
+
+
+@pytest.mark.integration
+def test_a_sample_the_server_refuses_is_set_aside_alone_and_shown_with_the_reason(
+    process_env, server, machine, tmp_path, client, viewer
+):
+    """A spool that holds a malformed sample between good ones (as a buggy agent build might leave
+    it): the real agent splits the refused batch until the bad sample is alone, sets only that one
+    aside, and the server shows how many and why; every other seq is stored once."""
+    spool_file = tmp_path / "spool.sqlite"
+    spool = Spool(spool_file)
+    now = time.time()
+    for ts in (now - 3, "soon", now - 2):
+        sample = make_sample(0, gpus=0)
+        del sample["seq"]
+        sample["ts"] = ts
+        spool.put(sample)
+    spool.close()
+
+    token = machine.issue_token()
+    agent = start_agent(process_env, server, token, spool_file)
+    try:
+        wait_for(lambda: SystemSample.objects.filter(machine=machine).count() >= 5, 40, "five samples")
+        wait_for(lambda: Machine.objects.get(pk=machine.pk).spool_refused == 1, 20, "the agent's refused count")
+    finally:
+        out = stop_agent(agent)
+    assert "retrying in halves" in out and "seq 2 as malformed" in out
+    seqs = list(SystemSample.objects.filter(machine=machine).order_by("seq").values_list("seq", flat=True))
+    assert seqs == [1, *range(3, seqs[-1] + 1)], "only seq 2 is missing, nothing twice"
+    machine.refresh_from_db()
+    assert machine.last_refusal.startswith("400: samples[0].ts")
+
+    listed = subprocess.run(
+        [sys.executable, "-m", "hwprobe", "dead-letters", "--spool", str(spool_file)],
+        cwd=ROOT,
+        env=process_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "seq 2  400: samples[0].ts" in listed.stdout
+    client.force_login(viewer)
+    page = client.get(f"/machines/{machine.name}/").content.decode()
+    assert "1 sample refused" in page and "samples[0].ts" in page

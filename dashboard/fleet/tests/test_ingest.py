@@ -22,6 +22,10 @@ def stored(machine):
     return SystemSample.objects.filter(machine=machine).count(), GpuSample.objects.filter(machine=machine).count()
 
 
+def seqs(machine) -> list[int]:
+    return list(SystemSample.objects.filter(machine=machine).order_by("seq").values_list("seq", flat=True))
+
+
 @pytest.mark.django_db
 def test_it_stores_a_batch_in_typed_columns(client, machine, agent_token):
     r = post(client, agent_token, make_batch([1, 2, 3]))
@@ -162,6 +166,36 @@ def test_the_spool_drop_count_reaches_the_machine(client, machine, agent_token):
     post(client, agent_token, batch)
     machine.refresh_from_db()
     assert machine.spool_dropped == 17
+
+
+@pytest.mark.django_db
+def test_a_refused_batch_is_recorded_for_the_page_and_the_agents_count_arrives_with_the_next(
+    client, machine, agent_token
+):
+    post(client, agent_token, make_batch([1, 2]))
+    bad = make_batch([3])
+    bad["samples"][0]["ts"] = "soon"
+    r = post(client, agent_token, bad)
+    assert r.status_code == 400 and r.json()["error"].startswith("samples[0].ts")
+    machine.refresh_from_db()
+    assert machine.last_refusal.startswith("400: samples[0].ts") and machine.last_refusal_at is not None
+    assert seqs(machine) == [1, 2] and machine.last_seq == 2, "what was stored stays, the refusal adds nothing"
+
+    later = make_batch([4])
+    later["refused"] = 1  # the agent set seq 3 aside
+    assert post(client, agent_token, later).status_code == 200
+    older = make_batch([5])
+    older["refused"] = 0  # a batch that waited longer (a replay) carries an older count
+    assert post(client, agent_token, older).status_code == 200
+    machine.refresh_from_db()
+    assert machine.spool_refused == 1 and seqs(machine) == [1, 2, 4, 5]
+
+
+@pytest.mark.django_db
+def test_a_refusal_is_recorded_for_a_machine_that_never_stored_a_batch(client, machine, agent_token):
+    assert post(client, agent_token, b"{not json").status_code == 400
+    state = MachineState.objects.get(machine=machine)
+    assert state.last_refusal.startswith("400: ") and state.last_seen_at is None and state.last_seq == 0
 
 
 @pytest.mark.django_db

@@ -26,6 +26,7 @@ def fleet(machine, operator) -> Machine:
     """gpu-01 online with 2 GPUs (GPU 1 cannot read its temperature), gpu-02 offline, some jobs, an alert."""
     batch = make_batch([1, 2], gpus=2, cpu=37.5, util=64.0)
     batch["dropped"] = 7
+    batch["refused"] = 2
     batch["samples"][-1]["gpus"][1]["temp_c"] = None
     store_batch(machine, parse_batch(json.dumps(batch).encode()))
     stale = make_batch([1], gpus=1)
@@ -76,6 +77,7 @@ def test_it_exports_the_latest_values_with_machine_and_gpu_labels(client, fleet,
     assert samples[("hwdash_memory_used_bytes", m)] == 64e9
     assert samples[("hwdash_memory_total_bytes", m)] == 256 * 2**30
     assert samples[("hwdash_spool_dropped_total", m)] == 7.0
+    assert samples[("hwdash_spool_refused_total", m)] == 2.0
     for i in (0, 1):
         assert samples[("hwdash_gpu_utilization_percent", gpu(i))] == 64.0
         assert samples[("hwdash_gpu_memory_used_bytes", gpu(i))] == 40e9
@@ -113,6 +115,7 @@ def test_the_spool_counter_is_typed_as_a_counter(client, fleet, viewer):
     text = client.get("/metrics").content.decode()
     types = {f.name: f.type for f in text_string_to_metric_families(text)}
     assert types["hwdash_spool_dropped"] == "counter"
+    assert types["hwdash_spool_refused"] == "counter"
     assert types["hwdash_gpu_temperature_celsius"] == "gauge"
 
 

@@ -5,13 +5,16 @@ capacity) comes from its own URL with the page's access checks."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from conftest import make_batch
 from dashboard.economics.tests import seed
+from dashboard.fleet import state
 from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.models import Machine
 from dashboard.fleet.payload import parse_batch
@@ -129,6 +132,27 @@ def test_spool_drops_are_shown(client, viewer, machine):
     send(machine, batch)
     client.force_login(viewer)
     assert "7 samples dropped" in client.get(f"/machines/{machine.name}/").content.decode()
+
+
+def test_samples_the_server_refused_are_shown_with_its_reason(client, viewer, machine):
+    batch = make_batch([1])
+    batch["refused"] = 3
+    send(machine, batch)
+    state.record_refusal(machine.pk, timezone.now(), "400: samples[0].ts: not a number")
+    client.force_login(viewer)
+    page = client.get(f"/machines/{machine.name}/").content.decode()
+    assert "3 samples refused" in page and "400: samples[0].ts: not a number" in page
+    assert "hwprobe dead-letters" in page, "the page says where the samples are"
+
+
+def test_a_recent_refusal_without_lost_samples_is_noted(client, viewer, machine):
+    send(machine, make_batch([1]))
+    client.force_login(viewer)
+    state.record_refusal(machine.pk, timezone.now() - timedelta(days=2), "400: inventory.hostname: too long")
+    assert "was refused" not in client.get(f"/machines/{machine.name}/").content.decode(), "old news"
+    state.record_refusal(machine.pk, timezone.now(), "400: inventory.hostname: too long")
+    page = client.get(f"/machines/{machine.name}/").content.decode()
+    assert "a batch was refused" in page and "inventory.hostname: too long" in page
 
 
 def test_an_unknown_machine_is_a_404(client, viewer):
