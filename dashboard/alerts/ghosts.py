@@ -17,6 +17,7 @@ group only if it ran that job. Gone and unknown processes are reported, never to
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -80,6 +81,48 @@ def classify(machine: Machine, allowed: set[str], jobs: list[Job] | None = None)
     return ghosts
 
 
+# How far a tracked process's last_seen_at may lag the last run that saw it.
+SEEN_RESOLUTION = timedelta(minutes=5)
+
+
+@dataclass(slots=True)
+class _Tracked:
+    """A GhostProcess as the rule reads and judges it (pk None: first seen in this run).
+
+    Plain records, not model instances: at 3,000 machines with a ghost per GPU, building 24,000
+    GhostProcess objects (and parsing their two times) was half the rule's 1.7 s (bench/alerts.py)."""
+
+    pk: int | None
+    pid: int
+    pgid: int | None
+    name: str
+    user: str
+    gpus: list[int]
+    mem_used_bytes: int | None
+    reason: str
+    job_id: int | None
+    first_seen_at: datetime
+
+    def row(self, machine_id: int, now: datetime) -> GhostProcess:
+        return GhostProcess(
+            pk=self.pk,
+            machine_id=machine_id,
+            pid=self.pid,
+            pgid=self.pgid,
+            name=self.name,
+            user=self.user,
+            gpus=self.gpus,
+            mem_used_bytes=self.mem_used_bytes,
+            reason=self.reason,
+            job_id=self.job_id,
+            first_seen_at=self.first_seen_at,
+            last_seen_at=now,
+        )
+
+
+TRACKED = ("pk", "pid", "pgid", "name", "user", "gpus", "mem_used_bytes", "reason", "job_id", "first_seen_at")
+
+
 class _Writes:
     """The ghost rows one evaluation creates, changes and forgets, written in a few statements."""
 
@@ -98,49 +141,46 @@ class _Writes:
             GhostProcess.objects.filter(pk__in=self.delete[start : start + 5000]).delete()
         # What is left of the tracked machines' rows was seen now: one statement by machine, not a
         # list of ~6,000 row ids at 750 machines (converting those parameters took 0.2 s a run).
+        # Only rows not marked for SEEN_RESOLUTION: marking every row each 30 s run rewrote ~24,000
+        # rows a run at 3,000 machines, for a time nothing judges by (first_seen_at is what counts).
+        stale = self.now - SEEN_RESOLUTION
         for start in range(0, len(self.machines), 5000):
-            GhostProcess.objects.filter(machine_id__in=self.machines[start : start + 5000]).update(
-                last_seen_at=self.now
-            )
+            GhostProcess.objects.filter(
+                machine_id__in=self.machines[start : start + 5000], last_seen_at__lt=stale
+            ).update(last_seen_at=self.now)
         GhostProcess.objects.bulk_update(self.update, self.FIELDS, batch_size=500)
         GhostProcess.objects.bulk_create(self.create, batch_size=500)
 
 
 def _track(
-    machine: Machine, ghosts: list[dict[str, Any]], now: datetime, known: dict[int, GhostProcess], writes: _Writes
-) -> list[GhostProcess]:
+    machine: Machine, ghosts: list[dict[str, Any]], now: datetime, known: dict[int, _Tracked], writes: _Writes
+) -> list[_Tracked]:
     """Remember since when each ghost holds memory; forget the ones that are gone from the list
     (``known``: the machine's rows by pid; what changes goes into ``writes``)."""
     known = dict(known)
     kept = []
     for ghost in ghosts:
         row = known.pop(ghost["pid"], None)
-        same = row is not None and row.pgid == ghost.get("pgid") and row.name == (ghost.get("name") or "")
-        if not same:
+        pgid, name = ghost.get("pgid"), ghost.get("name") or ""
+        job = ghost["job"]
+        values = (ghost.get("user") or "", ghost["gpus"], ghost.get("mem_used_bytes"), ghost["reason"], job and job.pk)
+        if row is not None and row.pgid == pgid and row.name == name:
+            if (row.user, row.gpus, row.mem_used_bytes, row.reason, row.job_id) != values:
+                row.user, row.gpus, row.mem_used_bytes, row.reason, row.job_id = values
+                writes.update.append(row.row(machine.pk, now))
+            # else: an unchanged row's last_seen_at moves with its machine's (_Writes.flush)
+        else:
             if row is not None:
                 writes.delete.append(row.pk)  # a reused pid is a new process
-            row = GhostProcess(machine=machine, pid=ghost["pid"], first_seen_at=now)
-            writes.create.append(row)
-        job = ghost["job"]
-        values = (
-            ghost.get("user") or "",
-            ghost["gpus"],
-            ghost.get("mem_used_bytes"),
-            ghost["reason"],
-            job.pk if job else None,
-        )
-        if same and (row.user, row.gpus, row.mem_used_bytes, row.reason, row.job_id) != values:
-            writes.update.append(row)  # an unchanged row's last_seen_at moves with its machine's
-        row.pgid, row.name, row.user = ghost.get("pgid"), ghost.get("name") or "", ghost.get("user") or ""
-        row.gpus, row.mem_used_bytes, row.reason = ghost["gpus"], ghost.get("mem_used_bytes"), ghost["reason"]
-        row.job, row.last_seen_at = job, now
+            row = _Tracked(None, ghost["pid"], pgid, name, *values, first_seen_at=now)
+            writes.create.append(row.row(machine.pk, now))
         kept.append(row)
     writes.delete.extend(r.pk for r in known.values())
     writes.machines.append(machine.pk)
     return kept
 
 
-def _summary(machine: Machine, old: list[GhostProcess], minutes: float) -> str:
+def _summary(machine: Machine, old: list[_Tracked], minutes: float) -> str:
     held = sum(g.mem_used_bytes or 0 for g in old) / GIB
     parts = []
     orphaned = [g for g in old if g.reason == GhostProcess.Reason.ORPHANED]
@@ -171,11 +211,12 @@ def ghost_memory(rule: AlertRule, now: datetime, fleet: Fleet) -> Verdict:
     jobs: dict[int, list[Job]] = {}
     for job in Job.objects.filter(machine_id__in=ids, pgid__isnull=False).order_by("finished_at", "pk"):
         jobs.setdefault(job.machine_id, []).append(job)
-    known: dict[int, dict[int, GhostProcess]] = {}
-    for g in GhostProcess.objects.filter(machine_id__in=ids):
-        known.setdefault(g.machine_id, {})[g.pid] = g
+    known: dict[int, dict[int, _Tracked]] = {}
+    for machine_id, *fields in GhostProcess.objects.filter(machine_id__in=ids).values_list("machine_id", *TRACKED):
+        g = _Tracked(*fields)
+        known.setdefault(machine_id, {})[g.pid] = g
     writes = _Writes(now)
-    tracked: dict[int, list[GhostProcess]] = {}
+    tracked: dict[int, list[_Tracked]] = {}
     online_ids = set(ids)
     for m in reported:
         if m.pk in online_ids:

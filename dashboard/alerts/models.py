@@ -257,6 +257,7 @@ class GhostProcess(models.Model):
     reason = models.CharField(max_length=8, choices=Reason.choices)
     job = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     first_seen_at = models.DateTimeField()
+    # The last evaluation that saw it, to within ghosts.SEEN_RESOLUTION (5 min).
     last_seen_at = models.DateTimeField()
 
     class Meta:

@@ -137,12 +137,18 @@ def test_processes_of_a_running_job_and_allowed_services_are_not_ghosts(machine,
 
 
 def test_a_ghost_seen_again_unchanged_keeps_its_first_sighting_and_moves_its_last(machine, t0):
-    """Unchanged rows are marked seen by machine in one statement; a changed or new one is written itself."""
+    """Unchanged rows are marked seen by machine in one statement, once per SEEN_RESOLUTION (5 min);
+    a changed or new one is written itself."""
     AlertRule.objects.exclude(kind="ghost_memory").update(enabled=False)
-    for i, minutes in enumerate((0, 1, 2)):
-        report(machine, t0 + timedelta(minutes=minutes), 1 + i)
+
+    def seen_at(minutes: int, seq: int) -> set:
+        report(machine, t0 + timedelta(minutes=minutes), seq)
         evaluate(t0 + timedelta(minutes=minutes))
+        return {g.last_seen_at for g in GhostProcess.objects.filter(machine=machine)}
+
+    assert seen_at(0, 1) == {t0}
+    assert seen_at(1, 2) == seen_at(4, 3) == {t0}, "not rewritten each run"
+    assert seen_at(6, 4) == {t0 + timedelta(minutes=6)}
     rows = list(GhostProcess.objects.filter(machine=machine).order_by("pid"))
     assert [g.pid for g in rows] == [11327, 11328, 11345]
     assert {g.first_seen_at for g in rows} == {t0}
-    assert {g.last_seen_at for g in rows} == {t0 + timedelta(minutes=2)}

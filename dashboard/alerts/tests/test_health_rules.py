@@ -16,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from dashboard.alerts.evaluate import evaluate
-from dashboard.alerts.models import Alert, AlertRule, KnownGpu
+from dashboard.alerts.models import Alert, AlertRule, GpuWatch, KnownGpu
 from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.models import Machine
 from dashboard.fleet.payload import Batch
@@ -221,3 +221,44 @@ def test_the_rules_share_one_read_of_the_fleets_devices(machine, t0):
         evaluate(t0)
     reads = [q["sql"] for q in queries.captured_queries if 'FROM "fleet_accelerator"' in q["sql"]]
     assert len(reads) == 1, reads
+
+
+def test_a_gpu_lost_when_first_seen_is_remembered_as_missing_since_then(machine, t0):
+    only("gpu_missing")
+    recording = h100()
+    recording["devices"][0]["nvmlDeviceGetPowerUsage"] = {"nvml_error": pynvml.NVML_ERROR_GPU_IS_LOST}
+    report(machine, collector(recording)[0], t0, 1)
+    assert evaluate(t0)["fired"] == 0
+    [known] = KnownGpu.objects.filter(machine=machine)
+    assert known.uuid == h100_uuid() and known.last_listed_at == t0 and known.missing_since == t0
+    report(machine, collector(recording)[0], t0 + timedelta(minutes=3), 2)
+    assert evaluate(t0 + timedelta(minutes=3))["fired"] == 1
+
+
+def test_a_gpu_listed_at_another_index_is_remembered_there(machine, t0):
+    only("gpu_missing")
+    two = h100()
+    second_uuid = "GPU-33333333-3333-3333-3333-333333333333"
+    two["devices"].append(dict(two["devices"][0], nvmlDeviceGetUUID=second_uuid))
+    report(machine, collector(two)[0], t0, 1)
+    evaluate(t0)
+    swapped = h100()
+    swapped["devices"] = [two["devices"][1], two["devices"][0]]
+    report(machine, collector(swapped)[0], t0 + timedelta(minutes=1), 2)
+    assert evaluate(t0 + timedelta(minutes=1))["fired"] == 0
+    assert {k.uuid: k.index for k in KnownGpu.objects.filter(machine=machine)} == {second_uuid: 0, h100_uuid(): 1}
+
+
+def test_the_counter_and_missing_rules_write_a_fleets_first_rows_in_one_statement_each(machine, t0):
+    AlertRule.objects.exclude(kind__in=("gpu_xid", "gpu_missing")).update(enabled=False)
+    nv, _ = collector(h100())
+    report(machine, nv, t0, 1)
+    for i in range(2, 6):
+        report(Machine.objects.create(name=f"gpu-{i:02d}"), nv, t0, 1)
+    with CaptureQueriesContext(connection) as queries:
+        evaluate(t0)
+    inserts = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("INSERT")]
+    assert sum('"alerts_gpuwatch"' in q for q in inserts) == 1
+    assert sum('"alerts_knowngpu"' in q for q in inserts) == 1
+    assert KnownGpu.objects.count() == 5
+    assert GpuWatch.objects.count() == 5 and not GpuWatch.objects.exclude(value=0).exists()
