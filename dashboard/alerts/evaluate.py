@@ -135,21 +135,32 @@ def job_failed(rule: AlertRule, now: datetime, fleet: Fleet) -> Verdict:
     return verdict
 
 
+def _grew(count: int, seen: int) -> bool:
+    """Whether an agent's loss count shows new losses: it went up, or it went down (a reinstalled
+    agent's new spool counts from 0) and is above 0 again."""
+    return count > seen or 0 < count < seen
+
+
 def spool_dropping(rule: AlertRule, now: datetime, fleet: Fleet) -> Verdict:
     """Machines whose agent lost samples since the last evaluation, until ``threshold`` quiet minutes:
     dropped (its spool was full) or refused (the server called their batch malformed)."""
     verdict = Verdict()
     quiet = timedelta(minutes=rule.threshold)
     watches = {w.machine_id: w for w in SpoolWatch.objects.filter(rule=rule)}
+    new: list[SpoolWatch] = []
+    changed: list[SpoolWatch] = []
     fields = ("pk", "name", "state__spool_dropped", "state__spool_refused", "state__last_refusal")
     for m in _machines(rule).only(*fields):
         watch = watches.get(m.pk)
         if watch is None:  # first look: what was lost before is history, not news
-            SpoolWatch.objects.create(rule=rule, machine=m, dropped=m.spool_dropped, refused=m.spool_refused)
+            new.append(SpoolWatch(rule=rule, machine=m, dropped=m.spool_dropped, refused=m.spool_refused))
             continue
-        if m.spool_dropped > watch.dropped or m.spool_refused > watch.refused:
-            watch.dropped, watch.refused, watch.increased_at = m.spool_dropped, m.spool_refused, now
-            watch.save(update_fields=["dropped", "refused", "increased_at"])
+        counts = (m.spool_dropped, m.spool_refused)
+        if counts != (watch.dropped, watch.refused):
+            if _grew(m.spool_dropped, watch.dropped) or _grew(m.spool_refused, watch.refused):
+                watch.increased_at = now
+            watch.dropped, watch.refused = counts
+            changed.append(watch)
         if watch.increased_at is not None and now - watch.increased_at < quiet:
             lost = []
             if m.spool_dropped:
@@ -159,6 +170,9 @@ def spool_dropping(rule: AlertRule, now: datetime, fleet: Fleet) -> Verdict:
                 lost.append(f"{m.spool_refused} refused by the server in all{why}")
             message = f"{m.name}'s agent is losing samples: {'; '.join(lost)}"
             verdict.firing.append(Finding(f"machine:{m.pk}", message[:500], m.pk))
+    # In bulk: on by default, the rule's first run meets every machine of the fleet at once.
+    SpoolWatch.objects.bulk_create(new, batch_size=1000)
+    SpoolWatch.objects.bulk_update(changed, ["dropped", "refused", "increased_at"], batch_size=500)
     return verdict
 
 

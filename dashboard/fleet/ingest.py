@@ -334,6 +334,10 @@ def _seq_offset(machine: Machine, batch: Batch) -> int:
     else:
         first = min(s.seq for s in batch.samples)
         offset = locked.last_seq if first <= locked.last_seq else 0
-        MachineState.objects.filter(pk=machine.pk).update(spool_id=batch.spool_id, seq_offset=offset)
+        # The agent's drop and refusal counts are its spool's: a new spool counts from 0 again, and
+        # kept at the old spool's (GREATEST) its first losses would not show until they passed them.
+        MachineState.objects.filter(pk=machine.pk).update(
+            spool_id=batch.spool_id, seq_offset=offset, spool_dropped=0, spool_refused=0
+        )
     machine.spool_id, machine.seq_offset, machine.last_seq = batch.spool_id, offset, locked.last_seq
     return offset

@@ -117,8 +117,11 @@ def test_a_subprocess_with_no_agent_exits_promptly_and_cleanly() -> None:
     assert time.monotonic() - started < 10
 
 
-def test_the_channel_switched_off_sends_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_channel_switched_off_sends_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HWPROBE_REPORT_PORT", "0")
+    # No agent socket either: an agent running on this host (dev.py run) has one at the default path.
+    monkeypatch.delenv("HWPROBE_REPORT_SOCKET", raising=False)
+    monkeypatch.setenv("HWPROBE_STATE_DIR", str(tmp_path))
     report.tokens(5, job=1)
     assert report.flush() == 0
 

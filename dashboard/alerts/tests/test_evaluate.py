@@ -16,7 +16,7 @@ from dashboard.alerts.models import Alert, AlertRule, SpoolWatch, WebhookDeliver
 from dashboard.fleet.models import GpuSample, Machine, MachineState
 from dashboard.jobs.models import Job
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("own_rules_only")]
 
 
 @pytest.fixture
@@ -241,6 +241,22 @@ def test_spool_dropping_fires_when_the_server_refuses_samples_and_says_why(machi
     assert "dropped" not in message, "its spool did not drop anything"
     assert SpoolWatch.objects.get(rule=rule, machine=machine).refused == 4
     assert evaluate(t0 + minutes(12)) == {"fired": 0, "resolved": 1}
+
+
+def test_spool_dropping_fires_for_a_reinstalled_agent_whose_new_spool_drops(machine, t0):
+    rule = a_rule("spool_dropping", 10, t0)
+
+    def counts(dropped: int) -> None:
+        MachineState.objects.update_or_create(machine_id=machine.pk, defaults={"spool_dropped": dropped})
+
+    counts(100)
+    evaluate(t0)
+    counts(0)  # a new spool: its counts start at 0
+    assert evaluate(t0 + minutes(1)) == {"fired": 0, "resolved": 0}
+    assert SpoolWatch.objects.get(rule=rule, machine=machine).dropped == 0
+    counts(5)
+    assert evaluate(t0 + minutes(2)) == {"fired": 1, "resolved": 0}
+    assert "5 dropped in all" in open_alerts(rule)[0].message
 
 
 def test_a_rule_for_one_machine_ignores_the_others(machine, t0):

@@ -18,7 +18,7 @@ from django.utils import timezone
 from dashboard.alerts.evaluate import evaluate
 from dashboard.alerts.models import Alert, AlertRule, GpuWatch, KnownGpu
 from dashboard.fleet.ingest import store_batch
-from dashboard.fleet.models import Machine
+from dashboard.fleet.models import Machine, MachineState
 from dashboard.fleet.payload import Batch
 from hwprobe.collectors.nvidia import NvidiaCollector
 from hwprobe.testing import batches, nvml_replay
@@ -78,6 +78,24 @@ def test_a_fresh_install_lists_the_default_health_rules(client, viewer):
     for kind in HEALTH:
         assert rules[kind].name in page
     assert "What to do" in page
+
+
+def test_a_fresh_install_also_says_when_a_machine_goes_silent_or_its_agent_loses_samples(machine, t0, client, viewer):
+    rules = {r.kind: r for r in AlertRule.objects.filter(kind__in=("machine_offline", "spool_dropping"))}
+    assert {k: (r.name, r.threshold, r.enabled) for k, r in rules.items()} == {
+        "machine_offline": ("Machine offline", 5, True),
+        "spool_dropping": ("Agent losing samples", 30, True),
+    }
+    AlertRule.objects.exclude(pk__in=[r.pk for r in rules.values()]).update(enabled=False)
+    report(machine, collector(h100())[0], t0, 1)
+    assert evaluate(t0)["fired"] == 0
+    MachineState.objects.filter(machine=machine).update(spool_refused=2, last_refusal="400: samples[0].ts: bad")
+    assert evaluate(t0 + timedelta(minutes=1))["fired"] == 1
+    assert evaluate(t0 + timedelta(minutes=6))["fired"] == 1  # silent since t0
+    assert {a.rule.kind for a in Alert.objects.filter(resolved_at=None)} == {"machine_offline", "spool_dropping"}
+    client.force_login(viewer)
+    page = client.get("/alerts/").content.decode()
+    assert "Machine offline" in page and "Agent losing samples" in page
 
 
 def test_an_xid_fires_once_with_its_meaning_and_resolves_after_quiet_minutes(machine, t0):

@@ -13,7 +13,7 @@ from dashboard.alerts.models import Alert, AlertRule
 from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.payload import Batch
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("own_rules_only")]
 
 
 def rule_form(**kw) -> dict:

@@ -17,7 +17,7 @@ from dashboard.alerts.evaluate import evaluate
 from dashboard.alerts.models import AlertRule, WebhookDelivery
 from dashboard.alerts.webhooks import deliver_due
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("own_rules_only")]
 
 
 class Hook:

@@ -230,6 +230,23 @@ def test_token_counts_are_stored_once_with_the_job_id_the_agent_reported(client,
 
 
 @pytest.mark.django_db
+def test_a_reinstalled_agents_loss_counts_start_again_with_its_new_spool(client, machine, agent_token):
+    old = make_batch([1])
+    old.update(spool_id="spool-a", dropped=100, refused=3)
+    post(client, agent_token, old)
+    fresh = make_batch([1])
+    fresh.update(spool_id="spool-b", dropped=0, refused=0)
+    post(client, agent_token, fresh)
+    machine.refresh_from_db()
+    assert (machine.spool_dropped, machine.spool_refused) == (0, 0)
+    later = make_batch([2])
+    later.update(spool_id="spool-b", dropped=5, refused=1)
+    post(client, agent_token, later)
+    machine.refresh_from_db()
+    assert (machine.spool_dropped, machine.spool_refused) == (5, 1), "kept at 100 and 3 these would not show"
+
+
+@pytest.mark.django_db
 def test_a_reinstalled_agent_restarting_at_seq_1_loses_nothing(client, machine, agent_token):
     first = make_batch([1, 2, 3])
     first["spool_id"] = "spool-a"
