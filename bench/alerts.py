@@ -4,7 +4,7 @@
     .venv/bin/python bench/alerts.py [--machines 750] [--runs 3]
 
 1. Creates and migrates its own PostgreSQL database (hwdash_bench_alerts), which loads the default
-   rules (alerts 0003: offline, temperature, spool drops, ghost memory and the GPU health rules),
+   rules (alerts 0003: ghost memory and the GPU health rules; 0005: offline and losing samples),
    and seeds --machines machines with 8 GPUs each as bench/fleet_page.py does (a ``latest``
    document with a process per GPU that belongs to no job, so the ghost rule tracks 8 processes
    per machine; 2 % offline, 1 % never reported).
