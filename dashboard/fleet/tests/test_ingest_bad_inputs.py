@@ -112,6 +112,7 @@ def test_a_spool_whose_seqs_would_pass_the_bigint_limit_gets_409_and_nothing_is_
     assert stored_seqs(machine) == []
     machine.refresh_from_db()
     assert machine.spool_id == "old"  # the refused batch changed nothing
+    assert machine.last_refusal.startswith("409: seq: ") and machine.spool_dropped == 0, "only the refusal is noted"
 
 
 @pytest.mark.django_db
