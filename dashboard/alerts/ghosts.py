@@ -146,7 +146,7 @@ class _Writes:
         stale = self.now - SEEN_RESOLUTION
         for start in range(0, len(self.machines), 5000):
             GhostProcess.objects.filter(
-                machine_id__in=self.machines[start : start + 5000], last_seen_at__lt=stale
+                machine_id__in=self.machines[start : start + 5000], last_seen_at__lte=stale
             ).update(last_seen_at=self.now)
         GhostProcess.objects.bulk_update(self.update, self.FIELDS, batch_size=500)
         GhostProcess.objects.bulk_create(self.create, batch_size=500)

@@ -229,7 +229,7 @@ class KnownGpu(models.Model):
     uuid = models.CharField(max_length=128)
     name = models.CharField(max_length=255, blank=True)
     index = models.PositiveSmallIntegerField(null=True, blank=True)  # where it was last listed
-    last_listed_at = models.DateTimeField()
+    last_listed_at = models.DateTimeField()  # to within health.LISTED_RESOLUTION (5 min)
     missing_since = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -196,32 +196,34 @@ def test_a_gpu_gone_from_the_inventory_after_a_restart_fires_missing(machine, t0
     assert "GPU-11111111-1111-1111-1111-111111111111" in alert.message
 
 
-def test_a_missing_gpu_says_when_it_was_last_listed_and_a_listed_one_moves_with_each_run(machine, t0):
-    """The listed GPUs' last_listed_at is written by machine in one statement each run; the missing
-    one keeps the last run that listed it, which its alert counts from."""
+def test_a_missing_gpu_says_how_long_it_is_missing_and_listed_ones_are_marked_every_5_minutes(machine, t0):
+    """The listed GPUs' last_listed_at is written by machine in one statement, once per
+    LISTED_RESOLUTION (5 min), not on every run; a missing one is timed from the first run that
+    missed it, and one listed again is marked at once."""
     only("gpu_missing")
     two = h100()
     second_uuid = "GPU-22222222-2222-2222-2222-222222222222"
     two["devices"].append(dict(two["devices"][0], nvmlDeviceGetUUID=second_uuid))
+
+    def run(minute: int, recording: dict[str, Any]) -> dict[str, KnownGpu]:
+        report(machine, collector(recording)[0], t0 + timedelta(minutes=minute), 1 + minute)
+        evaluate(t0 + timedelta(minutes=minute))
+        return {k.uuid: k for k in KnownGpu.objects.filter(machine=machine)}
+
     for i in range(3):
-        report(machine, collector(two)[0], t0 + timedelta(minutes=i), 1 + i)
-        evaluate(t0 + timedelta(minutes=i))
-    last_listed = t0 + timedelta(minutes=2)
-    assert {k.uuid: k.last_listed_at for k in KnownGpu.objects.filter(machine=machine)} == {
-        h100_uuid(): last_listed,
-        second_uuid: last_listed,
-    }
+        known = run(i, two)
+    assert {k.last_listed_at for k in known.values()} == {t0}, "not rewritten each run"
     for i in range(3, 9):  # one GPU from minute 3; the rule waits its threshold (2 min) before firing
-        report(machine, collector(h100())[0], t0 + timedelta(minutes=i), 1 + i)
-        evaluate(t0 + timedelta(minutes=i))
-    known = {k.uuid: k for k in KnownGpu.objects.filter(machine=machine)}
-    assert known[h100_uuid()].last_listed_at == t0 + timedelta(minutes=8)
-    assert known[h100_uuid()].missing_since is None
-    assert known[second_uuid].last_listed_at == last_listed
-    assert known[second_uuid].missing_since == t0 + timedelta(minutes=3)
+        known = run(i, h100())
+    assert known[h100_uuid()].last_listed_at == t0 + timedelta(minutes=5) and known[h100_uuid()].missing_since is None
+    assert known[second_uuid].last_listed_at == t0 and known[second_uuid].missing_since == t0 + timedelta(minutes=3)
     [alert] = alerts("gpu_missing")
     assert alert.fired_at == t0 + timedelta(minutes=5) and f"{second_uuid}, last at index 1" in alert.message
-    assert "for 3 min" in alert.message  # from its last listing (minute 2) to the firing (minute 5)
+    assert "for 2 min" in alert.message  # from the first run that missed it (minute 3) to the firing (minute 5)
+
+    known = run(9, two)  # back
+    assert known[second_uuid].missing_since is None and known[second_uuid].last_listed_at == t0 + timedelta(minutes=9)
+    assert alerts("gpu_missing")[0].resolved_at == t0 + timedelta(minutes=9)
 
 
 def h100_uuid() -> str:
