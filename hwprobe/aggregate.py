@@ -13,8 +13,8 @@ from typing import Any
 from hwprobe.schema import GPU_GAUGES, GPU_METRICS, SYSTEM_GAUGES, SYSTEM_METRICS
 
 _SYSTEM_LAST = tuple(m.name for m in SYSTEM_METRICS if m.kind == "last")
-MIN_INTERVAL_S = 0.001  # a window's shortest length on the wire (times are rounded to 1 ms)
 _GPU_LAST = tuple(m.name for m in GPU_METRICS if m.kind == "last" and m.name != "throttle_reasons")
+MIN_INTERVAL_S = 0.001  # a window's shortest length on the wire (times are rounded to 1 ms)
 
 
 def _stats(values: list[float]) -> dict[str, float] | None:

@@ -103,7 +103,8 @@ class _Tracked:
     job_id: int | None
     first_seen_at: datetime
 
-    def row(self, machine_id: int, now: datetime) -> GhostProcess:
+    def model(self, machine_id: int, now: datetime) -> GhostProcess:
+        """The row to write, marked seen now."""
         return GhostProcess(
             pk=self.pk,
             machine_id=machine_id,
@@ -167,13 +168,13 @@ def _track(
         if row is not None and row.pgid == pgid and row.name == name:
             if (row.user, row.gpus, row.mem_used_bytes, row.reason, row.job_id) != values:
                 row.user, row.gpus, row.mem_used_bytes, row.reason, row.job_id = values
-                writes.update.append(row.row(machine.pk, now))
+                writes.update.append(row.model(machine.pk, now))
             # else: an unchanged row's last_seen_at moves with its machine's (_Writes.flush)
         else:
             if row is not None:
                 writes.delete.append(row.pk)  # a reused pid is a new process
             row = _Tracked(None, ghost["pid"], pgid, name, *values, first_seen_at=now)
-            writes.create.append(row.row(machine.pk, now))
+            writes.create.append(row.model(machine.pk, now))
         kept.append(row)
     writes.delete.extend(r.pk for r in known.values())
     writes.machines.append(machine.pk)

@@ -120,7 +120,7 @@ def _counter(
                 if watch.pk is None:
                     watch.value = value
                     new.append(_stored(rule, m.pk, index, watch))
-                elif grew or value != watch.value:
+                elif value != watch.value:  # grown, or reset by an agent restart
                     watch.value = value
                     changed.append(_stored(rule, m.pk, index, watch))
             if not online or (value is None and watch is None):
@@ -285,7 +285,7 @@ def gpu_missing(rule: AlertRule, now: datetime, fleet: Fleet) -> Verdict:
     )
     for machine_id, uuid, *fields in rows:
         known_by_machine.setdefault(machine_id, {})[uuid] = _Known(*fields)
-    online_ids: list[int] = []  # their GPUs not in `gone` are listed now: last_listed_at = now
+    online_ids: list[int] = []  # their GPUs not in `gone` are listed now (marked per LISTED_RESOLUTION)
     gone: list[int] = []  # not listed (or lost) on an online machine
     back: list[int] = []  # listed again after they went missing
     newly_missing: list[int] = []  # of those, the ones missing since now
