@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The alert evaluation's cost with a large fleet: one beat run of every default rule.
 
-    .venv/bin/python bench/alerts.py [--machines 750] [--runs 3]
+    .venv/bin/python bench/alerts.py [--machines 750] [--runs 3] [--gc tuned|default]
 
 1. Creates and migrates its own PostgreSQL database (hwdash_bench_alerts), which loads the default
    rules (alerts 0003: ghost memory and the GPU health rules; 0005: offline and losing samples),
@@ -34,6 +34,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--machines", type=int, default=750)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--gc",
+        choices=["tuned", "default"],
+        default="tuned",
+        help="the garbage collector as a Celery worker sets it (dashboard.core.process), or Python's default",
+    )
     args = parser.parse_args()
     with bench_database(DB_NAME) as url:
         setup_django(url)
@@ -51,7 +57,11 @@ def main() -> int:
         from dashboard.alerts.evaluate import CHECKS, evaluate
         from dashboard.alerts.findings import Fleet
         from dashboard.alerts.models import AlertRule
+        from dashboard.core.process import tune_gc
         from dashboard.fleet.models import MachineState
+
+        if args.gc == "tuned":
+            tune_gc()  # as the Celery worker does once it has loaded the project
 
         # The seed's online machines were seen up to 10 s before it started (its offline ones 5 min
         # or more): measured from its start, not from now, since seeding 3,000 machines takes a while.
