@@ -57,10 +57,11 @@ def main() -> int:
         from dashboard.alerts.evaluate import CHECKS, evaluate
         from dashboard.alerts.findings import Fleet
         from dashboard.alerts.models import AlertRule
-        from dashboard.core.process import tune_gc
         from dashboard.fleet.models import MachineState
 
         if args.gc == "tuned":
+            from dashboard.core.process import tune_gc  # BENCH_ROOT from before it: --gc default
+
             tune_gc()  # as the Celery worker does once it has loaded the project
 
         # The seed's online machines were seen up to 10 s before it started (its offline ones 5 min

@@ -139,6 +139,13 @@ def breakdown(windows: int, batches: int) -> dict:
     from dashboard.fleet import api as fleet_api
     from dashboard.fleet.models import GpuSample, Machine, SystemSample
 
+    try:
+        from dashboard.core.process import tune_gc
+    except ImportError:  # BENCH_ROOT is a checkout from before it
+        pass
+    else:
+        tune_gc()  # as the web workers do (dashboard/wsgi.py)
+
     machine = Machine.objects.create(name="bench-profile")
     token = machine.issue_token()
     client = Client()

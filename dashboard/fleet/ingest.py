@@ -318,6 +318,8 @@ def _update_machine(
         updates["agent_version"] = batch.agent_version
     if updates:
         Machine.objects.filter(pk=machine.pk).update(**updates)
+        for field, value in updates.items():  # a caller that stores several batches sees the row as stored
+            setattr(machine, field, value)
     state.record(machine.pk, now, newest_seq, batch.dropped, batch.refused, tokens_dropped, latest)
 
 
