@@ -25,6 +25,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     dead.add_argument("--spool", default=None, help="spool file (default: the agent's, under $HWPROBE_STATE_DIR)")
     dead.add_argument("--json", action="store_true", help="one JSON object per sample, the sample included")
+    dead.add_argument(
+        "--requeue",
+        nargs="*",
+        type=int,
+        metavar="SEQ",
+        default=None,
+        help="put these samples (all with no SEQ) back in the queue, for the agent to send again: after the "
+        "server was upgraded or the machine's clock put right",
+    )
     run = commands.add_parser("run", help="sample, spool and send to the server until stopped")
     run.add_argument(
         "--server", default=os.environ.get("HWPROBE_SERVER"), help="dashboard base URL (env HWPROBE_SERVER)"
@@ -101,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write("\n")
         return 0
     if args.command == "dead-letters":
-        return _dead_letters(args.spool, args.json)
+        return _dead_letters(args.spool, args.json, args.requeue)
     if not args.server:
         print("hwprobe run: --server (or HWPROBE_SERVER) is required", file=sys.stderr)
         return 2
@@ -140,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     )
 
 
-def _dead_letters(path: str | None, as_json: bool) -> int:
-    """Print the spool's dead letters: when, which seq and the server's reason (or everything, as JSON)."""
+def _dead_letters(path: str | None, as_json: bool, requeue: list[int] | None = None) -> int:
+    """Print the spool's dead letters: when, which seq and the server's reason (or everything, as
+    JSON); or put them back in the queue (``requeue``: the seqs, empty for all)."""
     from datetime import datetime
 
     from hwprobe.spool import Spool, default_path
@@ -150,8 +160,10 @@ def _dead_letters(path: str | None, as_json: bool) -> int:
     if not spool_file.exists():
         print(f"hwprobe dead-letters: no spool at {spool_file} (--spool names another)", file=sys.stderr)
         return 2
-    spool = Spool(spool_file)
+    spool = Spool(spool_file)  # the running agent may hold it too: SQLite serialises the two
     try:
+        if requeue is not None:
+            return _requeue(spool, spool_file, requeue)
         letters = spool.dead_letters()
     finally:
         spool.close()
@@ -164,6 +176,23 @@ def _dead_letters(path: str | None, as_json: bool) -> int:
     if not as_json:
         print(f"{len(letters)} sample(s) set aside in {spool_file}", file=sys.stderr)
     return 0
+
+
+def _requeue(spool, spool_file: Path, seqs: list[int]) -> int:
+    moved = spool.requeue(seqs or None)
+    unknown = sorted(set(seqs) - set(moved))
+    if unknown:
+        listed = ", ".join(str(s) for s in unknown)
+        print(f"hwprobe dead-letters: no sample set aside with seq {listed} in {spool_file}", file=sys.stderr)
+    if moved:
+        print(
+            f"{len(moved)} sample(s) put back in the queue of {spool_file} (seq {', '.join(str(s) for s in moved)}); "
+            "the agent sends them with its next batch, and sets aside again any the server still refuses",
+            file=sys.stderr,
+        )
+    elif not seqs:
+        print(f"no sample set aside in {spool_file}", file=sys.stderr)
+    return 1 if unknown else 0
 
 
 if __name__ == "__main__":

@@ -129,6 +129,33 @@ class Spool:
                 raise
         return moved
 
+    def requeue(self, seqs: list[int] | None = None) -> list[int]:
+        """Put dead letters (all, or those of ``seqs``) back in the queue under their own seq, for
+        when the server that refused them has changed (an upgrade, a clock put right). They are the
+        oldest samples, so the next batch carries them; the server stores a window it does not
+        have whatever its seq. Returns the seqs put back.
+
+        The ``dead`` count stays: it counts samples set aside, and one refused again counts again
+        (the server's "Agent losing samples" rule fires when that count grows)."""
+        where, params = ("", ()) if seqs is None else (f"WHERE seq IN ({','.join('?' * len(seqs))})", tuple(seqs))
+        if seqs is not None and not seqs:
+            return []
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                moved = [r[0] for r in self._db.execute(f"SELECT seq FROM dead_letters {where} ORDER BY seq", params)]
+                # OR IGNORE: a seq both queued and set aside cannot happen through this class; if a
+                # hand-edited spool has one, the queued copy wins and the letter is still cleared.
+                self._db.execute(
+                    f"INSERT OR IGNORE INTO samples (seq, body) SELECT seq, body FROM dead_letters {where}", params
+                )
+                self._db.execute(f"DELETE FROM dead_letters {where}", params)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return moved
+
     @property
     def dropped(self) -> int:
         """Samples discarded because the spool was full, since it was created."""

@@ -144,3 +144,29 @@ def test_dead_letters_says_when_there_is_no_spool(tmp_path: Path) -> None:
     listed = dead_letters(tmp_path, "--spool", str(tmp_path / "nowhere.sqlite3"))
     assert listed.returncode == 2 and "no spool at" in listed.stderr
     assert not (tmp_path / "nowhere.sqlite3").exists(), "looking must not create one"
+
+
+def test_dead_letters_requeue_puts_samples_back_in_the_queue(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.sqlite3")
+    for ts in (1.0, 2.0, 3.0, 4.0):
+        spool.put({"ts": ts, "interval_s": 10.0, "count": 10, "system": {}, "gpus": []})
+    spool.dead_letter([2, 3], "400: samples[0].ts: is in the future: check the agent's clock")
+    spool.ack(4)  # seq 1 and 4 delivered
+    spool.close()
+
+    one = dead_letters(tmp_path, "--requeue", "3", "7")
+    assert one.returncode == 1, "seq 7 was never set aside"
+    assert "no sample set aside with seq 7" in one.stderr and "1 sample(s) put back" in one.stderr
+
+    rest = dead_letters(tmp_path, "--requeue")
+    assert rest.returncode == 0 and "1 sample(s) put back" in rest.stderr and "seq 2" in rest.stderr
+
+    spool = Spool(tmp_path / "spool.sqlite3")
+    try:
+        assert [s["seq"] for s in spool.peek(10)] == [2, 3], "the oldest, sent first, under their own seq"
+        assert spool.peek(1)[0]["ts"] == 2.0
+        assert spool.dead_letters() == [] and spool.dead == 2
+    finally:
+        spool.close()
+    nothing = dead_letters(tmp_path, "--requeue")
+    assert nothing.returncode == 0 and "no sample set aside" in nothing.stderr

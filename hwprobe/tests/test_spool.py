@@ -58,6 +58,20 @@ def test_dead_letters_leave_the_queue_and_are_counted(tmp_path: Path) -> None:
     assert first["seq"] == 1 and first["sample"] == {"n": 0} and first["error"].startswith("400")
 
 
+def test_requeue_puts_dead_letters_back_before_newer_samples_under_their_seq(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db")
+    for i in range(4):
+        spool.put({"n": i})
+    spool.dead_letter([1, 3], "400: samples[0].ts: is in the future")
+    assert spool.requeue([3, 9]) == [3], "only what is set aside"
+    assert [s["seq"] for s in spool.peek(10)] == [2, 3, 4]
+    assert spool.requeue() == [1]
+    assert spool.peek(1) == [{"seq": 1, "n": 0}]
+    assert spool.dead_letters() == [] and spool.requeue() == [] and spool.requeue([]) == []
+    assert spool.dead == 2, "counts samples ever set aside"
+    assert spool.put({"n": 4}) == 5, "new samples go on numbering after the newest"
+
+
 def test_it_reopens_after_the_writer_was_killed(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     # A process that writes and dies without closing anything (os._exit skips every cleanup).

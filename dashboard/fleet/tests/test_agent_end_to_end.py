@@ -244,3 +244,52 @@ def test_a_sample_the_server_refuses_is_set_aside_alone_and_shown_with_the_reaso
     client.force_login(viewer)
     page = client.get(f"/machines/{machine.name}/").content.decode()
     assert "1 sample refused" in page and "samples[0].ts" in page
+
+
+@pytest.mark.integration
+def test_a_sample_set_aside_and_put_back_after_the_server_changed_is_stored_once(
+    process_env, server, machine, tmp_path
+):
+    """A machine whose clock ran ahead of what the server tolerates: its sample is refused and set
+    aside. Once the server tolerates more (a setting, an upgrade), ``hwprobe dead-letters --requeue``
+    puts it back while the agent runs, and the agent delivers it: every seq stored once."""
+    spool_file = tmp_path / "spool.sqlite"
+    spool = Spool(spool_file)
+    now = time.time()
+    for ts in (now - 3, now + 900, now - 2):  # seq 2 is 15 minutes ahead: over INGEST_MAX_FUTURE_S (300)
+        sample = make_sample(0, gpus=0)
+        del sample["seq"]
+        sample["ts"] = ts
+        spool.put(sample)
+    spool.close()
+
+    token = machine.issue_token()
+    agent = start_agent(process_env, server, token, spool_file)
+    try:
+        wait_for(lambda: Machine.objects.get(pk=machine.pk).spool_refused == 1, 40, "seq 2 set aside")
+        assert "in the future" in Machine.objects.get(pk=machine.pk).last_refusal
+        server.stop()
+        server.env = {**process_env, "INGEST_MAX_FUTURE_S": "3600"}
+        server.start()
+        requeued = subprocess.run(
+            [sys.executable, "-m", "hwprobe", "dead-letters", "--spool", str(spool_file), "--requeue"],
+            cwd=ROOT,
+            env=process_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert requeued.returncode == 0, requeued.stderr
+        assert "1 sample(s) put back" in requeued.stderr and "seq 2" in requeued.stderr
+        wait_for(lambda: SystemSample.objects.filter(machine=machine, seq=2).exists(), 40, "seq 2 stored")
+        wait_for(lambda: SystemSample.objects.filter(machine=machine).count() >= 5, 20, "five samples")
+    finally:
+        stop_agent(agent)
+    seqs = list(SystemSample.objects.filter(machine=machine).order_by("seq").values_list("seq", flat=True))
+    assert seqs == list(range(1, seqs[-1] + 1)), "every seq once, the one put back included"
+    left = Spool(spool_file)
+    try:
+        assert left.dead_letters() == []
+        assert left.dead == 1, "the count of samples ever set aside stays"
+    finally:
+        left.close()
