@@ -605,7 +605,9 @@ def main() -> int:
             made = sum(s["windows"] for _, s in phases)
             spooled = phases[-1][1]["backlog_final"]  # one spool folder: earlier leftovers went out later
             # The API against a raw COPY of the same rows, same server, same run (bench/ingest.py's code).
-            say("ingest capacity: a raw COPY, then the API for 20 s (bench/ingest.py's clients)")
+            say(
+                "ingest capacity: a raw COPY, then the API for 20 s with 10- and 100-window batches (bench/ingest.py's clients)"
+            )
             from bench import ingest as ingest_bench
 
             cap_machines = ingest_bench.enroll(20)
@@ -615,6 +617,9 @@ def main() -> int:
             api = ingest_bench.api_run([port], cap_machines, 8, 10, 20.0)
             api_copy = (api["samples"] / api["seconds"]) / (copy["samples"] / copy["seconds"])
             api_copy_bin = (api["samples"] / api["seconds"]) / (copy_bin["samples"] / copy_bin["seconds"])
+            # What an agent with a backlog sends (hwprobe's --batch-max): the per-request costs spread thinner.
+            api_big = ingest_bench.api_run([port], cap_machines, 8, 100, 20.0)
+            api_big_copy = (api_big["samples"] / api_big["seconds"]) / (copy["samples"] / copy["seconds"])
             connection.close()
             stop(celery)
             stop(gunicorn)
@@ -788,8 +793,9 @@ def main() -> int:
                         "API vs a raw COPY of the same rows, same run",
                         ">= 50 %",
                         f"{api_copy:.0%} ({api['samples'] / api['seconds']:,.0f} vs {copy['samples'] / copy['seconds']:,.0f} windows/s); "
-                        f"{api_copy_bin:.0%} of a binary COPY ({copy_bin['samples'] / copy_bin['seconds']:,.0f} windows/s)",
-                        verdict(api_copy >= 0.5),
+                        f"{api_copy_bin:.0%} of a binary COPY ({copy_bin['samples'] / copy_bin['seconds']:,.0f} windows/s); "
+                        f"with 100-window batches {api_big_copy:.0%} ({api_big['samples'] / api_big['seconds']:,.0f} windows/s)",
+                        verdict(api_copy >= 0.5),  # judged on the 10-window batches
                     ],
                     [
                         "windows stored (all phases)",

@@ -83,7 +83,7 @@ def server(process_env):
     s.stop(quick=True)
 
 
-def start_agent(env, server, token, spool: Path) -> subprocess.Popen:
+def start_agent(env, server, token, spool: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [
             sys.executable,
@@ -100,6 +100,7 @@ def start_agent(env, server, token, spool: Path) -> subprocess.Popen:
             "1",
             "--spool",
             str(spool),
+            *extra,
         ],
         cwd=ROOT,
         env=env,
@@ -264,7 +265,9 @@ def test_a_sample_set_aside_and_put_back_after_the_server_changed_is_stored_once
     spool.close()
 
     token = machine.issue_token()
-    agent = start_agent(process_env, server, token, spool_file)
+    # A short backoff cap: while the server restarts the agent's retries back off, and at the
+    # default cap (60 s) one wait could outlast the test's.
+    agent = start_agent(process_env, server, token, spool_file, "--backoff-cap", "2")
     try:
         wait_for(lambda: Machine.objects.get(pk=machine.pk).spool_refused == 1, 40, "seq 2 set aside")
         assert "in the future" in Machine.objects.get(pk=machine.pk).last_refusal
@@ -283,8 +286,13 @@ def test_a_sample_set_aside_and_put_back_after_the_server_changed_is_stored_once
         assert "1 sample(s) put back" in requeued.stderr and "seq 2" in requeued.stderr
         wait_for(lambda: SystemSample.objects.filter(machine=machine, seq=2).exists(), 40, "seq 2 stored")
         wait_for(lambda: SystemSample.objects.filter(machine=machine).count() >= 5, 20, "five samples")
+    except AssertionError as exc:
+        agent.send_signal(signal.SIGTERM)
+        said = agent.communicate(timeout=30)[0]
+        raise AssertionError(f"{exc}; the agent said:\n{said[-3000:]}") from None
     finally:
-        stop_agent(agent)
+        if agent.poll() is None:
+            stop_agent(agent)
     seqs = list(SystemSample.objects.filter(machine=machine).order_by("seq").values_list("seq", flat=True))
     assert seqs == list(range(1, seqs[-1] + 1)), "every seq once, the one put back included"
     left = Spool(spool_file)
