@@ -190,7 +190,7 @@ class Sender:
         first, last = batch[0]["seq"], batch[-1]["seq"]
         if outcome == OK:
             self.latency_s = 0.7 * self.latency_s + 0.3 * (time.monotonic() - started)
-            self.spool.ack(last)
+            self.spool.ack([sample["seq"] for sample in batch])
             self.sent += len(batch)
             if self._failing is not None:
                 log.info(

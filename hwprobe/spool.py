@@ -103,10 +103,15 @@ class Spool:
             rows = self._db.execute("SELECT seq, body FROM samples ORDER BY seq LIMIT ?", (n,)).fetchall()
         return [{"seq": seq, **json.loads(body)} for seq, body in rows]
 
-    def ack(self, up_to_seq: int) -> int:
-        """Forget every sample with seq <= up_to_seq (the server has them); returns how many."""
+    def ack(self, seqs: list[int]) -> int:
+        """Forget these samples (the server has them); returns how many.
+
+        By seq, not "everything up to the batch's last": a sample put back with ``requeue`` while
+        the batch was in flight has a lower seq than the batch's and was not sent."""
+        if not seqs:
+            return 0
         with self._lock:
-            return self._db.execute("DELETE FROM samples WHERE seq <= ?", (up_to_seq,)).rowcount
+            return self._db.execute(f"DELETE FROM samples WHERE seq IN ({','.join('?' * len(seqs))})", seqs).rowcount
 
     def dead_letter(self, seqs: list[int], error: str) -> int:
         """Move samples the server refused as malformed out of the queue, keeping them for people."""

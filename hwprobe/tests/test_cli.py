@@ -151,7 +151,7 @@ def test_dead_letters_requeue_puts_samples_back_in_the_queue(tmp_path: Path) -> 
     for ts in (1.0, 2.0, 3.0, 4.0):
         spool.put({"ts": ts, "interval_s": 10.0, "count": 10, "system": {}, "gpus": []})
     spool.dead_letter([2, 3], "400: samples[0].ts: is in the future: check the agent's clock")
-    spool.ack(4)  # seq 1 and 4 delivered
+    spool.ack([1, 4])  # delivered
     spool.close()
 
     one = dead_letters(tmp_path, "--requeue", "3", "7")

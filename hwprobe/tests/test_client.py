@@ -274,3 +274,26 @@ def test_a_split_batch_is_still_sent_while_the_server_answers_slowly(tmp_path: P
         assert sink.accepted_seqs() == [1, 3] and spool.dead == 1 and len(spool) == 0
     finally:
         sink.stop()
+
+
+def test_a_sample_put_back_while_a_batch_is_in_flight_stays_queued(tmp_path: Path) -> None:
+    """``hwprobe dead-letters --requeue`` runs beside the agent: a sample it puts back during a
+    request has a lower seq than the batch in flight, and the batch's ack must not take it."""
+    spool = filled(tmp_path, 3)
+    spool.dead_letter([1], "400: samples[0].ts: is in the future: check the agent's clock")
+    requeued: list[int] = []
+
+    def respond(doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if not requeued:  # while the first batch (seq 2-3) is in flight
+            requeued.extend(Spool(tmp_path / "s.db").requeue())
+        return 200, {}
+
+    sink = Sink(responder=respond).start()
+    try:
+        s = sender(spool, sink.url)
+        assert s.step() == 0.0
+        assert requeued == [1] and [x["seq"] for x in spool.peek(10)] == [1]
+        assert s.step() == 0.0 and len(spool) == 0
+        assert sink.accepted_seqs() == [2, 3, 1]
+    finally:
+        sink.stop()

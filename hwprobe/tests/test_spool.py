@@ -22,15 +22,17 @@ def test_ack_forgets_delivered_samples(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "s.db")
     for i in range(5):
         spool.put({"n": i})
-    assert spool.ack(3) == 3
+    assert spool.ack([1, 2, 3]) == 3
     assert [s["seq"] for s in spool.peek(10)] == [4, 5]
+    assert spool.ack([5, 9]) == 1 and spool.ack([]) == 0
+    assert [s["seq"] for s in spool.peek(10)] == [4]
 
 
 def test_seq_keeps_growing_across_reopen_even_when_the_spool_was_emptied(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "s.db")
     spool.put({})
     spool.put({})
-    spool.ack(2)
+    spool.ack([1, 2])
     spool.close()
     again = Spool(tmp_path / "s.db")
     assert again.put({}) == 3
@@ -105,7 +107,7 @@ def test_a_simulators_spool_keeps_one_file_open_and_works_the_same(tmp_path: Pat
     """``durable=False`` (10,000 simulated machines in one process): no WAL or shared-memory files."""
     spool = Spool(tmp_path / "sim.sqlite3", durable=False)
     assert [spool.put({"n": i}) for i in range(3)] == [1, 2, 3]
-    assert spool.ack(2) == 2
+    assert spool.ack([1, 2]) == 2
     assert [s["seq"] for s in spool.peek(10)] == [3]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sim.sqlite3"]
     spool.close()
