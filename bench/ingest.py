@@ -392,6 +392,20 @@ def cpu_seconds(servers: list[subprocess.Popen]) -> dict[str, float]:
     return out
 
 
+def worker_rss_mib(servers: list[subprocess.Popen]) -> float:
+    """The largest resident memory of the gunicorn workers (the master's children), MiB: what the
+    garbage collector's tuning (dashboard.core.process) costs in memory shows here."""
+    import psutil
+
+    largest = 0
+    for proc in servers:
+        try:
+            largest = max([largest, *(p.memory_info().rss for p in psutil.Process(proc.pid).children())])
+        except psutil.Error:
+            pass
+    return largest / 2**20
+
+
 def api_run(
     ports: list[int],
     machines: list[tuple[int, str]],
@@ -432,6 +446,7 @@ def api_run(
         "cpu": cpu,
         "connects": sum(t.connects for t in threads),
         "errors": errors,
+        "rss_mib": worker_rss_mib(servers or []),
     }
 
 
@@ -582,7 +597,7 @@ def main() -> int:
         print(
             "CPU per request (ms, all cores; the run's requests include the ones cut off at the end): "
             + ", ".join(f"{g} {v:.2f}" for g, v in per_request.items())
-            + f"; {sum(per_request.values()):.2f} in all"
+            + f"; {sum(per_request.values()):.2f} in all; largest gunicorn worker at the end: {api['rss_mib']:.0f} MiB"
         )
         for e in api["errors"][:5]:
             print(f"  error: {e}")

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import gc
 
-# Collect the youngest generation after this many new containers instead of Python's 700.
-YOUNG_THRESHOLD = 50_000
+# Collect the youngest generation after this many new containers instead of Python's 700. Some
+# of a request's garbage is freed only by the collector, so a larger figure holds more memory
+# between passes: with 100-window batches a worker's memory at the end of bench/ingest.py was
+# 113 MiB at 700, 123 MiB at 10,000, 163 MiB at 20,000 and 365 MiB at 50,000, for 52 %, 56 %,
+# 59 % and 54-58 % of a text COPY (bench/README.md).
+YOUNG_THRESHOLD = 10_000
 
 
 def tune_gc() -> None:
@@ -17,10 +21,10 @@ def tune_gc() -> None:
       process cost a request several milliseconds now and then.
     - A larger first generation: validating one 100-window batch makes ~100,000 short-lived
       containers (dicts, lists, models), and at the default threshold the collector ran ~140
-      times per request and found no cycles among them. What it holds between passes stays
-      small: tens of thousands of objects.
+      times per request, mostly to find nothing to free. At ``YOUNG_THRESHOLD`` it runs ~10
+      times, for 10 MiB more memory per worker.
 
-    With 100-window batches the web workers spent 28 -> 20.5 ms of CPU per request.
+    With 100-window batches the web workers spent 24 -> 16 ms of CPU per request.
     """
     gc.freeze()
     gc.set_threshold(YOUNG_THRESHOLD, 20, 10)
