@@ -42,6 +42,11 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+def _marks(seqs: list[int]) -> str:
+    """``?,?,...``: one SQL placeholder per seq, for ``seq IN (...)``."""
+    return ",".join("?" * len(seqs))
+
+
 class Spool:
     """A bounded, persistent FIFO of samples. Safe to share between threads."""
 
@@ -111,13 +116,13 @@ class Spool:
         if not seqs:
             return 0
         with self._lock:
-            return self._db.execute(f"DELETE FROM samples WHERE seq IN ({','.join('?' * len(seqs))})", seqs).rowcount
+            return self._db.execute(f"DELETE FROM samples WHERE seq IN ({_marks(seqs)})", seqs).rowcount
 
     def dead_letter(self, seqs: list[int], error: str) -> int:
         """Move samples the server refused as malformed out of the queue, keeping them for people."""
         if not seqs:
             return 0
-        marks = ",".join("?" * len(seqs))
+        marks = _marks(seqs)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -142,9 +147,9 @@ class Spool:
 
         The ``dead`` count stays: it counts samples set aside, and one refused again counts again
         (the server's "Agent losing samples" rule fires when that count grows)."""
-        where, params = ("", ()) if seqs is None else (f"WHERE seq IN ({','.join('?' * len(seqs))})", tuple(seqs))
         if seqs is not None and not seqs:
             return []
+        where, params = ("", ()) if seqs is None else (f"WHERE seq IN ({_marks(seqs)})", tuple(seqs))
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:

@@ -24,7 +24,7 @@ def tune_gc() -> None:
       times per request, mostly to find nothing to free. At ``YOUNG_THRESHOLD`` it runs ~10
       times, for 10 MiB more memory per worker.
 
-    With 100-window batches the web workers spent 24 -> 16 ms of CPU per request.
+    With 100-window batches the web workers spent ~23 -> ~14 ms of CPU per request.
     """
     gc.freeze()
     gc.set_threshold(YOUNG_THRESHOLD, 20, 10)

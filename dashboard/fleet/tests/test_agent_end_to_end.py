@@ -203,6 +203,19 @@ def test_samples_taken_while_the_server_is_down_arrive_exactly_once(process_env,
     assert Machine.objects.get(pk=machine.pk).spool_dropped == 0
 
 
+def spool_holding(path: Path, stamps) -> Path:
+    """A spool file whose queue holds one sample per ``ts`` in ``stamps`` (seq 1, 2, ...), as an
+    agent left it: a stamp the server refuses shows what happens to a bad sample among good ones."""
+    spool = Spool(path)
+    for ts in stamps:
+        sample = make_sample(0, gpus=0)
+        del sample["seq"]
+        sample["ts"] = ts
+        spool.put(sample)
+    spool.close()
+    return path
+
+
 @pytest.mark.integration
 def test_a_sample_the_server_refuses_is_set_aside_alone_and_shown_with_the_reason(
     process_env, server, machine, tmp_path, client, viewer
@@ -210,15 +223,8 @@ def test_a_sample_the_server_refuses_is_set_aside_alone_and_shown_with_the_reaso
     """A spool that holds a malformed sample between good ones (as a buggy agent build might leave
     it): the real agent splits the refused batch until the bad sample is alone, sets only that one
     aside, and the server shows how many and why; every other seq is stored once."""
-    spool_file = tmp_path / "spool.sqlite"
-    spool = Spool(spool_file)
     now = time.time()
-    for ts in (now - 3, "soon", now - 2):
-        sample = make_sample(0, gpus=0)
-        del sample["seq"]
-        sample["ts"] = ts
-        spool.put(sample)
-    spool.close()
+    spool_file = spool_holding(tmp_path / "spool.sqlite", (now - 3, "soon", now - 2))
 
     token = machine.issue_token()
     agent = start_agent(process_env, server, token, spool_file)
@@ -254,15 +260,9 @@ def test_a_sample_set_aside_and_put_back_after_the_server_changed_is_stored_once
     """A machine whose clock ran ahead of what the server tolerates: its sample is refused and set
     aside. Once the server tolerates more (a setting, an upgrade), ``hwprobe dead-letters --requeue``
     puts it back while the agent runs, and the agent delivers it: every seq stored once."""
-    spool_file = tmp_path / "spool.sqlite"
-    spool = Spool(spool_file)
     now = time.time()
-    for ts in (now - 3, now + 900, now - 2):  # seq 2 is 15 minutes ahead: over INGEST_MAX_FUTURE_S (300)
-        sample = make_sample(0, gpus=0)
-        del sample["seq"]
-        sample["ts"] = ts
-        spool.put(sample)
-    spool.close()
+    # seq 2 is 15 minutes ahead: over INGEST_MAX_FUTURE_S (300)
+    spool_file = spool_holding(tmp_path / "spool.sqlite", (now - 3, now + 900, now - 2))
 
     token = machine.issue_token()
     # A short backoff cap: while the server restarts the agent's retries back off, and at the
