@@ -21,6 +21,7 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from django.db.models import BigIntegerField, F, Func
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
@@ -38,6 +39,37 @@ class PeriodError(ValueError):
 def window_filter(start: datetime, end: datetime, field: str = "ts") -> dict[str, datetime]:
     """ORM lookups for the rows stamped in ``[start, end)`` (see the module's definition)."""
     return {f"{field}__gte": start, f"{field}__lt": end}
+
+
+def step_start_sql(column: str, step: int, vendor: str) -> str:
+    """SQL for the start of the ``step``-second step that holds the stamp in ``column``, as epoch seconds.
+
+    Steps count from the epoch in UTC, as ``epoch - epoch % step`` does in Python: a one-day step
+    starts at midnight UTC. Charts downsample with it in the database, so a week of minute rows
+    reaches Python as one row per step, not one per minute (bench/README.md, bench/series.py).
+    ``step`` is written into the SQL as a number, never taken from a request as text.
+    """
+    step = int(step)
+    if vendor == "postgresql":
+        return f"(FLOOR(EXTRACT(EPOCH FROM {column}) / {step})::bigint * {step})"
+    # SQLite keeps datetimes as UTC text, 'YYYY-MM-DD HH:MM:SS.ffffff'. The fraction is cut before
+    # strftime reads it, which would round 19.9999996 s to 20 s (it keeps milliseconds); '%%'
+    # because Django's SQLite cursor turns '%s' into a placeholder and '%%' into '%'.
+    return f"(CAST(strftime('%%s', substr({column}, 1, 19)) AS INTEGER) / {step} * {step})"
+
+
+class StepStart(Func):
+    """``step_start_sql`` as an ORM expression: ``.annotate(start=StepStart("ts", 300))``."""
+
+    output_field = BigIntegerField()
+
+    def __init__(self, field: str, step: int) -> None:
+        super().__init__(F(field))
+        self.step = int(step)
+
+    def as_sql(self, compiler, connection, **extra):  # type: ignore[override]
+        column, params = compiler.compile(self.source_expressions[0])
+        return step_start_sql(column, self.step, connection.vendor), params
 
 
 def contains(start: datetime, end: datetime, ts: datetime) -> bool:

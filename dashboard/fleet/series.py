@@ -9,7 +9,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from dashboard.core.periods import window_filter
+from django.db.models import Avg, Max, Min
+
+from dashboard.core.periods import StepStart, window_filter
 from hwprobe.schema import GPU_METRICS, SYSTEM_METRICS, Metric
 
 from .models import Accelerator, GpuRollup, GpuSample, Machine, SystemRollup, SystemSample
@@ -88,26 +90,22 @@ def machine_series(machine: Machine, metric_name: str, since: datetime, until: d
     if resolution:
         qs = qs.filter(resolution_s=resolution)
     keys = ["gpu_index"] if scope == "gpu" else []
-    rows = qs.order_by(time_field).values_list(*keys, time_field, *columns)
-
-    # Downsample into fixed steps: min of mins, mean of means, max of maxes.
-    buckets: dict[int, dict[int, list]] = {}
+    lo_col, mean_col, hi_col = columns if gauge else columns * 3  # a counter's one value is all three
+    # Downsampled in the database into fixed steps: min of mins, mean of means, max of maxes. A
+    # day of minute rollups of 8 GPUs is 11,520 rows; Python gets one per step and device.
+    rows = (
+        qs.annotate(start=StepStart(time_field, step))
+        .values(*keys, "start")
+        .annotate(lo=Min(lo_col), mean=Avg(mean_col), hi=Max(hi_col))
+        .order_by(*keys, "start")
+        .values_list(*keys, "start", "lo", "mean", "hi")
+    )
+    buckets: dict[int, dict[int, tuple[Any, Any, Any]]] = {}
     for row in rows:
         device = row[0] if keys else -1
-        t, values = row[len(keys)], row[len(keys) + 1 :]
-        if all(v is None for v in values):
-            continue
-        epoch = int(t.timestamp())
-        b = epoch - epoch % step
-        acc = buckets.setdefault(device, {}).setdefault(b, [None, 0.0, 0, None])
-        lo, mean, hi = values if gauge else (values[0], values[0], values[0])
-        if lo is not None:
-            acc[0] = lo if acc[0] is None else min(acc[0], lo)
-        if mean is not None:
-            acc[1] += mean
-            acc[2] += 1
-        if hi is not None:
-            acc[3] = hi if acc[3] is None else max(acc[3], hi)
+        start, values = row[len(keys)], row[len(keys) + 1 :]
+        if any(v is not None for v in values):  # a step whose rows hold no value draws no point
+            buckets.setdefault(device, {})[start] = values
 
     accelerators = {a.index: a for a in machine.accelerators.all()} if scope == "gpu" else {}
     series = []
@@ -119,11 +117,11 @@ def machine_series(machine: Machine, metric_name: str, since: datetime, until: d
             "name": metric.label if device < 0 else _device_name(accelerators.get(device), device),
             # The point stands at the middle of its step, where its values were measured.
             "t": [(b + step // 2) * 1000 for b in times],
-            "mean": [round(points[b][1] / points[b][2], 6) if points[b][2] else None for b in times],
+            "mean": [None if points[b][1] is None else round(points[b][1], 6) for b in times],
         }
         if gauge:
             entry["min"] = [points[b][0] for b in times]
-            entry["max"] = [points[b][3] for b in times]
+            entry["max"] = [points[b][2] for b in times]
         series.append(entry)
 
     return {

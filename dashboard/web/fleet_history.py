@@ -15,7 +15,7 @@ from typing import Any
 
 from django.db import connection
 
-from dashboard.core.periods import window_filter
+from dashboard.core.periods import step_start_sql, window_filter
 from dashboard.core.stats import P95, percentile
 from dashboard.economics import formulas
 from dashboard.economics.fleet_days import fleet_days
@@ -71,7 +71,7 @@ def _gpu_steps_in_sql(
     p95 (``percentile_cont`` interpolates linearly between closest ranks, as core/stats does)."""
     sql = """
         WITH device AS (
-            SELECT FLOOR(EXTRACT(EPOCH FROM bucket) / %(step)s)::bigint * %(step)s AS start,
+            SELECT {start} AS start,
                    AVG(util_percent_mean) AS value
             FROM fleet_gpurollup
             WHERE resolution_s = %(resolution)s AND bucket >= %(since)s AND bucket < %(until)s
@@ -81,10 +81,13 @@ def _gpu_steps_in_sql(
         SELECT start, AVG(value), PERCENTILE_CONT(%(q)s) WITHIN GROUP (ORDER BY value)
         FROM device GROUP BY start ORDER BY start
     """
-    params = {"step": step, "resolution": resolution, "since": since, "until": until, "q": P95}
+    params = {"resolution": resolution, "since": since, "until": until, "q": P95}
     if machine_ids is not None:
         params["machines"] = list(machine_ids)
-    sql = sql.format(machines="" if machine_ids is None else "AND machine_id = ANY(%(machines)s)")
+    sql = sql.format(
+        start=step_start_sql("bucket", step, connection.vendor),
+        machines="" if machine_ids is None else "AND machine_id = ANY(%(machines)s)",
+    )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()

@@ -6,8 +6,17 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from django.contrib.auth.models import User
 
-from dashboard.core.periods import PeriodError, contains, day_edges, parse_range, resolve_period, window_filter
+from dashboard.core.periods import (
+    PeriodError,
+    StepStart,
+    contains,
+    day_edges,
+    parse_range,
+    resolve_period,
+    window_filter,
+)
 
 
 def test_a_window_stamped_on_a_boundary_counts_in_the_period_that_starts_there():
@@ -16,6 +25,23 @@ def test_a_window_stamped_on_a_boundary_counts_in_the_period_that_starts_there()
     assert not contains(start, end, end)
     assert window_filter(start, end) == {"ts__gte": start, "ts__lt": end}
     assert window_filter(start, end, "bucket") == {"bucket__gte": start, "bucket__lt": end}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("step", [20, 300, 3600, 86400])
+def test_the_database_puts_a_stamp_in_the_step_python_does(step):
+    # Any table with a datetime column will do: users' join dates here.
+    stamps = [
+        datetime(2026, 11, 20, 10, 0, tzinfo=UTC),  # on every step's edge
+        datetime(2026, 11, 20, 10, 0, 19, 999_999, tzinfo=UTC),  # a fraction of a second before one
+        datetime(2026, 11, 20, 23, 59, 59, 500_000, tzinfo=UTC),
+        datetime(2026, 11, 21, 0, 0, 20, tzinfo=UTC),
+    ]
+    for i, ts in enumerate(stamps):
+        User.objects.create(username=f"u{i}", date_joined=ts)
+    got = dict(User.objects.annotate(start=StepStart("date_joined", step)).values_list("username", "start"))
+    want = {f"u{i}": int(ts.timestamp()) - int(ts.timestamp()) % step for i, ts in enumerate(stamps)}
+    assert got == want
 
 
 def test_adjacent_periods_share_no_window_and_drop_none():

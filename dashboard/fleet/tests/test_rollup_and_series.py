@@ -83,6 +83,34 @@ def test_series_reads_raw_rows_for_an_hour_with_one_series_per_gpu(machine):
 
 
 @pytest.mark.django_db
+def test_a_step_of_several_windows_draws_min_of_mins_mean_of_means_max_of_maxes(machine):
+    # Three hours draw 20 s steps, two 10 s windows each; the windows end at T0+10 ... T0+60.
+    values = (10.0, 20.0, 30.0, 40.0, 51.0, 60.0)
+    samples = [make_batch([i], ts=T0 + 10 * i, cpu=v, util=v)["samples"][0] for i, v in enumerate(values, start=1)]
+    store_batch(machine, Batch.model_validate({"samples": samples}))
+    since, until = datetime.fromtimestamp(T0, UTC), datetime.fromtimestamp(T0 + 3 * 3600, UTC)
+
+    gpu = machine_series(machine, "gpu.util_percent", since, until)
+    assert (gpu["step_s"], gpu["resolution_s"]) == (20, None)
+    # Steps [T0, T0+20), [T0+20, T0+40), ...: windows 10 | 20, 30 | 40, 51 | 60, drawn mid-step.
+    assert gpu["series"][0]["t"] == [int(T0 + m) * 1000 for m in (10, 30, 50, 70)]
+    assert gpu["series"][0]["mean"] == [10.0, 25.0, 45.5, 60.0]
+    assert gpu["series"][0]["min"] == [0.0, 10.0, 30.0, 50.0]  # each window's min is its mean less 10
+    assert gpu["series"][0]["max"] == [20.0, 40.0, 61.0, 70.0]
+    assert gpu["series"][1] == {**gpu["series"][0], "device": 1, "name": gpu["series"][1]["name"]}
+
+    cpu = machine_series(machine, "system.cpu_percent", since, until)["series"]
+    assert [(s["min"], s["mean"], s["max"]) for s in cpu] == [
+        ([5.0, 15.0, 35.0, 55.0], [10.0, 25.0, 45.5, 60.0], [15.0, 35.0, 56.0, 65.0])
+    ]
+    # A value kept once per window (not min/mean/max) draws its mean; a metric a machine never
+    # reports (wired memory is a Mac's) draws no series at all.
+    total = machine_series(machine, "gpu.mem_total_bytes", since, until)["series"][0]
+    assert total["mean"] == [85520809984.0] * 4 and "min" not in total
+    assert machine_series(machine, "system.mem_wired_bytes", since, until)["series"] == []
+
+
+@pytest.mark.django_db
 def test_series_for_a_week_reads_hour_rollups(machine):
     ingest(machine, range(1, 31), T0 - 5 * 86400)  # data through the week: hour rollups suit it
     ingest(machine, range(31, 61), T0 + 300)
