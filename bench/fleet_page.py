@@ -11,7 +11,8 @@
    never reported.
 2. Times, in-process through Django's test client as a logged-in user (medians of --repeats):
    the page, its 10 s partial refresh, a text + state filter with the busiest-first order, and
-   the last page. Each case's SQL is captured once more: query count and summed query time.
+   the last page; then (medians of --before-repeats) the charts the page fetches: the fleet's
+   tokens/s over 1 h and 3 h, and its utilisation and money over 24 h. Each case's SQL is captured once more: query count and summed query time.
 3. Baseline in the same run (medians of --before-repeats): the old page, i.e. every machine from
    ``queries.fleet_overview()`` through ``views._present()`` into the card template as it was at
    --before-ref (read with git), and ``fleet_overview()`` alone.
@@ -255,11 +256,22 @@ def main() -> int:
                 ("filter: ?q=h100&state=online&sort=busiest", "/?q=h100&state=online&sort=busiest"),
                 (f"last page (?sort=name&page={last_page})", f"/?sort=name&page={last_page}"),
             ]
-            results = []  # case, ms, n, queries, sql ms, html KiB
-            for label, path in cases:
+            # The charts the page fetches after it loads: fewer repeats, they read an hour or a day of the fleet.
+            chart_cases = [
+                (
+                    "chart: fleet tokens/s, 1 h (/api/v1/fleet/series)",
+                    "/api/v1/fleet/series?metric=tokens.generated&since=1h",
+                ),
+                ("chart: fleet tokens/s, 3 h", "/api/v1/fleet/series?metric=tokens.generated&since=3h"),
+                ("chart: fleet utilisation and money, 24 h (/api/v1/fleet/history)", "/api/v1/fleet/history?since=24h"),
+            ]
+            results = []  # case, ms, n, queries, sql ms, body KiB
+            for label, path, repeats in [(*c, args.repeats) for c in cases] + [
+                (*c, args.before_repeats) for c in chart_cases
+            ]:
                 response = client.get(path)  # warm-up, and the size
                 assert response.status_code == 200, (path, response.status_code)
-                ms = median(timed(lambda: client.get(path), args.repeats)) * 1000
+                ms = median(timed(lambda path=path: client.get(path), repeats)) * 1000
                 with CaptureQueriesContext(connection) as captured:
                     client.get(path)
                 sql_ms = sum(float(q["time"]) for q in captured.captured_queries) * 1000
@@ -267,7 +279,7 @@ def main() -> int:
                     [
                         label,
                         f"{ms:.1f}",
-                        args.repeats,
+                        repeats,
                         len(captured.captured_queries),
                         f"{sql_ms:.1f}",
                         f"{len(response.content) / 1024:.0f}",
@@ -318,7 +330,7 @@ def main() -> int:
             f"{args.machines:,} machines x {GPUS} GPUs, an hour of minute rollups; in-process, logged in "
             "(the old page without login, middleware or base template)"
         )
-        print(table(results, ["case", "ms (median)", "n", "queries", "SQL ms", "HTML KiB"]))
+        print(table(results, ["case", "ms (median)", "n", "queries", "SQL ms", "body KiB"]))
         return 0
     except KeyboardInterrupt:
         say("interrupted; cleaning up")

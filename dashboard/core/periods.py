@@ -51,7 +51,10 @@ def step_start_sql(column: str, step: int, vendor: str) -> str:
     """
     step = int(step)
     if vendor == "postgresql":
-        return f"(FLOOR(EXTRACT(EPOCH FROM {column}) / {step})::bigint * {step})"
+        # date_part gives a double, EXTRACT a numeric, whose division costs ~20 % more per row.
+        # A double holds an epoch to ~2e-7 s, so a stamp a microsecond before a step's edge
+        # still floors into the step before it.
+        return f"(FLOOR(date_part('epoch', {column}) / {step})::bigint * {step})"
     # SQLite keeps datetimes as UTC text, 'YYYY-MM-DD HH:MM:SS.ffffff'. The fraction is cut before
     # strftime reads it, which would round 19.9999996 s to 20 s (it keeps milliseconds); '%%'
     # because Django's SQLite cursor turns '%s' into a placeholder and '%%' into '%'.

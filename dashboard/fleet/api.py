@@ -124,10 +124,22 @@ def machine_throughput(request, name: str, since: str = "24h", until: str | None
     }
 
 
-@router.get("/fleet/series", auth=USER_AUTH, summary="The fleet's tokens/s, one stacked series per machine")
-def fleet_series(request, metric: str = "tokens.generated", since: str = "1h", until: str | None = None):
-    """Only the machines the user's teams see (and the shared pool): another team's are left out."""
+@router.get(
+    "/fleet/series",
+    auth=USER_AUTH,
+    summary="The fleet's tokens/s: a stacked series for each of the top machines, the rest summed in one",
+)
+def fleet_series(
+    request,
+    metric: str = "tokens.generated",
+    since: str = "1h",
+    until: str | None = None,
+    top: int = Query(throughput.FLEET_TOP, ge=1, le=1000),  # type: ignore[type-arg]
+):
+    """Only the machines the user's teams see (and the shared pool): another team's are left out.
+    The `top` machines with the most tokens in the range get a series each (by name); the others
+    are summed into one last series whose `machine` is null. `machines` counts them all."""
     if metric not in throughput.METRICS:
         raise HttpError(400, f"metric: expected one of {', '.join(sorted(throughput.METRICS))}")
     start, end = required_range(since, until)
-    return throughput.fleet_series(metric, start, end, visibility.visible_machine_ids(request.user))
+    return throughput.fleet_series(metric, start, end, visibility.visible_machine_ids(request.user), top=top)

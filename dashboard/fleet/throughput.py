@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db.models import F, QuerySet, Sum
+from django.db import connection
+from django.db.models import F, Max, QuerySet, Sum
 
-from dashboard.core.periods import window_filter
+from dashboard.core.periods import step_start_sql, window_filter
 
 from .models import GpuSample, Machine, ThroughputSample
 from .series import step_for
@@ -115,9 +116,17 @@ def fine_series(
         return None
     kind = METRICS[metric]
     column = KINDS[kind]
+    # Per window and job the row of the source that counted most (``window_tokens``' rule); on a
+    # tie the first source by name, so the drawing does not change between refreshes.
+    best: dict[tuple[int, int, int], tuple] = {}
+    fields = ("machine_id", "seq", "job_key", "ts", "interval_s", "active_s", "points", column)
+    for machine_id, seq, job_key, *row in rows.filter(**{f"{column}__gt": 0}).order_by("source").values_list(*fields):
+        key = (machine_id, seq, job_key)
+        if key not in best or row[-1] > best[key][-1]:
+            best[key] = tuple(row)
     measured: list[tuple[float, float, float]] = []
-    for row in rows.filter(**{f"{column}__gt": 0}).values_list("ts", "interval_s", "active_s", "points", column):
-        measured.extend(points_of(row, kind))
+    for row in best.values():
+        measured.extend(points_of(row, kind))  # type: ignore[arg-type]
     measured.sort()
     t = [round(end * 1000) for end, _, _ in measured]
     mean = [round(n / active, 3) if active > 0 else None for _, active, n in measured]
@@ -142,27 +151,6 @@ def totals(windows: Iterable[WindowTokens]) -> dict[str, int]:
     return out
 
 
-def _series(rows, since: datetime, until: datetime, key_name: Callable[[Any], str]) -> tuple[list[dict], int]:
-    """rows of (key, ts, tokens) -> one series per key of tokens/s per step."""
-    step = step_for(until - since, 10)
-    buckets: dict[Any, dict[int, float]] = defaultdict(lambda: defaultdict(float))
-    for key, ts, tokens in rows:
-        epoch = int(ts.timestamp())
-        buckets[key][epoch - epoch % step] += tokens
-    series = []
-    for key in sorted(buckets, key=lambda k: (k is None, k)):
-        times = sorted(buckets[key])
-        series.append(
-            {
-                "key": key,
-                "name": key_name(key),
-                "t": [(b + step // 2) * 1000 for b in times],
-                "mean": [round(buckets[key][b] / step, 3) for b in times],
-            }
-        )
-    return series, step
-
-
 def payload(metric: str, since: datetime, until: datetime, series: list, step: int, **extra) -> dict[str, Any]:
     """The JSON a tokens/s chart draws (the same shape as the gauge series)."""
     kind = METRICS[metric]
@@ -179,12 +167,51 @@ def payload(metric: str, since: datetime, until: datetime, series: list, step: i
     }
 
 
-def series_of(
-    rows: Iterable[tuple[Any, datetime, float]], metric: str, since: datetime, until: datetime, name, **extra
-) -> dict[str, Any]:
-    """A tokens/s chart from (key, ts, tokens) rows, one series per key named by ``name(key)``."""
-    series, step = _series(rows, since, until, name)
-    return payload(metric, since, until, series, step, **extra)
+def step_sums(rows: QuerySet[ThroughputSample], column: str, step: int, by: str) -> list[tuple[int, int, int]]:
+    """``(by, step start in epoch s, tokens)`` of ``column`` among ``rows``, sorted, with
+    ``window_tokens``' rule: per window and job the count of the source that counted most (the
+    job's output and its engine's metrics often both count a window). ``by``: ``machine_id`` or
+    ``job_key``.
+
+    Summed in the database: an hour of a 1,000-machine fleet is 360,000 windows, and Python would
+    read each one (bench/README.md, "Fleet throughput chart")."""
+    per_window = (
+        rows.filter(**{f"{column}__gt": 0})
+        .order_by()
+        .values("machine_id", "seq", "job_key", "ts")  # a window's rows share its end
+        .annotate(best_count=Max(column))
+    )
+    sql, params = per_window.query.sql_with_params()
+    key = connection.ops.quote_name(by)
+    start = step_start_sql("w.ts", step, connection.vendor)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT w.{key}, {start}, SUM(w.best_count) FROM ({sql}) w GROUP BY 1, 2 ORDER BY 1, 2", params)
+        return [(k, int(start), int(n)) for k, start, n in cursor.fetchall()]
+
+
+def chart_step(since: datetime, until: datetime) -> int:
+    """The step of a tokens/s chart over ``[since, until)``: windows (10 s) at the finest."""
+    return step_for(until - since, 10)
+
+
+def series_from_sums(sums: Iterable[tuple[Any, int, int]], step: int, key_name: Callable[[Any], str]) -> list[dict]:
+    """One series per key of tokens/s per step from ``step_sums`` (keys in their given order)."""
+    buckets: dict[Any, dict[int, int]] = {}
+    for key, start, tokens in sums:
+        per_step = buckets.setdefault(key, {})
+        per_step[start] = per_step.get(start, 0) + tokens
+    series = []
+    for key, per_step in buckets.items():
+        times = sorted(per_step)
+        series.append(
+            {
+                "key": key,
+                "name": key_name(key),
+                "t": [(b + step // 2) * 1000 for b in times],
+                "mean": [round(per_step[b] / step, 3) for b in times],
+            }
+        )
+    return series
 
 
 def machine_series(
@@ -197,26 +224,43 @@ def machine_series(
     """
     column = KINDS[METRICS[metric]]
     names = job_names or {}
-    rows = machine_rows(machine, since, until).filter(**{f"{column}__gt": 0}).order_by("ts")
-    flat = [(key if key in names else None, ts, n) for key, ts, n in rows.values_list("job_key", "ts", column)]
-    data = series_of(flat, metric, since, until, lambda j: names[j] if j else "outside jobs", machine=machine.name)
-    for s in data["series"]:
+    step = chart_step(since, until)
+    sums = step_sums(machine_rows(machine, since, until), column, step, "job_key")
+    flat = sorted(((key if key in names else None, start, n) for key, start, n in sums), key=lambda r: r[0] is None)
+    series = series_from_sums(flat, step, lambda j: names[j] if j else "outside jobs")
+    for s in series:
         s["job"] = s.pop("key")
-    return data
+    return payload(metric, since, until, series, step, machine=machine.name)
+
+
+FLEET_TOP = 10  # machines drawn on their own in the fleet's chart; the rest are summed into one
 
 
 def fleet_series(
-    metric: str, since: datetime, until: datetime, machine_ids: Collection[int] | None = None
+    metric: str, since: datetime, until: datetime, machine_ids: Collection[int] | None = None, top: int = FLEET_TOP
 ) -> dict[str, Any]:
-    """The fleet's tokens/s, one series per machine (stacked, so the top is the total); only the
-    machines of ``machine_ids`` (None: every machine)."""
+    """The fleet's tokens/s (stacked, so the top is the total) for the machines of
+    ``machine_ids`` (None: every machine): the ``top`` machines with the most tokens in the range
+    one series each, by name, and the others summed into one series, last (``machine`` None).
+
+    A chart of a thousand stacked machines cannot be read and its JSON was megabytes; the
+    machine page has each machine's own chart."""
     column = KINDS[METRICS[metric]]
-    samples = ThroughputSample.objects.filter(**window_filter(since, until), **{f"{column}__gt": 0})
-    rows = only(samples, machine_ids).order_by("ts").values_list("machine__name", "ts", column)
-    data = series_of(list(rows), metric, since, until, lambda m: m)
-    for s in data["series"]:
+    step = chart_step(since, until)
+    samples = ThroughputSample.objects.filter(**window_filter(since, until))
+    sums = step_sums(only(samples, machine_ids), column, step, "machine_id")
+    totals: dict[int, int] = defaultdict(int)
+    for machine_id, _, n in sums:
+        totals[machine_id] += n
+    ranked = sorted(totals, key=lambda m: (-totals[m], m))
+    shown = dict(Machine.objects.filter(pk__in=ranked[:top]).values_list("pk", "name"))
+    others = len(ranked) - len(shown)
+    flat = [(shown.get(m), start, n) for m, start, n in sums]
+    flat.sort(key=lambda r: (r[0] is None, r[0] or ""))
+    series = series_from_sums(flat, step, lambda name: name or f"{others} other machine{'s' if others != 1 else ''}")
+    for s in series:
         s["machine"] = s.pop("key")
-    return data
+    return payload(metric, since, until, series, step, machines=len(ranked), top=top)
 
 
 def energy_joules(

@@ -54,12 +54,11 @@ def job_series(job: Job, metric: str, since: datetime, until: datetime) -> dict[
             s.pop("key")
         fine["job"] = job.pk
         return fine
-    rows = in_range.order_by("ts").values_list("ts", column)
-    data = throughput.series_of([(None, ts, n) for ts, n in rows if n], metric, since, until, lambda _: label)
-    for s in data["series"]:
+    step = throughput.chart_step(since, until)
+    series = throughput.series_from_sums(throughput.step_sums(in_range, column, step, "job_key"), step, lambda _: label)
+    for s in series:
         s.pop("key")
-    data["job"] = job.pk
-    return data
+    return throughput.payload(metric, since, until, series, step, job=job.pk)
 
 
 def names_on(machine: Machine, job_keys: set[int] | None = None) -> dict[int, str]:

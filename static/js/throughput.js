@@ -126,10 +126,11 @@ window.Throughput = (function () {
     const blocks = Array.from(card.querySelectorAll(".throughput-kind"));
     const answers = await Promise.all(blocks.map((b) =>
       getJSON(withParams(card.dataset.seriesUrl, Object.assign({ metric: "tokens." + b.dataset.kind }, Charts.rangeParams(range))))));
-    // The same machine keeps its colour in both charts.
-    const names = Array.from(new Set(answers.flatMap((a) => a.series.map((s) => s.machine)))).sort();
+    // The same machine keeps its colour in both charts; the machines summed together (machine
+    // null: those past the busiest ten) are drawn in the muted colour, last.
+    const names = Array.from(new Set(answers.flatMap((a) => a.series.map((s) => s.machine)))).filter((n) => n !== null).sort();
     const colors = Charts.theme().colors;
-    const machineColor = (s) => colors[names.indexOf(s.machine) % colors.length];
+    const machineColor = (s) => (s.machine === null ? Charts.theme().muted : colors[names.indexOf(s.machine) % colors.length]);
     let any = false;
     await Promise.all(blocks.map((block, i) => {
       block.hidden = !answers[i].series.length;

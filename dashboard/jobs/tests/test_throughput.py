@@ -176,3 +176,39 @@ def test_reports_the_agent_could_not_use_add_up_on_the_machine_once(machine):
     machine.refresh_from_db()
     assert machine.tokens_dropped == 7
     assert machine.latest["report_udp"] is False
+
+
+# ---- two sources counting one job's tokens: every chart takes the one that counted most ---------
+
+
+@pytest.fixture
+def served_twice(machine, operator):
+    """A serving job whose three windows are counted twice: by its output (1000 tokens a window)
+    and by its engine's metrics (1200: the engine also counts what the output did not print)."""
+    job = Job.objects.create(
+        owner=operator, name="serve-8b", kind="serve", argv=["x"], gpus=0, machine=machine, status="running", attempt=1
+    )
+    JobAttempt.objects.create(job=job, number=1, machine=machine, gpus=[])
+    batch = make_batch([1, 2, 3], ts=(T0 + timedelta(seconds=30)).timestamp(), gpus=0)
+    for sample in batch["samples"]:
+        sample["tokens"] = [
+            {"job_id": job.pk, "source": "progress", "generated": 1000},
+            {"job_id": job.pk, "source": "prometheus", "generated": 1200},
+        ]
+    store_batch(machine, Batch.model_validate(batch))
+    return job
+
+
+@pytest.mark.django_db
+def test_a_window_counted_by_two_sources_counts_once_in_every_chart(served_twice, machine):
+    assert job_throughput.job_summary(served_twice)["generated"]["total_tokens"] == 3600
+    hour = (T0, T0 + timedelta(hours=1))
+    names = job_throughput.names_on(machine)
+    on_machine = throughput.machine_series(machine, "tokens.generated", *hour, names)
+    assert on_machine["step_s"] == 10 and on_machine["series"][0]["mean"] == [120.0, 120.0, 120.0]
+    fleet = throughput.fleet_series("tokens.generated", *hour)
+    assert fleet["series"][0]["mean"] == [120.0, 120.0, 120.0]
+    job = job_throughput.job_series(served_twice, "tokens.generated", *hour)
+    assert sum(job["series"][0]["mean"]) == 360.0  # a window a point: tokens over their window's 10 s
+    day = job_throughput.job_series(served_twice, "tokens.generated", T0, T0 + timedelta(days=1))
+    assert sum(day["series"][0]["mean"]) * day["step_s"] == pytest.approx(3600)
