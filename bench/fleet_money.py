@@ -181,7 +181,11 @@ def main() -> int:
             warm_money_ms = (time.perf_counter() - t0) * 1000
             worst = largest_difference(before, after)
 
-            fleet_history.money = fleet_history.money_uncached
+            def uncached(since, until, now=None, machine_ids=None):
+                # The API passes the machines the user sees (here all of them); the old code had no such filter.
+                return fleet_history.money_uncached(since, until, now)
+
+            fleet_history.money = uncached
             try:
                 before_ms, before_q, before_sql = timed_requests(client, args.before_repeats)
             finally:

@@ -21,6 +21,7 @@ token windows before its first whole hour read.
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_right
 from collections import defaultdict
 from datetime import UTC, datetime, time, timedelta, tzinfo
 from typing import Any
@@ -157,6 +158,20 @@ def _windows(span: Span, ids: list[int]) -> dict[int, list[throughput.WindowToke
     return out
 
 
+def _tokens_per_hour(span: Span, ids: list[int], edges: list[datetime]) -> dict[int, list[dict[str, int]]]:
+    """What ``roi.tokens_by_period(window_tokens(...), edges)`` gives each machine, summed in SQL
+    per UTC hour (``edges`` are ``span``'s start and the UTC hours in it): a day of a 1,000-machine
+    fleet is millions of token rows, which Python read one by one (bench/README.md)."""
+    out = {m: [{"generated": 0, "train": 0, "prompt": 0} for _ in edges[1:]] for m in ids}
+    rows = ThroughputSample.objects.filter(machine_id__in=ids, **window_filter(*span))
+    for machine_id, start, *counts in throughput.step_sums(rows, list(throughput.KINDS.values()), 3600, "machine_id"):
+        # The span's first hour may begin before it: its windows (all in the span) count from its start.
+        i = bisect_right(edges, max(datetime.fromtimestamp(start, UTC), span[0])) - 1
+        for kind, n in zip(throughput.KINDS, counts, strict=True):
+            out[machine_id][i][kind] += n
+    return out
+
+
 def _read(span: Span, machines: list[_Machine]) -> dict[int, tuple[list[tuple], list[tuple]]]:
     """The inputs of ``span`` for ``machines`` from their rows, as ``machine_roi`` reads them: per
     machine, its hours in order (stamp and ``_HOUR_KEYS``) and its tokens per hour (``_hour_edges``)."""
@@ -166,12 +181,12 @@ def _read(span: Span, machines: list[_Machine]) -> dict[int, tuple[list[tuple], 
     rows: dict[int, list] = defaultdict(list)
     for machine_id, *row in roi.hour_rows(ids, a, b):
         rows[machine_id].append(row)
-    windows = _windows(span, ids)
     edges = _hour_edges(a, b)
+    per_hour = _tokens_per_hour(span, ids, edges)
     out = {}
     for machine_id in ids:
         hours = roi.hours_of(rows[machine_id], rated[machine_id], roi.DEFAULT_IDLE_BELOW_PERCENT)
-        tokens = roi.tokens_by_period(windows[machine_id], edges)
+        tokens = per_hour[machine_id]
         out[machine_id] = (
             [(k, *(hours[k][name] for name in _HOUR_KEYS)) for k in sorted(hours)],
             [(edge, t["generated"], t["train"], t["prompt"]) for edge, t in zip(edges, tokens, strict=False)],

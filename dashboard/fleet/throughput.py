@@ -17,15 +17,17 @@ metrics): per window and job the source that counted most is kept, with its acti
 from __future__ import annotations
 
 import math
+import operator
 import statistics
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import reduce
 from typing import Any
 
 from django.db import connection
-from django.db.models import F, Max, QuerySet, Sum
+from django.db.models import F, Max, Q, QuerySet, Sum
 
 from dashboard.core.periods import step_start_sql, window_filter
 
@@ -167,26 +169,28 @@ def payload(metric: str, since: datetime, until: datetime, series: list, step: i
     }
 
 
-def step_sums(rows: QuerySet[ThroughputSample], column: str, step: int, by: str) -> list[tuple[int, int, int]]:
-    """``(by, step start in epoch s, tokens)`` of ``column`` among ``rows``, sorted, with
-    ``window_tokens``' rule: per window and job the count of the source that counted most (the
-    job's output and its engine's metrics often both count a window). ``by``: ``machine_id`` or
-    ``job_key``.
+def step_sums(rows: QuerySet[ThroughputSample], columns: Sequence[str], step: int, by: str) -> list[tuple[int, ...]]:
+    """``(by, step start in epoch s, *tokens)``, a sum per column of ``columns``, among ``rows``
+    that counted any, sorted, with ``window_tokens``' rule: per window, job and column the count of
+    the source that counted most (the job's output and its engine's metrics often both count a
+    window). ``by``: ``machine_id`` or ``job_key``.
 
     Summed in the database: an hour of a 1,000-machine fleet is 360,000 windows, and Python would
-    read each one (bench/README.md, "Fleet throughput chart")."""
+    read each one (bench/README.md, "Fleet charts at 1,000 machines")."""
+    counted = reduce(operator.or_, (Q(**{f"{c}__gt": 0}) for c in columns))
     per_window = (
-        rows.filter(**{f"{column}__gt": 0})
+        rows.filter(counted)
         .order_by()
         .values("machine_id", "seq", "job_key", "ts")  # a window's rows share its end
-        .annotate(best_count=Max(column))
+        .annotate(**{f"best_{i}": Max(c) for i, c in enumerate(columns)})
     )
     sql, params = per_window.query.sql_with_params()
     key = connection.ops.quote_name(by)
     start = step_start_sql("w.ts", step, connection.vendor)
+    sums = ", ".join(f"SUM(w.best_{i})" for i in range(len(columns)))
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT w.{key}, {start}, SUM(w.best_count) FROM ({sql}) w GROUP BY 1, 2 ORDER BY 1, 2", params)
-        return [(k, int(start), int(n)) for k, start, n in cursor.fetchall()]
+        cursor.execute(f"SELECT w.{key}, {start}, {sums} FROM ({sql}) w GROUP BY 1, 2 ORDER BY 1, 2", params)
+        return [(k, int(first), *(int(n) for n in rest)) for k, first, *rest in cursor.fetchall()]
 
 
 def chart_step(since: datetime, until: datetime) -> int:
@@ -194,7 +198,7 @@ def chart_step(since: datetime, until: datetime) -> int:
     return step_for(until - since, 10)
 
 
-def series_from_sums(sums: Iterable[tuple[Any, int, int]], step: int, key_name: Callable[[Any], str]) -> list[dict]:
+def series_from_sums(sums: Iterable[tuple[Any, ...]], step: int, key_name: Callable[[Any], str]) -> list[dict]:
     """One series per key of tokens/s per step from ``step_sums`` (keys in their given order)."""
     buckets: dict[Any, dict[int, int]] = {}
     for key, start, tokens in sums:
@@ -225,7 +229,7 @@ def machine_series(
     column = KINDS[METRICS[metric]]
     names = job_names or {}
     step = chart_step(since, until)
-    sums = step_sums(machine_rows(machine, since, until), column, step, "job_key")
+    sums = step_sums(machine_rows(machine, since, until), [column], step, "job_key")
     flat = sorted(((key if key in names else None, start, n) for key, start, n in sums), key=lambda r: r[0] is None)
     series = series_from_sums(flat, step, lambda j: names[j] if j else "outside jobs")
     for s in series:
@@ -248,7 +252,7 @@ def fleet_series(
     column = KINDS[METRICS[metric]]
     step = chart_step(since, until)
     samples = ThroughputSample.objects.filter(**window_filter(since, until))
-    sums = step_sums(only(samples, machine_ids), column, step, "machine_id")
+    sums = step_sums(only(samples, machine_ids), [column], step, "machine_id")
     totals: dict[int, int] = defaultdict(int)
     for machine_id, _, n in sums:
         totals[machine_id] += n

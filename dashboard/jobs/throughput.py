@@ -55,7 +55,9 @@ def job_series(job: Job, metric: str, since: datetime, until: datetime) -> dict[
         fine["job"] = job.pk
         return fine
     step = throughput.chart_step(since, until)
-    series = throughput.series_from_sums(throughput.step_sums(in_range, column, step, "job_key"), step, lambda _: label)
+    series = throughput.series_from_sums(
+        throughput.step_sums(in_range, [column], step, "job_key"), step, lambda _: label
+    )
     for s in series:
         s.pop("key")
     return throughput.payload(metric, since, until, series, step, job=job.pk)
