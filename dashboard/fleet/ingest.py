@@ -23,7 +23,16 @@ from psycopg.errors import UniqueViolation
 from hwprobe.schema import GPU_METRICS, SYSTEM_METRICS, Metric
 
 from . import state
-from .models import Accelerator, GpuSample, Machine, MachineState, SystemSample, ThroughputSample, metric_columns
+from .models import (
+    Accelerator,
+    GpuSample,
+    Machine,
+    MachineState,
+    SystemSample,
+    ThroughputRollup,
+    ThroughputSample,
+    metric_columns,
+)
 from .payload import MAX_BIGINT, Batch, Inventory, PayloadError, Sample
 
 # Keep each statement's parameters under SQLite's 32,766 limit.
@@ -161,6 +170,61 @@ def _store_tokens(machine: Machine, samples: list[tuple[Sample, int]], now: date
         for t in s.tokens
     ]
     ThroughputSample.objects.bulk_create(rows, ignore_conflicts=True)
+    _add_token_rollups(machine.pk, samples)
+
+
+TOKEN_ROLLUPS = (60, 3600)  # ThroughputRollup's resolutions: minutes and hours
+
+
+def _add_token_rollups(machine_id: int, samples: list[tuple[Sample, int]]) -> None:
+    """Add new windows' tokens to their minute and hour ``ThroughputRollup`` rows: per window and
+    job each kind's largest count among its sources (``throughput.window_tokens``' rule; a window's
+    sources all arrive in its sample). Called only with windows stored now, in their transaction,
+    so adding is exact. A sum saturates at the column's limit instead of failing the batch."""
+    sums: dict[tuple[int, int, int], list[int]] = {}
+    for sample, _seq in samples:
+        best: dict[int, list[int]] = {}
+        for t in sample.tokens:
+            counts = best.setdefault(t.job_id or 0, [0, 0, 0])
+            for i, n in enumerate((t.prompt, t.generated, t.train)):
+                counts[i] = max(counts[i], n)
+        epoch = int(_ts(sample).timestamp())  # as the stored stamp, to the microsecond
+        for job_key, counts in best.items():
+            for resolution in TOKEN_ROLLUPS:
+                total = sums.setdefault((resolution, epoch - epoch % resolution, job_key), [0, 0, 0])
+                for i, n in enumerate(counts):
+                    total[i] += n
+    if not sums:
+        return
+    adapt = connection.ops.adapt_datetimefield_value
+    rows = [
+        [
+            machine_id,
+            job_key,
+            resolution,
+            adapt(datetime.fromtimestamp(start, tz=UTC)),
+            *(min(n, MAX_BIGINT) for n in total),
+        ]
+        for (resolution, start, job_key), total in sorted(sums.items())  # one lock order for every batch
+    ]
+    qn = connection.ops.quote_name
+    table = qn(ThroughputRollup._meta.db_table)
+    kinds = ("prompt_tokens", "generated_tokens", "train_tokens")
+    add = ", ".join(
+        f"{c} = CASE WHEN {table}.{c} > {MAX_BIGINT} - excluded.{c} "
+        f"THEN {MAX_BIGINT} ELSE {table}.{c} + excluded.{c} END"
+        for c in kinds
+    )
+    per_statement = MAX_PARAMS // 7
+    with connection.cursor() as cursor:
+        for first in range(0, len(rows), per_statement):
+            chunk = rows[first : first + per_statement]
+            cursor.execute(
+                f"INSERT INTO {table} (machine_id, job_key, resolution_s, bucket, {', '.join(kinds)}) VALUES "
+                + ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(chunk))
+                + f" ON CONFLICT (machine_id, resolution_s, bucket, job_key) DO UPDATE SET {add}",
+                [v for row in chunk for v in row],
+            )
 
 
 def _latest(sample: Sample, seq: int) -> dict[str, Any]:

@@ -452,3 +452,33 @@ class ThroughputSample(models.Model):
             models.Index(fields=["machine", "ts"], name="throughput_machine_ts"),
             models.Index(fields=["job_key", "ts"], name="throughput_job_key_ts"),
         ]
+
+
+class ThroughputRollup(models.Model):
+    """Tokens per machine, job and minute or hour, each window once with the count of the source
+    that counted most (``throughput.window_tokens``' rule): what token charts read past a few hours.
+
+    Written by ingest in the transaction that stores the windows, adding each new window's counts:
+    all of a window's sources arrive in its one sample, and a replayed window is skipped before it
+    gets here, so the sums are exact without recomputing buckets. Migration 0016 filled them from
+    the rows stored before."""
+
+    machine = models.ForeignKey(Machine, on_delete=models.CASCADE, related_name="+")
+    job_key = models.BigIntegerField(default=0)  # as ThroughputSample.job_key: the agent's job id, 0 outside jobs
+    resolution_s = models.PositiveIntegerField()
+    bucket = models.DateTimeField()
+    prompt_tokens = models.BigIntegerField(default=0)
+    generated_tokens = models.BigIntegerField(default=0)
+    train_tokens = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["machine", "resolution_s", "bucket", "job_key"], name="throughputrollup_unique"
+            )
+        ]
+        indexes = [
+            # The fleet's chart: every machine's buckets of a range; a job's chart: its buckets.
+            models.Index(fields=["resolution_s", "bucket"], name="throughputrollup_bucket"),
+            models.Index(fields=["job_key", "resolution_s", "bucket"], name="throughputrollup_job"),
+        ]

@@ -1,5 +1,7 @@
 """Deleting telemetry past its age: raw windows after days, minute rollups after months, hours never.
 
+Token rollups (``ThroughputRollup``) follow the minute and hour rollups' ages.
+
 Ages come from settings (``RETENTION_*_DAYS``; 0 keeps rows forever). Cut-offs fall on whole hours,
 so an hour's raw windows go all at once and a late window can never leave an hour half-purged.
 Raw rows the rollups have not reached yet (received after the rollup watermark, less its margin)
@@ -21,7 +23,15 @@ from django.utils import timezone
 from dashboard.core.periods import window_filter
 
 from . import partitions
-from .models import GpuRollup, GpuSample, RollupState, SystemRollup, SystemSample, ThroughputSample
+from .models import (
+    GpuRollup,
+    GpuSample,
+    RollupState,
+    SystemRollup,
+    SystemSample,
+    ThroughputRollup,
+    ThroughputSample,
+)
 from .rollup import HOUR, MARGIN, MINUTE, floor_to
 
 BATCH = 10_000
@@ -79,7 +89,7 @@ def purge(now: datetime | None = None) -> dict[str, int]:
         edge = cutoff(now, days)
         if edge is None:
             continue
-        for model in (SystemRollup, GpuRollup):
+        for model in (SystemRollup, GpuRollup, ThroughputRollup):
             qs = model.objects.filter(resolution_s=resolution, bucket__lt=edge)
             done[f"{model._meta.model_name}_{resolution}s"] = _delete(model, qs)
     return done

@@ -29,10 +29,10 @@ from typing import Any
 from django.db import connection
 from django.db.models import F, Max, Q, QuerySet, Sum
 
-from dashboard.core.periods import step_start_sql, window_filter
+from dashboard.core.periods import StepStart, step_start_sql, window_filter
 
-from .models import GpuSample, Machine, ThroughputSample
-from .series import step_for
+from .models import GpuSample, Machine, ThroughputRollup, ThroughputSample
+from .series import resolution_for, step_for
 from .visibility import only
 
 KINDS = {"prompt": "prompt_tokens", "generated": "generated_tokens", "train": "train_tokens"}
@@ -193,9 +193,30 @@ def step_sums(rows: QuerySet[ThroughputSample], columns: Sequence[str], step: in
         return [(k, int(first), *(int(n) for n in rest)) for k, first, *rest in cursor.fetchall()]
 
 
-def chart_step(since: datetime, until: datetime) -> int:
-    """The step of a tokens/s chart over ``[since, until)``: windows (10 s) at the finest."""
-    return step_for(until - since, 10)
+def chart_sums(
+    raw: QuerySet[ThroughputSample],
+    rolled: QuerySet[ThroughputRollup],
+    column: str,
+    since: datetime,
+    until: datetime,
+    by: str,
+) -> tuple[list[tuple[int, ...]], int]:
+    """A token chart's ``(by, step start, tokens)`` over ``[since, until)`` and its step: from the
+    windows (``raw``) up to ``series.RAW_MAX``, beyond from minute or hour rollups (``rolled``),
+    which hold each window once already, as the gauge charts choose (``series.resolution_for``)."""
+    resolution = resolution_for(until - since)
+    step = step_for(until - since, resolution or 10)
+    if not resolution:
+        return step_sums(raw.filter(**window_filter(since, until)), [column], step, by), step
+    rows = (
+        rolled.filter(resolution_s=resolution, **window_filter(since, until, "bucket"), **{f"{column}__gt": 0})
+        .annotate(step_start=StepStart("bucket", step))
+        .values(by, "step_start")
+        .annotate(tokens=Sum(column))
+        .order_by(by, "step_start")
+        .values_list(by, "step_start", "tokens")
+    )
+    return [(key, int(start), int(n)) for key, start, n in rows], step
 
 
 def series_from_sums(sums: Iterable[tuple[Any, ...]], step: int, key_name: Callable[[Any], str]) -> list[dict]:
@@ -228,8 +249,14 @@ def machine_series(
     """
     column = KINDS[METRICS[metric]]
     names = job_names or {}
-    step = chart_step(since, until)
-    sums = step_sums(machine_rows(machine, since, until), [column], step, "job_key")
+    sums, step = chart_sums(
+        ThroughputSample.objects.filter(machine=machine),
+        ThroughputRollup.objects.filter(machine=machine),
+        column,
+        since,
+        until,
+        "job_key",
+    )
     flat = sorted(((key if key in names else None, start, n) for key, start, n in sums), key=lambda r: r[0] is None)
     series = series_from_sums(flat, step, lambda j: names[j] if j else "outside jobs")
     for s in series:
@@ -250,9 +277,14 @@ def fleet_series(
     A chart of a thousand stacked machines cannot be read and its JSON was megabytes; the
     machine page has each machine's own chart."""
     column = KINDS[METRICS[metric]]
-    step = chart_step(since, until)
-    samples = ThroughputSample.objects.filter(**window_filter(since, until))
-    sums = step_sums(only(samples, machine_ids), [column], step, "machine_id")
+    sums, step = chart_sums(
+        only(ThroughputSample.objects.all(), machine_ids),
+        only(ThroughputRollup.objects.all(), machine_ids),
+        column,
+        since,
+        until,
+        "machine_id",
+    )
     totals: dict[int, int] = defaultdict(int)
     for machine_id, _, n in sums:
         totals[machine_id] += n

@@ -14,7 +14,7 @@ from django.db.models import Exists, OuterRef, QuerySet
 
 from dashboard.core.periods import window_filter
 from dashboard.fleet import throughput
-from dashboard.fleet.models import Machine, ThroughputSample
+from dashboard.fleet.models import Machine, ThroughputRollup, ThroughputSample
 
 from .models import Job, JobAttempt
 
@@ -23,6 +23,12 @@ def rows_of(job_ids: list[int]) -> QuerySet[ThroughputSample]:
     """Token rows of these jobs, from machines where each one ran."""
     ran_there = JobAttempt.objects.filter(job_id=OuterRef("job_key"), machine_id=OuterRef("machine_id"))
     return ThroughputSample.objects.filter(job_key__in=job_ids).filter(Exists(ran_there))
+
+
+def rollups_of(job_id: int) -> QuerySet[ThroughputRollup]:
+    """The job's token rollups, from machines where it ran (as ``rows_of``)."""
+    ran_there = JobAttempt.objects.filter(job_id=OuterRef("job_key"), machine_id=OuterRef("machine_id"))
+    return ThroughputRollup.objects.filter(job_key=job_id).filter(Exists(ran_there))
 
 
 def job_summary(job: Job) -> dict[str, Any]:
@@ -54,10 +60,8 @@ def job_series(job: Job, metric: str, since: datetime, until: datetime) -> dict[
             s.pop("key")
         fine["job"] = job.pk
         return fine
-    step = throughput.chart_step(since, until)
-    series = throughput.series_from_sums(
-        throughput.step_sums(in_range, [column], step, "job_key"), step, lambda _: label
-    )
+    sums, step = throughput.chart_sums(rows_of([job.pk]), rollups_of(job.pk), column, since, until, "job_key")
+    series = throughput.series_from_sums(sums, step, lambda _: label)
     for s in series:
         s.pop("key")
     return throughput.payload(metric, since, until, series, step, job=job.pk)

@@ -7,7 +7,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from dashboard.fleet import retention, tasks
-from dashboard.fleet.models import GpuRollup, GpuSample, RollupState, SystemRollup, SystemSample, ThroughputSample
+from dashboard.fleet.models import (
+    GpuRollup,
+    GpuSample,
+    RollupState,
+    SystemRollup,
+    SystemSample,
+    ThroughputRollup,
+    ThroughputSample,
+)
 
 UTC = UTC
 NOW = datetime(2026, 11, 26, 12, 30, tzinfo=UTC)
@@ -37,6 +45,7 @@ def raw(machine, seq: int, ts: datetime, received: datetime) -> None:
 def rolled(machine, resolution: int, bucket: datetime) -> None:
     SystemRollup.objects.create(machine=machine, resolution_s=resolution, bucket=bucket, count=60)
     GpuRollup.objects.create(machine=machine, gpu_index=0, resolution_s=resolution, bucket=bucket, count=60)
+    ThroughputRollup.objects.create(machine=machine, resolution_s=resolution, bucket=bucket, generated_tokens=60)
 
 
 def seqs(model) -> list[int]:
@@ -86,7 +95,9 @@ def test_minute_rollups_go_after_90_days_and_hours_stay(machine):
         NOW - timedelta(days=1),
     ]
     assert GpuRollup.objects.filter(resolution_s=60).count() == 2
+    assert ThroughputRollup.objects.filter(resolution_s=60).count() == 2  # token rollups alike
     assert SystemRollup.objects.filter(resolution_s=3600).count() == 4  # hours are kept for years
+    assert ThroughputRollup.objects.filter(resolution_s=3600).count() == 4
     assert done["systemrollup_60s"] == 2 and "systemrollup_3600s" not in done
 
 
