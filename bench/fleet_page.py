@@ -12,7 +12,8 @@
 2. Times, in-process through Django's test client as a logged-in user (medians of --repeats):
    the page, its 10 s partial refresh, a text + state filter with the busiest-first order, and
    the last page; then (medians of --before-repeats) the charts the page fetches: the fleet's
-   tokens/s over 1 h and 3 h, and its utilisation and money over 24 h. Each case's SQL is captured once more: query count and summed query time.
+   tokens/s over 1 h and 3 h (token rows) and 24 h and 7 d (a day of token rollups, seeded in
+   SQL as ingest writes them), and its utilisation and money over 24 h. Each case's SQL is captured once more: query count and summed query time.
 3. Baseline in the same run (medians of --before-repeats): the old page, i.e. every machine from
    ``queries.fleet_overview()`` through ``views._present()`` into the card template as it was at
    --before-ref (read with git), and ``fleet_overview()`` alone.
@@ -184,9 +185,29 @@ def seed(machines: int) -> dict:
                 "WHERE s.last_seen_at IS NOT NULL AND s.machine_id %% 5 < 3",
                 {"now": now, "windows": TOKEN_WINDOWS},
             )
+            try:
+                from dashboard.fleet.models import ThroughputRollup
+            except ImportError:  # BENCH_ROOT is a checkout from before token rollups
+                rollup_table = None
+            else:
+                rollup_table = ThroughputRollup._meta.db_table
+            if rollup_table:
+                # A day of token rollups for those machines, as ingest writes them (six windows a
+                # minute): the token charts past 3 h read them.
+                for resolution, buckets in ((60, 1440), (3600, 24)):
+                    cur.execute(
+                        f"INSERT INTO {rollup_table} (machine_id, job_key, resolution_s, bucket, prompt_tokens, "
+                        "generated_tokens, train_tokens) SELECT s.machine_id, 1, %(res)s, "
+                        "to_timestamp(FLOOR(date_part('epoch', %(now)s::timestamptz) / %(res)s) * %(res)s) "
+                        "- make_interval(secs => %(res)s * b), 500 * %(res)s, 2000 * %(res)s, 0 "
+                        f"FROM {MachineState._meta.db_table} s CROSS JOIN generate_series(0, %(buckets)s - 1) AS b "
+                        "WHERE s.last_seen_at IS NOT NULL AND s.machine_id %% 5 < 3",
+                        {"now": now, "res": resolution, "buckets": buckets},
+                    )
             cur.execute(
                 f"ANALYZE {Machine._meta.db_table}, {Accelerator._meta.db_table}, "
                 f"{SystemRollup._meta.db_table}, {GpuRollup._meta.db_table}, {ThroughputSample._meta.db_table}"
+                + (f", {rollup_table}" if rollup_table else "")
             )
     return {
         "seconds": time.perf_counter() - t0,
@@ -263,6 +284,11 @@ def main() -> int:
                     "/api/v1/fleet/series?metric=tokens.generated&since=1h",
                 ),
                 ("chart: fleet tokens/s, 3 h", "/api/v1/fleet/series?metric=tokens.generated&since=3h"),
+                (
+                    "chart: fleet tokens/s, 24 h (token rollups)",
+                    "/api/v1/fleet/series?metric=tokens.generated&since=24h",
+                ),
+                ("chart: fleet tokens/s, 7 d (token rollups)", "/api/v1/fleet/series?metric=tokens.generated&since=7d"),
                 ("chart: fleet utilisation and money, 24 h (/api/v1/fleet/history)", "/api/v1/fleet/history?since=24h"),
             ]
             results = []  # case, ms, n, queries, sql ms, body KiB

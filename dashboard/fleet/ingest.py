@@ -190,6 +190,8 @@ def _add_token_rollups(machine_id: int, samples: list[tuple[Sample, int]]) -> No
                 counts[i] = max(counts[i], n)
         epoch = int(_ts(sample).timestamp())  # as the stored stamp, to the microsecond
         for job_key, counts in best.items():
+            if not any(counts):
+                continue  # entries that counted nothing add nothing (and make no row)
             for resolution in TOKEN_ROLLUPS:
                 total = sums.setdefault((resolution, epoch - epoch % resolution, job_key), [0, 0, 0])
                 for i, n in enumerate(counts):

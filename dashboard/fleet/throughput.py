@@ -169,7 +169,9 @@ def payload(metric: str, since: datetime, until: datetime, series: list, step: i
     }
 
 
-def step_sums(rows: QuerySet[ThroughputSample], columns: Sequence[str], step: int, by: str) -> list[tuple[int, ...]]:
+def step_sums(
+    rows: QuerySet[ThroughputSample], columns: Sequence[str], step: int, by: str | Sequence[str]
+) -> list[tuple[int, ...]]:
     """``(by, step start in epoch s, *tokens)``, a sum per column of ``columns``, among ``rows``
     that counted any, sorted, with ``window_tokens``' rule: per window, job and column the count of
     the source that counted most (the job's output and its engine's metrics often both count a
@@ -185,12 +187,42 @@ def step_sums(rows: QuerySet[ThroughputSample], columns: Sequence[str], step: in
         .annotate(**{f"best_{i}": Max(c) for i, c in enumerate(columns)})
     )
     sql, params = per_window.query.sql_with_params()
-    key = connection.ops.quote_name(by)
+    keys = [by] if isinstance(by, str) else list(by)
+    cols = ", ".join(f"w.{connection.ops.quote_name(k)}" for k in keys)
     start = step_start_sql("w.ts", step, connection.vendor)
     sums = ", ".join(f"SUM(w.best_{i})" for i in range(len(columns)))
+    groups = ", ".join(str(i) for i in range(1, len(keys) + 2))
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT w.{key}, {start}, {sums} FROM ({sql}) w GROUP BY 1, 2 ORDER BY 1, 2", params)
-        return [(k, int(first), *(int(n) for n in rest)) for k, first, *rest in cursor.fetchall()]
+        cursor.execute(f"SELECT {cols}, {start}, {sums} FROM ({sql}) w GROUP BY {groups} ORDER BY {groups}", params)
+        n = len(keys)
+        return [(*row[:n], int(row[n]), *(int(v) for v in row[n + 1 :])) for row in cursor.fetchall()]
+
+
+def rebuild_rollups(machine_ids: Collection[int]) -> int:
+    """Recompute these machines' token rollups from their token rows; returns the rows written.
+
+    Ingest keeps the rollups as it stores windows; this is for rows written another way (an
+    import, a test's seed). The same rule and buckets as ingest's, summed by ``step_sums``."""
+    ids = list(machine_ids)
+    ThroughputRollup.objects.filter(machine_id__in=ids).delete()
+    rows = ThroughputSample.objects.filter(machine_id__in=ids)
+    rollups = [
+        ThroughputRollup(
+            machine_id=machine_id,
+            job_key=job_key,
+            resolution_s=resolution,
+            bucket=datetime.fromtimestamp(start, tz=UTC),
+            prompt_tokens=prompt,
+            generated_tokens=generated,
+            train_tokens=train,
+        )
+        for resolution in (60, 3600)
+        for machine_id, job_key, start, prompt, generated, train in step_sums(
+            rows, list(KINDS.values()), resolution, ("machine_id", "job_key")
+        )
+    ]
+    ThroughputRollup.objects.bulk_create(rollups, batch_size=1000)
+    return len(rollups)
 
 
 def chart_sums(
@@ -200,11 +232,13 @@ def chart_sums(
     since: datetime,
     until: datetime,
     by: str,
+    finest: int = 0,
 ) -> tuple[list[tuple[int, ...]], int]:
     """A token chart's ``(by, step start, tokens)`` over ``[since, until)`` and its step: from the
     windows (``raw``) up to ``series.RAW_MAX``, beyond from minute or hour rollups (``rolled``),
-    which hold each window once already, as the gauge charts choose (``series.resolution_for``)."""
-    resolution = resolution_for(until - since)
+    which hold each window once already, as the gauge charts choose (``series.resolution_for``);
+    never finer than ``finest`` seconds (60: minute rollups even for an hour)."""
+    resolution = max(resolution_for(until - since), finest)
     step = step_for(until - since, resolution or 10)
     if not resolution:
         return step_sums(raw.filter(**window_filter(since, until)), [column], step, by), step
@@ -284,6 +318,9 @@ def fleet_series(
         since,
         until,
         "machine_id",
+        # Minutes at the finest: an hour of 1,000 machines is 360,000 windows but 60,000 minute
+        # rows (ingest writes them with the windows, so the newest minute is there too).
+        finest=60,
     )
     totals: dict[int, int] = defaultdict(int)
     for machine_id, _, n in sums:

@@ -15,7 +15,9 @@ def backfill(apps, schema_editor):
     connection = schema_editor.connection
     per_window = (
         "SELECT machine_id, seq, job_key, ts, MAX(prompt_tokens) AS p, MAX(generated_tokens) AS g, "
-        "MAX(train_tokens) AS t FROM fleet_throughputsample GROUP BY machine_id, seq, job_key, ts"
+        "MAX(train_tokens) AS t FROM fleet_throughputsample "
+        "WHERE prompt_tokens > 0 OR generated_tokens > 0 OR train_tokens > 0 "
+        "GROUP BY machine_id, seq, job_key, ts"
     )
     with connection.cursor() as cursor:
         for resolution in RESOLUTIONS:

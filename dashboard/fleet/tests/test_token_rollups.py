@@ -113,3 +113,13 @@ def test_the_migration_fills_the_rollups_ingest_would_have_written(two_days):
     ThroughputRollup.objects.all().delete()
     backfill(None, SimpleNamespace(connection=connection))  # what RunPython passes, as far as it reads
     assert {r: rollups(r) for r in (60, 3600)} == written
+
+
+@pytest.mark.django_db
+def test_rebuilding_from_the_rows_gives_what_ingest_wrote(two_days, machine):
+    windows(
+        machine, [9999], T0 + timedelta(seconds=10), lambda i: [{"source": "report", "prompt": 0}]
+    )  # counts nothing
+    written = {r: rollups(r) for r in (60, 3600)}
+    assert throughput.rebuild_rollups([machine.pk]) == len(written[60]) + len(written[3600])
+    assert {r: rollups(r) for r in (60, 3600)} == written

@@ -206,8 +206,8 @@ def test_a_window_counted_by_two_sources_counts_once_in_every_chart(served_twice
     names = job_throughput.names_on(machine)
     on_machine = throughput.machine_series(machine, "tokens.generated", *hour, names)
     assert on_machine["step_s"] == 10 and on_machine["series"][0]["mean"] == [120.0, 120.0, 120.0]
-    fleet = throughput.fleet_series("tokens.generated", *hour)
-    assert fleet["series"][0]["mean"] == [120.0, 120.0, 120.0]
+    fleet = throughput.fleet_series("tokens.generated", *hour)  # minute rollups: 3 x 1,200 in one minute
+    assert fleet["step_s"] == 60 and fleet["series"][0]["mean"] == [60.0]
     job = job_throughput.job_series(served_twice, "tokens.generated", *hour)
     assert sum(job["series"][0]["mean"]) == 360.0  # a window a point: tokens over their window's 10 s
     day = job_throughput.job_series(served_twice, "tokens.generated", T0, T0 + timedelta(days=1))

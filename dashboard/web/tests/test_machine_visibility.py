@@ -21,6 +21,7 @@ from django.utils import timezone
 from dashboard.alerts.models import Alert, AlertRule
 from dashboard.economics.models import CostProfile, ValueRates
 from dashboard.economics.tests import seed
+from dashboard.fleet import throughput
 from dashboard.fleet.models import Machine
 from dashboard.jobs.models import Job
 from dashboard.jobs.tests.conftest import member, online, owner, stranger, team_a, team_b  # noqa: F401
@@ -59,6 +60,7 @@ def fleet(team_a, team_b):  # noqa: F811
         )
     # b-box alone trained: whether the fleet page draws a training chart depends on seeing it.
     seed.tokens(Machine.objects.get(name="b-box"), 9, now - timedelta(minutes=2), train=5_000)
+    throughput.rebuild_rollups(Machine.objects.values_list("pk", flat=True))  # the seed wrote rows, not windows
     rule = AlertRule.objects.create(name="Offline", kind="machine_offline", threshold=5)
     for name in teams:
         Alert.objects.create(rule=rule, key=name, machine=Machine.objects.get(name=name), message=f"{name} is offline")
