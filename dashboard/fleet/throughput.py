@@ -175,7 +175,7 @@ def step_sums(
     """``(by, step start in epoch s, *tokens)``, a sum per column of ``columns``, among ``rows``
     that counted any, sorted, with ``window_tokens``' rule: per window, job and column the count of
     the source that counted most (the job's output and its engine's metrics often both count a
-    window). ``by``: ``machine_id`` or ``job_key``.
+    window). ``by``: a column or several (``machine_id``, ``job_key``), each leading the tuples.
 
     Summed in the database: an hour of a 1,000-machine fleet is 360,000 windows, and Python would
     read each one (bench/README.md, "Fleet charts at 1,000 machines")."""
@@ -237,7 +237,8 @@ def chart_sums(
     """A token chart's ``(by, step start, tokens)`` over ``[since, until)`` and its step: from the
     windows (``raw``) up to ``series.RAW_MAX``, beyond from minute or hour rollups (``rolled``),
     which hold each window once already, as the gauge charts choose (``series.resolution_for``);
-    never finer than ``finest`` seconds (60: minute rollups even for an hour)."""
+    never finer than ``finest`` seconds (60: minute rollups even for an hour). From rollups, only
+    the steps wholly inside the range."""
     resolution = max(resolution_for(until - since), finest)
     step = step_for(until - since, resolution or 10)
     if not resolution:
@@ -250,7 +251,10 @@ def chart_sums(
         .order_by(by, "step_start")
         .values_list(by, "step_start", "tokens")
     )
-    return [(key, int(start), int(n)) for key, start, n in rows], step
+    # Only steps wholly in the range: the step still filling (a minute holding 20 s of windows so
+    # far) would draw as a dip in the rate at the chart's end, a step cut by ``since`` at its start.
+    lo, hi = since.timestamp(), until.timestamp()
+    return [(key, int(start), int(n)) for key, start, n in rows if lo <= start and start + step <= hi], step
 
 
 def series_from_sums(sums: Iterable[tuple[Any, ...]], step: int, key_name: Callable[[Any], str]) -> list[dict]:

@@ -123,3 +123,13 @@ def test_rebuilding_from_the_rows_gives_what_ingest_wrote(two_days, machine):
     written = {r: rollups(r) for r in (60, 3600)}
     assert throughput.rebuild_rollups([machine.pk]) == len(written[60]) + len(written[3600])
     assert {r: rollups(r) for r in (60, 3600)} == written
+
+
+@pytest.mark.django_db
+def test_a_minute_still_filling_is_not_drawn_as_a_dip(machine):
+    windows(machine, range(1, 9), T0 + timedelta(seconds=80), two_sources)  # 10:00:10 ... 10:01:20
+    at = throughput.fleet_series("tokens.generated", T0, T0 + timedelta(seconds=90))  # 10:01 is not over
+    assert at["step_s"] == 60 and at["series"][0]["t"] == [int(T0.timestamp() + 30) * 1000]
+    assert at["series"][0]["mean"] == [round(sum(120 + i for i in range(5)) / 60, 3)]
+    later = throughput.fleet_series("tokens.generated", T0, T0 + timedelta(minutes=2))
+    assert len(later["series"][0]["t"]) == 2
