@@ -107,7 +107,9 @@ def test_a_jobs_group_killed_outside_the_worker_is_stopped_only_after_its_owner_
     wait_for(lambda: "up" in log_text(job), 30, "the command's first line in the job's log")
     [command] = [p for p in group_members(pgid) if p != pgid]
     kill_worker_and_leader(rig, pgid)
-    assert group_members(pgid) == [command]  # the command lives on, its group without a leader
+    # The command lives on, its group without a leader. A SIGKILLed leader is listed until the
+    # kernel has finished its exit (seen under CI's load: both pids a moment after the kill).
+    wait_for(lambda: group_members(pgid) == [command], 10, "the leader gone and its command alive")
 
     rig.start()  # the same spool: the worker's record of the groups it started
     wait_for(lambda: Job.objects.get(pk=job.pk).status == Job.Status.LOST, 30, "the job to end as lost")
