@@ -63,7 +63,8 @@ def column_types(table: str, columns: Sequence[str]) -> list[str]:
     if key not in _COLUMN_TYPES:
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                # The type without its modifier ("character varying", not "...(16)"): psycopg's names.
+                "SELECT attname, atttypid::regtype::text FROM pg_attribute "
                 "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
                 [table],
             )
@@ -149,27 +150,55 @@ def _ts(sample: Sample) -> datetime:
     return datetime.fromtimestamp(sample.ts, tz=UTC)
 
 
-def _store_tokens(machine: Machine, samples: list[tuple[Sample, int]], now: datetime) -> None:
-    """Token counts of new windows, with the job id the agent reported (checked when read)."""
+THROUGHPUT_INSERT = [
+    "machine_id",
+    "seq",
+    "job_key",
+    "source",
+    "ts",
+    "interval_s",
+    "prompt_tokens",
+    "generated_tokens",
+    "train_tokens",
+    "active_s",
+    "points",
+    "received_at",
+]
+POINTS = ThroughputSample._meta.get_field("points")
+
+
+def _store_tokens(machine: Machine, samples: list[tuple[Sample, int]], now: datetime, all_new: bool) -> None:
+    """Token counts of new windows, with the job id the agent reported (checked when read).
+
+    Written like the samples (COPY when the batch is all new, else the insert that skips stored
+    rows), not with a model instance per row: with two sources a window, ``bulk_create`` was half
+    of a 10-window batch's ``store_batch`` (bench/README.md, "Token rollups")."""
+    adapt = connection.ops.adapt_datetimefield_value
+    received = adapt(now)
     rows = [
-        ThroughputSample(
-            machine=machine,
-            seq=seq,
-            job_key=t.job_id or 0,
-            source=t.source,
-            ts=_ts(s),
-            interval_s=s.interval_s,
-            prompt_tokens=t.prompt,
-            generated_tokens=t.generated,
-            train_tokens=t.train,
-            active_s=t.active_s,
-            points=t.points,
-            received_at=now,
-        )
+        [
+            machine.pk,
+            seq,
+            t.job_id or 0,
+            t.source,
+            adapt(_ts(s)),
+            s.interval_s,
+            t.prompt,
+            t.generated,
+            t.train,
+            t.active_s,
+            POINTS.get_db_prep_value(t.points, connection),  # JSON as each database binds it
+            received,
+        ]
         for s, seq in samples
         for t in s.tokens
     ]
-    ThroughputSample.objects.bulk_create(rows, ignore_conflicts=True)
+    if all_new and connection.vendor == "postgresql":
+        _copy(ThroughputSample, THROUGHPUT_INSERT, rows)
+    else:
+        _insert_returning_seq(
+            ThroughputSample, THROUGHPUT_INSERT, rows, ("machine_id", "seq", "job_key", "source", "ts")
+        )
     _add_token_rollups(machine.pk, samples)
 
 
@@ -359,7 +388,7 @@ def _store(machine: Machine, batch: Batch, now: datetime, all_new: bool) -> Inge
         _copy(GpuSample, GPU_INSERT, gpu_rows)
     else:
         _insert_returning_seq(GpuSample, GPU_INSERT, gpu_rows, ("machine_id", "seq", "gpu_index", "ts"))
-    _store_tokens(machine, [(s, seq) for s, seq in zip(samples, seqs, strict=False) if seq in new], now)
+    _store_tokens(machine, [(s, seq) for s, seq in zip(samples, seqs, strict=False) if seq in new], now, all_new)
 
     newest_seq, newest = max(zip(seqs, samples, strict=False), key=lambda pair: pair[0])
     tokens_dropped = sum(s.tokens_dropped for s, seq in zip(samples, seqs, strict=True) if seq in new)
