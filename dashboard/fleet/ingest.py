@@ -34,6 +34,7 @@ from .models import (
     metric_columns,
 )
 from .payload import MAX_BIGINT, Batch, Inventory, PayloadError, Sample
+from .throughput import KINDS
 
 # Keep each statement's parameters under SQLite's 32,766 limit.
 MAX_PARAMS = 30_000
@@ -202,9 +203,6 @@ def _store_tokens(machine: Machine, samples: list[tuple[Sample, int]], now: date
     _add_token_rollups(machine.pk, samples)
 
 
-TOKEN_ROLLUPS = (60, 3600)  # ThroughputRollup's resolutions: minutes and hours
-
-
 def _add_token_rollups(machine_id: int, samples: list[tuple[Sample, int]]) -> None:
     """Add new windows' tokens to their minute and hour ``ThroughputRollup`` rows: per window and
     job each kind's largest count among its sources (``throughput.window_tokens``' rule; a window's
@@ -215,13 +213,13 @@ def _add_token_rollups(machine_id: int, samples: list[tuple[Sample, int]]) -> No
         best: dict[int, list[int]] = {}
         for t in sample.tokens:
             counts = best.setdefault(t.job_id or 0, [0, 0, 0])
-            for i, n in enumerate((t.prompt, t.generated, t.train)):
+            for i, n in enumerate(getattr(t, kind) for kind in KINDS):
                 counts[i] = max(counts[i], n)
         epoch = int(_ts(sample).timestamp())  # as the stored stamp, to the microsecond
         for job_key, counts in best.items():
             if not any(counts):
                 continue  # entries that counted nothing add nothing (and make no row)
-            for resolution in TOKEN_ROLLUPS:
+            for resolution in ThroughputRollup.RESOLUTIONS:
                 total = sums.setdefault((resolution, epoch - epoch % resolution, job_key), [0, 0, 0])
                 for i, n in enumerate(counts):
                     total[i] += n
@@ -240,7 +238,7 @@ def _add_token_rollups(machine_id: int, samples: list[tuple[Sample, int]]) -> No
     ]
     qn = connection.ops.quote_name
     table = qn(ThroughputRollup._meta.db_table)
-    kinds = ("prompt_tokens", "generated_tokens", "train_tokens")
+    kinds = tuple(KINDS.values())  # the columns, in the order the sums were added in
     add = ", ".join(
         f"{c} = CASE WHEN {table}.{c} > {MAX_BIGINT} - excluded.{c} "
         f"THEN {MAX_BIGINT} ELSE {table}.{c} + excluded.{c} END"

@@ -463,6 +463,8 @@ class ThroughputRollup(models.Model):
     gets here, so the sums are exact without recomputing buckets. Migration 0016 filled them from
     the rows stored before."""
 
+    RESOLUTIONS = (60, 3600)  # minutes and hours, as the gauge rollups
+
     machine = models.ForeignKey(Machine, on_delete=models.CASCADE, related_name="+")
     job_key = models.BigIntegerField(default=0)  # as ThroughputSample.job_key: the agent's job id, 0 outside jobs
     resolution_s = models.PositiveIntegerField()

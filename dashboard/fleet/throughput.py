@@ -216,7 +216,7 @@ def rebuild_rollups(machine_ids: Collection[int]) -> int:
             generated_tokens=generated,
             train_tokens=train,
         )
-        for resolution in (60, 3600)
+        for resolution in ThroughputRollup.RESOLUTIONS
         for machine_id, job_key, start, prompt, generated, train in step_sums(
             rows, list(KINDS.values()), resolution, ("machine_id", "job_key")
         )

@@ -109,10 +109,10 @@ def test_a_long_token_chart_reads_rollups_and_draws_what_the_windows_hold(two_da
 
 @pytest.mark.django_db
 def test_the_migration_fills_the_rollups_ingest_would_have_written(two_days):
-    written = {r: rollups(r) for r in (60, 3600)}
+    written = {r: rollups(r) for r in ThroughputRollup.RESOLUTIONS}
     ThroughputRollup.objects.all().delete()
     backfill(None, SimpleNamespace(connection=connection))  # what RunPython passes, as far as it reads
-    assert {r: rollups(r) for r in (60, 3600)} == written
+    assert {r: rollups(r) for r in ThroughputRollup.RESOLUTIONS} == written
 
 
 @pytest.mark.django_db
@@ -120,9 +120,9 @@ def test_rebuilding_from_the_rows_gives_what_ingest_wrote(two_days, machine):
     windows(
         machine, [9999], T0 + timedelta(seconds=10), lambda i: [{"source": "report", "prompt": 0}]
     )  # counts nothing
-    written = {r: rollups(r) for r in (60, 3600)}
+    written = {r: rollups(r) for r in ThroughputRollup.RESOLUTIONS}
     assert throughput.rebuild_rollups([machine.pk]) == len(written[60]) + len(written[3600])
-    assert {r: rollups(r) for r in (60, 3600)} == written
+    assert {r: rollups(r) for r in ThroughputRollup.RESOLUTIONS} == written
 
 
 @pytest.mark.django_db
