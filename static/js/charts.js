@@ -58,6 +58,8 @@ window.Charts = (function () {
     return values.map((v) => (v === null || v === undefined ? null : v / size));
   }
 
+  const MINUTE = 60000, HOUR = 3600000, DAY = 86400000;  // tick spacings, in ms
+
   function layout(yTitle, extra) {
     const t = theme();
     const axis = { gridcolor: t.grid, linecolor: t.border, zerolinecolor: t.border,
@@ -70,10 +72,14 @@ window.Charts = (function () {
       legend: { orientation: "h", y: -0.3, font: { color: t.muted } },
       hovermode: "x unified",
       // ISO dates and 24-hour times, as everywhere else (Plotly's own ticks read "Nov 30, 2026").
+      // Plotly takes the first stop whose range holds the tick spacing, both ends included: each
+      // upper end is 1 ms short of the next stop, or daily ticks would all read "00:00". Ticks
+      // hours apart carry the day, which a 24 h or 7 d range crosses.
       xaxis: Object.assign({}, axis, { type: "date", hoverformat: "%Y-%m-%d %H:%M:%S",
-        tickformatstops: [{ dtickrange: [null, 60000], value: "%H:%M:%S" },
-                          { dtickrange: [60000, 86400000], value: "%H:%M" },
-                          { dtickrange: [86400000, null], value: "%Y-%m-%d" }],
+        tickformatstops: [{ dtickrange: [null, MINUTE - 1], value: "%H:%M:%S" },
+                          { dtickrange: [MINUTE, 3 * HOUR - 1], value: "%H:%M" },
+                          { dtickrange: [3 * HOUR, DAY - 1], value: "%m-%d %H:%M" },
+                          { dtickrange: [DAY, null], value: "%Y-%m-%d" }],
         title: { text: "Time (" + zone + ")", font: { color: t.muted, size: 11 } } }),
       yaxis: Object.assign({}, axis, { title: { text: yTitle, font: { color: t.muted, size: 11 } },
         rangemode: "tozero", fixedrange: true }),  // a drag selects times only

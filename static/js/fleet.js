@@ -72,6 +72,7 @@
     layout.margin = Object.assign({}, layout.margin, { r: 56 });
     const known = m.days.some((d) => d.cost !== null || d.value !== null);
     if (!known) layout.annotations = Charts.note("No cost profile or value rates set: nothing to sum per day");
+    layout.yaxis2.visible = known;  // an empty RoI axis would show Plotly's made-up ticks (-1 to 4)
     const moneyEl = document.getElementById("chart-fleet-money");
     await Plotly.react(moneyEl, [
       { x: days, y: m.days.map((d) => d.cost), type: "bar", name: "cost", marker: { color: theme.colors[5] },

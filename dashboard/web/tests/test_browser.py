@@ -215,3 +215,26 @@ def test_a_user_logs_in_and_sees_the_fleet_and_a_machines_charts(fleet, live_ser
         page.locator(".machine").nth(i).get_attribute("data-machine") for i in range(page.locator(".machine").count())
     ] == ["cpu-02"]
     assert page.errors == []
+
+
+def tick_labels(page, chart: str) -> list[str]:
+    return page.evaluate(f"[...document.querySelectorAll('#{chart} .xtick text')].map(t => t.textContent)")
+
+
+@pytest.mark.parametrize("span", ["1h", "24h", "7d"])
+def test_time_axes_label_every_tick_apart(fleet, live_server, page, span):
+    """Every tick of a time axis reads differently: daily ticks once all read "00:00" (Plotly takes
+    the first tick-format stop whose range holds the spacing, both ends included)."""
+    log_in(page, live_server.url)
+    page.goto(f"{live_server.url}/?range={span}")
+    page.wait_for_function(f"document.getElementById('chart-fleet-util').layout?.uirevision === '{span}'")
+    page.wait_for_function("document.querySelectorAll('#chart-fleet-money .xtick text').length >= 2")
+    for chart in ("chart-fleet-util", "chart-fleet-money"):
+        labels = tick_labels(page, chart)
+        assert len(labels) >= 2 and len(set(labels)) == len(labels), (chart, labels)
+    # The money chart's days read as dates; without cost profiles its RoI axis is not drawn.
+    assert all(len(label) == 10 and label[4] == "-" for label in tick_labels(page, "chart-fleet-money"))
+    assert page.locator("#chart-fleet-money .y2tick").count() == 0
+    if span != "1h":
+        page.screenshot(path=str(SCREENSHOTS / f"fleet-axes-{span}.png"), full_page=True)
+    assert page.errors == []
