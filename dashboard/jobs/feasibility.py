@@ -21,7 +21,7 @@ from dashboard.fleet.models import Accelerator, Machine
 from dashboard.fleet.queries import devices
 from dashboard.fleet.visibility import only
 
-from .models import Job
+from .models import Job, describe_need
 from .placement import GIB, capacity, choose_gpus
 
 
@@ -59,10 +59,6 @@ def _describe(sizes: list[float]) -> str:
     return f"{count} ({', '.join(f'{g:g}' for g in gib)} GiB)"
 
 
-def _need(gpus: int, gpu_memory_gb: float) -> str:
-    return f"{gpus} GPU{'s' if gpus != 1 else ''}" + (f" × {gpu_memory_gb:g} GiB" if gpu_memory_gb else "")
-
-
 def _machines(name: str | None, machine_ids: Collection[int] | None = None) -> Iterable[Machine]:
     qs = Machine.objects.select_related("state").prefetch_related(
         Prefetch("accelerators", queryset=Accelerator.objects.order_by("index"))
@@ -85,7 +81,7 @@ def refusal(
         field = "gpus" if len(sizes) < gpus else "gpu_memory_gb"
         if not sizes:
             return field, f"{target.name} has no GPUs: ask for 0 GPUs, or choose another machine"
-        return field, f"{target.name} has {_describe(sizes)}; the job asks for {_need(gpus, gpu_memory_gb)}"
+        return field, f"{target.name} has {_describe(sizes)}; the job asks for {describe_need(gpus, gpu_memory_gb)}"
     if gpus == 0:
         return None
     known = [(m, gpu_sizes(m)) for m in _machines(None)]
@@ -99,7 +95,7 @@ def refusal(
     field = "gpus" if all(len(sizes or []) < gpus for _, sizes in known) else "gpu_memory_gb"
     if not biggest[1]:
         return field, "no machine in the fleet has a GPU: ask for 0 GPUs to run on a CPU"
-    none_has = f"no machine in the fleet has {_need(gpus, gpu_memory_gb)}"
+    none_has = f"no machine in the fleet has {describe_need(gpus, gpu_memory_gb)}"
     if machine_ids is None or biggest[0].pk in machine_ids:
         return field, f"{none_has}; the largest is {biggest[0].name} with {_describe(biggest[1])}"
     seen = [ms for ms in known if ms[0].pk in machine_ids and ms[1]]

@@ -118,6 +118,18 @@ class Job(models.Model):
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
 
+    @property
+    def need(self) -> str:
+        """What the job asks for, in words: "2 GPUs × 40 GiB", "1 GPU", "no GPU"."""
+        return describe_need(self.gpus, self.gpu_memory_gb)
+
+
+def describe_need(gpus: int, gpu_memory_gb: float) -> str:
+    """GPUs and free memory per GPU in words; 0 GiB asks for no amount, so none is named."""
+    if not gpus:
+        return "no GPU"
+    return f"{gpus} GPU{'s' if gpus != 1 else ''}" + (f" × {gpu_memory_gb:g} GiB" if gpu_memory_gb else "")
+
 
 class JobAttempt(models.Model):
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="attempts")

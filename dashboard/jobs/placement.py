@@ -146,7 +146,7 @@ def choose_gpus(job: Job, cap: Capacity, backfill_on: bool = False) -> list[int]
 
 def why_waiting(job: Job, caps: list[Capacity]) -> str:
     """One sentence saying why nothing fits, for the job's status message."""
-    need = f"{job.gpus} × {job.gpu_memory_gb:g} GiB"
+    need = job.need
     if not caps:
         if job.target_id:
             return f"needs {need}; {job.target.name} is offline"
@@ -167,7 +167,8 @@ def why_waiting(job: Job, caps: list[Capacity]) -> str:
         return f"needs {need}; no online machine has a GPU with telemetry"
     _, cap, enough, largest = best
     if enough:
-        return f"needs {need}; at most {len(enough)} GPU(s) with {job.gpu_memory_gb:g} GiB free, on {cap.machine.name}"
+        free = f" with {job.gpu_memory_gb:g} GiB free" if job.gpu_memory_gb else " free"
+        return f"needs {need}; at most {len(enough)} GPU(s){free}, on {cap.machine.name}"
     return f"needs {need}; the largest free is 1 × {largest / GIB:.0f} GiB on {cap.machine.name}"
 
 

@@ -86,6 +86,18 @@ def test_a_viewer_sees_jobs_but_no_submit_button_and_no_cancel(client, viewer, o
     assert "Cancel job" not in page
 
 
+def test_what_a_job_needs_reads_in_words_with_no_zero_gib(client, viewer, operator):
+    some = a_job(operator, name="any-memory", gpus=2, gpu_memory_gb=0)
+    sized = a_job(operator, name="sized", gpus=1, gpu_memory_gb=40)
+    cpu = a_job(operator, name="cpu-only", gpus=0, gpu_memory_gb=0)
+    client.force_login(viewer)
+    listing = client.get("/jobs/").content.decode()
+    assert "2 GPUs</span>" in listing and "1 GPU × 40 GiB</span>" in listing and "× 0 GiB" not in listing
+    assert "Needs</dt><dd>2 GPUs</dd>" in client.get(f"/jobs/{some.pk}/").content.decode()
+    assert "Needs</dt><dd>1 GPU × 40 GiB free</dd>" in client.get(f"/jobs/{sized.pk}/").content.decode()
+    assert "Needs</dt><dd>no GPU</dd>" in client.get(f"/jobs/{cpu.pk}/").content.decode()
+
+
 def test_a_viewer_gets_a_403_on_the_form_and_on_cancel(client, viewer, operator):
     job = a_job(operator)
     client.force_login(viewer)

@@ -65,7 +65,16 @@ def test_a_job_that_fits_nowhere_waits_and_says_why(operator):
     assert place_queued() == []
     j.refresh_from_db()
     assert j.status == "queued"
-    assert j.status_message == "needs 2 × 40 GiB; the largest free is 1 × 24 GiB on gpu-01"
+    assert j.status_message == "needs 2 GPUs × 40 GiB; the largest free is 1 × 24 GiB on gpu-01"
+
+
+@pytest.mark.django_db
+def test_a_job_that_names_no_memory_says_so_without_a_zero(operator):
+    online("gpu-01", gpus=2)
+    j = job(operator, gpus=3, mem=0)
+    assert place_queued() == []
+    j.refresh_from_db()
+    assert j.status_message == "needs 3 GPUs; at most 2 GPU(s) free, on gpu-01"
 
 
 @pytest.mark.django_db

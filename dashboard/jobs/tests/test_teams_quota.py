@@ -96,7 +96,7 @@ def test_a_job_that_is_not_preemptible_never_runs_on_another_teams_machine(team_
     place_queued()
     assert fresh(j).status == "queued"
     assert fresh(j).status_message == (
-        "needs 1 × 30 GiB; at most 1 GPU(s) with 30 GiB free, on b-box; "
+        "needs 1 GPU × 30 GiB; at most 1 GPU(s) with 30 GiB free, on b-box; "
         "those machines belong to other teams, which lend only to preemptible jobs"
     )
 

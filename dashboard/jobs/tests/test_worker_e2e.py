@@ -322,7 +322,7 @@ def test_placement_sends_a_job_to_the_machine_with_room_and_its_worker_runs_it(p
         assert tasks.place() == 0
         waiting.refresh_from_db()
         assert waiting.status == "queued"
-        assert waiting.status_message.startswith("needs 1 × 500 GiB; the largest free is 1 × 70 GiB on gpu-roomy")
+        assert waiting.status_message.startswith("needs 1 GPU × 500 GiB; the largest free is 1 × 70 GiB on gpu-roomy")
     finally:
         for w in workers:
             w.stop()
