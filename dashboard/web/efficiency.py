@@ -73,10 +73,25 @@ def chart_panel(machine: Machine, gpus: list[int] | None = None, **range_: datet
     for acc in shown:
         why = gpm_absent_reason(acc, by_uuid.get(acc.parent_uuid) if acc.parent_uuid else None)
         devices.append({"index": acc.index, "name": acc.name, "mig_profile": acc.mig_profile, "why": why})
+    # GPUs without GPM, one note per model and reason: eight alike read as one line, not eight.
+    absent: dict[tuple[str, str, str], list[int]] = {}
+    for d in devices:
+        if d["why"] is not None:
+            absent.setdefault((d["name"], d["mig_profile"], d["why"]), []).append(d["index"])
     since, until = range_.get("since"), range_.get("until")
     return {
         "machine": machine.name,
         "devices": devices,
+        "absent": [
+            {
+                "gpus": indices,
+                "label": f"GPU {', '.join(map(str, indices))}",
+                "name": name,
+                "mig_profile": mig,
+                "why": why,
+            }
+            for (name, mig, why), indices in absent.items()
+        ],
         "charted": [d["index"] for d in devices if d["why"] is None],
         "config": {
             "seriesUrl": reverse("api:machine_series", kwargs={"name": machine.name}),

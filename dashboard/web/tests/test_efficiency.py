@@ -14,6 +14,7 @@ import pytest
 from django.core.cache import cache
 from django.utils import timezone
 
+from conftest import make_batch
 from dashboard.fleet.ingest import store_batch
 from dashboard.fleet.models import Accelerator, Machine
 from dashboard.fleet.payload import Batch
@@ -127,6 +128,20 @@ def test_a_gpu_without_gpm_says_why_instead_of_a_chart(client, operator, fleet):
     page = client.get("/machines/l40s-01/").content.decode()
     assert "gpm-chart-" not in page
     assert "has no GPM: NVML&#x27;s GPU Performance Monitoring needs Hopper or later" in page
+
+
+def test_gpus_alike_without_gpm_share_one_note(client, operator):
+    machine = Machine.objects.create(name="h100-box")
+    store_batch(machine, Batch.model_validate(make_batch([1], gpus=5)))
+    # An agent that could not tell whether the four H100s have GPM, and an L40S, which has none.
+    machine.accelerators.filter(index__lt=4).update(name="NVIDIA H100 80GB HBM3", gpm_supported=None)
+    machine.accelerators.filter(index=4).update(name="NVIDIA L40S", gpm_supported=False)
+    client.force_login(operator)
+    page = client.get("/machines/h100-box/").content.decode()
+    assert page.count('class="muted gpm-absent"') == 2
+    assert 'data-gpus="0 1 2 3">GPU 0, 1, 2, 3 · NVIDIA H100 80GB HBM3: no GPM metrics, the driver' in page
+    assert "charted for them" in page
+    assert 'data-gpus="4">GPU 4 · NVIDIA L40S: no GPM metrics, this GPU has no GPM' in page
 
 
 def test_the_reason_names_mig_and_the_driver_when_they_are_why():

@@ -183,7 +183,7 @@ def test_a_tensor_load_draws_sm_tensor_and_dram_beside_nvml_utilisation(fleet, l
 def test_a_gpu_without_gpm_says_why_instead_of_charting_zeros(fleet, live_server, page):
     log_in(page, live_server.url, then="/machines/l40s-01/")
 
-    note = page.locator("#gpm-efficiency .gpm-absent[data-gpu='0']")
+    note = page.locator("#gpm-efficiency .gpm-absent[data-gpus~='0']")
     assert "NVIDIA L40S: no GPM metrics" in note.inner_text()
     assert "has no GPM: NVML's GPU Performance Monitoring needs Hopper or later" in note.inner_text()
     assert page.locator(".chart[data-gpm-gpu]").count() == 0
@@ -199,7 +199,7 @@ def test_a_gpu_without_gpm_says_why_instead_of_charting_zeros(fleet, live_server
 
     # A job that ran on it says the same on its page.
     page.goto(f"{live_server.url}/jobs/{fleet['eval']}/")
-    assert "has no GPM" in page.inner_text("#gpm-efficiency .gpm-absent[data-gpu='0']")
+    assert "has no GPM" in page.inner_text("#gpm-efficiency .gpm-absent[data-gpus~='0']")
     assert page.locator(".chart[data-gpm-gpu]").count() == 0
     assert page.errors == []
 
