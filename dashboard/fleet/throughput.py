@@ -27,7 +27,7 @@ from functools import reduce
 from typing import Any
 
 from django.db import connection
-from django.db.models import F, Max, Q, QuerySet, Sum
+from django.db.models import Case, F, Max, Q, QuerySet, Sum, When
 
 from dashboard.core.periods import StepStart, step_start_sql, window_filter
 
@@ -239,22 +239,39 @@ def chart_sums(
     which hold each window once already, as the gauge charts choose (``series.resolution_for``);
     never finer than ``finest`` seconds (60: minute rollups even for an hour). From rollups, only
     the steps wholly inside the range."""
-    resolution = max(resolution_for(until - since), finest)
-    step = step_for(until - since, resolution or 10)
+    resolution, step = chart_step(since, until, finest)
     if not resolution:
         return step_sums(raw.filter(**window_filter(since, until)), [column], step, by), step
     rows = (
-        rolled.filter(resolution_s=resolution, **window_filter(since, until, "bucket"), **{f"{column}__gt": 0})
-        .annotate(step_start=StepStart("bucket", step))
+        whole_steps(rolled, column, resolution, step, since, until)
         .values(by, "step_start")
         .annotate(tokens=Sum(column))
         .order_by(by, "step_start")
         .values_list(by, "step_start", "tokens")
     )
-    # Only steps wholly in the range: the step still filling (a minute holding 20 s of windows so
-    # far) would draw as a dip in the rate at the chart's end, a step cut by ``since`` at its start.
-    lo, hi = since.timestamp(), until.timestamp()
-    return [(key, int(start), int(n)) for key, start, n in rows if lo <= start and start + step <= hi], step
+    return [(key, int(start), int(n)) for key, start, n in rows], step
+
+
+def chart_step(since: datetime, until: datetime, finest: int = 0) -> tuple[int, int]:
+    """A token chart's rollup resolution (0: windows) and step for ``[since, until)``."""
+    resolution = max(resolution_for(until - since), finest)
+    return resolution, step_for(until - since, resolution or 10)
+
+
+def whole_steps(
+    rolled: QuerySet[ThroughputRollup], column: str, resolution: int, step: int, since: datetime, until: datetime
+) -> QuerySet[ThroughputRollup]:
+    """The rollups with tokens of ``column`` in the ``step``-second steps wholly inside
+    ``[since, until)``, each annotated with its ``step_start``. Only whole steps: the step still
+    filling (a minute holding 20 s of windows so far) would draw as a dip in the rate at the
+    chart's end, a step cut by ``since`` as one at its start. Steps start at multiples of ``step``
+    from the epoch (``StepStart``), and ``step`` is a multiple of ``resolution``, so the steps'
+    edges are buckets' edges."""
+    first = datetime.fromtimestamp(math.ceil(since.timestamp() / step) * step, UTC)
+    end = datetime.fromtimestamp(math.floor(until.timestamp() / step) * step, UTC)
+    return rolled.filter(
+        resolution_s=resolution, **window_filter(first, end, "bucket"), **{f"{column}__gt": 0}
+    ).annotate(step_start=StepStart("bucket", step))
 
 
 def series_from_sums(sums: Iterable[tuple[Any, ...]], step: int, key_name: Callable[[Any], str]) -> list[dict]:
@@ -315,25 +332,27 @@ def fleet_series(
     A chart of a thousand stacked machines cannot be read and its JSON was megabytes; the
     machine page has each machine's own chart."""
     column = KINDS[METRICS[metric]]
-    sums, step = chart_sums(
-        only(ThroughputSample.objects.all(), machine_ids),
-        only(ThroughputRollup.objects.all(), machine_ids),
-        column,
-        since,
-        until,
-        "machine_id",
-        # Minutes at the finest: an hour of 1,000 machines is 360,000 windows but 60,000 minute
-        # rows (ingest writes them with the windows, so the newest minute is there too).
-        finest=60,
-    )
-    totals: dict[int, int] = defaultdict(int)
-    for machine_id, _, n in sums:
-        totals[machine_id] += n
-    ranked = sorted(totals, key=lambda m: (-totals[m], m))
+    # Minutes at the finest: an hour of 1,000 machines is 360,000 windows but 60,000 minute rows
+    # (ingest writes them with the windows, so the newest minute is there too).
+    resolution, step = chart_step(since, until, finest=60)
+    rows = whole_steps(only(ThroughputRollup.objects.all(), machine_ids), column, resolution, step, since, until)
+    # Ranked, then folded into the top and the rest, in SQL: a day of 1,000 machines in 5-minute
+    # steps is 288,000 sums, and reaching Python took most of the chart's second; ~3,000 now. (One
+    # statement ranking a materialised CTE of the sums was slower for 1 h and 3 h: bench/README.md.)
+    totals = rows.values("machine_id").annotate(n=Sum(column)).order_by("-n", "machine_id")
+    ranked = list(totals.values_list("machine_id", flat=True))
     shown = dict(Machine.objects.filter(pk__in=ranked[:top]).values_list("pk", "name"))
     others = len(ranked) - len(shown)
-    flat = [(shown.get(m), start, n) for m, start, n in sums]
-    flat.sort(key=lambda r: (r[0] is None, r[0] or ""))
+    sums = (
+        rows.annotate(shown=Case(When(machine_id__in=list(shown), then=F("machine_id")), default=None))
+        .values("shown", "step_start")
+        .annotate(tokens=Sum(column))
+        .order_by()
+        .values_list("shown", "step_start", "tokens")
+    )
+    flat = sorted(
+        ((shown.get(m), int(start), int(n)) for m, start, n in sums), key=lambda r: (r[0] is None, r[0] or "", r[1])
+    )
     series = series_from_sums(flat, step, lambda name: name or f"{others} other machine{'s' if others != 1 else ''}")
     for s in series:
         s["machine"] = s.pop("key")

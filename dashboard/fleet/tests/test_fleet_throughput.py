@@ -54,6 +54,14 @@ def test_a_fleet_within_the_top_has_no_others_series(twelve_machines):
 
 
 @pytest.mark.django_db
+def test_a_range_without_tokens_draws_no_series(twelve_machines):
+    data = throughput.fleet_series("tokens.train", *HOUR)  # only generated tokens were counted
+    assert (data["series"], data["machines"]) == ([], 0)
+    later = throughput.fleet_series("tokens.generated", T0 + timedelta(hours=2), T0 + timedelta(hours=3))
+    assert (later["series"], later["machines"]) == ([], 0)
+
+
+@pytest.mark.django_db
 def test_the_api_takes_top_and_refuses_a_bad_one(client, twelve_machines, viewer):
     client.force_login(viewer)
     r = client.get("/api/v1/fleet/series", {"metric": "tokens.generated", "since": T0.isoformat(), "top": 3})
