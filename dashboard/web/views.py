@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
@@ -13,12 +14,16 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from dashboard.accounts.auth import token_or_session
 from dashboard.core.periods import PeriodError, required_range, window_filter
 from dashboard.economics.views import machine_panel
 from dashboard.fleet import queries, throughput, visibility
 from dashboard.fleet.models import Machine, ThroughputSample
+from dashboard.fleet.series import SeriesError
+from dashboard.jobs import throughput as job_throughput
 from dashboard.jobs.pages import machine_jobs
 
+from . import export
 from .overview import SORTS, STATES, Filters, fleet_page
 
 # The range picker's presets (static/js/charts.js lists the same keys); any other range is custom.
@@ -114,6 +119,24 @@ def machine(request: HttpRequest, name: str) -> HttpResponse:
     )
     context.update(range=page_range(request.GET, timezone.now()), range_presets=RANGE_PRESETS)
     return render(request, "fleet/machine.html", context)
+
+
+@token_or_session(login_page=True)
+def machine_series_csv(request: HttpRequest, name: str) -> HttpResponse:
+    """The machine page's data for its range (the page's own ``range`` or ``from``/``to``) as CSV:
+    every metric, or those of ``metrics=a,b`` (web/export.py); a session or a personal token."""
+    machine_obj = visibility.machine_or_404(request.user, name)
+    span = page_range(request.GET, timezone.now())
+    try:
+        metrics = export.parse_metrics(request.GET.get("metrics", ""), machine_obj)
+    except SeriesError as exc:
+        return HttpResponse(f"{exc}\n", status=400, content_type="text/plain; charset=utf-8")
+    rows = export.machine_rows(machine_obj, metrics, span["start"], span["end"], job_throughput.names_on(machine_obj))
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    start = timezone.localtime(span["start"])
+    response["Content-Disposition"] = f'attachment; filename="{machine_obj.name}-{start:%Y-%m-%d-%H%M}.csv"'
+    csv.writer(response).writerows(rows)
+    return response
 
 
 @login_required

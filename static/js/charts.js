@@ -220,6 +220,13 @@ window.Charts = (function () {
       }
       if (auto && !auto.checked) url.searchParams.set("refresh", "off"); else url.searchParams.delete("refresh");
       window.history.replaceState(null, "", url);
+      // The page's CSV link (machine page) downloads the range the page shows.
+      const csv = document.getElementById("range-csv");
+      if (csv) {
+        const link = new URL(csv.href);
+        link.search = url.search;
+        csv.href = link.toString();
+      }
     }
 
     function set(next) {

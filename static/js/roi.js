@@ -31,12 +31,23 @@
     });
   }
 
+  // A chart with nothing to draw says why in a line, without keeping the chart's height.
   function empty(el, text) {
+    if (el.classList.contains("js-plotly-plot")) Plotly.purge(el);
     el.innerHTML = "";
+    el.classList.add("empty");
     const p = document.createElement("p");
     p.className = "muted";
     p.textContent = text;
     el.appendChild(p);
+  }
+
+  function plot(el, data, layout) {
+    if (el.classList.contains("empty")) {
+      el.innerHTML = "";
+      el.classList.remove("empty");
+    }
+    Plotly.react(el, data, layout, Charts.config);
   }
 
   function cumulative(el, resp) {
@@ -64,7 +75,7 @@
       layout.annotations = [{ x: Charts.localTime(be.t), y: be.cum_cost, text: "break-even", showarrow: true,
                               arrowhead: 0, ax: 0, ay: -30, font: { color: t.text } }];
     }
-    Plotly.react(el, data, layout, Charts.config);
+    plot(el, data, layout);
   }
 
   function breakdown(el, resp) {
@@ -81,7 +92,7 @@
     }));
     const extra = { barmode: "stack",
                     xaxis: Object.assign(Charts.layout("").xaxis, { title: { text: "Day starting (" + zone + ")", font: { color: t.muted, size: 11 } } }) };
-    Plotly.react(el, data, Charts.layout("Cost per day (" + cur + ")", extra), Charts.config);
+    plot(el, data, Charts.layout("Cost per day (" + cur + ")", extra));
   }
 
   async function draw(cfg) {

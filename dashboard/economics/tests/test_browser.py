@@ -71,3 +71,22 @@ def test_the_machine_page_draws_the_roi_chart_without_telemetry_charts(fleet, li
     assert page.locator("#capacity-table tbody tr").count() == 7
     assert "Sharing costs serving 18%" in page.locator("#share-verdict").inner_text()
     assert page.errors == []
+
+
+@pytest.fixture
+def bare(fleet):
+    """gpu-09: four hours of telemetry, no cost profile (made before Playwright's loop starts)."""
+    machine = seed.machine_with("gpu-09", 2)
+    seed.hours(machine, seed.hours_ago(5), 4, 300.0, 50.0)
+
+
+def test_a_machine_without_a_cost_profile_says_so_in_a_line_not_a_blank_chart(bare, live_server, page):
+    log_in(page, live_server.url)
+    page.goto(live_server.url + "/economics/machines/gpu-09/")
+    # The fleet's value rates apply to it, so its value is charted; it has no costs to break down.
+    page.wait_for_selector("#roi-breakdown.empty p")
+    assert "No costs yet" in page.inner_text("#roi-breakdown")
+    # The line takes a line's height, not the 280 px the chart would have.
+    assert page.evaluate("document.getElementById('roi-breakdown').offsetHeight") < 80
+    page.wait_for_function("document.getElementById('roi-cumulative').data?.length > 0")
+    assert page.errors == []

@@ -192,6 +192,8 @@ def test_a_user_logs_in_and_sees_the_fleet_and_a_machines_charts(fleet, live_ser
     assert "range=24h" in page.url
     page.wait_for_function("document.getElementById('chart-cpu').layout.uirevision === '24h'")
     page.wait_for_function("document.getElementById('chart-tokens-train').layout.uirevision === '24h'")
+    # The CSV link follows the range the page shows.
+    assert page.get_attribute("#range-csv", "href").endswith("/machines/gpu-01/series.csv?range=24h")
 
     # A job's throughput with its GPUs' utilisation on a second axis.
     job = fleet["llama-finetune"]

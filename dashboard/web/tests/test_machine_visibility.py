@@ -77,6 +77,7 @@ PER_MACHINE = [
     ("get", "/api/v1/machines/{name}/capacity"),
     ("get", "/api/v1/machines/{name}/share"),
     ("get", "/machines/{name}/"),
+    ("get", "/machines/{name}/series.csv"),
     ("get", "/machines/{name}/panels/throughput/"),
     ("get", "/machines/{name}/panels/jobs/"),
     ("get", "/machines/{name}/panels/economics/"),
