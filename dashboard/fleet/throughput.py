@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import math
 import operator
-import statistics
-from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import reduce
 from typing import Any
 
+from django.core.exceptions import EmptyResultSet
 from django.db import connection
 from django.db.models import Case, F, Max, Q, QuerySet, Sum, When
 
@@ -375,37 +374,120 @@ def energy_joules(
     return float(joules) if joules else None
 
 
-def summary(windows: Iterable[WindowTokens], joules: float | None) -> dict[str, Any]:
-    """Per kind: total tokens; mean tokens/s (all tokens over the seconds spent producing them),
-    median and peak of the windows' rates over their active seconds; active seconds; tokens per
-    joule. Jobs sharing a window count the longest of their active times (they ran side by side)."""
-    counts: dict[tuple[int, int], dict[str, float]] = defaultdict(lambda: {k: 0.0 for k in KINDS})
-    seconds: dict[tuple[int, int], dict[str, float]] = defaultdict(lambda: {k: 0.0 for k in KINDS})
-    for w in windows:
-        key = (w.machine_id, w.seq)
-        for kind in KINDS:
-            n = w.count(kind)
-            if n:
-                counts[key][kind] += n
-                seconds[key][kind] = max(seconds[key][kind], w.seconds(kind))
-    out: dict[str, Any] = {}
-    for kind in KINDS:
-        keys = [k for k in sorted(counts) if counts[k][kind] and seconds[k][kind]]
-        rates = [counts[k][kind] / seconds[k][kind] for k in keys]
-        total = sum(counts[k][kind] for k in counts)
-        active = sum(seconds[k][kind] for k in keys)
-        out[kind] = {
-            "total_tokens": int(total),
-            "mean_tokens_per_s": round(total / active, 3) if rates else None,
-            "median_tokens_per_s": round(statistics.median(rates), 3) if rates else None,
-            "peak_tokens_per_s": round(max(rates), 3) if rates else None,
-            "active_s": round(active, 3) if rates else None,
-            "tokens_per_joule": round(total / joules, 6) if (joules and total) else None,
+def summaries(rows: QuerySet[ThroughputSample], by: str) -> dict[int, dict[str, Any]]:
+    """Per value of ``by`` (``job_key`` or ``machine_id``) among ``rows``, per kind: total tokens;
+    mean tokens/s (all tokens over the seconds spent producing them), median and peak of the
+    windows' rates over their active seconds; active seconds. Each window with ``window_tokens``'
+    rule: per job the count of the source that counted most, with that source's active seconds
+    (the window's length when it gave none; the longest of them when sources tie). Jobs sharing a
+    window add their counts and count the longest of their active times (they ran side by side).
+
+    In the database: the jobs list's fifty serving jobs of a day are 432,000 windows, which took
+    6.5 s to read into Python (bench/README.md); the answer is a row per group and kind."""
+    if by not in ("job_key", "machine_id"):
+        raise ValueError(f"by: {by!r}")
+    try:
+        sql, params = (
+            rows.order_by()
+            .values("machine_id", "seq", "job_key", "interval_s", "active_s", *KINDS.values())
+            .query.sql_with_params()
+        )
+    except EmptyResultSet:  # rows of no job (an empty page of the jobs list)
+        return {}
+    secs = "COALESCE(NULLIF(r.active_s, 0), r.interval_s)"
+    # A window of a job is (machine, seq, job); in ``by``'s order first, so that the sort the window
+    # function needs also serves the grouping by ``by`` after it (one sort of the rows, not two).
+    window = "job_key, machine_id, seq" if by == "job_key" else "machine_id, seq, job_key"
+    best = ", ".join(f"MAX(r.{c}) OVER (PARTITION BY {window}) AS best_{k}" for k, c in KINDS.items())
+    per_job = ", ".join(
+        f"MAX(b.{c}) AS c_{k}, MAX(CASE WHEN b.{c} = b.best_{k} AND b.{c} > 0 THEN b.secs END) AS s_{k}"
+        for k, c in KINDS.items()
+    )
+    windows = (
+        f"WITH b AS (SELECT r.*, {secs} AS secs, {best} FROM ({sql}) r), "
+        f"w AS (SELECT {window}, {per_job} FROM b GROUP BY {window}), "
+    )
+    if by == "job_key":  # a job's windows are its (machine, seq) already
+        windows += "windows AS (SELECT job_key AS g, " + ", ".join(f"c_{k}, s_{k}" for k in KINDS) + " FROM w) "
+    else:  # a machine's window adds its jobs' counts over the longest of their times
+        per_window = ", ".join(f"SUM(c_{k}) AS c_{k}, MAX(CASE WHEN c_{k} > 0 THEN s_{k} END) AS s_{k}" for k in KINDS)
+        windows += f"windows AS (SELECT machine_id AS g, {per_window} FROM w GROUP BY machine_id, seq) "
+
+    # A window's rate of a kind: its count over its seconds, NULL where it counted none.
+    def counted(k: str) -> str:
+        return f"c_{k} > 0 AND s_{k} > 0"
+
+    def rate(k: str) -> str:
+        return f"CASE WHEN {counted(k)} THEN (c_{k} + 0.0) / s_{k} END"
+
+    if connection.vendor == "postgresql":
+        # One pass per group: the aggregates skip the NULL rates, percentile_cont(0.5) is
+        # statistics.median's middle value or the mean of the middle two.
+        figures = ", ".join(
+            f"SUM(CASE WHEN {counted(k)} THEN c_{k} END), SUM(CASE WHEN {counted(k)} THEN s_{k} END), "
+            f"MAX({rate(k)}), percentile_cont(0.5) WITHIN GROUP (ORDER BY {rate(k)})"
+            for k in KINDS
+        )
+        query = windows + f"SELECT g, {figures} FROM windows GROUP BY g"
+    else:
+        # SQLite has no percentile: the rates of each group and kind numbered in order, then the
+        # middle one, or the mean of the middle two.
+        unpivot = " UNION ALL ".join(
+            f"SELECT g, '{k}' AS kind, c_{k} AS c, s_{k} AS s, {rate(k)} AS rate FROM windows WHERE {counted(k)}"
+            for k in KINDS
+        )
+        query = windows + (
+            f", ranked AS (SELECT g, kind, c, s, rate, ROW_NUMBER() OVER (PARTITION BY g, kind ORDER BY rate) AS rn, "
+            f"COUNT(*) OVER (PARTITION BY g, kind) AS n FROM ({unpivot}) u) "
+            "SELECT g, kind, SUM(c), SUM(s), MAX(rate), AVG(CASE WHEN rn IN ((n + 1) / 2, (n + 2) / 2) THEN rate END) "
+            "FROM ranked GROUP BY g, kind"
+        )
+    with connection.cursor() as cursor:
+        cursor.execute(query, params)
+        found = cursor.fetchall()
+    if connection.vendor == "postgresql":  # a row per group with four figures per kind, as SQLite's rows
+        found = [(row[0], kind, *row[1 + 4 * i : 5 + 4 * i]) for row in found for i, kind in enumerate(KINDS)]
+    out: dict[int, dict[str, Any]] = {}
+    for g, kind, total, active, peak, median in found:
+        summary = out.setdefault(g, empty_summary())
+        if not total:
+            continue
+        total, active = int(total), float(active)  # PostgreSQL's SUM of a bigint is a numeric
+        summary[kind] = {
+            "total_tokens": total,
+            "mean_tokens_per_s": round(total / active, 3),
+            "median_tokens_per_s": round(float(median), 3),
+            "peak_tokens_per_s": round(float(peak), 3),
+            "active_s": round(active, 3),
+            "tokens_per_joule": None,
         }
     return out
 
 
+def empty_summary() -> dict[str, Any]:
+    """A summary with nothing counted (the shape ``summaries`` gives each group)."""
+    return {
+        kind: {
+            "total_tokens": 0,
+            "mean_tokens_per_s": None,
+            "median_tokens_per_s": None,
+            "peak_tokens_per_s": None,
+            "active_s": None,
+            "tokens_per_joule": None,
+        }
+        for kind in KINDS
+    }
+
+
+def with_energy(summary: dict[str, Any], joules: float | None) -> dict[str, Any]:
+    """``summary`` with each kind's tokens per joule of ``joules`` (None without a power reading)."""
+    for figures in summary.values():
+        total = figures["total_tokens"]
+        figures["tokens_per_joule"] = round(total / joules, 6) if (joules and total) else None
+    return summary
+
+
 def machine_summary(machine: Machine, since: datetime, until: datetime) -> dict[str, Any]:
     """The machine's throughput over ``[since, until)``, with tokens per joule of all its GPUs."""
-    windows = window_tokens(machine_rows(machine, since, until))
-    return summary(windows, energy_joules(machine.pk, None, since, until))
+    summary = summaries(machine_rows(machine, since, until), "machine_id").get(machine.pk) or empty_summary()
+    return with_energy(summary, energy_joules(machine.pk, None, since, until))

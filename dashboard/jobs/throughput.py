@@ -33,19 +33,16 @@ def rollups_of(job_id: int) -> QuerySet[ThroughputRollup]:
 
 def job_summary(job: Job) -> dict[str, Any]:
     """The job's throughput: totals, mean/median/peak tokens/s and tokens per joule of its GPUs."""
-    windows = throughput.window_tokens(rows_of([job.pk]))
+    summary = throughput.summaries(rows_of([job.pk]), "job_key").get(job.pk) or throughput.empty_summary()
     joules = None
     if job.machine_id and job.started_at and job.assigned_gpus:
         joules = throughput.energy_joules(job.machine_id, job.assigned_gpus, job.started_at, job.finished_at)
-    return throughput.summary(windows, joules)
+    return throughput.with_energy(summary, joules)
 
 
 def job_summaries(job_ids: list[int]) -> dict[int, dict[str, Any]]:
     """Summaries for a page of jobs (the jobs list), without energy: one query."""
-    by_job: dict[int, list[throughput.WindowTokens]] = {}
-    for w in throughput.window_tokens(rows_of(job_ids)):
-        by_job.setdefault(w.job_key, []).append(w)
-    return {job_id: throughput.summary(windows, None) for job_id, windows in by_job.items()}
+    return throughput.summaries(rows_of(job_ids), "job_key")
 
 
 def job_series(job: Job, metric: str, since: datetime, until: datetime) -> dict[str, Any]:

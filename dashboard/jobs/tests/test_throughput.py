@@ -212,3 +212,70 @@ def test_a_window_counted_by_two_sources_counts_once_in_every_chart(served_twice
     assert sum(job["series"][0]["mean"]) == 360.0  # a window a point: tokens over their window's 10 s
     day = job_throughput.job_series(served_twice, "tokens.generated", T0, T0 + timedelta(days=1))
     assert sum(day["series"][0]["mean"]) * day["step_s"] == pytest.approx(3600)
+
+
+@pytest.fixture
+def shared_windows(machine, operator):
+    """Two serving jobs on one machine over four 10 s windows (generated tokens):
+
+    w1: job a 100 by its output in 5 s and 80 by its engine (no time given); job b 50 in 10 s
+    w2: job a 200 by its output in 4 s and 200 by its engine (a tie: the longer time, the window's)
+    w3: job a 300 by its engine
+    w4: job b 40 in 4 s
+    """
+    a, b = (
+        Job.objects.create(owner=operator, name=n, kind="serve", argv=["x"], gpus=0, machine=machine, status="running")
+        for n in ("a", "b")
+    )
+    for job in (a, b):
+        JobAttempt.objects.create(job=job, number=1, machine=machine, gpus=[])
+    batch = make_batch([1, 2, 3, 4], ts=(T0 + timedelta(seconds=40)).timestamp(), gpus=0)
+    windows = [
+        [(a, "progress", 100, 5), (a, "prometheus", 80, None), (b, "report", 50, 10)],
+        [(a, "progress", 200, 4), (a, "prometheus", 200, None)],
+        [(a, "prometheus", 300, None)],
+        [(b, "report", 40, 4)],
+    ]
+    for sample, counts in zip(batch["samples"], windows, strict=True):
+        sample["tokens"] = [
+            {"job_id": job.pk, "source": source, "generated": n} | ({"active_s": s} if s else {})
+            for job, source, n, s in counts
+        ]
+    store_batch(machine, Batch.model_validate(batch))
+    return a, b
+
+
+@pytest.mark.django_db
+def test_summaries_take_the_best_source_and_its_seconds_and_add_jobs_sharing_a_window(machine, shared_windows):
+    a, b = shared_windows
+    jobs = job_throughput.job_summaries([a.pk, b.pk])
+    # a: 100/5 s, 200/10 s (the tie takes the window's 10 s over 4 s), 300/10 s
+    assert jobs[a.pk]["generated"] == {
+        "total_tokens": 600,
+        "mean_tokens_per_s": 24.0,  # 600 / 25 s
+        "median_tokens_per_s": 20.0,  # rates 20, 20, 30
+        "peak_tokens_per_s": 30.0,
+        "active_s": 25.0,
+        "tokens_per_joule": None,
+    }
+    # b: 50/10 s and 40/4 s: an even count's median is the mean of the middle two
+    assert jobs[b.pk]["generated"] | {"tokens_per_joule": None} == {
+        "total_tokens": 90,
+        "mean_tokens_per_s": 6.429,  # 90 / 14 s
+        "median_tokens_per_s": 7.5,  # rates 5 and 10
+        "peak_tokens_per_s": 10.0,
+        "active_s": 14.0,
+        "tokens_per_joule": None,
+    }
+    assert jobs[a.pk]["train"] == throughput.empty_summary()["train"]
+    # The machine: w1 adds both jobs' 150 tokens over the longer of their times (10 s), so rates
+    # 15, 20, 30 and 10 over 10 + 10 + 10 + 4 s.
+    whole = throughput.machine_summary(machine, T0, T0 + timedelta(minutes=1))["generated"]
+    assert whole == {
+        "total_tokens": 690,
+        "mean_tokens_per_s": 20.294,  # 690 / 34 s
+        "median_tokens_per_s": 17.5,
+        "peak_tokens_per_s": 30.0,
+        "active_s": 34.0,
+        "tokens_per_joule": None,
+    }
