@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -117,6 +119,14 @@ class Job(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
+
+    def run_seconds(self, now: datetime | None = None) -> float | None:
+        """From start to finish, or to ``now`` while it runs; None before it starts, or while
+        preempted and waiting for its next attempt. Unreachable counts as running: it may well be."""
+        live = (self.Status.RUNNING, self.Status.UNREACHABLE)
+        if self.started_at is None or (self.finished_at is None and self.status not in live):
+            return None
+        return ((self.finished_at or now or timezone.now()) - self.started_at).total_seconds()
 
     @property
     def need(self) -> str:

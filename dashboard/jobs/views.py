@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import csv
+
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from dashboard.accounts.auth import token_or_session
 from dashboard.fleet import visibility
 from dashboard.fleet.models import Machine
 from dashboard.teams import access as team_access
 
-from . import queries, service, throughput
+from . import export, queries, service, throughput
 from .forms import JobForm, template_initial
 from .models import Job
 from .tasks import PROGRESS_PRESETS
@@ -44,6 +48,26 @@ def job_list(request: HttpRequest) -> HttpResponse:
         "can_submit": team_access.can_submit(request.user),
     }
     return render(request, "jobs/_jobs.html" if request.GET.get("partial") else "jobs/list.html", context)
+
+
+@token_or_session(login_page=True)
+def job_list_csv(request: HttpRequest) -> HttpResponse:
+    """Every job the list's filters select (the newest ``export.MAX_ROWS``), as CSV (jobs/export.py)."""
+    chosen = {f: request.GET.get(f) or None for f in FILTERS}
+    visible = team_access.scope_jobs(queries.job_list(**chosen), request.user)
+    jobs = list(visible.prefetch_related("attempts")[: export.MAX_ROWS + 1])
+    more = len(jobs) > export.MAX_ROWS
+    jobs = jobs[: export.MAX_ROWS]
+    summaries = throughput.job_summaries([job.pk for job in jobs])
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="jobs-{timezone.localdate():%Y-%m-%d}.csv"'
+    writer = csv.writer(response)
+    writer.writerows(export.job_rows(jobs, summaries, timezone.now()))
+    if more:
+        writer.writerow(
+            [f"only the newest {export.MAX_ROWS} jobs; filter by status, kind, machine or owner for the rest"]
+        )
+    return response
 
 
 def _job_machines(user):

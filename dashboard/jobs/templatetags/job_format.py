@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC
 
 from django import template
-from django.utils import timezone
 from django.utils.html import format_html
 
 from .. import masking
@@ -31,11 +30,8 @@ def duration(job: Job) -> str:
 
     static/js/jobs.js formats a running job's time the same way.
     """
-    live = (Job.Status.RUNNING, Job.Status.UNREACHABLE)  # unreachable: it may well still run
-    if job.started_at is None or (job.finished_at is None and job.status not in live):
-        return "–"  # not started, or preempted and waiting for its next attempt
-    end = job.finished_at or timezone.now()
-    return _seconds((end - job.started_at).total_seconds())
+    seconds = job.run_seconds()
+    return "–" if seconds is None else _seconds(seconds)
 
 
 @register.filter
