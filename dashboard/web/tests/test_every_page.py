@@ -84,8 +84,18 @@ def site(django_db_setup, django_db_blocker):
 
     The server is started here rather than through pytest-django's ``live_server`` fixture, which
     empties the database after every test that uses it."""
+    from django.db import connection
     from pytest_django.live_server_helper import LiveServer
 
+    # The site is built in, and flushed from, the database the connection names: never one that
+    # is not the test database (a run selecting only browser tests of this module, see above).
+    settings_dict = connection.settings_dict
+    name = str(settings_dict["NAME"])
+    if not (name.startswith("test_") or name == str((settings_dict.get("TEST") or {}).get("NAME"))):
+        pytest.fail(
+            f"the test database is not set up, and {name} is not one to build this site in and flush: "
+            "select the module's lost-job test too (-k '... or lost_jobs'), or run the whole module"
+        )
     # Machines stay online for the module's minutes (the samples were sent once, at its start).
     with django_db_blocker.unblock(), override_settings(OFFLINE_AFTER_S=3600):
         # The hasher every test's autouse fixture (conftest._fast_passwords) leaves in force.
