@@ -237,6 +237,4 @@ def test_time_axes_label_every_tick_apart(fleet, live_server, page, span):
     # The money chart's days read as dates; without cost profiles its RoI axis is not drawn.
     assert all(len(label) == 10 and label[4] == "-" for label in tick_labels(page, "chart-fleet-money"))
     assert page.locator("#chart-fleet-money .y2tick").count() == 0
-    if span != "1h":
-        page.screenshot(path=str(SCREENSHOTS / f"fleet-axes-{span}.png"), full_page=True)
     assert page.errors == []
