@@ -12,6 +12,15 @@ def _fast_passwords(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def _empty_cache():
+    """Each test starts with an empty cache: figures cached by id (a job's list summary) would
+    otherwise carry over to the next test's job of the same id."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture
 def admin_user(django_user_model):
     return django_user_model.objects.create_superuser("admin", "", "admin-pass")

@@ -279,3 +279,17 @@ def test_summaries_take_the_best_source_and_its_seconds_and_add_jobs_sharing_a_w
         "active_s": 34.0,
         "tokens_per_joule": None,
     }
+
+
+@pytest.mark.django_db
+def test_the_lists_summaries_are_cached_briefly_and_a_job_without_tokens_too(
+    machine, shared_windows, operator, django_assert_num_queries
+):
+    a, b = shared_windows
+    quiet = Job.objects.create(owner=operator, name="quiet", kind="train", argv=["x"], gpus=0)
+    first = job_throughput.job_summaries([a.pk, b.pk, quiet.pk])
+    assert set(first) == {a.pk, b.pk}
+    with django_assert_num_queries(0):  # the list's next refresh, 5 s later
+        assert job_throughput.job_summaries([a.pk, b.pk, quiet.pk]) == first
+    # A job's own page is not cached.
+    assert job_throughput.job_summary(a)["generated"]["total_tokens"] == 600
