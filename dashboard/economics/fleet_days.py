@@ -21,7 +21,6 @@ token windows before its first whole hour read.
 from __future__ import annotations
 
 import hashlib
-from bisect import bisect_right
 from collections import defaultdict
 from datetime import UTC, datetime, time, timedelta, tzinfo
 from typing import Any
@@ -162,14 +161,8 @@ def _tokens_per_hour(span: Span, ids: list[int], edges: list[datetime]) -> dict[
     """What ``roi.tokens_by_period(window_tokens(...), edges)`` gives each machine, summed in SQL
     per UTC hour (``edges`` are ``span``'s start and the UTC hours in it): a day of a 1,000-machine
     fleet is millions of token rows, which Python read one by one (bench/README.md)."""
-    out = {m: [{"generated": 0, "train": 0, "prompt": 0} for _ in edges[1:]] for m in ids}
     rows = ThroughputSample.objects.filter(machine_id__in=ids, **window_filter(*span))
-    for machine_id, start, *counts in throughput.step_sums(rows, list(throughput.KINDS.values()), 3600, "machine_id"):
-        # The span's first hour may begin before it: its windows (all in the span) count from its start.
-        i = bisect_right(edges, max(datetime.fromtimestamp(start, UTC), span[0])) - 1
-        for kind, n in zip(throughput.KINDS, counts, strict=True):
-            out[machine_id][i][kind] += n
-    return out
+    return roi.tokens_in_periods(rows, ids, edges, 3600)
 
 
 def _read(span: Span, machines: list[_Machine]) -> dict[int, tuple[list[tuple], list[tuple]]]:
