@@ -23,9 +23,10 @@ HEADER = [
 
 
 def job_rows(jobs: Iterable[Job], summaries: dict[int, dict[str, Any]], now: datetime) -> Iterator[list[Any]]:
-    """The header, then a row per job. ``jobs`` come with their attempts prefetched; times are ISO
-    8601 in the active zone; ``gpu_hours_held`` adds each attempt's GPUs x its time holding them
-    (to ``now`` for the one running); ``run_s`` is the list's duration (first start to finish)."""
+    """The header, then a row per job (None cells: csv.writer writes them empty). ``jobs`` come
+    with their attempts prefetched; times are ISO 8601 in the active zone; ``gpu_hours_held`` adds
+    each attempt's GPUs x its time holding them (to ``now`` for the one running); ``run_s`` is the
+    list's duration (first start to finish)."""
     zone = timezone.get_current_timezone()
     yield HEADER
     for job in jobs:
@@ -49,22 +50,18 @@ def job_rows(jobs: Iterable[Job], summaries: dict[int, dict[str, Any]], now: dat
             _iso(job.created_at, zone),
             _iso(job.started_at, zone),
             _iso(job.finished_at, zone),
-            _blank(None if (run := job.run_seconds(now)) is None else round(run, 1)),
+            None if (run := job.run_seconds(now)) is None else round(run, 1),
             len(job.attempts.all()),
             round(held, 4),
-            _blank(job.exit_code),
+            job.exit_code,
             kind,
             figures.get("total_tokens", 0),
-            _blank(figures.get("mean_tokens_per_s")),
-            _blank(figures.get("median_tokens_per_s")),
-            _blank(figures.get("peak_tokens_per_s")),
+            figures.get("mean_tokens_per_s"),
+            figures.get("median_tokens_per_s"),
+            figures.get("peak_tokens_per_s"),
             job.status_message,
         ]
 
 
 def _iso(t: datetime | None, zone: Any) -> str:
     return t.astimezone(zone).isoformat() if t else ""
-
-
-def _blank(value: Any) -> Any:
-    return "" if value is None else value

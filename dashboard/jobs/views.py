@@ -7,6 +7,7 @@ import csv
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -26,10 +27,15 @@ from .tasks import PROGRESS_PRESETS
 FILTERS = ("status", "machine", "kind", "owner")
 
 
+def _listed(request: HttpRequest) -> tuple[dict[str, str], QuerySet[Job]]:
+    """The list's filters as chosen ("" for any) and the jobs they select that the user may see."""
+    chosen = {f: request.GET.get(f) or "" for f in FILTERS}
+    return chosen, team_access.scope_jobs(queries.job_list(**{f: v or None for f, v in chosen.items()}), request.user)
+
+
 @login_required
 def job_list(request: HttpRequest) -> HttpResponse:
-    chosen = {f: request.GET.get(f) or "" for f in FILTERS}
-    visible = team_access.scope_jobs(queries.job_list(**{f: v or None for f, v in chosen.items()}), request.user)
+    chosen, visible = _listed(request)
     jobs = list(visible[:200])
     summaries = throughput.job_summaries([job.pk for job in jobs])
     for job in jobs:
@@ -53,8 +59,7 @@ def job_list(request: HttpRequest) -> HttpResponse:
 @token_or_session(login_page=True)
 def job_list_csv(request: HttpRequest) -> HttpResponse:
     """Every job the list's filters select (the newest ``export.MAX_ROWS``), as CSV (jobs/export.py)."""
-    chosen = {f: request.GET.get(f) or None for f in FILTERS}
-    visible = team_access.scope_jobs(queries.job_list(**chosen), request.user)
+    _, visible = _listed(request)
     jobs = list(visible.prefetch_related("attempts")[: export.MAX_ROWS + 1])
     more = len(jobs) > export.MAX_ROWS
     jobs = jobs[: export.MAX_ROWS]

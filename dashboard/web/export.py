@@ -46,7 +46,8 @@ def machine_rows(
     machine: Machine, metrics: list[str], since: datetime, until: datetime, job_names: dict[int, str]
 ) -> Iterator[list[Any]]:
     """The header, then ``[step start, step end, metric, unit, series, device, job, min, mean, max]``
-    per point; a counter's or a token rate's one value is its mean, its min and max are empty."""
+    per point; a counter's or a token rate's one value is its mean, its min and max are None
+    (csv.writer writes None as an empty cell)."""
     zone = timezone.get_current_timezone()
     yield HEADER
     for metric in metrics:
@@ -65,17 +66,13 @@ def machine_rows(
                     metric,
                     data["unit"],
                     s["name"],
-                    _blank(s.get("device")),
-                    _blank(s.get("job")),
-                    _blank(lows[i] if lows else None),
-                    _blank(s["mean"][i]),
-                    _blank(highs[i] if highs else None),
+                    s.get("device"),
+                    s.get("job"),
+                    lows[i] if lows else None,
+                    s["mean"][i],
+                    highs[i] if highs else None,
                 ]
 
 
 def _iso(epoch_s: int, zone: Any) -> str:
     return datetime.fromtimestamp(epoch_s, zone).isoformat()
-
-
-def _blank(value: Any) -> Any:
-    return "" if value is None else value
