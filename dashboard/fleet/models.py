@@ -388,6 +388,9 @@ class SystemRollup(SystemMetrics):
         constraints = [
             models.UniqueConstraint(fields=["machine", "resolution_s", "bucket"], name="systemrollup_unique")
         ]
+        # Fleet-wide reads of a range (utilisation charts, efficiency ranking, hour closing,
+        # retention): without it each was a scan of every bucket kept (fleet migration 0017).
+        indexes = [models.Index(fields=["resolution_s", "bucket"], name="systemrollup_bucket")]
 
 
 class GpuRollup(GpuMetrics):
@@ -404,6 +407,7 @@ class GpuRollup(GpuMetrics):
         constraints = [
             models.UniqueConstraint(fields=["machine", "resolution_s", "bucket", "gpu_index"], name="gpurollup_unique")
         ]
+        indexes = [models.Index(fields=["resolution_s", "bucket"], name="gpurollup_bucket")]  # as SystemRollup's
 
 
 class RollupState(models.Model):

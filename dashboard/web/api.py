@@ -75,11 +75,7 @@ def fleet_history_api(request, since: str = "24h", until: str | None = None):
     cost, value and RoI per day over the range or the last 7 days, whichever is longer. Only the
     machines the user's teams see (and the shared pool) count."""
     start, end = required_range(since, until)
-    visible = visibility.visible_machine_ids(request.user)
-    return {
-        "utilisation": fleet_history.utilisation(start, end, visible),
-        "money": fleet_history.money(start, end, machine_ids=visible),
-    }
+    return fleet_history.history(start, end, visibility.visible_machine_ids(request.user), (since, until))
 
 
 api.add_router("", fleet_router)
