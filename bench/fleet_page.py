@@ -185,14 +185,15 @@ def seed(machines: int, history_hours: int = 0) -> dict:
                 cur.execute(
                     f"INSERT INTO {SystemRollup._meta.db_table} (machine_id, resolution_s, bucket, count, "
                     "cpu_percent_min, cpu_percent_mean, cpu_percent_max) SELECT machine_id, 60, bucket, 6, 0, "
-                    f"40 + 30 * sin(b / 9.0 + machine_id), 100 FROM ({before}) AS x",
+                    f"40 + 30 * sin(b / 9.0 + machine_id), 100 FROM ({before}) AS x ORDER BY bucket",
                     older,
                 )
                 cur.execute(
                     f"INSERT INTO {GpuRollup._meta.db_table} (machine_id, gpu_index, resolution_s, bucket, count, "
                     "util_percent_min, util_percent_mean, util_percent_max) SELECT machine_id, g, 60, bucket, 6, 0, "
                     f"50 + 45 * sin(b / 9.0 + machine_id + g), 100 FROM ({before}) AS x "
-                    f"CROSS JOIN generate_series(0, {GPUS - 1}) AS g",
+                    # In time order, as the rollup task writes them (each run, every machine's new minutes).
+                    f"CROSS JOIN generate_series(0, {GPUS - 1}) AS g ORDER BY bucket",
                     older,
                 )
             # The GPU mean the minute rollup writes onto the system rows (the page's sparklines read it).
@@ -225,6 +226,13 @@ def seed(machines: int, history_hours: int = 0) -> dict:
                         "WHERE s.last_seen_at IS NOT NULL AND s.machine_id %% 5 < 3",
                         {"now": now, "res": resolution, "buckets": buckets},
                     )
+            if history_hours:
+                # That took minutes: the machines last seen seconds before it would now show as silent.
+                cur.execute(
+                    f"UPDATE {MachineState._meta.db_table} SET last_seen_at = last_seen_at + "
+                    "make_interval(secs => %(late)s) WHERE last_seen_at > %(now)s - interval '1 minute'",
+                    {"late": (timezone.now() - now).total_seconds(), "now": now},
+                )
             cur.execute(
                 f"ANALYZE {Machine._meta.db_table}, {Accelerator._meta.db_table}, "
                 f"{SystemRollup._meta.db_table}, {GpuRollup._meta.db_table}, {ThroughputSample._meta.db_table}"

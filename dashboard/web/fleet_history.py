@@ -120,7 +120,7 @@ def _gpu_steps_in_sql(
         params["machines"] = list(machine_ids)
     sql = sql.format(
         start=step_start_sql("bucket", step, connection.vendor),
-        machines="" if machine_ids is None else "AND machine_id = ANY(%(machines)s)",
+        machines="" if machine_ids is None else "AND machine_id = ANY(%(machines)s::bigint[])",  # see visibility.only
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
