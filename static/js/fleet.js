@@ -32,16 +32,40 @@
     return value === null || value === undefined ? "–" : value.toFixed(2) + " " + currency;
   }
 
+  // The history reads every device's rollups over the range: a day of a large fleet takes seconds
+  // (bench/README.md). Say so while a new range loads, and say when it failed rather than leave the
+  // last range's charts as if they were this one's; a 10 s refresh of the same range stays quiet.
+  let drawnKey = null;
+
   async function drawHistory(range) {
     const card = document.getElementById("fleet-history");
     if (!card) return;
+    const status = document.getElementById("fleet-history-status");
+    const key = Charts.rangeKey(range);
     const url = new URL(card.dataset.url, window.location.href);
     for (const [k, v] of Object.entries(Charts.rangeParams(range))) url.searchParams.set(k, v);
-    const response = await fetch(url, { credentials: "same-origin" });
-    if (!response.ok) throw new Error("fleet history: HTTP " + response.status);
-    const h = await response.json();
+    if (key !== drawnKey) {
+      card.setAttribute("aria-busy", "true");
+      status.classList.remove("bad");
+      status.textContent = "Loading " + (range.preset || "the range") + "…";
+    }
+    let h;
+    try {
+      const response = await fetch(url, { credentials: "same-origin" });
+      if (!response.ok) throw new Error("HTTP " + response.status);
+      h = await response.json();
+    } catch (err) {
+      card.removeAttribute("aria-busy");
+      status.classList.add("bad");
+      status.textContent = "Could not load the fleet's history (" + err.message + ")" +
+        (drawnKey === key ? "; showing the last answer" : "") + ". The next refresh tries again.";
+      throw err;
+    }
+    card.removeAttribute("aria-busy");
+    status.classList.remove("bad");
+    status.textContent = "";
+    drawnKey = key;
     const theme = Charts.theme();
-    const key = Charts.rangeKey(range);
 
     const u = h.utilisation;
     document.getElementById("fleet-util-title").textContent = u.label + ", mean and p95 across " + (u.scope === "gpu" ? "GPUs" : "machines");

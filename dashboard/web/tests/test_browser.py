@@ -238,3 +238,32 @@ def test_time_axes_label_every_tick_apart(fleet, live_server, page, span):
     assert all(len(label) == 10 and label[4] == "-" for label in tick_labels(page, "chart-fleet-money"))
     assert page.locator("#chart-fleet-money .y2tick").count() == 0
     assert page.errors == []
+
+
+def test_the_fleet_history_says_while_it_loads_and_when_it_failed(fleet, live_server, page):
+    """A day of a large fleet takes seconds: the card says it is loading a new range, and says so
+    when the answer failed instead of leaving the last range's charts as if they were this one's."""
+    log_in(page, live_server.url)
+    held = []
+
+    def hold(route):  # answered below, when the test says
+        held.append(route)
+
+    page.route("**/api/v1/fleet/history*", hold)
+    page.goto(f"{live_server.url}/?range=24h")
+    status = page.locator("#fleet-history-status")
+    page.wait_for_function("document.getElementById('fleet-history').getAttribute('aria-busy') === 'true'")
+    assert status.inner_text() == "Loading 24h…"
+    while not held:  # Playwright hands the request over while it processes events
+        page.wait_for_timeout(50)
+    held[0].fulfill(status=500, body="boom")
+    page.wait_for_function("document.getElementById('fleet-history-status').textContent.startsWith('Could not')")
+    assert "(HTTP 500)" in status.inner_text() and "next refresh tries again" in status.inner_text()
+    assert page.get_attribute("#fleet-history", "aria-busy") is None
+
+    page.unroute("**/api/v1/fleet/history*")
+    page.click("#range-picker [data-range='1h']")
+    page.wait_for_function("document.getElementById('chart-fleet-util').layout?.uirevision === '1h'")
+    assert status.inner_text() == "" and not status.is_visible()
+    # Chromium logs the 500 as a failed resource; nothing else went wrong.
+    assert [e for e in page.errors if "500" not in e] == []
