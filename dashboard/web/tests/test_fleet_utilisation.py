@@ -83,3 +83,12 @@ def test_the_history_is_shared_for_a_while_by_requests_for_the_same_range_and_ma
     assert first["utilisation"]["mean"] == [50.0]
     assert history(since, until, {a.pk}, ("1h", None))["utilisation"]["mean"] == [10.0]
     assert history(since, until, None, ("6h", None))["utilisation"]["mean"] == [30.0]  # another range: read now
+
+    # Money per day is the last seven days for every range up to a week: one answer for 5 minutes.
+    later = until + timedelta(minutes=1)
+    six_hours = history(later - timedelta(hours=6), later, None, ("6h", None))
+    assert six_hours["money"] == first["money"] and six_hours["money"]["until"] == until.isoformat()
+    month = history(later - timedelta(days=30), later, None, ("30d", None))
+    assert month["money"]["since"] == (later - timedelta(days=30)).isoformat()  # a range of its own
+    assert first["money"]["unset"] == ["a", "b"]  # no cost profiles
+    assert history(since, until, {a.pk}, ("1h", None))["money"]["unset"] == ["a"]  # machines of their own
