@@ -3,8 +3,11 @@ every machine (and no query is spent finding out); a staff token limited to a te
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from django.db import connection
+from django.db.models import Count
 from django.http import Http404
 from django.test.utils import CaptureQueriesContext
 
@@ -79,3 +82,10 @@ def test_only_with_many_machines_sends_one_parameter_and_keeps_exactly_those(fle
     if connection.vendor == "postgresql":
         assert "= ANY(" in queries.captured_queries[0]["sql"] and "::bigint[]" in queries.captured_queries[0]["sql"]
     assert set(visibility.only(Machine.objects.all(), wanted - {fleet["a-box"].pk} | {10**9}, "pk")) == set(many[::2])
+    # Through a machine's foreign key (the default field), grouped as the fleet's charts group them.
+    bucket = datetime(2026, 12, 1, tzinfo=UTC)
+    GpuRollup.objects.bulk_create(
+        GpuRollup(machine=m, gpu_index=g, resolution_s=60, bucket=bucket, count=6) for m in many for g in range(2)
+    )
+    rows = visibility.only(GpuRollup.objects.all(), wanted).values("machine_id").annotate(n=Count("pk")).order_by()
+    assert {r["machine_id"]: r["n"] for r in rows} == {m.pk: 2 for m in many[::2]}
