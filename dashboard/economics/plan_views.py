@@ -3,7 +3,7 @@ backfill.gaps, the same functions the API calls."""
 
 from __future__ import annotations
 
-import csv
+import itertools
 from collections.abc import Collection
 from typing import Any
 
@@ -16,6 +16,7 @@ from django.views.decorators.http import require_POST
 from pydantic import ValidationError
 
 from dashboard.accounts.models import is_operator
+from dashboard.core.csvfile import csv_response
 from dashboard.fleet import visibility
 from dashboard.jobs import service
 
@@ -123,7 +124,7 @@ def plan_page(request: HttpRequest) -> HttpResponse:
     if request.GET.get("format") == "csv":
         if result is None:
             return HttpResponse("; ".join(errors), status=400, content_type="text/plain")
-        return csv_response(result, request.GET.get("table", "ranking"))
+        return _plan_csv(result, request.GET.get("table", "ranking"))
     context = {
         "fields": fields,
         "errors": errors,
@@ -358,14 +359,8 @@ CSV_TABLES = {
 }
 
 
-def csv_response(result: dict[str, Any], table: str) -> HttpResponse:
+def _plan_csv(result: dict[str, Any], table: str) -> HttpResponse:
     if table not in CSV_TABLES:
         return HttpResponse(f"table: expected one of {', '.join(CSV_TABLES)}", status=400, content_type="text/plain")
     head, rows = CSV_TABLES[table](result)
-    response = HttpResponse(content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="plan-{table}.csv"'
-    writer = csv.writer(response)
-    writer.writerow(head)
-    for row in rows:
-        writer.writerow(["" if v is None else v for v in row])
-    return response
+    return csv_response(itertools.chain([head], rows), f"plan-{table}.csv")

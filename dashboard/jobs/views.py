@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import csv
+import itertools
 
 from django.contrib import messages
 from django.contrib.auth import get_user_model
@@ -15,6 +15,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from dashboard.accounts.auth import token_or_session
+from dashboard.core.csvfile import csv_response
 from dashboard.fleet import visibility
 from dashboard.fleet.models import Machine
 from dashboard.teams import access as team_access
@@ -64,15 +65,11 @@ def job_list_csv(request: HttpRequest) -> HttpResponse:
     more = len(jobs) > export.MAX_ROWS
     jobs = jobs[: export.MAX_ROWS]
     summaries = throughput.job_summaries([job.pk for job in jobs])
-    response = HttpResponse(content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="jobs-{timezone.localdate():%Y-%m-%d}.csv"'
-    writer = csv.writer(response)
-    writer.writerows(export.job_rows(jobs, summaries, timezone.now()))
+    rows = export.job_rows(jobs, summaries, timezone.now())
     if more:
-        writer.writerow(
-            [f"only the newest {export.MAX_ROWS} jobs; filter by status, kind, machine or owner for the rest"]
-        )
-    return response
+        note = f"only the newest {export.MAX_ROWS} jobs; filter by status, kind, machine or owner for the rest"
+        rows = itertools.chain(rows, [[note]])
+    return csv_response(rows, f"jobs-{timezone.localdate():%Y-%m-%d}.csv")
 
 
 def _job_machines(user):

@@ -3,7 +3,6 @@ belong to; admins see every team."""
 
 from __future__ import annotations
 
-import csv
 from datetime import datetime
 from typing import Any
 
@@ -11,6 +10,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
 from dashboard.accounts.auth import token_or_session
+from dashboard.core.csvfile import csv_response
 from dashboard.core.periods import Period, PeriodError, resolve_period
 from dashboard.teams import access
 from dashboard.teams.models import Team
@@ -56,7 +56,4 @@ def teams_csv(request: HttpRequest) -> HttpResponse:
         return JsonResponse({"error": str(exc)}, status=400)
     rows = rows_for(request.user, period.start, period.end)
     day = period.start.astimezone(period.zone).date().isoformat()
-    response = HttpResponse(content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="teams-chargeback-{day}.csv"'
-    csv.writer(response).writerows(chargeback.csv_rows(rows))
-    return response
+    return csv_response(chargeback.csv_rows(rows), f"teams-chargeback-{day}.csv")

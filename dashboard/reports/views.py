@@ -7,7 +7,6 @@ instead of a session.
 
 from __future__ import annotations
 
-import csv
 from typing import Any
 from urllib.parse import urlencode
 
@@ -16,6 +15,7 @@ from django.shortcuts import render
 from django.utils import timezone
 
 from dashboard.accounts.auth import token_or_session
+from dashboard.core.csvfile import csv_response
 from dashboard.core.periods import Period, PeriodError, resolve_period, shift_period
 from dashboard.economics.roi import DEFAULT_IDLE_BELOW_PERCENT
 from dashboard.fleet import visibility
@@ -83,13 +83,6 @@ def _neighbours(params: dict[str, str], period: Period) -> dict[str, str | None]
     return {"before": before, "after": after}
 
 
-def _csv_response(rows: list[list[Any]], filename: str) -> HttpResponse:
-    response = HttpResponse(content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="{filename}"'
-    csv.writer(response).writerows(rows)
-    return response
-
-
 def _bad_request(exc: ValueError) -> HttpResponse:
     return HttpResponse(f"{exc}\n", status=400, content_type="text/plain; charset=utf-8")
 
@@ -145,7 +138,7 @@ def machine_csv(request: HttpRequest, name: str) -> HttpResponse:
     except (ReportError, PeriodError) as exc:
         return _bad_request(exc)
     day = period.start.astimezone(period.zone).date().isoformat()
-    return _csv_response(report.machine_report_csv(figures, period.zone), f"{m.name}-report-{day}.csv")
+    return csv_response(report.machine_report_csv(figures, period.zone), f"{m.name}-report-{day}.csv")
 
 
 @token_or_session(login_page=True)
@@ -186,4 +179,4 @@ def fleet_csv(request: HttpRequest) -> HttpResponse:
         period.start, period.end, idle_below, machine_ids=visibility.visible_machine_ids(request.user)
     )
     day = period.start.astimezone(period.zone).date().isoformat()
-    return _csv_response(report.fleet_report_csv(figures), f"fleet-report-{day}.csv")
+    return csv_response(report.fleet_report_csv(figures), f"fleet-report-{day}.csv")

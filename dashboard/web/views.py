@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,6 +14,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from dashboard.accounts.auth import token_or_session
+from dashboard.core.csvfile import csv_response
 from dashboard.core.periods import PeriodError, required_range, window_filter
 from dashboard.economics.views import machine_panel
 from dashboard.fleet import queries, throughput, visibility
@@ -132,11 +132,7 @@ def machine_series_csv(request: HttpRequest, name: str) -> HttpResponse:
     except SeriesError as exc:
         return HttpResponse(f"{exc}\n", status=400, content_type="text/plain; charset=utf-8")
     rows = export.machine_rows(machine_obj, metrics, span["start"], span["end"], job_throughput.names_on(machine_obj))
-    response = HttpResponse(content_type="text/csv; charset=utf-8")
-    start = timezone.localtime(span["start"])
-    response["Content-Disposition"] = f'attachment; filename="{machine_obj.name}-{start:%Y-%m-%d-%H%M}.csv"'
-    csv.writer(response).writerows(rows)
-    return response
+    return csv_response(rows, f"{machine_obj.name}-{timezone.localtime(span['start']):%Y-%m-%d-%H%M}.csv")
 
 
 @login_required
